@@ -1,0 +1,371 @@
+//! Error responses. One body shape everywhere: `error` (a stable code), a human
+//! `error_description`, and for `invalid_grant` a machine-readable `error_reason`.
+//! On the OAuth endpoints the codes are those of RFC 6749 §5.2.
+//!
+//! `Problem::from(Error)` is the one exhaustive mapping from domain errors; internal
+//! causes are logged there (inside the request's span, so with its request id) and
+//! never shown.
+
+use poem::http::StatusCode;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Enum, Object};
+
+use crate::domain::family::GrantRejection;
+use crate::error::Error;
+
+/// Seconds a client should wait after a 503.
+const RETRY_AFTER_SECS: u32 = 2;
+/// The protection space named in `WWW-Authenticate`.
+pub const REALM: &str = "token-issuer";
+
+/// Stable error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed or missing parameter, wrong content type, failed CSRF check.
+    InvalidRequest,
+    /// Unknown `client_id`.
+    InvalidClient,
+    /// The password or refresh-token grant is refused; see `error_reason`.
+    InvalidGrant,
+    /// The client may not use this token.
+    UnauthorizedClient,
+    /// `grant_type` is neither `password` nor `refresh_token`.
+    UnsupportedGrantType,
+    /// A scope was requested; no scopes are defined yet.
+    InvalidScope,
+    /// The bearer access token is missing its mark (RFC 6750).
+    InvalidToken,
+    /// No bearer access token was sent.
+    AuthenticationRequired,
+    /// The e-mail address is already registered.
+    EmailTaken,
+    /// The password breaks the password policy; the description says how.
+    WeakPassword,
+    /// Self-registration is turned off.
+    RegistrationDisabled,
+    /// The cross-origin request comes from an origin that is not allowed.
+    OriginNotAllowed,
+    NotFound,
+    MethodNotAllowed,
+    /// The request body is over 64 KiB.
+    PayloadTooLarge,
+    /// The database or the password-hashing pool is unavailable; retry after `Retry-After`.
+    TemporarilyUnavailable,
+    /// An unexpected failure; it is logged with the request id.
+    ServerError,
+}
+
+/// Why an `invalid_grant`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum ErrorReason {
+    /// The session passed its absolute lifetime; log in again.
+    Expired,
+    /// The session was revoked (logout, or the token was shown by another client).
+    Revoked,
+    /// An already-used refresh token came back after the grace window: the session is
+    /// revoked, every token of it is dead.
+    Reused,
+    /// No such refresh token.
+    Unknown,
+    /// The session was not used for longer than the idle timeout.
+    IdleTimeout,
+    /// Wrong e-mail or password (the two are not told apart).
+    InvalidCredentials,
+    /// A cookie-mode request failed the CSRF defence; nothing was consumed.
+    Csrf,
+}
+
+impl From<GrantRejection> for ErrorReason {
+    fn from(r: GrantRejection) -> Self {
+        match r {
+            GrantRejection::Expired => Self::Expired,
+            GrantRejection::Revoked => Self::Revoked,
+            GrantRejection::Reused => Self::Reused,
+            GrantRejection::Unknown => Self::Unknown,
+            GrantRejection::IdleTimeout => Self::IdleTimeout,
+            GrantRejection::InvalidCredentials => Self::InvalidCredentials,
+        }
+    }
+}
+
+/// An error answer.
+#[derive(Debug, Clone, Object)]
+pub struct ErrorBody {
+    /// The stable code.
+    pub error: ErrorCode,
+    /// What went wrong, for humans; never a secret or an internal cause.
+    pub error_description: String,
+    /// For `invalid_grant` (and a failed CSRF check): why, for programs.
+    #[oai(skip_serializing_if_is_none)]
+    pub error_reason: Option<ErrorReason>,
+}
+
+/// The class of an error, which decides the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    Unavailable,
+    Internal,
+}
+
+/// A classified error, ready to become any of the response enums.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub kind: Kind,
+    pub body: ErrorBody,
+}
+
+impl Problem {
+    pub fn new(kind: Kind, error: ErrorCode, description: impl Into<String>) -> Self {
+        Self { kind, body: ErrorBody { error, error_description: description.into(), error_reason: None } }
+    }
+
+    fn with_reason(mut self, reason: ErrorReason) -> Self {
+        self.body.error_reason = Some(reason);
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A poem-level failure (parsing, routing, limits) that never reached a use case.
+    pub fn from_poem(err: &poem::Error) -> Self {
+        let status = err.status();
+        match status {
+            StatusCode::NOT_FOUND => Self::new(Kind::NotFound, ErrorCode::NotFound, "no such resource"),
+            // poem-openapi's bearer scheme found no `Authorization: Bearer` header.
+            StatusCode::UNAUTHORIZED => Self::new(
+                Kind::Unauthorized,
+                ErrorCode::AuthenticationRequired,
+                "send an access token as Authorization: Bearer <token>",
+            ),
+            // Only the CORS layer refuses with a bare 403.
+            StatusCode::FORBIDDEN => Self::new(
+                Kind::Forbidden,
+                ErrorCode::OriginNotAllowed,
+                "cross-origin request refused: the Origin is not allowed",
+            ),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                Self::new(Kind::BadRequest, ErrorCode::MethodNotAllowed, "method not allowed on this resource")
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::new(Kind::PayloadTooLarge, ErrorCode::PayloadTooLarge, "request body over 64 KiB")
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
+                Kind::BadRequest,
+                ErrorCode::InvalidRequest,
+                "unsupported Content-Type: see the operation's request body in /openapi.json",
+            ),
+            s if s.is_server_error() => {
+                tracing::error!(error = %err, "request failed");
+                Self::new(Kind::Internal, ErrorCode::ServerError, "internal error")
+            }
+            _ => {
+                let mut message = err.to_string();
+                message.truncate(240);
+                Self::new(Kind::BadRequest, ErrorCode::InvalidRequest, message)
+            }
+        }
+    }
+}
+
+impl From<Error> for Problem {
+    fn from(e: Error) -> Self {
+        use ErrorCode as C;
+        match e {
+            Error::InvalidRequest(m) => Self::new(Kind::BadRequest, C::InvalidRequest, m),
+            Error::InvalidClient => Self::new(Kind::Unauthorized, C::InvalidClient, "unknown client_id"),
+            Error::UnauthorizedClient(m) => Self::new(Kind::BadRequest, C::UnauthorizedClient, m),
+            Error::UnsupportedGrantType => Self::new(
+                Kind::BadRequest,
+                C::UnsupportedGrantType,
+                "grant_type must be password or refresh_token",
+            ),
+            Error::InvalidScope => Self::new(Kind::BadRequest, C::InvalidScope, "no scopes are defined"),
+            Error::InvalidGrant(r) => {
+                let description = match r {
+                    GrantRejection::InvalidCredentials => "wrong e-mail or password",
+                    GrantRejection::Expired => "the session expired; log in again",
+                    GrantRejection::IdleTimeout => "the session was idle too long; log in again",
+                    GrantRejection::Revoked => "the session was revoked; log in again",
+                    GrantRejection::Reused => "refresh token reuse detected; the session is revoked",
+                    GrantRejection::Unknown => "unknown refresh token",
+                };
+                Self::new(Kind::BadRequest, C::InvalidGrant, description).with_reason(r.into())
+            }
+            Error::CsrfRejected(m) => Self::new(Kind::BadRequest, C::InvalidRequest, m).with_reason(ErrorReason::Csrf),
+            Error::InvalidToken(why) => {
+                tracing::debug!(reason = why, "access token refused");
+                Self::new(Kind::Unauthorized, C::InvalidToken, "the access token is invalid, expired or revoked")
+            }
+            Error::EmailTaken => Self::new(Kind::Conflict, C::EmailTaken, "this e-mail address is already registered"),
+            Error::WeakPassword(m) => Self::new(Kind::BadRequest, C::WeakPassword, m),
+            Error::RegistrationDisabled => {
+                Self::new(Kind::Forbidden, C::RegistrationDisabled, "self-registration is disabled")
+            }
+            Error::NotFound => Self::new(Kind::NotFound, C::NotFound, "not found"),
+            Error::Overloaded => {
+                Self::new(Kind::Unavailable, C::TemporarilyUnavailable, "too many logins in progress; retry shortly")
+            }
+            Error::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "storage unavailable");
+                Self::new(Kind::Unavailable, C::TemporarilyUnavailable, "the database is unavailable; retry shortly")
+            }
+            Error::Internal(cause) => {
+                tracing::error!(error = %cause, source = ?cause.source(), "internal error");
+                Self::new(Kind::Internal, C::ServerError, "internal error")
+            }
+        }
+    }
+}
+
+fn no_store() -> String {
+    "no-store".to_owned()
+}
+
+/// Errors of the OAuth endpoints (RFC 6749 §5.2), never cached.
+#[derive(Debug, ApiResponse)]
+#[oai(bad_request_handler = "oauth_bad_request")]
+pub enum OAuthError {
+    /// `invalid_request`, `invalid_grant` (with `error_reason`), `unauthorized_client`,
+    /// `unsupported_grant_type` or `invalid_scope`.
+    #[oai(status = 400)]
+    BadRequest(
+        Json<ErrorBody>,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "Pragma")] String,
+    ),
+    /// `invalid_client`: unknown `client_id`.
+    #[oai(status = 401)]
+    Unauthorized(
+        Json<ErrorBody>,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "Pragma")] String,
+    ),
+    /// `payload_too_large`.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// `temporarily_unavailable`: retry after `Retry-After` seconds.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
+    /// `server_error`.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+impl From<Problem> for OAuthError {
+    fn from(p: Problem) -> Self {
+        let body = Json(p.body);
+        match p.kind {
+            Kind::BadRequest | Kind::Forbidden | Kind::NotFound | Kind::Conflict => {
+                Self::BadRequest(body, no_store(), "no-cache".into())
+            }
+            Kind::Unauthorized => Self::Unauthorized(body, no_store(), "no-cache".into()),
+            Kind::PayloadTooLarge => Self::PayloadTooLarge(body),
+            Kind::Unavailable => Self::Unavailable(body, RETRY_AFTER_SECS),
+            Kind::Internal => Self::Internal(body),
+        }
+    }
+}
+
+impl From<Error> for OAuthError {
+    fn from(e: Error) -> Self {
+        Problem::from(e).into()
+    }
+}
+
+fn oauth_bad_request(err: poem::Error) -> OAuthError {
+    let mut p = Problem::from_poem(&err);
+    if p.kind == Kind::NotFound {
+        p.kind = Kind::BadRequest;
+        p.body.error = ErrorCode::InvalidRequest;
+    }
+    p.into()
+}
+
+/// Errors of the `/v1` API.
+#[derive(Debug, ApiResponse)]
+#[oai(bad_request_handler = "api_bad_request")]
+pub enum ApiError {
+    /// `invalid_request`, `weak_password`.
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// `invalid_token` or `authentication_required` (RFC 6750).
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
+    /// `registration_disabled`.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// `not_found`.
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// `email_taken`.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// `payload_too_large`.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
+    /// `temporarily_unavailable`: retry after `Retry-After` seconds.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
+    /// `server_error`.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+/// `WWW-Authenticate` for a 401 (RFC 6750 §3): no error code when no token was sent.
+pub fn www_authenticate(body: &ErrorBody) -> String {
+    match body.error {
+        ErrorCode::InvalidToken => format!(
+            "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
+            body.error_description
+        ),
+        _ => format!("Bearer realm=\"{REALM}\""),
+    }
+}
+
+impl From<Problem> for ApiError {
+    fn from(p: Problem) -> Self {
+        let body = Json(p.body);
+        match p.kind {
+            Kind::BadRequest => Self::BadRequest(body),
+            Kind::Unauthorized => {
+                let header = www_authenticate(&body);
+                Self::Unauthorized(body, header)
+            }
+            Kind::Forbidden => Self::Forbidden(body),
+            Kind::NotFound => Self::NotFound(body),
+            Kind::Conflict => Self::Conflict(body),
+            Kind::PayloadTooLarge => Self::PayloadTooLarge(body),
+            Kind::Unavailable => Self::Unavailable(body, RETRY_AFTER_SECS),
+            Kind::Internal => Self::Internal(body),
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        Problem::from(e).into()
+    }
+}
+
+fn api_bad_request(err: poem::Error) -> ApiError {
+    Problem::from_poem(&err).into()
+}

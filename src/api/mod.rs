@@ -1,0 +1,68 @@
+//! HTTP only: poem-openapi types and thin handlers. The OpenAPI document is generated
+//! from this module and committed at `openapi/openapi.json`.
+
+pub mod error;
+pub mod health;
+pub mod security;
+pub mod token;
+pub mod users;
+pub mod wellknown;
+
+use poem::Request;
+use poem_openapi::{OpenApiService, Tags};
+
+use crate::domain::client::BrowserContext;
+use crate::domain::secret::Secret;
+use crate::service::tokens::RequestMeta;
+
+/// Operation groups in the docs.
+#[derive(Tags)]
+pub enum ApiTags {
+    /// RFC 6749 token endpoint and RFC 7009 revocation.
+    #[oai(rename = "OAuth")]
+    OAuth,
+    /// Registration and the signed-in user.
+    Users,
+    /// JWKS and RFC 8414 metadata, for services that verify our tokens.
+    Discovery,
+    /// Liveness and readiness.
+    Operations,
+}
+
+/// Every API of the service.
+pub type Apis = (token::TokenApi, users::UsersApi, wellknown::DiscoveryApi, health::HealthApi);
+
+const DESCRIPTION: &str = "Hybrid token issuer: short-lived RS256 access JWTs (RFC 9068) that \
+services verify through the JWKS, and opaque refresh tokens that rotate on every use, with \
+reuse detection that revokes the whole session.\n\n\
+Refresh tokens travel in the JSON body for body-mode clients (mobile, CLI) and only in the \
+`__Host-refresh` HttpOnly cookie for cookie-mode clients (browsers); cookie-mode requests \
+must send `X-Requested-With` and an allowed `Origin`.";
+
+/// The OpenAPI service; it does not depend on configuration, so the exported document
+/// is the same on every machine.
+pub fn make_openapi_service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (token::TokenApi, users::UsersApi, wellknown::DiscoveryApi, health::HealthApi),
+        "token-issuer",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(DESCRIPTION)
+}
+
+/// The OpenAPI document as JSON.
+pub fn openapi_json() -> String {
+    make_openapi_service().spec()
+}
+
+/// Who is asking: peer address, user agent, the browser's `Origin`, the CSRF header and
+/// the refresh cookie.
+fn request_meta(req: &Request, refresh_cookie: Option<String>, csrf_header: bool) -> RequestMeta {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    RequestMeta {
+        ip: req.remote_addr().as_socket_addr().map(|a| a.ip().to_string()),
+        user_agent: header("user-agent"),
+        browser: BrowserContext { origin: header("origin"), csrf_header },
+        refresh_cookie: refresh_cookie.map(Secret::new),
+    }
+}

@@ -1,0 +1,205 @@
+//! `POST /oauth/token` (RFC 6749 §5) and `POST /oauth/revoke` (RFC 7009).
+
+use std::sync::Arc;
+
+use poem::Request;
+use poem::web::Data;
+use poem_openapi::param::{Cookie, Header};
+use poem_openapi::payload::{Form, Json};
+use poem_openapi::{ApiRequest, ApiResponse, Object, OpenApi};
+use serde::Deserialize;
+
+use crate::api::error::OAuthError;
+use crate::api::{ApiTags, request_meta};
+use crate::domain::client::Delivery;
+use crate::domain::secret::Secret;
+use crate::service::Issuer;
+use crate::service::tokens::{Issued, TokenParams};
+
+/// The refresh cookie of cookie-mode clients.
+pub const REFRESH_COOKIE: &str = "__Host-refresh";
+
+/// Token request parameters (RFC 6749 §4.3.2 and §6). Empty values count as absent; a
+/// repeated parameter is `invalid_request`; unknown parameters are ignored.
+#[derive(Object, Deserialize)]
+#[oai(rename = "TokenRequest")]
+pub struct TokenRequestParams {
+    /// `password` or `refresh_token`.
+    grant_type: Option<String>,
+    /// A registered client, e.g. `dev` or `dev-spa`.
+    client_id: Option<String>,
+    /// Password grant: the e-mail address.
+    username: Option<String>,
+    /// Password grant: the password.
+    password: Option<String>,
+    /// Refresh grant, body-mode clients only: the refresh token (at most 512 bytes).
+    /// Cookie-mode clients send it in the `__Host-refresh` cookie instead.
+    refresh_token: Option<String>,
+    /// Not supported yet: any non-empty value is `invalid_scope`.
+    scope: Option<String>,
+}
+
+/// RFC 6749 uses form encoding; the same parameters are accepted as JSON.
+#[derive(ApiRequest)]
+pub enum TokenRequestBody {
+    /// `application/x-www-form-urlencoded`, as RFC 6749 specifies.
+    Form(Form<TokenRequestParams>),
+    /// `application/json`.
+    Json(Json<TokenRequestParams>),
+}
+
+impl TokenRequestBody {
+    fn into_params(self) -> TokenParams {
+        let (Self::Form(Form(p)) | Self::Json(Json(p))) = self;
+        TokenParams {
+            grant_type: p.grant_type,
+            client_id: p.client_id,
+            username: p.username,
+            password: p.password.map(Secret::new),
+            refresh_token: p.refresh_token.map(Secret::new),
+            scope: p.scope,
+        }
+    }
+}
+
+/// Tokens (RFC 6749 §5.1).
+#[derive(Object)]
+#[oai(rename = "TokenResponse")]
+pub struct TokenResponseBody {
+    /// An RS256 JWT (`typ: at+jwt`, RFC 9068), to send as `Authorization: Bearer`.
+    access_token: String,
+    /// Always `Bearer`.
+    token_type: String,
+    /// Seconds until the access token expires (300 to 900).
+    expires_in: u64,
+    /// Body-mode clients only: the new refresh token; the one presented is now used.
+    /// Cookie-mode clients get it in the `__Host-refresh` cookie and never here.
+    #[oai(skip_serializing_if_is_none)]
+    refresh_token: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    scope: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum TokenOk {
+    /// Tokens issued. Cookie-mode clients also get
+    /// `Set-Cookie: __Host-refresh=...; HttpOnly; Secure; SameSite=Strict; Path=/`.
+    #[oai(status = 200)]
+    Ok(
+        Json<TokenResponseBody>,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "Pragma")] String,
+        #[oai(header = "Set-Cookie")] Option<String>,
+    ),
+}
+
+impl From<Issued> for TokenOk {
+    fn from(issued: Issued) -> Self {
+        let (refresh_token, cookie) = match issued.delivery {
+            Delivery::Body => (Some(issued.refresh_token.expose().to_owned()), None),
+            Delivery::Cookie => (
+                None,
+                Some(refresh_cookie(issued.refresh_token.expose(), issued.refresh_max_age.as_secs())),
+            ),
+        };
+        Self::Ok(
+            Json(TokenResponseBody {
+                access_token: issued.access_token,
+                token_type: "Bearer".into(),
+                expires_in: issued.expires_in,
+                refresh_token,
+                scope: issued.scope,
+            }),
+            "no-store".into(),
+            "no-cache".into(),
+            cookie,
+        )
+    }
+}
+
+fn refresh_cookie(value: &str, max_age: u64) -> String {
+    format!("{REFRESH_COOKIE}={value}; Max-Age={max_age}; Path=/; Secure; HttpOnly; SameSite=Strict")
+}
+
+/// Revocation request (RFC 7009 §2.1).
+#[derive(Object, Deserialize)]
+#[oai(rename = "RevokeRequest")]
+pub struct RevokeRequestParams {
+    /// A refresh token, or an access token of ours (its session is revoked).
+    /// Cookie-mode clients may omit it: the `__Host-refresh` cookie is used.
+    token: Option<String>,
+    /// `refresh_token` or `access_token`; a hint only.
+    token_type_hint: Option<String>,
+    /// The client the token was issued to.
+    client_id: Option<String>,
+}
+
+#[derive(ApiRequest)]
+pub enum RevokeRequestBody {
+    /// `application/x-www-form-urlencoded`, as RFC 7009 specifies.
+    Form(Form<RevokeRequestParams>),
+    /// `application/json`.
+    Json(Json<RevokeRequestParams>),
+}
+
+#[derive(ApiResponse)]
+pub enum RevokeOk {
+    /// Revoked, or the token was unknown or already revoked (RFC 7009 §2.2).
+    /// Cookie-mode clients get the cookie cleared.
+    #[oai(status = 200)]
+    Ok(#[oai(header = "Cache-Control")] String, #[oai(header = "Set-Cookie")] Option<String>),
+}
+
+pub struct TokenApi;
+
+#[OpenApi(tag = "ApiTags::OAuth")]
+impl TokenApi {
+    /// Issue tokens
+    ///
+    /// `grant_type=password` logs in (first-party clients only, RFC 9700) and starts a
+    /// session; `grant_type=refresh_token` rotates: the presented refresh token is used
+    /// up and its successor returned. Presenting a used refresh token again within the
+    /// grace window (default 10 s) returns the same successor, as long as the successor
+    /// itself was never used; after that it is a reuse, and the whole session is
+    /// revoked (`invalid_grant`, `error_reason: reused`).
+    ///
+    /// Cookie-mode clients (e.g. `dev-spa`) send `X-Requested-With` (any value) and an
+    /// `Origin` among their allowed origins on every request, and the refresh token
+    /// only in the `__Host-refresh` cookie; a request that fails this check is refused
+    /// without using the token.
+    #[oai(path = "/oauth/token", method = "post", operation_id = "token")]
+    async fn token(
+        &self,
+        issuer: Data<&Arc<Issuer>>,
+        req: &Request,
+        body: TokenRequestBody,
+        #[oai(name = "__Host-refresh")] refresh: Cookie<Option<String>>,
+        #[oai(name = "X-Requested-With")] requested_with: Header<Option<String>>,
+    ) -> Result<TokenOk, OAuthError> {
+        let meta = request_meta(req, refresh.0, requested_with.0.is_some());
+        Ok(issuer.token(body.into_params(), meta).await?.into())
+    }
+
+    /// Revoke a session
+    ///
+    /// RFC 7009: ends the session (token family) of a refresh token or of one of our
+    /// access tokens. Answers 200 for unknown and already revoked tokens too.
+    /// Cookie-mode clients pass the CSRF check, may rely on the cookie, and get it
+    /// cleared.
+    #[oai(path = "/oauth/revoke", method = "post", operation_id = "revoke")]
+    async fn revoke(
+        &self,
+        issuer: Data<&Arc<Issuer>>,
+        req: &Request,
+        body: RevokeRequestBody,
+        #[oai(name = "__Host-refresh")] refresh: Cookie<Option<String>>,
+        #[oai(name = "X-Requested-With")] requested_with: Header<Option<String>>,
+    ) -> Result<RevokeOk, OAuthError> {
+        let (RevokeRequestBody::Form(Form(p)) | RevokeRequestBody::Json(Json(p))) = body;
+        let _hint = p.token_type_hint;
+        let meta = request_meta(req, refresh.0, requested_with.0.is_some());
+        let revoked = issuer.revoke(p.client_id, p.token.map(Secret::new), meta).await?;
+        let clear = revoked.clear_cookie.then(|| refresh_cookie("", 0));
+        Ok(RevokeOk::Ok("no-store".into(), clear))
+    }
+}

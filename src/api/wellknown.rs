@@ -1,0 +1,136 @@
+//! JWKS and RFC 8414 metadata.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::Header;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+
+use crate::api::ApiTags;
+use crate::service::Issuer;
+
+/// How long verifiers may cache the JWKS. A new key is published before it signs, so
+/// this bounds how early it must be published.
+const JWKS_MAX_AGE_SECS: u32 = 300;
+
+/// A public key (RFC 7517).
+#[derive(Object)]
+pub struct JwkBody {
+    /// `RSA`.
+    pub kty: String,
+    /// `sig`.
+    #[oai(rename = "use")]
+    pub use_: String,
+    /// `RS256`.
+    pub alg: String,
+    /// The RFC 7638 thumbprint of the key; the `kid` of the tokens it signs.
+    pub kid: String,
+    /// Modulus, base64url.
+    pub n: String,
+    /// Exponent, base64url.
+    pub e: String,
+}
+
+/// A JWK set (RFC 7517 §5).
+#[derive(Object)]
+pub struct Jwks {
+    pub keys: Vec<JwkBody>,
+}
+
+#[derive(ApiResponse)]
+pub enum JwksResponse {
+    /// The keys that verify our access tokens.
+    #[oai(status = 200)]
+    Ok(
+        Json<Jwks>,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "ETag")] String,
+    ),
+    /// `If-None-Match` matched: the cached set is current.
+    #[oai(status = 304)]
+    NotModified(#[oai(header = "Cache-Control")] String, #[oai(header = "ETag")] String),
+}
+
+/// Authorization server metadata (RFC 8414); lists only what is supported.
+#[derive(Object)]
+pub struct ServerMetadata {
+    /// Equal, byte for byte, to the `iss` of our tokens.
+    pub issuer: String,
+    pub token_endpoint: String,
+    pub jwks_uri: String,
+    pub revocation_endpoint: String,
+    /// Empty: there is no authorization endpoint.
+    pub response_types_supported: Vec<String>,
+    pub grant_types_supported: Vec<String>,
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    pub revocation_endpoint_auth_methods_supported: Vec<String>,
+    pub service_documentation: String,
+}
+
+#[derive(ApiResponse)]
+pub enum MetadataResponse {
+    #[oai(status = 200)]
+    Ok(Json<ServerMetadata>, #[oai(header = "Cache-Control")] String),
+}
+
+pub struct DiscoveryApi;
+
+#[OpenApi(tag = "ApiTags::Discovery")]
+impl DiscoveryApi {
+    /// JWKS
+    ///
+    /// The public keys that verify our access tokens. Cache it (`Cache-Control`,
+    /// `ETag`); on a token with an unknown `kid`, refetch at most once per interval.
+    #[oai(path = "/.well-known/jwks.json", method = "get", operation_id = "jwks")]
+    async fn jwks(
+        &self,
+        issuer: Data<&Arc<Issuer>>,
+        #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
+    ) -> JwksResponse {
+        let (jwks, etag) = issuer.jwks();
+        let cache = format!("public, max-age={JWKS_MAX_AGE_SECS}");
+        let matches = if_none_match
+            .0
+            .as_deref()
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        if matches {
+            return JwksResponse::NotModified(cache, etag.to_owned());
+        }
+        let keys = jwks
+            .iter()
+            .map(|k| JwkBody {
+                kty: k.kty.into(),
+                use_: k.use_.into(),
+                alg: k.alg.into(),
+                kid: k.kid.clone(),
+                n: k.n.clone(),
+                e: k.e.clone(),
+            })
+            .collect();
+        JwksResponse::Ok(Json(Jwks { keys }), cache, etag.to_owned())
+    }
+
+    /// Authorization server metadata
+    ///
+    /// RFC 8414 metadata: the endpoints, grant types and methods this issuer supports.
+    #[oai(path = "/.well-known/oauth-authorization-server", method = "get", operation_id = "metadata")]
+    async fn metadata(&self, issuer: Data<&Arc<Issuer>>) -> MetadataResponse {
+        let base = issuer.issuer_url();
+        let list = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        MetadataResponse::Ok(
+            Json(ServerMetadata {
+                issuer: base.to_owned(),
+                token_endpoint: format!("{base}/oauth/token"),
+                jwks_uri: format!("{base}/.well-known/jwks.json"),
+                revocation_endpoint: format!("{base}/oauth/revoke"),
+                response_types_supported: Vec::new(),
+                grant_types_supported: list(&["password", "refresh_token"]),
+                token_endpoint_auth_methods_supported: list(&["none"]),
+                revocation_endpoint_auth_methods_supported: list(&["none"]),
+                service_documentation: format!("{base}/docs"),
+            }),
+            "public, max-age=3600".into(),
+        )
+    }
+}

@@ -1,0 +1,514 @@
+//! Typed settings: built-in defaults, then the TOML file named by `ISSUER_CONFIG`,
+//! then `ISSUER_*` environment variables, validated once at start-up.
+//!
+//! Decisions taken here:
+//! - Durations are written as an integer followed by a unit: `"30s"`, `"10m"`, `"12h"`,
+//!   `"14d"` (`"0"` for zero).
+//! - Without `ISSUER_CONFIG`, the built-in development configuration registers the
+//!   `dev` (body delivery) and `dev-spa` (cookie delivery, origin
+//!   `http://localhost:5173`) clients and allows self-registration. A configuration
+//!   file must list its own clients.
+//! - Every scalar setting can be overridden by `ISSUER_<NAME>` (`ISSUER_BIND`,
+//!   `ISSUER_URL` for `issuer_url`, `ISSUER_DATABASE_URL`, ...). Clients come from the
+//!   file only.
+//! - The issuer URL is kept without a trailing slash: it is the `iss` claim and the RFC
+//!   8414 `issuer`, byte for byte. Its default, `http://localhost:8080`, matches the SPA
+//!   origin `http://localhost:5173` site-wise (`localhost` and `127.0.0.1` are different
+//!   sites for `SameSite=Strict` cookies).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::client::{Client, ClientKind, Delivery};
+
+/// Access tokens may live between these bounds (DESIGN.md: 5–15 minutes).
+const ACCESS_LIFETIME_MIN: Duration = Duration::from_secs(5 * 60);
+const ACCESS_LIFETIME_MAX: Duration = Duration::from_secs(15 * 60);
+/// Largest clock leeway the verifier accepts.
+const LEEWAY_MAX: Duration = Duration::from_secs(30);
+
+/// A configuration problem, reported as one line naming the setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub setting: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: `{}`: {}", self.setting, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(setting: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: setting.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Everything the service needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    /// The `iss` of every token and the RFC 8414 `issuer`; no trailing slash.
+    pub issuer_url: String,
+    /// The audience our own endpoints (`/v1/...`) require in an access token.
+    pub audience: String,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub keys_dir: PathBuf,
+    /// A `tracing` filter, e.g. `info` or `token_issuer=debug`.
+    pub log: String,
+    pub allow_registration: bool,
+    pub tokens: TokenSettings,
+    pub password_hashing: HashingSettings,
+    pub clients: Vec<Client>,
+}
+
+/// Token lifetimes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenSettings {
+    pub access_token_lifetime: Duration,
+    pub refresh_idle_timeout: Duration,
+    pub refresh_absolute_lifetime: Duration,
+    /// Zero disables the grace window: any second use of a token is a reuse.
+    pub refresh_grace_period: Duration,
+    pub clock_leeway: Duration,
+}
+
+/// Bounds on password hashing, so a login flood cannot take every core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashingSettings {
+    /// Hashes computed at once.
+    pub concurrency: usize,
+    /// Requests allowed to wait for a hashing slot; more are answered 503.
+    pub queue: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    bind: Option<String>,
+    issuer_url: Option<String>,
+    audience: Option<String>,
+    database_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    keys_dir: Option<PathBuf>,
+    log: Option<String>,
+    allow_registration: Option<bool>,
+    access_token_lifetime: Option<String>,
+    refresh_idle_timeout: Option<String>,
+    refresh_absolute_lifetime: Option<String>,
+    refresh_grace_period: Option<String>,
+    clock_leeway: Option<String>,
+    password_hash_concurrency: Option<usize>,
+    password_hash_queue: Option<usize>,
+    clients: Option<Vec<ClientFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientFile {
+    client_id: String,
+    kind: ClientKind,
+    delivery: Option<Delivery>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    audiences: Option<Vec<String>>,
+}
+
+/// Environment variables that override a scalar setting, with the setting they set.
+const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
+    ("ISSUER_BIND", "bind", EnvKind::Text),
+    ("ISSUER_URL", "issuer_url", EnvKind::Text),
+    ("ISSUER_AUDIENCE", "audience", EnvKind::Text),
+    ("ISSUER_DATABASE_URL", "database_url", EnvKind::Text),
+    ("ISSUER_DATA_DIR", "data_dir", EnvKind::Text),
+    ("ISSUER_KEYS_DIR", "keys_dir", EnvKind::Text),
+    ("ISSUER_LOG", "log", EnvKind::Text),
+    ("ISSUER_ALLOW_REGISTRATION", "allow_registration", EnvKind::Bool),
+    ("ISSUER_ACCESS_TOKEN_LIFETIME", "access_token_lifetime", EnvKind::Text),
+    ("ISSUER_REFRESH_IDLE_TIMEOUT", "refresh_idle_timeout", EnvKind::Text),
+    ("ISSUER_REFRESH_ABSOLUTE_LIFETIME", "refresh_absolute_lifetime", EnvKind::Text),
+    ("ISSUER_REFRESH_GRACE_PERIOD", "refresh_grace_period", EnvKind::Text),
+    ("ISSUER_CLOCK_LEEWAY", "clock_leeway", EnvKind::Text),
+    ("ISSUER_PASSWORD_HASH_CONCURRENCY", "password_hash_concurrency", EnvKind::Integer),
+    ("ISSUER_PASSWORD_HASH_QUEUE", "password_hash_queue", EnvKind::Integer),
+];
+
+#[derive(Debug, Clone, Copy)]
+enum EnvKind {
+    Text,
+    Bool,
+    Integer,
+}
+
+impl Settings {
+    /// Loads the settings of this process: `ISSUER_CONFIG` (if set) and `ISSUER_*`.
+    pub fn load() -> Result<Self, ConfigError> {
+        let file = std::env::var_os("ISSUER_CONFIG").map(PathBuf::from);
+        Self::load_from(file.as_deref(), |name| std::env::var(name).ok())
+    }
+
+    /// Loads from an optional TOML file and an environment lookup (tests pass their own).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid("ISSUER_CONFIG", format!("cannot read {}: {e}", path.display()))
+                })?;
+                text.parse::<toml::Table>().map_err(|e| toml_error(path, &e))?
+            }
+            None => toml::Table::new(),
+        };
+        for (var, key, kind) in ENV_OVERRIDES {
+            let Some(raw) = env(var) else { continue };
+            let value = match kind {
+                EnvKind::Text => toml::Value::String(raw),
+                EnvKind::Bool => match raw.trim() {
+                    "true" | "1" => toml::Value::Boolean(true),
+                    "false" | "0" => toml::Value::Boolean(false),
+                    _ => return Err(invalid(var, "expected true or false")),
+                },
+                EnvKind::Integer => raw
+                    .trim()
+                    .parse::<i64>()
+                    .map(toml::Value::Integer)
+                    .map_err(|_| invalid(var, "expected a whole number"))?,
+            };
+            table.insert((*key).to_owned(), value);
+        }
+        let parsed = FileSettings::deserialize(table).map_err(|e| {
+            let source = file.map_or_else(|| "environment".to_owned(), |p| p.display().to_string());
+            invalid(&source, e.message().replace('\n', " "))
+        })?;
+        Self::from_file(parsed, file.is_some())
+    }
+
+    fn from_file(f: FileSettings, from_file: bool) -> Result<Self, ConfigError> {
+        let bind = f
+            .bind
+            .as_deref()
+            .unwrap_or("127.0.0.1:8080")
+            .parse::<SocketAddr>()
+            .map_err(|_| invalid("bind", "expected an address such as 127.0.0.1:8080"))?;
+        let issuer_url = validate_issuer_url(f.issuer_url.as_deref().unwrap_or("http://localhost:8080"))?;
+        let audience = f.audience.unwrap_or_else(|| issuer_url.clone());
+        if audience.trim().is_empty() {
+            return Err(invalid("audience", "must not be empty"));
+        }
+        let data_dir = f.data_dir.unwrap_or_else(|| PathBuf::from("data"));
+        let database_url = match f.database_url {
+            Some(url) => validate_database_url(&url)?,
+            None => format!("sqlite://{}", data_dir.join("token-issuer.db").display()),
+        };
+        let tokens = TokenSettings {
+            access_token_lifetime: duration("access_token_lifetime", f.access_token_lifetime, "10m")?,
+            refresh_idle_timeout: duration("refresh_idle_timeout", f.refresh_idle_timeout, "14d")?,
+            refresh_absolute_lifetime: duration(
+                "refresh_absolute_lifetime",
+                f.refresh_absolute_lifetime,
+                "90d",
+            )?,
+            refresh_grace_period: duration("refresh_grace_period", f.refresh_grace_period, "10s")?,
+            clock_leeway: duration("clock_leeway", f.clock_leeway, "30s")?,
+        };
+        tokens.validate()?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let password_hashing = HashingSettings {
+            // One core stays free for refreshes and verification during a login flood.
+            concurrency: f.password_hash_concurrency.unwrap_or(cores.saturating_sub(1).max(1)),
+            queue: f.password_hash_queue.unwrap_or(256),
+        };
+        if password_hashing.concurrency == 0 {
+            return Err(invalid("password_hash_concurrency", "must be at least 1"));
+        }
+        let clients = match f.clients {
+            Some(clients) => clients
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| client_from_file(i, c, &audience))
+                .collect::<Result<Vec<_>, _>>()?,
+            None if from_file => {
+                return Err(invalid("clients", "a configuration file must register at least one client"));
+            }
+            None => dev_clients(&audience),
+        };
+        if clients.is_empty() {
+            return Err(invalid("clients", "at least one client is required"));
+        }
+        let mut seen = HashSet::new();
+        for c in &clients {
+            if !seen.insert(c.id.as_str()) {
+                return Err(invalid("clients", format!("client_id {:?} is registered twice", c.id)));
+            }
+        }
+        Ok(Self {
+            bind,
+            issuer_url,
+            audience,
+            database_url,
+            data_dir,
+            keys_dir: f.keys_dir.unwrap_or_else(|| PathBuf::from("keys")),
+            log: f.log.unwrap_or_else(|| "info".to_owned()),
+            allow_registration: f.allow_registration.unwrap_or(true),
+            tokens,
+            password_hashing,
+            clients,
+        })
+    }
+
+    /// The built-in development settings, as `cargo run` with no configuration uses them.
+    pub fn development() -> Result<Self, ConfigError> {
+        Self::from_file(FileSettings::default(), false)
+    }
+}
+
+impl TokenSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(ACCESS_LIFETIME_MIN..=ACCESS_LIFETIME_MAX).contains(&self.access_token_lifetime) {
+            return Err(invalid(
+                "access_token_lifetime",
+                format!(
+                    "{} is outside the allowed range 5m to 15m",
+                    show_duration(self.access_token_lifetime)
+                ),
+            ));
+        }
+        if self.refresh_idle_timeout.is_zero() {
+            return Err(invalid("refresh_idle_timeout", "must be longer than zero"));
+        }
+        if self.refresh_absolute_lifetime < self.refresh_idle_timeout {
+            return Err(invalid(
+                "refresh_absolute_lifetime",
+                "must not be shorter than refresh_idle_timeout",
+            ));
+        }
+        if self.refresh_grace_period > Duration::from_secs(60) {
+            return Err(invalid("refresh_grace_period", "must be at most 60s (0 disables it)"));
+        }
+        if self.clock_leeway > LEEWAY_MAX {
+            return Err(invalid("clock_leeway", "must be at most 30s"));
+        }
+        Ok(())
+    }
+}
+
+fn toml_error(path: &Path, e: &toml::de::Error) -> ConfigError {
+    invalid(&path.display().to_string(), e.message().replace('\n', " "))
+}
+
+fn duration(setting: &str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
+    let raw = value.as_deref().unwrap_or(default);
+    parse_duration(raw).ok_or_else(|| {
+        invalid(setting, format!("{raw:?} is not a duration such as \"30s\", \"10m\", \"12h\" or \"14d\""))
+    })
+}
+
+/// Parses `"<integer><unit>"` with unit `s`, `m`, `h` or `d`; `"0"` is zero.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    if raw == "0" {
+        return Some(Duration::ZERO);
+    }
+    let split = raw.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(unit_secs).map(Duration::from_secs)
+}
+
+fn show_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s % 60 == 0 { format!("{}m", s / 60) } else { format!("{s}s") }
+}
+
+fn validate_issuer_url(raw: &str) -> Result<String, ConfigError> {
+    let url = url::Url::parse(raw).map_err(|e| invalid("issuer_url", format!("{raw:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid("issuer_url", format!("{raw:?} must be an http(s) URL with a host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(invalid("issuer_url", format!("{raw:?} must not carry a query, fragment or user")));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+fn validate_database_url(raw: &str) -> Result<String, ConfigError> {
+    if raw.starts_with("sqlite:") {
+        Ok(raw.to_owned())
+    } else {
+        Err(invalid(
+            "database_url",
+            "only sqlite: URLs are supported by this build (e.g. sqlite://data/token-issuer.db)",
+        ))
+    }
+}
+
+/// Normalises an origin (`scheme://host[:port]`) the way browsers send it.
+fn validate_origin(setting: &str, raw: &str) -> Result<String, ConfigError> {
+    let url = url::Url::parse(raw).map_err(|_| invalid(setting, format!("{raw:?} is not an origin")))?;
+    let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
+    if !matches!(url.scheme(), "http" | "https") || !bare || url.host().is_none() {
+        return Err(invalid(
+            setting,
+            format!("{raw:?} must be an origin such as https://app.example.com, without a path"),
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+fn client_from_file(index: usize, c: ClientFile, default_audience: &str) -> Result<Client, ConfigError> {
+    let setting = format!("clients[{index}]");
+    if c.client_id.trim().is_empty() || c.client_id.len() > 128 {
+        return Err(invalid(&format!("{setting}.client_id"), "must be 1 to 128 characters"));
+    }
+    let delivery = c.delivery.unwrap_or(match c.kind {
+        ClientKind::Spa => Delivery::Cookie,
+        ClientKind::Mobile | ClientKind::Service => Delivery::Body,
+    });
+    let allowed_origins = c
+        .allowed_origins
+        .iter()
+        .map(|o| validate_origin(&format!("{setting}.allowed_origins"), o))
+        .collect::<Result<Vec<_>, _>>()?;
+    if delivery == Delivery::Cookie && allowed_origins.is_empty() {
+        return Err(invalid(
+            &format!("{setting}.allowed_origins"),
+            "a cookie-delivery client needs at least one allowed origin (the CSRF defence checks it)",
+        ));
+    }
+    let audiences = c.audiences.unwrap_or_else(|| vec![default_audience.to_owned()]);
+    if audiences.is_empty() || audiences.iter().any(|a| a.trim().is_empty()) {
+        return Err(invalid(&format!("{setting}.audiences"), "must list at least one non-empty audience"));
+    }
+    Ok(Client {
+        id: c.client_id,
+        kind: c.kind,
+        delivery,
+        allowed_origins,
+        audiences,
+    })
+}
+
+fn dev_clients(audience: &str) -> Vec<Client> {
+    vec![
+        Client {
+            id: "dev".to_owned(),
+            kind: ClientKind::Mobile,
+            delivery: Delivery::Body,
+            allowed_origins: Vec::new(),
+            audiences: vec![audience.to_owned()],
+        },
+        Client {
+            id: "dev-spa".to_owned(),
+            kind: ClientKind::Spa,
+            delivery: Delivery::Cookie,
+            allowed_origins: vec!["http://localhost:5173".to_owned()],
+            audiences: vec![audience.to_owned()],
+        },
+    ]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn load(toml_text: Option<&str>, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("issuer.toml");
+        if let Some(text) = toml_text {
+            std::fs::write(&path, text).unwrap();
+        }
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        Settings::load_from(toml_text.map(|_| path.as_path()), |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn defaults_are_the_development_configuration() {
+        let s = load(None, &[]).unwrap();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.issuer_url, "http://localhost:8080");
+        assert_eq!(s.database_url, "sqlite://data/token-issuer.db");
+        assert_eq!(s.tokens.access_token_lifetime, Duration::from_secs(600));
+        assert_eq!(s.tokens.refresh_grace_period, Duration::from_secs(10));
+        let ids: Vec<_> = s.clients.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, ["dev", "dev-spa"]);
+        assert!(s.allow_registration);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let s = load(
+            Some("issuer_url = \"https://a.example\"\n[[clients]]\nclient_id = \"m\"\nkind = \"mobile\"\n"),
+            &[("ISSUER_URL", "https://b.example/"), ("ISSUER_REFRESH_GRACE_PERIOD", "0")],
+        )
+        .unwrap();
+        assert_eq!(s.issuer_url, "https://b.example");
+        assert_eq!(s.tokens.refresh_grace_period, Duration::ZERO);
+        assert_eq!(s.clients[0].audiences, ["https://b.example"]);
+    }
+
+    #[test]
+    fn access_lifetime_outside_range_names_the_setting() {
+        let err = load(None, &[("ISSUER_ACCESS_TOKEN_LIFETIME", "20m")]).unwrap_err();
+        assert_eq!(err.setting, "access_token_lifetime");
+        assert!(err.to_string().contains("5m to 15m"), "{err}");
+        assert!(!err.to_string().contains('\n'));
+        let err = load(None, &[("ISSUER_ACCESS_TOKEN_LIFETIME", "4m")]).unwrap_err();
+        assert_eq!(err.setting, "access_token_lifetime");
+    }
+
+    #[test]
+    fn unknown_key_and_bad_url_are_refused() {
+        let err = load(Some("acces_token_lifetime = \"10m\"\n"), &[]).unwrap_err();
+        assert!(err.message.contains("acces_token_lifetime"), "{err}");
+        assert!(!err.to_string().contains('\n'));
+        let err = load(None, &[("ISSUER_URL", "not a url")]).unwrap_err();
+        assert_eq!(err.setting, "issuer_url");
+        let err = load(None, &[("ISSUER_URL", "ftp://x.example")]).unwrap_err();
+        assert_eq!(err.setting, "issuer_url");
+    }
+
+    #[test]
+    fn cookie_clients_need_an_origin_and_ids_are_unique() {
+        let err = load(Some("[[clients]]\nclient_id = \"s\"\nkind = \"spa\"\n"), &[]).unwrap_err();
+        assert_eq!(err.setting, "clients[0].allowed_origins");
+        let err = load(
+            Some("[[clients]]\nclient_id = \"a\"\nkind = \"mobile\"\n[[clients]]\nclient_id = \"a\"\nkind = \"mobile\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.setting, "clients");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("14d"), Some(Duration::from_secs(14 * 86_400)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("m"), None);
+        assert_eq!(parse_duration("1w"), None);
+    }
+}

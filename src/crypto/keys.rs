@@ -1,0 +1,317 @@
+//! The signing keys and the JWKS that publishes them.
+//!
+//! Layout of the key directory (decided here; the CLI of a later issue manages states):
+//! - `<kid>.pem`: an RSA private key, PKCS#8 PEM, mode 0600. The `kid` is the RFC 7638
+//!   JWK thumbprint of its public key.
+//! - `active`: the `kid` that signs new tokens. With a single key and no `active` file,
+//!   that key is active.
+//! - `refresh-hmac.key`: the secret that derives refresh-token successors.
+//!
+//! Every key found is published in the JWKS, so a key placed there before it is made
+//! active is picked up by verifiers first. Keys are read once at start-up: there is no
+//! file I/O on the request path.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{KeyPair as _, RsaKeyPair};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use jsonwebtoken::DecodingKey;
+use ring::digest;
+use serde::Serialize;
+
+use crate::crypto::b64url;
+
+/// A key-directory problem, reported at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("key directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("key file {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("key directory {0}: several keys and no `active` file naming the one that signs")]
+    NoActive(PathBuf),
+    #[error("key directory {0}: `active` names a key that is not there")]
+    MissingActive(PathBuf),
+    #[error("RSA key generation failed")]
+    Generate,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+    move |source| KeyError::Io { path: path.to_owned(), source }
+}
+
+/// One public key in JWKS form (RFC 7517/7518); never a private member.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Jwk {
+    pub kty: &'static str,
+    #[serde(rename = "use")]
+    pub use_: &'static str,
+    pub alg: &'static str,
+    pub kid: String,
+    pub n: String,
+    pub e: String,
+}
+
+/// A private key, parsed once, with its precomputed JWS header.
+pub struct SigningKey {
+    pub kid: String,
+    pub(crate) key_pair: RsaKeyPair,
+    /// base64url of `{"alg":"RS256","typ":"at+jwt","kid":"..."}`.
+    pub(crate) header_b64: String,
+    pub jwk: Jwk,
+}
+
+impl SigningKey {
+    fn from_pkcs8(der: &[u8], path: &Path) -> Result<Self, KeyError> {
+        let key_pair = RsaKeyPair::from_pkcs8(der).map_err(|e| KeyError::Invalid {
+            path: path.to_owned(),
+            reason: format!("not an RSA PKCS#8 private key ({e})"),
+        })?;
+        if key_pair.public_modulus_len() < 256 {
+            return Err(KeyError::Invalid {
+                path: path.to_owned(),
+                reason: "RSA keys must be at least 2048 bits".into(),
+            });
+        }
+        let public = key_pair.public_key();
+        let n = b64url(public.modulus().big_endian_without_leading_zero());
+        let e = b64url(public.exponent().big_endian_without_leading_zero());
+        // RFC 7638: members in lexicographic order, no whitespace.
+        let thumbprint_input = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
+        let kid = b64url(digest::digest(&digest::SHA256, thumbprint_input.as_bytes()).as_ref());
+        let header = serde_json::json!({"alg": "RS256", "typ": "at+jwt", "kid": kid});
+        Ok(Self {
+            header_b64: b64url(header.to_string().as_bytes()),
+            jwk: Jwk { kty: "RSA", use_: "sig", alg: "RS256", kid: kid.clone(), n, e },
+            kid,
+            key_pair,
+        })
+    }
+}
+
+/// The keys of this issuer: the one that signs, and every one that verifies.
+pub struct KeySet {
+    active: SigningKey,
+    decoding: HashMap<String, DecodingKey>,
+    jwks: Vec<Jwk>,
+    jwks_json: String,
+    etag: String,
+}
+
+impl KeySet {
+    /// Loads the key directory, generating an RSA-2048 key on first start.
+    /// Returns the set and, when a key was generated, the path it was written to.
+    pub fn load_or_generate(dir: &Path) -> Result<(Self, Option<PathBuf>), KeyError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut generated = None;
+        let mut keys = read_keys(dir)?;
+        if keys.is_empty() {
+            let path = generate_into(dir, KeySize::Rsa2048)?;
+            keys = read_keys(dir)?;
+            // Another instance starting at the same moment may have won the `active` file.
+            if keys.iter().any(|(p, _)| p == &path) {
+                generated = Some(path);
+            }
+        }
+        let active_kid = match fs::read_to_string(dir.join("active")) {
+            Ok(kid) => Some(kid.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(KeyError::Io { path: dir.join("active"), source: e }),
+        };
+        let decoding = keys
+            .iter()
+            .map(|(path, k)| {
+                DecodingKey::from_rsa_components(&k.jwk.n, &k.jwk.e)
+                    .map(|d| (k.kid.clone(), d))
+                    .map_err(|e| KeyError::Invalid { path: path.clone(), reason: e.to_string() })
+            })
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        let mut jwks: Vec<Jwk> = keys.iter().map(|(_, k)| k.jwk.clone()).collect();
+        jwks.sort_by(|a, b| a.kid.cmp(&b.kid));
+        let jwks_json = serde_json::json!({ "keys": &jwks }).to_string();
+        let etag = format!(
+            "\"{}\"",
+            &b64url(digest::digest(&digest::SHA256, jwks_json.as_bytes()).as_ref())[..22]
+        );
+        let active = match active_kid {
+            Some(kid) => keys
+                .into_iter()
+                .map(|(_, k)| k)
+                .find(|k| k.kid == kid)
+                .ok_or_else(|| KeyError::MissingActive(dir.to_owned()))?,
+            None if keys.len() == 1 => keys.into_iter().map(|(_, k)| k).next().ok_or(KeyError::Generate)?,
+            None => return Err(KeyError::NoActive(dir.to_owned())),
+        };
+        Ok((Self { active, decoding, jwks, jwks_json, etag }, generated))
+    }
+
+    /// The key that signs new tokens.
+    pub fn active(&self) -> &SigningKey {
+        &self.active
+    }
+
+    /// The verification key for a `kid` of ours; `None` for anything else.
+    pub fn decoding_key(&self, kid: &str) -> Option<&DecodingKey> {
+        self.decoding.get(kid)
+    }
+
+    /// The published public keys, ordered by `kid`.
+    pub fn jwks(&self) -> &[Jwk] {
+        &self.jwks
+    }
+
+    /// The JWKS document, serialised once.
+    pub fn jwks_json(&self) -> &str {
+        &self.jwks_json
+    }
+
+    /// A strong validator of the JWKS document.
+    pub fn jwks_etag(&self) -> &str {
+        &self.etag
+    }
+}
+
+fn read_keys(dir: &Path) -> Result<Vec<(PathBuf, SigningKey)>, KeyError> {
+    let mut keys = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("pem") {
+            continue;
+        }
+        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+        let der = pem_decode(&text, "PRIVATE KEY").ok_or_else(|| KeyError::Invalid {
+            path: path.clone(),
+            reason: "expected a PEM `PRIVATE KEY` (PKCS#8) block".into(),
+        })?;
+        let key = SigningKey::from_pkcs8(&der, &path)?;
+        keys.push((path, key));
+    }
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(keys)
+}
+
+/// Generates a key into `dir` and makes it active unless another key already is.
+fn generate_into(dir: &Path, size: KeySize) -> Result<PathBuf, KeyError> {
+    let key_pair = RsaKeyPair::generate(size).map_err(|_| KeyError::Generate)?;
+    let der = AsDer::<Pkcs8V1Der>::as_der(&key_pair).map_err(|_| KeyError::Generate)?;
+    let tmp = dir.join(".generating");
+    let key = SigningKey::from_pkcs8(der.as_ref(), &tmp)?;
+    let path = dir.join(format!("{}.pem", key.kid));
+    write_private(&tmp, pem_encode(der.as_ref(), "PRIVATE KEY").as_bytes(), false)?;
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    match write_private(&dir.join("active"), format!("{}\n", key.kid).as_bytes(), true) {
+        Ok(()) => Ok(path),
+        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Lost the race to another instance: its key is the one.
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            Ok(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a 32-byte secret (base64) from `path`, creating it if missing. Creation is
+/// exclusive, so instances starting together end up with the same secret.
+pub fn read_or_create_secret_file(path: &Path) -> Result<Vec<u8>, KeyError> {
+    let mut fresh = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
+        .map_err(|_| KeyError::Generate)?;
+    match write_private(path, format!("{}\n", STANDARD.encode(fresh)).as_bytes(), true) {
+        Ok(()) => Ok(fresh.to_vec()),
+        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            let text = fs::read_to_string(path).map_err(io_err(path))?;
+            let bytes = STANDARD.decode(text.trim()).map_err(|_| KeyError::Invalid {
+                path: path.to_owned(),
+                reason: "expected base64".into(),
+            })?;
+            if bytes.len() < 32 {
+                return Err(KeyError::Invalid { path: path.to_owned(), reason: "secret shorter than 32 bytes".into() });
+            }
+            Ok(bytes)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8], exclusive: bool) -> Result<(), KeyError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true);
+    if exclusive {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(true);
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(io_err(path))?;
+    file.write_all(bytes).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))
+}
+
+fn pem_encode(der: &[u8], label: &str) -> String {
+    let body = STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in body.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn pem_decode(text: &str, label: &str) -> Option<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = text.find(&begin)? + begin.len();
+    let stop = text[start..].find(&end)? + start;
+    let body: String = text[start..stop].chars().filter(|c| !c.is_whitespace()).collect();
+    STANDARD.decode(body).ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_start_generates_and_second_start_reuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, generated) = KeySet::load_or_generate(dir.path()).unwrap();
+        assert!(generated.is_some());
+        let (second, generated) = KeySet::load_or_generate(dir.path()).unwrap();
+        assert!(generated.is_none());
+        assert_eq!(first.active().kid, second.active().kid);
+        assert_eq!(first.jwks_json(), second.jwks_json());
+        assert!(!first.jwks_json().contains("\"d\""));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(generated_path(dir.path())).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    fn generated_path(dir: &Path) -> PathBuf {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "pem"))
+            .unwrap()
+    }
+
+    #[test]
+    fn secret_file_is_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.key");
+        let a = read_or_create_secret_file(&path).unwrap();
+        let b = read_or_create_secret_file(&path).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 32);
+    }
+}

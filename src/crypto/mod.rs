@@ -1,0 +1,19 @@
+//! Keys and the cryptographic operations on them.
+//!
+//! RSA signing uses an `aws_lc_rs` key pair parsed once at start-up (jsonwebtoken's own
+//! `encode` would re-parse the private key for every token); verification goes through
+//! jsonwebtoken with every check pinned. `ring` provides the CSPRNG, SHA-256 and HMAC
+//! for refresh tokens; argon2id hashes passwords on a bounded pool.
+
+pub mod jwt;
+pub mod keys;
+pub mod password;
+pub mod refresh;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// base64url without padding, as JOSE and our refresh tokens use it.
+pub fn b64url(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}

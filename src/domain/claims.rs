@@ -1,0 +1,47 @@
+//! RFC 9068 access-token claims.
+
+use serde::{Deserialize, Serialize};
+
+/// `aud`: one string when there is one audience, an array otherwise (RFC 7519 §4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    pub fn from_list(list: &[String]) -> Self {
+        match list {
+            [one] => Self::One(one.clone()),
+            many => Self::Many(many.to_vec()),
+        }
+    }
+
+    pub fn contains(&self, aud: &str) -> bool {
+        match self {
+            Self::One(one) => one == aud,
+            Self::Many(many) => many.iter().any(|a| a == aud),
+        }
+    }
+}
+
+/// The claims of every access token we mint. Every field is required when a token is
+/// read back: a missing or mistyped claim (an `exp` given as a string, say) fails to
+/// deserialize and the token is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    /// The user id.
+    pub sub: String,
+    pub aud: Audience,
+    pub exp: i64,
+    pub iat: i64,
+    pub nbf: i64,
+    pub jti: String,
+    pub client_id: String,
+    /// The refresh-token family (session) this token was minted for.
+    pub sid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}

@@ -1,0 +1,101 @@
+//! Registered clients and the rules that depend on them (delivery mode, CSRF defence).
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// What kind of application a client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientKind {
+    Spa,
+    Mobile,
+    Service,
+}
+
+/// How the refresh token travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// In the JSON body (mobile apps, CLIs, server-side clients).
+    Body,
+    /// Only in the `__Host-refresh` HttpOnly cookie (browsers); never in a body.
+    Cookie,
+}
+
+/// A registered application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub id: String,
+    pub kind: ClientKind,
+    pub delivery: Delivery,
+    /// Normalised origins (`scheme://host[:port]`).
+    pub allowed_origins: Vec<String>,
+    /// The `aud` of the access tokens minted for this client.
+    pub audiences: Vec<String>,
+}
+
+/// What a browser request tells about where it comes from.
+#[derive(Debug, Clone, Default)]
+pub struct BrowserContext {
+    pub origin: Option<String>,
+    /// Whether the custom anti-CSRF header was present (a cross-site form cannot set it,
+    /// and a cross-origin `fetch` cannot send it without passing a CORS preflight).
+    pub csrf_header: bool,
+}
+
+impl Client {
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+    }
+
+    /// The CSRF defence for cookie-delivery clients: the custom header and an `Origin`
+    /// among the client's allowed origins. Body-delivery clients carry their token
+    /// explicitly, which a cross-site request cannot forge.
+    pub fn check_browser_request(&self, ctx: &BrowserContext) -> Result<(), Error> {
+        if self.delivery == Delivery::Body {
+            return Ok(());
+        }
+        if !ctx.csrf_header {
+            return Err(Error::CsrfRejected("the X-Requested-With header is required for cookie-mode clients"));
+        }
+        match ctx.origin.as_deref() {
+            Some(origin) if self.allows_origin(origin) => Ok(()),
+            Some(_) => Err(Error::CsrfRejected("the Origin is not allowed for this client")),
+            None => Err(Error::CsrfRejected("the Origin header is required for cookie-mode clients")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spa() -> Client {
+        Client {
+            id: "spa".into(),
+            kind: ClientKind::Spa,
+            delivery: Delivery::Cookie,
+            allowed_origins: vec!["http://localhost:5173".into()],
+            audiences: vec!["aud".into()],
+        }
+    }
+
+    #[test]
+    fn cookie_clients_need_header_and_allowed_origin() {
+        let ok = BrowserContext { origin: Some("http://localhost:5173".into()), csrf_header: true };
+        assert!(spa().check_browser_request(&ok).is_ok());
+        let no_header = BrowserContext { csrf_header: false, ..ok.clone() };
+        assert!(spa().check_browser_request(&no_header).is_err());
+        let other = BrowserContext { origin: Some("http://evil.example".into()), csrf_header: true };
+        assert!(spa().check_browser_request(&other).is_err());
+        let none = BrowserContext { origin: None, csrf_header: true };
+        assert!(spa().check_browser_request(&none).is_err());
+    }
+
+    #[test]
+    fn body_clients_skip_the_browser_checks() {
+        let body = Client { delivery: Delivery::Body, ..spa() };
+        assert!(body.check_browser_request(&BrowserContext::default()).is_ok());
+    }
+}

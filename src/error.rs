@@ -1,0 +1,55 @@
+//! The domain error. It knows nothing of HTTP: `api::error` maps each variant to a status
+//! and a stable code, exhaustively.
+
+use crate::domain::family::GrantRejection;
+
+/// Everything a use case can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; the message is safe to show.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// Unknown `client_id` (or wrong client credentials).
+    #[error("unknown client")]
+    InvalidClient,
+    /// The client may not do this (e.g. revoke another client's token).
+    #[error("unauthorized client: {0}")]
+    UnauthorizedClient(&'static str),
+    /// A scope was requested; no scopes are configured for any client yet.
+    #[error("invalid scope")]
+    InvalidScope,
+    #[error("unsupported grant type")]
+    UnsupportedGrantType,
+    /// The grant (password or refresh token) is refused.
+    #[error("invalid grant: {}", .0.code())]
+    InvalidGrant(GrantRejection),
+    /// A cookie-mode request failed the CSRF defence; nothing was consumed.
+    #[error("csrf check failed: {0}")]
+    CsrfRejected(&'static str),
+    /// The access token is missing its mark; the reason is for logs only.
+    #[error("invalid access token: {0}")]
+    InvalidToken(&'static str),
+    #[error("e-mail already registered")]
+    EmailTaken,
+    #[error("password refused: {0}")]
+    WeakPassword(String),
+    #[error("self-registration is disabled")]
+    RegistrationDisabled,
+    #[error("not found")]
+    NotFound,
+    /// Too many requests wait for a password hash; try again shortly.
+    #[error("overloaded")]
+    Overloaded,
+    /// The database cannot be reached or answered too slowly.
+    #[error("storage unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A bug or an unexpected failure; the cause is logged, never shown.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    pub fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Internal(e.into())
+    }
+}

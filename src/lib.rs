@@ -1,0 +1,9 @@
+pub mod api;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod error;
+pub mod service;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

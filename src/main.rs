@@ -1,0 +1,79 @@
+//! `token-issuer`: parse the command line, load the settings, set up tracing, run.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use token_issuer::config::Settings;
+use token_issuer::domain::clock::SystemClock;
+use token_issuer::startup::{Application, open_store};
+use token_issuer::{api, telemetry};
+
+/// Hybrid token issuer: RS256 access JWTs and rotating refresh tokens.
+#[derive(Parser)]
+#[command(name = "token-issuer", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Openapi) = cli.command {
+        println!("{}", api::openapi_json());
+        return ExitCode::SUCCESS;
+    }
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = telemetry::init(&settings.log) {
+        return fail(&e);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Migrate) => {
+                open_store(&settings).await?;
+                tracing::info!(database = %settings.database_url, "migrations applied");
+                Ok(())
+            }
+            _ => serve(settings).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&*e),
+    }
+}
+
+async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
+    let app = Application::build(&settings, Arc::new(SystemClock)).await?;
+    tracing::info!(
+        bind = %settings.bind,
+        port = app.port(),
+        issuer = %settings.issuer_url,
+        database = %settings.database_url,
+        "token-issuer listening; docs at /docs"
+    );
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("token-issuer: {e}");
+    ExitCode::FAILURE
+}

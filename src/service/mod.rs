@@ -1,0 +1,83 @@
+//! The use cases. `Issuer` holds everything they need, built once at start-up.
+
+pub mod access;
+pub mod tokens;
+pub mod users;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Settings;
+use crate::crypto::jwt::Verifier;
+use crate::crypto::keys::{Jwk, KeySet};
+use crate::crypto::password::PasswordHasher;
+use crate::crypto::refresh::SuccessorKey;
+use crate::domain::client::Client;
+use crate::domain::clock::Clock;
+use crate::domain::family::RefreshPolicy;
+use crate::error::Error;
+use crate::store::Store;
+
+/// The issuer: configuration, keys, store and clock.
+pub struct Issuer {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) keys: Arc<KeySet>,
+    pub(crate) verifier: Verifier,
+    pub(crate) hasher: PasswordHasher,
+    pub(crate) successors: SuccessorKey,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) clients: HashMap<String, Client>,
+    pub(crate) policy: RefreshPolicy,
+    pub(crate) access_lifetime: std::time::Duration,
+    pub(crate) issuer_url: String,
+    pub(crate) audience: String,
+    pub(crate) allow_registration: bool,
+}
+
+impl Issuer {
+    pub fn new(
+        settings: &Settings,
+        store: Arc<dyn Store>,
+        keys: Arc<KeySet>,
+        successors: SuccessorKey,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            verifier: Verifier::new(
+                Arc::clone(&keys),
+                settings.issuer_url.clone(),
+                settings.tokens.clock_leeway.as_secs(),
+            ),
+            hasher: PasswordHasher::new(settings.password_hashing)?,
+            store,
+            keys,
+            successors,
+            clock,
+            clients: settings.clients.iter().map(|c| (c.id.clone(), c.clone())).collect(),
+            policy: RefreshPolicy {
+                idle_timeout: settings.tokens.refresh_idle_timeout,
+                absolute_lifetime: settings.tokens.refresh_absolute_lifetime,
+                grace_period: settings.tokens.refresh_grace_period,
+            },
+            access_lifetime: settings.tokens.access_token_lifetime,
+            issuer_url: settings.issuer_url.clone(),
+            audience: settings.audience.clone(),
+            allow_registration: settings.allow_registration,
+        })
+    }
+
+    /// The published keys and the ETag of the set.
+    pub fn jwks(&self) -> (&[Jwk], &str) {
+        (self.keys.jwks(), self.keys.jwks_etag())
+    }
+
+    /// The issuer identifier (`iss`).
+    pub fn issuer_url(&self) -> &str {
+        &self.issuer_url
+    }
+
+    /// Readiness: the database answers.
+    pub async fn ready(&self) -> Result<(), Error> {
+        self.store.ping().await.map_err(Error::from)
+    }
+}

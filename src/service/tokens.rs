@@ -1,0 +1,259 @@
+//! The token endpoint's grants and revocation (RFC 6749 §4.3, §6; RFC 7009).
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::Issuer;
+use crate::crypto::{jwt, refresh};
+use crate::domain::claims::{AccessClaims, Audience};
+use crate::domain::client::{BrowserContext, Client, Delivery};
+use crate::domain::family::{GrantRejection, RevokeReason};
+use crate::domain::secret::Secret;
+use crate::domain::user::{check_password_size, normalize_email};
+use crate::error::Error;
+use crate::store::{FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest};
+
+/// The parameters of a token request, as sent (form or JSON). Empty values count as
+/// absent (RFC 6749 §3.2).
+#[derive(Debug, Default, Clone)]
+pub struct TokenParams {
+    pub grant_type: Option<String>,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub refresh_token: Option<Secret>,
+    pub scope: Option<String>,
+}
+
+/// Who is asking, for the session list and the logs.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub browser: BrowserContext,
+    /// The `__Host-refresh` cookie, when the request carried one.
+    pub refresh_cookie: Option<Secret>,
+}
+
+/// Tokens to hand to the client.
+#[derive(Debug)]
+pub struct Issued {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub refresh_token: Secret,
+    /// Where the refresh token goes: the body or the `__Host-refresh` cookie.
+    pub delivery: Delivery,
+    /// How long the refresh cookie may live: the family's remaining absolute lifetime.
+    pub refresh_max_age: Duration,
+    pub scope: Option<String>,
+}
+
+/// What a revocation did to the refresh cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revoked {
+    /// The client is cookie-mode: the response clears the cookie.
+    pub clear_cookie: bool,
+}
+
+fn present(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+fn present_secret(value: Option<Secret>) -> Option<Secret> {
+    value.filter(|v| !v.expose().is_empty())
+}
+
+impl Issuer {
+    fn client(&self, client_id: Option<String>) -> Result<&Client, Error> {
+        let id = present(client_id).ok_or_else(|| Error::InvalidRequest("client_id is required".into()))?;
+        self.clients.get(&id).ok_or(Error::InvalidClient)
+    }
+
+    /// `POST /oauth/token`.
+    pub async fn token(&self, params: TokenParams, meta: RequestMeta) -> Result<Issued, Error> {
+        let client = self.client(params.client_id.clone())?;
+        let grant_type = present(params.grant_type.clone())
+            .ok_or_else(|| Error::InvalidRequest("grant_type is required".into()))?;
+        if !matches!(grant_type.as_str(), "password" | "refresh_token") {
+            return Err(Error::UnsupportedGrantType);
+        }
+        // Before anything is looked up or consumed.
+        client.check_browser_request(&meta.browser)?;
+        if present(params.scope.clone()).is_some() {
+            return Err(Error::InvalidScope);
+        }
+        match grant_type.as_str() {
+            "password" => self.password_grant(client, params, meta).await,
+            _ => self.refresh_grant(client, params, meta).await,
+        }
+    }
+
+    async fn password_grant(&self, client: &Client, params: TokenParams, meta: RequestMeta) -> Result<Issued, Error> {
+        let username = present(params.username).ok_or_else(|| Error::InvalidRequest("username is required".into()))?;
+        let password =
+            present_secret(params.password).ok_or_else(|| Error::InvalidRequest("password is required".into()))?;
+        check_password_size(password.expose()).map_err(|_| Error::InvalidRequest("password is too long".into()))?;
+        // An unknown or malformed username runs the same hash as a wrong password.
+        let user = match normalize_email(&username) {
+            Ok(email) => self.store.find_user_by_email(&email).await?,
+            Err(_) => None,
+        }
+        .filter(|u| !u.disabled);
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
+        if !self.hasher.verify(password, hash).await? {
+            tracing::info!(target: "security", event = "login_failed", client_id = %client.id, ip = ?meta.ip);
+            return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials));
+        }
+        let Some(user) = user else { return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials)) };
+        let now = self.clock.now();
+        let token = refresh::generate()?;
+        let family = NewFamily {
+            id: Uuid::new_v4(),
+            user_id: user.user.id,
+            client_id: client.id.clone(),
+            scope: None,
+            created_at: now,
+            user_agent: meta.user_agent.map(|ua| ua.chars().take(512).collect()),
+            ip: meta.ip,
+            first_token: refresh::hash(&token),
+        };
+        self.store.create_family(&family).await?;
+        tracing::info!(target: "security", event = "login", user_id = %user.user.id, sid = %family.id, client_id = %client.id);
+        let info = FamilyInfo {
+            id: family.id,
+            user_id: family.user_id,
+            client_id: family.client_id,
+            scope: family.scope,
+            created_at: now,
+        };
+        self.issue(client, &info, token, now)
+    }
+
+    async fn refresh_grant(&self, client: &Client, params: TokenParams, meta: RequestMeta) -> Result<Issued, Error> {
+        let body_token = present_secret(params.refresh_token);
+        let presented = match client.delivery {
+            Delivery::Cookie if body_token.is_some() => {
+                return Err(Error::InvalidRequest(
+                    "cookie-mode clients send the refresh token in the __Host-refresh cookie only".into(),
+                ));
+            }
+            Delivery::Cookie => present_secret(meta.refresh_cookie)
+                .ok_or_else(|| Error::InvalidRequest("the __Host-refresh cookie is missing".into()))?,
+            Delivery::Body => body_token.ok_or_else(|| Error::InvalidRequest("refresh_token is required".into()))?,
+        };
+        if presented.expose().len() > refresh::MAX_TOKEN_LEN {
+            return Err(Error::InvalidRequest("refresh_token is too long".into()));
+        }
+        let successor = self.successors.successor(&presented);
+        let now = self.clock.now();
+        let outcome = self
+            .store
+            .rotate(&RotateRequest {
+                presented: refresh::hash(&presented),
+                successor: refresh::hash(&successor),
+                client_id: &client.id,
+                now,
+                policy: self.policy,
+            })
+            .await?;
+        match outcome {
+            RotateOutcome::Issued { family, replay } => {
+                if replay {
+                    tracing::info!(target: "security", event = "refresh_grace_replay", sid = %family.id, client_id = %client.id);
+                }
+                self.issue(client, &family, successor, now)
+            }
+            RotateOutcome::Refused { rejection, family, revoked } => {
+                if let (Some(reason), Some(f)) = (revoked, &family) {
+                    tracing::warn!(
+                        target: "security",
+                        event = "family_revoked",
+                        reason = reason.code(),
+                        sid = %f.id,
+                        user_id = %f.user_id,
+                        family_client_id = %f.client_id,
+                        client_id = %client.id,
+                        ip = ?meta.ip,
+                    );
+                }
+                Err(Error::InvalidGrant(rejection))
+            }
+        }
+    }
+
+    fn issue(&self, client: &Client, family: &FamilyInfo, refresh_token: Secret, now: OffsetDateTime) -> Result<Issued, Error> {
+        let iat = now.unix_timestamp();
+        let lifetime = self.access_lifetime.as_secs();
+        let claims = AccessClaims {
+            iss: self.issuer_url.clone(),
+            sub: family.user_id.to_string(),
+            aud: Audience::from_list(&client.audiences),
+            exp: iat + i64::try_from(lifetime).unwrap_or(900),
+            iat,
+            nbf: iat,
+            jti: Uuid::new_v4().to_string(),
+            client_id: client.id.clone(),
+            sid: family.id.to_string(),
+            scope: family.scope.clone(),
+        };
+        let access_token = jwt::sign(self.keys.active(), &claims)?;
+        let family_end = family.created_at + self.policy.absolute_lifetime;
+        let refresh_max_age = Duration::try_from(family_end - now).unwrap_or(Duration::ZERO);
+        Ok(Issued {
+            access_token,
+            expires_in: lifetime,
+            refresh_token,
+            delivery: client.delivery,
+            refresh_max_age,
+            scope: family.scope.clone(),
+        })
+    }
+
+    /// `POST /oauth/revoke` (RFC 7009): ends the family of a refresh token, or of an
+    /// access token of ours. Unknown and already-revoked tokens succeed silently.
+    pub async fn revoke(
+        &self,
+        client_id: Option<String>,
+        token: Option<Secret>,
+        meta: RequestMeta,
+    ) -> Result<Revoked, Error> {
+        let client = self.client(client_id)?;
+        client.check_browser_request(&meta.browser)?;
+        let clear_cookie = client.delivery == Delivery::Cookie;
+        let token = match client.delivery {
+            Delivery::Cookie => present_secret(token).or(present_secret(meta.refresh_cookie)),
+            Delivery::Body => present_secret(token),
+        };
+        let Some(token) = token else {
+            return if clear_cookie {
+                Ok(Revoked { clear_cookie })
+            } else {
+                Err(Error::InvalidRequest("token is required".into()))
+            };
+        };
+        let now = self.clock.now();
+        if token.expose().len() <= refresh::MAX_TOKEN_LEN && !token.expose().contains('.') {
+            match self.store.revoke_by_token(&refresh::hash(&token), &client.id, now).await? {
+                RevokeOutcome::Revoked(f) => {
+                    tracing::info!(target: "security", event = "family_revoked", reason = "logout", sid = %f.id, user_id = %f.user_id, client_id = %client.id);
+                }
+                RevokeOutcome::OtherClient => {
+                    return Err(Error::UnauthorizedClient("the token was issued to another client"));
+                }
+                RevokeOutcome::AlreadyRevoked | RevokeOutcome::Unknown => {}
+            }
+        } else if let Ok(claims) = self.verifier.verify(token.expose(), None, now.unix_timestamp()) {
+            if claims.client_id != client.id {
+                return Err(Error::UnauthorizedClient("the token was issued to another client"));
+            }
+            if let Ok(sid) = Uuid::parse_str(&claims.sid) {
+                if self.store.revoke_family(sid, &client.id, RevokeReason::Logout, now).await? {
+                    tracing::info!(target: "security", event = "family_revoked", reason = "logout", sid = %sid, client_id = %client.id);
+                }
+            }
+        }
+        Ok(Revoked { clear_cookie })
+    }
+}

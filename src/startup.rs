@@ -1,0 +1,213 @@
+//! Builds the application from `Settings`, binds, serves, and shuts down gracefully.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use poem::http::{HeaderValue, StatusCode, header};
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::middleware::{CookieJarManager, Cors};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
+use tracing::Instrument as _;
+
+use crate::api::error::{ApiError, Problem};
+use crate::api::make_openapi_service;
+use crate::config::Settings;
+use crate::crypto::keys::{KeyError, KeySet};
+use crate::crypto::refresh::SuccessorKey;
+use crate::domain::client::Delivery;
+use crate::domain::clock::Clock;
+use crate::service::Issuer;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// How long in-flight requests may take to finish on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database {url}: {source}")]
+    Database { url: String, source: StoreError },
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Other(#[from] crate::error::Error),
+}
+
+/// Opens the configured store, creating the data directory and applying migrations.
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupError> {
+    if let Some(path) = sqlite_path(&settings.database_url) {
+        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| StartupError::DataDir { path: dir.display().to_string(), source })?;
+        }
+    }
+    let store = SqliteStore::connect(&settings.database_url)
+        .await
+        .map_err(|source| StartupError::Database { url: settings.database_url.clone(), source })?;
+    Ok(Arc::new(store))
+}
+
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then_some(path)
+}
+
+/// A bound, ready-to-serve application.
+pub struct Application {
+    acceptor: TcpAcceptor,
+    port: u16,
+    endpoint: poem::endpoint::BoxEndpoint<'static, Response>,
+}
+
+impl Application {
+    /// Opens the store, loads (or generates) the keys and binds the listener.
+    pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        let store = open_store(settings).await?;
+        let (keys, generated) = KeySet::load_or_generate(&settings.keys_dir)?;
+        if let Some(path) = generated {
+            tracing::info!(path = %path.display(), kid = %keys.active().kid, "generated a new RSA-2048 signing key");
+        } else {
+            tracing::info!(dir = %settings.keys_dir.display(), kid = %keys.active().kid, "loaded signing keys");
+        }
+        let successors = SuccessorKey::load_or_create(&settings.keys_dir)?;
+        let issuer = Arc::new(Issuer::new(settings, store, Arc::new(keys), successors, clock)?);
+        let acceptor = TcpListener::bind(settings.bind.to_string())
+            .into_acceptor()
+            .await
+            .map_err(|source| StartupError::Bind { addr: settings.bind.to_string(), source })?;
+        let port = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().map(std::net::SocketAddr::port))
+            .unwrap_or(settings.bind.port());
+        Ok(Self { acceptor, port, endpoint: app(issuer, settings) })
+    }
+
+    /// The port actually bound (tests bind port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(self.endpoint, shutdown_signal(), Some(SHUTDOWN_GRACE))
+            .await
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            () = term => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down");
+}
+
+/// The whole HTTP application around an issuer.
+pub fn app(issuer: Arc<Issuer>, settings: &Settings) -> poem::endpoint::BoxEndpoint<'static, Response> {
+    let api = make_openapi_service();
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    let inner = Route::new()
+        .nest("/", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .with(CookieJarManager::new())
+        .around(limit_body)
+        .catch_all_error(render_error)
+        .data(issuer);
+    let with_cors = match cors(settings) {
+        Some(cors) => inner.with(cors).boxed(),
+        None => inner.boxed(),
+    };
+    with_cors.catch_all_error(render_error).around(observe).boxed()
+}
+
+/// CORS for the configured origins only (none configured: no CORS at all), with
+/// credentials when a cookie-mode client exists.
+fn cors(settings: &Settings) -> Option<Cors> {
+    let origins: BTreeSet<&str> =
+        settings.clients.iter().flat_map(|c| c.allowed_origins.iter().map(String::as_str)).collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let credentials = settings.clients.iter().any(|c| c.delivery == Delivery::Cookie);
+    Some(
+        Cors::new()
+            .allow_origins(origins)
+            .allow_methods(["GET", "POST", "DELETE"])
+            .allow_headers(["authorization", "content-type", "x-requested-with", "if-none-match"])
+            .expose_headers(["x-request-id", "www-authenticate", "retry-after", "etag"])
+            .allow_credentials(credentials)
+            .max_age(600),
+    )
+}
+
+/// Renders every poem-level error in the common JSON shape; responses built by our own
+/// error enums pass through untouched.
+async fn render_error(err: poem::Error) -> Response {
+    if err.is_from_response() {
+        return err.into_response();
+    }
+    ApiError::from(Problem::from_poem(&err)).into_response()
+}
+
+/// Refuses bodies over `BODY_LIMIT`, whether announced by `Content-Length` or streamed.
+async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
+    let too_large = || poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE);
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Err(too_large());
+    }
+    let body = req.take_body().into_bytes_limit(BODY_LIMIT).await.map_err(|e| match e {
+        poem::error::ReadBodyError::PayloadTooLarge => too_large(),
+        other => poem::Error::from(other),
+    })?;
+    req.set_body(body);
+    ep.call(req).await.map(IntoResponse::into_response)
+}
+
+/// Gives every request an id (span field and `x-request-id` header) and logs it.
+async fn observe<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    async move {
+        let start = Instant::now();
+        let mut resp = ep.get_response(req).await;
+        tracing::debug!(status = resp.status().as_u16(), micros = start.elapsed().as_micros() as u64, "served");
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            resp.headers_mut().insert("x-request-id", value);
+        }
+        Ok(resp)
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,143 @@
+//! Persistence: one trait, one file per backend. The SQL store is the authoritative
+//! record of users, refresh-token families and tokens.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::crypto::refresh::TokenHash;
+use crate::domain::family::{GrantRejection, RefreshPolicy, RevokeReason};
+use crate::domain::user::User;
+use crate::error::Error;
+
+/// A store failure, classified so the service can answer 409 / 503 / 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint refused the write.
+    #[error("unique constraint violated")]
+    Conflict,
+    /// The database cannot be reached, is busy past its timeout, or timed out.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Other(#[source] sqlx::Error),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => Error::Unavailable(Box::new(e)),
+            StoreError::Conflict | StoreError::Other(_) | StoreError::Corrupt(_) => Error::internal(e),
+        }
+    }
+}
+
+/// A user as stored, with the password hash.
+#[derive(Debug, Clone)]
+pub struct UserWithHash {
+    pub user: User,
+    pub password_hash: String,
+    pub disabled: bool,
+}
+
+/// A new family and its first token.
+#[derive(Debug, Clone)]
+pub struct NewFamily {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub client_id: String,
+    pub scope: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    pub first_token: TokenHash,
+}
+
+/// What a rotation needs to mint the access token and set the cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyInfo {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub client_id: String,
+    pub scope: Option<String>,
+    pub created_at: OffsetDateTime,
+}
+
+/// One rotation attempt.
+#[derive(Debug, Clone)]
+pub struct RotateRequest<'a> {
+    pub presented: TokenHash,
+    /// The hash of the successor derived from the presented token.
+    pub successor: TokenHash,
+    pub client_id: &'a str,
+    pub now: OffsetDateTime,
+    pub policy: RefreshPolicy,
+}
+
+/// The result of a rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The successor is live. `replay` is true when this answered a retry within the
+    /// grace window (the successor was issued by an earlier request).
+    Issued { family: FamilyInfo, replay: bool },
+    /// Refused; `revoked` names why the family was revoked by this very request.
+    Refused {
+        rejection: GrantRejection,
+        family: Option<FamilyInfo>,
+        revoked: Option<RevokeReason>,
+    },
+}
+
+/// The result of revoking by refresh token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    Revoked(FamilyInfo),
+    AlreadyRevoked,
+    Unknown,
+    /// The token belongs to another client; nothing was changed.
+    OtherClient,
+}
+
+/// The persistence operations of the issuer. Each method is atomic.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the database can be queried.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts a user; `Conflict` when the e-mail is taken.
+    async fn create_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError>;
+
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserWithHash>, StoreError>;
+
+    /// Creates a family with its first (unconsumed) token.
+    async fn create_family(&self, family: &NewFamily) -> Result<(), StoreError>;
+
+    /// Rotates, replays within grace, or refuses (revoking the family on reuse), in one
+    /// transaction decided by a conditional update.
+    async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError>;
+
+    /// Revokes the family of a refresh token if it belongs to `client_id`.
+    async fn revoke_by_token(
+        &self,
+        token: &TokenHash,
+        client_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<RevokeOutcome, StoreError>;
+
+    /// Revokes a family by id if it belongs to `client_id`; true when this call revoked it.
+    async fn revoke_family(
+        &self,
+        family_id: Uuid,
+        client_id: &str,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// The user of a live session: `None` when the family is revoked or unknown, or the
+    /// user is not the family's.
+    async fn session_user(&self, family_id: Uuid, user_id: Uuid) -> Result<Option<User>, StoreError>;
+}

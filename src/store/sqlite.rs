@@ -1,0 +1,427 @@
+//! The embedded SQLite store.
+//!
+//! - WAL journal, `synchronous = NORMAL` (durable across a process crash), a busy
+//!   timeout and foreign keys on every connection.
+//! - Every write goes through one writer connection, and every write transaction starts
+//!   with `BEGIN IMMEDIATE`: the write lock is taken up front, so a transaction that
+//!   reads before it writes can never fail with `SQLITE_BUSY` at the upgrade, and no
+//!   `database is locked` reaches a client. Reads use a separate pool (WAL readers do
+//!   not block the writer).
+//! - Times are unix milliseconds.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, SqlitePool, Sqlite, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{
+    FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Store, StoreError, UserWithHash,
+};
+use crate::crypto::refresh::TokenHash;
+use crate::domain::family::{Decision, GrantRejection, PresentedToken, RevokeReason};
+use crate::domain::user::User;
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+const READERS: u32 = 4;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` and applies the migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(StoreError::Other)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await
+            .map_err(classify)?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Other(sqlx::Error::Migrate(Box::new(e))))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(classify)?;
+        Ok(Self { writer, reader })
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(classify)
+    }
+}
+
+fn classify(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+        sqlx::Error::Database(db)
+            if db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)) =>
+        {
+            StoreError::Unavailable(e)
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => {
+            StoreError::Unavailable(e)
+        }
+        _ => StoreError::Other(e),
+    }
+}
+
+fn ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn from_ms(ms: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_err(|_| StoreError::Corrupt(format!("timestamp {ms} out of range")))
+}
+
+fn uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("bad uuid {s:?}")))
+}
+
+#[derive(FromRow)]
+struct UserRecord {
+    id: String,
+    email: String,
+    password_hash: String,
+    created_at: i64,
+    disabled_at: Option<i64>,
+}
+
+impl UserRecord {
+    fn user(&self) -> Result<User, StoreError> {
+        Ok(User { id: uuid(&self.id)?, email: self.email.clone(), created_at: from_ms(self.created_at)? })
+    }
+}
+
+#[derive(FromRow)]
+struct FamilyRecord {
+    id: String,
+    user_id: String,
+    client_id: String,
+    scope: Option<String>,
+    created_at: i64,
+}
+
+impl FamilyRecord {
+    fn info(self) -> Result<FamilyInfo, StoreError> {
+        Ok(FamilyInfo {
+            id: uuid(&self.id)?,
+            user_id: uuid(&self.user_id)?,
+            client_id: self.client_id,
+            scope: self.scope,
+            created_at: from_ms(self.created_at)?,
+        })
+    }
+}
+
+/// A presented token that the conditional update did not rotate, with its family.
+#[derive(FromRow)]
+struct PresentedRecord {
+    #[sqlx(flatten)]
+    family: FamilyRecord,
+    last_used_at: i64,
+    revoked_at: Option<i64>,
+    consumed_at: Option<i64>,
+    successor_unused: bool,
+}
+
+const FAMILY_COLUMNS: &str = "f.id, f.user_id, f.client_id, f.scope, f.created_at";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await.map_err(classify)?;
+        Ok(())
+    }
+
+    async fn create_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)")
+            .bind(user.id.to_string())
+            .bind(&user.email)
+            .bind(password_hash)
+            .bind(ms(user.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserWithHash>, StoreError> {
+        let record: Option<UserRecord> = sqlx::query_as(
+            "SELECT id, email, password_hash, created_at, disabled_at FROM users WHERE email = ?1",
+        )
+        .bind(email)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(classify)?;
+        record
+            .map(|r| {
+                Ok(UserWithHash { user: r.user()?, disabled: r.disabled_at.is_some(), password_hash: r.password_hash })
+            })
+            .transpose()
+    }
+
+    async fn create_family(&self, f: &NewFamily) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO refresh_families (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
+        )
+        .bind(f.id.to_string())
+        .bind(f.user_id.to_string())
+        .bind(&f.client_id)
+        .bind(&f.scope)
+        .bind(ms(f.created_at))
+        .bind(&f.user_agent)
+        .bind(&f.ip)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES (?1, ?2, ?3)")
+            .bind(&f.first_token[..])
+            .bind(f.id.to_string())
+            .bind(ms(f.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn rotate(&self, r: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
+        let now = ms(r.now);
+        let (idle_cutoff, absolute_cutoff) = r.policy.cutoffs(r.now);
+        let mut tx = self.begin_write().await?;
+
+        // The conditional update decides: only a live token of a live family of this
+        // client is consumed, and only once.
+        let consumed: Option<(String,)> = sqlx::query_as(
+            "UPDATE refresh_tokens SET consumed_at = ?1
+             WHERE token_hash = ?2 AND consumed_at IS NULL
+               AND family_id IN (SELECT id FROM refresh_families
+                                 WHERE revoked_at IS NULL AND client_id = ?3
+                                   AND last_used_at > ?4 AND created_at > ?5)
+             RETURNING family_id",
+        )
+        .bind(now)
+        .bind(&r.presented[..])
+        .bind(r.client_id)
+        .bind(ms(idle_cutoff))
+        .bind(ms(absolute_cutoff))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+
+        if let Some((family_id,)) = consumed {
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_hash, family_id, parent_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(&r.successor[..])
+            .bind(&family_id)
+            .bind(&r.presented[..])
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            let family = touch_family(&mut tx, &family_id, now).await?;
+            tx.commit().await.map_err(classify)?;
+            return Ok(RotateOutcome::Issued { family, replay: false });
+        }
+
+        // Not rotatable: find out why, under the same write lock.
+        let presented: Option<PresentedRecord> = sqlx::query_as(&format!(
+            "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at, t.consumed_at,
+                    EXISTS (SELECT 1 FROM refresh_tokens s
+                            WHERE s.parent_hash = t.token_hash AND s.token_hash = ?2
+                              AND s.consumed_at IS NULL) AS successor_unused
+             FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
+             WHERE t.token_hash = ?1"
+        ))
+        .bind(&r.presented[..])
+        .bind(&r.successor[..])
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let Some(p) = presented else {
+            tx.rollback().await.map_err(classify)?;
+            return Ok(RotateOutcome::Refused { rejection: GrantRejection::Unknown, family: None, revoked: None });
+        };
+        let state = PresentedToken {
+            client_id: p.family.client_id.clone(),
+            family_created_at: from_ms(p.family.created_at)?,
+            family_last_used_at: from_ms(p.last_used_at)?,
+            family_revoked: p.revoked_at.is_some(),
+            consumed_at: p.consumed_at.map(from_ms).transpose()?,
+            successor_unused: p.successor_unused,
+        };
+        let family_id = p.family.id.clone();
+        let outcome = match r.policy.decide(r.client_id, &state, r.now) {
+            Decision::GraceReplay => {
+                let family = touch_family(&mut tx, &family_id, now).await?;
+                RotateOutcome::Issued { family, replay: true }
+            }
+            Decision::RevokeFamily(reason) => {
+                revoke_in_tx(&mut tx, &family_id, reason, now).await?;
+                let rejection = match reason {
+                    RevokeReason::Reuse => GrantRejection::Reused,
+                    RevokeReason::ClientMismatch | RevokeReason::Logout => GrantRejection::Revoked,
+                };
+                RotateOutcome::Refused { rejection, family: Some(p.family.info()?), revoked: Some(reason) }
+            }
+            Decision::Refuse(rejection) => {
+                RotateOutcome::Refused { rejection, family: Some(p.family.info()?), revoked: None }
+            }
+            // The update above would have consumed it: the rules and the SQL disagree.
+            Decision::Rotate => {
+                return Err(StoreError::Corrupt("rotatable token not matched by the conditional update".into()));
+            }
+        };
+        tx.commit().await.map_err(classify)?;
+        Ok(outcome)
+    }
+
+    async fn revoke_by_token(
+        &self,
+        token: &TokenHash,
+        client_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<RevokeOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let found: Option<(String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT f.id, f.client_id, f.revoked_at FROM refresh_tokens t
+             JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = ?1",
+        )
+        .bind(&token[..])
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let outcome = match found {
+            None => RevokeOutcome::Unknown,
+            Some((_, owner, _)) if owner != client_id => RevokeOutcome::OtherClient,
+            Some((_, _, Some(_))) => RevokeOutcome::AlreadyRevoked,
+            Some((family_id, _, None)) => {
+                revoke_in_tx(&mut tx, &family_id, RevokeReason::Logout, ms(now)).await?;
+                RevokeOutcome::Revoked(family_info(&mut tx, &family_id).await?)
+            }
+        };
+        tx.commit().await.map_err(classify)?;
+        Ok(outcome)
+    }
+
+    async fn revoke_family(
+        &self,
+        family_id: Uuid,
+        client_id: &str,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let owned: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM refresh_families WHERE id = ?1 AND client_id = ?2")
+                .bind(family_id.to_string())
+                .bind(client_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?;
+        let revoked = match owned {
+            Some((id,)) => revoke_in_tx(&mut tx, &id, reason, ms(now)).await?,
+            None => false,
+        };
+        tx.commit().await.map_err(classify)?;
+        Ok(revoked)
+    }
+
+    async fn session_user(&self, family_id: Uuid, user_id: Uuid) -> Result<Option<User>, StoreError> {
+        let record: Option<UserRecord> = sqlx::query_as(
+            "SELECT u.id, u.email, u.password_hash, u.created_at, u.disabled_at
+             FROM refresh_families f JOIN users u ON u.id = f.user_id
+             WHERE f.id = ?1 AND f.user_id = ?2 AND f.revoked_at IS NULL AND u.disabled_at IS NULL",
+        )
+        .bind(family_id.to_string())
+        .bind(user_id.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(classify)?;
+        record.map(|r| r.user()).transpose()
+    }
+}
+
+async fn touch_family(
+    tx: &mut Transaction<'static, Sqlite>,
+    family_id: &str,
+    now: i64,
+) -> Result<FamilyInfo, StoreError> {
+    let record: FamilyRecord = sqlx::query_as(
+        "UPDATE refresh_families SET last_used_at = ?1 WHERE id = ?2
+         RETURNING id, user_id, client_id, scope, created_at",
+    )
+    .bind(now)
+    .bind(family_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(classify)?;
+    record.info()
+}
+
+async fn family_info(tx: &mut Transaction<'static, Sqlite>, family_id: &str) -> Result<FamilyInfo, StoreError> {
+    let record: FamilyRecord =
+        sqlx::query_as(&format!("SELECT {FAMILY_COLUMNS} FROM refresh_families f WHERE f.id = ?1"))
+            .bind(family_id)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(classify)?;
+    record.info()
+}
+
+/// Revokes a live family and records the event; false when it was already revoked.
+async fn revoke_in_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    family_id: &str,
+    reason: RevokeReason,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let revoked: Option<(String, String)> = sqlx::query_as(
+        "UPDATE refresh_families SET revoked_at = ?1, revoked_reason = ?2
+         WHERE id = ?3 AND revoked_at IS NULL RETURNING user_id, client_id",
+    )
+    .bind(now)
+    .bind(reason.code())
+    .bind(family_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(classify)?;
+    let Some((user_id, client_id)) = revoked else { return Ok(false) };
+    sqlx::query(
+        "INSERT INTO audit_events (at, kind, user_id, family_id, client_id, detail)
+         VALUES (?1, 'family_revoked', ?2, ?3, ?4, ?5)",
+    )
+    .bind(now)
+    .bind(user_id)
+    .bind(family_id)
+    .bind(client_id)
+    .bind(reason.code())
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    Ok(true)
+}
