@@ -41,7 +41,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration: `{}`: {}", self.setting, self.message)
+        write!(
+            f,
+            "invalid configuration: `{}`: {}",
+            self.setting, self.message
+        )
     }
 }
 
@@ -134,14 +138,42 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     ("ISSUER_DATA_DIR", "data_dir", EnvKind::Text),
     ("ISSUER_KEYS_DIR", "keys_dir", EnvKind::Text),
     ("ISSUER_LOG", "log", EnvKind::Text),
-    ("ISSUER_ALLOW_REGISTRATION", "allow_registration", EnvKind::Bool),
-    ("ISSUER_ACCESS_TOKEN_LIFETIME", "access_token_lifetime", EnvKind::Text),
-    ("ISSUER_REFRESH_IDLE_TIMEOUT", "refresh_idle_timeout", EnvKind::Text),
-    ("ISSUER_REFRESH_ABSOLUTE_LIFETIME", "refresh_absolute_lifetime", EnvKind::Text),
-    ("ISSUER_REFRESH_GRACE_PERIOD", "refresh_grace_period", EnvKind::Text),
+    (
+        "ISSUER_ALLOW_REGISTRATION",
+        "allow_registration",
+        EnvKind::Bool,
+    ),
+    (
+        "ISSUER_ACCESS_TOKEN_LIFETIME",
+        "access_token_lifetime",
+        EnvKind::Text,
+    ),
+    (
+        "ISSUER_REFRESH_IDLE_TIMEOUT",
+        "refresh_idle_timeout",
+        EnvKind::Text,
+    ),
+    (
+        "ISSUER_REFRESH_ABSOLUTE_LIFETIME",
+        "refresh_absolute_lifetime",
+        EnvKind::Text,
+    ),
+    (
+        "ISSUER_REFRESH_GRACE_PERIOD",
+        "refresh_grace_period",
+        EnvKind::Text,
+    ),
     ("ISSUER_CLOCK_LEEWAY", "clock_leeway", EnvKind::Text),
-    ("ISSUER_PASSWORD_HASH_CONCURRENCY", "password_hash_concurrency", EnvKind::Integer),
-    ("ISSUER_PASSWORD_HASH_QUEUE", "password_hash_queue", EnvKind::Integer),
+    (
+        "ISSUER_PASSWORD_HASH_CONCURRENCY",
+        "password_hash_concurrency",
+        EnvKind::Integer,
+    ),
+    (
+        "ISSUER_PASSWORD_HASH_QUEUE",
+        "password_hash_queue",
+        EnvKind::Integer,
+    ),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -166,9 +198,13 @@ impl Settings {
         let mut table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid("ISSUER_CONFIG", format!("cannot read {}: {e}", path.display()))
+                    invalid(
+                        "ISSUER_CONFIG",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
                 })?;
-                text.parse::<toml::Table>().map_err(|e| toml_error(path, &e))?
+                text.parse::<toml::Table>()
+                    .map_err(|e| toml_error(path, &e))?
             }
             None => toml::Table::new(),
         };
@@ -203,7 +239,8 @@ impl Settings {
             .unwrap_or("127.0.0.1:8080")
             .parse::<SocketAddr>()
             .map_err(|_| invalid("bind", "expected an address such as 127.0.0.1:8080"))?;
-        let issuer_url = validate_issuer_url(f.issuer_url.as_deref().unwrap_or("http://localhost:8080"))?;
+        let issuer_url =
+            validate_issuer_url(f.issuer_url.as_deref().unwrap_or("http://localhost:8080"))?;
         let audience = f.audience.unwrap_or_else(|| issuer_url.clone());
         if audience.trim().is_empty() {
             return Err(invalid("audience", "must not be empty"));
@@ -214,7 +251,11 @@ impl Settings {
             None => format!("sqlite://{}", data_dir.join("token-issuer.db").display()),
         };
         let tokens = TokenSettings {
-            access_token_lifetime: duration("access_token_lifetime", f.access_token_lifetime, "10m")?,
+            access_token_lifetime: duration(
+                "access_token_lifetime",
+                f.access_token_lifetime,
+                "10m",
+            )?,
             refresh_idle_timeout: duration("refresh_idle_timeout", f.refresh_idle_timeout, "14d")?,
             refresh_absolute_lifetime: duration(
                 "refresh_absolute_lifetime",
@@ -228,7 +269,9 @@ impl Settings {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let password_hashing = HashingSettings {
             // One core stays free for refreshes and verification during a login flood.
-            concurrency: f.password_hash_concurrency.unwrap_or(cores.saturating_sub(1).max(1)),
+            concurrency: f
+                .password_hash_concurrency
+                .unwrap_or(cores.saturating_sub(1).max(1)),
             queue: f.password_hash_queue.unwrap_or(256),
         };
         if password_hashing.concurrency == 0 {
@@ -241,7 +284,10 @@ impl Settings {
                 .map(|(i, c)| client_from_file(i, c, &audience))
                 .collect::<Result<Vec<_>, _>>()?,
             None if from_file => {
-                return Err(invalid("clients", "a configuration file must register at least one client"));
+                return Err(invalid(
+                    "clients",
+                    "a configuration file must register at least one client",
+                ));
             }
             None => dev_clients(&audience),
         };
@@ -251,7 +297,10 @@ impl Settings {
         let mut seen = HashSet::new();
         for c in &clients {
             if !seen.insert(c.id.as_str()) {
-                return Err(invalid("clients", format!("client_id {:?} is registered twice", c.id)));
+                return Err(invalid(
+                    "clients",
+                    format!("client_id {:?} is registered twice", c.id),
+                ));
             }
         }
         Ok(Self {
@@ -296,7 +345,10 @@ impl TokenSettings {
             ));
         }
         if self.refresh_grace_period > Duration::from_secs(60) {
-            return Err(invalid("refresh_grace_period", "must be at most 60s (0 disables it)"));
+            return Err(invalid(
+                "refresh_grace_period",
+                "must be at most 60s (0 disables it)",
+            ));
         }
         if self.clock_leeway > LEEWAY_MAX {
             return Err(invalid("clock_leeway", "must be at most 30s"));
@@ -312,7 +364,10 @@ fn toml_error(path: &Path, e: &toml::de::Error) -> ConfigError {
 fn duration(setting: &str, value: Option<String>, default: &str) -> Result<Duration, ConfigError> {
     let raw = value.as_deref().unwrap_or(default);
     parse_duration(raw).ok_or_else(|| {
-        invalid(setting, format!("{raw:?} is not a duration such as \"30s\", \"10m\", \"12h\" or \"14d\""))
+        invalid(
+            setting,
+            format!("{raw:?} is not a duration such as \"30s\", \"10m\", \"12h\" or \"14d\""),
+        )
     })
 }
 
@@ -337,16 +392,27 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
 
 fn show_duration(d: Duration) -> String {
     let s = d.as_secs();
-    if s % 60 == 0 { format!("{}m", s / 60) } else { format!("{s}s") }
+    if s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
 }
 
 fn validate_issuer_url(raw: &str) -> Result<String, ConfigError> {
-    let url = url::Url::parse(raw).map_err(|e| invalid("issuer_url", format!("{raw:?} is not a URL: {e}")))?;
+    let url = url::Url::parse(raw)
+        .map_err(|e| invalid("issuer_url", format!("{raw:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(invalid("issuer_url", format!("{raw:?} must be an http(s) URL with a host")));
+        return Err(invalid(
+            "issuer_url",
+            format!("{raw:?} must be an http(s) URL with a host"),
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-        return Err(invalid("issuer_url", format!("{raw:?} must not carry a query, fragment or user")));
+        return Err(invalid(
+            "issuer_url",
+            format!("{raw:?} must not carry a query, fragment or user"),
+        ));
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
@@ -364,7 +430,8 @@ fn validate_database_url(raw: &str) -> Result<String, ConfigError> {
 
 /// Normalises an origin (`scheme://host[:port]`) the way browsers send it.
 fn validate_origin(setting: &str, raw: &str) -> Result<String, ConfigError> {
-    let url = url::Url::parse(raw).map_err(|_| invalid(setting, format!("{raw:?} is not an origin")))?;
+    let url =
+        url::Url::parse(raw).map_err(|_| invalid(setting, format!("{raw:?} is not an origin")))?;
     let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
     if !matches!(url.scheme(), "http" | "https") || !bare || url.host().is_none() {
         return Err(invalid(
@@ -375,10 +442,17 @@ fn validate_origin(setting: &str, raw: &str) -> Result<String, ConfigError> {
     Ok(url.origin().ascii_serialization())
 }
 
-fn client_from_file(index: usize, c: ClientFile, default_audience: &str) -> Result<Client, ConfigError> {
+fn client_from_file(
+    index: usize,
+    c: ClientFile,
+    default_audience: &str,
+) -> Result<Client, ConfigError> {
     let setting = format!("clients[{index}]");
     if c.client_id.trim().is_empty() || c.client_id.len() > 128 {
-        return Err(invalid(&format!("{setting}.client_id"), "must be 1 to 128 characters"));
+        return Err(invalid(
+            &format!("{setting}.client_id"),
+            "must be 1 to 128 characters",
+        ));
     }
     let delivery = c.delivery.unwrap_or(match c.kind {
         ClientKind::Spa => Delivery::Cookie,
@@ -395,9 +469,14 @@ fn client_from_file(index: usize, c: ClientFile, default_audience: &str) -> Resu
             "a cookie-delivery client needs at least one allowed origin (the CSRF defence checks it)",
         ));
     }
-    let audiences = c.audiences.unwrap_or_else(|| vec![default_audience.to_owned()]);
+    let audiences = c
+        .audiences
+        .unwrap_or_else(|| vec![default_audience.to_owned()]);
     if audiences.is_empty() || audiences.iter().any(|a| a.trim().is_empty()) {
-        return Err(invalid(&format!("{setting}.audiences"), "must list at least one non-empty audience"));
+        return Err(invalid(
+            &format!("{setting}.audiences"),
+            "must list at least one non-empty audience",
+        ));
     }
     Ok(Client {
         id: c.client_id,
@@ -438,7 +517,10 @@ mod tests {
         if let Some(text) = toml_text {
             std::fs::write(&path, text).unwrap();
         }
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
         Settings::load_from(toml_text.map(|_| path.as_path()), |name| {
             env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
         })
@@ -492,7 +574,11 @@ mod tests {
 
     #[test]
     fn cookie_clients_need_an_origin_and_ids_are_unique() {
-        let err = load(Some("[[clients]]\nclient_id = \"s\"\nkind = \"spa\"\n"), &[]).unwrap_err();
+        let err = load(
+            Some("[[clients]]\nclient_id = \"s\"\nkind = \"spa\"\n"),
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(err.setting, "clients[0].allowed_origins");
         let err = load(
             Some("[[clients]]\nclient_id = \"a\"\nkind = \"mobile\"\n[[clients]]\nclient_id = \"a\"\nkind = \"mobile\"\n"),
@@ -505,7 +591,10 @@ mod tests {
     #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("14d"), Some(Duration::from_secs(14 * 86_400)));
+        assert_eq!(
+            parse_duration("14d"),
+            Some(Duration::from_secs(14 * 86_400))
+        );
         assert_eq!(parse_duration("0"), Some(Duration::ZERO));
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("m"), None);

@@ -40,7 +40,10 @@ fn main() -> ExitCode {
     if let Err(e) = telemetry::init(&settings.log) {
         return fail(&e);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };

@@ -35,29 +35,43 @@ pub enum StartupError {
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(#[from] crate::error::Error),
 }
 
 /// Opens the configured store, creating the data directory and applying migrations.
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupError> {
-    if let Some(path) = sqlite_path(&settings.database_url) {
-        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| StartupError::DataDir { path: dir.display().to_string(), source })?;
-        }
+    let dir = sqlite_path(&settings.database_url)
+        .and_then(|path| Path::new(path).parent())
+        .filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir).map_err(|source| StartupError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
     let store = SqliteStore::connect(&settings.database_url)
         .await
-        .map_err(|source| StartupError::Database { url: settings.database_url.clone(), source })?;
+        .map_err(|source| StartupError::Database {
+            url: settings.database_url.clone(),
+            source,
+        })?;
     Ok(Arc::new(store))
 }
 
 fn sqlite_path(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     (!path.is_empty() && path != ":memory:").then_some(path)
 }
@@ -80,17 +94,30 @@ impl Application {
             tracing::info!(dir = %settings.keys_dir.display(), kid = %keys.active().kid, "loaded signing keys");
         }
         let successors = SuccessorKey::load_or_create(&settings.keys_dir)?;
-        let issuer = Arc::new(Issuer::new(settings, store, Arc::new(keys), successors, clock)?);
+        let issuer = Arc::new(Issuer::new(
+            settings,
+            store,
+            Arc::new(keys),
+            successors,
+            clock,
+        )?);
         let acceptor = TcpListener::bind(settings.bind.to_string())
             .into_acceptor()
             .await
-            .map_err(|source| StartupError::Bind { addr: settings.bind.to_string(), source })?;
+            .map_err(|source| StartupError::Bind {
+                addr: settings.bind.to_string(),
+                source,
+            })?;
         let port = acceptor
             .local_addr()
             .first()
             .and_then(|a| a.as_socket_addr().map(std::net::SocketAddr::port))
             .unwrap_or(settings.bind.port());
-        Ok(Self { acceptor, port, endpoint: app(issuer, settings) })
+        Ok(Self {
+            acceptor,
+            port,
+            endpoint: app(issuer, settings),
+        })
     }
 
     /// The port actually bound (tests bind port 0).
@@ -128,7 +155,10 @@ async fn shutdown_signal() {
 }
 
 /// The whole HTTP application around an issuer.
-pub fn app(issuer: Arc<Issuer>, settings: &Settings) -> poem::endpoint::BoxEndpoint<'static, Response> {
+pub fn app(
+    issuer: Arc<Issuer>,
+    settings: &Settings,
+) -> poem::endpoint::BoxEndpoint<'static, Response> {
     let api = make_openapi_service();
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
@@ -144,23 +174,37 @@ pub fn app(issuer: Arc<Issuer>, settings: &Settings) -> poem::endpoint::BoxEndpo
         Some(cors) => inner.with(cors).boxed(),
         None => inner.boxed(),
     };
-    with_cors.catch_all_error(render_error).around(observe).boxed()
+    with_cors
+        .catch_all_error(render_error)
+        .around(observe)
+        .boxed()
 }
 
 /// CORS for the configured origins only (none configured: no CORS at all), with
 /// credentials when a cookie-mode client exists.
 fn cors(settings: &Settings) -> Option<Cors> {
-    let origins: BTreeSet<&str> =
-        settings.clients.iter().flat_map(|c| c.allowed_origins.iter().map(String::as_str)).collect();
+    let origins: BTreeSet<&str> = settings
+        .clients
+        .iter()
+        .flat_map(|c| c.allowed_origins.iter().map(String::as_str))
+        .collect();
     if origins.is_empty() {
         return None;
     }
-    let credentials = settings.clients.iter().any(|c| c.delivery == Delivery::Cookie);
+    let credentials = settings
+        .clients
+        .iter()
+        .any(|c| c.delivery == Delivery::Cookie);
     Some(
         Cors::new()
             .allow_origins(origins)
             .allow_methods(["GET", "POST", "DELETE"])
-            .allow_headers(["authorization", "content-type", "x-requested-with", "if-none-match"])
+            .allow_headers([
+                "authorization",
+                "content-type",
+                "x-requested-with",
+                "if-none-match",
+            ])
             .expose_headers(["x-request-id", "www-authenticate", "retry-after", "etag"])
             .allow_credentials(credentials)
             .max_age(600),
@@ -187,10 +231,14 @@ async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<R
     if announced.is_some_and(|n| n > BODY_LIMIT as u64) {
         return Err(too_large());
     }
-    let body = req.take_body().into_bytes_limit(BODY_LIMIT).await.map_err(|e| match e {
-        poem::error::ReadBodyError::PayloadTooLarge => too_large(),
-        other => poem::Error::from(other),
-    })?;
+    let body = req
+        .take_body()
+        .into_bytes_limit(BODY_LIMIT)
+        .await
+        .map_err(|e| match e {
+            poem::error::ReadBodyError::PayloadTooLarge => too_large(),
+            other => poem::Error::from(other),
+        })?;
     req.set_body(body);
     ep.call(req).await.map(IntoResponse::into_response)
 }
@@ -198,11 +246,16 @@ async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<R
 /// Gives every request an id (span field and `x-request-id` header) and logs it.
 async fn observe<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let span =
+        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
     async move {
         let start = Instant::now();
         let mut resp = ep.get_response(req).await;
-        tracing::debug!(status = resp.status().as_u16(), micros = start.elapsed().as_micros() as u64, "served");
+        tracing::debug!(
+            status = resp.status().as_u16(),
+            micros = start.elapsed().as_micros() as u64,
+            "served"
+        );
         if let Ok(value) = HeaderValue::from_str(&id) {
             resp.headers_mut().insert("x-request-id", value);
         }

@@ -11,6 +11,9 @@ pub fn init(filter: &str) -> Result<(), crate::config::ConfigError> {
         message: format!("{filter:?} is not a tracing filter: {e}"),
     })?;
     // Ignore a second initialisation (tests start several servers in one process).
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(true).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .try_init();
     Ok(())
 }

@@ -124,7 +124,14 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(kind: Kind, error: ErrorCode, description: impl Into<String>) -> Self {
-        Self { kind, body: ErrorBody { error, error_description: description.into(), error_reason: None } }
+        Self {
+            kind,
+            body: ErrorBody {
+                error,
+                error_description: description.into(),
+                error_reason: None,
+            },
+        }
     }
 
     fn with_reason(mut self, reason: ErrorReason) -> Self {
@@ -149,7 +156,9 @@ impl Problem {
     pub fn from_poem(err: &poem::Error) -> Self {
         let status = err.status();
         match status {
-            StatusCode::NOT_FOUND => Self::new(Kind::NotFound, ErrorCode::NotFound, "no such resource"),
+            StatusCode::NOT_FOUND => {
+                Self::new(Kind::NotFound, ErrorCode::NotFound, "no such resource")
+            }
             // poem-openapi's bearer scheme found no `Authorization: Bearer` header.
             StatusCode::UNAUTHORIZED => Self::new(
                 Kind::Unauthorized,
@@ -162,12 +171,16 @@ impl Problem {
                 ErrorCode::OriginNotAllowed,
                 "cross-origin request refused: the Origin is not allowed",
             ),
-            StatusCode::METHOD_NOT_ALLOWED => {
-                Self::new(Kind::BadRequest, ErrorCode::MethodNotAllowed, "method not allowed on this resource")
-            }
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(Kind::PayloadTooLarge, ErrorCode::PayloadTooLarge, "request body over 64 KiB")
-            }
+            StatusCode::METHOD_NOT_ALLOWED => Self::new(
+                Kind::BadRequest,
+                ErrorCode::MethodNotAllowed,
+                "method not allowed on this resource",
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                Kind::PayloadTooLarge,
+                ErrorCode::PayloadTooLarge,
+                "request body over 64 KiB",
+            ),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
                 Kind::BadRequest,
                 ErrorCode::InvalidRequest,
@@ -191,42 +204,66 @@ impl From<Error> for Problem {
         use ErrorCode as C;
         match e {
             Error::InvalidRequest(m) => Self::new(Kind::BadRequest, C::InvalidRequest, m),
-            Error::InvalidClient => Self::new(Kind::Unauthorized, C::InvalidClient, "unknown client_id"),
+            Error::InvalidClient => {
+                Self::new(Kind::Unauthorized, C::InvalidClient, "unknown client_id")
+            }
             Error::UnauthorizedClient(m) => Self::new(Kind::BadRequest, C::UnauthorizedClient, m),
             Error::UnsupportedGrantType => Self::new(
                 Kind::BadRequest,
                 C::UnsupportedGrantType,
                 "grant_type must be password or refresh_token",
             ),
-            Error::InvalidScope => Self::new(Kind::BadRequest, C::InvalidScope, "no scopes are defined"),
+            Error::InvalidScope => {
+                Self::new(Kind::BadRequest, C::InvalidScope, "no scopes are defined")
+            }
             Error::InvalidGrant(r) => {
                 let description = match r {
                     GrantRejection::InvalidCredentials => "wrong e-mail or password",
                     GrantRejection::Expired => "the session expired; log in again",
                     GrantRejection::IdleTimeout => "the session was idle too long; log in again",
                     GrantRejection::Revoked => "the session was revoked; log in again",
-                    GrantRejection::Reused => "refresh token reuse detected; the session is revoked",
+                    GrantRejection::Reused => {
+                        "refresh token reuse detected; the session is revoked"
+                    }
                     GrantRejection::Unknown => "unknown refresh token",
                 };
                 Self::new(Kind::BadRequest, C::InvalidGrant, description).with_reason(r.into())
             }
-            Error::CsrfRejected(m) => Self::new(Kind::BadRequest, C::InvalidRequest, m).with_reason(ErrorReason::Csrf),
+            Error::CsrfRejected(m) => {
+                Self::new(Kind::BadRequest, C::InvalidRequest, m).with_reason(ErrorReason::Csrf)
+            }
             Error::InvalidToken(why) => {
                 tracing::debug!(reason = why, "access token refused");
-                Self::new(Kind::Unauthorized, C::InvalidToken, "the access token is invalid, expired or revoked")
+                Self::new(
+                    Kind::Unauthorized,
+                    C::InvalidToken,
+                    "the access token is invalid, expired or revoked",
+                )
             }
-            Error::EmailTaken => Self::new(Kind::Conflict, C::EmailTaken, "this e-mail address is already registered"),
+            Error::EmailTaken => Self::new(
+                Kind::Conflict,
+                C::EmailTaken,
+                "this e-mail address is already registered",
+            ),
             Error::WeakPassword(m) => Self::new(Kind::BadRequest, C::WeakPassword, m),
-            Error::RegistrationDisabled => {
-                Self::new(Kind::Forbidden, C::RegistrationDisabled, "self-registration is disabled")
-            }
+            Error::RegistrationDisabled => Self::new(
+                Kind::Forbidden,
+                C::RegistrationDisabled,
+                "self-registration is disabled",
+            ),
             Error::NotFound => Self::new(Kind::NotFound, C::NotFound, "not found"),
-            Error::Overloaded => {
-                Self::new(Kind::Unavailable, C::TemporarilyUnavailable, "too many logins in progress; retry shortly")
-            }
+            Error::Overloaded => Self::new(
+                Kind::Unavailable,
+                C::TemporarilyUnavailable,
+                "too many logins in progress; retry shortly",
+            ),
             Error::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "storage unavailable");
-                Self::new(Kind::Unavailable, C::TemporarilyUnavailable, "the database is unavailable; retry shortly")
+                Self::new(
+                    Kind::Unavailable,
+                    C::TemporarilyUnavailable,
+                    "the database is unavailable; retry shortly",
+                )
             }
             Error::Internal(cause) => {
                 tracing::error!(error = %cause, source = ?cause.source(), "internal error");

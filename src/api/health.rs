@@ -36,18 +36,27 @@ impl HealthApi {
     /// Liveness: the process serves requests.
     #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
     async fn healthz(&self) -> Json<Health> {
-        Json(Health { status: "ok".into(), database: None })
+        Json(Health {
+            status: "ok".into(),
+            database: None,
+        })
     }
 
     /// Readiness: the database answers a query.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, issuer: Data<&Arc<Issuer>>) -> ReadyResponse {
         match issuer.ready().await {
-            Ok(()) => ReadyResponse::Ready(Json(Health { status: "ready".into(), database: Some("ok".into()) })),
+            Ok(()) => ReadyResponse::Ready(Json(Health {
+                status: "ready".into(),
+                database: Some("ok".into()),
+            })),
             Err(e) => {
                 tracing::warn!(error = %e, "readiness check failed");
                 ReadyResponse::Unavailable(
-                    Json(Health { status: "unavailable".into(), database: Some("unreachable".into()) }),
+                    Json(Health {
+                        status: "unavailable".into(),
+                        database: Some("unreachable".into()),
+                    }),
                     2,
                 )
             }

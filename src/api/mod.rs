@@ -30,7 +30,12 @@ pub enum ApiTags {
 }
 
 /// Every API of the service.
-pub type Apis = (token::TokenApi, users::UsersApi, wellknown::DiscoveryApi, health::HealthApi);
+pub type Apis = (
+    token::TokenApi,
+    users::UsersApi,
+    wellknown::DiscoveryApi,
+    health::HealthApi,
+);
 
 const DESCRIPTION: &str = "Hybrid token issuer: short-lived RS256 access JWTs (RFC 9068) that \
 services verify through the JWKS, and opaque refresh tokens that rotate on every use, with \
@@ -43,7 +48,12 @@ must send `X-Requested-With` and an allowed `Origin`.";
 /// is the same on every machine.
 pub fn make_openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (token::TokenApi, users::UsersApi, wellknown::DiscoveryApi, health::HealthApi),
+        (
+            token::TokenApi,
+            users::UsersApi,
+            wellknown::DiscoveryApi,
+            health::HealthApi,
+        ),
         "token-issuer",
         env!("CARGO_PKG_VERSION"),
     )
@@ -58,11 +68,22 @@ pub fn openapi_json() -> String {
 /// Who is asking: peer address, user agent, the browser's `Origin`, the CSRF header and
 /// the refresh cookie.
 fn request_meta(req: &Request, refresh_cookie: Option<String>, csrf_header: bool) -> RequestMeta {
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     RequestMeta {
-        ip: req.remote_addr().as_socket_addr().map(|a| a.ip().to_string()),
+        ip: req
+            .remote_addr()
+            .as_socket_addr()
+            .map(|a| a.ip().to_string()),
         user_agent: header("user-agent"),
-        browser: BrowserContext { origin: header("origin"), csrf_header },
+        browser: BrowserContext {
+            origin: header("origin"),
+            csrf_header,
+        },
         refresh_cookie: refresh_cookie.map(Secret::new),
     }
 }

@@ -17,8 +17,11 @@ use crate::service::access::Principal;
 pub struct BearerAuth(pub Principal);
 
 async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Principal> {
-    let issuer = req
-        .data::<Arc<Issuer>>()
-        .ok_or_else(|| poem::Error::from(ApiError::from(Error::internal("issuer state missing"))))?;
-    issuer.authenticate(&bearer.token).await.map_err(|e| ApiError::from(e).into())
+    let issuer = req.data::<Arc<Issuer>>().ok_or_else(|| {
+        poem::Error::from(ApiError::from(Error::internal("issuer state missing")))
+    })?;
+    issuer
+        .authenticate(&bearer.token)
+        .await
+        .map_err(|e| ApiError::from(e).into())
 }

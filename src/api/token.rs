@@ -99,7 +99,10 @@ impl From<Issued> for TokenOk {
             Delivery::Body => (Some(issued.refresh_token.expose().to_owned()), None),
             Delivery::Cookie => (
                 None,
-                Some(refresh_cookie(issued.refresh_token.expose(), issued.refresh_max_age.as_secs())),
+                Some(refresh_cookie(
+                    issued.refresh_token.expose(),
+                    issued.refresh_max_age.as_secs(),
+                )),
             ),
         };
         Self::Ok(
@@ -118,7 +121,9 @@ impl From<Issued> for TokenOk {
 }
 
 fn refresh_cookie(value: &str, max_age: u64) -> String {
-    format!("{REFRESH_COOKIE}={value}; Max-Age={max_age}; Path=/; Secure; HttpOnly; SameSite=Strict")
+    format!(
+        "{REFRESH_COOKIE}={value}; Max-Age={max_age}; Path=/; Secure; HttpOnly; SameSite=Strict"
+    )
 }
 
 /// Revocation request (RFC 7009 §2.1).
@@ -147,7 +152,10 @@ pub enum RevokeOk {
     /// Revoked, or the token was unknown or already revoked (RFC 7009 §2.2).
     /// Cookie-mode clients get the cookie cleared.
     #[oai(status = 200)]
-    Ok(#[oai(header = "Cache-Control")] String, #[oai(header = "Set-Cookie")] Option<String>),
+    Ok(
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "Set-Cookie")] Option<String>,
+    ),
 }
 
 pub struct TokenApi;
@@ -198,7 +206,9 @@ impl TokenApi {
         let (RevokeRequestBody::Form(Form(p)) | RevokeRequestBody::Json(Json(p))) = body;
         let _hint = p.token_type_hint;
         let meta = request_meta(req, refresh.0, requested_with.0.is_some());
-        let revoked = issuer.revoke(p.client_id, p.token.map(Secret::new), meta).await?;
+        let revoked = issuer
+            .revoke(p.client_id, p.token.map(Secret::new), meta)
+            .await?;
         let clear = revoked.clear_cookie.then(|| refresh_cookie("", 0));
         Ok(RevokeOk::Ok("no-store".into(), clear))
     }

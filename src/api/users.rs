@@ -36,7 +36,11 @@ pub struct UserBody {
 
 impl From<User> for UserBody {
     fn from(u: User) -> Self {
-        Self { id: u.id, email: u.email, created_at: u.created_at }
+        Self {
+            id: u.id,
+            email: u.email,
+            created_at: u.created_at,
+        }
     }
 }
 
@@ -64,7 +68,11 @@ impl UsersApi {
     /// A taken e-mail address is `409 email_taken`; a refused password is
     /// `400 weak_password` with the rule it breaks.
     #[oai(path = "/v1/users", method = "post", operation_id = "register")]
-    async fn register(&self, issuer: Data<&Arc<Issuer>>, body: Json<RegisterRequest>) -> Result<Registered, ApiError> {
+    async fn register(
+        &self,
+        issuer: Data<&Arc<Issuer>>,
+        body: Json<RegisterRequest>,
+    ) -> Result<Registered, ApiError> {
         let Json(RegisterRequest { email, password }) = body;
         let user = issuer.register(&email, Secret::new(password)).await?;
         Ok(Registered::Created(Json(user.into())))

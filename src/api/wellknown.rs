@@ -49,7 +49,10 @@ pub enum JwksResponse {
     ),
     /// `If-None-Match` matched: the cached set is current.
     #[oai(status = 304)]
-    NotModified(#[oai(header = "Cache-Control")] String, #[oai(header = "ETag")] String),
+    NotModified(
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "ETag")] String,
+    ),
 }
 
 /// Authorization server metadata (RFC 8414); lists only what is supported.
@@ -71,7 +74,10 @@ pub struct ServerMetadata {
 #[derive(ApiResponse)]
 pub enum MetadataResponse {
     #[oai(status = 200)]
-    Ok(Json<ServerMetadata>, #[oai(header = "Cache-Control")] String),
+    Ok(
+        Json<ServerMetadata>,
+        #[oai(header = "Cache-Control")] String,
+    ),
 }
 
 pub struct DiscoveryApi;
@@ -114,7 +120,11 @@ impl DiscoveryApi {
     /// Authorization server metadata
     ///
     /// RFC 8414 metadata: the endpoints, grant types and methods this issuer supports.
-    #[oai(path = "/.well-known/oauth-authorization-server", method = "get", operation_id = "metadata")]
+    #[oai(
+        path = "/.well-known/oauth-authorization-server",
+        method = "get",
+        operation_id = "metadata"
+    )]
     async fn metadata(&self, issuer: Data<&Arc<Issuer>>) -> MetadataResponse {
         let base = issuer.issuer_url();
         let list = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();

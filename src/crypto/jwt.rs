@@ -33,7 +33,12 @@ pub fn sign(key: &SigningKey, claims: &AccessClaims) -> Result<String, Error> {
     token.push_str(&b64url(&payload));
     let mut signature = vec![0u8; key.key_pair.public_modulus_len()];
     key.key_pair
-        .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), token.as_bytes(), &mut signature)
+        .sign(
+            &RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            token.as_bytes(),
+            &mut signature,
+        )
         .map_err(|_| Error::internal("RSA signing failed"))?;
     token.push('.');
     token.push_str(&b64url(&signature));
@@ -68,12 +73,18 @@ impl Verifier {
 
     /// Verifies `token` for `audience` (or for any audience when `None`, as revocation
     /// does) at unix time `now`. The error says why, for logs only.
-    pub fn verify(&self, token: &str, audience: Option<&str>, now: i64) -> Result<AccessClaims, Error> {
+    pub fn verify(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+        now: i64,
+    ) -> Result<AccessClaims, Error> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(Error::InvalidToken("token too long"));
         }
         let mut parts = token.split('.');
-        let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(header), Some(_), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(Error::InvalidToken("not a JWS compact serialization"));
         };
@@ -100,8 +111,10 @@ impl Verifier {
 
         let mut validation = Validation::new(Algorithm::RS256);
         validation.algorithms = vec![Algorithm::RS256];
-        validation.required_spec_claims =
-            ["exp", "nbf", "iat", "iss", "aud", "sub"].into_iter().map(String::from).collect();
+        validation.required_spec_claims = ["exp", "nbf", "iat", "iss", "aud", "sub"]
+            .into_iter()
+            .map(String::from)
+            .collect();
         validation.iss = Some(HashSet::from([self.issuer.clone()]));
         match audience {
             Some(aud) => validation.set_audience(&[aud]),

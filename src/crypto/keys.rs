@@ -31,7 +31,10 @@ use crate::crypto::b64url;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("key directory {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("key file {path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("key directory {0}: several keys and no `active` file naming the one that signs")]
@@ -43,7 +46,10 @@ pub enum KeyError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
-    move |source| KeyError::Io { path: path.to_owned(), source }
+    move |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// One public key in JWKS form (RFC 7517/7518); never a private member.
@@ -88,7 +94,14 @@ impl SigningKey {
         let header = serde_json::json!({"alg": "RS256", "typ": "at+jwt", "kid": kid});
         Ok(Self {
             header_b64: b64url(header.to_string().as_bytes()),
-            jwk: Jwk { kty: "RSA", use_: "sig", alg: "RS256", kid: kid.clone(), n, e },
+            jwk: Jwk {
+                kty: "RSA",
+                use_: "sig",
+                alg: "RS256",
+                kid: kid.clone(),
+                n,
+                e,
+            },
             kid,
             key_pair,
         })
@@ -122,14 +135,22 @@ impl KeySet {
         let active_kid = match fs::read_to_string(dir.join("active")) {
             Ok(kid) => Some(kid.trim().to_owned()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(KeyError::Io { path: dir.join("active"), source: e }),
+            Err(e) => {
+                return Err(KeyError::Io {
+                    path: dir.join("active"),
+                    source: e,
+                });
+            }
         };
         let decoding = keys
             .iter()
             .map(|(path, k)| {
                 DecodingKey::from_rsa_components(&k.jwk.n, &k.jwk.e)
                     .map(|d| (k.kid.clone(), d))
-                    .map_err(|e| KeyError::Invalid { path: path.clone(), reason: e.to_string() })
+                    .map_err(|e| KeyError::Invalid {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })
             })
             .collect::<Result<HashMap<_, _>, _>>()?;
         let mut jwks: Vec<Jwk> = keys.iter().map(|(_, k)| k.jwk.clone()).collect();
@@ -145,10 +166,23 @@ impl KeySet {
                 .map(|(_, k)| k)
                 .find(|k| k.kid == kid)
                 .ok_or_else(|| KeyError::MissingActive(dir.to_owned()))?,
-            None if keys.len() == 1 => keys.into_iter().map(|(_, k)| k).next().ok_or(KeyError::Generate)?,
+            None if keys.len() == 1 => keys
+                .into_iter()
+                .map(|(_, k)| k)
+                .next()
+                .ok_or(KeyError::Generate)?,
             None => return Err(KeyError::NoActive(dir.to_owned())),
         };
-        Ok((Self { active, decoding, jwks, jwks_json, etag }, generated))
+        Ok((
+            Self {
+                active,
+                decoding,
+                jwks,
+                jwks_json,
+                etag,
+            },
+            generated,
+        ))
     }
 
     /// The key that signs new tokens.
@@ -203,9 +237,17 @@ fn generate_into(dir: &Path, size: KeySize) -> Result<PathBuf, KeyError> {
     let tmp = dir.join(".generating");
     let key = SigningKey::from_pkcs8(der.as_ref(), &tmp)?;
     let path = dir.join(format!("{}.pem", key.kid));
-    write_private(&tmp, pem_encode(der.as_ref(), "PRIVATE KEY").as_bytes(), false)?;
+    write_private(
+        &tmp,
+        pem_encode(der.as_ref(), "PRIVATE KEY").as_bytes(),
+        false,
+    )?;
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    match write_private(&dir.join("active"), format!("{}\n", key.kid).as_bytes(), true) {
+    match write_private(
+        &dir.join("active"),
+        format!("{}\n", key.kid).as_bytes(),
+        true,
+    ) {
         Ok(()) => Ok(path),
         Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
             // Lost the race to another instance: its key is the one.
@@ -222,16 +264,25 @@ pub fn read_or_create_secret_file(path: &Path) -> Result<Vec<u8>, KeyError> {
     let mut fresh = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
         .map_err(|_| KeyError::Generate)?;
-    match write_private(path, format!("{}\n", STANDARD.encode(fresh)).as_bytes(), true) {
+    match write_private(
+        path,
+        format!("{}\n", STANDARD.encode(fresh)).as_bytes(),
+        true,
+    ) {
         Ok(()) => Ok(fresh.to_vec()),
         Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
             let text = fs::read_to_string(path).map_err(io_err(path))?;
-            let bytes = STANDARD.decode(text.trim()).map_err(|_| KeyError::Invalid {
-                path: path.to_owned(),
-                reason: "expected base64".into(),
-            })?;
+            let bytes = STANDARD
+                .decode(text.trim())
+                .map_err(|_| KeyError::Invalid {
+                    path: path.to_owned(),
+                    reason: "expected base64".into(),
+                })?;
             if bytes.len() < 32 {
-                return Err(KeyError::Invalid { path: path.to_owned(), reason: "secret shorter than 32 bytes".into() });
+                return Err(KeyError::Invalid {
+                    path: path.to_owned(),
+                    reason: "secret shorter than 32 bytes".into(),
+                });
             }
             Ok(bytes)
         }
@@ -270,7 +321,10 @@ fn pem_decode(text: &str, label: &str) -> Option<Vec<u8>> {
     let end = format!("-----END {label}-----");
     let start = text.find(&begin)? + begin.len();
     let stop = text[start..].find(&end)? + start;
-    let body: String = text[start..stop].chars().filter(|c| !c.is_whitespace()).collect();
+    let body: String = text[start..stop]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     STANDARD.decode(body).ok()
 }
 
@@ -292,7 +346,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(generated_path(dir.path())).unwrap().permissions().mode();
+            let mode = fs::metadata(generated_path(dir.path()))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -24,7 +24,8 @@ const T_COST: u32 = 2;
 const P_COST: u32 = 1;
 
 fn argon2() -> Result<Argon2<'static>, Error> {
-    let params = Params::new(M_COST, T_COST, P_COST, None).map_err(|e| Error::internal(e.to_string()))?;
+    let params =
+        Params::new(M_COST, T_COST, P_COST, None).map_err(|e| Error::internal(e.to_string()))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
@@ -60,9 +61,14 @@ impl PasswordHasher {
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
         let matches = self
             .run(move || {
-                let parsed = PasswordHash::new(&hash).map_err(|e| Error::internal(e.to_string()))?;
+                let parsed =
+                    PasswordHash::new(&hash).map_err(|e| Error::internal(e.to_string()))?;
                 let argon2 = argon2()?;
-                Ok::<_, Error>(argon2.verify_password(password.expose().as_bytes(), &parsed).is_ok())
+                Ok::<_, Error>(
+                    argon2
+                        .verify_password(password.expose().as_bytes(), &parsed)
+                        .is_ok(),
+                )
             })
             .await??;
         Ok(known && matches)
@@ -73,7 +79,10 @@ impl PasswordHasher {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    async fn run<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
         let permit = match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -111,17 +120,45 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_verify_and_unknown_users_never_match() {
-        let hasher = PasswordHasher::new(HashingSettings { concurrency: 1, queue: 4 }).unwrap();
-        let hash = hasher.hash(Secret::new("a sound passphrase")).await.unwrap();
+        let hasher = PasswordHasher::new(HashingSettings {
+            concurrency: 1,
+            queue: 4,
+        })
+        .unwrap();
+        let hash = hasher
+            .hash(Secret::new("a sound passphrase"))
+            .await
+            .unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        assert!(hasher.verify(Secret::new("a sound passphrase"), Some(hash.clone())).await.unwrap());
-        assert!(!hasher.verify(Secret::new("a wrong passphrase"), Some(hash)).await.unwrap());
-        assert!(!hasher.verify(Secret::new("anything at all!"), None).await.unwrap());
+        assert!(
+            hasher
+                .verify(Secret::new("a sound passphrase"), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify(Secret::new("a wrong passphrase"), Some(hash))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify(Secret::new("anything at all!"), None)
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_is_refused_not_queued() {
-        let hasher = Arc::new(PasswordHasher::new(HashingSettings { concurrency: 1, queue: 1 }).unwrap());
+        let hasher = Arc::new(
+            PasswordHasher::new(HashingSettings {
+                concurrency: 1,
+                queue: 1,
+            })
+            .unwrap(),
+        );
         let tasks: Vec<_> = (0..6)
             .map(|_| {
                 let h = Arc::clone(&hasher);
@@ -134,6 +171,9 @@ mod tests {
                 overloaded += 1;
             }
         }
-        assert!(overloaded >= 1, "six hashes with one slot and a queue of one must refuse some");
+        assert!(
+            overloaded >= 1,
+            "six hashes with one slot and a queue of one must refuse some"
+        );
     }
 }

@@ -60,7 +60,9 @@ impl SuccessorKey {
 
     /// The successor of `presented`.
     pub fn successor(&self, presented: &Secret) -> Secret {
-        Secret::new(b64url(hmac::sign(&self.key, presented.expose().as_bytes()).as_ref()))
+        Secret::new(b64url(
+            hmac::sign(&self.key, presented.expose().as_bytes()).as_ref(),
+        ))
     }
 }
 

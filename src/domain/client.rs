@@ -46,7 +46,9 @@ pub struct BrowserContext {
 
 impl Client {
     pub fn allows_origin(&self, origin: &str) -> bool {
-        self.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+        self.allowed_origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(origin))
     }
 
     /// The CSRF defence for cookie-delivery clients: the custom header and an `Origin`
@@ -57,12 +59,18 @@ impl Client {
             return Ok(());
         }
         if !ctx.csrf_header {
-            return Err(Error::CsrfRejected("the X-Requested-With header is required for cookie-mode clients"));
+            return Err(Error::CsrfRejected(
+                "the X-Requested-With header is required for cookie-mode clients",
+            ));
         }
         match ctx.origin.as_deref() {
             Some(origin) if self.allows_origin(origin) => Ok(()),
-            Some(_) => Err(Error::CsrfRejected("the Origin is not allowed for this client")),
-            None => Err(Error::CsrfRejected("the Origin header is required for cookie-mode clients")),
+            Some(_) => Err(Error::CsrfRejected(
+                "the Origin is not allowed for this client",
+            )),
+            None => Err(Error::CsrfRejected(
+                "the Origin header is required for cookie-mode clients",
+            )),
         }
     }
 }
@@ -83,19 +91,37 @@ mod tests {
 
     #[test]
     fn cookie_clients_need_header_and_allowed_origin() {
-        let ok = BrowserContext { origin: Some("http://localhost:5173".into()), csrf_header: true };
+        let ok = BrowserContext {
+            origin: Some("http://localhost:5173".into()),
+            csrf_header: true,
+        };
         assert!(spa().check_browser_request(&ok).is_ok());
-        let no_header = BrowserContext { csrf_header: false, ..ok.clone() };
+        let no_header = BrowserContext {
+            csrf_header: false,
+            ..ok.clone()
+        };
         assert!(spa().check_browser_request(&no_header).is_err());
-        let other = BrowserContext { origin: Some("http://evil.example".into()), csrf_header: true };
+        let other = BrowserContext {
+            origin: Some("http://evil.example".into()),
+            csrf_header: true,
+        };
         assert!(spa().check_browser_request(&other).is_err());
-        let none = BrowserContext { origin: None, csrf_header: true };
+        let none = BrowserContext {
+            origin: None,
+            csrf_header: true,
+        };
         assert!(spa().check_browser_request(&none).is_err());
     }
 
     #[test]
     fn body_clients_skip_the_browser_checks() {
-        let body = Client { delivery: Delivery::Body, ..spa() };
-        assert!(body.check_browser_request(&BrowserContext::default()).is_ok());
+        let body = Client {
+            delivery: Delivery::Body,
+            ..spa()
+        };
+        assert!(
+            body.check_browser_request(&BrowserContext::default())
+                .is_ok()
+        );
     }
 }

@@ -159,19 +159,31 @@ mod tests {
         let later = now + Duration::from_secs(9);
         assert_eq!(POLICY.decide("dev", &t, later), Decision::GraceReplay);
         let after = now + Duration::from_secs(10);
-        assert_eq!(POLICY.decide("dev", &t, after), Decision::RevokeFamily(RevokeReason::Reuse));
+        assert_eq!(
+            POLICY.decide("dev", &t, after),
+            Decision::RevokeFamily(RevokeReason::Reuse)
+        );
         t.successor_unused = false;
-        assert_eq!(POLICY.decide("dev", &t, later), Decision::RevokeFamily(RevokeReason::Reuse));
+        assert_eq!(
+            POLICY.decide("dev", &t, later),
+            Decision::RevokeFamily(RevokeReason::Reuse)
+        );
     }
 
     #[test]
     fn zero_grace_makes_every_second_use_a_reuse() {
         let now = OffsetDateTime::now_utc();
-        let policy = RefreshPolicy { grace_period: Duration::ZERO, ..POLICY };
+        let policy = RefreshPolicy {
+            grace_period: Duration::ZERO,
+            ..POLICY
+        };
         let mut t = token(now);
         t.consumed_at = Some(now);
         t.successor_unused = true;
-        assert_eq!(policy.decide("dev", &t, now), Decision::RevokeFamily(RevokeReason::Reuse));
+        assert_eq!(
+            policy.decide("dev", &t, now),
+            Decision::RevokeFamily(RevokeReason::Reuse)
+        );
     }
 
     #[test]
@@ -179,16 +191,28 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let t = token(now);
         let idle = now + Duration::from_secs(14 * 86_400);
-        assert_eq!(POLICY.decide("dev", &t, idle), Decision::Refuse(GrantRejection::IdleTimeout));
+        assert_eq!(
+            POLICY.decide("dev", &t, idle),
+            Decision::Refuse(GrantRejection::IdleTimeout)
+        );
         let mut used = t.clone();
         used.family_last_used_at = now + Duration::from_secs(89 * 86_400);
         let abs = now + Duration::from_secs(90 * 86_400);
-        assert_eq!(POLICY.decide("dev", &used, abs), Decision::Refuse(GrantRejection::Expired));
+        assert_eq!(
+            POLICY.decide("dev", &used, abs),
+            Decision::Refuse(GrantRejection::Expired)
+        );
         assert_eq!(
             POLICY.decide("other", &t, now),
             Decision::RevokeFamily(RevokeReason::ClientMismatch)
         );
-        let revoked = PresentedToken { family_revoked: true, ..t };
-        assert_eq!(POLICY.decide("dev", &revoked, now), Decision::Refuse(GrantRejection::Revoked));
+        let revoked = PresentedToken {
+            family_revoked: true,
+            ..t
+        };
+        assert_eq!(
+            POLICY.decide("dev", &revoked, now),
+            Decision::Refuse(GrantRejection::Revoked)
+        );
     }
 }

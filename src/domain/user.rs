@@ -65,14 +65,18 @@ pub fn normalize_email(raw: &str) -> Result<String, Error> {
     if valid {
         Ok(email)
     } else {
-        Err(Error::InvalidRequest("email must be an e-mail address such as ada@example.com".into()))
+        Err(Error::InvalidRequest(
+            "email must be an e-mail address such as ada@example.com".into(),
+        ))
     }
 }
 
 /// Checks the size limit alone: run before anything else touches the password.
 pub fn check_password_size(password: &str) -> Result<(), Error> {
     if password.len() > PASSWORD_MAX_BYTES {
-        return Err(Error::WeakPassword(format!("password must be at most {PASSWORD_MAX_BYTES} bytes")));
+        return Err(Error::WeakPassword(format!(
+            "password must be at most {PASSWORD_MAX_BYTES} bytes"
+        )));
     }
     Ok(())
 }
@@ -86,16 +90,22 @@ pub fn check_new_password(password: &str, email: &str) -> Result<(), Error> {
         )));
     }
     if password.chars().any(char::is_control) {
-        return Err(Error::WeakPassword("password must not contain control characters".into()));
+        return Err(Error::WeakPassword(
+            "password must not contain control characters".into(),
+        ));
     }
     let lowered = password.to_lowercase();
     let first = lowered.chars().next();
     if lowered.chars().all(|c| Some(c) == first) || COMMON_PASSWORDS.contains(&lowered.as_str()) {
-        return Err(Error::WeakPassword("password is too common; choose another".into()));
+        return Err(Error::WeakPassword(
+            "password is too common; choose another".into(),
+        ));
     }
     let local = email.split('@').next().unwrap_or_default();
     if lowered == email || (local.len() >= 4 && lowered.contains(local)) {
-        return Err(Error::WeakPassword("password must not contain the e-mail address".into()));
+        return Err(Error::WeakPassword(
+            "password must not contain the e-mail address".into(),
+        ));
     }
     Ok(())
 }
@@ -106,8 +116,19 @@ mod tests {
 
     #[test]
     fn emails_are_normalised_and_checked() {
-        assert_eq!(normalize_email("  Ada@Example.COM ").ok().as_deref(), Some("ada@example.com"));
-        for bad in ["", "ada", "ada@", "@example.com", "ada@example", "a da@example.com", "a@b@c.d"] {
+        assert_eq!(
+            normalize_email("  Ada@Example.COM ").ok().as_deref(),
+            Some("ada@example.com")
+        );
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a da@example.com",
+            "a@b@c.d",
+        ] {
             assert!(normalize_email(bad).is_err(), "{bad}");
         }
     }

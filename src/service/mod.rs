@@ -53,7 +53,11 @@ impl Issuer {
             keys,
             successors,
             clock,
-            clients: settings.clients.iter().map(|c| (c.id.clone(), c.clone())).collect(),
+            clients: settings
+                .clients
+                .iter()
+                .map(|c| (c.id.clone(), c.clone()))
+                .collect(),
             policy: RefreshPolicy {
                 idle_timeout: settings.tokens.refresh_idle_timeout,
                 absolute_lifetime: settings.tokens.refresh_absolute_lifetime,

@@ -67,7 +67,8 @@ fn present_secret(value: Option<Secret>) -> Option<Secret> {
 
 impl Issuer {
     fn client(&self, client_id: Option<String>) -> Result<&Client, Error> {
-        let id = present(client_id).ok_or_else(|| Error::InvalidRequest("client_id is required".into()))?;
+        let id = present(client_id)
+            .ok_or_else(|| Error::InvalidRequest("client_id is required".into()))?;
         self.clients.get(&id).ok_or(Error::InvalidClient)
     }
 
@@ -90,11 +91,18 @@ impl Issuer {
         }
     }
 
-    async fn password_grant(&self, client: &Client, params: TokenParams, meta: RequestMeta) -> Result<Issued, Error> {
-        let username = present(params.username).ok_or_else(|| Error::InvalidRequest("username is required".into()))?;
-        let password =
-            present_secret(params.password).ok_or_else(|| Error::InvalidRequest("password is required".into()))?;
-        check_password_size(password.expose()).map_err(|_| Error::InvalidRequest("password is too long".into()))?;
+    async fn password_grant(
+        &self,
+        client: &Client,
+        params: TokenParams,
+        meta: RequestMeta,
+    ) -> Result<Issued, Error> {
+        let username = present(params.username)
+            .ok_or_else(|| Error::InvalidRequest("username is required".into()))?;
+        let password = present_secret(params.password)
+            .ok_or_else(|| Error::InvalidRequest("password is required".into()))?;
+        check_password_size(password.expose())
+            .map_err(|_| Error::InvalidRequest("password is too long".into()))?;
         // An unknown or malformed username runs the same hash as a wrong password.
         let user = match normalize_email(&username) {
             Ok(email) => self.store.find_user_by_email(&email).await?,
@@ -106,7 +114,9 @@ impl Issuer {
             tracing::info!(target: "security", event = "login_failed", client_id = %client.id, ip = ?meta.ip);
             return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials));
         }
-        let Some(user) = user else { return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials)) };
+        let Some(user) = user else {
+            return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials));
+        };
         let now = self.clock.now();
         let token = refresh::generate()?;
         let family = NewFamily {
@@ -131,17 +141,25 @@ impl Issuer {
         self.issue(client, &info, token, now)
     }
 
-    async fn refresh_grant(&self, client: &Client, params: TokenParams, meta: RequestMeta) -> Result<Issued, Error> {
+    async fn refresh_grant(
+        &self,
+        client: &Client,
+        params: TokenParams,
+        meta: RequestMeta,
+    ) -> Result<Issued, Error> {
         let body_token = present_secret(params.refresh_token);
         let presented = match client.delivery {
             Delivery::Cookie if body_token.is_some() => {
                 return Err(Error::InvalidRequest(
-                    "cookie-mode clients send the refresh token in the __Host-refresh cookie only".into(),
+                    "cookie-mode clients send the refresh token in the __Host-refresh cookie only"
+                        .into(),
                 ));
             }
-            Delivery::Cookie => present_secret(meta.refresh_cookie)
-                .ok_or_else(|| Error::InvalidRequest("the __Host-refresh cookie is missing".into()))?,
-            Delivery::Body => body_token.ok_or_else(|| Error::InvalidRequest("refresh_token is required".into()))?,
+            Delivery::Cookie => present_secret(meta.refresh_cookie).ok_or_else(|| {
+                Error::InvalidRequest("the __Host-refresh cookie is missing".into())
+            })?,
+            Delivery::Body => body_token
+                .ok_or_else(|| Error::InvalidRequest("refresh_token is required".into()))?,
         };
         if presented.expose().len() > refresh::MAX_TOKEN_LEN {
             return Err(Error::InvalidRequest("refresh_token is too long".into()));
@@ -165,7 +183,11 @@ impl Issuer {
                 }
                 self.issue(client, &family, successor, now)
             }
-            RotateOutcome::Refused { rejection, family, revoked } => {
+            RotateOutcome::Refused {
+                rejection,
+                family,
+                revoked,
+            } => {
                 if let (Some(reason), Some(f)) = (revoked, &family) {
                     tracing::warn!(
                         target: "security",
@@ -183,7 +205,13 @@ impl Issuer {
         }
     }
 
-    fn issue(&self, client: &Client, family: &FamilyInfo, refresh_token: Secret, now: OffsetDateTime) -> Result<Issued, Error> {
+    fn issue(
+        &self,
+        client: &Client,
+        family: &FamilyInfo,
+        refresh_token: Secret,
+        now: OffsetDateTime,
+    ) -> Result<Issued, Error> {
         let iat = now.unix_timestamp();
         let lifetime = self.access_lifetime.as_secs();
         let claims = AccessClaims {
@@ -235,23 +263,37 @@ impl Issuer {
         };
         let now = self.clock.now();
         if token.expose().len() <= refresh::MAX_TOKEN_LEN && !token.expose().contains('.') {
-            match self.store.revoke_by_token(&refresh::hash(&token), &client.id, now).await? {
+            match self
+                .store
+                .revoke_by_token(&refresh::hash(&token), &client.id, now)
+                .await?
+            {
                 RevokeOutcome::Revoked(f) => {
                     tracing::info!(target: "security", event = "family_revoked", reason = "logout", sid = %f.id, user_id = %f.user_id, client_id = %client.id);
                 }
                 RevokeOutcome::OtherClient => {
-                    return Err(Error::UnauthorizedClient("the token was issued to another client"));
+                    return Err(Error::UnauthorizedClient(
+                        "the token was issued to another client",
+                    ));
                 }
                 RevokeOutcome::AlreadyRevoked | RevokeOutcome::Unknown => {}
             }
-        } else if let Ok(claims) = self.verifier.verify(token.expose(), None, now.unix_timestamp()) {
+        } else if let Ok(claims) = self
+            .verifier
+            .verify(token.expose(), None, now.unix_timestamp())
+        {
             if claims.client_id != client.id {
-                return Err(Error::UnauthorizedClient("the token was issued to another client"));
+                return Err(Error::UnauthorizedClient(
+                    "the token was issued to another client",
+                ));
             }
-            if let Ok(sid) = Uuid::parse_str(&claims.sid) {
-                if self.store.revoke_family(sid, &client.id, RevokeReason::Logout, now).await? {
-                    tracing::info!(target: "security", event = "family_revoked", reason = "logout", sid = %sid, client_id = %client.id);
-                }
+            if let Ok(sid) = Uuid::parse_str(&claims.sid)
+                && self
+                    .store
+                    .revoke_family(sid, &client.id, RevokeReason::Logout, now)
+                    .await?
+            {
+                tracing::info!(target: "security", event = "family_revoked", reason = "logout", sid = %sid, client_id = %client.id);
             }
         }
         Ok(Revoked { clear_cookie })

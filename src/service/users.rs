@@ -19,8 +19,14 @@ impl Issuer {
         let hash = self.hasher.hash(password).await?;
         // Stored with millisecond precision; answer what will be read back.
         let now = self.clock.now();
-        let created_at = now.replace_nanosecond(u32::from(now.millisecond()) * 1_000_000).unwrap_or(now);
-        let user = User { id: Uuid::new_v4(), email, created_at };
+        let created_at = now
+            .replace_nanosecond(u32::from(now.millisecond()) * 1_000_000)
+            .unwrap_or(now);
+        let user = User {
+            id: Uuid::new_v4(),
+            email,
+            created_at,
+        };
         match self.store.create_user(&user, &hash).await {
             Ok(()) => {
                 tracing::info!(target: "security", event = "user_registered", user_id = %user.id);

@@ -31,7 +31,9 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(_) => Error::Unavailable(Box::new(e)),
-            StoreError::Conflict | StoreError::Other(_) | StoreError::Corrupt(_) => Error::internal(e),
+            StoreError::Conflict | StoreError::Other(_) | StoreError::Corrupt(_) => {
+                Error::internal(e)
+            }
         }
     }
 }
@@ -139,5 +141,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The user of a live session: `None` when the family is revoked or unknown, or the
     /// user is not the family's.
-    async fn session_user(&self, family_id: Uuid, user_id: Uuid) -> Result<Option<User>, StoreError>;
+    async fn session_user(
+        &self,
+        family_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Option<User>, StoreError>;
 }

@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, SqlitePool, Sqlite, Transaction};
+use sqlx::{FromRow, Sqlite, SqlitePool, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Store, StoreError, UserWithHash,
+    FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Store, StoreError,
+    UserWithHash,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{Decision, GrantRejection, PresentedToken, RevokeReason};
@@ -65,7 +66,10 @@ impl SqliteStore {
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(classify)
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify)
     }
 }
 
@@ -74,13 +78,17 @@ fn classify(e: sqlx::Error) -> StoreError {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
         // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
         sqlx::Error::Database(db)
-            if db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)) =>
+            if db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| matches!(c & 0xff, 5 | 6)) =>
         {
             StoreError::Unavailable(e)
         }
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed => {
-            StoreError::Unavailable(e)
-        }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
         _ => StoreError::Other(e),
     }
 }
@@ -109,7 +117,11 @@ struct UserRecord {
 
 impl UserRecord {
     fn user(&self) -> Result<User, StoreError> {
-        Ok(User { id: uuid(&self.id)?, email: self.email.clone(), created_at: from_ms(self.created_at)? })
+        Ok(User {
+            id: uuid(&self.id)?,
+            email: self.email.clone(),
+            created_at: from_ms(self.created_at)?,
+        })
     }
 }
 
@@ -150,20 +162,25 @@ const FAMILY_COLUMNS: &str = "f.id, f.user_id, f.client_id, f.scope, f.created_a
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await.map_err(classify)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(classify)?;
         Ok(())
     }
 
     async fn create_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)")
-            .bind(user.id.to_string())
-            .bind(&user.email)
-            .bind(password_hash)
-            .bind(ms(user.created_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(user.id.to_string())
+        .bind(&user.email)
+        .bind(password_hash)
+        .bind(ms(user.created_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
         tx.commit().await.map_err(classify)
     }
 
@@ -177,7 +194,11 @@ impl Store for SqliteStore {
         .map_err(classify)?;
         record
             .map(|r| {
-                Ok(UserWithHash { user: r.user()?, disabled: r.disabled_at.is_some(), password_hash: r.password_hash })
+                Ok(UserWithHash {
+                    user: r.user()?,
+                    disabled: r.disabled_at.is_some(),
+                    password_hash: r.password_hash,
+                })
             })
             .transpose()
     }
@@ -198,13 +219,15 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(classify)?;
-        sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES (?1, ?2, ?3)")
-            .bind(&f.first_token[..])
-            .bind(f.id.to_string())
-            .bind(ms(f.created_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES (?1, ?2, ?3)",
+        )
+        .bind(&f.first_token[..])
+        .bind(f.id.to_string())
+        .bind(ms(f.created_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
         tx.commit().await.map_err(classify)
     }
 
@@ -245,7 +268,10 @@ impl Store for SqliteStore {
             .map_err(classify)?;
             let family = touch_family(&mut tx, &family_id, now).await?;
             tx.commit().await.map_err(classify)?;
-            return Ok(RotateOutcome::Issued { family, replay: false });
+            return Ok(RotateOutcome::Issued {
+                family,
+                replay: false,
+            });
         }
 
         // Not rotatable: find out why, under the same write lock.
@@ -264,7 +290,11 @@ impl Store for SqliteStore {
         .map_err(classify)?;
         let Some(p) = presented else {
             tx.rollback().await.map_err(classify)?;
-            return Ok(RotateOutcome::Refused { rejection: GrantRejection::Unknown, family: None, revoked: None });
+            return Ok(RotateOutcome::Refused {
+                rejection: GrantRejection::Unknown,
+                family: None,
+                revoked: None,
+            });
         };
         let state = PresentedToken {
             client_id: p.family.client_id.clone(),
@@ -278,7 +308,10 @@ impl Store for SqliteStore {
         let outcome = match r.policy.decide(r.client_id, &state, r.now) {
             Decision::GraceReplay => {
                 let family = touch_family(&mut tx, &family_id, now).await?;
-                RotateOutcome::Issued { family, replay: true }
+                RotateOutcome::Issued {
+                    family,
+                    replay: true,
+                }
             }
             Decision::RevokeFamily(reason) => {
                 revoke_in_tx(&mut tx, &family_id, reason, now).await?;
@@ -286,14 +319,22 @@ impl Store for SqliteStore {
                     RevokeReason::Reuse => GrantRejection::Reused,
                     RevokeReason::ClientMismatch | RevokeReason::Logout => GrantRejection::Revoked,
                 };
-                RotateOutcome::Refused { rejection, family: Some(p.family.info()?), revoked: Some(reason) }
+                RotateOutcome::Refused {
+                    rejection,
+                    family: Some(p.family.info()?),
+                    revoked: Some(reason),
+                }
             }
-            Decision::Refuse(rejection) => {
-                RotateOutcome::Refused { rejection, family: Some(p.family.info()?), revoked: None }
-            }
+            Decision::Refuse(rejection) => RotateOutcome::Refused {
+                rejection,
+                family: Some(p.family.info()?),
+                revoked: None,
+            },
             // The update above would have consumed it: the rules and the SQL disagree.
             Decision::Rotate => {
-                return Err(StoreError::Corrupt("rotatable token not matched by the conditional update".into()));
+                return Err(StoreError::Corrupt(
+                    "rotatable token not matched by the conditional update".into(),
+                ));
             }
         };
         tx.commit().await.map_err(classify)?;
@@ -351,7 +392,11 @@ impl Store for SqliteStore {
         Ok(revoked)
     }
 
-    async fn session_user(&self, family_id: Uuid, user_id: Uuid) -> Result<Option<User>, StoreError> {
+    async fn session_user(
+        &self,
+        family_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Option<User>, StoreError> {
         let record: Option<UserRecord> = sqlx::query_as(
             "SELECT u.id, u.email, u.password_hash, u.created_at, u.disabled_at
              FROM refresh_families f JOIN users u ON u.id = f.user_id
@@ -383,13 +428,17 @@ async fn touch_family(
     record.info()
 }
 
-async fn family_info(tx: &mut Transaction<'static, Sqlite>, family_id: &str) -> Result<FamilyInfo, StoreError> {
-    let record: FamilyRecord =
-        sqlx::query_as(&format!("SELECT {FAMILY_COLUMNS} FROM refresh_families f WHERE f.id = ?1"))
-            .bind(family_id)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(classify)?;
+async fn family_info(
+    tx: &mut Transaction<'static, Sqlite>,
+    family_id: &str,
+) -> Result<FamilyInfo, StoreError> {
+    let record: FamilyRecord = sqlx::query_as(&format!(
+        "SELECT {FAMILY_COLUMNS} FROM refresh_families f WHERE f.id = ?1"
+    ))
+    .bind(family_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(classify)?;
     record.info()
 }
 
@@ -410,7 +459,9 @@ async fn revoke_in_tx(
     .fetch_optional(&mut **tx)
     .await
     .map_err(classify)?;
-    let Some((user_id, client_id)) = revoked else { return Ok(false) };
+    let Some((user_id, client_id)) = revoked else {
+        return Ok(false);
+    };
     sqlx::query(
         "INSERT INTO audit_events (at, kind, user_id, family_id, client_id, detail)
          VALUES (?1, 'family_revoked', ?2, ?3, ?4, ?5)",

@@ -1,0 +1,249 @@
+use std::path::PathBuf;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use aws_lc_rs::signature::RsaKeyPair;
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use reqwest::{Response, StatusCode};
+use serde_json::Value;
+use tempfile::TempDir;
+use token_issuer::config::Settings;
+use token_issuer::domain::client::{Client, ClientKind, Delivery};
+use token_issuer::domain::clock::ManualClock;
+use token_issuer::startup::Application;
+
+pub const PASSWORD: &str = "a sound passphrase";
+pub const SPA_ORIGIN: &str = "http://localhost:5173";
+
+pub struct TestApp {
+    pub address: String,
+    pub http: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub settings: Settings,
+    _dir: TempDir,
+}
+
+/// Tokens from a successful token response.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+}
+
+static TRACING: Once = Once::new();
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Spawns the server with the development settings, changed by `configure`.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            token_issuer::telemetry::init("debug").unwrap();
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::development().unwrap();
+    settings.bind = "127.0.0.1:0".parse().unwrap();
+    settings.data_dir = dir.path().join("data");
+    settings.keys_dir = dir.path().join("keys");
+    settings.database_url = format!("sqlite://{}", dir.path().join("data/test.db").display());
+    settings.clients.push(Client {
+        id: "other".into(),
+        kind: ClientKind::Mobile,
+        delivery: Delivery::Body,
+        allowed_origins: Vec::new(),
+        audiences: vec![settings.audience.clone()],
+    });
+    configure(&mut settings);
+    let clock = Arc::new(ManualClock::default());
+    let app = Application::build(&settings, clock.clone())
+        .await
+        .expect("the server starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    TestApp {
+        address,
+        http,
+        clock,
+        settings,
+        _dir: dir,
+    }
+}
+
+pub fn unique_email() -> String {
+    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> Response {
+        self.http
+            .post(self.url("/v1/users"))
+            .json(&serde_json::json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> Response {
+        self.http
+            .post(self.url(path))
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.post_form(
+            "/oauth/token",
+            &[
+                ("grant_type", "password"),
+                ("client_id", "dev"),
+                ("username", email),
+                ("password", password),
+            ],
+        )
+        .await
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.refresh_as("dev", refresh_token).await
+    }
+
+    pub async fn refresh_as(&self, client_id: &str, refresh_token: &str) -> Response {
+        self.post_form(
+            "/oauth/token",
+            &[
+                ("grant_type", "refresh_token"),
+                ("client_id", client_id),
+                ("refresh_token", refresh_token),
+            ],
+        )
+        .await
+    }
+
+    pub async fn me(&self, access_token: &str) -> Response {
+        self.http
+            .get(self.url("/v1/me"))
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers a fresh user and logs in with the body-mode `dev` client.
+    pub async fn signed_in(&self) -> (String, Tokens) {
+        let email = unique_email();
+        assert_eq!(
+            self.register(&email, PASSWORD).await.status(),
+            StatusCode::CREATED
+        );
+        let resp = self.login(&email, PASSWORD).await;
+        (email, tokens(resp).await)
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.settings.keys_dir.clone()
+    }
+
+    /// The app's own active signing key, read from its key directory (to forge tokens
+    /// with a valid signature but wrong claims or headers).
+    pub fn signing_key(&self) -> (String, RsaKeyPair) {
+        let kid = std::fs::read_to_string(self.keys_dir().join("active"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let pem = std::fs::read_to_string(self.keys_dir().join(format!("{kid}.pem"))).unwrap();
+        (kid, RsaKeyPair::from_pkcs8(&pem_body(&pem)).unwrap())
+    }
+}
+
+pub fn pem_body(pem: &str) -> Vec<u8> {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    STANDARD.decode(body).unwrap()
+}
+
+/// Asserts a 200 token response and returns its tokens (body mode).
+pub async fn tokens(resp: Response) -> Tokens {
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "token response: {body}");
+    Tokens {
+        access: body["access_token"].as_str().unwrap().to_owned(),
+        refresh: body["refresh_token"]
+            .as_str()
+            .expect("a refresh token in the body")
+            .to_owned(),
+    }
+}
+
+/// Asserts an error answer with `status`, `error` and (when given) `error_reason`.
+pub async fn assert_error(
+    resp: Response,
+    status: StatusCode,
+    error: &str,
+    reason: Option<&str>,
+) -> Value {
+    let got = resp.status();
+    let text = resp.text().await.unwrap();
+    let body: Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON error body, got {text:?}"));
+    assert_eq!(got, status, "body: {body}");
+    assert_eq!(body["error"], error, "body: {body}");
+    if let Some(reason) = reason {
+        assert_eq!(body["error_reason"], reason, "body: {body}");
+    }
+    assert!(body["error_description"].is_string(), "body: {body}");
+    body
+}
+
+/// Decodes the JSON of one JWS segment.
+pub fn segment(token: &str, index: usize) -> Value {
+    let part = token.split('.').nth(index).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Builds an RS256-signed JWS over arbitrary header and claims.
+pub fn sign_rs256(key: &RsaKeyPair, header: &Value, claims: &Value) -> String {
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let mut sig = vec![0u8; key.public_modulus_len()];
+    key.sign(
+        &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+        &aws_lc_rs::rand::SystemRandom::new(),
+        signing_input.as_bytes(),
+        &mut sig,
+    )
+    .unwrap();
+    format!("{signing_input}.{}", b64(&sig))
+}
+
+pub fn set_cookie_headers(resp: &Response) -> Vec<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}

@@ -1,0 +1,61 @@
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::helpers::{assert_error, spawn_app, tokens};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_family_times_out() {
+    let app = spawn_app().await;
+    let (_, first) = app.signed_in().await;
+    app.advance(14 * DAY + Duration::from_secs(1));
+    assert_error(
+        app.refresh(&first.refresh).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        Some("idle_timeout"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn use_keeps_a_family_alive_until_its_absolute_lifetime() {
+    let app = spawn_app().await;
+    let (_, mut current) = app.signed_in().await;
+    // Used every 13 days: never idle, until 90 days after the login.
+    for _ in 0..6 {
+        app.advance(13 * DAY);
+        current = tokens(app.refresh(&current.refresh).await).await;
+    }
+    // Day 78 now; day 91 is past the absolute lifetime although not idle.
+    app.advance(13 * DAY);
+    assert_error(
+        app.refresh(&current.refresh).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        Some("expired"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_tokens_expire_after_their_lifetime_plus_leeway() {
+    let app = spawn_app().await;
+    let (_, t) = app.signed_in().await;
+    app.advance(Duration::from_secs(600 + 20));
+    assert_eq!(
+        app.me(&t.access).await.status(),
+        StatusCode::OK,
+        "within the 30 s leeway"
+    );
+    app.advance(Duration::from_secs(11));
+    assert_error(
+        app.me(&t.access).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+        None,
+    )
+    .await;
+}
