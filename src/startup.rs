@@ -24,6 +24,9 @@ use crate::store::{Store, StoreError};
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
+/// How much of an oversized streamed body is read and dropped before answering 413.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long in-flight requests may take to finish on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -221,24 +224,40 @@ async fn render_error(err: poem::Error) -> Response {
 }
 
 /// Refuses bodies over `BODY_LIMIT`, whether announced by `Content-Length` or streamed.
+/// A body that runs over is read on (and dropped) up to `DRAIN_LIMIT`, so the client is
+/// done sending, reads the 413 and can keep its connection; a body announced larger than
+/// that is refused before reading.
 async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
+    use futures_util::StreamExt as _;
+
     let too_large = || poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE);
     let announced = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > BODY_LIMIT as u64) {
+    if announced.is_some_and(|n| n > DRAIN_LIMIT as u64) {
         return Err(too_large());
     }
-    let body = req
-        .take_body()
-        .into_bytes_limit(BODY_LIMIT)
-        .await
-        .map_err(|e| match e {
-            poem::error::ReadBodyError::PayloadTooLarge => too_large(),
-            other => poem::Error::from(other),
-        })?;
+    let mut stream = req.take_body().into_bytes_stream();
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| poem::Error::new(e, StatusCode::BAD_REQUEST))?;
+        if body.len() + chunk.len() > BODY_LIMIT {
+            let mut seen = body.len() + chunk.len();
+            let drain = async {
+                while let Some(Ok(chunk)) = stream.next().await {
+                    seen += chunk.len();
+                    if seen > DRAIN_LIMIT {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
     req.set_body(body);
     ep.call(req).await.map(IntoResponse::into_response)
 }

@@ -12,6 +12,7 @@ mod forged_tokens;
 mod lifetimes;
 mod openapi;
 mod password_grant;
+mod process;
 mod refresh_grant;
 mod registration;
 mod revocation;
