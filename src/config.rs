@@ -29,6 +29,8 @@ use crate::domain::client::{Client, ClientKind, Delivery};
 /// Access tokens may live between these bounds (DESIGN.md: 5–15 minutes).
 const ACCESS_LIFETIME_MIN: Duration = Duration::from_secs(5 * 60);
 const ACCESS_LIFETIME_MAX: Duration = Duration::from_secs(15 * 60);
+/// Longest refresh-family lifetime (idle or absolute).
+const REFRESH_LIFETIME_MAX: Duration = Duration::from_secs(366 * 86_400);
 /// Largest clock leeway the verifier accepts.
 const LEEWAY_MAX: Duration = Duration::from_secs(30);
 
@@ -294,6 +296,19 @@ impl Settings {
         if clients.is_empty() {
             return Err(invalid("clients", "at least one client is required"));
         }
+        // Every cookie-mode client would share the one `__Host-refresh` cookie of this
+        // host: one client's login would overwrite another's session.
+        if clients
+            .iter()
+            .filter(|c| c.delivery == Delivery::Cookie)
+            .count()
+            > 1
+        {
+            return Err(invalid(
+                "clients",
+                "at most one cookie-delivery client per issuer (they would share the __Host-refresh cookie)",
+            ));
+        }
         let mut seen = HashSet::new();
         for c in &clients {
             if !seen.insert(c.id.as_str()) {
@@ -335,8 +350,14 @@ impl TokenSettings {
                 ),
             ));
         }
-        if self.refresh_idle_timeout.is_zero() {
-            return Err(invalid("refresh_idle_timeout", "must be longer than zero"));
+        if self.refresh_idle_timeout.is_zero() || self.refresh_idle_timeout > REFRESH_LIFETIME_MAX {
+            return Err(invalid(
+                "refresh_idle_timeout",
+                "must be between 1s and 366d",
+            ));
+        }
+        if self.refresh_absolute_lifetime > REFRESH_LIFETIME_MAX {
+            return Err(invalid("refresh_absolute_lifetime", "must be at most 366d"));
         }
         if self.refresh_absolute_lifetime < self.refresh_idle_timeout {
             return Err(invalid(
@@ -399,19 +420,31 @@ fn show_duration(d: Duration) -> String {
     }
 }
 
+/// RFC 8414: an `https` URL with no query or fragment. Plain `http` is accepted for
+/// loopback hosts only (development). No path: the metadata is served at the root.
 fn validate_issuer_url(raw: &str) -> Result<String, ConfigError> {
     let url = url::Url::parse(raw)
         .map_err(|e| invalid("issuer_url", format!("{raw:?} is not a URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if url.host().is_none() || !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) {
         return Err(invalid(
             "issuer_url",
-            format!("{raw:?} must be an http(s) URL with a host"),
+            format!("{raw:?} must be an https URL (http only for localhost)"),
         ));
     }
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.path() != "/"
+    {
         return Err(invalid(
             "issuer_url",
-            format!("{raw:?} must not carry a query, fragment or user"),
+            format!("{raw:?} must be scheme://host[:port] with no path, query, fragment or user"),
         ));
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
@@ -568,8 +601,24 @@ mod tests {
         assert!(!err.to_string().contains('\n'));
         let err = load(None, &[("ISSUER_URL", "not a url")]).unwrap_err();
         assert_eq!(err.setting, "issuer_url");
-        let err = load(None, &[("ISSUER_URL", "ftp://x.example")]).unwrap_err();
-        assert_eq!(err.setting, "issuer_url");
+        for bad in [
+            "ftp://x.example",
+            "http://auth.example.com",
+            "https://a.example/tenant",
+            "https://a.example/?x=1",
+        ] {
+            let err = load(None, &[("ISSUER_URL", bad)]).unwrap_err();
+            assert_eq!(err.setting, "issuer_url", "{bad}");
+        }
+        for good in [
+            "https://auth.example.com",
+            "http://127.0.0.1:8080",
+            "http://localhost:9000/",
+        ] {
+            assert!(load(None, &[("ISSUER_URL", good)]).is_ok(), "{good}");
+        }
+        let err = load(None, &[("ISSUER_REFRESH_ABSOLUTE_LIFETIME", "4000000d")]).unwrap_err();
+        assert_eq!(err.setting, "refresh_absolute_lifetime");
     }
 
     #[test]
@@ -586,6 +635,9 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.setting, "clients");
+        let two_spas = "[[clients]]\nclient_id = \"a\"\nkind = \"spa\"\nallowed_origins = [\"https://a.example\"]\n\
+                        [[clients]]\nclient_id = \"b\"\nkind = \"spa\"\nallowed_origins = [\"https://b.example\"]\n";
+        assert_eq!(load(Some(two_spas), &[]).unwrap_err().setting, "clients");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// How much of an oversized streamed body is read and dropped before answering 413.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often ended sessions are deleted.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 /// How long in-flight requests may take to finish on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -81,6 +83,7 @@ fn sqlite_path(url: &str) -> Option<&str> {
 
 /// A bound, ready-to-serve application.
 pub struct Application {
+    issuer: Arc<Issuer>,
     acceptor: TcpAcceptor,
     port: u16,
     endpoint: poem::endpoint::BoxEndpoint<'static, Response>,
@@ -119,7 +122,8 @@ impl Application {
         Ok(Self {
             acceptor,
             port,
-            endpoint: app(issuer, settings),
+            endpoint: app(Arc::clone(&issuer), settings),
+            issuer,
         })
     }
 
@@ -128,11 +132,29 @@ impl Application {
         self.port
     }
 
-    /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
+    /// The issuer behind the HTTP surface (tests drive the sweeper through it).
+    pub fn issuer(&self) -> Arc<Issuer> {
+        Arc::clone(&self.issuer)
+    }
+
+    /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish. The sweeper
+    /// of ended sessions runs alongside, hourly.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        Server::new_with_acceptor(self.acceptor)
+        let issuer = Arc::clone(&self.issuer);
+        let sweeper = tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                every.tick().await;
+                if let Err(e) = issuer.sweep().await {
+                    tracing::warn!(error = %e, "sweeping ended sessions failed");
+                }
+            }
+        });
+        let served = Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(self.endpoint, shutdown_signal(), Some(SHUTDOWN_GRACE))
-            .await
+            .await;
+        sweeper.abort();
+        served
     }
 }
 

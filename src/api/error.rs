@@ -7,6 +7,7 @@
 //! never shown.
 
 use poem::http::StatusCode;
+use poem_openapi::error::{ParseParamError, ParseRequestPayloadError};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object};
 
@@ -190,13 +191,37 @@ impl Problem {
                 tracing::error!(error = %err, "request failed");
                 Self::new(Kind::Internal, ErrorCode::ServerError, "internal error")
             }
-            _ => {
-                let mut message = err.to_string();
-                message.truncate(240);
-                Self::new(Kind::BadRequest, ErrorCode::InvalidRequest, message)
-            }
+            _ => Self::new(
+                Kind::BadRequest,
+                ErrorCode::InvalidRequest,
+                describe_parse_error(err),
+            ),
         }
     }
+}
+
+/// A fixed description of a parse failure. poem's own messages can quote the input
+/// (a password sent as a number, say), so only our parameter names and a repeated
+/// field's name are ever shown.
+fn describe_parse_error(err: &poem::Error) -> String {
+    if let Some(param) = err.downcast_ref::<ParseParamError>() {
+        return format!("parameter `{}` is malformed", param.name);
+    }
+    if let Some(payload) = err.downcast_ref::<ParseRequestPayloadError>() {
+        let repeated = payload
+            .reason
+            .strip_prefix("duplicate field `")
+            .and_then(|rest| rest.split('`').next())
+            .filter(|name| {
+                name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            });
+        return match repeated {
+            Some(name) => format!("parameter `{name}` is repeated"),
+            None => "the request body is malformed or misses a required field; see /openapi.json"
+                .to_owned(),
+        };
+    }
+    "malformed request".to_owned()
 }
 
 impl From<Error> for Problem {

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod health;
+pub mod payload;
 pub mod security;
 pub mod token;
 pub mod users;

@@ -10,6 +10,7 @@ use poem_openapi::{ApiRequest, ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 
 use crate::api::error::OAuthError;
+use crate::api::payload::StrictJson;
 use crate::api::{ApiTags, request_meta};
 use crate::domain::client::Delivery;
 use crate::domain::secret::Secret;
@@ -44,13 +45,13 @@ pub struct TokenRequestParams {
 pub enum TokenRequestBody {
     /// `application/x-www-form-urlencoded`, as RFC 6749 specifies.
     Form(Form<TokenRequestParams>),
-    /// `application/json`.
-    Json(Json<TokenRequestParams>),
+    /// `application/json`; a member given twice is refused.
+    Json(StrictJson<TokenRequestParams>),
 }
 
 impl TokenRequestBody {
     fn into_params(self) -> TokenParams {
-        let (Self::Form(Form(p)) | Self::Json(Json(p))) = self;
+        let (Self::Form(Form(p)) | Self::Json(StrictJson(p))) = self;
         TokenParams {
             grant_type: p.grant_type,
             client_id: p.client_id,
@@ -143,8 +144,8 @@ pub struct RevokeRequestParams {
 pub enum RevokeRequestBody {
     /// `application/x-www-form-urlencoded`, as RFC 7009 specifies.
     Form(Form<RevokeRequestParams>),
-    /// `application/json`.
-    Json(Json<RevokeRequestParams>),
+    /// `application/json`; a member given twice is refused.
+    Json(StrictJson<RevokeRequestParams>),
 }
 
 #[derive(ApiResponse)]
@@ -203,7 +204,7 @@ impl TokenApi {
         #[oai(name = "__Host-refresh")] refresh: Cookie<Option<String>>,
         #[oai(name = "X-Requested-With")] requested_with: Header<Option<String>>,
     ) -> Result<RevokeOk, OAuthError> {
-        let (RevokeRequestBody::Form(Form(p)) | RevokeRequestBody::Json(Json(p))) = body;
+        let (RevokeRequestBody::Form(Form(p)) | RevokeRequestBody::Json(StrictJson(p))) = body;
         let _hint = p.token_type_hint;
         let meta = request_meta(req, refresh.0, requested_with.0.is_some());
         let revoked = issuer

@@ -4,19 +4,21 @@ use std::sync::Arc;
 
 use poem::web::Data;
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::{ApiRequest, ApiResponse, Object, OpenApi};
+use serde::Deserialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::api::ApiTags;
 use crate::api::error::ApiError;
+use crate::api::payload::StrictJson;
 use crate::api::security::BearerAuth;
 use crate::domain::secret::Secret;
 use crate::domain::user::User;
 use crate::service::Issuer;
 
 /// A new account.
-#[derive(Object)]
+#[derive(Object, Deserialize)]
 pub struct RegisterRequest {
     /// The e-mail address; compared case-insensitively.
     pub email: String,
@@ -42,6 +44,13 @@ impl From<User> for UserBody {
             created_at: u.created_at,
         }
     }
+}
+
+/// The registration body.
+#[derive(ApiRequest)]
+pub enum RegisterBody {
+    /// `application/json`; a member given twice is refused.
+    Json(StrictJson<RegisterRequest>),
 }
 
 #[derive(ApiResponse)]
@@ -71,9 +80,9 @@ impl UsersApi {
     async fn register(
         &self,
         issuer: Data<&Arc<Issuer>>,
-        body: Json<RegisterRequest>,
+        body: RegisterBody,
     ) -> Result<Registered, ApiError> {
-        let Json(RegisterRequest { email, password }) = body;
+        let RegisterBody::Json(StrictJson(RegisterRequest { email, password })) = body;
         let user = issuer.register(&email, Secret::new(password)).await?;
         Ok(Registered::Created(Json(user.into())))
     }

@@ -234,75 +234,67 @@ fn read_keys(dir: &Path) -> Result<Vec<(PathBuf, SigningKey)>, KeyError> {
 fn generate_into(dir: &Path, size: KeySize) -> Result<PathBuf, KeyError> {
     let key_pair = RsaKeyPair::generate(size).map_err(|_| KeyError::Generate)?;
     let der = AsDer::<Pkcs8V1Der>::as_der(&key_pair).map_err(|_| KeyError::Generate)?;
-    let tmp = dir.join(".generating");
-    let key = SigningKey::from_pkcs8(der.as_ref(), &tmp)?;
+    let key = SigningKey::from_pkcs8(der.as_ref(), dir)?;
     let path = dir.join(format!("{}.pem", key.kid));
-    write_private(
-        &tmp,
-        pem_encode(der.as_ref(), "PRIVATE KEY").as_bytes(),
-        false,
-    )?;
-    fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    match write_private(
-        &dir.join("active"),
-        format!("{}\n", key.kid).as_bytes(),
-        true,
-    ) {
-        Ok(()) => Ok(path),
-        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
-            // Lost the race to another instance: its key is the one.
-            fs::remove_file(&path).map_err(io_err(&path))?;
-            Ok(path)
-        }
-        Err(e) => Err(e),
+    create_exclusive(&path, pem_encode(der.as_ref(), "PRIVATE KEY").as_bytes())?;
+    if !create_exclusive(&dir.join("active"), format!("{}\n", key.kid).as_bytes())? {
+        // Lost the race to another instance starting at the same moment: its key is the one.
+        fs::remove_file(&path).map_err(io_err(&path))?;
     }
+    Ok(path)
 }
 
 /// Reads a 32-byte secret (base64) from `path`, creating it if missing. Creation is
-/// exclusive, so instances starting together end up with the same secret.
+/// exclusive and atomic, so instances starting together end up with the same secret.
 pub fn read_or_create_secret_file(path: &Path) -> Result<Vec<u8>, KeyError> {
     let mut fresh = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
         .map_err(|_| KeyError::Generate)?;
-    match write_private(
-        path,
-        format!("{}\n", STANDARD.encode(fresh)).as_bytes(),
-        true,
-    ) {
-        Ok(()) => Ok(fresh.to_vec()),
-        Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
-            let text = fs::read_to_string(path).map_err(io_err(path))?;
-            let bytes = STANDARD
-                .decode(text.trim())
-                .map_err(|_| KeyError::Invalid {
-                    path: path.to_owned(),
-                    reason: "expected base64".into(),
-                })?;
-            if bytes.len() < 32 {
-                return Err(KeyError::Invalid {
-                    path: path.to_owned(),
-                    reason: "secret shorter than 32 bytes".into(),
-                });
-            }
-            Ok(bytes)
-        }
-        Err(e) => Err(e),
+    if create_exclusive(path, format!("{}\n", STANDARD.encode(fresh)).as_bytes())? {
+        return Ok(fresh.to_vec());
     }
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let bytes = STANDARD
+        .decode(text.trim())
+        .map_err(|_| KeyError::Invalid {
+            path: path.to_owned(),
+            reason: "expected base64".into(),
+        })?;
+    if bytes.len() < 32 {
+        return Err(KeyError::Invalid {
+            path: path.to_owned(),
+            reason: "secret shorter than 32 bytes".into(),
+        });
+    }
+    Ok(bytes)
 }
 
-fn write_private(path: &Path, bytes: &[u8], exclusive: bool) -> Result<(), KeyError> {
+/// Writes `bytes` to `path` (mode 0600) unless it exists: the content goes to a private
+/// temporary file first and is hard-linked into place, so a reader never sees a partial
+/// file and exactly one of several racing writers wins. Returns whether this call did.
+fn create_exclusive(path: &Path, bytes: &[u8]) -> Result<bool, KeyError> {
+    let mut nonce = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .map_err(|_| KeyError::Generate)?;
+    let tmp = path.with_file_name(format!(".tmp-{}-{}", std::process::id(), b64url(&nonce)));
     let mut options = fs::OpenOptions::new();
-    options.write(true);
-    if exclusive {
-        options.create_new(true);
-    } else {
-        options.create(true).truncate(true);
-    }
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).map_err(io_err(path))?;
-    file.write_all(bytes).map_err(io_err(path))?;
-    file.sync_all().map_err(io_err(path))
+    let written = options.open(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(KeyError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 fn pem_encode(der: &[u8], label: &str) -> String {
@@ -360,6 +352,37 @@ mod tests {
             .map(|e| e.unwrap().path())
             .find(|p| p.extension().is_some_and(|e| e == "pem"))
             .unwrap()
+    }
+
+    #[test]
+    fn instances_starting_together_agree_on_one_key_and_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                let dir = dir.path().to_owned();
+                std::thread::spawn(move || {
+                    let (keys, _) = KeySet::load_or_generate(&dir).unwrap();
+                    let secret = read_or_create_secret_file(&dir.join("s.key")).unwrap();
+                    (keys.active().kid.clone(), secret)
+                })
+            })
+            .collect();
+        let results: Vec<_> = starts.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(
+            results.windows(2).all(|w| w[0] == w[1]),
+            "every instance sees the same key and secret"
+        );
+        let pems = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "pem")
+            })
+            .count();
+        assert_eq!(pems, 1, "the losers removed their keys");
     }
 
     #[test]

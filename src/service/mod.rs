@@ -18,6 +18,9 @@ use crate::domain::family::RefreshPolicy;
 use crate::error::Error;
 use crate::store::Store;
 
+/// How long an ended session is kept before the sweeper deletes it.
+pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 /// The issuer: configuration, keys, store and clock.
 pub struct Issuer {
     pub(crate) store: Arc<dyn Store>,
@@ -78,6 +81,19 @@ impl Issuer {
     /// The issuer identifier (`iss`).
     pub fn issuer_url(&self) -> &str {
         &self.issuer_url
+    }
+
+    /// Deletes the sessions that ended more than `SWEEP_MARGIN` ago (revoked, idle or
+    /// past their absolute lifetime). Until then a token of theirs is still answered
+    /// with the precise reason (`revoked`, `idle_timeout`, `expired`); after, `unknown`.
+    /// Their access tokens are long expired by then.
+    pub async fn sweep(&self) -> Result<u64, Error> {
+        let cutoff = self.clock.now() - SWEEP_MARGIN;
+        let deleted = self.store.sweep(&self.policy, cutoff).await?;
+        if deleted > 0 {
+            tracing::info!(deleted, "swept ended sessions");
+        }
+        Ok(deleted)
     }
 
     /// Readiness: the database answers.

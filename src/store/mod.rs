@@ -146,4 +146,12 @@ pub trait Store: Send + Sync + 'static {
         family_id: Uuid,
         user_id: Uuid,
     ) -> Result<Option<User>, StoreError>;
+
+    /// Deletes the families (and their tokens) that ended before `cutoff`: revoked,
+    /// idle or past their absolute lifetime. Returns how many were deleted.
+    async fn sweep(
+        &self,
+        policy: &RefreshPolicy,
+        cutoff: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
 }

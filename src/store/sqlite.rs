@@ -23,7 +23,9 @@ use super::{
     UserWithHash,
 };
 use crate::crypto::refresh::TokenHash;
-use crate::domain::family::{Decision, GrantRejection, PresentedToken, RevokeReason};
+use crate::domain::family::{
+    Decision, GrantRejection, PresentedToken, RefreshPolicy, RevokeReason,
+};
 use crate::domain::user::User;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -408,6 +410,28 @@ impl Store for SqliteStore {
         .await
         .map_err(classify)?;
         record.map(|r| r.user()).transpose()
+    }
+
+    async fn sweep(
+        &self,
+        policy: &RefreshPolicy,
+        cutoff: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let (idle_cutoff, absolute_cutoff) = policy.cutoffs(cutoff);
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query(
+            "DELETE FROM refresh_families
+             WHERE revoked_at <= ?1 OR last_used_at <= ?2 OR created_at <= ?3",
+        )
+        .bind(ms(cutoff))
+        .bind(ms(idle_cutoff))
+        .bind(ms(absolute_cutoff))
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        tx.commit().await.map_err(classify)?;
+        Ok(deleted)
     }
 }
 

@@ -108,3 +108,64 @@ async fn unknown_routes_and_methods_answer_json() {
             .contains_key("x-request-id")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parse_errors_never_echo_the_input_and_repeated_json_members_are_refused() {
+    let app = spawn_app().await;
+    let post_json = |path: &'static str, body: String| {
+        app.http
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let repeated =
+        r#"{"grant_type":"password","grant_type":"refresh_token","client_id":"dev"}"#.to_owned();
+    let body = assert_error(
+        post_json("/oauth/token", repeated).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        None,
+    )
+    .await;
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("grant_type"),
+        "{body}"
+    );
+    let repeated =
+        r#"{"email":"a@b.example","email":"c@d.example","password":"a sound passphrase"}"#
+            .to_owned();
+    assert_error(
+        post_json("/v1/users", repeated).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        None,
+    )
+    .await;
+
+    // A secret sent with the wrong type, and multi-byte input around any cut-off point.
+    let secret = "9817264509871234";
+    let typed = format!(
+        r#"{{"grant_type":"password","client_id":"dev","username":"a@b.example","password":{secret}}}"#
+    );
+    let resp = post_json("/oauth/token", typed).await.unwrap();
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("invalid_request") && !text.contains(secret),
+        "{text}"
+    );
+    let wide = format!(r#"{{"grant_type":["{}"]}}"#, "é".repeat(300));
+    let resp = post_json("/oauth/token", wide).await.unwrap();
+    assert_error(resp, StatusCode::BAD_REQUEST, "invalid_request", None).await;
+    let wide = format!(r#"{{"email":{},"password":"x"}}"#, "1".repeat(300));
+    assert_error(
+        post_json("/v1/users", wide).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        None,
+    )
+    .await;
+}

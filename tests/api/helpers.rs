@@ -11,6 +11,7 @@ use tempfile::TempDir;
 use token_issuer::config::Settings;
 use token_issuer::domain::client::{Client, ClientKind, Delivery};
 use token_issuer::domain::clock::ManualClock;
+use token_issuer::service::Issuer;
 use token_issuer::startup::Application;
 
 pub const PASSWORD: &str = "a sound passphrase";
@@ -21,6 +22,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub clock: Arc<ManualClock>,
     pub settings: Settings,
+    pub issuer: Arc<Issuer>,
     _dir: TempDir,
 }
 
@@ -63,6 +65,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         .await
         .expect("the server starts");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let issuer = app.issuer();
     tokio::spawn(app.run_until_stopped());
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -73,6 +76,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         http,
         clock,
         settings,
+        issuer,
         _dir: dir,
     }
 }

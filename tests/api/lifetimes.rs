@@ -59,3 +59,55 @@ async fn access_tokens_expire_after_their_lifetime_plus_leeway() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_sessions_are_swept_a_day_after_they_end() {
+    let app = spawn_app().await;
+    let (_, live) = app.signed_in().await;
+    let (_, revoked) = app.signed_in().await;
+    let resp = app
+        .post_form(
+            "/oauth/revoke",
+            &[("client_id", "dev"), ("token", &revoked.refresh)],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Within the margin the precise reason is still given.
+    app.advance(Duration::from_secs(3600));
+    assert_eq!(app.issuer.sweep().await.unwrap(), 0);
+    assert_error(
+        app.refresh(&revoked.refresh).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        Some("revoked"),
+    )
+    .await;
+    let live = tokens(app.refresh(&live.refresh).await).await;
+
+    app.advance(DAY);
+    assert_eq!(
+        app.issuer.sweep().await.unwrap(),
+        1,
+        "only the revoked session"
+    );
+    assert_error(
+        app.refresh(&revoked.refresh).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        Some("unknown"),
+    )
+    .await;
+    let live = tokens(app.refresh(&live.refresh).await).await;
+
+    // An idle session goes a day after its idle timeout.
+    app.advance(15 * DAY + Duration::from_secs(1));
+    assert_eq!(app.issuer.sweep().await.unwrap(), 1);
+    assert_error(
+        app.refresh(&live.refresh).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_grant",
+        Some("unknown"),
+    )
+    .await;
+}
