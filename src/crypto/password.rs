@@ -1,18 +1,22 @@
 //! argon2id password hashing on a bounded pool.
 //!
-//! Hashes run on tokio's blocking threads, at most `concurrency` at once, with at most
-//! `queue` requests waiting; beyond that a login is refused with 503 at once instead of
-//! queueing without end. The async workers that serve refreshes never hash.
+//! Hashes run on `concurrency` dedicated threads, fed by a queue of at most `queue`
+//! jobs; when the queue is full a login is refused with 503 at once instead of waiting
+//! without end. The async workers that serve refreshes never hash. Dedicated threads
+//! (rather than tokio's blocking pool, which grows to hundreds of threads) also bound
+//! memory: each hash takes 19 MiB, and each thread's allocator arena keeps it.
 //! An unknown user is verified against a dummy hash with the same parameters, so the
 //! answer takes the same time as a wrong password.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::{Mutex, PoisonError};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 use crate::config::HashingSettings;
 use crate::domain::secret::Secret;
@@ -29,23 +33,44 @@ fn argon2() -> Result<Argon2<'static>, Error> {
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
 /// The bounded hashing pool.
 pub struct PasswordHasher {
-    permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    max_waiting: usize,
+    jobs: SyncSender<Job>,
+    queued: Arc<AtomicUsize>,
     dummy_hash: String,
 }
 
 impl PasswordHasher {
     pub fn new(settings: HashingSettings) -> Result<Self, Error> {
+        let (jobs, receiver) = sync_channel::<Job>(settings.queue);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let queued = Arc::new(AtomicUsize::new(0));
+        for i in 0..settings.concurrency {
+            let receiver = Arc::clone(&receiver);
+            let queued = Arc::clone(&queued);
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let next = receiver
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .recv();
+                        let Ok(job) = next else { return };
+                        queued.fetch_sub(1, Ordering::AcqRel);
+                        job();
+                    }
+                })
+                .map_err(Error::internal)?;
+        }
         let dummy = crate::crypto::refresh::generate()?;
-        let dummy_hash = hash_now(&dummy)?;
         Ok(Self {
-            permits: Arc::new(Semaphore::new(settings.concurrency)),
-            waiting: AtomicUsize::new(0),
-            max_waiting: settings.queue,
-            dummy_hash,
+            jobs,
+            queued,
+            dummy_hash: hash_now(&dummy)?,
         })
     }
 
@@ -63,9 +88,8 @@ impl PasswordHasher {
             .run(move || {
                 let parsed =
                     PasswordHash::new(&hash).map_err(|e| Error::internal(e.to_string()))?;
-                let argon2 = argon2()?;
                 Ok::<_, Error>(
-                    argon2
+                    argon2()?
                         .verify_password(password.expose().as_bytes(), &parsed)
                         .is_ok(),
                 )
@@ -74,34 +98,31 @@ impl PasswordHasher {
         Ok(known && matches)
     }
 
-    /// Requests currently waiting for a hashing slot.
+    /// Jobs waiting for a hashing thread.
     pub fn queue_depth(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        self.queued.load(Ordering::Relaxed)
     }
 
     async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Error> {
-        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
-                    self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    return Err(Error::Overloaded);
-                }
-                let permit = Arc::clone(&self.permits).acquire_owned().await;
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                permit.map_err(Error::internal)?
-            }
-        };
-        tokio::task::spawn_blocking(move || {
-            let out = job();
-            drop(permit);
-            out
-        })
-        .await
-        .map_err(Error::internal)
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            // The requester may have gone (client disconnected): nothing to tell then.
+            let _ = reply.send(job());
+        });
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        if let Err(e) = self.jobs.try_send(job) {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(match e {
+                TrySendError::Full(_) => Error::Overloaded,
+                TrySendError::Disconnected(_) => Error::internal("the hashing threads are gone"),
+            });
+        }
+        answer
+            .await
+            .map_err(|_| Error::internal("a hashing job was dropped"))
     }
 }
 

@@ -219,3 +219,49 @@ async fn an_oversized_password_is_refused_before_hashing() {
             .contains("too long")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_flood_beyond_the_hashing_queue_is_refused_with_503() {
+    let app = std::sync::Arc::new(
+        crate::helpers::spawn_app_with(|s| {
+            s.password_hashing = token_issuer::config::HashingSettings {
+                concurrency: 1,
+                queue: 1,
+            };
+        })
+        .await,
+    );
+    let email = unique_email();
+    assert_eq!(
+        app.register(&email, PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
+    let logins: Vec<_> = (0..12)
+        .map(|_| {
+            let app = std::sync::Arc::clone(&app);
+            let email = email.clone();
+            tokio::spawn(async move { app.login(&email, PASSWORD).await })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for login in logins {
+        let resp = login.await.unwrap();
+        if resp.status() == StatusCode::OK {
+            ok += 1;
+        } else {
+            assert_eq!(resp.headers()["retry-after"], "2");
+            assert_error(
+                resp,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                None,
+            )
+            .await;
+            refused += 1;
+        }
+    }
+    assert!(ok >= 1 && refused >= 1, "{ok} served, {refused} refused");
+    // Refreshes are not hashing: they go on while logins are refused.
+    let (_, t) = app.signed_in().await;
+    crate::helpers::tokens(app.refresh(&t.refresh).await).await;
+}
