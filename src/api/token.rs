@@ -134,7 +134,9 @@ pub struct RevokeRequestParams {
     /// A refresh token, or an access token of ours (its session is revoked).
     /// Cookie-mode clients may omit it: the `__Host-refresh` cookie is used.
     token: Option<String>,
-    /// `refresh_token` or `access_token`; a hint only.
+    /// `refresh_token` or `access_token`; a hint only: the type is told by the token's
+    /// shape (RFC 7009 §2.1 lets the server ignore it).
+    #[allow(dead_code)]
     token_type_hint: Option<String>,
     /// The client the token was issued to.
     client_id: Option<String>,
@@ -205,7 +207,6 @@ impl TokenApi {
         #[oai(name = "X-Requested-With")] requested_with: Header<Option<String>>,
     ) -> Result<RevokeOk, OAuthError> {
         let (RevokeRequestBody::Form(Form(p)) | RevokeRequestBody::Json(StrictJson(p))) = body;
-        let _hint = p.token_type_hint;
         let meta = request_meta(req, refresh.0, requested_with.0.is_some());
         let revoked = issuer
             .revoke(p.client_id, p.token.map(Secret::new), meta)

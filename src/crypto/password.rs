@@ -2,9 +2,10 @@
 //!
 //! Hashes run on `concurrency` dedicated threads, fed by a queue of at most `queue`
 //! jobs; when the queue is full a login is refused with 503 at once instead of waiting
-//! without end. The async workers that serve refreshes never hash. Dedicated threads
-//! (rather than tokio's blocking pool, which grows to hundreds of threads) also bound
-//! memory: each hash takes 19 MiB, and each thread's allocator arena keeps it.
+//! without end. The async workers that serve refreshes never hash. Each thread owns
+//! its 19 MiB of argon2 memory, allocated once: allocating it per hash left the
+//! allocator holding a fresh 19 MiB after every login (RSS grew to ~130 MB) and cost
+//! thousands of page faults per hash.
 //! An unknown user is verified against a dummy hash with the same parameters, so the
 //! answer takes the same time as a wrong password.
 
@@ -14,8 +15,8 @@ use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Mutex, PoisonError};
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::oneshot;
 
 use crate::config::HashingSettings;
@@ -27,13 +28,16 @@ const M_COST: u32 = 19_456;
 const T_COST: u32 = 2;
 const P_COST: u32 = 1;
 
-fn argon2() -> Result<Argon2<'static>, Error> {
-    let params =
-        Params::new(M_COST, T_COST, P_COST, None).map_err(|e| Error::internal(e.to_string()))?;
-    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+fn params() -> Result<Params, Error> {
+    Params::new(M_COST, T_COST, P_COST, None).map_err(internal)
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::internal(e.to_string())
+}
+
+/// A job for a hashing thread, given that thread's argon2 memory.
+type Job = Box<dyn FnOnce(&mut [Block]) + Send>;
 
 /// The bounded hashing pool.
 pub struct PasswordHasher {
@@ -47,12 +51,14 @@ impl PasswordHasher {
         let (jobs, receiver) = sync_channel::<Job>(settings.queue);
         let receiver = Arc::new(Mutex::new(receiver));
         let queued = Arc::new(AtomicUsize::new(0));
+        let blocks = params()?.block_count();
         for i in 0..settings.concurrency {
             let receiver = Arc::clone(&receiver);
             let queued = Arc::clone(&queued);
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
+                    let mut memory = vec![Block::default(); blocks];
                     loop {
                         // The lock is held only while waiting for the next job.
                         let next = receiver
@@ -61,22 +67,24 @@ impl PasswordHasher {
                             .recv();
                         let Ok(job) = next else { return };
                         queued.fetch_sub(1, Ordering::AcqRel);
-                        job();
+                        job(&mut memory);
                     }
                 })
                 .map_err(Error::internal)?;
         }
         let dummy = crate::crypto::refresh::generate()?;
+        let mut memory = vec![Block::default(); blocks];
+        let dummy_hash = hash_with(&mut memory, &dummy)?;
         Ok(Self {
             jobs,
             queued,
-            dummy_hash: hash_now(&dummy)?,
+            dummy_hash,
         })
     }
 
     /// Hashes a new password (PHC string).
     pub async fn hash(&self, password: Secret) -> Result<String, Error> {
-        self.run(move || hash_now(&password)).await?
+        self.run(move |memory| hash_with(memory, &password)).await?
     }
 
     /// Checks `password` against `hash`, or against the dummy hash when there is no user,
@@ -85,15 +93,7 @@ impl PasswordHasher {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
         let matches = self
-            .run(move || {
-                let parsed =
-                    PasswordHash::new(&hash).map_err(|e| Error::internal(e.to_string()))?;
-                Ok::<_, Error>(
-                    argon2()?
-                        .verify_password(password.expose().as_bytes(), &parsed)
-                        .is_ok(),
-                )
-            })
+            .run(move |memory| verify_with(memory, &password, &hash))
             .await??;
         Ok(known && matches)
     }
@@ -105,12 +105,12 @@ impl PasswordHasher {
 
     async fn run<T: Send + 'static>(
         &self,
-        job: impl FnOnce() -> T + Send + 'static,
+        job: impl FnOnce(&mut [Block]) -> T + Send + 'static,
     ) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move || {
+        let job: Job = Box::new(move |memory| {
             // The requester may have gone (client disconnected): nothing to tell then.
-            let _ = reply.send(job());
+            let _ = reply.send(job(memory));
         });
         self.queued.fetch_add(1, Ordering::AcqRel);
         if let Err(e) = self.jobs.try_send(job) {
@@ -126,12 +126,58 @@ impl PasswordHasher {
     }
 }
 
-fn hash_now(password: &Secret) -> Result<String, Error> {
+/// A new PHC string (`$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`), computed in
+/// `memory`.
+fn hash_with(memory: &mut [Block], password: &Secret) -> Result<String, Error> {
+    let params = params()?;
     let salt = SaltString::generate(&mut OsRng);
-    argon2()?
-        .hash_password(password.expose().as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| Error::internal(e.to_string()))
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.as_salt().decode_b64(&mut salt_buf).map_err(internal)?;
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    argon2
+        .hash_password_into_with_memory(password.expose().as_bytes(), salt_bytes, &mut out, memory)
+        .map_err(internal)?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(internal)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(internal)?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Checks `password` against a PHC string with the parameters it names, in `memory`
+/// when it is large enough. The comparison is constant-time (`Output`'s equality).
+fn verify_with(memory: &mut [Block], password: &Secret, hash: &str) -> Result<bool, Error> {
+    let parsed = PasswordHash::new(hash).map_err(internal)?;
+    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(internal)?;
+    let version = parsed
+        .version
+        .map(Version::try_from)
+        .transpose()
+        .map_err(internal)?
+        .unwrap_or_default();
+    let params = Params::try_from(&parsed).map_err(internal)?;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(internal("stored password hash lacks a salt or a hash"));
+    };
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf).map_err(internal)?;
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let mut out = vec![0u8; expected.len()];
+    let pwd = password.expose().as_bytes();
+    if params.block_count() <= memory.len() {
+        argon2
+            .hash_password_into_with_memory(pwd, salt_bytes, &mut out, memory)
+            .map_err(internal)?;
+    } else {
+        argon2
+            .hash_password_into(pwd, salt_bytes, &mut out)
+            .map_err(internal)?;
+    }
+    Ok(Output::new(&out).map_err(internal)? == expected)
 }
 
 #[cfg(test)]
@@ -169,6 +215,26 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn hashes_are_standard_phc_strings() {
+        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+        let mut memory = vec![Block::default(); params().unwrap().block_count()];
+        let ours = hash_with(&mut memory, &Secret::new("a sound passphrase")).unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(b"a sound passphrase", &parsed)
+                .is_ok()
+        );
+        let salt = SaltString::generate(&mut OsRng);
+        let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, params().unwrap())
+            .hash_password(b"another passphrase", &salt)
+            .unwrap()
+            .to_string();
+        assert!(verify_with(&mut memory, &Secret::new("another passphrase"), &theirs).unwrap());
+        assert!(!verify_with(&mut memory, &Secret::new("another passphrase!"), &theirs).unwrap());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

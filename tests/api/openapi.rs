@@ -23,7 +23,7 @@ fn committed_openapi_document_is_current() {
     }
     assert!(
         committed == generated,
-        "openapi/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo nextest run openapi` \
+        "openapi/openapi.json is stale: run `UPDATE_OPENAPI=1 cargo test --test api openapi` \
          (or `cargo run -- openapi > openapi/openapi.json`) and commit it"
     );
 }
