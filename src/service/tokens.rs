@@ -138,7 +138,7 @@ impl Issuer {
             scope: family.scope,
             created_at: now,
         };
-        self.issue(client, &info, token, now)
+        self.issue(client, &info, token, now).await
     }
 
     async fn refresh_grant(
@@ -181,7 +181,7 @@ impl Issuer {
                 if replay {
                     tracing::info!(target: "security", event = "refresh_grace_replay", sid = %family.id, client_id = %client.id);
                 }
-                self.issue(client, &family, successor, now)
+                self.issue(client, &family, successor, now).await
             }
             RotateOutcome::Refused {
                 rejection,
@@ -205,7 +205,7 @@ impl Issuer {
         }
     }
 
-    fn issue(
+    async fn issue(
         &self,
         client: &Client,
         family: &FamilyInfo,
@@ -226,7 +226,10 @@ impl Issuer {
             sid: family.id.to_string(),
             scope: family.scope.clone(),
         };
-        let access_token = jwt::sign(self.keys.active(), &claims)?;
+        let keys = std::sync::Arc::clone(&self.keys);
+        let access_token = tokio::task::spawn_blocking(move || jwt::sign(keys.active(), &claims))
+            .await
+            .map_err(Error::internal)??;
         let family_end = family.created_at + self.policy.absolute_lifetime;
         let refresh_max_age = Duration::try_from(family_end - now).unwrap_or(Duration::ZERO);
         Ok(Issued {
