@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, assert_error, spawn_app, spawn_app_with, tokens};
+use crate::helpers::{TestApp, assert_invalid_grant, spawn_app, spawn_app_with, tokens};
 
 const PARALLEL: usize = 50;
 
@@ -96,13 +96,7 @@ async fn fifty_simultaneous_refreshes_without_grace_give_one_success_and_revoke(
         "{reasons:?}"
     );
     let winner = ok[0].1["refresh_token"].as_str().unwrap();
-    assert_error(
-        app.refresh(winner).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("revoked"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(winner).await, "revoked").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

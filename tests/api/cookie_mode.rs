@@ -4,7 +4,8 @@ use reqwest::{Response, StatusCode};
 use serde_json::Value;
 
 use crate::helpers::{
-    PASSWORD, SPA_ORIGIN, TestApp, assert_error, set_cookie_headers, spawn_app, unique_email,
+    PASSWORD, SPA_ORIGIN, TestApp, assert_error, assert_invalid_grant, set_cookie_headers,
+    spawn_app, unique_email,
 };
 
 /// A browser-like request from the SPA origin with the CSRF header and a cookie.
@@ -236,13 +237,7 @@ async fn cookie_mode_logout_revokes_and_clears_the_cookie() {
         true,
     )
     .await;
-    assert_error(
-        resp,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("revoked"),
-    )
-    .await;
+    assert_invalid_grant(resp, "revoked").await;
     assert_eq!(app.me(&access).await.status(), StatusCode::UNAUTHORIZED);
 
     // Logout also needs the CSRF defence.

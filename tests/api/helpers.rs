@@ -216,6 +216,11 @@ pub async fn assert_error(
     body
 }
 
+/// Asserts `400 invalid_grant` with `error_reason`.
+pub async fn assert_invalid_grant(resp: Response, reason: &str) -> Value {
+    assert_error(resp, StatusCode::BAD_REQUEST, "invalid_grant", Some(reason)).await
+}
+
 /// Decodes the JSON of one JWS segment.
 pub fn segment(token: &str, index: usize) -> Value {
     let part = token.split('.').nth(index).unwrap();

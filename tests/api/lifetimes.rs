@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::helpers::{assert_error, spawn_app, tokens};
+use crate::helpers::{assert_error, assert_invalid_grant, spawn_app, tokens};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -11,13 +11,7 @@ async fn an_idle_family_times_out() {
     let app = spawn_app().await;
     let (_, first) = app.signed_in().await;
     app.advance(14 * DAY + Duration::from_secs(1));
-    assert_error(
-        app.refresh(&first.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("idle_timeout"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(&first.refresh).await, "idle_timeout").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,13 +25,7 @@ async fn use_keeps_a_family_alive_until_its_absolute_lifetime() {
     }
     // Day 78 now; day 91 is past the absolute lifetime although not idle.
     app.advance(13 * DAY);
-    assert_error(
-        app.refresh(&current.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("expired"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(&current.refresh).await, "expired").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,13 +64,7 @@ async fn ended_sessions_are_swept_a_day_after_they_end() {
     // Within the margin the precise reason is still given.
     app.advance(Duration::from_secs(3600));
     assert_eq!(app.issuer.sweep().await.unwrap(), 0);
-    assert_error(
-        app.refresh(&revoked.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("revoked"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(&revoked.refresh).await, "revoked").await;
     let live = tokens(app.refresh(&live.refresh).await).await;
 
     app.advance(DAY);
@@ -91,23 +73,11 @@ async fn ended_sessions_are_swept_a_day_after_they_end() {
         1,
         "only the revoked session"
     );
-    assert_error(
-        app.refresh(&revoked.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("unknown"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(&revoked.refresh).await, "unknown").await;
     let live = tokens(app.refresh(&live.refresh).await).await;
 
     // An idle session goes a day after its idle timeout.
     app.advance(15 * DAY + Duration::from_secs(1));
     assert_eq!(app.issuer.sweep().await.unwrap(), 1);
-    assert_error(
-        app.refresh(&live.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("unknown"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(&live.refresh).await, "unknown").await;
 }

@@ -3,7 +3,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{assert_error, segment, spawn_app, spawn_app_with, tokens};
+use crate::helpers::{
+    assert_error, assert_invalid_grant, segment, spawn_app, spawn_app_with, tokens,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_rotates_in_the_same_family() {
@@ -33,21 +35,9 @@ async fn reuse_after_the_grace_window_revokes_the_whole_family() {
     let second = tokens(app.refresh(&first.refresh).await).await;
     app.advance(Duration::from_secs(11));
 
-    assert_error(
-        app.refresh(&first.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("reused"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(&first.refresh).await, "reused").await;
     // Every token of the family is dead, and so are its access tokens.
-    assert_error(
-        app.refresh(&second.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("revoked"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(&second.refresh).await, "revoked").await;
     let resp = app.me(&second.access).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let challenge = resp.headers()["www-authenticate"]
@@ -60,13 +50,7 @@ async fn reuse_after_the_grace_window_revokes_the_whole_family() {
     );
     assert_error(resp, StatusCode::UNAUTHORIZED, "invalid_token", None).await;
     // A later use of the reused token stays refused.
-    assert_error(
-        app.refresh(&first.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("revoked"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(&first.refresh).await, "revoked").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,20 +69,8 @@ async fn a_retry_within_the_grace_window_gets_the_same_successor() {
 
     // Once the successor is used, the old token is a reuse even within the window.
     let third = tokens(app.refresh(&second.refresh).await).await;
-    assert_error(
-        app.refresh(&first.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("reused"),
-    )
-    .await;
-    assert_error(
-        app.refresh(&third.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("revoked"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(&first.refresh).await, "reused").await;
+    assert_invalid_grant(app.refresh(&third.refresh).await, "revoked").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,33 +78,15 @@ async fn a_zero_grace_window_makes_any_second_use_a_reuse() {
     let app = spawn_app_with(|s| s.tokens.refresh_grace_period = Duration::ZERO).await;
     let (_, first) = app.signed_in().await;
     let second = tokens(app.refresh(&first.refresh).await).await;
-    assert_error(
-        app.refresh(&first.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("reused"),
-    )
-    .await;
-    assert_error(
-        app.refresh(&second.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("revoked"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(&first.refresh).await, "reused").await;
+    assert_invalid_grant(app.refresh(&second.refresh).await, "revoked").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_and_oversized_refresh_tokens_are_refused() {
     let app = spawn_app().await;
     let unknown = "A".repeat(43);
-    assert_error(
-        app.refresh(&unknown).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("unknown"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(&unknown).await, "unknown").await;
     let huge = "A".repeat(513);
     assert_error(
         app.refresh(&huge).await,
@@ -158,20 +112,8 @@ async fn unknown_and_oversized_refresh_tokens_are_refused() {
 async fn a_token_shown_by_another_client_is_refused_and_burns_the_family() {
     let app = spawn_app().await;
     let (_, first) = app.signed_in().await;
-    assert_error(
-        app.refresh_as("other", &first.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("revoked"),
-    )
-    .await;
-    assert_error(
-        app.refresh(&first.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("revoked"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh_as("other", &first.refresh).await, "revoked").await;
+    assert_invalid_grant(app.refresh(&first.refresh).await, "revoked").await;
     assert_eq!(
         app.me(&first.access).await.status(),
         StatusCode::UNAUTHORIZED
@@ -186,13 +128,7 @@ async fn families_are_independent() {
     assert_ne!(segment(&a.access, 1)["sid"], segment(&b.access, 1)["sid"]);
     tokens(app.refresh(&a.refresh).await).await;
     app.advance(Duration::from_secs(11));
-    assert_error(
-        app.refresh(&a.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("reused"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(&a.refresh).await, "reused").await;
     // The other device's session lives on.
     let b2 = tokens(app.refresh(&b.refresh).await).await;
     let me: Value = app.me(&b2.access).await.json().await.unwrap();

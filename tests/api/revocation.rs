@@ -1,6 +1,6 @@
 use reqwest::StatusCode;
 
-use crate::helpers::{assert_error, spawn_app, tokens};
+use crate::helpers::{assert_error, assert_invalid_grant, spawn_app, tokens};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_refresh_token_ends_its_family() {
@@ -14,13 +14,7 @@ async fn revoking_a_refresh_token_ends_its_family() {
         )
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_error(
-        app.refresh(&next.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("revoked"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(&next.refresh).await, "revoked").await;
     assert_eq!(
         app.me(&next.access).await.status(),
         StatusCode::UNAUTHORIZED
@@ -55,13 +49,7 @@ async fn revoking_an_access_token_ends_its_family() {
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(app.me(&t.access).await.status(), StatusCode::UNAUTHORIZED);
-    assert_error(
-        app.refresh(&t.refresh).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_grant",
-        Some("revoked"),
-    )
-    .await;
+    assert_invalid_grant(app.refresh(&t.refresh).await, "revoked").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
