@@ -451,13 +451,27 @@ fn validate_issuer_url(raw: &str) -> Result<String, ConfigError> {
 }
 
 fn validate_database_url(raw: &str) -> Result<String, ConfigError> {
-    if raw.starts_with("sqlite:") {
+    let scheme_ok = raw.starts_with("sqlite:")
+        || raw.starts_with("postgres://")
+        || raw.starts_with("postgresql://");
+    if scheme_ok && (raw.starts_with("sqlite:") || url::Url::parse(raw).is_ok()) {
         Ok(raw.to_owned())
     } else {
         Err(invalid(
             "database_url",
-            "only sqlite: URLs are supported by this build (e.g. sqlite://data/token-issuer.db)",
+            "expected sqlite://path/to/file.db or postgres://user@host:5432/database",
         ))
+    }
+}
+
+/// A database URL as it may be logged: the password, if any, replaced by `***`.
+pub fn redacted_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => raw.to_owned(),
     }
 }
 
@@ -638,6 +652,29 @@ mod tests {
         let two_spas = "[[clients]]\nclient_id = \"a\"\nkind = \"spa\"\nallowed_origins = [\"https://a.example\"]\n\
                         [[clients]]\nclient_id = \"b\"\nkind = \"spa\"\nallowed_origins = [\"https://b.example\"]\n";
         assert_eq!(load(Some(two_spas), &[]).unwrap_err().setting, "clients");
+    }
+
+    #[test]
+    fn database_urls_are_checked_and_redacted_for_logs() {
+        let s = load(
+            None,
+            &[(
+                "ISSUER_DATABASE_URL",
+                "postgres://app:s3cret@db.internal:5432/issuer",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            redacted_url(&s.database_url),
+            "postgres://app:***@db.internal:5432/issuer"
+        );
+        assert_eq!(
+            load(None, &[("ISSUER_DATABASE_URL", "mysql://x")])
+                .unwrap_err()
+                .setting,
+            "database_url"
+        );
+        assert_eq!(redacted_url("sqlite://data/x.db"), "sqlite://data/x.db");
     }
 
     #[test]

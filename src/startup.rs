@@ -13,12 +13,13 @@ use tracing::Instrument as _;
 
 use crate::api::error::{ApiError, Problem};
 use crate::api::make_openapi_service;
-use crate::config::Settings;
+use crate::config::{Settings, redacted_url};
 use crate::crypto::keys::{KeyError, KeySet};
 use crate::crypto::refresh::SuccessorKey;
 use crate::domain::client::Delivery;
 use crate::domain::clock::Clock;
 use crate::service::Issuer;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
@@ -53,9 +54,18 @@ pub enum StartupError {
     Other(#[from] crate::error::Error),
 }
 
-/// Opens the configured store, creating the data directory and applying migrations.
+/// Opens the store the database URL names (`sqlite:` or `postgres://`), creating the
+/// SQLite data directory if needed, and applies the migrations.
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupError> {
-    let dir = sqlite_path(&settings.database_url)
+    let url = &settings.database_url;
+    let failed = |source| StartupError::Database {
+        url: redacted_url(url),
+        source,
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PgStore::connect(url).await.map_err(failed)?));
+    }
+    let dir = sqlite_path(url)
         .and_then(|path| Path::new(path).parent())
         .filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir {
@@ -64,13 +74,7 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupEr
             source,
         })?;
     }
-    let store = SqliteStore::connect(&settings.database_url)
-        .await
-        .map_err(|source| StartupError::Database {
-            url: settings.database_url.clone(),
-            source,
-        })?;
-    Ok(Arc::new(store))
+    Ok(Arc::new(SqliteStore::connect(url).await.map_err(failed)?))
 }
 
 fn sqlite_path(url: &str) -> Option<&str> {

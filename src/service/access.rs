@@ -18,11 +18,9 @@ impl Issuer {
     /// Verifies a bearer token for our own audience and checks that its family is still
     /// live in the store, so the access tokens of a revoked family are refused at once.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, Error> {
-        let claims = self.verifier.verify(
-            token,
-            Some(&self.audience),
-            self.clock.now().unix_timestamp(),
-        )?;
+        let claims =
+            self.verifier
+                .verify(token, Some(&self.audience), self.now().unix_timestamp())?;
         let sid =
             Uuid::parse_str(&claims.sid).map_err(|_| Error::InvalidToken("sid is not ours"))?;
         let sub =

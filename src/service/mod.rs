@@ -73,6 +73,14 @@ impl Issuer {
         })
     }
 
+    /// Now, to the millisecond: the precision both stores keep, so that what is written
+    /// and what is compared or answered agree.
+    pub(crate) fn now(&self) -> time::OffsetDateTime {
+        let now = self.clock.now();
+        now.replace_nanosecond(u32::from(now.millisecond()) * 1_000_000)
+            .unwrap_or(now)
+    }
+
     /// The published keys and the ETag of the set.
     pub fn jwks(&self) -> (&[Jwk], &str) {
         (self.keys.jwks(), self.keys.jwks_etag())
@@ -88,7 +96,7 @@ impl Issuer {
     /// with the precise reason (`revoked`, `idle_timeout`, `expired`); after, `unknown`.
     /// Their access tokens are long expired by then.
     pub async fn sweep(&self) -> Result<u64, Error> {
-        let cutoff = self.clock.now() - SWEEP_MARGIN;
+        let cutoff = self.now() - SWEEP_MARGIN;
         let deleted = self.store.sweep(&self.policy, cutoff).await?;
         if deleted > 0 {
             tracing::info!(deleted, "swept ended sessions");

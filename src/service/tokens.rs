@@ -117,7 +117,7 @@ impl Issuer {
         let Some(user) = user else {
             return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials));
         };
-        let now = self.clock.now();
+        let now = self.now();
         let token = refresh::generate()?;
         let family = NewFamily {
             id: Uuid::new_v4(),
@@ -165,7 +165,7 @@ impl Issuer {
             return Err(Error::InvalidRequest("refresh_token is too long".into()));
         }
         let successor = self.successors.successor(&presented);
-        let now = self.clock.now();
+        let now = self.now();
         let outcome = self
             .store
             .rotate(&RotateRequest {
@@ -266,7 +266,7 @@ impl Issuer {
                 Err(Error::InvalidRequest("token is required".into()))
             };
         };
-        let now = self.clock.now();
+        let now = self.now();
         if token.expose().len() <= refresh::MAX_TOKEN_LEN && !token.expose().contains('.') {
             match self
                 .store

@@ -17,15 +17,10 @@ impl Issuer {
         let email = normalize_email(email)?;
         check_new_password(password.expose(), &email)?;
         let hash = self.hasher.hash(password).await?;
-        // Stored with millisecond precision; answer what will be read back.
-        let now = self.clock.now();
-        let created_at = now
-            .replace_nanosecond(u32::from(now.millisecond()) * 1_000_000)
-            .unwrap_or(now);
         let user = User {
             id: Uuid::new_v4(),
             email,
-            created_at,
+            created_at: self.now(),
         };
         match self.store.create_user(&user, &hash).await {
             Ok(()) => {

@@ -1,6 +1,7 @@
 //! Persistence: one trait, one file per backend. The SQL store is the authoritative
 //! record of users, refresh-token families and tokens.
 
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -25,15 +26,19 @@ pub enum StoreError {
     Other(#[source] sqlx::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A concurrent change between two statements; the transaction is run again.
+    #[error("transaction must be retried")]
+    Retry,
 }
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(_) => Error::Unavailable(Box::new(e)),
-            StoreError::Conflict | StoreError::Other(_) | StoreError::Corrupt(_) => {
-                Error::internal(e)
-            }
+            StoreError::Conflict
+            | StoreError::Other(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Retry => Error::internal(e),
         }
     }
 }
@@ -92,6 +97,24 @@ pub enum RotateOutcome {
         family: Option<FamilyInfo>,
         revoked: Option<RevokeReason>,
     },
+}
+
+/// The answer to a token whose family this request decided to revoke: `reused` from
+/// the request that revoked it, `revoked` when a concurrent request already had.
+pub(crate) fn refused_after_revoke(
+    reason: RevokeReason,
+    revoked_now: bool,
+    family: FamilyInfo,
+) -> RotateOutcome {
+    let rejection = match (reason, revoked_now) {
+        (RevokeReason::Reuse, true) => GrantRejection::Reused,
+        _ => GrantRejection::Revoked,
+    };
+    RotateOutcome::Refused {
+        rejection,
+        family: Some(family),
+        revoked: revoked_now.then_some(reason),
+    }
 }
 
 /// The result of revoking by refresh token.

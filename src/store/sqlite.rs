@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::{
     FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Store, StoreError,
-    UserWithHash,
+    UserWithHash, refused_after_revoke,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{
@@ -316,16 +316,8 @@ impl Store for SqliteStore {
                 }
             }
             Decision::RevokeFamily(reason) => {
-                revoke_in_tx(&mut tx, &family_id, reason, now).await?;
-                let rejection = match reason {
-                    RevokeReason::Reuse => GrantRejection::Reused,
-                    RevokeReason::ClientMismatch | RevokeReason::Logout => GrantRejection::Revoked,
-                };
-                RotateOutcome::Refused {
-                    rejection,
-                    family: Some(p.family.info()?),
-                    revoked: Some(reason),
-                }
+                let revoked_now = revoke_in_tx(&mut tx, &family_id, reason, now).await?;
+                refused_after_revoke(reason, revoked_now, p.family.info()?)
             }
             Decision::Refuse(rejection) => RotateOutcome::Refused {
                 rejection,

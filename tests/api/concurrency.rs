@@ -43,83 +43,86 @@ async fn race(app: &Arc<TestApp>, token: &str) -> Vec<(StatusCode, Value)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_simultaneous_refreshes_yield_one_successor_with_grace() {
-    let app = Arc::new(spawn_app().await);
-    let (_, first) = app.signed_in().await;
-    let results = race(&app, &first.refresh).await;
-    for (status, body) in &results {
-        assert_eq!(
-            *status,
-            StatusCode::OK,
-            "every racer is answered (one rotation, the rest grace): {body}"
-        );
+scenario! {
+    async fn fifty_simultaneous_refreshes_yield_one_successor_with_grace(backend) {
+        let app = Arc::new(spawn_app(backend).await);
+        let (_, first) = app.signed_in().await;
+        let results = race(&app, &first.refresh).await;
+        for (status, body) in &results {
+            assert_eq!(
+                *status,
+                StatusCode::OK,
+                "every racer is answered (one rotation, the rest grace): {body}"
+            );
+        }
+        let successors: HashSet<&str> = results
+            .iter()
+            .map(|(_, b)| b["refresh_token"].as_str().unwrap())
+            .collect();
+        assert_eq!(successors.len(), 1, "exactly one distinct successor");
+        let successor = successors.into_iter().next().unwrap().to_owned();
+        // The family is live: the successor rotates normally.
+        let next = tokens(app.refresh(&successor).await).await;
+        assert_eq!(app.me(&next.access).await.status(), StatusCode::OK);
     }
-    let successors: HashSet<&str> = results
-        .iter()
-        .map(|(_, b)| b["refresh_token"].as_str().unwrap())
-        .collect();
-    assert_eq!(successors.len(), 1, "exactly one distinct successor");
-    let successor = successors.into_iter().next().unwrap().to_owned();
-    // The family is live: the successor rotates normally.
-    let next = tokens(app.refresh(&successor).await).await;
-    assert_eq!(app.me(&next.access).await.status(), StatusCode::OK);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_simultaneous_refreshes_without_grace_give_one_success_and_revoke() {
-    let app = Arc::new(spawn_app_with(|s| s.tokens.refresh_grace_period = Duration::ZERO).await);
-    let (_, first) = app.signed_in().await;
-    let results = race(&app, &first.refresh).await;
-    let ok: Vec<_> = results
-        .iter()
-        .filter(|(s, _)| *s == StatusCode::OK)
-        .collect();
-    assert_eq!(ok.len(), 1, "exactly one success");
-    let mut reasons = Vec::new();
-    for (status, body) in results.iter().filter(|(s, _)| *s != StatusCode::OK) {
-        assert_eq!(*status, StatusCode::BAD_REQUEST, "{body}");
+scenario! {
+    async fn fifty_simultaneous_refreshes_without_grace_give_one_success_and_revoke(backend) {
+        let app = Arc::new(spawn_app_with(backend, |s| s.tokens.refresh_grace_period = Duration::ZERO).await);
+        let (_, first) = app.signed_in().await;
+        let results = race(&app, &first.refresh).await;
+        let ok: Vec<_> = results
+            .iter()
+            .filter(|(s, _)| *s == StatusCode::OK)
+            .collect();
+        assert_eq!(ok.len(), 1, "exactly one success");
+        let mut reasons = Vec::new();
+        for (status, body) in results.iter().filter(|(s, _)| *s != StatusCode::OK) {
+            assert_eq!(*status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(
+                body["error"], "invalid_grant",
+                "no 'database is locked' or 5xx: {body}"
+            );
+            reasons.push(body["error_reason"].as_str().unwrap().to_owned());
+        }
+        // The first loser detects the reuse and revokes; the later ones find it revoked.
         assert_eq!(
-            body["error"], "invalid_grant",
-            "no 'database is locked' or 5xx: {body}"
+            reasons.iter().filter(|r| *r == "reused").count(),
+            1,
+            "{reasons:?}"
         );
-        reasons.push(body["error_reason"].as_str().unwrap().to_owned());
+        assert!(
+            reasons.iter().all(|r| r == "reused" || r == "revoked"),
+            "{reasons:?}"
+        );
+        let winner = ok[0].1["refresh_token"].as_str().unwrap();
+        assert_invalid_grant(app.refresh(winner).await, "revoked").await;
     }
-    // The first loser detects the reuse and revokes; the later ones find it revoked.
-    assert_eq!(
-        reasons.iter().filter(|r| *r == "reused").count(),
-        1,
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.iter().all(|r| r == "reused" || r == "revoked"),
-        "{reasons:?}"
-    );
-    let winner = ok[0].1["refresh_token"].as_str().unwrap();
-    assert_invalid_grant(app.refresh(winner).await, "revoked").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn many_families_rotating_in_parallel_all_succeed() {
-    let app = Arc::new(spawn_app().await);
-    let mut families = Vec::new();
-    for _ in 0..4 {
-        families.push(app.signed_in().await.1.refresh);
-    }
-    let tasks: Vec<_> = families
-        .into_iter()
-        .map(|mut token| {
-            let app = Arc::clone(&app);
-            tokio::spawn(async move {
-                for _ in 0..25 {
-                    token = tokens(app.refresh(&token).await).await.refresh;
-                }
-                token
+scenario! {
+    async fn many_families_rotating_in_parallel_all_succeed(backend) {
+        let app = Arc::new(spawn_app(backend).await);
+        let mut families = Vec::new();
+        for _ in 0..4 {
+            families.push(app.signed_in().await.1.refresh);
+        }
+        let tasks: Vec<_> = families
+            .into_iter()
+            .map(|mut token| {
+                let app = Arc::clone(&app);
+                tokio::spawn(async move {
+                    for _ in 0..25 {
+                        token = tokens(app.refresh(&token).await).await.refresh;
+                    }
+                    token
+                })
             })
-        })
-        .collect();
-    for t in tasks {
-        let last = t.await.unwrap();
-        tokens(app.refresh(&last).await).await;
+            .collect();
+        for t in tasks {
+            let last = t.await.unwrap();
+            tokens(app.refresh(&last).await).await;
+        }
     }
 }

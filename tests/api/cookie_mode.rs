@@ -84,188 +84,192 @@ fn refresh_form() -> [(&'static str, &'static str); 2] {
     [("grant_type", "refresh_token"), ("client_id", "dev-spa")]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cookie_mode_login_and_refresh_use_only_the_cookie() {
-    let app = spawn_app().await;
-    let (access, cookie) = spa_login(&app).await;
-    assert_eq!(app.me(&access).await.status(), StatusCode::OK);
-    let resp = spa_post(
-        &app,
-        "/oauth/token",
-        &refresh_form(),
-        Some(&cookie),
-        Some(SPA_ORIGIN),
-        true,
-    )
-    .await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    let next = refresh_cookie(&resp);
-    assert_ne!(next, cookie);
-    let body: Value = resp.json().await.unwrap();
-    assert!(body.get("refresh_token").is_none());
+scenario! {
+    async fn cookie_mode_login_and_refresh_use_only_the_cookie(backend) {
+        let app = spawn_app(backend).await;
+        let (access, cookie) = spa_login(&app).await;
+        assert_eq!(app.me(&access).await.status(), StatusCode::OK);
+        let resp = spa_post(
+            &app,
+            "/oauth/token",
+            &refresh_form(),
+            Some(&cookie),
+            Some(SPA_ORIGIN),
+            true,
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let next = refresh_cookie(&resp);
+        assert_ne!(next, cookie);
+        let body: Value = resp.json().await.unwrap();
+        assert!(body.get("refresh_token").is_none());
 
-    // The token in the body is refused for a cookie-mode client.
-    let mut form = refresh_form().to_vec();
-    form.push(("refresh_token", &next));
-    let resp = spa_post(&app, "/oauth/token", &form, None, Some(SPA_ORIGIN), true).await;
-    assert_error(resp, StatusCode::BAD_REQUEST, "invalid_request", None).await;
+        // The token in the body is refused for a cookie-mode client.
+        let mut form = refresh_form().to_vec();
+        form.push(("refresh_token", &next));
+        let resp = spa_post(&app, "/oauth/token", &form, None, Some(SPA_ORIGIN), true).await;
+        assert_error(resp, StatusCode::BAD_REQUEST, "invalid_request", None).await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_failing_csrf_is_refused_without_consuming_the_token() {
-    let app = spawn_app().await;
-    let (_, cookie) = spa_login(&app).await;
+scenario! {
+    async fn a_request_failing_csrf_is_refused_without_consuming_the_token(backend) {
+        let app = spawn_app(backend).await;
+        let (_, cookie) = spa_login(&app).await;
 
-    let no_header = spa_post(
-        &app,
-        "/oauth/token",
-        &refresh_form(),
-        Some(&cookie),
-        Some(SPA_ORIGIN),
-        false,
-    )
-    .await;
-    assert_error(
-        no_header,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        Some("csrf"),
-    )
-    .await;
-    let no_origin = spa_post(
-        &app,
-        "/oauth/token",
-        &refresh_form(),
-        Some(&cookie),
-        None,
-        true,
-    )
-    .await;
-    assert_error(
-        no_origin,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        Some("csrf"),
-    )
-    .await;
-    let evil = spa_post(
-        &app,
-        "/oauth/token",
-        &refresh_form(),
-        Some(&cookie),
-        Some("http://evil.example"),
-        true,
-    )
-    .await;
-    assert_error(evil, StatusCode::FORBIDDEN, "origin_not_allowed", None).await;
+        let no_header = spa_post(
+            &app,
+            "/oauth/token",
+            &refresh_form(),
+            Some(&cookie),
+            Some(SPA_ORIGIN),
+            false,
+        )
+        .await;
+        assert_error(
+            no_header,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            Some("csrf"),
+        )
+        .await;
+        let no_origin = spa_post(
+            &app,
+            "/oauth/token",
+            &refresh_form(),
+            Some(&cookie),
+            None,
+            true,
+        )
+        .await;
+        assert_error(
+            no_origin,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            Some("csrf"),
+        )
+        .await;
+        let evil = spa_post(
+            &app,
+            "/oauth/token",
+            &refresh_form(),
+            Some(&cookie),
+            Some("http://evil.example"),
+            true,
+        )
+        .await;
+        assert_error(evil, StatusCode::FORBIDDEN, "origin_not_allowed", None).await;
 
-    // Past the grace window: had any of those consumed the token, this would be a reuse.
-    app.advance(Duration::from_secs(11));
-    let resp = spa_post(
-        &app,
-        "/oauth/token",
-        &refresh_form(),
-        Some(&cookie),
-        Some(SPA_ORIGIN),
-        true,
-    )
-    .await;
-    assert_eq!(
-        resp.status(),
-        StatusCode::OK,
-        "{}",
-        resp.text().await.unwrap()
-    );
+        // Past the grace window: had any of those consumed the token, this would be a reuse.
+        app.advance(Duration::from_secs(11));
+        let resp = spa_post(
+            &app,
+            "/oauth/token",
+            &refresh_form(),
+            Some(&cookie),
+            Some(SPA_ORIGIN),
+            true,
+        )
+        .await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "{}",
+            resp.text().await.unwrap()
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cors_preflight_allows_only_the_configured_origin() {
-    let app = spawn_app().await;
-    let preflight = |origin: &'static str| {
-        app.http
-            .request(reqwest::Method::OPTIONS, app.url("/oauth/token"))
-            .header("origin", origin)
-            .header("access-control-request-method", "POST")
-            .header(
-                "access-control-request-headers",
-                "content-type, x-requested-with",
-            )
-            .send()
-    };
-    let ok = preflight(SPA_ORIGIN).await.unwrap();
-    assert_eq!(ok.status(), StatusCode::OK);
-    assert_eq!(ok.headers()["access-control-allow-origin"], SPA_ORIGIN);
-    assert_eq!(ok.headers()["access-control-allow-credentials"], "true");
-    let refused = preflight("http://localhost:5174").await.unwrap();
-    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-    assert!(
-        refused
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+scenario! {
+    async fn cors_preflight_allows_only_the_configured_origin(backend) {
+        let app = spawn_app(backend).await;
+        let preflight = |origin: &'static str| {
+            app.http
+                .request(reqwest::Method::OPTIONS, app.url("/oauth/token"))
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "content-type, x-requested-with",
+                )
+                .send()
+        };
+        let ok = preflight(SPA_ORIGIN).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(ok.headers()["access-control-allow-origin"], SPA_ORIGIN);
+        assert_eq!(ok.headers()["access-control-allow-credentials"], "true");
+        let refused = preflight("http://localhost:5174").await.unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert!(
+            refused
+                .headers()
+                .get("access-control-allow-origin")
+                .is_none()
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cookie_mode_logout_revokes_and_clears_the_cookie() {
-    let app = spawn_app().await;
-    let (access, cookie) = spa_login(&app).await;
-    let resp = spa_post(
-        &app,
-        "/oauth/revoke",
-        &[("client_id", "dev-spa")],
-        Some(&cookie),
-        Some(SPA_ORIGIN),
-        true,
-    )
-    .await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    let cleared = set_cookie_headers(&resp);
-    assert_eq!(cleared.len(), 1);
-    assert!(
-        cleared[0].starts_with("__Host-refresh=;") && cleared[0].contains("Max-Age=0"),
-        "{cleared:?}"
-    );
-    assert!(cleared[0].contains("Secure") && cleared[0].contains("Path=/"));
+scenario! {
+    async fn cookie_mode_logout_revokes_and_clears_the_cookie(backend) {
+        let app = spawn_app(backend).await;
+        let (access, cookie) = spa_login(&app).await;
+        let resp = spa_post(
+            &app,
+            "/oauth/revoke",
+            &[("client_id", "dev-spa")],
+            Some(&cookie),
+            Some(SPA_ORIGIN),
+            true,
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let cleared = set_cookie_headers(&resp);
+        assert_eq!(cleared.len(), 1);
+        assert!(
+            cleared[0].starts_with("__Host-refresh=;") && cleared[0].contains("Max-Age=0"),
+            "{cleared:?}"
+        );
+        assert!(cleared[0].contains("Secure") && cleared[0].contains("Path=/"));
 
-    let resp = spa_post(
-        &app,
-        "/oauth/token",
-        &refresh_form(),
-        Some(&cookie),
-        Some(SPA_ORIGIN),
-        true,
-    )
-    .await;
-    assert_invalid_grant(resp, "revoked").await;
-    assert_eq!(app.me(&access).await.status(), StatusCode::UNAUTHORIZED);
+        let resp = spa_post(
+            &app,
+            "/oauth/token",
+            &refresh_form(),
+            Some(&cookie),
+            Some(SPA_ORIGIN),
+            true,
+        )
+        .await;
+        assert_invalid_grant(resp, "revoked").await;
+        assert_eq!(app.me(&access).await.status(), StatusCode::UNAUTHORIZED);
 
-    // Logout also needs the CSRF defence.
-    let (_, cookie) = spa_login(&app).await;
-    let resp = spa_post(
-        &app,
-        "/oauth/revoke",
-        &[("client_id", "dev-spa")],
-        Some(&cookie),
-        Some(SPA_ORIGIN),
-        false,
-    )
-    .await;
-    assert_error(
-        resp,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        Some("csrf"),
-    )
-    .await;
-    let resp = spa_post(
-        &app,
-        "/oauth/token",
-        &refresh_form(),
-        Some(&cookie),
-        Some(SPA_ORIGIN),
-        true,
-    )
-    .await;
-    assert_eq!(resp.status(), StatusCode::OK);
+        // Logout also needs the CSRF defence.
+        let (_, cookie) = spa_login(&app).await;
+        let resp = spa_post(
+            &app,
+            "/oauth/revoke",
+            &[("client_id", "dev-spa")],
+            Some(&cookie),
+            Some(SPA_ORIGIN),
+            false,
+        )
+        .await;
+        assert_error(
+            resp,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            Some("csrf"),
+        )
+        .await;
+        let resp = spa_post(
+            &app,
+            "/oauth/token",
+            &refresh_form(),
+            Some(&cookie),
+            Some(SPA_ORIGIN),
+            true,
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
 }

@@ -17,12 +17,20 @@ use token_issuer::startup::Application;
 pub const PASSWORD: &str = "a sound passphrase";
 pub const SPA_ORIGIN: &str = "http://localhost:5173";
 
+/// The store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 pub struct TestApp {
     pub address: String,
     pub http: reqwest::Client,
     pub clock: Arc<ManualClock>,
     pub settings: Settings,
     pub issuer: Arc<Issuer>,
+    _database: Option<TestDatabase>,
     _dir: TempDir,
 }
 
@@ -35,12 +43,13 @@ pub struct Tokens {
 
 static TRACING: Once = Once::new();
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
 }
 
-/// Spawns the server with the development settings, changed by `configure`.
-pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+/// Spawns the server with the development settings, changed by `configure`, on a fresh
+/// SQLite file or a fresh PostgreSQL database.
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
     TRACING.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
             token_issuer::telemetry::init("debug").unwrap();
@@ -51,7 +60,18 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.bind = "127.0.0.1:0".parse().unwrap();
     settings.data_dir = dir.path().join("data");
     settings.keys_dir = dir.path().join("keys");
-    settings.database_url = format!("sqlite://{}", dir.path().join("data/test.db").display());
+    let database = match backend {
+        Backend::Sqlite => {
+            settings.database_url =
+                format!("sqlite://{}", dir.path().join("data/test.db").display());
+            None
+        }
+        Backend::Postgres => {
+            let db = TestDatabase::create().await;
+            settings.database_url = db.url.clone();
+            Some(db)
+        }
+    };
     settings.clients.push(Client {
         id: "other".into(),
         kind: ClientKind::Mobile,
@@ -77,6 +97,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         clock,
         settings,
         issuer,
+        _database: database,
         _dir: dir,
     }
 }
@@ -255,4 +276,65 @@ pub fn set_cookie_headers(resp: &Response) -> Vec<String> {
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
         .collect()
+}
+
+/// A PostgreSQL database made for one test and dropped after it.
+pub struct TestDatabase {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+/// `ISSUER_TEST_POSTGRES_URL`, or the local server with trust authentication.
+fn postgres_admin_url() -> String {
+    std::env::var("ISSUER_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+impl TestDatabase {
+    async fn create() -> Self {
+        use sqlx::Connection as _;
+        let admin_url = postgres_admin_url();
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL does not answer at {admin_url} ({e}); start it (`service postgresql start`) \
+                 or set ISSUER_TEST_POSTGRES_URL"
+            )
+        });
+        let name = format!("issuer_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin_url).unwrap();
+        url.set_path(&name);
+        Self {
+            admin_url,
+            name,
+            url: url.to_string(),
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            use sqlx::Connection as _;
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let drop = format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#);
+                    let _ = sqlx::query(&drop).execute(&mut admin).await;
+                }
+            });
+        })
+        .join();
+    }
 }

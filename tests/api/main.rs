@@ -2,6 +2,30 @@
 //! file and key directory, and talks HTTP to it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+/// Defines a scenario once and runs it on both stores: `<name>::sqlite` and
+/// `<name>::postgres`.
+macro_rules! scenario {
+    ($(#[$meta:meta])* async fn $name:ident($backend:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(#[$meta])*
+            async fn run($backend: crate::helpers::Backend) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                run(crate::helpers::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                run(crate::helpers::Backend::Postgres).await
+            }
+        }
+    };
+}
+
 mod helpers;
 
 mod bad_input;

@@ -7,130 +7,137 @@ use crate::helpers::{
     assert_error, assert_invalid_grant, segment, spawn_app, spawn_app_with, tokens,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refresh_rotates_in_the_same_family() {
-    let app = spawn_app().await;
-    let (_, first) = app.signed_in().await;
-    let resp = app.refresh(&first.refresh).await;
-    assert_eq!(resp.headers()["cache-control"], "no-store");
-    let second = tokens(resp).await;
-    assert_ne!(second.refresh, first.refresh);
-    assert_eq!(
-        segment(&second.access, 1)["sid"],
-        segment(&first.access, 1)["sid"]
-    );
-    assert_ne!(
-        segment(&second.access, 1)["jti"],
-        segment(&first.access, 1)["jti"]
-    );
-    let third = tokens(app.refresh(&second.refresh).await).await;
-    assert_ne!(third.refresh, second.refresh);
-    assert_eq!(app.me(&third.access).await.status(), StatusCode::OK);
+scenario! {
+    async fn refresh_rotates_in_the_same_family(backend) {
+        let app = spawn_app(backend).await;
+        let (_, first) = app.signed_in().await;
+        let resp = app.refresh(&first.refresh).await;
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        let second = tokens(resp).await;
+        assert_ne!(second.refresh, first.refresh);
+        assert_eq!(
+            segment(&second.access, 1)["sid"],
+            segment(&first.access, 1)["sid"]
+        );
+        assert_ne!(
+            segment(&second.access, 1)["jti"],
+            segment(&first.access, 1)["jti"]
+        );
+        let third = tokens(app.refresh(&second.refresh).await).await;
+        assert_ne!(third.refresh, second.refresh);
+        assert_eq!(app.me(&third.access).await.status(), StatusCode::OK);
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reuse_after_the_grace_window_revokes_the_whole_family() {
-    let app = spawn_app().await;
-    let (_, first) = app.signed_in().await;
-    let second = tokens(app.refresh(&first.refresh).await).await;
-    app.advance(Duration::from_secs(11));
+scenario! {
+    async fn reuse_after_the_grace_window_revokes_the_whole_family(backend) {
+        let app = spawn_app(backend).await;
+        let (_, first) = app.signed_in().await;
+        let second = tokens(app.refresh(&first.refresh).await).await;
+        app.advance(Duration::from_secs(11));
 
-    assert_invalid_grant(app.refresh(&first.refresh).await, "reused").await;
-    // Every token of the family is dead, and so are its access tokens.
-    assert_invalid_grant(app.refresh(&second.refresh).await, "revoked").await;
-    let resp = app.me(&second.access).await;
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let challenge = resp.headers()["www-authenticate"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        challenge.starts_with("Bearer ") && challenge.contains("error=\"invalid_token\""),
-        "{challenge}"
-    );
-    assert_error(resp, StatusCode::UNAUTHORIZED, "invalid_token", None).await;
-    // A later use of the reused token stays refused.
-    assert_invalid_grant(app.refresh(&first.refresh).await, "revoked").await;
+        assert_invalid_grant(app.refresh(&first.refresh).await, "reused").await;
+        // Every token of the family is dead, and so are its access tokens.
+        assert_invalid_grant(app.refresh(&second.refresh).await, "revoked").await;
+        let resp = app.me(&second.access).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let challenge = resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            challenge.starts_with("Bearer ") && challenge.contains("error=\"invalid_token\""),
+            "{challenge}"
+        );
+        assert_error(resp, StatusCode::UNAUTHORIZED, "invalid_token", None).await;
+        // A later use of the reused token stays refused.
+        assert_invalid_grant(app.refresh(&first.refresh).await, "revoked").await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_within_the_grace_window_gets_the_same_successor() {
-    let app = spawn_app().await;
-    let (_, first) = app.signed_in().await;
-    let second = tokens(app.refresh(&first.refresh).await).await;
-    app.advance(Duration::from_secs(9));
-    let retry = tokens(app.refresh(&first.refresh).await).await;
-    assert_eq!(
-        retry.refresh, second.refresh,
-        "the same successor, not a fork"
-    );
-    assert_ne!(retry.access, second.access, "a fresh access token");
-    assert_eq!(app.me(&retry.access).await.status(), StatusCode::OK);
+scenario! {
+    async fn a_retry_within_the_grace_window_gets_the_same_successor(backend) {
+        let app = spawn_app(backend).await;
+        let (_, first) = app.signed_in().await;
+        let second = tokens(app.refresh(&first.refresh).await).await;
+        app.advance(Duration::from_secs(9));
+        let retry = tokens(app.refresh(&first.refresh).await).await;
+        assert_eq!(
+            retry.refresh, second.refresh,
+            "the same successor, not a fork"
+        );
+        assert_ne!(retry.access, second.access, "a fresh access token");
+        assert_eq!(app.me(&retry.access).await.status(), StatusCode::OK);
 
-    // Once the successor is used, the old token is a reuse even within the window.
-    let third = tokens(app.refresh(&second.refresh).await).await;
-    assert_invalid_grant(app.refresh(&first.refresh).await, "reused").await;
-    assert_invalid_grant(app.refresh(&third.refresh).await, "revoked").await;
+        // Once the successor is used, the old token is a reuse even within the window.
+        let third = tokens(app.refresh(&second.refresh).await).await;
+        assert_invalid_grant(app.refresh(&first.refresh).await, "reused").await;
+        assert_invalid_grant(app.refresh(&third.refresh).await, "revoked").await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_zero_grace_window_makes_any_second_use_a_reuse() {
-    let app = spawn_app_with(|s| s.tokens.refresh_grace_period = Duration::ZERO).await;
-    let (_, first) = app.signed_in().await;
-    let second = tokens(app.refresh(&first.refresh).await).await;
-    assert_invalid_grant(app.refresh(&first.refresh).await, "reused").await;
-    assert_invalid_grant(app.refresh(&second.refresh).await, "revoked").await;
+scenario! {
+    async fn a_zero_grace_window_makes_any_second_use_a_reuse(backend) {
+        let app = spawn_app_with(backend, |s| s.tokens.refresh_grace_period = Duration::ZERO).await;
+        let (_, first) = app.signed_in().await;
+        let second = tokens(app.refresh(&first.refresh).await).await;
+        assert_invalid_grant(app.refresh(&first.refresh).await, "reused").await;
+        assert_invalid_grant(app.refresh(&second.refresh).await, "revoked").await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_and_oversized_refresh_tokens_are_refused() {
-    let app = spawn_app().await;
-    let unknown = "A".repeat(43);
-    assert_invalid_grant(app.refresh(&unknown).await, "unknown").await;
-    let huge = "A".repeat(513);
-    assert_error(
-        app.refresh(&huge).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        None,
-    )
-    .await;
-    assert_error(
-        app.post_form(
-            "/oauth/token",
-            &[("grant_type", "refresh_token"), ("client_id", "dev")],
+scenario! {
+    async fn unknown_and_oversized_refresh_tokens_are_refused(backend) {
+        let app = spawn_app(backend).await;
+        let unknown = "A".repeat(43);
+        assert_invalid_grant(app.refresh(&unknown).await, "unknown").await;
+        let huge = "A".repeat(513);
+        assert_error(
+            app.refresh(&huge).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            None,
         )
-        .await,
-        StatusCode::BAD_REQUEST,
-        "invalid_request",
-        None,
-    )
-    .await;
+        .await;
+        assert_error(
+            app.post_form(
+                "/oauth/token",
+                &[("grant_type", "refresh_token"), ("client_id", "dev")],
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            None,
+        )
+        .await;
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_shown_by_another_client_is_refused_and_burns_the_family() {
-    let app = spawn_app().await;
-    let (_, first) = app.signed_in().await;
-    assert_invalid_grant(app.refresh_as("other", &first.refresh).await, "revoked").await;
-    assert_invalid_grant(app.refresh(&first.refresh).await, "revoked").await;
-    assert_eq!(
-        app.me(&first.access).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
+scenario! {
+    async fn a_token_shown_by_another_client_is_refused_and_burns_the_family(backend) {
+        let app = spawn_app(backend).await;
+        let (_, first) = app.signed_in().await;
+        assert_invalid_grant(app.refresh_as("other", &first.refresh).await, "revoked").await;
+        assert_invalid_grant(app.refresh(&first.refresh).await, "revoked").await;
+        assert_eq!(
+            app.me(&first.access).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn families_are_independent() {
-    let app = spawn_app().await;
-    let (email, a) = app.signed_in().await;
-    let b = tokens(app.login(&email, crate::helpers::PASSWORD).await).await;
-    assert_ne!(segment(&a.access, 1)["sid"], segment(&b.access, 1)["sid"]);
-    tokens(app.refresh(&a.refresh).await).await;
-    app.advance(Duration::from_secs(11));
-    assert_invalid_grant(app.refresh(&a.refresh).await, "reused").await;
-    // The other device's session lives on.
-    let b2 = tokens(app.refresh(&b.refresh).await).await;
-    let me: Value = app.me(&b2.access).await.json().await.unwrap();
-    assert_eq!(me["email"], email.as_str());
+scenario! {
+    async fn families_are_independent(backend) {
+        let app = spawn_app(backend).await;
+        let (email, a) = app.signed_in().await;
+        let b = tokens(app.login(&email, crate::helpers::PASSWORD).await).await;
+        assert_ne!(segment(&a.access, 1)["sid"], segment(&b.access, 1)["sid"]);
+        tokens(app.refresh(&a.refresh).await).await;
+        app.advance(Duration::from_secs(11));
+        assert_invalid_grant(app.refresh(&a.refresh).await, "reused").await;
+        // The other device's session lives on.
+        let b2 = tokens(app.refresh(&b.refresh).await).await;
+        let me: Value = app.me(&b2.access).await.json().await.unwrap();
+        assert_eq!(me["email"], email.as_str());
+    }
 }

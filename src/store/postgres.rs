@@ -1,0 +1,486 @@
+//! The PostgreSQL store, for production and for several instances sharing one database.
+//!
+//! - Transactions run at READ COMMITTED. The rotation is decided by its first
+//!   statement, a conditional `UPDATE ... WHERE consumed_at IS NULL ... RETURNING`: the
+//!   row lock makes concurrent uses of one token wait, and once the winner commits the
+//!   others re-check the condition and find the token consumed, so exactly one
+//!   successor is ever inserted (and `parent_hash UNIQUE` would refuse a second).
+//! - A serialization failure or deadlock (neither expected at this isolation level)
+//!   is retried a few times, never shown to a client.
+//! - A database that cannot be reached, or does not answer within the acquire timeout,
+//!   is `Unavailable`: the API answers 503.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{FromRow, Postgres, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{
+    FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Store, StoreError,
+    UserWithHash, refused_after_revoke,
+};
+use crate::crypto::refresh::TokenHash;
+use crate::domain::family::{
+    Decision, GrantRejection, PresentedToken, RefreshPolicy, RevokeReason,
+};
+use crate::domain::user::User;
+
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_CONNECTIONS: u32 = 16;
+const ATTEMPTS: usize = 3;
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to `url` and applies the migrations (several instances starting together
+    /// are serialised by the migrator's advisory lock).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await
+            .map_err(classify)?;
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Other(sqlx::Error::Migrate(Box::new(e))))?;
+        Ok(Self { pool })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(classify)
+    }
+}
+
+fn classify(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        // Class 08: connection exceptions; 57P0x: the server is shutting down;
+        // 53xxx: out of resources (too many connections).
+        sqlx::Error::Database(db)
+            if db.code().is_some_and(|c| {
+                c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
+            }) =>
+        {
+            StoreError::Unavailable(e)
+        }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
+        _ => StoreError::Other(e),
+    }
+}
+
+/// A serialization failure or a deadlock: the transaction may simply be run again.
+fn retryable(e: &StoreError) -> bool {
+    match e {
+        StoreError::Other(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40001" | "40P01"))
+        }
+        _ => false,
+    }
+}
+
+#[derive(FromRow)]
+struct UserRecord {
+    id: Uuid,
+    email: String,
+    password_hash: String,
+    created_at: OffsetDateTime,
+    disabled_at: Option<OffsetDateTime>,
+}
+
+impl UserRecord {
+    fn user(&self) -> User {
+        User {
+            id: self.id,
+            email: self.email.clone(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct FamilyRecord {
+    id: Uuid,
+    user_id: Uuid,
+    client_id: String,
+    scope: Option<String>,
+    created_at: OffsetDateTime,
+}
+
+impl From<FamilyRecord> for FamilyInfo {
+    fn from(r: FamilyRecord) -> Self {
+        Self {
+            id: r.id,
+            user_id: r.user_id,
+            client_id: r.client_id,
+            scope: r.scope,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(FromRow)]
+struct PresentedRecord {
+    #[sqlx(flatten)]
+    family: FamilyRecord,
+    last_used_at: OffsetDateTime,
+    revoked_at: Option<OffsetDateTime>,
+    consumed_at: Option<OffsetDateTime>,
+    successor_unused: bool,
+}
+
+const FAMILY_COLUMNS: &str = "f.id, f.user_id, f.client_id, f.scope, f.created_at";
+
+impl PgStore {
+    async fn rotate_once(&self, r: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
+        let (idle_cutoff, absolute_cutoff) = r.policy.cutoffs(r.now);
+        let mut tx = self.begin().await?;
+        let consumed: Option<(Uuid,)> = sqlx::query_as(
+            "UPDATE refresh_tokens SET consumed_at = $1
+             WHERE token_hash = $2 AND consumed_at IS NULL
+               AND family_id IN (SELECT id FROM refresh_families
+                                 WHERE revoked_at IS NULL AND client_id = $3
+                                   AND last_used_at > $4 AND created_at > $5)
+             RETURNING family_id",
+        )
+        .bind(r.now)
+        .bind(&r.presented[..])
+        .bind(r.client_id)
+        .bind(idle_cutoff)
+        .bind(absolute_cutoff)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+
+        if let Some((family_id,)) = consumed {
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_hash, family_id, parent_hash, created_at)
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&r.successor[..])
+            .bind(family_id)
+            .bind(&r.presented[..])
+            .bind(r.now)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+            let family = touch_family(&mut tx, family_id, r.now).await?;
+            tx.commit().await.map_err(classify)?;
+            return Ok(RotateOutcome::Issued {
+                family,
+                replay: false,
+            });
+        }
+
+        let presented: Option<PresentedRecord> = sqlx::query_as(&format!(
+            "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at, t.consumed_at,
+                    EXISTS (SELECT 1 FROM refresh_tokens s
+                            WHERE s.parent_hash = t.token_hash AND s.token_hash = $2
+                              AND s.consumed_at IS NULL) AS successor_unused
+             FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
+             WHERE t.token_hash = $1"
+        ))
+        .bind(&r.presented[..])
+        .bind(&r.successor[..])
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let Some(p) = presented else {
+            tx.rollback().await.map_err(classify)?;
+            return Ok(RotateOutcome::Refused {
+                rejection: GrantRejection::Unknown,
+                family: None,
+                revoked: None,
+            });
+        };
+        let state = PresentedToken {
+            client_id: p.family.client_id.clone(),
+            family_created_at: p.family.created_at,
+            family_last_used_at: p.last_used_at,
+            family_revoked: p.revoked_at.is_some(),
+            consumed_at: p.consumed_at,
+            successor_unused: p.successor_unused,
+        };
+        let family_id = p.family.id;
+        let outcome = match r.policy.decide(r.client_id, &state, r.now) {
+            Decision::GraceReplay => RotateOutcome::Issued {
+                family: touch_family(&mut tx, family_id, r.now).await?,
+                replay: true,
+            },
+            Decision::RevokeFamily(reason) => {
+                let revoked_now = revoke_in_tx(&mut tx, family_id, reason, r.now).await?;
+                refused_after_revoke(reason, revoked_now, p.family.into())
+            }
+            Decision::Refuse(rejection) => RotateOutcome::Refused {
+                rejection,
+                family: Some(p.family.into()),
+                revoked: None,
+            },
+            // The token was live when the update ran but not matched: a concurrent
+            // change between the two statements. Run the whole transaction again.
+            Decision::Rotate => {
+                tx.rollback().await.map_err(classify)?;
+                return Err(StoreError::Retry);
+            }
+        };
+        tx.commit().await.map_err(classify)?;
+        Ok(outcome)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn create_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(user.id)
+        .bind(&user.email)
+        .bind(password_hash)
+        .bind(user.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserWithHash>, StoreError> {
+        let record: Option<UserRecord> = sqlx::query_as(
+            "SELECT id, email, password_hash, created_at, disabled_at FROM users WHERE email = $1",
+        )
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(record.map(|r| UserWithHash {
+            user: r.user(),
+            disabled: r.disabled_at.is_some(),
+            password_hash: r.password_hash,
+        }))
+    }
+
+    async fn create_family(&self, f: &NewFamily) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO refresh_families (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip)
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
+        )
+        .bind(f.id)
+        .bind(f.user_id)
+        .bind(&f.client_id)
+        .bind(&f.scope)
+        .bind(f.created_at)
+        .bind(&f.user_agent)
+        .bind(&f.ip)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(&f.first_token[..])
+        .bind(f.id)
+        .bind(f.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.rotate_once(request).await {
+                Err(e)
+                    if attempt < ATTEMPTS && (matches!(e, StoreError::Retry) || retryable(&e)) =>
+                {
+                    attempt += 1
+                }
+                Err(StoreError::Retry) => {
+                    return Err(StoreError::Corrupt(
+                        "rotation kept racing; giving up".into(),
+                    ));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn revoke_by_token(
+        &self,
+        token: &TokenHash,
+        client_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<RevokeOutcome, StoreError> {
+        let mut tx = self.begin().await?;
+        let found: Option<(Uuid, String, Option<OffsetDateTime>)> = sqlx::query_as(
+            "SELECT f.id, f.client_id, f.revoked_at FROM refresh_tokens t
+             JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = $1",
+        )
+        .bind(&token[..])
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let outcome = match found {
+            None => RevokeOutcome::Unknown,
+            Some((_, owner, _)) if owner != client_id => RevokeOutcome::OtherClient,
+            Some((_, _, Some(_))) => RevokeOutcome::AlreadyRevoked,
+            Some((family_id, _, None)) => {
+                if revoke_in_tx(&mut tx, family_id, RevokeReason::Logout, now).await? {
+                    RevokeOutcome::Revoked(family_info(&mut tx, family_id).await?)
+                } else {
+                    RevokeOutcome::AlreadyRevoked
+                }
+            }
+        };
+        tx.commit().await.map_err(classify)?;
+        Ok(outcome)
+    }
+
+    async fn revoke_family(
+        &self,
+        family_id: Uuid,
+        client_id: &str,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let owned: Option<(Uuid,)> =
+            sqlx::query_as("SELECT id FROM refresh_families WHERE id = $1 AND client_id = $2")
+                .bind(family_id)
+                .bind(client_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify)?;
+        let revoked = match owned {
+            Some((id,)) => revoke_in_tx(&mut tx, id, reason, now).await?,
+            None => false,
+        };
+        tx.commit().await.map_err(classify)?;
+        Ok(revoked)
+    }
+
+    async fn session_user(
+        &self,
+        family_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Option<User>, StoreError> {
+        let record: Option<UserRecord> = sqlx::query_as(
+            "SELECT u.id, u.email, u.password_hash, u.created_at, u.disabled_at
+             FROM refresh_families f JOIN users u ON u.id = f.user_id
+             WHERE f.id = $1 AND f.user_id = $2 AND f.revoked_at IS NULL AND u.disabled_at IS NULL",
+        )
+        .bind(family_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(record.map(|r| r.user()))
+    }
+
+    async fn sweep(
+        &self,
+        policy: &RefreshPolicy,
+        cutoff: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let (idle_cutoff, absolute_cutoff) = policy.cutoffs(cutoff);
+        let deleted = sqlx::query(
+            "DELETE FROM refresh_families
+             WHERE revoked_at <= $1 OR last_used_at <= $2 OR created_at <= $3",
+        )
+        .bind(cutoff)
+        .bind(idle_cutoff)
+        .bind(absolute_cutoff)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        Ok(deleted)
+    }
+}
+
+async fn touch_family(
+    tx: &mut Transaction<'static, Postgres>,
+    family_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<FamilyInfo, StoreError> {
+    let record: FamilyRecord = sqlx::query_as(
+        "UPDATE refresh_families SET last_used_at = GREATEST(last_used_at, $1) WHERE id = $2
+         RETURNING id, user_id, client_id, scope, created_at",
+    )
+    .bind(now)
+    .bind(family_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(classify)?;
+    Ok(record.into())
+}
+
+async fn family_info(
+    tx: &mut Transaction<'static, Postgres>,
+    family_id: Uuid,
+) -> Result<FamilyInfo, StoreError> {
+    let record: FamilyRecord = sqlx::query_as(&format!(
+        "SELECT {FAMILY_COLUMNS} FROM refresh_families f WHERE f.id = $1"
+    ))
+    .bind(family_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(classify)?;
+    Ok(record.into())
+}
+
+/// Revokes a live family and records the event; false when it was already revoked
+/// (possibly by a concurrent request, whose commit this one waited for).
+async fn revoke_in_tx(
+    tx: &mut Transaction<'static, Postgres>,
+    family_id: Uuid,
+    reason: RevokeReason,
+    now: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let revoked: Option<(Uuid, String)> = sqlx::query_as(
+        "UPDATE refresh_families SET revoked_at = $1, revoked_reason = $2
+         WHERE id = $3 AND revoked_at IS NULL RETURNING user_id, client_id",
+    )
+    .bind(now)
+    .bind(reason.code())
+    .bind(family_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(classify)?;
+    let Some((user_id, client_id)) = revoked else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "INSERT INTO audit_events (at, kind, user_id, family_id, client_id, detail)
+         VALUES ($1, 'family_revoked', $2, $3, $4, $5)",
+    )
+    .bind(now)
+    .bind(user_id)
+    .bind(family_id)
+    .bind(client_id)
+    .bind(reason.code())
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    Ok(true)
+}
