@@ -69,6 +69,8 @@ pub struct Settings {
     /// The audience our own endpoints (`/v1/...`) require in an access token.
     pub audience: String,
     pub database_url: String,
+    /// How long a database operation may take before the request answers 503.
+    pub database_timeout: Duration,
     pub data_dir: PathBuf,
     pub keys_dir: PathBuf,
     /// A `tracing` filter, e.g. `info` or `token_issuer=debug`.
@@ -106,6 +108,7 @@ struct FileSettings {
     issuer_url: Option<String>,
     audience: Option<String>,
     database_url: Option<String>,
+    database_timeout: Option<String>,
     data_dir: Option<PathBuf>,
     keys_dir: Option<PathBuf>,
     log: Option<String>,
@@ -137,6 +140,7 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     ("ISSUER_URL", "issuer_url", EnvKind::Text),
     ("ISSUER_AUDIENCE", "audience", EnvKind::Text),
     ("ISSUER_DATABASE_URL", "database_url", EnvKind::Text),
+    ("ISSUER_DATABASE_TIMEOUT", "database_timeout", EnvKind::Text),
     ("ISSUER_DATA_DIR", "data_dir", EnvKind::Text),
     ("ISSUER_KEYS_DIR", "keys_dir", EnvKind::Text),
     ("ISSUER_LOG", "log", EnvKind::Text),
@@ -252,6 +256,10 @@ impl Settings {
             Some(url) => validate_database_url(&url)?,
             None => format!("sqlite://{}", data_dir.join("token-issuer.db").display()),
         };
+        let database_timeout = duration("database_timeout", f.database_timeout, "2s")?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&database_timeout) {
+            return Err(invalid("database_timeout", "must be between 1s and 60s"));
+        }
         let tokens = TokenSettings {
             access_token_lifetime: duration(
                 "access_token_lifetime",
@@ -323,6 +331,7 @@ impl Settings {
             issuer_url,
             audience,
             database_url,
+            database_timeout,
             data_dir,
             keys_dir: f.keys_dir.unwrap_or_else(|| PathBuf::from("keys")),
             log: f.log.unwrap_or_else(|| "info".to_owned()),

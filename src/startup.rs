@@ -21,6 +21,7 @@ use crate::domain::clock::Clock;
 use crate::service::Issuer;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::timeout::TimedStore;
 use crate::store::{Store, StoreError};
 
 /// Largest request body accepted.
@@ -62,8 +63,13 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupEr
         url: redacted_url(url),
         source,
     };
+    let limit = settings.database_timeout;
+    let bounded =
+        |store: Arc<dyn Store>| -> Arc<dyn Store> { Arc::new(TimedStore::new(store, limit)) };
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Arc::new(PgStore::connect(url).await.map_err(failed)?));
+        return Ok(bounded(Arc::new(
+            PgStore::connect(url, limit).await.map_err(failed)?,
+        )));
     }
     let dir = sqlite_path(url)
         .and_then(|path| Path::new(path).parent())
@@ -74,7 +80,9 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupEr
             source,
         })?;
     }
-    Ok(Arc::new(SqliteStore::connect(url).await.map_err(failed)?))
+    Ok(bounded(Arc::new(
+        SqliteStore::connect(url, limit).await.map_err(failed)?,
+    )))
 }
 
 fn sqlite_path(url: &str) -> Option<&str> {

@@ -3,6 +3,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+pub mod timeout;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -26,6 +27,9 @@ pub enum StoreError {
     Other(#[source] sqlx::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The operation did not finish within the configured database timeout.
+    #[error("database did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
     /// A concurrent change between two statements; the transaction is run again.
     #[error("transaction must be retried")]
     Retry,
@@ -34,7 +38,7 @@ pub enum StoreError {
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) => Error::Unavailable(Box::new(e)),
+            StoreError::Unavailable(_) | StoreError::TimedOut(_) => Error::Unavailable(Box::new(e)),
             StoreError::Conflict
             | StoreError::Other(_)
             | StoreError::Corrupt(_)

@@ -10,10 +10,11 @@
 //! - A database that cannot be reached, or does not answer within the acquire timeout,
 //!   is `Unavailable`: the API answers 503.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{FromRow, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -28,7 +29,6 @@ use crate::domain::family::{
 };
 use crate::domain::user::User;
 
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_CONNECTIONS: u32 = 16;
 const ATTEMPTS: usize = 3;
 
@@ -40,11 +40,24 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to `url` and applies the migrations (several instances starting together
     /// are serialised by the migrator's advisory lock).
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Self, StoreError> {
+        // Server-side bounds too: a statement that runs past the timeout is cancelled,
+        // and a session left idle inside a transaction (its client vanished behind a
+        // dead network) is ended, so its row locks cannot block a token for long.
+        let timeout_ms = acquire_timeout.as_millis();
+        let options = PgConnectOptions::from_str(url)
+            .map_err(StoreError::Other)?
+            .options([
+                ("statement_timeout", timeout_ms.to_string()),
+                (
+                    "idle_in_transaction_session_timeout",
+                    (timeout_ms * 3).to_string(),
+                ),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect(url)
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options)
             .await
             .map_err(classify)?;
         sqlx::migrate!("migrations/postgres")
@@ -63,7 +76,7 @@ fn classify(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
         // Class 08: connection exceptions; 57P0x: the server is shutting down;
-        // 53xxx: out of resources (too many connections).
+        // 53xxx: out of resources (too many connections); 57014: statement timeout.
         sqlx::Error::Database(db)
             if db.code().is_some_and(|c| {
                 c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")

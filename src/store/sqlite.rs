@@ -29,7 +29,6 @@ use crate::domain::family::{
 use crate::domain::user::User;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 const READERS: u32 = 4;
 
 /// The SQLite store.
@@ -40,7 +39,7 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` and applies the migrations.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(StoreError::Other)?
             .create_if_missing(true)
@@ -50,7 +49,7 @@ impl SqliteStore {
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(acquire_timeout)
             .connect_with(options.clone())
             .await
             .map_err(classify)?;
@@ -60,7 +59,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Other(sqlx::Error::Migrate(Box::new(e))))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(acquire_timeout)
             .connect_with(options.read_only(true))
             .await
             .map_err(classify)?;

@@ -5,14 +5,14 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, assert_invalid_grant, spawn_app, spawn_app_with, tokens};
+use crate::helpers::{Backend, TestApp, assert_invalid_grant, spawn_app, spawn_app_with, tokens};
 
 const PARALLEL: usize = 50;
 
-/// Fires `PARALLEL` refreshes of one token at once; returns (status, body) of each.
-async fn race(app: &Arc<TestApp>, token: &str) -> Vec<(StatusCode, Value)> {
-    let barrier = Arc::new(tokio::sync::Barrier::new(PARALLEL));
-    let tasks: Vec<_> = (0..PARALLEL)
+/// Fires `parallel` refreshes of one token at once; returns (status, body) of each.
+async fn race(app: &Arc<TestApp>, token: &str, parallel: usize) -> Vec<(StatusCode, Value)> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(parallel));
+    let tasks: Vec<_> = (0..parallel)
         .map(|_| {
             let app = Arc::clone(app);
             let token = token.to_owned();
@@ -47,7 +47,7 @@ scenario! {
     async fn fifty_simultaneous_refreshes_yield_one_successor_with_grace(backend) {
         let app = Arc::new(spawn_app(backend).await);
         let (_, first) = app.signed_in().await;
-        let results = race(&app, &first.refresh).await;
+        let results = race(&app, &first.refresh, PARALLEL).await;
         for (status, body) in &results {
             assert_eq!(
                 *status,
@@ -71,7 +71,7 @@ scenario! {
     async fn fifty_simultaneous_refreshes_without_grace_give_one_success_and_revoke(backend) {
         let app = Arc::new(spawn_app_with(backend, |s| s.tokens.refresh_grace_period = Duration::ZERO).await);
         let (_, first) = app.signed_in().await;
-        let results = race(&app, &first.refresh).await;
+        let results = race(&app, &first.refresh, PARALLEL).await;
         let ok: Vec<_> = results
             .iter()
             .filter(|(s, _)| *s == StatusCode::OK)
@@ -125,4 +125,49 @@ scenario! {
             tokens(app.refresh(&last).await).await;
         }
     }
+}
+
+/// Issue 4: 200 parallel refreshes of one token on PostgreSQL, with and without grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_parallel_refreshes_on_postgres_give_one_successor() {
+    let app = Arc::new(spawn_app(Backend::Postgres).await);
+    let (_, first) = app.signed_in().await;
+    let results = race(&app, &first.refresh, 200).await;
+    for (status, body) in &results {
+        assert_eq!(
+            *status,
+            StatusCode::OK,
+            "no 5xx, no serialization failure: {body}"
+        );
+    }
+    let successors: HashSet<&str> = results
+        .iter()
+        .map(|(_, b)| b["refresh_token"].as_str().unwrap())
+        .collect();
+    assert_eq!(successors.len(), 1, "exactly one successor");
+    tokens(app.refresh(successors.into_iter().next().unwrap()).await).await;
+
+    let app = Arc::new(
+        spawn_app_with(Backend::Postgres, |s| {
+            s.tokens.refresh_grace_period = Duration::ZERO
+        })
+        .await,
+    );
+    let (_, first) = app.signed_in().await;
+    let results = race(&app, &first.refresh, 200).await;
+    let ok = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert_eq!(ok, 1, "exactly one success");
+    let reasons: Vec<&str> = results
+        .iter()
+        .filter(|(s, _)| *s != StatusCode::OK)
+        .map(|(s, b)| {
+            assert_eq!(*s, StatusCode::BAD_REQUEST, "{b}");
+            b["error_reason"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "reused").count(),
+        1,
+        "{reasons:?}"
+    );
 }

@@ -292,7 +292,7 @@ fn postgres_admin_url() -> String {
 }
 
 impl TestDatabase {
-    async fn create() -> Self {
+    pub async fn create() -> Self {
         use sqlx::Connection as _;
         let admin_url = postgres_admin_url();
         let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {

@@ -32,6 +32,7 @@ mod bad_input;
 mod concurrency;
 mod cookie_mode;
 mod discovery;
+mod faults;
 mod forged_tokens;
 mod lifetimes;
 mod openapi;

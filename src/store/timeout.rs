@@ -1,0 +1,102 @@
+//! A store decorator that bounds every operation: a database that stops answering (or
+//! answers too slowly) fails the request with `Unavailable` after `limit`, so the API
+//! answers 503 instead of hanging. A transaction cut short this way is rolled back by
+//! the database: nothing is ever half-written.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{
+    NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Store, StoreError, UserWithHash,
+};
+use crate::crypto::refresh::TokenHash;
+use crate::domain::family::{RefreshPolicy, RevokeReason};
+use crate::domain::user::User;
+
+/// Bounds every call of the inner store by `limit`.
+pub struct TimedStore {
+    inner: Arc<dyn Store>,
+    limit: Duration,
+}
+
+impl TimedStore {
+    pub fn new(inner: Arc<dyn Store>, limit: Duration) -> Self {
+        Self { inner, limit }
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.limit, op)
+            .await
+            .map_err(|_| StoreError::TimedOut(self.limit))?
+    }
+}
+
+#[async_trait]
+impl Store for TimedStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(self.inner.ping()).await
+    }
+
+    async fn create_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError> {
+        self.bounded(self.inner.create_user(user, password_hash))
+            .await
+    }
+
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserWithHash>, StoreError> {
+        self.bounded(self.inner.find_user_by_email(email)).await
+    }
+
+    async fn create_family(&self, family: &NewFamily) -> Result<(), StoreError> {
+        self.bounded(self.inner.create_family(family)).await
+    }
+
+    async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
+        self.bounded(self.inner.rotate(request)).await
+    }
+
+    async fn revoke_by_token(
+        &self,
+        token: &TokenHash,
+        client_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<RevokeOutcome, StoreError> {
+        self.bounded(self.inner.revoke_by_token(token, client_id, now))
+            .await
+    }
+
+    async fn revoke_family(
+        &self,
+        family_id: Uuid,
+        client_id: &str,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.bounded(self.inner.revoke_family(family_id, client_id, reason, now))
+            .await
+    }
+
+    async fn session_user(
+        &self,
+        family_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Option<User>, StoreError> {
+        self.bounded(self.inner.session_user(family_id, user_id))
+            .await
+    }
+
+    async fn sweep(
+        &self,
+        policy: &RefreshPolicy,
+        cutoff: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        self.bounded(self.inner.sweep(policy, cutoff)).await
+    }
+}

@@ -1,0 +1,200 @@
+//! The database stops answering, then comes back: requests answer 503 in time, never
+//! hang or 500, nothing is half-written, and the service recovers by itself. The
+//! database sits behind a TCP proxy the test can cut.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::helpers::{
+    Backend, TestApp, TestDatabase, assert_error, segment, spawn_app_with, tokens,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Bytes flow both ways.
+    Open,
+    /// Connections stay up but nothing is delivered: a database that stopped answering.
+    Blackhole,
+    /// Every connection is closed and new ones are refused at once.
+    Refuse,
+}
+
+struct TcpProxy {
+    port: u16,
+    link: watch::Sender<Link>,
+}
+
+impl TcpProxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (link, watcher) = watch::channel(Link::Open);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if *watcher.borrow() == Link::Refuse {
+                    continue;
+                }
+                tokio::spawn(pipe(client, upstream, watcher.clone()));
+            }
+        });
+        Self { port, link }
+    }
+
+    fn set(&self, link: Link) {
+        self.link.send_replace(link);
+    }
+}
+
+async fn pipe(client: TcpStream, upstream: SocketAddr, link: watch::Receiver<Link>) {
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let mut refused = link.clone();
+    tokio::select! {
+        () = forward(client_read, server_write, link.clone()) => {}
+        () = forward(server_read, client_write, link) => {}
+        _ = refused.wait_for(|l| *l == Link::Refuse) => {}
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut link: watch::Receiver<Link>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if link.wait_for(|l| *l != Link::Blackhole).await.is_err() || *link.borrow() == Link::Refuse
+        {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn upstream_and_proxied_url(url: &str, proxy_port: u16) -> (SocketAddr, String) {
+    let mut parsed = url::Url::parse(url).unwrap();
+    let host = parsed.host_str().unwrap().to_owned();
+    let port = parsed.port().unwrap_or(5432);
+    let upstream = format!(
+        "{}:{port}",
+        if host == "localhost" {
+            "127.0.0.1"
+        } else {
+            &host
+        }
+    )
+    .parse()
+    .unwrap();
+    parsed.set_port(Some(proxy_port)).unwrap();
+    (upstream, parsed.to_string())
+}
+
+/// Unconsumed tokens of a family, read straight from the database (not through the proxy).
+async fn live_tokens(database_url: &str, sid: &str) -> i64 {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM refresh_tokens WHERE family_id = $1::uuid AND consumed_at IS NULL",
+    )
+    .bind(sid)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    n
+}
+
+/// Retries a refresh until the database answers again; every answer meanwhile is a 503.
+async fn refresh_until_recovered(app: &TestApp, token: &str) -> crate::helpers::Tokens {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = app.refresh(token).await;
+        if resp.status() == StatusCode::OK {
+            return tokens(resp).await;
+        }
+        assert!(Instant::now() < deadline, "the service did not recover");
+        assert_error(
+            resp,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            None,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Asserts a 503 `temporarily_unavailable` that came within the database timeout
+/// (2 s) plus a margin: the request neither hung nor failed with a 500.
+async fn assert_unavailable_in_time(started: Instant, resp: reqwest::Response) {
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+    assert_eq!(resp.headers()["retry-after"], "2");
+    assert_error(
+        resp,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        None,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_that_stops_answering_gives_503_in_time_and_the_service_recovers() {
+    let database = TestDatabase::create().await;
+    let (upstream, _) = upstream_and_proxied_url(&database.url, 0);
+    let proxy = TcpProxy::start(upstream).await;
+    let (_, proxied) = upstream_and_proxied_url(&database.url, proxy.port);
+    // The SQLite default is replaced by the proxied PostgreSQL database.
+    let app = spawn_app_with(Backend::Sqlite, |s| s.database_url = proxied).await;
+    let (email, first) = app.signed_in().await;
+    let sid = segment(&first.access, 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let current = tokens(app.refresh(&first.refresh).await).await;
+
+    // The database stops answering: every kind of request gets its 503 in time.
+    proxy.set(Link::Blackhole);
+    let started = Instant::now();
+    assert_unavailable_in_time(started, app.refresh(&current.refresh).await).await;
+    let started = Instant::now();
+    assert_unavailable_in_time(started, app.login(&email, crate::helpers::PASSWORD).await).await;
+    let started = Instant::now();
+    let resp = app.me(&current.access).await;
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Back: the service recovers by itself. The token whose rotation was cut is either
+    // still live (rolled back) or answered by the grace window: never lost, never forked.
+    proxy.set(Link::Open);
+    let next = refresh_until_recovered(&app, &current.refresh).await;
+    assert_eq!(live_tokens(&database.url, &sid).await, 1);
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+
+    // Connections refused outright: 503 at once, and recovery again.
+    proxy.set(Link::Refuse);
+    let started = Instant::now();
+    assert_unavailable_in_time(started, app.refresh(&next.refresh).await).await;
+    proxy.set(Link::Open);
+    let last = refresh_until_recovered(&app, &next.refresh).await;
+    assert_eq!(live_tokens(&database.url, &sid).await, 1);
+    assert_eq!(app.me(&last.access).await.status(), StatusCode::OK);
+}
