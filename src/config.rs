@@ -71,6 +71,16 @@ pub struct Settings {
     pub database_url: String,
     /// How long a database operation may take before the request answers 503.
     pub database_timeout: Duration,
+    /// Redis for the shared fast state (deny-list, revocation events, rate limits);
+    /// `None` keeps it in-process (one instance).
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel, so several deployments (or tests) can
+    /// share one Redis.
+    pub redis_key_prefix: String,
+    pub limits: RateLimits,
+    /// Take the client IP from the last `X-Forwarded-For` entry (behind one trusted
+    /// load balancer) instead of the TCP peer.
+    pub trust_forwarded_for: bool,
     pub data_dir: PathBuf,
     pub keys_dir: PathBuf,
     /// A `tracing` filter, e.g. `info` or `token_issuer=debug`.
@@ -92,6 +102,24 @@ pub struct TokenSettings {
     pub clock_leeway: Duration,
 }
 
+/// A rate limit: at most `max` requests per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max: u32,
+    pub window: Duration,
+}
+
+/// Rate limits; `None` turns one off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Password grants per client IP.
+    pub login_per_ip: Option<RateLimit>,
+    /// Password grants per account (e-mail address, known or not).
+    pub login_per_account: Option<RateLimit>,
+    /// Refresh grants per session (family).
+    pub refresh_per_family: Option<RateLimit>,
+}
+
 /// Bounds on password hashing, so a login flood cannot take every core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HashingSettings {
@@ -109,6 +137,12 @@ struct FileSettings {
     audience: Option<String>,
     database_url: Option<String>,
     database_timeout: Option<String>,
+    redis_url: Option<String>,
+    redis_key_prefix: Option<String>,
+    rate_limit_login_per_ip: Option<String>,
+    rate_limit_login_per_account: Option<String>,
+    rate_limit_refresh_per_family: Option<String>,
+    trust_forwarded_for: Option<bool>,
     data_dir: Option<PathBuf>,
     keys_dir: Option<PathBuf>,
     log: Option<String>,
@@ -141,6 +175,28 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     ("ISSUER_AUDIENCE", "audience", EnvKind::Text),
     ("ISSUER_DATABASE_URL", "database_url", EnvKind::Text),
     ("ISSUER_DATABASE_TIMEOUT", "database_timeout", EnvKind::Text),
+    ("ISSUER_REDIS_URL", "redis_url", EnvKind::Text),
+    ("ISSUER_REDIS_KEY_PREFIX", "redis_key_prefix", EnvKind::Text),
+    (
+        "ISSUER_RATE_LIMIT_LOGIN_PER_IP",
+        "rate_limit_login_per_ip",
+        EnvKind::Text,
+    ),
+    (
+        "ISSUER_RATE_LIMIT_LOGIN_PER_ACCOUNT",
+        "rate_limit_login_per_account",
+        EnvKind::Text,
+    ),
+    (
+        "ISSUER_RATE_LIMIT_REFRESH_PER_FAMILY",
+        "rate_limit_refresh_per_family",
+        EnvKind::Text,
+    ),
+    (
+        "ISSUER_TRUST_FORWARDED_FOR",
+        "trust_forwarded_for",
+        EnvKind::Bool,
+    ),
     ("ISSUER_DATA_DIR", "data_dir", EnvKind::Text),
     ("ISSUER_KEYS_DIR", "keys_dir", EnvKind::Text),
     ("ISSUER_LOG", "log", EnvKind::Text),
@@ -260,6 +316,37 @@ impl Settings {
         if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&database_timeout) {
             return Err(invalid("database_timeout", "must be between 1s and 60s"));
         }
+        let redis_url = f
+            .redis_url
+            .filter(|u| !u.trim().is_empty())
+            .map(|u| validate_redis_url(&u))
+            .transpose()?;
+        let redis_key_prefix = f
+            .redis_key_prefix
+            .unwrap_or_else(|| "token-issuer:".to_owned());
+        if redis_key_prefix.len() > 64 || redis_key_prefix.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                "redis_key_prefix",
+                "must be at most 64 characters, without spaces",
+            ));
+        }
+        let limits = RateLimits {
+            login_per_ip: rate_limit(
+                "rate_limit_login_per_ip",
+                f.rate_limit_login_per_ip,
+                "30/1m",
+            )?,
+            login_per_account: rate_limit(
+                "rate_limit_login_per_account",
+                f.rate_limit_login_per_account,
+                "10/1m",
+            )?,
+            refresh_per_family: rate_limit(
+                "rate_limit_refresh_per_family",
+                f.rate_limit_refresh_per_family,
+                "30/1m",
+            )?,
+        };
         let tokens = TokenSettings {
             access_token_lifetime: duration(
                 "access_token_lifetime",
@@ -332,6 +419,10 @@ impl Settings {
             audience,
             database_url,
             database_timeout,
+            redis_url,
+            redis_key_prefix,
+            limits,
+            trust_forwarded_for: f.trust_forwarded_for.unwrap_or(false),
             data_dir,
             keys_dir: f.keys_dir.unwrap_or_else(|| PathBuf::from("keys")),
             log: f.log.unwrap_or_else(|| "info".to_owned()),
@@ -471,6 +562,42 @@ fn validate_database_url(raw: &str) -> Result<String, ConfigError> {
             "expected sqlite://path/to/file.db or postgres://user@host:5432/database",
         ))
     }
+}
+
+fn validate_redis_url(raw: &str) -> Result<String, ConfigError> {
+    match url::Url::parse(raw) {
+        Ok(url) if url.scheme() == "redis" && url.host().is_some() => Ok(raw.to_owned()),
+        _ => Err(invalid(
+            "redis_url",
+            "expected redis://[:password@]host:6379[/db]",
+        )),
+    }
+}
+
+/// `"N/duration"` (`"30/1m"`), or `"off"`.
+fn rate_limit(
+    setting: &str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Option<RateLimit>, ConfigError> {
+    let raw = value.unwrap_or_else(|| default.to_owned());
+    if raw.trim() == "off" {
+        return Ok(None);
+    }
+    let parsed = raw.split_once('/').and_then(|(max, window)| {
+        let max = max.trim().parse::<u32>().ok().filter(|m| *m > 0)?;
+        let window = parse_duration(window.trim())
+            .filter(|w| (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(w))?;
+        Some(RateLimit { max, window })
+    });
+    parsed.map(Some).ok_or_else(|| {
+        invalid(
+            setting,
+            format!(
+                "{raw:?}: expected requests/window such as \"30/1m\" (window 1s to 1d), or \"off\""
+            ),
+        )
+    })
 }
 
 /// A database URL as it may be logged: the password, if any, replaced by `***`.
@@ -684,6 +811,46 @@ mod tests {
             "database_url"
         );
         assert_eq!(redacted_url("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+
+    #[test]
+    fn rate_limits_and_redis_are_checked() {
+        let s = load(None, &[]).unwrap();
+        assert_eq!(s.redis_url, None);
+        assert_eq!(
+            s.limits.login_per_account,
+            Some(RateLimit {
+                max: 10,
+                window: Duration::from_secs(60)
+            })
+        );
+        let s = load(
+            None,
+            &[
+                ("ISSUER_RATE_LIMIT_LOGIN_PER_IP", "off"),
+                ("ISSUER_RATE_LIMIT_REFRESH_PER_FAMILY", "5/10s"),
+                ("ISSUER_REDIS_URL", "redis://:pw@cache.internal:6379/2"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.limits.login_per_ip, None);
+        assert_eq!(
+            s.limits.refresh_per_family,
+            Some(RateLimit {
+                max: 5,
+                window: Duration::from_secs(10)
+            })
+        );
+        assert_eq!(
+            redacted_url(s.redis_url.as_deref().unwrap()),
+            "redis://:***@cache.internal:6379/2"
+        );
+        for bad in ["0/1m", "10", "10/2w", "ten/1m", "5/0"] {
+            let err = load(None, &[("ISSUER_RATE_LIMIT_LOGIN_PER_IP", bad)]).unwrap_err();
+            assert_eq!(err.setting, "rate_limit_login_per_ip", "{bad}");
+        }
+        let err = load(None, &[("ISSUER_REDIS_URL", "http://cache:6379")]).unwrap_err();
+        assert_eq!(err.setting, "redis_url");
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub enum Error {
     RegistrationDisabled,
     #[error("not found")]
     NotFound,
+    /// A rate limit is reached; try again after the duration.
+    #[error("rate limited")]
+    RateLimited(std::time::Duration),
     /// Too many requests wait for a password hash; try again shortly.
     #[error("overloaded")]
     Overloaded,

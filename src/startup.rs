@@ -12,7 +12,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server
 use tracing::Instrument as _;
 
 use crate::api::error::{ApiError, Problem};
-use crate::api::make_openapi_service;
+use crate::api::{ClientIp, make_openapi_service};
 use crate::config::{Settings, redacted_url};
 use crate::crypto::keys::{KeyError, KeySet};
 use crate::crypto::refresh::SuccessorKey;
@@ -20,6 +20,8 @@ use crate::domain::client::Delivery;
 use crate::domain::clock::Clock;
 use crate::service::Issuer;
 use crate::store::postgres::PgStore;
+use crate::store::redis::RedisLink;
+use crate::store::shared::SharedState;
 use crate::store::sqlite::SqliteStore;
 use crate::store::timeout::TimedStore;
 use crate::store::{Store, StoreError};
@@ -51,8 +53,34 @@ pub enum StartupError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("redis {url}: {source}")]
+    Redis {
+        url: String,
+        source: redis::RedisError,
+    },
     #[error("{0}")]
     Other(#[from] crate::error::Error),
+}
+
+/// The shared fast state: on Redis when `redis_url` is set (connected lazily, so a Redis
+/// that is down at start-up is picked up when it comes), in-process otherwise.
+pub fn open_shared(settings: &Settings) -> Result<Arc<SharedState>, StartupError> {
+    let redis = match &settings.redis_url {
+        Some(url) => {
+            tracing::info!(url = %redacted_url(url), prefix = %settings.redis_key_prefix, "using redis for the deny-list, revocation events and rate limits");
+            Some(
+                RedisLink::new(url, &settings.redis_key_prefix).map_err(|source| {
+                    StartupError::Redis {
+                        url: redacted_url(url),
+                        source,
+                    }
+                })?,
+            )
+        }
+        None => None,
+    };
+    let deny_ttl = settings.tokens.access_token_lifetime + settings.tokens.clock_leeway;
+    Ok(Arc::new(SharedState::new(redis, deny_ttl)))
 }
 
 /// Opens the store the database URL names (`sqlite:` or `postgres://`), creating the
@@ -98,6 +126,8 @@ pub struct Application {
     issuer: Arc<Issuer>,
     acceptor: TcpAcceptor,
     port: u16,
+    store: Arc<dyn Store>,
+    shared: Arc<SharedState>,
     endpoint: poem::endpoint::BoxEndpoint<'static, Response>,
 }
 
@@ -112,9 +142,11 @@ impl Application {
             tracing::info!(dir = %settings.keys_dir.display(), kid = %keys.active().kid, "loaded signing keys");
         }
         let successors = SuccessorKey::load_or_create(&settings.keys_dir)?;
+        let shared = open_shared(settings)?;
         let issuer = Arc::new(Issuer::new(
             settings,
-            store,
+            Arc::clone(&store),
+            Arc::clone(&shared),
             Arc::new(keys),
             successors,
             clock,
@@ -134,6 +166,8 @@ impl Application {
         Ok(Self {
             acceptor,
             port,
+            store,
+            shared,
             endpoint: app(Arc::clone(&issuer), settings),
             issuer,
         })
@@ -149,9 +183,12 @@ impl Application {
         Arc::clone(&self.issuer)
     }
 
-    /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish. The sweeper
-    /// of ended sessions runs alongside, hourly.
+    /// Serves until SIGINT or SIGTERM, then stops accepting, lets in-flight requests
+    /// finish (at most `SHUTDOWN_GRACE`) and closes the database connections. The
+    /// sweeper of ended sessions (hourly) and the Redis health check and revocation
+    /// subscriber run alongside.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let background = self.shared.start();
         let issuer = Arc::clone(&self.issuer);
         let sweeper = tokio::spawn(async move {
             let mut every = tokio::time::interval(SWEEP_INTERVAL);
@@ -166,6 +203,11 @@ impl Application {
             .run_with_graceful_shutdown(self.endpoint, shutdown_signal(), Some(SHUTDOWN_GRACE))
             .await;
         sweeper.abort();
+        for task in background {
+            task.abort();
+        }
+        self.store.close().await;
+        tracing::info!("stopped");
         served
     }
 }
@@ -211,10 +253,36 @@ pub fn app(
         Some(cors) => inner.with(cors).boxed(),
         None => inner.boxed(),
     };
+    let trust_forwarded_for = settings.trust_forwarded_for;
     with_cors
         .catch_all_error(render_error)
+        .around(move |ep, mut req| async move {
+            let ip = client_ip(&req, trust_forwarded_for);
+            if let Some(ip) = ip {
+                req.extensions_mut().insert(ClientIp(ip));
+            }
+            ep.call(req).await
+        })
         .around(observe)
         .boxed()
+}
+
+/// The client's address: the TCP peer, or behind a trusted load balancer the last
+/// `X-Forwarded-For` entry (the address the balancer saw; earlier entries are the
+/// client's own claims, never trusted).
+fn client_ip(req: &Request, trust_forwarded_for: bool) -> Option<std::net::IpAddr> {
+    let forwarded = trust_forwarded_for
+        .then(|| {
+            req.headers()
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .next_back()
+                .and_then(|entry| entry.trim().parse::<std::net::IpAddr>().ok())
+        })
+        .flatten();
+    forwarded.or_else(|| req.remote_addr().as_socket_addr().map(|a| a.ip()))
 }
 
 /// CORS for the configured origins only (none configured: no CORS at all), with

@@ -51,6 +51,9 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The request body is over 64 KiB.
     PayloadTooLarge,
+    /// A rate limit is reached (per IP or per account on login, per session on
+    /// refresh); retry after `Retry-After` seconds.
+    RateLimited,
     /// The database or the password-hashing pool is unavailable; retry after `Retry-After`.
     TemporarilyUnavailable,
     /// An unexpected failure; it is logged with the request id.
@@ -112,6 +115,8 @@ pub enum Kind {
     NotFound,
     Conflict,
     PayloadTooLarge,
+    /// 429, with the seconds to wait.
+    TooManyRequests(u32),
     Unavailable,
     Internal,
 }
@@ -148,6 +153,7 @@ impl Problem {
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -277,6 +283,16 @@ impl From<Error> for Problem {
                 "self-registration is disabled",
             ),
             Error::NotFound => Self::new(Kind::NotFound, C::NotFound, "not found"),
+            Error::RateLimited(wait) => {
+                let secs = u32::try_from(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+                    .unwrap_or(u32::MAX)
+                    .max(1);
+                Self::new(
+                    Kind::TooManyRequests(secs),
+                    C::RateLimited,
+                    "too many requests; retry after the Retry-After delay",
+                )
+            }
             Error::Overloaded => Self::new(
                 Kind::Unavailable,
                 C::TemporarilyUnavailable,
@@ -324,6 +340,13 @@ pub enum OAuthError {
     /// `payload_too_large`.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
+    /// `rate_limited`: retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(
+        Json<ErrorBody>,
+        #[oai(header = "Retry-After")] u32,
+        #[oai(header = "Cache-Control")] String,
+    ),
     /// `temporarily_unavailable`: retry after `Retry-After` seconds.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
@@ -341,6 +364,7 @@ impl From<Problem> for OAuthError {
             }
             Kind::Unauthorized => Self::Unauthorized(body, no_store(), "no-cache".into()),
             Kind::PayloadTooLarge => Self::PayloadTooLarge(body),
+            Kind::TooManyRequests(secs) => Self::TooManyRequests(body, secs, no_store()),
             Kind::Unavailable => Self::Unavailable(body, RETRY_AFTER_SECS),
             Kind::Internal => Self::Internal(body),
         }
@@ -384,6 +408,9 @@ pub enum ApiError {
     /// `payload_too_large`.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
+    /// `rate_limited`: retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
     /// `temporarily_unavailable`: retry after `Retry-After` seconds.
     #[oai(status = 503)]
     Unavailable(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
@@ -416,6 +443,7 @@ impl From<Problem> for ApiError {
             Kind::NotFound => Self::NotFound(body),
             Kind::Conflict => Self::Conflict(body),
             Kind::PayloadTooLarge => Self::PayloadTooLarge(body),
+            Kind::TooManyRequests(secs) => Self::TooManyRequests(body, secs),
             Kind::Unavailable => Self::Unavailable(body, RETRY_AFTER_SECS),
             Kind::Internal => Self::Internal(body),
         }

@@ -17,11 +17,16 @@ pub struct Health {
     /// The database: `ok` or `unreachable` (readiness only).
     #[oai(skip_serializing_if_is_none)]
     pub database: Option<String>,
+    /// Redis: `ok`, `degraded` (unreachable: the service works on with per-instance
+    /// rate limits and database revocation checks) or `disabled` (not configured).
+    /// Readiness only; never makes the service unready.
+    #[oai(skip_serializing_if_is_none)]
+    pub redis: Option<String>,
 }
 
 #[derive(ApiResponse)]
 pub enum ReadyResponse {
-    /// The database answers.
+    /// The database answers (Redis may be degraded).
     #[oai(status = 200)]
     Ready(Json<Health>),
     /// The database does not answer.
@@ -39,16 +44,20 @@ impl HealthApi {
         Json(Health {
             status: "ok".into(),
             database: None,
+            redis: None,
         })
     }
 
-    /// Readiness: the database answers a query.
+    /// Readiness: the database answers a query. Redis is reported, but a Redis that is
+    /// down does not make the service unready.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, issuer: Data<&Arc<Issuer>>) -> ReadyResponse {
+        let redis = Some(issuer.redis_status().as_str().to_owned());
         match issuer.ready().await {
             Ok(()) => ReadyResponse::Ready(Json(Health {
                 status: "ready".into(),
                 database: Some("ok".into()),
+                redis,
             })),
             Err(e) => {
                 tracing::warn!(error = %e, "readiness check failed");
@@ -56,6 +65,7 @@ impl HealthApi {
                     Json(Health {
                         status: "unavailable".into(),
                         database: Some("unreachable".into()),
+                        redis,
                     }),
                     2,
                 )

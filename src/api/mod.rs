@@ -66,6 +66,11 @@ pub fn openapi_json() -> String {
     make_openapi_service().spec()
 }
 
+/// The client's address, as the start-up middleware decided it (the TCP peer, or the
+/// trusted load balancer's `X-Forwarded-For`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub std::net::IpAddr);
+
 /// Who is asking: peer address, user agent, the browser's `Origin`, the CSRF header and
 /// the refresh cookie.
 fn request_meta(req: &Request, refresh_cookie: Option<String>, csrf_header: bool) -> RequestMeta {
@@ -77,9 +82,9 @@ fn request_meta(req: &Request, refresh_cookie: Option<String>, csrf_header: bool
     };
     RequestMeta {
         ip: req
-            .remote_addr()
-            .as_socket_addr()
-            .map(|a| a.ip().to_string()),
+            .extensions()
+            .get::<ClientIp>()
+            .map(|ip| ip.0.to_string()),
         user_agent: header("user-agent"),
         browser: BrowserContext {
             origin: header("origin"),

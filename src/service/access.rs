@@ -16,7 +16,9 @@ pub struct Principal {
 
 impl Issuer {
     /// Verifies a bearer token for our own audience and checks that its family is still
-    /// live in the store, so the access tokens of a revoked family are refused at once.
+    /// live, so the access tokens of a revoked family are refused at once: the local
+    /// deny-list, the Redis deny-list, the session cache, then the database (see
+    /// `store::shared`).
     pub async fn authenticate(&self, token: &str) -> Result<Principal, Error> {
         let claims =
             self.verifier
@@ -25,8 +27,24 @@ impl Issuer {
             Uuid::parse_str(&claims.sid).map_err(|_| Error::InvalidToken("sid is not ours"))?;
         let sub =
             Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken("sub is not ours"))?;
+        if self.shared.denied_locally(sid) {
+            return Err(Error::InvalidToken("session revoked"));
+        }
+        match self.shared.denied_in_redis(sid).await {
+            Some(true) => return Err(Error::InvalidToken("session revoked")),
+            Some(false) => {
+                if let Some(user) = self.shared.cached_session(sid).filter(|u| u.id == sub) {
+                    return Ok(Principal { claims, user });
+                }
+            }
+            None => {}
+        }
+        let epoch = self.shared.cache_epoch();
         match self.store.session_user(sid, sub).await? {
-            Some(user) => Ok(Principal { claims, user }),
+            Some(user) => {
+                self.shared.remember_session(sid, &user, epoch);
+                Ok(Principal { claims, user })
+            }
             None => Err(Error::InvalidToken("session revoked")),
         }
     }

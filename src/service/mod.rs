@@ -7,6 +7,7 @@ pub mod users;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::config::RateLimits;
 use crate::config::Settings;
 use crate::crypto::jwt::Verifier;
 use crate::crypto::keys::{Jwk, KeySet};
@@ -17,6 +18,7 @@ use crate::domain::clock::Clock;
 use crate::domain::family::RefreshPolicy;
 use crate::error::Error;
 use crate::store::Store;
+use crate::store::shared::{RedisStatus, SharedState};
 
 /// How long an ended session is kept before the sweeper deletes it.
 pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(86_400);
@@ -24,6 +26,8 @@ pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(86_
 /// The issuer: configuration, keys, store and clock.
 pub struct Issuer {
     pub(crate) store: Arc<dyn Store>,
+    pub(crate) shared: Arc<SharedState>,
+    pub(crate) limits: RateLimits,
     pub(crate) keys: Arc<KeySet>,
     pub(crate) verifier: Verifier,
     pub(crate) hasher: PasswordHasher,
@@ -41,6 +45,7 @@ impl Issuer {
     pub fn new(
         settings: &Settings,
         store: Arc<dyn Store>,
+        shared: Arc<SharedState>,
         keys: Arc<KeySet>,
         successors: SuccessorKey,
         clock: Arc<dyn Clock>,
@@ -53,6 +58,8 @@ impl Issuer {
             ),
             hasher: PasswordHasher::new(settings.password_hashing)?,
             store,
+            shared,
+            limits: settings.limits,
             keys,
             successors,
             clock,
@@ -107,5 +114,10 @@ impl Issuer {
     /// Readiness: the database answers.
     pub async fn ready(&self) -> Result<(), Error> {
         self.store.ping().await.map_err(Error::from)
+    }
+
+    /// Redis: off, ok, or degraded (the service works on without it).
+    pub fn redis_status(&self) -> RedisStatus {
+        self.shared.redis_status()
     }
 }

@@ -13,6 +13,7 @@ use crate::domain::family::{GrantRejection, RevokeReason};
 use crate::domain::secret::Secret;
 use crate::domain::user::{check_password_size, normalize_email};
 use crate::error::Error;
+use crate::store::shared::LimitKind;
 use crate::store::{FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest};
 
 /// The parameters of a token request, as sent (form or JSON). Empty values count as
@@ -103,6 +104,20 @@ impl Issuer {
             .ok_or_else(|| Error::InvalidRequest("password is required".into()))?;
         check_password_size(password.expose())
             .map_err(|_| Error::InvalidRequest("password is too long".into()))?;
+        // Before any lookup or hash: a flood costs neither the database nor a core.
+        if let (Some(limit), Some(ip)) = (self.limits.login_per_ip, meta.ip.as_deref()) {
+            self.shared
+                .hit(LimitKind::LoginIp, ip, limit)
+                .await
+                .map_err(Error::RateLimited)?;
+        }
+        if let Some(limit) = self.limits.login_per_account {
+            let account = normalize_email(&username).unwrap_or_else(|_| username.to_lowercase());
+            self.shared
+                .hit(LimitKind::LoginAccount, &account, limit)
+                .await
+                .map_err(Error::RateLimited)?;
+        }
         // An unknown or malformed username runs the same hash as a wrong password.
         let user = match normalize_email(&username) {
             Ok(email) => self.store.find_user_by_email(&email).await?,
@@ -164,12 +179,22 @@ impl Issuer {
         if presented.expose().len() > refresh::MAX_TOKEN_LEN {
             return Err(Error::InvalidRequest("refresh_token is too long".into()));
         }
+        let presented_hash = refresh::hash(&presented);
+        // Counted before the token is consumed, so a refused request leaves it usable.
+        if let Some(limit) = self.limits.refresh_per_family
+            && let Some(family) = self.store.family_of(&presented_hash).await?
+        {
+            self.shared
+                .hit(LimitKind::RefreshFamily, &family.to_string(), limit)
+                .await
+                .map_err(Error::RateLimited)?;
+        }
         let successor = self.successors.successor(&presented);
         let now = self.now();
         let outcome = self
             .store
             .rotate(&RotateRequest {
-                presented: refresh::hash(&presented),
+                presented: presented_hash,
                 successor: refresh::hash(&successor),
                 client_id: &client.id,
                 now,
@@ -199,6 +224,7 @@ impl Issuer {
                         client_id = %client.id,
                         ip = ?meta.ip,
                     );
+                    self.shared.revoked(f.id).await;
                 }
                 Err(Error::InvalidGrant(rejection))
             }
@@ -275,6 +301,7 @@ impl Issuer {
             {
                 RevokeOutcome::Revoked(f) => {
                     tracing::info!(target: "security", event = "family_revoked", reason = "logout", sid = %f.id, user_id = %f.user_id, client_id = %client.id);
+                    self.shared.revoked(f.id).await;
                 }
                 RevokeOutcome::OtherClient => {
                     return Err(Error::UnauthorizedClient(
@@ -299,6 +326,7 @@ impl Issuer {
                     .await?
             {
                 tracing::info!(target: "security", event = "family_revoked", reason = "logout", sid = %sid, client_id = %client.id);
+                self.shared.revoked(sid).await;
             }
         }
         Ok(Revoked { clear_cookie })

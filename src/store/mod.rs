@@ -2,6 +2,8 @@
 //! record of users, refresh-token families and tokens.
 
 pub mod postgres;
+pub mod redis;
+pub mod shared;
 pub mod sqlite;
 pub mod timeout;
 
@@ -137,6 +139,9 @@ pub trait Store: Send + Sync + 'static {
     /// Answers when the database can be queried.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Closes the connections (shutdown): waits for the ones in use to come back.
+    async fn close(&self);
+
     /// Inserts a user; `Conflict` when the e-mail is taken.
     async fn create_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError>;
 
@@ -148,6 +153,9 @@ pub trait Store: Send + Sync + 'static {
     /// Rotates, replays within grace, or refuses (revoking the family on reuse), in one
     /// transaction decided by a conditional update.
     async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError>;
+
+    /// The family a refresh token belongs to (for the per-family rate limit), used or not.
+    async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError>;
 
     /// Revokes the family of a refresh token if it belongs to `client_id`.
     async fn revoke_by_token(

@@ -254,6 +254,10 @@ impl PgStore {
 
 #[async_trait]
 impl Store for PgStore {
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
@@ -367,6 +371,16 @@ impl Store for PgStore {
         };
         tx.commit().await.map_err(classify)?;
         Ok(outcome)
+    }
+
+    async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {
+        let row: Option<(Uuid,)> =
+            sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+                .bind(&token[..])
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify)?;
+        Ok(row.map(|(id,)| id))
     }
 
     async fn revoke_family(

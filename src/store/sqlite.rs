@@ -162,6 +162,11 @@ const FAMILY_COLUMNS: &str = "f.id, f.user_id, f.client_id, f.scope, f.created_a
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)
@@ -360,6 +365,17 @@ impl Store for SqliteStore {
         };
         tx.commit().await.map_err(classify)?;
         Ok(outcome)
+    }
+
+    async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = ?1")
+                .bind(&token[..])
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(classify)?;
+        row.map(|(id,)| Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
     }
 
     async fn revoke_family(

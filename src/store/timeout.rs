@@ -41,6 +41,11 @@ impl TimedStore {
 
 #[async_trait]
 impl Store for TimedStore {
+    async fn close(&self) {
+        // Bounded too: a connection stuck on a dead database must not hold up the exit.
+        let _ = tokio::time::timeout(self.limit, self.inner.close()).await;
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.bounded(self.inner.ping()).await
     }
@@ -60,6 +65,10 @@ impl Store for TimedStore {
 
     async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
         self.bounded(self.inner.rotate(request)).await
+    }
+
+    async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {
+        self.bounded(self.inner.family_of(token)).await
     }
 
     async fn revoke_by_token(

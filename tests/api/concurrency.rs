@@ -11,10 +11,20 @@ const PARALLEL: usize = 50;
 
 /// Fires `parallel` refreshes of one token at once; returns (status, body) of each.
 async fn race(app: &Arc<TestApp>, token: &str, parallel: usize) -> Vec<(StatusCode, Value)> {
+    race_across(std::slice::from_ref(app), token, parallel).await
+}
+
+/// Fires `parallel` refreshes of one token at once, spread round-robin over `apps`
+/// (instances sharing one database); returns (status, body) of each.
+pub async fn race_across(
+    apps: &[Arc<TestApp>],
+    token: &str,
+    parallel: usize,
+) -> Vec<(StatusCode, Value)> {
     let barrier = Arc::new(tokio::sync::Barrier::new(parallel));
     let tasks: Vec<_> = (0..parallel)
-        .map(|_| {
-            let app = Arc::clone(app);
+        .map(|i| {
+            let app = Arc::clone(&apps[i % apps.len()]);
             let token = token.to_owned();
             let barrier = Arc::clone(&barrier);
             tokio::spawn(async move {

@@ -17,7 +17,8 @@ use token_issuer::startup::Application;
 pub const PASSWORD: &str = "a sound passphrase";
 pub const SPA_ORIGIN: &str = "http://localhost:5173";
 
-/// The store a test runs against.
+/// The store a test runs against: the embedded default (SQLite, in-process shared
+/// state) or the production setup (PostgreSQL and Redis).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -48,7 +49,9 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 /// Spawns the server with the development settings, changed by `configure`, on a fresh
-/// SQLite file or a fresh PostgreSQL database.
+/// SQLite file, or on a fresh PostgreSQL database with Redis under a fresh key prefix.
+/// The per-family refresh limit is off (tests rotate one family hundreds of times);
+/// the rate-limit tests turn it on.
 pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
     TRACING.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
@@ -69,6 +72,8 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         Backend::Postgres => {
             let db = TestDatabase::create().await;
             settings.database_url = db.url.clone();
+            settings.redis_url = Some(test_redis_url().await);
+            settings.redis_key_prefix = unique_redis_prefix();
             Some(db)
         }
     };
@@ -79,6 +84,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         allowed_origins: Vec::new(),
         audiences: vec![settings.audience.clone()],
     });
+    settings.limits.refresh_per_family = None;
     configure(&mut settings);
     let clock = Arc::new(ManualClock::default());
     let app = Application::build(&settings, clock.clone())
@@ -100,6 +106,18 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         _database: database,
         _dir: dir,
     }
+}
+
+/// Another instance of `first`'s deployment: the same database, Redis prefix and key
+/// directory, its own port and clock.
+pub async fn spawn_instance_like(first: &TestApp) -> TestApp {
+    let shared = first.settings.clone();
+    spawn_app_with(Backend::Sqlite, move |settings| {
+        let bind = settings.bind;
+        *settings = shared;
+        settings.bind = bind;
+    })
+    .await
 }
 
 pub fn unique_email() -> String {
@@ -276,6 +294,61 @@ pub fn set_cookie_headers(resp: &Response) -> Vec<String> {
         .iter()
         .map(|v| v.to_str().unwrap().to_owned())
         .collect()
+}
+
+/// `ISSUER_TEST_REDIS_URL`, or the local Redis; fails with one line when it does not
+/// answer (no silent skip).
+pub async fn test_redis_url() -> String {
+    let url = std::env::var("ISSUER_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let answered = async {
+        let client = redis::Client::open(url.as_str()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .ok()
+    };
+    if tokio::time::timeout(Duration::from_secs(2), answered)
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        panic!(
+            "Redis does not answer at {url}; start it (`service redis-server start`) or set ISSUER_TEST_REDIS_URL"
+        );
+    }
+    url
+}
+
+/// A Redis key prefix of one test, so parallel tests never see each other's keys.
+pub fn unique_redis_prefix() -> String {
+    format!("issuer-test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// Polls `/readyz` until Redis is reported as `want` (`ok` or `degraded`).
+pub async fn wait_for_redis(app: &TestApp, want: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let body: Value = app
+            .http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["redis"] == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis never became {want}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A PostgreSQL database made for one test and dropped after it.

@@ -31,15 +31,22 @@ fn binary(dir: &std::path::Path) -> Command {
         .env_remove("ISSUER_DATABASE_URL")
         .env_remove("ISSUER_KEYS_DIR")
         .env_remove("ISSUER_DATA_DIR")
+        .env_remove("ISSUER_REDIS_URL")
         .env("NO_COLOR", "1");
     cmd
 }
 
 /// Starts the binary in `dir` on an ephemeral port and waits for it to listen.
 fn start(dir: &std::path::Path, log_filter: &str) -> Running {
+    start_with(dir, log_filter, &[])
+}
+
+/// `start`, with more environment variables.
+fn start_with(dir: &std::path::Path, log_filter: &str, env: &[(&str, &str)]) -> Running {
     let mut child = binary(dir)
         .env("ISSUER_BIND", "127.0.0.1:0")
         .env("ISSUER_LOG", log_filter)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -201,4 +208,237 @@ fn an_invalid_configuration_stops_start_up_with_one_line_naming_the_setting() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("acces_token_lifetime"), "{stderr}");
+}
+
+/// Limits off: these tests log in and rotate far faster than a person.
+const NO_LIMITS: [(&str, &str); 3] = [
+    ("ISSUER_RATE_LIMIT_LOGIN_PER_IP", "off"),
+    ("ISSUER_RATE_LIMIT_LOGIN_PER_ACCOUNT", "off"),
+    ("ISSUER_RATE_LIMIT_REFRESH_PER_FAMILY", "off"),
+];
+
+async fn post_form(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Result<reqwest::Response> {
+    http.post(format!("{base}{path}")).form(form).send().await
+}
+
+async fn register_and_login(
+    http: &reqwest::Client,
+    base: &str,
+    email: &str,
+    logins: usize,
+) -> Vec<String> {
+    let resp = http
+        .post(format!("{base}/v1/users"))
+        .json(&serde_json::json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let mut refresh_tokens = Vec::new();
+    for _ in 0..logins {
+        let body: Value = post_form(
+            http,
+            base,
+            "/oauth/token",
+            &[
+                ("grant_type", "password"),
+                ("client_id", "dev"),
+                ("username", email),
+                ("password", PASSWORD),
+            ],
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        refresh_tokens.push(body["refresh_token"].as_str().unwrap().to_owned());
+    }
+    refresh_tokens
+}
+
+/// For every family not revoked: how many unconsumed tokens it has.
+async fn live_tokens_per_family(database_url: &str) -> Vec<(String, i64)> {
+    use sqlx::Connection as _;
+    let query = "SELECT CAST(f.id AS TEXT),
+                        (SELECT COUNT(*) FROM refresh_tokens t
+                         WHERE t.family_id = f.id AND t.consumed_at IS NULL)
+                 FROM refresh_families f WHERE f.revoked_at IS NULL";
+    if database_url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+        sqlx::query_as(query).fetch_all(&mut conn).await.unwrap()
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(database_url).await.unwrap();
+        sqlx::query_as(query).fetch_all(&mut conn).await.unwrap()
+    }
+}
+
+/// Issue 4: SIGKILL in the middle of a stream of rotations, on both stores. Every
+/// family keeps exactly one live refresh token, and every client's last token (or its
+/// grace successor) still works after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kill_9_in_the_middle_of_rotations_leaves_every_family_whole() {
+    const FAMILIES: usize = 16;
+    let postgres = crate::helpers::TestDatabase::create().await;
+    for database_url in [None, Some(postgres.url.clone())] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = NO_LIMITS.to_vec();
+        if let Some(url) = &database_url {
+            env.push(("ISSUER_DATABASE_URL", url));
+        }
+        let mut server = start_with(dir.path(), "info", &env);
+        let base = format!("http://127.0.0.1:{}", server.port);
+        let http = reqwest::Client::new();
+        let chains = register_and_login(&http, &base, &unique_email(), FAMILIES).await;
+        let latest: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(chains));
+        let rotations = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let workers: Vec<_> = (0..FAMILIES)
+            .map(|i| {
+                let (latest, rotations, base) =
+                    (Arc::clone(&latest), Arc::clone(&rotations), base.clone());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::new();
+                    loop {
+                        let token = latest.lock().unwrap()[i].clone();
+                        let form = [
+                            ("grant_type", "refresh_token"),
+                            ("client_id", "dev"),
+                            ("refresh_token", token.as_str()),
+                        ];
+                        let Ok(resp) = post_form(&http, &base, "/oauth/token", &form).await else {
+                            return; // the server is gone
+                        };
+                        let Ok(body) = resp.json::<Value>().await else {
+                            return;
+                        };
+                        let next = body["refresh_token"]
+                            .as_str()
+                            .unwrap_or_else(|| panic!("{body}"));
+                        latest.lock().unwrap()[i] = next.to_owned();
+                        rotations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        while rotations.load(std::sync::atomic::Ordering::Relaxed) < 200 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.child.kill().unwrap(); // SIGKILL
+        server.child.wait().unwrap();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+
+        let url = database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                dir.path().join("data/token-issuer.db").display()
+            )
+        });
+        let families = live_tokens_per_family(&url).await;
+        assert_eq!(
+            families.len(),
+            FAMILIES,
+            "a family was lost or revoked: {families:?}"
+        );
+        for (family, live) in &families {
+            assert_eq!(*live, 1, "family {family} has {live} live tokens");
+        }
+
+        // Restarted, every client carries on from the last token it saw: either that
+        // token is still live, or its rotation committed and the grace window answers
+        // with the same successor.
+        let server = start_with(dir.path(), "info", &env);
+        let base = format!("http://127.0.0.1:{}", server.port);
+        let last = latest.lock().unwrap().clone();
+        for token in &last {
+            let form = [
+                ("grant_type", "refresh_token"),
+                ("client_id", "dev"),
+                ("refresh_token", token.as_str()),
+            ];
+            let resp = post_form(&http, &base, "/oauth/token", &form)
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.status(),
+                StatusCode::OK,
+                "{}",
+                resp.text().await.unwrap()
+            );
+        }
+        let families = live_tokens_per_family(&url).await;
+        assert_eq!(families.len(), FAMILIES);
+        assert!(families.iter().all(|(_, live)| *live == 1), "{families:?}");
+    }
+}
+
+/// Issue 4: SIGTERM lets the requests in flight finish, then the process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_finishes_the_requests_in_flight_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = NO_LIMITS.to_vec();
+    // One hashing thread: the logins queue, so some are in flight at the signal.
+    env.push(("ISSUER_PASSWORD_HASH_CONCURRENCY", "1"));
+    let mut server = start_with(dir.path(), "info", &env);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let http = reqwest::Client::new();
+    let email = unique_email();
+    register_and_login(&http, &base, &email, 0).await;
+    let logins: Vec<_> = (0..6)
+        .map(|_| {
+            let (http, base, email) = (http.clone(), base.clone(), email.clone());
+            tokio::spawn(async move {
+                let form = [
+                    ("grant_type", "password"),
+                    ("client_id", "dev"),
+                    ("username", email.as_str()),
+                    ("password", PASSWORD),
+                ];
+                let resp = post_form(&http, &base, "/oauth/token", &form).await;
+                (resp, std::time::Instant::now())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let signalled = std::time::Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut after_signal = 0;
+    for login in logins {
+        let (resp, done) = login.await.unwrap();
+        let resp = resp.expect("an in-flight request is answered");
+        assert_eq!(resp.status(), StatusCode::OK);
+        after_signal += usize::from(done > signalled);
+    }
+    assert!(after_signal > 0, "no request was in flight at the signal");
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(15),
+            "still running after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.contains("shutting down") && log.contains("stopped"),
+        "{log}"
+    );
+    assert!(
+        http.get(format!("{base}/healthz")).send().await.is_err(),
+        "nothing listens after the exit"
+    );
 }

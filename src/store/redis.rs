@@ -1,0 +1,183 @@
+//! The Redis link: deny-list keys, revocation events and rate-limit counters, every
+//! call bounded by `OP_TIMEOUT`. Redis is never the only record of anything: a failed
+//! call reports `None` and the caller falls back (to the database for revocation, to
+//! in-process counters for rate limits).
+//!
+//! Keys (all under the configured prefix):
+//! - `deny:<sid>`: a revoked family, with a TTL equal to the longest remaining life of
+//!   its access tokens;
+//! - `rl:<kind>:<hash>`: a fixed-window counter (the IP, e-mail or family is hashed, so
+//!   no personal data sits in Redis);
+//! - channel `revocations`: the `sid` of every family revoked, for the other instances'
+//!   caches.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use uuid::Uuid;
+
+/// The longest a Redis call may take before it counts as failed.
+pub const OP_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Counts a hit in a fixed window: `{count, milliseconds left}`.
+const HIT_SCRIPT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {n, ttl}
+";
+
+/// A lazily connected Redis with automatic reconnection.
+pub struct RedisLink {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    healthy: AtomicBool,
+    hit: redis::Script,
+}
+
+impl RedisLink {
+    /// Prepares the link without connecting: a Redis that is down at start-up is
+    /// picked up when it comes.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(Self {
+            client,
+            conn,
+            prefix: prefix.to_owned(),
+            healthy: AtomicBool::new(false),
+            hit: redis::Script::new(HIT_SCRIPT),
+        })
+    }
+
+    /// Whether the last call (or health check) succeeded.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Records the outcome of a call, logging the transitions.
+    pub fn set_healthy(&self, ok: bool) {
+        let was = self.healthy.swap(ok, Ordering::AcqRel);
+        match (was, ok) {
+            (true, false) => tracing::warn!(
+                "redis unreachable: rate limits are per instance and revocation checks use the database until it is back"
+            ),
+            (false, true) => tracing::info!("redis connected"),
+            _ => {}
+        }
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    /// The revocation-events channel.
+    pub fn channel(&self) -> String {
+        self.key("revocations")
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+        what: &'static str,
+    ) -> Option<T> {
+        match tokio::time::timeout(OP_TIMEOUT, call).await {
+            Ok(Ok(value)) => {
+                self.set_healthy(true);
+                Some(value)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, op = what, "redis call failed");
+                self.set_healthy(false);
+                None
+            }
+            Err(_) => {
+                tracing::debug!(op = what, "redis call timed out");
+                self.set_healthy(false);
+                None
+            }
+        }
+    }
+
+    /// `PING`; updates the health flag.
+    pub async fn ping(&self) -> bool {
+        let mut conn = self.conn.clone();
+        self.bounded(redis::cmd("PING").query_async::<String>(&mut conn), "ping")
+            .await
+            .is_some()
+    }
+
+    /// Puts `sid` on the deny-list for `ttl` and announces it on the channel.
+    pub async fn deny(&self, sid: Uuid, ttl: Duration) -> bool {
+        let mut conn = self.conn.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.key(&format!("deny:{sid}")))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(sid.to_string())
+            .ignore();
+        self.bounded(pipe.query_async::<()>(&mut conn), "deny")
+            .await
+            .is_some()
+    }
+
+    /// Whether `sid` is on the deny-list; `None` when Redis did not answer.
+    pub async fn is_denied(&self, sid: Uuid) -> Option<bool> {
+        let mut conn = self.conn.clone();
+        self.bounded(
+            redis::cmd("EXISTS")
+                .arg(self.key(&format!("deny:{sid}")))
+                .query_async::<bool>(&mut conn),
+            "is_denied",
+        )
+        .await
+    }
+
+    /// Counts a hit on `key` in a window of `window`: the count so far and the time
+    /// left in the window; `None` when Redis did not answer.
+    pub async fn hit(&self, key: &str, window: Duration) -> Option<(u64, Duration)> {
+        let mut conn = self.conn.clone();
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let mut invocation = self.hit.key(self.key(key));
+        invocation.arg(window_ms);
+        let (count, left_ms): (u64, i64) = self
+            .bounded(invocation.invoke_async(&mut conn), "rate_limit")
+            .await?;
+        Some((
+            count,
+            Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)),
+        ))
+    }
+
+    /// A dedicated connection subscribed to the revocation channel.
+    pub async fn subscribe(&self) -> Option<PubSub> {
+        let channel = self.channel();
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(OP_TIMEOUT * 3, connect).await {
+            Ok(Ok(pubsub)) => Some(pubsub),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "redis subscription failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}

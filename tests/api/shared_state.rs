@@ -1,0 +1,235 @@
+//! Rate limits and the Redis-backed shared state: 429 with `Retry-After`, limits shared
+//! across instances, and a Redis that goes away and comes back.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use token_issuer::config::RateLimit;
+
+use crate::helpers::{
+    Backend, PASSWORD, TestApp, assert_error, segment, spawn_app_with, spawn_instance_like,
+    test_redis_url, tokens, unique_email, wait_for_redis,
+};
+use crate::proxy::{Link, TcpProxy, upstream_and_proxied_url};
+
+fn per_minute(max: u32) -> Option<RateLimit> {
+    Some(RateLimit {
+        max,
+        window: Duration::from_secs(60),
+    })
+}
+
+/// Asserts a 429 `rate_limited` with a `Retry-After` of 1 to `window` seconds; returns it.
+async fn assert_rate_limited(resp: reqwest::Response, window: u64) -> u64 {
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=window).contains(&retry_after), "{retry_after}");
+    assert_error(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited", None).await;
+    retry_after
+}
+
+async fn login_from(app: &TestApp, forwarded_for: &str, email: &str) -> reqwest::Response {
+    app.http
+        .post(app.url("/oauth/token"))
+        .header("x-forwarded-for", forwarded_for)
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", "dev"),
+            ("username", email),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_login_limit_per_account_is_shared_by_the_instances() {
+    let a = spawn_app_with(Backend::Postgres, |s| {
+        s.limits.login_per_account = per_minute(3);
+        s.limits.login_per_ip = None;
+    })
+    .await;
+    let b = spawn_instance_like(&a).await;
+    wait_for_redis(&a, "ok").await;
+    wait_for_redis(&b, "ok").await;
+    let (email, _) = a.signed_in().await; // attempt 1, on a
+    assert_eq!(
+        b.login(&email, "not the password!").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    tokens(b.login(&email, PASSWORD).await).await; // attempt 3, on b
+    assert_rate_limited(a.login(&email, PASSWORD).await, 60).await;
+    assert_rate_limited(b.login(&email, PASSWORD).await, 60).await;
+    // Another account is not affected; an unknown one is counted all the same.
+    a.signed_in().await;
+    let unknown = unique_email();
+    for _ in 0..3 {
+        assert_eq!(
+            b.login(&unknown, PASSWORD).await.status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+    assert_rate_limited(a.login(&unknown, PASSWORD).await, 60).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_limit_per_ip_counts_the_address_the_trusted_balancer_saw() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.trust_forwarded_for = true;
+        s.limits.login_per_ip = per_minute(2);
+        s.limits.login_per_account = None;
+    })
+    .await;
+    let (email, _) = app.signed_in().await; // from 127.0.0.1
+    for _ in 0..2 {
+        tokens(login_from(&app, "203.0.113.7", &email).await).await;
+    }
+    assert_rate_limited(login_from(&app, "203.0.113.7", &email).await, 60).await;
+    // Only the last entry counts: what the client claims before it is ignored.
+    assert_rate_limited(
+        login_from(&app, "198.51.100.1, 203.0.113.7", &email).await,
+        60,
+    )
+    .await;
+    tokens(login_from(&app, "203.0.113.7, 198.51.100.1", &email).await).await;
+}
+
+scenario! {
+    async fn the_refresh_limit_per_family_refuses_before_consuming(backend) {
+        let app = spawn_app_with(backend, |s| {
+            s.limits.refresh_per_family = Some(RateLimit {
+                max: 2,
+                window: Duration::from_secs(2),
+            });
+        })
+        .await;
+        if backend == Backend::Postgres {
+            wait_for_redis(&app, "ok").await;
+        }
+        let (_, first) = app.signed_in().await;
+        let second = tokens(app.refresh(&first.refresh).await).await;
+        let third = tokens(app.refresh(&second.refresh).await).await;
+        let wait = assert_rate_limited(app.refresh(&third.refresh).await, 2).await;
+        // Another session of the same user is not limited.
+        let (_, other) = app.signed_in().await;
+        tokens(app.refresh(&other.refresh).await).await;
+        // The refused token was not consumed: after the window it rotates.
+        tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(200)).await;
+        tokens(app.refresh(&third.refresh).await).await;
+    }
+}
+
+async fn me_status(app: &TestApp, access: &str) -> StatusCode {
+    app.me(access).await.status()
+}
+
+async fn readyz(app: &TestApp) -> (StatusCode, Value) {
+    let resp = app.http.get(app.url("/readyz")).send().await.unwrap();
+    (resp.status(), resp.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_redis_the_service_works_on_and_picks_redis_up_when_it_returns() {
+    let redis_url = test_redis_url().await;
+    let (upstream, _) = upstream_and_proxied_url(&redis_url, 0);
+    let proxy = TcpProxy::start(upstream).await;
+    let (_, proxied) = upstream_and_proxied_url(&redis_url, proxy.port);
+    let a = spawn_app_with(Backend::Postgres, |s| {
+        s.redis_url = Some(proxied);
+        s.limits.login_per_account = per_minute(3);
+    })
+    .await;
+    let b = spawn_instance_like(&a).await;
+    wait_for_redis(&a, "ok").await;
+    wait_for_redis(&b, "ok").await;
+    let (_, before) = a.signed_in().await;
+    assert_eq!(me_status(&b, &before.access).await, StatusCode::OK);
+
+    for cut in [Link::Refuse, Link::Blackhole] {
+        proxy.set(cut);
+        wait_for_redis(&a, "degraded").await;
+        wait_for_redis(&b, "degraded").await;
+        let (status, body) = readyz(&a).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "Redis down is not the service down: {body}"
+        );
+        assert_eq!(body["database"], "ok");
+
+        // Logins and refreshes work from the database, in time.
+        let started = Instant::now();
+        let (_, during) = b.signed_in().await;
+        let next = tokens(a.refresh(&during.refresh).await).await;
+        assert_eq!(me_status(&b, &next.access).await, StatusCode::OK);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // A revocation through one instance is refused by the other: the database
+        // decides while Redis is away.
+        let resp = a
+            .post_form(
+                "/oauth/revoke",
+                &[("client_id", "dev"), ("token", &next.refresh)],
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(me_status(&b, &next.access).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(me_status(&a, &next.access).await, StatusCode::UNAUTHORIZED);
+
+        // Rate limits fall back to each instance's own counters.
+        let fresh = unique_email();
+        for _ in 0..3 {
+            assert_eq!(
+                a.login(&fresh, PASSWORD).await.status(),
+                StatusCode::BAD_REQUEST
+            );
+        }
+        assert_rate_limited(a.login(&fresh, PASSWORD).await, 60).await;
+
+        // Redis comes back: picked up without a restart, and the revocation made while
+        // it was away is on its deny-list now.
+        proxy.set(Link::Open);
+        wait_for_redis(&a, "ok").await;
+        wait_for_redis(&b, "ok").await;
+        let sid = segment(&next.access, 1)["sid"].as_str().unwrap().to_owned();
+        let key = format!("{}deny:{sid}", a.settings.redis_key_prefix);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let client = redis::Client::open(redis_url.as_str()).unwrap();
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let listed: bool = redis::cmd("EXISTS")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if listed {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the revocation never reached redis"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // And the shared state works again: a revocation on b is refused by a at once.
+    let (_, after) = a.signed_in().await;
+    assert_eq!(me_status(&a, &after.access).await, StatusCode::OK);
+    let resp = b
+        .post_form(
+            "/oauth/revoke",
+            &[("client_id", "dev"), ("token", &after.refresh)],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(me_status(&a, &after.access).await, StatusCode::UNAUTHORIZED);
+}
