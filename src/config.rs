@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -78,9 +78,9 @@ pub struct Settings {
     /// share one Redis.
     pub redis_key_prefix: String,
     pub limits: RateLimits,
-    /// Take the client IP from the last `X-Forwarded-For` entry (behind one trusted
-    /// load balancer) instead of the TCP peer.
-    pub trust_forwarded_for: bool,
+    /// Load balancers whose `X-Forwarded-For` is believed: the client IP is the
+    /// rightmost address in it that is not one of them.
+    pub trusted_proxies: Vec<Cidr>,
     pub data_dir: PathBuf,
     pub keys_dir: PathBuf,
     /// A `tracing` filter, e.g. `info` or `token_issuer=debug`.
@@ -100,6 +100,55 @@ pub struct TokenSettings {
     /// Zero disables the grace window: any second use of a token is a reuse.
     pub refresh_grace_period: Duration,
     pub clock_leeway: Duration,
+}
+
+/// An address range, `10.0.0.0/8` or `2001:db8::/32`; a bare address is a range of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (addr, prefix) = match raw.split_once('/') {
+            Some((addr, prefix)) => (
+                addr.parse::<IpAddr>().ok()?,
+                Some(prefix.parse::<u8>().ok()?),
+            ),
+            None => (raw.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self {
+            network: addr,
+            prefix,
+        })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
+            if prefix == 0 {
+                0
+            } else {
+                bits >> (width - prefix)
+            }
+        }
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u32::from(net).into(), self.prefix, 32)
+                    == masked(u32::from(ip).into(), self.prefix, 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                masked(u128::from(net), self.prefix, 128)
+                    == masked(u128::from(ip), self.prefix, 128)
+            }
+            (IpAddr::V6(net), IpAddr::V4(ip)) | (IpAddr::V4(ip), IpAddr::V6(net)) => {
+                // An IPv4 peer seen through a dual-stack socket, or the reverse.
+                net.to_ipv4_mapped().is_some_and(|n| n == ip) && self.prefix >= 96
+            }
+        }
+    }
 }
 
 /// A rate limit: at most `max` requests per `window`.
@@ -142,7 +191,7 @@ struct FileSettings {
     rate_limit_login_per_ip: Option<String>,
     rate_limit_login_per_account: Option<String>,
     rate_limit_refresh_per_family: Option<String>,
-    trust_forwarded_for: Option<bool>,
+    trusted_proxies: Option<String>,
     data_dir: Option<PathBuf>,
     keys_dir: Option<PathBuf>,
     log: Option<String>,
@@ -192,11 +241,7 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
         "rate_limit_refresh_per_family",
         EnvKind::Text,
     ),
-    (
-        "ISSUER_TRUST_FORWARDED_FOR",
-        "trust_forwarded_for",
-        EnvKind::Bool,
-    ),
+    ("ISSUER_TRUSTED_PROXIES", "trusted_proxies", EnvKind::Text),
     ("ISSUER_DATA_DIR", "data_dir", EnvKind::Text),
     ("ISSUER_KEYS_DIR", "keys_dir", EnvKind::Text),
     ("ISSUER_LOG", "log", EnvKind::Text),
@@ -422,7 +467,22 @@ impl Settings {
             redis_url,
             redis_key_prefix,
             limits,
-            trust_forwarded_for: f.trust_forwarded_for.unwrap_or(false),
+            trusted_proxies: f
+                .trusted_proxies
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(|r| {
+                    Cidr::parse(r).ok_or_else(|| {
+                        invalid(
+                            "trusted_proxies",
+                            format!("{r:?} is not an address or range such as 10.0.0.0/8"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
             data_dir,
             keys_dir: f.keys_dir.unwrap_or_else(|| PathBuf::from("keys")),
             log: f.log.unwrap_or_else(|| "info".to_owned()),
@@ -851,6 +911,32 @@ mod tests {
         }
         let err = load(None, &[("ISSUER_REDIS_URL", "http://cache:6379")]).unwrap_err();
         assert_eq!(err.setting, "redis_url");
+    }
+
+    #[test]
+    fn trusted_proxies_are_ranges() {
+        let s = load(
+            None,
+            &[(
+                "ISSUER_TRUSTED_PROXIES",
+                "10.0.0.0/8, 192.168.1.7 ,2001:db8::/32",
+            )],
+        )
+        .unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted = |addr: &str| s.trusted_proxies.iter().any(|r| r.contains(ip(addr)));
+        assert!(trusted("10.200.3.4"));
+        assert!(!trusted("11.0.0.1"));
+        assert!(trusted("192.168.1.7"));
+        assert!(!trusted("192.168.1.8"));
+        assert!(trusted("2001:db8:ffff::1"));
+        assert!(!trusted("2001:db9::1"));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        for bad in ["10.0.0.0/33", "10.0.0/8", "example.com", "::/129"] {
+            let err = load(None, &[("ISSUER_TRUSTED_PROXIES", bad)]).unwrap_err();
+            assert_eq!(err.setting, "trusted_proxies", "{bad}");
+        }
+        assert!(load(None, &[]).unwrap().trusted_proxies.is_empty());
     }
 
     #[test]

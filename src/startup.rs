@@ -1,6 +1,7 @@
 //! Builds the application from `Settings`, binds, serves, and shuts down gracefully.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use tracing::Instrument as _;
 
 use crate::api::error::{ApiError, Problem};
 use crate::api::{ClientIp, make_openapi_service};
-use crate::config::{Settings, redacted_url};
+use crate::config::{Cidr, Settings, redacted_url};
 use crate::crypto::keys::{KeyError, KeySet};
 use crate::crypto::refresh::SuccessorKey;
 use crate::domain::client::Delivery;
@@ -64,7 +65,10 @@ pub enum StartupError {
 
 /// The shared fast state: on Redis when `redis_url` is set (connected lazily, so a Redis
 /// that is down at start-up is picked up when it comes), in-process otherwise.
-pub fn open_shared(settings: &Settings) -> Result<Arc<SharedState>, StartupError> {
+pub fn open_shared(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+) -> Result<Arc<SharedState>, StartupError> {
     let redis = match &settings.redis_url {
         Some(url) => {
             tracing::info!(url = %redacted_url(url), prefix = %settings.redis_key_prefix, "using redis for the deny-list, revocation events and rate limits");
@@ -80,7 +84,7 @@ pub fn open_shared(settings: &Settings) -> Result<Arc<SharedState>, StartupError
         None => None,
     };
     let deny_ttl = settings.tokens.access_token_lifetime + settings.tokens.clock_leeway;
-    Ok(Arc::new(SharedState::new(redis, deny_ttl)))
+    Ok(Arc::new(SharedState::new(redis, store, deny_ttl)))
 }
 
 /// Opens the store the database URL names (`sqlite:` or `postgres://`), creating the
@@ -142,7 +146,7 @@ impl Application {
             tracing::info!(dir = %settings.keys_dir.display(), kid = %keys.active().kid, "loaded signing keys");
         }
         let successors = SuccessorKey::load_or_create(&settings.keys_dir)?;
-        let shared = open_shared(settings)?;
+        let shared = open_shared(settings, Arc::clone(&store))?;
         let issuer = Arc::new(Issuer::new(
             settings,
             Arc::clone(&store),
@@ -253,36 +257,60 @@ pub fn app(
         Some(cors) => inner.with(cors).boxed(),
         None => inner.boxed(),
     };
-    let trust_forwarded_for = settings.trust_forwarded_for;
+    let trusted: Arc<[Cidr]> = settings.trusted_proxies.clone().into();
     with_cors
         .catch_all_error(render_error)
-        .around(move |ep, mut req| async move {
-            let ip = client_ip(&req, trust_forwarded_for);
-            if let Some(ip) = ip {
-                req.extensions_mut().insert(ClientIp(ip));
+        .around(move |ep, mut req| {
+            let trusted = Arc::clone(&trusted);
+            async move {
+                if let Some(ip) = client_ip(&req, &trusted) {
+                    req.extensions_mut().insert(ClientIp(ip));
+                }
+                ep.call(req).await
             }
-            ep.call(req).await
         })
         .around(observe)
         .boxed()
 }
 
-/// The client's address: the TCP peer, or behind a trusted load balancer the last
-/// `X-Forwarded-For` entry (the address the balancer saw; earlier entries are the
-/// client's own claims, never trusted).
-fn client_ip(req: &Request, trust_forwarded_for: bool) -> Option<std::net::IpAddr> {
-    let forwarded = trust_forwarded_for
-        .then(|| {
-            req.headers()
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .next_back()
-                .and_then(|entry| entry.trim().parse::<std::net::IpAddr>().ok())
-        })
-        .flatten();
-    forwarded.or_else(|| req.remote_addr().as_socket_addr().map(|a| a.ip()))
+/// The client's address: the TCP peer, unless the peer is a trusted proxy; then
+/// `X-Forwarded-For` is walked from the right, past the trusted proxies, to the first
+/// address that is not one (earlier entries are the client's own claims, never
+/// believed). An entry that does not parse stops the walk at the last address known.
+fn client_ip(req: &Request, trusted: &[Cidr]) -> Option<IpAddr> {
+    let peer = req.remote_addr().as_socket_addr().map(|a| a.ip())?;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|range| range.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let entries: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        if !is_trusted(client) {
+            break;
+        }
+        match parse_forwarded_address(entry) {
+            Some(ip) => client = ip,
+            None => break,
+        }
+    }
+    Some(client)
+}
+
+/// `203.0.113.7`, `203.0.113.7:4711`, `2001:db8::1` or `[2001:db8::1]:4711`.
+fn parse_forwarded_address(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
 }
 
 /// CORS for the configured origins only (none configured: no CORS at all), with

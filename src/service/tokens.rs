@@ -111,10 +111,12 @@ impl Issuer {
                 .await
                 .map_err(Error::RateLimited)?;
         }
+        // Per account, failures are counted: an account that failed too often is
+        // refused, the right password included, until the window ends.
+        let account = normalize_email(&username).unwrap_or_else(|_| username.to_lowercase());
         if let Some(limit) = self.limits.login_per_account {
-            let account = normalize_email(&username).unwrap_or_else(|_| username.to_lowercase());
             self.shared
-                .hit(LimitKind::LoginAccount, &account, limit)
+                .check(LimitKind::LoginAccount, &account, limit)
                 .await
                 .map_err(Error::RateLimited)?;
         }
@@ -127,6 +129,13 @@ impl Issuer {
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         if !self.hasher.verify(password, hash).await? {
             tracing::info!(target: "security", event = "login_failed", client_id = %client.id, ip = ?meta.ip);
+            if let Some(limit) = self.limits.login_per_account {
+                // Over the limit or not, the answer to this attempt stays the same.
+                let _ = self
+                    .shared
+                    .hit(LimitKind::LoginAccount, &account, limit)
+                    .await;
+            }
             return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials));
         }
         let Some(user) = user else {
@@ -224,6 +233,12 @@ impl Issuer {
                         client_id = %client.id,
                         ip = ?meta.ip,
                     );
+                }
+                // Revoked by this request or an earlier one (whose announcement may
+                // have been cut short): announcing again is harmless.
+                if let Some(f) = &family
+                    && matches!(rejection, GrantRejection::Revoked | GrantRejection::Reused)
+                {
                     self.shared.revoked(f.id).await;
                 }
                 Err(Error::InvalidGrant(rejection))
@@ -308,7 +323,8 @@ impl Issuer {
                         "the token was issued to another client",
                     ));
                 }
-                RevokeOutcome::AlreadyRevoked | RevokeOutcome::Unknown => {}
+                RevokeOutcome::AlreadyRevoked(sid) => self.shared.revoked(sid).await,
+                RevokeOutcome::Unknown => {}
             }
         } else if let Ok(claims) = self
             .verifier
@@ -319,13 +335,15 @@ impl Issuer {
                     "the token was issued to another client",
                 ));
             }
-            if let Ok(sid) = Uuid::parse_str(&claims.sid)
-                && self
+            if let Ok(sid) = Uuid::parse_str(&claims.sid) {
+                if self
                     .store
                     .revoke_family(sid, &client.id, RevokeReason::Logout, now)
                     .await?
-            {
-                tracing::info!(target: "security", event = "family_revoked", reason = "logout", sid = %sid, client_id = %client.id);
+                {
+                    tracing::info!(target: "security", event = "family_revoked", reason = "logout", sid = %sid, client_id = %client.id);
+                }
+                // Revoked now or before (a retry): announced either way.
                 self.shared.revoked(sid).await;
             }
         }

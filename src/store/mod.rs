@@ -127,7 +127,8 @@ pub(crate) fn refused_after_revoke(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevokeOutcome {
     Revoked(FamilyInfo),
-    AlreadyRevoked,
+    /// The family was revoked before (its id, to announce the revocation again).
+    AlreadyRevoked(Uuid),
     Unknown,
     /// The token belongs to another client; nothing was changed.
     OtherClient,
@@ -153,6 +154,12 @@ pub trait Store: Send + Sync + 'static {
     /// Rotates, replays within grace, or refuses (revoking the family on reuse), in one
     /// transaction decided by a conditional update.
     async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError>;
+
+    /// The families revoked at or after `since`, with when (to rebuild the deny-list).
+    async fn revoked_since(
+        &self,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(Uuid, OffsetDateTime)>, StoreError>;
 
     /// The family a refresh token belongs to (for the per-family rate limit), used or not.
     async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError>;

@@ -360,17 +360,28 @@ impl Store for PgStore {
         let outcome = match found {
             None => RevokeOutcome::Unknown,
             Some((_, owner, _)) if owner != client_id => RevokeOutcome::OtherClient,
-            Some((_, _, Some(_))) => RevokeOutcome::AlreadyRevoked,
+            Some((family_id, _, Some(_))) => RevokeOutcome::AlreadyRevoked(family_id),
             Some((family_id, _, None)) => {
                 if revoke_in_tx(&mut tx, family_id, RevokeReason::Logout, now).await? {
                     RevokeOutcome::Revoked(family_info(&mut tx, family_id).await?)
                 } else {
-                    RevokeOutcome::AlreadyRevoked
+                    RevokeOutcome::AlreadyRevoked(family_id)
                 }
             }
         };
         tx.commit().await.map_err(classify)?;
         Ok(outcome)
+    }
+
+    async fn revoked_since(
+        &self,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(Uuid, OffsetDateTime)>, StoreError> {
+        sqlx::query_as("SELECT id, revoked_at FROM refresh_families WHERE revoked_at >= $1")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)
     }
 
     async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {

@@ -8,10 +8,15 @@
 //!   its access tokens;
 //! - `rl:<kind>:<hash>`: a fixed-window counter (the IP, e-mail or family is hashed, so
 //!   no personal data sits in Redis);
-//! - channel `revocations`: the `sid` of every family revoked, for the other instances'
-//!   caches.
+//! - channel `revocations`: `<sid>:<ttl in ms>` for every family revoked, for the
+//!   other instances' in-process deny-lists and session caches.
+//!
+//! The connection is rebuilt after `REBUILD_AFTER` failed health checks in a row: a
+//! Redis that vanished without closing the connection (a dead host, a fail-over behind
+//! DNS) is dialled afresh instead of waiting for the kernel to give up on the socket.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
@@ -19,6 +24,8 @@ use uuid::Uuid;
 
 /// The longest a Redis call may take before it counts as failed.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(300);
+/// Failed health checks in a row after which the connection is dialled afresh.
+const REBUILD_AFTER: u32 = 3;
 
 /// Counts a hit in a fixed window: `{count, milliseconds left}`.
 const HIT_SCRIPT: &str = r"
@@ -32,10 +39,20 @@ return {n, ttl}
 /// A lazily connected Redis with automatic reconnection.
 pub struct RedisLink {
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: RwLock<ConnectionManager>,
     prefix: String,
     healthy: AtomicBool,
+    failed_pings: AtomicU32,
     hit: redis::Script,
+}
+
+fn manager(client: &redis::Client) -> Result<ConnectionManager, redis::RedisError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(OP_TIMEOUT))
+        .set_response_timeout(Some(OP_TIMEOUT))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
 impl RedisLink {
@@ -43,19 +60,22 @@ impl RedisLink {
     /// picked up when it comes.
     pub fn new(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(OP_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let conn = RwLock::new(manager(&client)?);
         Ok(Self {
             client,
             conn,
             prefix: prefix.to_owned(),
             healthy: AtomicBool::new(false),
+            failed_pings: AtomicU32::new(0),
             hit: redis::Script::new(HIT_SCRIPT),
         })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether the last call (or health check) succeeded.
@@ -107,17 +127,32 @@ impl RedisLink {
         }
     }
 
-    /// `PING`; updates the health flag.
+    /// `PING`; updates the health flag, and dials afresh after `REBUILD_AFTER`
+    /// failures in a row.
     pub async fn ping(&self) -> bool {
-        let mut conn = self.conn.clone();
-        self.bounded(redis::cmd("PING").query_async::<String>(&mut conn), "ping")
+        let mut conn = self.conn();
+        let ok = self
+            .bounded(redis::cmd("PING").query_async::<String>(&mut conn), "ping")
             .await
-            .is_some()
+            .is_some();
+        if ok {
+            self.failed_pings.store(0, Ordering::Relaxed);
+        } else if self.failed_pings.fetch_add(1, Ordering::Relaxed) + 1 >= REBUILD_AFTER {
+            self.failed_pings.store(0, Ordering::Relaxed);
+            if let Ok(fresh) = manager(&self.client) {
+                *self
+                    .conn
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                tracing::debug!("redis connection rebuilt");
+            }
+        }
+        ok
     }
 
     /// Puts `sid` on the deny-list for `ttl` and announces it on the channel.
     pub async fn deny(&self, sid: Uuid, ttl: Duration) -> bool {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
@@ -128,7 +163,7 @@ impl RedisLink {
             .ignore()
             .cmd("PUBLISH")
             .arg(self.channel())
-            .arg(sid.to_string())
+            .arg(format!("{sid}:{ttl_ms}"))
             .ignore();
         self.bounded(pipe.query_async::<()>(&mut conn), "deny")
             .await
@@ -137,7 +172,7 @@ impl RedisLink {
 
     /// Whether `sid` is on the deny-list; `None` when Redis did not answer.
     pub async fn is_denied(&self, sid: Uuid) -> Option<bool> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         self.bounded(
             redis::cmd("EXISTS")
                 .arg(self.key(&format!("deny:{sid}")))
@@ -150,7 +185,7 @@ impl RedisLink {
     /// Counts a hit on `key` in a window of `window`: the count so far and the time
     /// left in the window; `None` when Redis did not answer.
     pub async fn hit(&self, key: &str, window: Duration) -> Option<(u64, Duration)> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
         let mut invocation = self.hit.key(self.key(key));
         invocation.arg(window_ms);
@@ -159,6 +194,22 @@ impl RedisLink {
             .await?;
         Some((
             count,
+            Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)),
+        ))
+    }
+
+    /// The count on `key` and the time left in its window, without counting; `None`
+    /// when Redis did not answer.
+    pub async fn peek(&self, key: &str) -> Option<(u64, Duration)> {
+        let mut conn = self.conn();
+        let key = self.key(key);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
+        let (count, left_ms): (Option<u64>, i64) = self
+            .bounded(pipe.query_async(&mut conn), "rate_limit_peek")
+            .await?;
+        Some((
+            count.unwrap_or(0),
             Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)),
         ))
     }

@@ -6,43 +6,54 @@
 //! 1. the local deny-list (families revoked by this instance or announced on the
 //!    revocation channel): refused;
 //! 2. the Redis deny-list (one `EXISTS`): refused. The revoking instance writes it
-//!    before it answers, so every instance refuses at once, without waiting for the
-//!    announcement;
-//! 3. the session cache, only when step 2 answered: a session read from the database
-//!    in the last `SESSION_CACHE_TTL` is live. It is used only while this instance is
-//!    subscribed to the revocation channel, and emptied on every (re)subscription;
+//!    before it answers, so every instance refuses at once;
+//! 3. the session cache, only when step 2 answered: a session the database found live
+//!    in the last `SESSION_CACHE_TTL` (5 s) is live. It is used only while this
+//!    instance is subscribed to the revocation channel, and emptied whenever the
+//!    subscription is lost or restored;
 //! 4. the database, which is authoritative: without Redis, or with Redis down, every
 //!    check ends here.
 //!
-//! A revocation is written to the database first, then to the local deny-list, then to
-//! Redis (`SET deny:<sid> PX ttl` + `PUBLISH`). If Redis is down at that moment, the
-//! other instances' subscriptions are down too (their caches are off and they ask the
-//! database), and this instance writes its local deny-list back to Redis when Redis
-//! returns.
+//! A revocation is written to the database, then to the local deny-list, then to
+//! Redis (`SET deny:<sid> PX ttl` + `PUBLISH`), in a task of its own so that a client
+//! hanging up cannot cut it short; a repeated revocation (a retry after a timeout) is
+//! announced again. When the Redis write fails, or Redis comes back after being away,
+//! or at start, the deny-list is rebuilt from the database (every family revoked
+//! within the last access-token lifetime), so a revocation is never lost. The one
+//! window left: an instance that cannot reach Redis while the others can has its
+//! revocations refused by them through step 2 only once Redis is reachable again;
+//! until then they may answer from their session cache for at most
+//! `SESSION_CACHE_TTL`.
 //!
 //! Rate limits are fixed windows: `INCR` + `PEXPIRE` in one script on Redis, a map in
 //! memory otherwise. A request over the limit answers 429 with `Retry-After` = the rest
-//! of the window.
+//! of the window. IPv6 clients are counted per /64 (one host usually holds a whole
+//! /64). Subjects are hashed before they become keys.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use super::Store;
 use super::redis::RedisLink;
 use crate::config::RateLimit;
 use crate::domain::user::User;
 
-/// How long a session read from the database is trusted without asking again.
-pub const SESSION_CACHE_TTL: Duration = Duration::from_secs(30);
-/// Most sessions cached; past that the cache is emptied (it refills from the database).
-const SESSION_CACHE_MAX: usize = 100_000;
-/// Most rate-limit windows kept in memory; past that, expired ones are dropped, and if
-/// none are, the map is emptied.
+/// How long a session read from the database is trusted without asking it again.
+pub const SESSION_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Most sessions cached, and most revoked sessions remembered locally; past that the
+/// cache is emptied (it refills from the database) and expired denials are dropped.
+const CACHE_MAX: usize = 100_000;
+/// Most rate-limit windows kept in memory. When full, windows that expired or saw a
+/// single hit are dropped; if it is still full, new subjects are not tracked until
+/// room is made (counters over their limit are never dropped).
 const LOCAL_WINDOWS_MAX: usize = 100_000;
 /// How often Redis is pinged (and a lost subscription retried).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -98,13 +109,16 @@ struct CachedSession {
 /// The deny-list, session cache and rate limits of this process, backed by Redis when
 /// configured.
 pub struct SharedState {
-    redis: Option<RedisLink>,
+    redis: Option<Arc<RedisLink>>,
+    store: Arc<dyn Store>,
     deny_ttl: Duration,
     denied: Mutex<HashMap<Uuid, Instant>>,
     sessions: Mutex<HashMap<Uuid, CachedSession>>,
     windows: Mutex<HashMap<String, (u64, Instant)>>,
     subscribed: AtomicBool,
     epoch: AtomicU64,
+    /// The Redis deny-list may miss a revocation: rebuild it from the database.
+    rebuild_pending: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,21 +127,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl SharedState {
     /// `deny_ttl`: how long a revoked family's access tokens may still be presented
-    /// (the access-token lifetime plus the clock leeway).
-    pub fn new(redis: Option<RedisLink>, deny_ttl: Duration) -> Self {
+    /// (the access-token lifetime plus the clock leeway). `store` is read to rebuild
+    /// the Redis deny-list.
+    pub fn new(redis: Option<RedisLink>, store: Arc<dyn Store>, deny_ttl: Duration) -> Self {
         Self {
-            redis,
+            redis: redis.map(Arc::new),
+            store,
             deny_ttl,
             denied: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             windows: Mutex::new(HashMap::new()),
             subscribed: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
+            rebuild_pending: AtomicBool::new(true),
         }
     }
 
-    /// Starts the Redis health check and the revocation subscriber (nothing without
-    /// Redis).
+    /// Starts the Redis health check (which also rebuilds the deny-list) and the
+    /// revocation subscriber (nothing without Redis).
     pub fn start(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
         if self.redis.is_none() {
             return Vec::new();
@@ -149,27 +166,35 @@ impl SharedState {
     }
 
     fn live_redis(&self) -> Option<&RedisLink> {
-        self.redis.as_ref().filter(|link| link.healthy())
+        self.redis.as_deref().filter(|link| link.healthy())
     }
 
-    /// Announces a family revoked in the database: every instance refuses its access
-    /// tokens from now on.
+    /// Announces a family revoked in the database (now or before: announcing twice is
+    /// harmless): every instance refuses its access tokens from now on.
     pub async fn revoked(&self, sid: Uuid) {
-        self.deny_locally(sid, Instant::now() + self.deny_ttl);
-        if let Some(link) = self.live_redis()
-            && !link.deny(sid, self.deny_ttl).await
-        {
-            tracing::warn!(%sid, "revocation not announced on redis; it will be when redis is back");
+        self.deny_locally(sid, self.deny_ttl);
+        let Some(link) = &self.redis else { return };
+        // Tried even when the last call failed; in a task of its own, so a request
+        // cancelled here (the client hung up) still completes the announcement.
+        let link = Arc::clone(link);
+        let ttl = self.deny_ttl;
+        let announced = tokio::spawn(async move { link.deny(sid, ttl).await }).await;
+        if !matches!(announced, Ok(true)) {
+            self.rebuild_pending.store(true, Ordering::Release);
+            tracing::warn!(%sid, "revocation not written to redis; the deny-list is rebuilt from the database when redis answers");
         }
     }
 
-    fn deny_locally(&self, sid: Uuid, until: Instant) {
+    /// Remembers `sid` as revoked for `ttl` (at most the deny TTL); an existing entry
+    /// is never lengthened.
+    fn deny_locally(&self, sid: Uuid, ttl: Duration) {
         let now = Instant::now();
+        let until = now + ttl.min(self.deny_ttl);
         let mut denied = lock(&self.denied);
-        if denied.len() >= SESSION_CACHE_MAX {
+        if denied.len() >= CACHE_MAX {
             denied.retain(|_, until| *until > now);
         }
-        denied.insert(sid, until);
+        denied.entry(sid).or_insert(until);
         drop(denied);
         lock(&self.sessions).remove(&sid);
     }
@@ -179,6 +204,15 @@ impl SharedState {
         lock(&self.denied)
             .get(&sid)
             .is_some_and(|until| *until > Instant::now())
+    }
+
+    /// Whether Redis has `sid` on its deny-list (step 2); `None` when Redis is off or
+    /// down: then the session cache is not trusted either, and the database decides.
+    pub async fn denied_in_redis(&self, sid: Uuid) -> Option<bool> {
+        match self.live_redis() {
+            Some(link) => link.is_denied(sid).await,
+            None => None,
+        }
     }
 
     /// A live session read from the database a moment ago (step 3).
@@ -191,15 +225,6 @@ impl SharedState {
         (cached.until > Instant::now()).then(|| cached.user.clone())
     }
 
-    /// Whether Redis has `sid` on its deny-list (step 2); `None` when Redis is off or
-    /// down: then the session cache is not trusted either, and the database decides.
-    pub async fn denied_in_redis(&self, sid: Uuid) -> Option<bool> {
-        match self.live_redis() {
-            Some(link) => link.is_denied(sid).await,
-            None => None,
-        }
-    }
-
     /// Taken before reading a session from the database, handed to `remember_session`.
     pub fn cache_epoch(&self) -> CacheEpoch {
         CacheEpoch(self.epoch.load(Ordering::Acquire))
@@ -208,14 +233,14 @@ impl SharedState {
     /// Caches a session the database found live, unless a revocation announcement may
     /// have been missed since `epoch`.
     pub fn remember_session(&self, sid: Uuid, user: &User, epoch: CacheEpoch) {
-        if !self.subscribed.load(Ordering::Acquire) {
+        if !self.subscribed.load(Ordering::Acquire) || self.denied_locally(sid) {
             return;
         }
         let mut sessions = lock(&self.sessions);
-        if self.epoch.load(Ordering::Acquire) != epoch.0 || self.denied_locally(sid) {
+        if self.epoch.load(Ordering::Acquire) != epoch.0 {
             return;
         }
-        if sessions.len() >= SESSION_CACHE_MAX {
+        if sessions.len() >= CACHE_MAX {
             sessions.clear();
         }
         sessions.insert(
@@ -241,90 +266,130 @@ impl SharedState {
         subject: &str,
         limit: RateLimit,
     ) -> Result<(), Duration> {
-        let key = format!("rl:{}:{}", kind.tag(), hashed(subject));
+        let key = limit_key(kind, subject);
         let counted = match self.live_redis() {
             Some(link) => link.hit(&key, limit.window).await,
             None => None,
         };
-        let (count, left) = counted.unwrap_or_else(|| self.hit_locally(key, limit.window));
-        if count > u64::from(limit.max) {
-            Err(left.max(Duration::from_secs(1)))
-        } else {
-            Ok(())
-        }
+        let (count, left) = counted.unwrap_or_else(|| self.count_locally(key, limit.window, 1));
+        over(count, left, limit)
     }
 
-    fn hit_locally(&self, key: String, window: Duration) -> (u64, Duration) {
+    /// Whether `subject` has used up `limit`, without counting a hit.
+    pub async fn check(
+        &self,
+        kind: LimitKind,
+        subject: &str,
+        limit: RateLimit,
+    ) -> Result<(), Duration> {
+        let key = limit_key(kind, subject);
+        let counted = match self.live_redis() {
+            Some(link) => link.peek(&key).await,
+            None => None,
+        };
+        let (count, left) = counted.unwrap_or_else(|| self.count_locally(key, limit.window, 0));
+        // Refused when one more hit would be over the limit.
+        over(count + 1, left, limit)
+    }
+
+    /// Adds `add` to the in-process window of `key`; returns the count and time left.
+    fn count_locally(&self, key: String, window: Duration, add: u64) -> (u64, Duration) {
         let now = Instant::now();
         let mut windows = lock(&self.windows);
-        if windows.len() >= LOCAL_WINDOWS_MAX && !windows.contains_key(&key) {
-            windows.retain(|_, (_, end)| *end > now);
+        if !windows.contains_key(&key) {
+            if add == 0 {
+                return (0, window);
+            }
             if windows.len() >= LOCAL_WINDOWS_MAX {
-                windows.clear();
+                windows.retain(|_, (count, end)| *end > now && *count > 1);
+                if windows.len() >= LOCAL_WINDOWS_MAX {
+                    tracing::warn!("rate-limit table full: a new subject is not counted");
+                    return (add, window);
+                }
             }
         }
         let entry = windows.entry(key).or_insert((0, now + window));
         if entry.1 <= now {
             *entry = (0, now + window);
         }
-        entry.0 += 1;
+        entry.0 += add;
         (entry.0, entry.1 - now)
     }
 
-    /// Pings Redis every second. When it comes back, this instance's own recent
-    /// revocations are written to it again (one may have failed while it was down).
+    /// Pings Redis every second; rebuilds the deny-list from the database when Redis
+    /// answers after being away, at start, and after a failed announcement.
     async fn watch_health(self: Arc<Self>) {
-        let Some(link) = &self.redis else { return };
+        let Some(link) = self.redis.clone() else {
+            return;
+        };
         let mut every = tokio::time::interval(HEALTH_INTERVAL);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut was_healthy = false;
         loop {
             every.tick().await;
-            let healthy = link.ping().await;
-            if healthy && !was_healthy {
-                self.republish(link).await;
+            let was_healthy = link.healthy();
+            if !link.ping().await {
+                continue;
             }
-            was_healthy = healthy;
+            let pending = self.rebuild_pending.swap(false, Ordering::AcqRel);
+            if (pending || !was_healthy)
+                && let Err(e) = self.rebuild_deny_list(&link).await
+            {
+                self.rebuild_pending.store(true, Ordering::Release);
+                tracing::warn!(error = %e, "rebuilding the redis deny-list failed; retrying");
+            }
         }
     }
 
-    async fn republish(&self, link: &RedisLink) {
-        let now = Instant::now();
-        let pending: Vec<(Uuid, Duration)> = lock(&self.denied)
-            .iter()
-            .filter(|(_, until)| **until > now)
-            .map(|(sid, until)| (*sid, *until - now))
-            .collect();
-        for (sid, ttl) in pending {
-            if !link.deny(sid, ttl).await {
-                return;
+    /// Writes every family revoked within the deny TTL to Redis, with what is left of
+    /// its TTL.
+    async fn rebuild_deny_list(&self, link: &RedisLink) -> Result<(), String> {
+        let now = OffsetDateTime::now_utc();
+        let since = now - self.deny_ttl;
+        let revoked = self
+            .store
+            .revoked_since(since)
+            .await
+            .map_err(|e| e.to_string())?;
+        for (sid, at) in &revoked {
+            let left = Duration::try_from(*at + self.deny_ttl - now)
+                .unwrap_or(Duration::from_millis(1))
+                .clamp(Duration::from_millis(1), self.deny_ttl);
+            if !link.deny(*sid, left).await {
+                return Err("redis did not answer".into());
             }
         }
+        if !revoked.is_empty() {
+            tracing::info!(
+                families = revoked.len(),
+                "redis deny-list rebuilt from the database"
+            );
+        }
+        Ok(())
     }
 
     /// Follows the revocation channel; while subscribed, the session cache is on.
     async fn follow_revocations(self: Arc<Self>) {
-        let Some(link) = &self.redis else { return };
+        let Some(link) = self.redis.clone() else {
+            return;
+        };
         loop {
             if let Some(pubsub) = link.subscribe().await {
                 self.forget_sessions();
                 self.subscribed.store(true, Ordering::Release);
                 tracing::debug!("subscribed to revocation events");
                 let mut messages = pubsub.into_on_message();
+                let mut check = tokio::time::interval(HEALTH_INTERVAL);
                 loop {
                     tokio::select! {
                         message = messages.next() => match message {
                             Some(message) => {
-                                let sid = std::str::from_utf8(message.get_payload_bytes())
-                                    .ok()
-                                    .and_then(|s| Uuid::parse_str(s).ok());
-                                if let Some(sid) = sid {
-                                    self.deny_locally(sid, Instant::now() + self.deny_ttl);
+                                if let Some((sid, ttl)) = parse_announcement(message.get_payload_bytes()) {
+                                    self.deny_locally(sid, ttl);
                                 }
                             }
                             None => break,
                         },
-                        () = tokio::time::sleep(HEALTH_INTERVAL) => {
+                        _ = check.tick() => {
                             if !link.healthy() {
                                 break;
                             }
@@ -340,6 +405,36 @@ impl SharedState {
     }
 }
 
+/// `<sid>:<ttl ms>`.
+fn parse_announcement(payload: &[u8]) -> Option<(Uuid, Duration)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (sid, ttl) = text.split_once(':')?;
+    Some((
+        Uuid::parse_str(sid).ok()?,
+        Duration::from_millis(ttl.parse().ok()?),
+    ))
+}
+
+fn over(count: u64, left: Duration, limit: RateLimit) -> Result<(), Duration> {
+    if count > u64::from(limit.max) {
+        Err(left.max(Duration::from_secs(1)))
+    } else {
+        Ok(())
+    }
+}
+
+fn limit_key(kind: LimitKind, subject: &str) -> String {
+    let subject = match (kind, subject.parse::<IpAddr>()) {
+        (LimitKind::LoginIp, Ok(IpAddr::V6(v6))) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            format!("{}/64", std::net::Ipv6Addr::from(octets))
+        }
+        _ => subject.to_owned(),
+    };
+    format!("rl:{}:{}", kind.tag(), hashed(&subject))
+}
+
 /// A short digest of a rate-limit subject: no IP or e-mail address is stored as such.
 fn hashed(subject: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, subject.as_bytes());
@@ -353,48 +448,60 @@ fn hashed(subject: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    async fn in_process() -> (SharedState, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::connect(&url, Duration::from_secs(2))
+            .await
+            .unwrap();
+        let shared = SharedState::new(None, Arc::new(store), Duration::from_secs(60));
+        (shared, dir)
+    }
+
+    const TWO_PER_MINUTE: RateLimit = RateLimit {
+        max: 2,
+        window: Duration::from_secs(60),
+    };
 
     #[tokio::test]
     async fn local_limits_count_per_subject_and_window() {
-        let shared = SharedState::new(None, Duration::from_secs(60));
-        let limit = RateLimit {
-            max: 2,
-            window: Duration::from_secs(60),
-        };
-        assert!(
-            shared
-                .hit(LimitKind::LoginIp, "10.0.0.1", limit)
-                .await
-                .is_ok()
-        );
-        assert!(
-            shared
-                .hit(LimitKind::LoginIp, "10.0.0.1", limit)
-                .await
-                .is_ok()
-        );
-        let retry = shared
-            .hit(LimitKind::LoginIp, "10.0.0.1", limit)
-            .await
-            .unwrap_err();
+        let (shared, _dir) = in_process().await;
+        let hit = |subject: &'static str| shared.hit(LimitKind::LoginIp, subject, TWO_PER_MINUTE);
+        assert!(hit("10.0.0.1").await.is_ok());
+        assert!(hit("10.0.0.1").await.is_ok());
+        let retry = hit("10.0.0.1").await.unwrap_err();
         assert!(retry > Duration::from_secs(58) && retry <= Duration::from_secs(60));
-        assert!(
-            shared
-                .hit(LimitKind::LoginIp, "10.0.0.2", limit)
-                .await
-                .is_ok()
-        );
-        assert!(
-            shared
-                .hit(LimitKind::LoginAccount, "10.0.0.1", limit)
-                .await
-                .is_ok()
-        );
+        assert!(hit("10.0.0.2").await.is_ok());
+        let other_kind = shared.hit(LimitKind::LoginAccount, "10.0.0.1", TWO_PER_MINUTE);
+        assert!(other_kind.await.is_ok());
+        // One IPv6 host holds a /64: its addresses share a counter.
+        assert!(hit("2001:db8::1").await.is_ok());
+        assert!(hit("2001:db8::ffff:2").await.is_ok());
+        assert!(hit("2001:db8::3").await.is_err());
+        assert!(hit("2001:db8:0:1::1").await.is_ok());
     }
 
-    #[test]
-    fn without_redis_nothing_is_cached_and_revocations_are_known_locally() {
-        let shared = SharedState::new(None, Duration::from_secs(60));
+    #[tokio::test]
+    async fn check_does_not_count() {
+        let (shared, _dir) = in_process().await;
+        let check = || shared.check(LimitKind::LoginAccount, "a@example.com", TWO_PER_MINUTE);
+        let hit = || shared.hit(LimitKind::LoginAccount, "a@example.com", TWO_PER_MINUTE);
+        for _ in 0..5 {
+            assert!(check().await.is_ok());
+        }
+        assert!(hit().await.is_ok());
+        assert!(check().await.is_ok());
+        assert!(hit().await.is_ok());
+        // Used up: the next attempt is refused before it is made.
+        assert!(check().await.is_err());
+        assert!(hit().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn without_redis_nothing_is_cached_and_revocations_are_known_locally() {
+        let (shared, _dir) = in_process().await;
         let sid = Uuid::new_v4();
         let user = User {
             id: Uuid::new_v4(),
@@ -404,8 +511,19 @@ mod tests {
         shared.remember_session(sid, &user, shared.cache_epoch());
         assert!(shared.cached_session(sid).is_none());
         assert!(!shared.denied_locally(sid));
-        shared.deny_locally(sid, Instant::now() + Duration::from_secs(60));
+        shared.revoked(sid).await;
         assert!(shared.denied_locally(sid));
         assert_eq!(shared.redis_status(), RedisStatus::Disabled);
+    }
+
+    #[test]
+    fn announcements_parse() {
+        let sid = Uuid::new_v4();
+        assert_eq!(
+            parse_announcement(format!("{sid}:1500").as_bytes()),
+            Some((sid, Duration::from_millis(1500)))
+        );
+        assert_eq!(parse_announcement(sid.to_string().as_bytes()), None);
+        assert_eq!(parse_announcement(b"x:1"), None);
     }
 }

@@ -357,7 +357,7 @@ impl Store for SqliteStore {
         let outcome = match found {
             None => RevokeOutcome::Unknown,
             Some((_, owner, _)) if owner != client_id => RevokeOutcome::OtherClient,
-            Some((_, _, Some(_))) => RevokeOutcome::AlreadyRevoked,
+            Some((family_id, _, Some(_))) => RevokeOutcome::AlreadyRevoked(uuid(&family_id)?),
             Some((family_id, _, None)) => {
                 revoke_in_tx(&mut tx, &family_id, RevokeReason::Logout, ms(now)).await?;
                 RevokeOutcome::Revoked(family_info(&mut tx, &family_id).await?)
@@ -367,6 +367,21 @@ impl Store for SqliteStore {
         Ok(outcome)
     }
 
+    async fn revoked_since(
+        &self,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(Uuid, OffsetDateTime)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT id, revoked_at FROM refresh_families WHERE revoked_at >= ?1")
+                .bind(ms(since))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(classify)?;
+        rows.into_iter()
+            .map(|(id, at)| Ok((uuid(&id)?, from_ms(at)?)))
+            .collect()
+    }
+
     async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {
         let row: Option<(String,)> =
             sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = ?1")
@@ -374,8 +389,7 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.reader)
                 .await
                 .map_err(classify)?;
-        row.map(|(id,)| Uuid::parse_str(&id).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .transpose()
+        row.map(|(id,)| uuid(&id)).transpose()
     }
 
     async fn revoke_family(

@@ -67,6 +67,13 @@ impl Store for TimedStore {
         self.bounded(self.inner.rotate(request)).await
     }
 
+    async fn revoked_since(
+        &self,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(Uuid, OffsetDateTime)>, StoreError> {
+        self.bounded(self.inner.revoked_since(since)).await
+    }
+
     async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {
         self.bounded(self.inner.family_of(token)).await
     }

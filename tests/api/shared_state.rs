@@ -48,7 +48,7 @@ async fn login_from(app: &TestApp, forwarded_for: &str, email: &str) -> reqwest:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_login_limit_per_account_is_shared_by_the_instances() {
+async fn the_login_limit_per_account_counts_failures_across_the_instances() {
     let a = spawn_app_with(Backend::Postgres, |s| {
         s.limits.login_per_account = per_minute(3);
         s.limits.login_per_ip = None;
@@ -57,14 +57,23 @@ async fn the_login_limit_per_account_is_shared_by_the_instances() {
     let b = spawn_instance_like(&a).await;
     wait_for_redis(&a, "ok").await;
     wait_for_redis(&b, "ok").await;
-    let (email, _) = a.signed_in().await; // attempt 1, on a
+    let (email, _) = a.signed_in().await;
+    let wrong = "not the password!";
+    // Successful logins are not counted; failures are, on whichever instance.
+    for app in [&a, &b] {
+        assert_eq!(
+            app.login(&email, wrong).await.status(),
+            StatusCode::BAD_REQUEST
+        );
+        tokens(app.login(&email, PASSWORD).await).await;
+    }
     assert_eq!(
-        b.login(&email, "not the password!").await.status(),
+        a.login(&email, wrong).await.status(),
         StatusCode::BAD_REQUEST
     );
-    tokens(b.login(&email, PASSWORD).await).await; // attempt 3, on b
+    // Three failures: the account is refused, the right password included, everywhere.
     assert_rate_limited(a.login(&email, PASSWORD).await, 60).await;
-    assert_rate_limited(b.login(&email, PASSWORD).await, 60).await;
+    assert_rate_limited(b.login(&email, wrong).await, 60).await;
     // Another account is not affected; an unknown one is counted all the same.
     a.signed_in().await;
     let unknown = unique_email();
@@ -78,25 +87,35 @@ async fn the_login_limit_per_account_is_shared_by_the_instances() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_login_limit_per_ip_counts_the_address_the_trusted_balancer_saw() {
+async fn the_login_limit_per_ip_counts_the_client_behind_trusted_proxies() {
     let app = spawn_app_with(Backend::Sqlite, |s| {
-        s.trust_forwarded_for = true;
+        s.trusted_proxies = vec![token_issuer::config::Cidr::parse("127.0.0.0/8").unwrap()];
         s.limits.login_per_ip = per_minute(2);
         s.limits.login_per_account = None;
     })
     .await;
-    let (email, _) = app.signed_in().await; // from 127.0.0.1
-    for _ in 0..2 {
-        tokens(login_from(&app, "203.0.113.7", &email).await).await;
-    }
+    let (email, _) = app.signed_in().await; // from 127.0.0.1 itself
+    tokens(login_from(&app, "203.0.113.7", &email).await).await;
+    tokens(login_from(&app, "203.0.113.7:4711", &email).await).await;
     assert_rate_limited(login_from(&app, "203.0.113.7", &email).await, 60).await;
-    // Only the last entry counts: what the client claims before it is ignored.
+    // What the client claims before the first untrusted address is ignored; trusted
+    // hops after it are walked past.
     assert_rate_limited(
         login_from(&app, "198.51.100.1, 203.0.113.7", &email).await,
         60,
     )
     .await;
+    assert_rate_limited(login_from(&app, "203.0.113.7, 127.0.0.9", &email).await, 60).await;
     tokens(login_from(&app, "203.0.113.7, 198.51.100.1", &email).await).await;
+    // Without trusted proxies the header is ignored: the peer is the client.
+    let direct = spawn_app_with(Backend::Sqlite, |s| {
+        s.limits.login_per_ip = per_minute(2);
+        s.limits.login_per_account = None;
+    })
+    .await;
+    let (email, _) = direct.signed_in().await;
+    tokens(login_from(&direct, "203.0.113.8", &email).await).await;
+    assert_rate_limited(login_from(&direct, "203.0.113.9", &email).await, 60).await;
 }
 
 scenario! {
@@ -122,6 +141,15 @@ scenario! {
         tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(200)).await;
         tokens(app.refresh(&third.refresh).await).await;
     }
+}
+
+async fn unique_email_registered(app: &TestApp) -> String {
+    let email = unique_email();
+    assert_eq!(
+        app.register(&email, PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
+    email
 }
 
 async fn me_status(app: &TestApp, access: &str) -> StatusCode {
@@ -152,6 +180,15 @@ async fn without_redis_the_service_works_on_and_picks_redis_up_when_it_returns()
 
     for cut in [Link::Refuse, Link::Blackhole] {
         proxy.set(cut);
+        // Before the health check notices: each Redis call gives up after 300 ms.
+        let started = Instant::now();
+        assert_eq!(me_status(&b, &before.access).await, StatusCode::OK);
+        tokens(a.login(&unique_email_registered(&a).await, PASSWORD).await).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
         wait_for_redis(&a, "degraded").await;
         wait_for_redis(&b, "degraded").await;
         let (status, body) = readyz(&a).await;
@@ -168,7 +205,7 @@ async fn without_redis_the_service_works_on_and_picks_redis_up_when_it_returns()
         let next = tokens(a.refresh(&during.refresh).await).await;
         assert_eq!(me_status(&b, &next.access).await, StatusCode::OK);
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(2),
             "{:?}",
             started.elapsed()
         );
@@ -232,4 +269,35 @@ async fn without_redis_the_service_works_on_and_picks_redis_up_when_it_returns()
         .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(me_status(&a, &after.access).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_event_alone_makes_an_instance_refuse_the_session() {
+    let app = spawn_app_with(Backend::Postgres, |_| {}).await;
+    wait_for_redis(&app, "ok").await;
+    let (_, t) = app.signed_in().await;
+    assert_eq!(me_status(&app, &t.access).await, StatusCode::OK);
+    // Announced by "another instance" only: not on the deny-list, not in the database.
+    let sid = segment(&t.access, 1)["sid"].as_str().unwrap().to_owned();
+    let client = redis::Client::open(test_redis_url().await.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let channel = format!("{}revocations", app.settings.redis_key_prefix);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // Repeated until the instance has subscribed.
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(format!("{sid}:60000"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if me_status(&app, &t.access).await == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the announcement was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
