@@ -29,6 +29,9 @@ pub enum Error {
     /// The access token is missing its mark; the reason is for logs only.
     #[error("invalid access token: {0}")]
     InvalidToken(&'static str),
+    /// The current password given to change it is wrong.
+    #[error("wrong current password")]
+    WrongPassword,
     #[error("e-mail already registered")]
     EmailTaken,
     #[error("password refused: {0}")]

@@ -43,6 +43,8 @@ pub enum ErrorCode {
     EmailTaken,
     /// The password breaks the password policy; the description says how.
     WeakPassword,
+    /// The current password, given to change it, is wrong.
+    WrongPassword,
     /// Self-registration is turned off.
     RegistrationDisabled,
     /// The cross-origin request comes from an origin that is not allowed.
@@ -277,6 +279,11 @@ impl From<Error> for Problem {
                 "this e-mail address is already registered",
             ),
             Error::WeakPassword(m) => Self::new(Kind::BadRequest, C::WeakPassword, m),
+            Error::WrongPassword => Self::new(
+                Kind::BadRequest,
+                C::WrongPassword,
+                "the current password is wrong",
+            ),
             Error::RegistrationDisabled => Self::new(
                 Kind::Forbidden,
                 C::RegistrationDisabled,

@@ -5,6 +5,7 @@ pub mod error;
 pub mod health;
 pub mod payload;
 pub mod security;
+pub mod sessions;
 pub mod token;
 pub mod users;
 pub mod wellknown;
@@ -24,6 +25,8 @@ pub enum ApiTags {
     OAuth,
     /// Registration and the signed-in user.
     Users,
+    /// The signed-in user's sessions, logout and password change.
+    Sessions,
     /// JWKS and RFC 8414 metadata, for services that verify our tokens.
     Discovery,
     /// Liveness and readiness.
@@ -34,6 +37,7 @@ pub enum ApiTags {
 pub type Apis = (
     token::TokenApi,
     users::UsersApi,
+    sessions::SessionsApi,
     wellknown::DiscoveryApi,
     health::HealthApi,
 );
@@ -52,6 +56,7 @@ pub fn make_openapi_service() -> OpenApiService<Apis, ()> {
         (
             token::TokenApi,
             users::UsersApi,
+            sessions::SessionsApi,
             wellknown::DiscoveryApi,
             health::HealthApi,
         ),

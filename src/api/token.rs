@@ -121,6 +121,11 @@ impl From<Issued> for TokenOk {
     }
 }
 
+/// The `Set-Cookie` that clears the refresh cookie.
+pub fn clear_refresh_cookie() -> String {
+    refresh_cookie("", 0)
+}
+
 fn refresh_cookie(value: &str, max_age: u64) -> String {
     format!(
         "{REFRESH_COOKIE}={value}; Max-Age={max_age}; Path=/; Secure; HttpOnly; SameSite=Strict"
@@ -211,7 +216,7 @@ impl TokenApi {
         let revoked = issuer
             .revoke(p.client_id, p.token.map(Secret::new), meta)
             .await?;
-        let clear = revoked.clear_cookie.then(|| refresh_cookie("", 0));
+        let clear = revoked.clear_cookie.then(clear_refresh_cookie);
         Ok(RevokeOk::Ok("no-store".into(), clear))
     }
 }

@@ -79,6 +79,14 @@ pub enum RevokeReason {
     Reuse,
     ClientMismatch,
     Logout,
+    /// Ended from the session list (`DELETE /v1/sessions/{id}`).
+    SessionEnded,
+    /// `POST /v1/logout` with `scope=others`.
+    LogoutOthers,
+    /// `POST /v1/logout` with `scope=everywhere`.
+    LogoutEverywhere,
+    /// The password changed: every session of the user ends.
+    PasswordChange,
 }
 
 impl RevokeReason {
@@ -87,6 +95,10 @@ impl RevokeReason {
             Self::Reuse => "reuse",
             Self::ClientMismatch => "client_mismatch",
             Self::Logout => "logout",
+            Self::SessionEnded => "session_ended",
+            Self::LogoutOthers => "logout_others",
+            Self::LogoutEverywhere => "logout_everywhere",
+            Self::PasswordChange => "password_change",
         }
     }
 }

@@ -11,6 +11,8 @@ use crate::error::Error;
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub claims: AccessClaims,
+    /// The session (`sid`) of the token.
+    pub sid: Uuid,
     pub user: User,
 }
 
@@ -34,7 +36,7 @@ impl Issuer {
             Some(true) => return Err(Error::InvalidToken("session revoked")),
             Some(false) => {
                 if let Some(user) = self.shared.cached_session(sid).filter(|u| u.id == sub) {
-                    return Ok(Principal { claims, user });
+                    return Ok(Principal { claims, sid, user });
                 }
             }
             None => {}
@@ -43,7 +45,7 @@ impl Issuer {
         match self.store.session_user(sid, sub).await? {
             Some(user) => {
                 self.shared.remember_session(sid, &user, epoch);
-                Ok(Principal { claims, user })
+                Ok(Principal { claims, sid, user })
             }
             None => Err(Error::InvalidToken("session revoked")),
         }

@@ -199,6 +199,10 @@ impl Issuer {
                 .map_err(Error::RateLimited)?;
         }
         let successor = self.successors.successor(&presented);
+        let user_agent: Option<String> = meta
+            .user_agent
+            .as_deref()
+            .map(|ua| ua.chars().take(512).collect());
         let now = self.now();
         let outcome = self
             .store
@@ -208,6 +212,8 @@ impl Issuer {
                 client_id: &client.id,
                 now,
                 policy: self.policy,
+                ip: meta.ip.as_deref(),
+                user_agent: user_agent.as_deref(),
             })
             .await?;
         match outcome {
@@ -246,7 +252,7 @@ impl Issuer {
         }
     }
 
-    async fn issue(
+    pub(crate) async fn issue(
         &self,
         client: &Client,
         family: &FamilyInfo,

@@ -89,6 +89,9 @@ pub struct RotateRequest<'a> {
     pub client_id: &'a str,
     pub now: OffsetDateTime,
     pub policy: RefreshPolicy,
+    /// Where the request came from: kept as the session's last IP and user agent.
+    pub ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
 }
 
 /// The result of a rotation.
@@ -121,6 +124,25 @@ pub(crate) fn refused_after_revoke(
         family: Some(family),
         revoked: revoked_now.then_some(reason),
     }
+}
+
+/// A live session, as its user sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: Uuid,
+    pub client_id: String,
+    pub created_at: OffsetDateTime,
+    pub last_used_at: OffsetDateTime,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Which of a user's sessions to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionSelector {
+    One(Uuid),
+    AllBut(Uuid),
+    All,
 }
 
 /// The result of revoking by refresh token.
@@ -180,6 +202,35 @@ pub trait Store: Send + Sync + 'static {
         reason: RevokeReason,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+
+    /// The live sessions of a user (not revoked, idle or expired), most recently used
+    /// first.
+    async fn list_sessions(
+        &self,
+        user_id: Uuid,
+        policy: &RefreshPolicy,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Session>, StoreError>;
+
+    /// Revokes the user's sessions that `which` names and are not revoked yet, with an
+    /// audit row each; returns their ids.
+    async fn revoke_sessions(
+        &self,
+        user_id: Uuid,
+        which: SessionSelector,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Uuid>, StoreError>;
+
+    /// In one transaction: replaces the password hash, revokes every session of the
+    /// user and starts `family`. Returns the ids revoked.
+    async fn change_password(
+        &self,
+        user_id: Uuid,
+        password_hash: &str,
+        family: &NewFamily,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Uuid>, StoreError>;
 
     /// The user of a live session: `None` when the family is revoked or unknown, or the
     /// user is not the family's.

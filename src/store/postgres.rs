@@ -20,8 +20,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Store, StoreError,
-    UserWithHash, refused_after_revoke,
+    FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Session, SessionSelector,
+    Store, StoreError, UserWithHash, refused_after_revoke,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{
@@ -188,7 +188,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
-            let family = touch_family(&mut tx, family_id, r.now).await?;
+            let family = touch_family(&mut tx, family_id, r).await?;
             tx.commit().await.map_err(classify)?;
             return Ok(RotateOutcome::Issued {
                 family,
@@ -228,7 +228,7 @@ impl PgStore {
         let family_id = p.family.id;
         let outcome = match r.policy.decide(r.client_id, &state, r.now) {
             Decision::GraceReplay => RotateOutcome::Issued {
-                family: touch_family(&mut tx, family_id, r.now).await?,
+                family: touch_family(&mut tx, family_id, r).await?,
                 replay: true,
             },
             Decision::RevokeFamily(reason) => {
@@ -297,29 +297,7 @@ impl Store for PgStore {
 
     async fn create_family(&self, f: &NewFamily) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO refresh_families (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip)
-             VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
-        )
-        .bind(f.id)
-        .bind(f.user_id)
-        .bind(&f.client_id)
-        .bind(&f.scope)
-        .bind(f.created_at)
-        .bind(&f.user_agent)
-        .bind(&f.ip)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES ($1, $2, $3)",
-        )
-        .bind(&f.first_token[..])
-        .bind(f.id)
-        .bind(f.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
+        insert_family(&mut tx, f).await?;
         tx.commit().await.map_err(classify)
     }
 
@@ -371,6 +349,88 @@ impl Store for PgStore {
         };
         tx.commit().await.map_err(classify)?;
         Ok(outcome)
+    }
+
+    async fn list_sessions(
+        &self,
+        user_id: Uuid,
+        policy: &RefreshPolicy,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Session>, StoreError> {
+        let (idle_cutoff, absolute_cutoff) = policy.cutoffs(now);
+        let rows: Vec<(
+            Uuid,
+            String,
+            OffsetDateTime,
+            OffsetDateTime,
+            Option<String>,
+            Option<String>,
+        )> = sqlx::query_as(
+            "SELECT id, client_id, created_at, last_used_at, ip, user_agent
+                 FROM refresh_families
+                 WHERE user_id = $1 AND revoked_at IS NULL
+                   AND last_used_at > $2 AND created_at > $3
+                 ORDER BY last_used_at DESC, id",
+        )
+        .bind(user_id)
+        .bind(idle_cutoff)
+        .bind(absolute_cutoff)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, client_id, created_at, last_used_at, ip, user_agent)| Session {
+                    id,
+                    client_id,
+                    created_at,
+                    last_used_at,
+                    ip,
+                    user_agent,
+                },
+            )
+            .collect())
+    }
+
+    async fn revoke_sessions(
+        &self,
+        user_id: Uuid,
+        which: SessionSelector,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut tx = self.begin().await?;
+        let revoked = revoke_sessions_in_tx(&mut tx, user_id, which, reason, now).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(revoked)
+    }
+
+    async fn change_password(
+        &self,
+        user_id: Uuid,
+        password_hash: &str,
+        family: &NewFamily,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(password_hash)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let revoked = revoke_sessions_in_tx(
+            &mut tx,
+            user_id,
+            SessionSelector::All,
+            RevokeReason::PasswordChange,
+            now,
+        )
+        .await?;
+        insert_family(&mut tx, family).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(revoked)
     }
 
     async fn revoked_since(
@@ -456,17 +516,93 @@ impl Store for PgStore {
     }
 }
 
+async fn insert_family(
+    tx: &mut Transaction<'static, Postgres>,
+    f: &NewFamily,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO refresh_families (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip)
+         VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
+    )
+    .bind(f.id)
+    .bind(f.user_id)
+    .bind(&f.client_id)
+    .bind(&f.scope)
+    .bind(f.created_at)
+    .bind(&f.user_agent)
+    .bind(&f.ip)
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES ($1, $2, $3)",
+    )
+    .bind(&f.first_token[..])
+    .bind(f.id)
+    .bind(f.created_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// Revokes the chosen live sessions of a user, with an audit row each.
+async fn revoke_sessions_in_tx(
+    tx: &mut Transaction<'static, Postgres>,
+    user_id: Uuid,
+    which: SessionSelector,
+    reason: RevokeReason,
+    now: OffsetDateTime,
+) -> Result<Vec<Uuid>, StoreError> {
+    let (filter, id) = match which {
+        SessionSelector::One(id) => ("id = $4", Some(id)),
+        SessionSelector::AllBut(id) => ("id <> $4", Some(id)),
+        SessionSelector::All => ("$4::uuid IS NULL", None),
+    };
+    let revoked: Vec<(Uuid, String)> = sqlx::query_as(&format!(
+        "UPDATE refresh_families SET revoked_at = $1, revoked_reason = $2
+         WHERE user_id = $3 AND revoked_at IS NULL AND {filter}
+         RETURNING id, client_id"
+    ))
+    .bind(now)
+    .bind(reason.code())
+    .bind(user_id)
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(classify)?;
+    for (family_id, client_id) in &revoked {
+        sqlx::query(
+            "INSERT INTO audit_events (at, kind, user_id, family_id, client_id, detail)
+             VALUES ($1, 'family_revoked', $2, $3, $4, $5)",
+        )
+        .bind(now)
+        .bind(user_id)
+        .bind(family_id)
+        .bind(client_id)
+        .bind(reason.code())
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+    }
+    Ok(revoked.into_iter().map(|(id, _)| id).collect())
+}
+
 async fn touch_family(
     tx: &mut Transaction<'static, Postgres>,
     family_id: Uuid,
-    now: OffsetDateTime,
+    r: &RotateRequest<'_>,
 ) -> Result<FamilyInfo, StoreError> {
     let record: FamilyRecord = sqlx::query_as(
-        "UPDATE refresh_families SET last_used_at = GREATEST(last_used_at, $1) WHERE id = $2
+        "UPDATE refresh_families SET last_used_at = GREATEST(last_used_at, $1),
+                ip = COALESCE($3, ip), user_agent = COALESCE($4, user_agent)
+         WHERE id = $2
          RETURNING id, user_id, client_id, scope, created_at",
     )
-    .bind(now)
+    .bind(r.now)
     .bind(family_id)
+    .bind(r.ip)
+    .bind(r.user_agent)
     .fetch_one(&mut **tx)
     .await
     .map_err(classify)?;

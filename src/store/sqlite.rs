@@ -19,8 +19,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Store, StoreError,
-    UserWithHash, refused_after_revoke,
+    FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Session, SessionSelector,
+    Store, StoreError, UserWithHash, refused_after_revoke,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{
@@ -211,29 +211,7 @@ impl Store for SqliteStore {
 
     async fn create_family(&self, f: &NewFamily) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO refresh_families (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
-        )
-        .bind(f.id.to_string())
-        .bind(f.user_id.to_string())
-        .bind(&f.client_id)
-        .bind(&f.scope)
-        .bind(ms(f.created_at))
-        .bind(&f.user_agent)
-        .bind(&f.ip)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES (?1, ?2, ?3)",
-        )
-        .bind(&f.first_token[..])
-        .bind(f.id.to_string())
-        .bind(ms(f.created_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(classify)?;
+        insert_family(&mut tx, f).await?;
         tx.commit().await.map_err(classify)
     }
 
@@ -272,7 +250,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(classify)?;
-            let family = touch_family(&mut tx, &family_id, now).await?;
+            let family = touch_family(&mut tx, &family_id, now, r).await?;
             tx.commit().await.map_err(classify)?;
             return Ok(RotateOutcome::Issued {
                 family,
@@ -313,7 +291,7 @@ impl Store for SqliteStore {
         let family_id = p.family.id.clone();
         let outcome = match r.policy.decide(r.client_id, &state, r.now) {
             Decision::GraceReplay => {
-                let family = touch_family(&mut tx, &family_id, now).await?;
+                let family = touch_family(&mut tx, &family_id, now, r).await?;
                 RotateOutcome::Issued {
                     family,
                     replay: true,
@@ -365,6 +343,82 @@ impl Store for SqliteStore {
         };
         tx.commit().await.map_err(classify)?;
         Ok(outcome)
+    }
+
+    async fn list_sessions(
+        &self,
+        user_id: Uuid,
+        policy: &RefreshPolicy,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Session>, StoreError> {
+        let (idle_cutoff, absolute_cutoff) = policy.cutoffs(now);
+        let rows: Vec<(String, String, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT id, client_id, created_at, last_used_at, ip, user_agent
+                 FROM refresh_families
+                 WHERE user_id = ?1 AND revoked_at IS NULL
+                   AND last_used_at > ?2 AND created_at > ?3
+                 ORDER BY last_used_at DESC, id",
+        )
+        .bind(user_id.to_string())
+        .bind(ms(idle_cutoff))
+        .bind(ms(absolute_cutoff))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify)?;
+        rows.into_iter()
+            .map(
+                |(id, client_id, created_at, last_used_at, ip, user_agent)| {
+                    Ok(Session {
+                        id: uuid(&id)?,
+                        client_id,
+                        created_at: from_ms(created_at)?,
+                        last_used_at: from_ms(last_used_at)?,
+                        ip,
+                        user_agent,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    async fn revoke_sessions(
+        &self,
+        user_id: Uuid,
+        which: SessionSelector,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let revoked = revoke_sessions_in_tx(&mut tx, user_id, which, reason, ms(now)).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(revoked)
+    }
+
+    async fn change_password(
+        &self,
+        user_id: Uuid,
+        password_hash: &str,
+        family: &NewFamily,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE users SET password_hash = ?1 WHERE id = ?2")
+            .bind(password_hash)
+            .bind(user_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let revoked = revoke_sessions_in_tx(
+            &mut tx,
+            user_id,
+            SessionSelector::All,
+            RevokeReason::PasswordChange,
+            ms(now),
+        )
+        .await?;
+        insert_family(&mut tx, family).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(revoked)
     }
 
     async fn revoked_since(
@@ -456,17 +510,96 @@ impl Store for SqliteStore {
     }
 }
 
+async fn insert_family(
+    tx: &mut Transaction<'static, Sqlite>,
+    f: &NewFamily,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO refresh_families (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
+    )
+    .bind(f.id.to_string())
+    .bind(f.user_id.to_string())
+    .bind(&f.client_id)
+    .bind(&f.scope)
+    .bind(ms(f.created_at))
+    .bind(&f.user_agent)
+    .bind(&f.ip)
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES (?1, ?2, ?3)",
+    )
+    .bind(&f.first_token[..])
+    .bind(f.id.to_string())
+    .bind(ms(f.created_at))
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// Revokes the chosen live sessions of a user, with an audit row each.
+async fn revoke_sessions_in_tx(
+    tx: &mut Transaction<'static, Sqlite>,
+    user_id: Uuid,
+    which: SessionSelector,
+    reason: RevokeReason,
+    now: i64,
+) -> Result<Vec<Uuid>, StoreError> {
+    let (filter, id) = match which {
+        SessionSelector::One(id) => ("id = ?4", Some(id.to_string())),
+        SessionSelector::AllBut(id) => ("id <> ?4", Some(id.to_string())),
+        SessionSelector::All => ("?4 IS NULL", None),
+    };
+    let revoked: Vec<(String, String)> = sqlx::query_as(&format!(
+        "UPDATE refresh_families SET revoked_at = ?1, revoked_reason = ?2
+         WHERE user_id = ?3 AND revoked_at IS NULL AND {filter}
+         RETURNING id, client_id"
+    ))
+    .bind(now)
+    .bind(reason.code())
+    .bind(user_id.to_string())
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(classify)?;
+    let mut ids = Vec::with_capacity(revoked.len());
+    for (family_id, client_id) in &revoked {
+        sqlx::query(
+            "INSERT INTO audit_events (at, kind, user_id, family_id, client_id, detail)
+             VALUES (?1, 'family_revoked', ?2, ?3, ?4, ?5)",
+        )
+        .bind(now)
+        .bind(user_id.to_string())
+        .bind(family_id)
+        .bind(client_id)
+        .bind(reason.code())
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+        ids.push(uuid(family_id)?);
+    }
+    Ok(ids)
+}
+
 async fn touch_family(
     tx: &mut Transaction<'static, Sqlite>,
     family_id: &str,
     now: i64,
+    r: &RotateRequest<'_>,
 ) -> Result<FamilyInfo, StoreError> {
     let record: FamilyRecord = sqlx::query_as(
-        "UPDATE refresh_families SET last_used_at = ?1 WHERE id = ?2
+        "UPDATE refresh_families SET last_used_at = ?1,
+                ip = COALESCE(?3, ip), user_agent = COALESCE(?4, user_agent)
+         WHERE id = ?2
          RETURNING id, user_id, client_id, scope, created_at",
     )
     .bind(now)
     .bind(family_id)
+    .bind(r.ip)
+    .bind(r.user_agent)
     .fetch_one(&mut **tx)
     .await
     .map_err(classify)?;

@@ -12,7 +12,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Store, StoreError, UserWithHash,
+    NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Session, SessionSelector, Store,
+    StoreError, UserWithHash,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{RefreshPolicy, RevokeReason};
@@ -65,6 +66,41 @@ impl Store for TimedStore {
 
     async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
         self.bounded(self.inner.rotate(request)).await
+    }
+
+    async fn list_sessions(
+        &self,
+        user_id: Uuid,
+        policy: &RefreshPolicy,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Session>, StoreError> {
+        self.bounded(self.inner.list_sessions(user_id, policy, now))
+            .await
+    }
+
+    async fn revoke_sessions(
+        &self,
+        user_id: Uuid,
+        which: SessionSelector,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        self.bounded(self.inner.revoke_sessions(user_id, which, reason, now))
+            .await
+    }
+
+    async fn change_password(
+        &self,
+        user_id: Uuid,
+        password_hash: &str,
+        family: &NewFamily,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        self.bounded(
+            self.inner
+                .change_password(user_id, password_hash, family, now),
+        )
+        .await
     }
 
     async fn revoked_since(

@@ -273,3 +273,41 @@ scenario! {
         assert_eq!(resp.status(), StatusCode::OK);
     }
 }
+
+scenario! {
+    async fn cookie_mode_v1_logout_and_password_change_handle_the_cookie(backend) {
+        let app = spawn_app(backend).await;
+        let (access, cookie) = spa_login(&app).await;
+        // A password change hands the new session's refresh token in the cookie only.
+        let resp = app
+            .http
+            .post(app.url("/v1/me/password"))
+            .bearer_auth(&access)
+            .json(&serde_json::json!({
+                "current_password": PASSWORD,
+                "new_password": "another sound passphrase",
+            }))
+            .send()
+            .await
+            .unwrap();
+        let fresh_cookie = refresh_cookie(&resp);
+        assert_ne!(fresh_cookie, cookie);
+        let body: Value = resp.json().await.unwrap();
+        assert!(body.get("refresh_token").is_none(), "{body}");
+        let access = body["access_token"].as_str().unwrap().to_owned();
+        // Logging out this session clears the cookie; the cookie's token is dead.
+        let resp = app
+            .http
+            .post(app.url("/v1/logout"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let cleared = set_cookie_headers(&resp);
+        assert_eq!(cleared.len(), 1, "{cleared:?}");
+        assert!(cleared[0].starts_with("__Host-refresh=;") && cleared[0].contains("Max-Age=0"));
+        let resp = spa_post(&app, "/oauth/token", &refresh_form(), Some(&fresh_cookie), Some(SPA_ORIGIN), true).await;
+        assert_invalid_grant(resp, "revoked").await;
+    }
+}

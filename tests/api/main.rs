@@ -43,4 +43,5 @@ mod proxy;
 mod refresh_grant;
 mod registration;
 mod revocation;
+mod sessions;
 mod shared_state;

@@ -1,0 +1,171 @@
+//! The signed-in user's sessions: list them, end one, log out, change the password.
+//! Every session ended here is announced at once (see `store::shared`), so its access
+//! tokens are refused everywhere from the next request.
+
+use uuid::Uuid;
+
+use super::Issuer;
+use super::access::Principal;
+use super::tokens::{Issued, RequestMeta, Revoked};
+use crate::crypto::refresh;
+use crate::domain::client::{Client, Delivery};
+use crate::domain::family::RevokeReason;
+use crate::domain::secret::Secret;
+use crate::domain::user::{check_new_password, check_password_size};
+use crate::error::Error;
+use crate::store::shared::LimitKind;
+use crate::store::{FamilyInfo, NewFamily, Session, SessionSelector};
+
+/// Which sessions `POST /v1/logout` ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogoutScope {
+    /// The session of the access token.
+    This,
+    /// Every other session of the user.
+    Others,
+    /// Every session of the user, this one included.
+    Everywhere,
+}
+
+/// A session in the list, and whether it is the caller's own.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub session: Session,
+    pub current: bool,
+}
+
+impl Issuer {
+    fn client_of(&self, who: &Principal) -> Result<&Client, Error> {
+        self.clients
+            .get(&who.claims.client_id)
+            .ok_or(Error::InvalidClient)
+    }
+
+    async fn announce(&self, revoked: &[Uuid], reason: RevokeReason, who: &Principal) {
+        for sid in revoked {
+            tracing::info!(target: "security", event = "family_revoked", reason = reason.code(), sid = %sid, user_id = %who.user.id);
+            self.shared.revoked(*sid).await;
+        }
+    }
+
+    /// `GET /v1/sessions`: the caller's live sessions.
+    pub async fn sessions(&self, who: &Principal) -> Result<Vec<SessionView>, Error> {
+        let sessions = self
+            .store
+            .list_sessions(who.user.id, &self.policy, self.now())
+            .await?;
+        Ok(sessions
+            .into_iter()
+            .map(|session| SessionView {
+                current: session.id == who.sid,
+                session,
+            })
+            .collect())
+    }
+
+    /// `DELETE /v1/sessions/{id}`: ends one of the caller's sessions; another user's,
+    /// an unknown or an ended one is `NotFound`.
+    pub async fn end_session(&self, who: &Principal, id: Uuid) -> Result<(), Error> {
+        let reason = RevokeReason::SessionEnded;
+        let revoked = self
+            .store
+            .revoke_sessions(who.user.id, SessionSelector::One(id), reason, self.now())
+            .await?;
+        if revoked.is_empty() {
+            return Err(Error::NotFound);
+        }
+        self.announce(&revoked, reason, who).await;
+        Ok(())
+    }
+
+    /// `POST /v1/logout`.
+    pub async fn logout(&self, who: &Principal, scope: LogoutScope) -> Result<Revoked, Error> {
+        let (which, reason) = match scope {
+            LogoutScope::This => (SessionSelector::One(who.sid), RevokeReason::Logout),
+            LogoutScope::Others => (SessionSelector::AllBut(who.sid), RevokeReason::LogoutOthers),
+            LogoutScope::Everywhere => (SessionSelector::All, RevokeReason::LogoutEverywhere),
+        };
+        let revoked = self
+            .store
+            .revoke_sessions(who.user.id, which, reason, self.now())
+            .await?;
+        self.announce(&revoked, reason, who).await;
+        let own_cookie = self
+            .client_of(who)
+            .is_ok_and(|c| c.delivery == Delivery::Cookie);
+        Ok(Revoked {
+            clear_cookie: own_cookie && scope != LogoutScope::Others,
+        })
+    }
+
+    /// `POST /v1/me/password`: checks the current password, sets the new one, ends
+    /// every session of the user (this one included) and starts a fresh one for this
+    /// device, whose tokens are returned.
+    pub async fn change_password(
+        &self,
+        who: &Principal,
+        current: Secret,
+        new: Secret,
+        meta: RequestMeta,
+    ) -> Result<Issued, Error> {
+        let client = self.client_of(who)?;
+        check_password_size(current.expose())
+            .map_err(|_| Error::InvalidRequest("current_password is too long".into()))?;
+        let email = who.user.email.clone();
+        if let Some(limit) = self.limits.login_per_account {
+            self.shared
+                .check(LimitKind::LoginAccount, &email, limit)
+                .await
+                .map_err(Error::RateLimited)?;
+        }
+        let stored = self
+            .store
+            .find_user_by_email(&email)
+            .await?
+            .filter(|u| u.user.id == who.user.id && !u.disabled)
+            .ok_or(Error::InvalidToken("user gone"))?;
+        if !self
+            .hasher
+            .verify(current, Some(stored.password_hash))
+            .await?
+        {
+            tracing::info!(target: "security", event = "password_change_failed", user_id = %who.user.id);
+            if let Some(limit) = self.limits.login_per_account {
+                let _ = self
+                    .shared
+                    .hit(LimitKind::LoginAccount, &email, limit)
+                    .await;
+            }
+            return Err(Error::WrongPassword);
+        }
+        check_new_password(new.expose(), &email)?;
+        let hash = self.hasher.hash(new).await?;
+        let now = self.now();
+        let token = refresh::generate()?;
+        let family = NewFamily {
+            id: Uuid::new_v4(),
+            user_id: who.user.id,
+            client_id: client.id.clone(),
+            scope: None,
+            created_at: now,
+            user_agent: meta.user_agent.map(|ua| ua.chars().take(512).collect()),
+            ip: meta.ip,
+            first_token: refresh::hash(&token),
+        };
+        let revoked = self
+            .store
+            .change_password(who.user.id, &hash, &family, now)
+            .await?;
+        tracing::info!(target: "security", event = "password_changed", user_id = %who.user.id, sid = %family.id);
+        self.announce(&revoked, RevokeReason::PasswordChange, who)
+            .await;
+        let info = FamilyInfo {
+            id: family.id,
+            user_id: family.user_id,
+            client_id: family.client_id,
+            scope: family.scope,
+            created_at: now,
+        };
+        self.issue(client, &info, token, now).await
+    }
+}
