@@ -215,6 +215,8 @@ struct ClientFile {
     #[serde(default)]
     allowed_origins: Vec<String>,
     audiences: Option<Vec<String>>,
+    /// `sha256:<hex>` of the secret, from `token-issuer client-secret`.
+    client_secret_hash: Option<String>,
 }
 
 /// Environment variables that override a scalar setting, with the setting they set.
@@ -721,12 +723,36 @@ fn client_from_file(
             "must list at least one non-empty audience",
         ));
     }
+    let secret_hash = match (c.kind, c.client_secret_hash.as_deref()) {
+        (ClientKind::Service, Some(raw)) => Some(
+            crate::crypto::client_secret::parse_hash(raw).ok_or_else(|| {
+                invalid(
+                    &format!("{setting}.client_secret_hash"),
+                    "expected sha256:<64 hex digits>, as `token-issuer client-secret` prints it",
+                )
+            })?,
+        ),
+        (ClientKind::Service, None) => {
+            return Err(invalid(
+                &format!("{setting}.client_secret_hash"),
+                "a service client needs a secret: run `token-issuer client-secret`",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(invalid(
+                &format!("{setting}.client_secret_hash"),
+                "only service clients have a secret",
+            ));
+        }
+        (_, None) => None,
+    };
     Ok(Client {
         id: c.client_id,
         kind: c.kind,
         delivery,
         allowed_origins,
         audiences,
+        secret_hash,
     })
 }
 
@@ -738,6 +764,7 @@ fn dev_clients(audience: &str) -> Vec<Client> {
             delivery: Delivery::Body,
             allowed_origins: Vec::new(),
             audiences: vec![audience.to_owned()],
+            secret_hash: None,
         },
         Client {
             id: "dev-spa".to_owned(),
@@ -745,6 +772,7 @@ fn dev_clients(audience: &str) -> Vec<Client> {
             delivery: Delivery::Cookie,
             allowed_origins: vec!["http://localhost:5173".to_owned()],
             audiences: vec![audience.to_owned()],
+            secret_hash: None,
         },
     ]
 }

@@ -25,6 +25,9 @@ enum Command {
     Openapi,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Generate a secret for a `service` client: prints the secret (give it to the
+    /// service, it is shown only once) and the `client_secret_hash` for the config.
+    ClientSecret,
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,16 @@ fn main() -> ExitCode {
     if let Some(Command::Openapi) = cli.command {
         println!("{}", api::openapi_json());
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::ClientSecret) = cli.command {
+        return match token_issuer::crypto::client_secret::generate() {
+            Ok((secret, hash)) => {
+                println!("client_secret = {}", secret.expose());
+                println!("client_secret_hash = \"{hash}\"");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        };
     }
     let settings = match Settings::load() {
         Ok(s) => s,

@@ -237,9 +237,11 @@ impl From<Error> for Problem {
         use ErrorCode as C;
         match e {
             Error::InvalidRequest(m) => Self::new(Kind::BadRequest, C::InvalidRequest, m),
-            Error::InvalidClient => {
-                Self::new(Kind::Unauthorized, C::InvalidClient, "unknown client_id")
-            }
+            Error::InvalidClient => Self::new(
+                Kind::Unauthorized,
+                C::InvalidClient,
+                "unknown client_id, or client authentication failed",
+            ),
             Error::UnauthorizedClient(m) => Self::new(Kind::BadRequest, C::UnauthorizedClient, m),
             Error::UnsupportedGrantType => Self::new(
                 Kind::BadRequest,
@@ -337,12 +339,14 @@ pub enum OAuthError {
         #[oai(header = "Cache-Control")] String,
         #[oai(header = "Pragma")] String,
     ),
-    /// `invalid_client`: unknown `client_id`.
+    /// `invalid_client`: unknown `client_id`, or a confidential client that failed to
+    /// authenticate (RFC 6749 §5.2: with `WWW-Authenticate: Basic`).
     #[oai(status = 401)]
     Unauthorized(
         Json<ErrorBody>,
         #[oai(header = "Cache-Control")] String,
         #[oai(header = "Pragma")] String,
+        #[oai(header = "WWW-Authenticate")] String,
     ),
     /// `payload_too_large`.
     #[oai(status = 413)]
@@ -369,7 +373,12 @@ impl From<Problem> for OAuthError {
             Kind::BadRequest | Kind::Forbidden | Kind::NotFound | Kind::Conflict => {
                 Self::BadRequest(body, no_store(), "no-cache".into())
             }
-            Kind::Unauthorized => Self::Unauthorized(body, no_store(), "no-cache".into()),
+            Kind::Unauthorized => Self::Unauthorized(
+                body,
+                no_store(),
+                "no-cache".into(),
+                format!("Basic realm=\"{REALM}\""),
+            ),
             Kind::PayloadTooLarge => Self::PayloadTooLarge(body),
             Kind::TooManyRequests(secs) => Self::TooManyRequests(body, secs, no_store()),
             Kind::Unavailable => Self::Unavailable(body, RETRY_AFTER_SECS),

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod health;
+pub mod introspect;
 pub mod payload;
 pub mod security;
 pub mod sessions;
@@ -20,7 +21,7 @@ use crate::service::tokens::RequestMeta;
 /// Operation groups in the docs.
 #[derive(Tags)]
 pub enum ApiTags {
-    /// RFC 6749 token endpoint and RFC 7009 revocation.
+    /// RFC 6749 token endpoint, RFC 7009 revocation and RFC 7662 introspection.
     #[oai(rename = "OAuth")]
     OAuth,
     /// Registration and the signed-in user.
@@ -36,6 +37,7 @@ pub enum ApiTags {
 /// Every API of the service.
 pub type Apis = (
     token::TokenApi,
+    introspect::IntrospectApi,
     users::UsersApi,
     sessions::SessionsApi,
     wellknown::DiscoveryApi,
@@ -55,6 +57,7 @@ pub fn make_openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             token::TokenApi,
+            introspect::IntrospectApi,
             users::UsersApi,
             sessions::SessionsApi,
             wellknown::DiscoveryApi,

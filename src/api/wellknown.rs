@@ -55,7 +55,9 @@ pub enum JwksResponse {
     ),
 }
 
-/// Authorization server metadata (RFC 8414); lists only what is supported.
+/// Authorization server metadata (RFC 8414); lists only what is supported. The same
+/// document is served as `/.well-known/openid-configuration` for libraries that only
+/// look there; this issuer mints no ID tokens.
 #[derive(Object)]
 pub struct ServerMetadata {
     /// Equal, byte for byte, to the `iss` of our tokens.
@@ -63,11 +65,20 @@ pub struct ServerMetadata {
     pub token_endpoint: String,
     pub jwks_uri: String,
     pub revocation_endpoint: String,
+    pub introspection_endpoint: String,
     /// Empty: there is no authorization endpoint.
     pub response_types_supported: Vec<String>,
+    /// `password` and `refresh_token`.
     pub grant_types_supported: Vec<String>,
+    /// `none`: the token endpoint serves public (first-party) clients.
     pub token_endpoint_auth_methods_supported: Vec<String>,
     pub revocation_endpoint_auth_methods_supported: Vec<String>,
+    /// `client_secret_basic` and `client_secret_post`, for `service` clients.
+    pub introspection_endpoint_auth_methods_supported: Vec<String>,
+    /// The `alg` of our access tokens (RFC 9068): `RS256` only.
+    pub access_token_signing_alg_values_supported: Vec<String>,
+    /// Empty: no scopes are defined.
+    pub scopes_supported: Vec<String>,
     pub service_documentation: String,
 }
 
@@ -126,21 +137,46 @@ impl DiscoveryApi {
         operation_id = "metadata"
     )]
     async fn metadata(&self, issuer: Data<&Arc<Issuer>>) -> MetadataResponse {
-        let base = issuer.issuer_url();
-        let list = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        MetadataResponse::Ok(
-            Json(ServerMetadata {
-                issuer: base.to_owned(),
-                token_endpoint: format!("{base}/oauth/token"),
-                jwks_uri: format!("{base}/.well-known/jwks.json"),
-                revocation_endpoint: format!("{base}/oauth/revoke"),
-                response_types_supported: Vec::new(),
-                grant_types_supported: list(&["password", "refresh_token"]),
-                token_endpoint_auth_methods_supported: list(&["none"]),
-                revocation_endpoint_auth_methods_supported: list(&["none"]),
-                service_documentation: format!("{base}/docs"),
-            }),
-            "public, max-age=3600".into(),
-        )
+        server_metadata(&issuer)
     }
+
+    /// OpenID configuration
+    ///
+    /// The same document as `/.well-known/oauth-authorization-server`, for libraries
+    /// that discover `jwks_uri` only here. This issuer is not an OpenID Provider: it
+    /// mints access tokens, no ID tokens.
+    #[oai(
+        path = "/.well-known/openid-configuration",
+        method = "get",
+        operation_id = "openid_configuration"
+    )]
+    async fn openid_configuration(&self, issuer: Data<&Arc<Issuer>>) -> MetadataResponse {
+        server_metadata(&issuer)
+    }
+}
+
+fn server_metadata(issuer: &Issuer) -> MetadataResponse {
+    let base = issuer.issuer_url();
+    let list = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    MetadataResponse::Ok(
+        Json(ServerMetadata {
+            issuer: base.to_owned(),
+            token_endpoint: format!("{base}/oauth/token"),
+            jwks_uri: format!("{base}/.well-known/jwks.json"),
+            revocation_endpoint: format!("{base}/oauth/revoke"),
+            introspection_endpoint: format!("{base}/oauth/introspect"),
+            response_types_supported: Vec::new(),
+            grant_types_supported: list(&["password", "refresh_token"]),
+            token_endpoint_auth_methods_supported: list(&["none"]),
+            revocation_endpoint_auth_methods_supported: list(&["none"]),
+            introspection_endpoint_auth_methods_supported: list(&[
+                "client_secret_basic",
+                "client_secret_post",
+            ]),
+            access_token_signing_alg_values_supported: list(&["RS256"]),
+            scopes_supported: Vec::new(),
+            service_documentation: format!("{base}/docs"),
+        }),
+        "public, max-age=3600".into(),
+    )
 }

@@ -5,6 +5,7 @@
 //! jsonwebtoken with every check pinned. `ring` provides the CSPRNG, SHA-256 and HMAC
 //! for refresh tokens; argon2id hashes passwords on a bounded pool.
 
+pub mod client_secret;
 pub mod jwt;
 pub mod keys;
 pub mod password;

@@ -33,6 +33,9 @@ pub struct Client {
     pub allowed_origins: Vec<String>,
     /// The `aud` of the access tokens minted for this client.
     pub audiences: Vec<String>,
+    /// `service` clients: the SHA-256 of their secret (they authenticate to
+    /// introspect).
+    pub secret_hash: Option<[u8; 32]>,
 }
 
 /// What a browser request tells about where it comes from.
@@ -86,6 +89,7 @@ mod tests {
             delivery: Delivery::Cookie,
             allowed_origins: vec!["http://localhost:5173".into()],
             audiences: vec!["aud".into()],
+            secret_hash: None,
         }
     }
 

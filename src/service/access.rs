@@ -1,4 +1,5 @@
-//! Access-token checks for our own protected endpoints.
+//! Access-token checks: for our own protected endpoints (`authenticate`) and for
+//! introspection (`live_access_token`).
 
 use uuid::Uuid;
 
@@ -18,36 +19,50 @@ pub struct Principal {
 
 impl Issuer {
     /// Verifies a bearer token for our own audience and checks that its family is still
-    /// live, so the access tokens of a revoked family are refused at once: the local
-    /// deny-list, the Redis deny-list, the session cache, then the database (see
-    /// `store::shared`).
+    /// live, so the access tokens of a revoked family are refused at once.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, Error> {
-        let claims =
-            self.verifier
-                .verify(token, Some(&self.audience), self.now().unix_timestamp())?;
+        self.check_access_token(token, Some(&self.audience)).await
+    }
+
+    /// An access token of ours, for any audience, whose session is live.
+    pub(crate) async fn check_access_token(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<Principal, Error> {
+        let claims = self
+            .verifier
+            .verify(token, audience, self.now().unix_timestamp())?;
         let sid =
             Uuid::parse_str(&claims.sid).map_err(|_| Error::InvalidToken("sid is not ours"))?;
         let sub =
             Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken("sub is not ours"))?;
+        match self.live_session(sid, sub).await? {
+            Some(user) => Ok(Principal { claims, sid, user }),
+            None => Err(Error::InvalidToken("session revoked")),
+        }
+    }
+
+    /// The user of session `sid` if it is live: the local deny-list, the Redis
+    /// deny-list, the session cache, then the database (see `store::shared`).
+    async fn live_session(&self, sid: Uuid, sub: Uuid) -> Result<Option<User>, Error> {
         if self.shared.denied_locally(sid) {
-            return Err(Error::InvalidToken("session revoked"));
+            return Ok(None);
         }
         match self.shared.denied_in_redis(sid).await {
-            Some(true) => return Err(Error::InvalidToken("session revoked")),
+            Some(true) => return Ok(None),
             Some(false) => {
                 if let Some(user) = self.shared.cached_session(sid).filter(|u| u.id == sub) {
-                    return Ok(Principal { claims, sid, user });
+                    return Ok(Some(user));
                 }
             }
             None => {}
         }
         let epoch = self.shared.cache_epoch();
-        match self.store.session_user(sid, sub).await? {
-            Some(user) => {
-                self.shared.remember_session(sid, &user, epoch);
-                Ok(Principal { claims, sid, user })
-            }
-            None => Err(Error::InvalidToken("session revoked")),
+        let user = self.store.session_user(sid, sub).await?;
+        if let Some(user) = &user {
+            self.shared.remember_session(sid, user, epoch);
         }
+        Ok(user)
     }
 }

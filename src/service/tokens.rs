@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::Issuer;
 use crate::crypto::{jwt, refresh};
 use crate::domain::claims::{AccessClaims, Audience};
-use crate::domain::client::{BrowserContext, Client, Delivery};
+use crate::domain::client::{BrowserContext, Client, ClientKind, Delivery};
 use crate::domain::family::{GrantRejection, RevokeReason};
 use crate::domain::secret::Secret;
 use crate::domain::user::{check_password_size, normalize_email};
@@ -80,6 +80,11 @@ impl Issuer {
             .ok_or_else(|| Error::InvalidRequest("grant_type is required".into()))?;
         if !matches!(grant_type.as_str(), "password" | "refresh_token") {
             return Err(Error::UnsupportedGrantType);
+        }
+        if client.kind == ClientKind::Service {
+            return Err(Error::UnauthorizedClient(
+                "service clients introspect tokens; they do not log users in",
+            ));
         }
         // Before anything is looked up or consumed.
         client.check_browser_request(&meta.browser)?;

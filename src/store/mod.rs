@@ -137,6 +137,17 @@ pub struct Session {
     pub user_agent: Option<String>,
 }
 
+/// What the store knows of a refresh token, for introspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshTokenState {
+    pub family: FamilyInfo,
+    pub family_last_used_at: OffsetDateTime,
+    pub family_revoked: bool,
+    pub consumed: bool,
+    pub issued_at: OffsetDateTime,
+    pub user_disabled: bool,
+}
+
 /// Which of a user's sessions to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionSelector {
@@ -182,6 +193,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         since: OffsetDateTime,
     ) -> Result<Vec<(Uuid, OffsetDateTime)>, StoreError>;
+
+    /// A refresh token and its family, used or not; `None` when unknown.
+    async fn refresh_token_state(
+        &self,
+        token: &TokenHash,
+    ) -> Result<Option<RefreshTokenState>, StoreError>;
 
     /// The family a refresh token belongs to (for the per-family rate limit), used or not.
     async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError>;

@@ -20,8 +20,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Session, SessionSelector,
-    Store, StoreError, UserWithHash, refused_after_revoke,
+    FamilyInfo, NewFamily, RefreshTokenState, RevokeOutcome, RotateOutcome, RotateRequest, Session,
+    SessionSelector, Store, StoreError, UserWithHash, refused_after_revoke,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{
@@ -442,6 +442,66 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(classify)
+    }
+
+    async fn refresh_token_state(
+        &self,
+        token: &TokenHash,
+    ) -> Result<Option<RefreshTokenState>, StoreError> {
+        #[allow(clippy::type_complexity)]
+        let row: Option<(
+            Uuid,
+            Uuid,
+            String,
+            Option<String>,
+            OffsetDateTime,
+            OffsetDateTime,
+            bool,
+            bool,
+            OffsetDateTime,
+            bool,
+        )> = sqlx::query_as(
+            "SELECT f.id, f.user_id, f.client_id, f.scope, f.created_at, f.last_used_at,
+                    f.revoked_at IS NOT NULL, t.consumed_at IS NOT NULL, t.created_at,
+                    u.disabled_at IS NOT NULL
+             FROM refresh_tokens t
+             JOIN refresh_families f ON f.id = t.family_id
+             JOIN users u ON u.id = f.user_id
+             WHERE t.token_hash = $1",
+        )
+        .bind(&token[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(row.map(
+            |(
+                id,
+                user_id,
+                client_id,
+                scope,
+                created_at,
+                last_used,
+                revoked,
+                consumed,
+                issued,
+                disabled,
+            )| {
+                RefreshTokenState {
+                    family: FamilyInfo {
+                        id,
+                        user_id,
+                        client_id,
+                        scope,
+                        created_at,
+                    },
+                    family_last_used_at: last_used,
+                    family_revoked: revoked,
+                    consumed,
+                    issued_at: issued,
+                    user_disabled: disabled,
+                }
+            },
+        ))
     }
 
     async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {

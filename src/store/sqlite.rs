@@ -19,8 +19,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Session, SessionSelector,
-    Store, StoreError, UserWithHash, refused_after_revoke,
+    FamilyInfo, NewFamily, RefreshTokenState, RevokeOutcome, RotateOutcome, RotateRequest, Session,
+    SessionSelector, Store, StoreError, UserWithHash, refused_after_revoke,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{
@@ -434,6 +434,67 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(id, at)| Ok((uuid(&id)?, from_ms(at)?)))
             .collect()
+    }
+
+    async fn refresh_token_state(
+        &self,
+        token: &TokenHash,
+    ) -> Result<Option<RefreshTokenState>, StoreError> {
+        #[allow(clippy::type_complexity)]
+        let row: Option<(
+            String,
+            String,
+            String,
+            Option<String>,
+            i64,
+            i64,
+            bool,
+            bool,
+            i64,
+            bool,
+        )> = sqlx::query_as(
+            "SELECT f.id, f.user_id, f.client_id, f.scope, f.created_at, f.last_used_at,
+                    f.revoked_at IS NOT NULL, t.consumed_at IS NOT NULL, t.created_at,
+                    u.disabled_at IS NOT NULL
+             FROM refresh_tokens t
+             JOIN refresh_families f ON f.id = t.family_id
+             JOIN users u ON u.id = f.user_id
+             WHERE t.token_hash = ?1",
+        )
+        .bind(&token[..])
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(classify)?;
+        row.map(
+            |(
+                id,
+                user_id,
+                client_id,
+                scope,
+                created_at,
+                last_used,
+                revoked,
+                consumed,
+                issued,
+                disabled,
+            )| {
+                Ok(RefreshTokenState {
+                    family: FamilyInfo {
+                        id: uuid(&id)?,
+                        user_id: uuid(&user_id)?,
+                        client_id,
+                        scope,
+                        created_at: from_ms(created_at)?,
+                    },
+                    family_last_used_at: from_ms(last_used)?,
+                    family_revoked: revoked,
+                    consumed,
+                    issued_at: from_ms(issued)?,
+                    user_disabled: disabled,
+                })
+            },
+        )
+        .transpose()
     }
 
     async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {

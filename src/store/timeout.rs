@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Session, SessionSelector, Store,
-    StoreError, UserWithHash,
+    NewFamily, RefreshTokenState, RevokeOutcome, RotateOutcome, RotateRequest, Session,
+    SessionSelector, Store, StoreError, UserWithHash,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{RefreshPolicy, RevokeReason};
@@ -108,6 +108,13 @@ impl Store for TimedStore {
         since: OffsetDateTime,
     ) -> Result<Vec<(Uuid, OffsetDateTime)>, StoreError> {
         self.bounded(self.inner.revoked_since(since)).await
+    }
+
+    async fn refresh_token_state(
+        &self,
+        token: &TokenHash,
+    ) -> Result<Option<RefreshTokenState>, StoreError> {
+        self.bounded(self.inner.refresh_token_state(token)).await
     }
 
     async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {

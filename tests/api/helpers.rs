@@ -16,6 +16,9 @@ use token_issuer::startup::Application;
 
 pub const PASSWORD: &str = "a sound passphrase";
 pub const SPA_ORIGIN: &str = "http://localhost:5173";
+/// The confidential client of the tests, and its secret.
+pub const SERVICE_CLIENT: &str = "resource-server";
+pub const SERVICE_SECRET: &str = "rs-secret-0123456789abcdefghijklmnopqrstuvwxyz";
 
 /// The store a test runs against: the embedded default (SQLite, in-process shared
 /// state) or the production setup (PostgreSQL and Redis).
@@ -83,6 +86,16 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         delivery: Delivery::Body,
         allowed_origins: Vec::new(),
         audiences: vec![settings.audience.clone()],
+        secret_hash: None,
+    });
+    // A resource server that may introspect.
+    settings.clients.push(Client {
+        id: SERVICE_CLIENT.into(),
+        kind: ClientKind::Service,
+        delivery: Delivery::Body,
+        allowed_origins: Vec::new(),
+        audiences: vec![settings.audience.clone()],
+        secret_hash: Some(token_issuer::crypto::client_secret::hash_of(SERVICE_SECRET)),
     });
     settings.limits.refresh_per_family = None;
     configure(&mut settings);

@@ -35,6 +35,7 @@ mod discovery;
 mod faults;
 mod forged_tokens;
 mod instances;
+mod introspection;
 mod lifetimes;
 mod openapi;
 mod password_grant;

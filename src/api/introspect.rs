@@ -1,0 +1,184 @@
+//! `POST /oauth/introspect` (RFC 7662).
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use poem::web::Data;
+use poem_openapi::param::Header;
+use poem_openapi::payload::{Form, Json};
+use poem_openapi::{ApiRequest, ApiResponse, Object, OpenApi};
+use serde::Deserialize;
+
+use crate::api::ApiTags;
+use crate::api::error::OAuthError;
+use crate::api::payload::StrictJson;
+use crate::domain::claims::Audience;
+use crate::domain::secret::Secret;
+use crate::error::Error;
+use crate::service::Issuer;
+use crate::service::introspect::{ClientCredentials, Introspection};
+
+/// Introspection request (RFC 7662 §2.1).
+#[derive(Object, Deserialize)]
+#[oai(rename = "IntrospectionRequest")]
+pub struct IntrospectionParams {
+    /// An access token or a refresh token.
+    token: Option<String>,
+    /// `access_token` or `refresh_token`; a hint only, not needed.
+    #[allow(dead_code)]
+    token_type_hint: Option<String>,
+    /// With `client_secret`, instead of HTTP Basic.
+    client_id: Option<String>,
+    /// The service client's secret, when not sent with HTTP Basic.
+    client_secret: Option<String>,
+}
+
+#[derive(ApiRequest)]
+pub enum IntrospectionBody {
+    /// `application/x-www-form-urlencoded`, as RFC 7662 specifies.
+    Form(Form<IntrospectionParams>),
+    /// `application/json`; a member given twice is refused.
+    Json(StrictJson<IntrospectionParams>),
+}
+
+/// Introspection response (RFC 7662 §2.2). An inactive token has `active: false` and
+/// nothing else.
+#[derive(Object, Default)]
+#[oai(rename = "IntrospectionResponse")]
+pub struct IntrospectionResponseBody {
+    /// Whether the token is live: an access token of ours, unexpired, of a live
+    /// session; or an unused refresh token of a live session.
+    active: bool,
+    /// `access_token` or `refresh_token`.
+    #[oai(skip_serializing_if_is_none)]
+    token_type: Option<String>,
+    /// The client the token was issued to.
+    #[oai(skip_serializing_if_is_none)]
+    client_id: Option<String>,
+    /// The user id.
+    #[oai(skip_serializing_if_is_none)]
+    sub: Option<String>,
+    /// The session (token family).
+    #[oai(skip_serializing_if_is_none)]
+    sid: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    scope: Option<String>,
+    /// Access tokens: their audiences.
+    #[oai(skip_serializing_if_is_none)]
+    aud: Option<Vec<String>>,
+    #[oai(skip_serializing_if_is_none)]
+    iss: Option<String>,
+    /// Seconds since the epoch. For a refresh token: when it stops working unless used
+    /// (idle timeout or the session's absolute end, whichever comes first).
+    #[oai(skip_serializing_if_is_none)]
+    exp: Option<i64>,
+    #[oai(skip_serializing_if_is_none)]
+    iat: Option<i64>,
+    #[oai(skip_serializing_if_is_none)]
+    nbf: Option<i64>,
+    #[oai(skip_serializing_if_is_none)]
+    jti: Option<String>,
+}
+
+impl From<Introspection> for IntrospectionResponseBody {
+    fn from(i: Introspection) -> Self {
+        match i {
+            Introspection::Inactive => Self::default(),
+            Introspection::Access(c) => Self {
+                active: true,
+                token_type: Some("access_token".into()),
+                client_id: Some(c.client_id),
+                sub: Some(c.sub),
+                sid: Some(c.sid),
+                scope: c.scope,
+                aud: Some(match c.aud {
+                    Audience::One(one) => vec![one],
+                    Audience::Many(many) => many,
+                }),
+                iss: Some(c.iss),
+                exp: Some(c.exp),
+                iat: Some(c.iat),
+                nbf: Some(c.nbf),
+                jti: Some(c.jti),
+            },
+            Introspection::Refresh { state, expires_at } => Self {
+                active: true,
+                token_type: Some("refresh_token".into()),
+                client_id: Some(state.family.client_id),
+                sub: Some(state.family.user_id.to_string()),
+                sid: Some(state.family.id.to_string()),
+                scope: state.family.scope,
+                exp: Some(expires_at.unix_timestamp()),
+                iat: Some(state.issued_at.unix_timestamp()),
+                ..Self::default()
+            },
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum IntrospectOk {
+    /// The answer; `active: false` for a revoked, expired, used, unknown or forged
+    /// token, without saying which.
+    #[oai(status = 200)]
+    Ok(
+        Json<IntrospectionResponseBody>,
+        #[oai(header = "Cache-Control")] String,
+    ),
+}
+
+/// `Authorization: Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 §2.3.1).
+fn basic_credentials(header: Option<&str>) -> Result<Option<(String, Secret)>, Error> {
+    let Some(value) = header else {
+        return Ok(None);
+    };
+    let malformed = || Error::InvalidClient;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))
+        .ok_or_else(malformed)?;
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| malformed())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
+    let unescape = |s: &str| -> String {
+        url::form_urlencoded::parse(s.as_bytes())
+            .next()
+            .map(|(k, _)| k.into_owned())
+            .unwrap_or_default()
+    };
+    Ok(Some((unescape(id), Secret::new(unescape(secret)))))
+}
+
+pub struct IntrospectApi;
+
+#[OpenApi(tag = "ApiTags::OAuth")]
+impl IntrospectApi {
+    /// Introspect a token
+    ///
+    /// RFC 7662, for confidential `service` clients: authenticate with HTTP Basic
+    /// (`client_id:client_secret`) or with `client_id` and `client_secret` in the body
+    /// (not both). Answers for access tokens and refresh tokens; a token whose session
+    /// was revoked is `active: false` at once, on every instance. A caller that fails
+    /// to authenticate gets `401 invalid_client` and learns nothing about the token.
+    #[oai(
+        path = "/oauth/introspect",
+        method = "post",
+        operation_id = "introspect"
+    )]
+    async fn introspect(
+        &self,
+        issuer: Data<&Arc<Issuer>>,
+        body: IntrospectionBody,
+        #[oai(name = "Authorization")] authorization: Header<Option<String>>,
+    ) -> Result<IntrospectOk, OAuthError> {
+        let (IntrospectionBody::Form(Form(p)) | IntrospectionBody::Json(StrictJson(p))) = body;
+        let creds = ClientCredentials {
+            basic: basic_credentials(authorization.0.as_deref())?,
+            client_id: p.client_id.filter(|s| !s.is_empty()),
+            client_secret: p.client_secret.filter(|s| !s.is_empty()).map(Secret::new),
+        };
+        let answer = issuer.introspect(creds, p.token.map(Secret::new)).await?;
+        Ok(IntrospectOk::Ok(Json(answer.into()), "no-store".into()))
+    }
+}

@@ -1,0 +1,74 @@
+//! Secrets of confidential (`service`) clients: 256 random bits, base64url, shown once
+//! by `token-issuer client-secret`; the configuration keeps only `sha256:<hex>`.
+//!
+//! A fast hash is enough here, unlike for passwords: the secret is random with 256
+//! bits of entropy, so there is no dictionary to try against a leaked hash, and
+//! introspection is a hot path that must not queue behind argon2.
+
+use ring::digest;
+
+use crate::crypto::refresh;
+use crate::domain::secret::Secret;
+use crate::error::Error;
+
+/// The stored form: the SHA-256 of the secret.
+pub type SecretHash = [u8; 32];
+
+/// A new secret and the configuration line that registers it.
+pub fn generate() -> Result<(Secret, String), Error> {
+    let secret = refresh::generate()?;
+    let hash = format_hash(&hash_of(secret.expose()));
+    Ok((secret, hash))
+}
+
+pub fn hash_of(secret: &str) -> SecretHash {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref());
+    out
+}
+
+/// `sha256:<64 hex digits>`.
+pub fn format_hash(hash: &SecretHash) -> String {
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+pub fn parse_hash(raw: &str) -> Option<SecretHash> {
+    let hex = raw.strip_prefix("sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Whether `presented` is the secret of `expected`, in time independent of where they
+/// differ.
+pub fn matches(presented: &str, expected: &SecretHash) -> bool {
+    let got = hash_of(presented);
+    got.iter()
+        .zip(expected.iter())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_secret_matches_its_hash_only() {
+        let (secret, line) = generate().unwrap();
+        assert!(secret.expose().len() >= 43);
+        let hash = parse_hash(&line).unwrap();
+        assert!(matches(secret.expose(), &hash));
+        assert!(!matches("something else", &hash));
+        assert_eq!(format_hash(&hash), line);
+        assert_eq!(parse_hash("sha256:xyz"), None);
+        assert_eq!(parse_hash(&line.replace("sha256:", "md5:")), None);
+    }
+}

@@ -1,0 +1,105 @@
+//! Token introspection (RFC 7662) for confidential `service` clients.
+//!
+//! The caller authenticates with its secret (HTTP Basic or `client_id` +
+//! `client_secret` in the body, not both); anything else is `invalid_client` and
+//! reveals nothing about the token. An authenticated caller learns whether the token is
+//! active, and for an active one its claims; never why an inactive one is inactive.
+//! `token_type_hint` is accepted and not needed: a token with dots is a JWS, anything
+//! else is looked up as a refresh token.
+
+use time::OffsetDateTime;
+
+use super::Issuer;
+use crate::crypto::{client_secret, refresh};
+use crate::domain::claims::AccessClaims;
+use crate::domain::client::{Client, ClientKind};
+use crate::domain::secret::Secret;
+use crate::error::Error;
+use crate::store::RefreshTokenState;
+
+/// How a client authenticated.
+#[derive(Debug, Default)]
+pub struct ClientCredentials {
+    /// From `Authorization: Basic`.
+    pub basic: Option<(String, Secret)>,
+    /// From the body.
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+}
+
+/// The answer about one token.
+#[derive(Debug)]
+pub enum Introspection {
+    Inactive,
+    Access(AccessClaims),
+    Refresh {
+        state: RefreshTokenState,
+        /// When the token stops working unless used: the sooner of the idle timeout
+        /// and the family's absolute end.
+        expires_at: OffsetDateTime,
+    },
+}
+
+impl Issuer {
+    /// The confidential client behind `creds`.
+    pub fn authenticate_client(&self, creds: ClientCredentials) -> Result<&Client, Error> {
+        let (id, secret) = match (creds.basic, creds.client_id, creds.client_secret) {
+            (Some(basic), None, None) => basic,
+            (Some(_), _, _) => {
+                return Err(Error::InvalidRequest(
+                    "send the client credentials once: in Authorization or in the body".into(),
+                ));
+            }
+            (None, Some(id), Some(secret)) => (id, secret),
+            (None, _, _) => return Err(Error::InvalidClient),
+        };
+        let client = self.clients.get(&id).ok_or(Error::InvalidClient)?;
+        let expected = client.secret_hash.as_ref().ok_or(Error::InvalidClient)?;
+        if client.kind != ClientKind::Service || !client_secret::matches(secret.expose(), expected)
+        {
+            tracing::info!(target: "security", event = "client_auth_failed", client_id = %id);
+            return Err(Error::InvalidClient);
+        }
+        Ok(client)
+    }
+
+    /// `POST /oauth/introspect`.
+    pub async fn introspect(
+        &self,
+        creds: ClientCredentials,
+        token: Option<Secret>,
+    ) -> Result<Introspection, Error> {
+        self.authenticate_client(creds)?;
+        let token = token
+            .filter(|t| !t.expose().is_empty())
+            .ok_or_else(|| Error::InvalidRequest("token is required".into()))?;
+        let token = token.expose();
+        if token.contains('.') {
+            return match self.check_access_token(token, None).await {
+                Ok(principal) => Ok(Introspection::Access(principal.claims)),
+                Err(Error::InvalidToken(_)) => Ok(Introspection::Inactive),
+                Err(e) => Err(e),
+            };
+        }
+        if token.len() > refresh::MAX_TOKEN_LEN {
+            return Ok(Introspection::Inactive);
+        }
+        let hash = refresh::hash(&Secret::new(token.to_owned()));
+        let Some(state) = self.store.refresh_token_state(&hash).await? else {
+            return Ok(Introspection::Inactive);
+        };
+        let now = self.now();
+        let expires_at = (state.family_last_used_at + self.policy.idle_timeout)
+            .min(state.family.created_at + self.policy.absolute_lifetime);
+        let active = !state.consumed
+            && !state.family_revoked
+            && !state.user_disabled
+            && now < expires_at
+            && !self.shared.denied_locally(state.family.id);
+        Ok(if active {
+            Introspection::Refresh { state, expires_at }
+        } else {
+            Introspection::Inactive
+        })
+    }
+}
