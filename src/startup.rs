@@ -12,7 +12,7 @@ use poem::middleware::{CookieJarManager, Cors};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
 use tracing::Instrument as _;
 
-use crate::api::error::{ApiError, Problem};
+use crate::api::error::{ApiError, Problem, REQUEST_ID};
 use crate::api::{ClientIp, make_openapi_service};
 use crate::config::{Cidr, Settings, redacted_url};
 use crate::crypto::keys::{KeyError, KeySet};
@@ -397,7 +397,8 @@ async fn observe<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response
     let id = uuid::Uuid::new_v4().simple().to_string();
     let span =
         tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
-    async move {
+    let scoped_id = id.clone();
+    let served = async move {
         let start = Instant::now();
         let mut resp = ep.get_response(req).await;
         tracing::debug!(
@@ -409,7 +410,6 @@ async fn observe<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response
             resp.headers_mut().insert("x-request-id", value);
         }
         Ok(resp)
-    }
-    .instrument(span)
-    .await
+    };
+    REQUEST_ID.scope(scoped_id, served.instrument(span)).await
 }

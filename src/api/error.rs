@@ -14,6 +14,16 @@ use poem_openapi::{ApiResponse, Enum, Object};
 use crate::domain::family::GrantRejection;
 use crate::error::Error;
 
+tokio::task_local! {
+    /// The id of the request being served (set by the outermost middleware), so every
+    /// error body can carry it.
+    pub static REQUEST_ID: String;
+}
+
+fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
 /// Seconds a client should wait after a 503.
 const RETRY_AFTER_SECS: u32 = 2;
 /// The protection space named in `WWW-Authenticate`.
@@ -106,6 +116,10 @@ pub struct ErrorBody {
     /// For `invalid_grant` (and a failed CSRF check): why, for programs.
     #[oai(skip_serializing_if_is_none)]
     pub error_reason: Option<ErrorReason>,
+    /// The request's id, as in the `x-request-id` header and the server's logs: quote
+    /// it when reporting a problem.
+    #[oai(skip_serializing_if_is_none)]
+    pub request_id: Option<String>,
 }
 
 /// The class of an error, which decides the status.
@@ -138,6 +152,7 @@ impl Problem {
                 error,
                 error_description: description.into(),
                 error_reason: None,
+                request_id: current_request_id(),
             },
         }
     }

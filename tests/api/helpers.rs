@@ -256,6 +256,10 @@ pub async fn assert_error(
     reason: Option<&str>,
 ) -> Value {
     let got = resp.status();
+    let request_id = resp
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned());
     let text = resp.text().await.unwrap();
     let body: Value =
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON error body, got {text:?}"));
@@ -265,6 +269,13 @@ pub async fn assert_error(
         assert_eq!(body["error_reason"], reason, "body: {body}");
     }
     assert!(body["error_description"].is_string(), "body: {body}");
+    // Every error names its request, as the header and the logs do.
+    assert_eq!(
+        body["request_id"].as_str(),
+        request_id.as_deref(),
+        "body: {body}"
+    );
+    assert!(request_id.is_some());
     body
 }
 
