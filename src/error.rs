@@ -36,6 +36,10 @@ pub enum Error {
     EmailTaken,
     #[error("password refused: {0}")]
     WeakPassword(String),
+    /// The access token is fine but its user may not do this (RFC 6750
+    /// `insufficient_scope`).
+    #[error("insufficient scope: {0}")]
+    InsufficientScope(&'static str),
     #[error("self-registration is disabled")]
     RegistrationDisabled,
     #[error("not found")]

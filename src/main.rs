@@ -6,6 +6,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use token_issuer::config::{Settings, redacted_url};
 use token_issuer::domain::clock::SystemClock;
+use token_issuer::service::admin::set_admin_role;
 use token_issuer::startup::{Application, open_store};
 use token_issuer::{api, telemetry};
 
@@ -25,9 +26,22 @@ enum Command {
     Openapi,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Grant or take back the admin role (it opens /v1/admin).
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Generate a secret for a `service` client: prints the secret (give it to the
     /// service, it is shown only once) and the `client_secret_hash` for the config.
     ClientSecret,
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Give the user with this e-mail address the admin role.
+    Grant { email: String },
+    /// Take the admin role back.
+    Revoke { email: String },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +80,28 @@ fn main() -> ExitCode {
                 open_store(&settings).await?;
                 tracing::info!(database = %redacted_url(&settings.database_url), "migrations applied");
                 Ok(())
+            }
+            Some(Command::Admin { action }) => {
+                let (email, granted) = match &action {
+                    AdminAction::Grant { email } => (email, true),
+                    AdminAction::Revoke { email } => (email, false),
+                };
+                let store = open_store(&settings).await?;
+                let outcome = set_admin_role(store.as_ref(), email, granted).await;
+                store.close().await;
+                match outcome {
+                    Ok(()) => {
+                        println!(
+                            "{} {email}",
+                            if granted { "admin role granted to" } else { "admin role taken from" }
+                        );
+                        Ok(())
+                    }
+                    Err(token_issuer::error::Error::NotFound) => {
+                        Err(format!("no user has the e-mail address {email}").into())
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
             _ => serve(settings).await,
         }

@@ -49,6 +49,8 @@ pub enum ErrorCode {
     InvalidToken,
     /// No bearer access token was sent.
     AuthenticationRequired,
+    /// The access token is valid but its user lacks the role (RFC 6750 §3.1).
+    InsufficientScope,
     /// The e-mail address is already registered.
     EmailTaken,
     /// The password breaks the password policy; the description says how.
@@ -307,6 +309,7 @@ impl From<Error> for Problem {
                 "self-registration is disabled",
             ),
             Error::NotFound => Self::new(Kind::NotFound, C::NotFound, "not found"),
+            Error::InsufficientScope(m) => Self::new(Kind::Forbidden, C::InsufficientScope, m),
             Error::RateLimited(wait) => {
                 let secs = u32::try_from(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
                     .unwrap_or(u32::MAX)
@@ -427,9 +430,12 @@ pub enum ApiError {
     /// `invalid_token` or `authentication_required` (RFC 6750).
     #[oai(status = 401)]
     Unauthorized(Json<ErrorBody>, #[oai(header = "WWW-Authenticate")] String),
-    /// `registration_disabled`.
+    /// `registration_disabled`, or `insufficient_scope` (with `WWW-Authenticate`).
     #[oai(status = 403)]
-    Forbidden(Json<ErrorBody>),
+    Forbidden(
+        Json<ErrorBody>,
+        #[oai(header = "WWW-Authenticate")] Option<String>,
+    ),
     /// `not_found`.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
@@ -470,7 +476,15 @@ impl From<Problem> for ApiError {
                 let header = www_authenticate(&body);
                 Self::Unauthorized(body, header)
             }
-            Kind::Forbidden => Self::Forbidden(body),
+            Kind::Forbidden => {
+                let header = (body.error == ErrorCode::InsufficientScope).then(|| {
+                    format!(
+                        "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\"",
+                        body.error_description
+                    )
+                });
+                Self::Forbidden(body, header)
+            }
             Kind::NotFound => Self::NotFound(body),
             Kind::Conflict => Self::Conflict(body),
             Kind::PayloadTooLarge => Self::PayloadTooLarge(body),

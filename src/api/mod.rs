@@ -1,6 +1,7 @@
 //! HTTP only: poem-openapi types and thin handlers. The OpenAPI document is generated
 //! from this module and committed at `openapi/openapi.json`.
 
+pub mod admin;
 pub mod error;
 pub mod health;
 pub mod introspect;
@@ -28,6 +29,8 @@ pub enum ApiTags {
     Users,
     /// The signed-in user's sessions, logout and password change.
     Sessions,
+    /// For users with the `admin` role (granted by `token-issuer admin grant`).
+    Admin,
     /// JWKS and RFC 8414 metadata, for services that verify our tokens.
     Discovery,
     /// Liveness and readiness.
@@ -40,6 +43,7 @@ pub type Apis = (
     introspect::IntrospectApi,
     users::UsersApi,
     sessions::SessionsApi,
+    admin::AdminApi,
     wellknown::DiscoveryApi,
     health::HealthApi,
 );
@@ -60,6 +64,7 @@ pub fn make_openapi_service() -> OpenApiService<Apis, ()> {
             introspect::IntrospectApi,
             users::UsersApi,
             sessions::SessionsApi,
+            admin::AdminApi,
             wellknown::DiscoveryApi,
             health::HealthApi,
         ),

@@ -87,6 +87,10 @@ pub enum RevokeReason {
     LogoutEverywhere,
     /// The password changed: every session of the user ends.
     PasswordChange,
+    /// An admin ended every session of the user.
+    AdminRevoke,
+    /// An admin disabled the user.
+    UserDisabled,
 }
 
 impl RevokeReason {
@@ -99,6 +103,8 @@ impl RevokeReason {
             Self::LogoutOthers => "logout_others",
             Self::LogoutEverywhere => "logout_everywhere",
             Self::PasswordChange => "password_change",
+            Self::AdminRevoke => "admin_revoke",
+            Self::UserDisabled => "user_disabled",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The use cases. `Issuer` holds everything they need, built once at start-up.
 
 pub mod access;
+pub mod admin;
 pub mod introspect;
 pub mod sessions;
 pub mod tokens;

@@ -148,6 +148,22 @@ pub struct RefreshTokenState {
     pub user_disabled: bool,
 }
 
+/// A security event, as recorded in `audit_events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub at: OffsetDateTime,
+    /// `family_revoked`, `user_disabled`, `user_enabled`, `admin_revoked_sessions`, ...
+    pub kind: String,
+    /// The user it concerns.
+    pub user_id: Option<Uuid>,
+    pub family_id: Option<Uuid>,
+    pub client_id: Option<String>,
+    /// For `family_revoked`: the reason code.
+    pub detail: Option<String>,
+    /// Who did it, for admin actions.
+    pub actor_id: Option<Uuid>,
+}
+
 /// Which of a user's sessions to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionSelector {
@@ -248,6 +264,40 @@ pub trait Store: Send + Sync + 'static {
         family: &NewFamily,
         now: OffsetDateTime,
     ) -> Result<Vec<Uuid>, StoreError>;
+
+    /// A user by id.
+    async fn find_user(&self, id: Uuid) -> Result<Option<UserWithHash>, StoreError>;
+
+    /// Grants (or takes back) a role; false when no user has that e-mail.
+    async fn set_role(
+        &self,
+        email: &str,
+        role: &str,
+        granted: bool,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    async fn has_role(&self, user_id: Uuid, role: &str) -> Result<bool, StoreError>;
+
+    /// Disables (revoking every session, reason `user_disabled`) or re-enables a user,
+    /// with an audit row naming `actor`; `None` when the user is unknown, else the
+    /// sessions revoked.
+    async fn set_disabled(
+        &self,
+        user_id: Uuid,
+        disabled: bool,
+        actor: Uuid,
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<Uuid>>, StoreError>;
+
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+
+    /// The newest `limit` events, of one user or of all.
+    async fn audit_events(
+        &self,
+        user_id: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
 
     /// The user of a live session: `None` when the family is revoked or unknown, or the
     /// user is not the family's.

@@ -19,8 +19,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    FamilyInfo, NewFamily, RefreshTokenState, RevokeOutcome, RotateOutcome, RotateRequest, Session,
-    SessionSelector, Store, StoreError, UserWithHash, refused_after_revoke,
+    AuditEvent, FamilyInfo, NewFamily, RefreshTokenState, RevokeOutcome, RotateOutcome,
+    RotateRequest, Session, SessionSelector, Store, StoreError, UserWithHash, refused_after_revoke,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{
@@ -421,6 +421,174 @@ impl Store for SqliteStore {
         Ok(revoked)
     }
 
+    async fn find_user(&self, id: Uuid) -> Result<Option<UserWithHash>, StoreError> {
+        let record: Option<UserRecord> = sqlx::query_as(
+            "SELECT id, email, password_hash, created_at, disabled_at FROM users WHERE id = ?1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(classify)?;
+        record
+            .map(|r| {
+                Ok(UserWithHash {
+                    user: r.user()?,
+                    disabled: r.disabled_at.is_some(),
+                    password_hash: r.password_hash,
+                })
+            })
+            .transpose()
+    }
+
+    async fn set_role(
+        &self,
+        email: &str,
+        role: &str,
+        granted: bool,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let user: Option<(String,)> = sqlx::query_as("SELECT id FROM users WHERE email = ?1")
+            .bind(email)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(classify)?;
+        let Some((user_id,)) = user else {
+            return Ok(false);
+        };
+        let query = if granted {
+            sqlx::query(
+                "INSERT INTO user_roles (user_id, role, granted_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id, role) DO NOTHING",
+            )
+            .bind(user_id)
+            .bind(role)
+            .bind(ms(now))
+        } else {
+            sqlx::query("DELETE FROM user_roles WHERE user_id = ?1 AND role = ?2")
+                .bind(user_id)
+                .bind(role)
+        };
+        query.execute(&mut *tx).await.map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn has_role(&self, user_id: Uuid, role: &str) -> Result<bool, StoreError> {
+        let found: Option<(i64,)> =
+            sqlx::query_as("SELECT 1 FROM user_roles WHERE user_id = ?1 AND role = ?2")
+                .bind(user_id.to_string())
+                .bind(role)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(classify)?;
+        Ok(found.is_some())
+    }
+
+    async fn set_disabled(
+        &self,
+        user_id: Uuid,
+        disabled: bool,
+        actor: Uuid,
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<Uuid>>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE users SET disabled_at = CASE WHEN ?2 THEN COALESCE(disabled_at, ?3) END
+             WHERE id = ?1",
+        )
+        .bind(user_id.to_string())
+        .bind(disabled)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        let revoked = if disabled {
+            revoke_sessions_in_tx(
+                &mut tx,
+                user_id,
+                SessionSelector::All,
+                RevokeReason::UserDisabled,
+                ms(now),
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
+        insert_audit(
+            &mut tx,
+            &AuditEvent {
+                at: now,
+                kind: if disabled {
+                    "user_disabled"
+                } else {
+                    "user_enabled"
+                }
+                .into(),
+                user_id: Some(user_id),
+                family_id: None,
+                client_id: None,
+                detail: None,
+                actor_id: Some(actor),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(Some(revoked))
+    }
+
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        insert_audit(&mut tx, event).await?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn audit_events(
+        &self,
+        user_id: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(
+            i64,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        )> = sqlx::query_as(
+            "SELECT at, kind, user_id, family_id, client_id, detail, actor_id FROM audit_events
+             WHERE ?1 IS NULL OR user_id = ?1
+             ORDER BY at DESC, id DESC LIMIT ?2",
+        )
+        .bind(user_id.map(|u| u.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify)?;
+        let id = |v: Option<String>| v.as_deref().map(uuid).transpose();
+        rows.into_iter()
+            .map(
+                |(at, kind, user_id, family_id, client_id, detail, actor_id)| {
+                    Ok(AuditEvent {
+                        at: from_ms(at)?,
+                        kind,
+                        user_id: id(user_id)?,
+                        family_id: id(family_id)?,
+                        client_id,
+                        detail,
+                        actor_id: id(actor_id)?,
+                    })
+                },
+            )
+            .collect()
+    }
+
     async fn revoked_since(
         &self,
         since: OffsetDateTime,
@@ -595,6 +763,27 @@ async fn insert_family(
     .bind(&f.first_token[..])
     .bind(f.id.to_string())
     .bind(ms(f.created_at))
+    .execute(&mut **tx)
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+async fn insert_audit(
+    tx: &mut Transaction<'static, Sqlite>,
+    e: &AuditEvent,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_events (at, kind, user_id, family_id, client_id, detail, actor_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .bind(ms(e.at))
+    .bind(&e.kind)
+    .bind(e.user_id.map(|u| u.to_string()))
+    .bind(e.family_id.map(|u| u.to_string()))
+    .bind(&e.client_id)
+    .bind(&e.detail)
+    .bind(e.actor_id.map(|u| u.to_string()))
     .execute(&mut **tx)
     .await
     .map_err(classify)?;

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    NewFamily, RefreshTokenState, RevokeOutcome, RotateOutcome, RotateRequest, Session,
+    AuditEvent, NewFamily, RefreshTokenState, RevokeOutcome, RotateOutcome, RotateRequest, Session,
     SessionSelector, Store, StoreError, UserWithHash,
 };
 use crate::crypto::refresh::TokenHash;
@@ -101,6 +101,48 @@ impl Store for TimedStore {
                 .change_password(user_id, password_hash, family, now),
         )
         .await
+    }
+
+    async fn find_user(&self, id: Uuid) -> Result<Option<UserWithHash>, StoreError> {
+        self.bounded(self.inner.find_user(id)).await
+    }
+
+    async fn set_role(
+        &self,
+        email: &str,
+        role: &str,
+        granted: bool,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.bounded(self.inner.set_role(email, role, granted, now))
+            .await
+    }
+
+    async fn has_role(&self, user_id: Uuid, role: &str) -> Result<bool, StoreError> {
+        self.bounded(self.inner.has_role(user_id, role)).await
+    }
+
+    async fn set_disabled(
+        &self,
+        user_id: Uuid,
+        disabled: bool,
+        actor: Uuid,
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<Uuid>>, StoreError> {
+        self.bounded(self.inner.set_disabled(user_id, disabled, actor, now))
+            .await
+    }
+
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.bounded(self.inner.record_audit(event)).await
+    }
+
+    async fn audit_events(
+        &self,
+        user_id: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        self.bounded(self.inner.audit_events(user_id, limit)).await
     }
 
     async fn revoked_since(

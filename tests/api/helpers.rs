@@ -213,6 +213,18 @@ impl TestApp {
         (email, tokens(resp).await)
     }
 
+    /// Grants (or takes back) the admin role, as the CLI does, through a store of its
+    /// own on the app's database.
+    pub async fn set_admin(&self, email: &str, granted: bool) {
+        let store = token_issuer::startup::open_store(&self.settings)
+            .await
+            .unwrap();
+        token_issuer::service::admin::set_admin_role(store.as_ref(), email, granted)
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
     pub fn keys_dir(&self) -> PathBuf {
         self.settings.keys_dir.clone()
     }

@@ -28,6 +28,7 @@ macro_rules! scenario {
 
 mod helpers;
 
+mod admin;
 mod bad_input;
 mod concurrency;
 mod cookie_mode;

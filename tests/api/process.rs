@@ -442,3 +442,48 @@ async fn sigterm_finishes_the_requests_in_flight_and_exits() {
         "nothing listens after the exit"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_grants_the_admin_role_and_prints_client_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), "info", &NO_LIMITS);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let http = reqwest::Client::new();
+    let email = unique_email();
+    register_and_login(&http, &base, &email, 0).await;
+    let out = binary(dir.path())
+        .args(["admin", "grant", &email.to_uppercase()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8(out.stdout).unwrap().contains(&email));
+    let out = binary(dir.path())
+        .args(["admin", "grant", "nobody@example.com"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("nobody@example.com"), "{stderr}");
+
+    let out = binary(dir.path()).arg("client-secret").output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let secret = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret = "))
+        .unwrap();
+    let hash = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret_hash = "))
+        .unwrap()
+        .trim_matches('"');
+    let parsed = token_issuer::crypto::client_secret::parse_hash(hash).unwrap();
+    assert!(token_issuer::crypto::client_secret::matches(
+        secret, &parsed
+    ));
+}

@@ -1,0 +1,280 @@
+//! `/v1/admin`: for users with the `admin` role (granted by the CLI).
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::api::ApiTags;
+use crate::api::error::ApiError;
+use crate::api::security::BearerAuth;
+use crate::service::Issuer;
+use crate::service::admin::AdminUser;
+use crate::store::{AuditEvent, Session};
+
+/// A user, as an admin sees it.
+#[derive(Object)]
+#[oai(rename = "AdminUser")]
+pub struct AdminUserBody {
+    pub id: Uuid,
+    pub email: String,
+    pub created_at: OffsetDateTime,
+    /// A disabled user cannot log in or refresh.
+    pub disabled: bool,
+}
+
+impl From<AdminUser> for AdminUserBody {
+    fn from(u: AdminUser) -> Self {
+        Self {
+            id: u.user.id,
+            email: u.user.email,
+            created_at: u.user.created_at,
+            disabled: u.disabled,
+        }
+    }
+}
+
+/// A live session of a user.
+#[derive(Object)]
+#[oai(rename = "AdminSession")]
+pub struct AdminSessionBody {
+    pub id: Uuid,
+    pub client_id: String,
+    pub created_at: OffsetDateTime,
+    pub last_used_at: OffsetDateTime,
+    #[oai(skip_serializing_if_is_none)]
+    pub last_ip: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub user_agent: Option<String>,
+}
+
+impl From<Session> for AdminSessionBody {
+    fn from(s: Session) -> Self {
+        Self {
+            id: s.id,
+            client_id: s.client_id,
+            created_at: s.created_at,
+            last_used_at: s.last_used_at,
+            last_ip: s.ip,
+            user_agent: s.user_agent,
+        }
+    }
+}
+
+/// How many sessions an action ended.
+#[derive(Object)]
+pub struct RevokedCount {
+    pub revoked: u64,
+}
+
+/// A security event.
+#[derive(Object)]
+#[oai(rename = "AuditEvent")]
+pub struct AuditEventBody {
+    pub at: OffsetDateTime,
+    /// `family_revoked` (with the reason in `detail`), `user_disabled`,
+    /// `user_enabled`, `admin_revoked_sessions`.
+    pub kind: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub user_id: Option<Uuid>,
+    /// The session concerned.
+    #[oai(skip_serializing_if_is_none)]
+    pub session_id: Option<Uuid>,
+    #[oai(skip_serializing_if_is_none)]
+    pub client_id: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub detail: Option<String>,
+    /// The admin who did it.
+    #[oai(skip_serializing_if_is_none)]
+    pub actor_id: Option<Uuid>,
+}
+
+impl From<AuditEvent> for AuditEventBody {
+    fn from(e: AuditEvent) -> Self {
+        Self {
+            at: e.at,
+            kind: e.kind,
+            user_id: e.user_id,
+            session_id: e.family_id,
+            client_id: e.client_id,
+            detail: e.detail,
+            actor_id: e.actor_id,
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum UserOk {
+    #[oai(status = 200)]
+    Ok(Json<AdminUserBody>, #[oai(header = "Cache-Control")] String),
+}
+
+#[derive(ApiResponse)]
+pub enum AdminSessionsOk {
+    /// The user's live sessions, most recently used first.
+    #[oai(status = 200)]
+    Ok(
+        Json<Vec<AdminSessionBody>>,
+        #[oai(header = "Cache-Control")] String,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum RevokedOk {
+    /// Done; the sessions' access tokens are refused at once.
+    #[oai(status = 200)]
+    Ok(Json<RevokedCount>),
+}
+
+#[derive(ApiResponse)]
+pub enum EnabledOk {
+    /// The user may log in again.
+    #[oai(status = 204)]
+    NoContent,
+}
+
+#[derive(ApiResponse)]
+pub enum AuditOk {
+    /// Newest first.
+    #[oai(status = 200)]
+    Ok(
+        Json<Vec<AuditEventBody>>,
+        #[oai(header = "Cache-Control")] String,
+    ),
+}
+
+fn no_store() -> String {
+    "no-store".into()
+}
+
+pub struct AdminApi;
+
+#[OpenApi(tag = "ApiTags::Admin")]
+impl AdminApi {
+    /// Find a user
+    ///
+    /// By e-mail address. `403 insufficient_scope` without the admin role.
+    #[oai(
+        path = "/v1/admin/users",
+        method = "get",
+        operation_id = "admin_find_user"
+    )]
+    async fn find_user(
+        &self,
+        issuer: Data<&Arc<Issuer>>,
+        auth: BearerAuth,
+        /// The e-mail address.
+        email: Query<String>,
+    ) -> Result<UserOk, ApiError> {
+        let user = issuer.admin_find_user(&auth.0, &email.0).await?;
+        Ok(UserOk::Ok(Json(user.into()), no_store()))
+    }
+
+    /// A user's sessions
+    #[oai(
+        path = "/v1/admin/users/:id/sessions",
+        method = "get",
+        operation_id = "admin_user_sessions"
+    )]
+    async fn sessions(
+        &self,
+        issuer: Data<&Arc<Issuer>>,
+        auth: BearerAuth,
+        /// The user id.
+        id: Path<Uuid>,
+    ) -> Result<AdminSessionsOk, ApiError> {
+        let sessions = issuer.admin_user_sessions(&auth.0, id.0).await?;
+        Ok(AdminSessionsOk::Ok(
+            Json(sessions.into_iter().map(Into::into).collect()),
+            no_store(),
+        ))
+    }
+
+    /// End all of a user's sessions
+    ///
+    /// Recorded as `admin_revoked_sessions`, with the admin as actor.
+    #[oai(
+        path = "/v1/admin/users/:id/sessions",
+        method = "delete",
+        operation_id = "admin_revoke_sessions"
+    )]
+    async fn revoke_sessions(
+        &self,
+        issuer: Data<&Arc<Issuer>>,
+        auth: BearerAuth,
+        /// The user id.
+        id: Path<Uuid>,
+    ) -> Result<RevokedOk, ApiError> {
+        let revoked = issuer.admin_revoke_sessions(&auth.0, id.0).await?;
+        Ok(RevokedOk::Ok(Json(RevokedCount {
+            revoked: revoked as u64,
+        })))
+    }
+
+    /// Disable a user
+    ///
+    /// Ends every session of the user; a disabled user cannot log in or refresh, and
+    /// their access tokens are refused at once. Recorded as `user_disabled`.
+    #[oai(
+        path = "/v1/admin/users/:id/disable",
+        method = "post",
+        operation_id = "admin_disable_user"
+    )]
+    async fn disable(
+        &self,
+        issuer: Data<&Arc<Issuer>>,
+        auth: BearerAuth,
+        /// The user id.
+        id: Path<Uuid>,
+    ) -> Result<RevokedOk, ApiError> {
+        let revoked = issuer.admin_set_disabled(&auth.0, id.0, true).await?;
+        Ok(RevokedOk::Ok(Json(RevokedCount {
+            revoked: revoked as u64,
+        })))
+    }
+
+    /// Enable a user
+    ///
+    /// Lets a disabled user log in again (their old sessions stay ended). Recorded as
+    /// `user_enabled`.
+    #[oai(
+        path = "/v1/admin/users/:id/enable",
+        method = "post",
+        operation_id = "admin_enable_user"
+    )]
+    async fn enable(
+        &self,
+        issuer: Data<&Arc<Issuer>>,
+        auth: BearerAuth,
+        /// The user id.
+        id: Path<Uuid>,
+    ) -> Result<EnabledOk, ApiError> {
+        issuer.admin_set_disabled(&auth.0, id.0, false).await?;
+        Ok(EnabledOk::NoContent)
+    }
+
+    /// Security events
+    ///
+    /// The audit log, newest first: revocations and why, admin actions. Optionally of
+    /// one user; `limit` 1 to 500 (default 100).
+    #[oai(path = "/v1/admin/audit", method = "get", operation_id = "admin_audit")]
+    async fn audit(
+        &self,
+        issuer: Data<&Arc<Issuer>>,
+        auth: BearerAuth,
+        /// Only this user's events.
+        user_id: Query<Option<Uuid>>,
+        /// How many events (1 to 500, default 100).
+        limit: Query<Option<u32>>,
+    ) -> Result<AuditOk, ApiError> {
+        let events = issuer.admin_audit(&auth.0, user_id.0, limit.0).await?;
+        Ok(AuditOk::Ok(
+            Json(events.into_iter().map(Into::into).collect()),
+            no_store(),
+        ))
+    }
+}

@@ -1,0 +1,141 @@
+//! The admin API: the role check, a user's sessions, revoke all, disable and enable,
+//! and the audit log.
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::helpers::{
+    PASSWORD, TestApp, Tokens, assert_error, assert_invalid_grant, spawn_app, tokens,
+};
+
+async fn admin_call(app: &TestApp, method: Method, path: &str, access: &str) -> reqwest::Response {
+    app.http
+        .request(method, app.url(path))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn json(resp: reqwest::Response) -> Value {
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// An admin (granted as the CLI does) and a target user with two sessions.
+async fn admin_and_target(app: &TestApp) -> (Tokens, String, String, [Tokens; 2]) {
+    let (admin_email, admin) = app.signed_in().await;
+    app.set_admin(&admin_email, true).await;
+    let (target_email, first) = app.signed_in().await;
+    let second = tokens(app.login(&target_email, PASSWORD).await).await;
+    let found = json(
+        admin_call(
+            app,
+            Method::GET,
+            &format!("/v1/admin/users?email={target_email}"),
+            &admin.access,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(found["email"], target_email.as_str());
+    assert_eq!(found["disabled"], false);
+    let target_id = found["id"].as_str().unwrap().to_owned();
+    (admin, target_email, target_id, [first, second])
+}
+
+scenario! {
+    async fn without_the_admin_role_the_admin_api_is_403_insufficient_scope(backend) {
+        let app = spawn_app(backend).await;
+        let (email, user) = app.signed_in().await;
+        for (method, path) in [
+            (Method::GET, format!("/v1/admin/users?email={email}")),
+            (Method::GET, "/v1/admin/audit".to_owned()),
+            (Method::DELETE, format!("/v1/admin/users/{}/sessions", uuid::Uuid::new_v4())),
+        ] {
+            let resp = admin_call(&app, method, &path, &user.access).await;
+            let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_owned();
+            assert!(challenge.contains("error=\"insufficient_scope\""), "{challenge}");
+            assert_error(resp, StatusCode::FORBIDDEN, "insufficient_scope", None).await;
+        }
+        // Granted, then taken back: the role is read on every request.
+        app.set_admin(&email, true).await;
+        assert_eq!(admin_call(&app, Method::GET, "/v1/admin/audit", &user.access).await.status(), StatusCode::OK);
+        app.set_admin(&email, false).await;
+        assert_eq!(admin_call(&app, Method::GET, "/v1/admin/audit", &user.access).await.status(), StatusCode::FORBIDDEN);
+        // No token at all is a 401, as everywhere.
+        let resp = app.http.get(app.url("/v1/admin/audit")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+}
+
+scenario! {
+    async fn an_admin_lists_and_ends_a_users_sessions_with_an_audit_trail(backend) {
+        let app = spawn_app(backend).await;
+        let (admin, _, target_id, [first, second]) = admin_and_target(&app).await;
+        let sessions_path = format!("/v1/admin/users/{target_id}/sessions");
+        let listed = json(admin_call(&app, Method::GET, &sessions_path, &admin.access).await).await;
+        assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+        let revoked = json(admin_call(&app, Method::DELETE, &sessions_path, &admin.access).await).await;
+        assert_eq!(revoked["revoked"], 2);
+        for t in [&first, &second] {
+            assert_eq!(app.me(&t.access).await.status(), StatusCode::UNAUTHORIZED);
+            assert_invalid_grant(app.refresh(&t.refresh).await, "revoked").await;
+        }
+        let listed = json(admin_call(&app, Method::GET, &sessions_path, &admin.access).await).await;
+        assert_eq!(listed, serde_json::json!([]));
+        // The admin's own session is untouched.
+        assert_eq!(app.me(&admin.access).await.status(), StatusCode::OK);
+
+        let audit = json(
+            admin_call(&app, Method::GET, &format!("/v1/admin/audit?user_id={target_id}"), &admin.access).await,
+        )
+        .await;
+        let events = audit.as_array().unwrap();
+        let admin_id = crate::helpers::segment(&admin.access, 1)["sub"].clone();
+        let action = events.iter().find(|e| e["kind"] == "admin_revoked_sessions").expect("the action is recorded");
+        assert_eq!(action["actor_id"], admin_id);
+        let revocations = events
+            .iter()
+            .filter(|e| e["kind"] == "family_revoked" && e["detail"] == "admin_revoke")
+            .count();
+        assert_eq!(revocations, 2, "{audit}");
+        // Unknown users are 404.
+        let unknown = format!("/v1/admin/users/{}/sessions", uuid::Uuid::new_v4());
+        assert_error(admin_call(&app, Method::GET, &unknown, &admin.access).await, StatusCode::NOT_FOUND, "not_found", None).await;
+    }
+}
+
+scenario! {
+    async fn a_disabled_user_can_neither_log_in_nor_refresh_until_enabled(backend) {
+        let app = spawn_app(backend).await;
+        let (admin, target_email, target_id, [first, _]) = admin_and_target(&app).await;
+        let disabled = json(
+            admin_call(&app, Method::POST, &format!("/v1/admin/users/{target_id}/disable"), &admin.access).await,
+        )
+        .await;
+        assert_eq!(disabled["revoked"], 2);
+        assert_eq!(app.me(&first.access).await.status(), StatusCode::UNAUTHORIZED);
+        assert_invalid_grant(app.refresh(&first.refresh).await, "revoked").await;
+        assert_invalid_grant(app.login(&target_email, PASSWORD).await, "invalid_credentials").await;
+        let found = json(
+            admin_call(&app, Method::GET, &format!("/v1/admin/users?email={target_email}"), &admin.access).await,
+        )
+        .await;
+        assert_eq!(found["disabled"], true);
+
+        let resp = admin_call(&app, Method::POST, &format!("/v1/admin/users/{target_id}/enable"), &admin.access).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let fresh = tokens(app.login(&target_email, PASSWORD).await).await;
+        assert_eq!(app.me(&fresh.access).await.status(), StatusCode::OK);
+
+        let audit = json(admin_call(&app, Method::GET, "/v1/admin/audit?limit=50", &admin.access).await).await;
+        let kinds: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        let enabled_at = kinds.iter().position(|k| *k == "user_enabled").expect("enable recorded");
+        let disabled_at = kinds.iter().position(|k| *k == "user_disabled").expect("disable recorded");
+        assert!(enabled_at < disabled_at, "newest first: {kinds:?}");
+    }
+}
