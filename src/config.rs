@@ -83,6 +83,9 @@ pub struct Settings {
     pub trusted_proxies: Vec<Cidr>,
     pub data_dir: PathBuf,
     pub keys_dir: PathBuf,
+    /// Rotate the signing key on this schedule (exactly one instance does it); `None`
+    /// leaves rotation to the CLI.
+    pub key_rotation_interval: Option<Duration>,
     /// A `tracing` filter, e.g. `info` or `token_issuer=debug`.
     pub log: String,
     pub allow_registration: bool,
@@ -194,6 +197,7 @@ struct FileSettings {
     trusted_proxies: Option<String>,
     data_dir: Option<PathBuf>,
     keys_dir: Option<PathBuf>,
+    key_rotation_interval: Option<String>,
     log: Option<String>,
     allow_registration: Option<bool>,
     access_token_lifetime: Option<String>,
@@ -246,6 +250,11 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     ("ISSUER_TRUSTED_PROXIES", "trusted_proxies", EnvKind::Text),
     ("ISSUER_DATA_DIR", "data_dir", EnvKind::Text),
     ("ISSUER_KEYS_DIR", "keys_dir", EnvKind::Text),
+    (
+        "ISSUER_KEY_ROTATION_INTERVAL",
+        "key_rotation_interval",
+        EnvKind::Text,
+    ),
     ("ISSUER_LOG", "log", EnvKind::Text),
     (
         "ISSUER_ALLOW_REGISTRATION",
@@ -487,6 +496,20 @@ impl Settings {
                 .collect::<Result<Vec<_>, _>>()?,
             data_dir,
             keys_dir: f.keys_dir.unwrap_or_else(|| PathBuf::from("keys")),
+            key_rotation_interval: match f.key_rotation_interval.as_deref().map(str::trim) {
+                None | Some("off") => None,
+                Some(raw) => {
+                    let every = parse_duration(raw)
+                        .filter(|d| *d >= Duration::from_secs(3600))
+                        .ok_or_else(|| {
+                            invalid(
+                                "key_rotation_interval",
+                                format!("{raw:?}: expected a duration of at least 1h, such as \"30d\", or \"off\""),
+                            )
+                        })?;
+                    Some(every)
+                }
+            },
             log: f.log.unwrap_or_else(|| "info".to_owned()),
             allow_registration: f.allow_registration.unwrap_or(true),
             tokens,

@@ -26,6 +26,11 @@ enum Command {
     Openapi,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Manage the signing keys of the key directory (`keys_dir`).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Grant or take back the admin role (it opens /v1/admin).
     Admin {
         #[command(subcommand)]
@@ -34,6 +39,29 @@ enum Command {
     /// Generate a secret for a `service` client: prints the secret (give it to the
     /// service, it is shown only once) and the `client_secret_hash` for the config.
     ClientSecret,
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Generate a key and publish it as `next` (as `active` if none signs yet).
+    Generate {
+        /// RSA modulus size: 2048, 3072 or 4096.
+        #[arg(long, default_value_t = 2048)]
+        bits: u32,
+    },
+    /// Promote `next` to `active`, retire the active key, and publish a new `next`.
+    Rotate {
+        /// Rotate even if `next` was published less than the JWKS cache lifetime ago.
+        #[arg(long)]
+        force: bool,
+        /// RSA modulus size of the new next key.
+        #[arg(long, default_value_t = 2048)]
+        bits: u32,
+    },
+    /// List the keys: kid, state, created, not-after.
+    List,
+    /// Drop a next key, or end a retired key's publication now.
+    Retire { kid: String },
 }
 
 #[derive(Subcommand)]
@@ -49,6 +77,16 @@ fn main() -> ExitCode {
     if let Some(Command::Openapi) = cli.command {
         println!("{}", api::openapi_json());
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Keys { action }) = &cli.command {
+        let settings = match Settings::load() {
+            Ok(s) => s,
+            Err(e) => return fail(&e),
+        };
+        return match keys_command(&settings, action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
     }
     if let Some(Command::ClientSecret) = cli.command {
         return match token_issuer::crypto::client_secret::generate() {
@@ -122,6 +160,58 @@ async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         "token-issuer listening; docs at /docs"
     );
     app.run_until_stopped().await?;
+    Ok(())
+}
+
+fn keys_command(
+    settings: &Settings,
+    action: &KeysAction,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use token_issuer::crypto::keyring;
+    use token_issuer::service::keys::{LIFETIMES, key_size};
+    let dir = &settings.keys_dir;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let size = |bits: u32| {
+        key_size(bits).ok_or_else(|| format!("--bits {bits}: expected 2048, 3072 or 4096"))
+    };
+    match action {
+        KeysAction::Generate { bits } => {
+            let entry = keyring::generate(dir, size(*bits)?, now)?;
+            println!("generated {} ({})", entry.kid, entry.state.as_str());
+        }
+        KeysAction::Rotate { force, bits } => {
+            let r = keyring::rotate(dir, now, LIFETIMES, *force, size(*bits)?)?;
+            println!(
+                "retired {}\nactive  {}\nnext    {}",
+                r.retired, r.active, r.next
+            );
+        }
+        KeysAction::Retire { kid } => {
+            keyring::retire(dir, kid, now)?;
+            println!("retired {kid}");
+        }
+        KeysAction::List => {
+            let (ring, _) = keyring::ensure(dir, now)?;
+            let when = |t: Option<i64>| {
+                t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_else(|| "-".to_owned())
+            };
+            println!("{:<44} {:<8} {:<25} not-after", "kid", "state", "created");
+            for k in &ring.keys {
+                println!(
+                    "{:<44} {:<8} {:<25} {}",
+                    k.kid,
+                    k.state.as_str(),
+                    when(Some(k.created_at)),
+                    when(k.not_after)
+                );
+            }
+        }
+    }
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use crate::api::error::{ApiError, Problem, REQUEST_ID};
 use crate::api::{ClientIp, make_openapi_service};
 use crate::config::{Cidr, Settings, redacted_url};
-use crate::crypto::keys::{KeyError, KeySet};
+use crate::crypto::keys::{KeyError, KeySet, Keys};
 use crate::crypto::refresh::SuccessorKey;
 use crate::domain::client::Delivery;
 use crate::domain::clock::Clock;
@@ -151,7 +151,7 @@ impl Application {
             settings,
             Arc::clone(&store),
             Arc::clone(&shared),
-            Arc::new(keys),
+            Arc::new(Keys::new(&settings.keys_dir, keys)),
             successors,
             clock,
         )?);
@@ -192,7 +192,8 @@ impl Application {
     /// sweeper of ended sessions (hourly) and the Redis health check and revocation
     /// subscriber run alongside.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let background = self.shared.start();
+        let mut background = self.shared.start();
+        background.push(tokio::spawn(Arc::clone(&self.issuer).watch_keys()));
         let issuer = Arc::clone(&self.issuer);
         let sweeper = tokio::spawn(async move {
             let mut every = tokio::time::interval(SWEEP_INTERVAL);

@@ -10,9 +10,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use crate::api::ApiTags;
 use crate::service::Issuer;
 
-/// How long verifiers may cache the JWKS. A new key is published before it signs, so
-/// this bounds how early it must be published.
-const JWKS_MAX_AGE_SECS: u32 = 300;
+use crate::crypto::keyring::JWKS_MAX_AGE;
 
 /// A public key (RFC 7517).
 #[derive(Object)]
@@ -105,8 +103,10 @@ impl DiscoveryApi {
         issuer: Data<&Arc<Issuer>>,
         #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
     ) -> JwksResponse {
-        let (jwks, etag) = issuer.jwks();
-        let cache = format!("public, max-age={JWKS_MAX_AGE_SECS}");
+        let set = issuer.jwks();
+        let (jwks, etag) = (set.jwks(), set.jwks_etag());
+        // A key is published as `next` for longer than this before it signs.
+        let cache = format!("public, max-age={}", JWKS_MAX_AGE.as_secs());
         let matches = if_none_match
             .0
             .as_deref()

@@ -17,7 +17,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
 use crate::crypto::b64url;
-use crate::crypto::keys::{KeySet, SigningKey};
+use crate::crypto::keys::{Keys, SigningKey};
 use crate::domain::claims::AccessClaims;
 use crate::error::Error;
 
@@ -57,13 +57,13 @@ struct JoseHeader {
 
 /// Verifies our access tokens.
 pub struct Verifier {
-    keys: Arc<KeySet>,
+    keys: Arc<Keys>,
     issuer: String,
     leeway: i64,
 }
 
 impl Verifier {
-    pub fn new(keys: Arc<KeySet>, issuer: String, leeway_secs: u64) -> Self {
+    pub fn new(keys: Arc<Keys>, issuer: String, leeway_secs: u64) -> Self {
         Self {
             keys,
             issuer,
@@ -103,10 +103,11 @@ impl Verifier {
         if header.crit.is_some() {
             return Err(Error::InvalidToken("crit header not supported"));
         }
+        let set = self.keys.current();
         let key = header
             .kid
             .as_deref()
-            .and_then(|kid| self.keys.decoding_key(kid))
+            .and_then(|kid| set.decoding_key(kid))
             .ok_or(Error::InvalidToken("unknown kid"))?;
 
         let mut validation = Validation::new(Algorithm::RS256);

@@ -1,20 +1,21 @@
 //! The signing keys and the JWKS that publishes them.
 //!
-//! Layout of the key directory (decided here; the CLI of a later issue manages states):
+//! Layout of the key directory:
 //! - `<kid>.pem`: an RSA private key, PKCS#8 PEM, mode 0600. The `kid` is the RFC 7638
 //!   JWK thumbprint of its public key.
-//! - `active`: the `kid` that signs new tokens. With a single key and no `active` file,
-//!   that key is active.
+//! - `keyring.json`: which key is active, next or retired (see `keyring`); `active`
+//!   mirrors the active `kid`.
 //! - `refresh-hmac.key`: the secret that derives refresh-token successors.
 //!
-//! Every key found is published in the JWKS, so a key placed there before it is made
-//! active is picked up by verifiers first. Keys are read once at start-up: there is no
-//! file I/O on the request path.
+//! The published keys (active, next, and retired ones until their `not_after`) are
+//! parsed into a `KeySet`; `Keys` holds the current set and swaps in a new one when the
+//! ring changes, so there is no file I/O on the request path.
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::rsa::KeySize;
@@ -26,6 +27,7 @@ use ring::digest;
 use serde::Serialize;
 
 use crate::crypto::b64url;
+use crate::crypto::keyring::{self, Ring};
 
 /// A key-directory problem, reported at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +45,13 @@ pub enum KeyError {
     MissingActive(PathBuf),
     #[error("RSA key generation failed")]
     Generate,
+    #[error("the key ring is locked by another process ({0}); try again")]
+    Locked(PathBuf),
+    #[error("{0}")]
+    Refused(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
     move |source| KeyError::Io {
         path: path.to_owned(),
         source,
@@ -108,40 +114,54 @@ impl SigningKey {
     }
 }
 
-/// The keys of this issuer: the one that signs, and every one that verifies.
+/// The keys of this issuer at one moment: the one that signs, and every published one,
+/// which verify.
 pub struct KeySet {
     active: SigningKey,
     decoding: HashMap<String, DecodingKey>,
     jwks: Vec<Jwk>,
     jwks_json: String,
     etag: String,
+    /// When the published set next shrinks (a retired key's `not_after`).
+    next_expiry: Option<i64>,
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 impl KeySet {
     /// Loads the key directory, generating an RSA-2048 key on first start.
     /// Returns the set and, when a key was generated, the path it was written to.
     pub fn load_or_generate(dir: &Path) -> Result<(Self, Option<PathBuf>), KeyError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let mut generated = None;
-        let mut keys = read_keys(dir)?;
-        if keys.is_empty() {
-            let path = generate_into(dir, KeySize::Rsa2048)?;
-            keys = read_keys(dir)?;
-            // Another instance starting at the same moment may have won the `active` file.
-            if keys.iter().any(|(p, _)| p == &path) {
-                generated = Some(path);
-            }
-        }
-        let active_kid = match fs::read_to_string(dir.join("active")) {
-            Ok(kid) => Some(kid.trim().to_owned()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(KeyError::Io {
-                    path: dir.join("active"),
-                    source: e,
+        let now = unix_now();
+        let (ring, generated) = keyring::ensure(dir, now)?;
+        Ok((Self::from_ring(dir, &ring, now)?, generated))
+    }
+
+    /// The set a ring publishes at `now`.
+    pub fn from_ring(dir: &Path, ring: &Ring, now: i64) -> Result<Self, KeyError> {
+        let active_kid = ring
+            .active()
+            .map(|k| k.kid.clone())
+            .ok_or_else(|| KeyError::NoActive(dir.to_owned()))?;
+        let mut keys = Vec::new();
+        for entry in ring.published(now) {
+            let path = dir.join(format!("{}.pem", entry.kid));
+            let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+            let der = pem_decode(&text, "PRIVATE KEY").ok_or_else(|| KeyError::Invalid {
+                path: path.clone(),
+                reason: "expected a PEM `PRIVATE KEY` (PKCS#8) block".into(),
+            })?;
+            let key = SigningKey::from_pkcs8(&der, &path)?;
+            if key.kid != entry.kid {
+                return Err(KeyError::Invalid {
+                    path,
+                    reason: format!("the key's thumbprint is {}, not its file name", key.kid),
                 });
             }
-        };
+            keys.push((path, key));
+        }
         let decoding = keys
             .iter()
             .map(|(path, k)| {
@@ -160,29 +180,19 @@ impl KeySet {
             "\"{}\"",
             &b64url(digest::digest(&digest::SHA256, jwks_json.as_bytes()).as_ref())[..22]
         );
-        let active = match active_kid {
-            Some(kid) => keys
-                .into_iter()
-                .map(|(_, k)| k)
-                .find(|k| k.kid == kid)
-                .ok_or_else(|| KeyError::MissingActive(dir.to_owned()))?,
-            None if keys.len() == 1 => keys
-                .into_iter()
-                .map(|(_, k)| k)
-                .next()
-                .ok_or(KeyError::Generate)?,
-            None => return Err(KeyError::NoActive(dir.to_owned())),
-        };
-        Ok((
-            Self {
-                active,
-                decoding,
-                jwks,
-                jwks_json,
-                etag,
-            },
-            generated,
-        ))
+        let active = keys
+            .into_iter()
+            .map(|(_, k)| k)
+            .find(|k| k.kid == active_kid)
+            .ok_or_else(|| KeyError::MissingActive(dir.to_owned()))?;
+        Ok(Self {
+            active,
+            decoding,
+            jwks,
+            jwks_json,
+            etag,
+            next_expiry: ring.next_expiry(now),
+        })
     }
 
     /// The key that signs new tokens.
@@ -211,37 +221,65 @@ impl KeySet {
     }
 }
 
-fn read_keys(dir: &Path) -> Result<Vec<(PathBuf, SigningKey)>, KeyError> {
-    let mut keys = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let path = entry.map_err(io_err(dir))?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("pem") {
-            continue;
-        }
-        let text = fs::read_to_string(&path).map_err(io_err(&path))?;
-        let der = pem_decode(&text, "PRIVATE KEY").ok_or_else(|| KeyError::Invalid {
-            path: path.clone(),
-            reason: "expected a PEM `PRIVATE KEY` (PKCS#8) block".into(),
-        })?;
-        let key = SigningKey::from_pkcs8(&der, &path)?;
-        keys.push((path, key));
-    }
-    keys.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(keys)
+/// The current key set of a key directory, swapped when the ring changes.
+pub struct Keys {
+    dir: PathBuf,
+    current: RwLock<Arc<KeySet>>,
+    /// The ring as last read, to notice a change.
+    raw: Mutex<Vec<u8>>,
 }
 
-/// Generates a key into `dir` and makes it active unless another key already is.
-fn generate_into(dir: &Path, size: KeySize) -> Result<PathBuf, KeyError> {
+impl Keys {
+    pub fn new(dir: &Path, set: KeySet) -> Self {
+        let raw = keyring::read(dir)
+            .ok()
+            .flatten()
+            .map(|(_, raw)| raw)
+            .unwrap_or_default();
+        Self {
+            dir: dir.to_owned(),
+            current: RwLock::new(Arc::new(set)),
+            raw: Mutex::new(raw),
+        }
+    }
+
+    /// The set to sign and verify with now.
+    pub fn current(&self) -> Arc<KeySet> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Re-reads the ring; swaps in a new set when it changed or a retired key expired.
+    /// Returns the new active `kid` when it changed.
+    pub fn reload(&self, now: i64) -> Result<Option<String>, KeyError> {
+        let Some((ring, raw)) = keyring::read(&self.dir)? else {
+            return Ok(None);
+        };
+        let current = self.current();
+        let changed = *self.raw.lock().unwrap_or_else(PoisonError::into_inner) != raw;
+        let expired = current.next_expiry.is_some_and(|t| t <= now);
+        if !changed && !expired {
+            return Ok(None);
+        }
+        let set = KeySet::from_ring(&self.dir, &ring, now)?;
+        let new_active = (set.active.kid != current.active.kid).then(|| set.active.kid.clone());
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+        *self.raw.lock().unwrap_or_else(PoisonError::into_inner) = raw;
+        Ok(new_active)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Generates a key into `dir` as `<kid>.pem` (mode 0600); returns its `kid` and path.
+pub(crate) fn generate_key_file(dir: &Path, size: KeySize) -> Result<(String, PathBuf), KeyError> {
     let key_pair = RsaKeyPair::generate(size).map_err(|_| KeyError::Generate)?;
     let der = AsDer::<Pkcs8V1Der>::as_der(&key_pair).map_err(|_| KeyError::Generate)?;
     let key = SigningKey::from_pkcs8(der.as_ref(), dir)?;
     let path = dir.join(format!("{}.pem", key.kid));
     create_exclusive(&path, pem_encode(der.as_ref(), "PRIVATE KEY").as_bytes())?;
-    if !create_exclusive(&dir.join("active"), format!("{}\n", key.kid).as_bytes())? {
-        // Lost the race to another instance starting at the same moment: its key is the one.
-        fs::remove_file(&path).map_err(io_err(&path))?;
-    }
-    Ok(path)
+    Ok((key.kid, path))
 }
 
 /// Reads a 32-byte secret (base64) from `path`, creating it if missing. Creation is
@@ -272,7 +310,7 @@ pub fn read_or_create_secret_file(path: &Path) -> Result<Vec<u8>, KeyError> {
 /// Writes `bytes` to `path` (mode 0600) unless it exists: the content goes to a private
 /// temporary file first and is hard-linked into place, so a reader never sees a partial
 /// file and exactly one of several racing writers wins. Returns whether this call did.
-fn create_exclusive(path: &Path, bytes: &[u8]) -> Result<bool, KeyError> {
+pub(crate) fn create_exclusive(path: &Path, bytes: &[u8]) -> Result<bool, KeyError> {
     let mut nonce = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
         .map_err(|_| KeyError::Generate)?;

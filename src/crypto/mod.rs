@@ -7,6 +7,7 @@
 
 pub mod client_secret;
 pub mod jwt;
+pub mod keyring;
 pub mod keys;
 pub mod password;
 pub mod refresh;

@@ -3,6 +3,7 @@
 pub mod access;
 pub mod admin;
 pub mod introspect;
+pub mod keys;
 pub mod sessions;
 pub mod tokens;
 pub mod users;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use crate::config::RateLimits;
 use crate::config::Settings;
 use crate::crypto::jwt::Verifier;
-use crate::crypto::keys::{Jwk, KeySet};
+use crate::crypto::keys::{KeySet, Keys};
 use crate::crypto::password::PasswordHasher;
 use crate::crypto::refresh::SuccessorKey;
 use crate::domain::client::Client;
@@ -31,7 +32,7 @@ pub struct Issuer {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) shared: Arc<SharedState>,
     pub(crate) limits: RateLimits,
-    pub(crate) keys: Arc<KeySet>,
+    pub(crate) keys: Arc<Keys>,
     pub(crate) verifier: Verifier,
     pub(crate) hasher: PasswordHasher,
     pub(crate) successors: SuccessorKey,
@@ -42,6 +43,7 @@ pub struct Issuer {
     pub(crate) issuer_url: String,
     pub(crate) audience: String,
     pub(crate) allow_registration: bool,
+    pub(crate) key_rotation_interval: Option<std::time::Duration>,
 }
 
 impl Issuer {
@@ -49,7 +51,7 @@ impl Issuer {
         settings: &Settings,
         store: Arc<dyn Store>,
         shared: Arc<SharedState>,
-        keys: Arc<KeySet>,
+        keys: Arc<Keys>,
         successors: SuccessorKey,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, Error> {
@@ -80,6 +82,7 @@ impl Issuer {
             issuer_url: settings.issuer_url.clone(),
             audience: settings.audience.clone(),
             allow_registration: settings.allow_registration,
+            key_rotation_interval: settings.key_rotation_interval,
         })
     }
 
@@ -91,9 +94,9 @@ impl Issuer {
             .unwrap_or(now)
     }
 
-    /// The published keys and the ETag of the set.
-    pub fn jwks(&self) -> (&[Jwk], &str) {
-        (self.keys.jwks(), self.keys.jwks_etag())
+    /// The published keys (with the set's ETag) as of now.
+    pub fn jwks(&self) -> Arc<KeySet> {
+        self.keys.current()
     }
 
     /// The issuer identifier (`iss`).

@@ -280,7 +280,7 @@ impl Issuer {
         };
         // ~0.9 ms of RSA: off the async workers, so the single SQLite writer's next
         // statement is never left waiting behind a signature.
-        let keys = std::sync::Arc::clone(&self.keys);
+        let keys = self.keys.current();
         let access_token = tokio::task::spawn_blocking(move || jwt::sign(keys.active(), &claims))
             .await
             .map_err(Error::internal)??;

@@ -37,6 +37,7 @@ mod faults;
 mod forged_tokens;
 mod instances;
 mod introspection;
+mod keys;
 mod lifetimes;
 mod openapi;
 mod password_grant;

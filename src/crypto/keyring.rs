@@ -1,0 +1,562 @@
+//! The key ring: which key of the key directory signs (`active`), which is published
+//! ahead of signing (`next`), and which no longer signs but is still published until
+//! every token it signed has expired (`retired`, until `not_after`).
+//!
+//! Decisions taken here:
+//! - The ring is `keyring.json` in the key directory, next to the `<kid>.pem` private
+//!   keys; the `active` file mirrors the active `kid` for humans and older tools. Every
+//!   change is made under `keyring.lock` (created exclusively; a lock older than 30 s is
+//!   stale) and written to a temporary file renamed into place, so instances sharing
+//!   the directory never read a half-written ring and two changes never interleave.
+//! - `rotate` promotes `next` only once it has been published for `publish_ahead` (the
+//!   JWKS `max-age` plus the reload interval, twice): every verifier that cached the
+//!   JWKS has seen the new key before a token signed by it reaches them.
+//! - A retired key stays published, and accepted, for `retire_grace` (the longest
+//!   access-token life plus the clock leeway) after it stopped signing; then it leaves
+//!   the JWKS and its file is deleted at the next change of the ring.
+//! - Instances re-read the ring every `RELOAD_INTERVAL`: a rotation made by the CLI or
+//!   by another instance is picked up without a restart. With
+//!   `key_rotation_interval` set, the instance that first finds the active key due
+//!   rotates it, under the lock, after checking again that it is still due: exactly one
+//!   rotation happens however many instances look.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_lc_rs::rsa::KeySize;
+use serde::{Deserialize, Serialize};
+
+use super::keys::{KeyError, create_exclusive, generate_key_file, io_err};
+
+/// How often instances re-read the ring.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+/// How long verifiers may cache the JWKS (`Cache-Control: max-age`).
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+/// How long a next key is published before it may sign: the JWKS cache lifetime, plus
+/// two reload intervals for every instance to have published it.
+pub const PUBLISH_AHEAD: Duration = Duration::from_secs(300 + 2 * 2);
+const RING_FILE: &str = "keyring.json";
+const LOCK_FILE: &str = "keyring.lock";
+const STALE_LOCK: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    /// Signs new tokens.
+    Active,
+    /// Published, not signing yet: it becomes active at the next rotation.
+    Next,
+    /// No longer signs; published until `not_after`.
+    Retired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Next => "next",
+            Self::Retired => "retired",
+        }
+    }
+}
+
+/// One key of the ring. Times are unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEntry {
+    pub kid: String,
+    pub state: KeyState,
+    pub created_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_at: Option<i64>,
+    /// Retired keys: when they leave the JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<i64>,
+}
+
+/// The ring as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ring {
+    pub keys: Vec<KeyEntry>,
+}
+
+/// The timing rules of a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// How long a `next` key must have been published before it may sign.
+    pub publish_ahead: Duration,
+    /// How long a retired key stays published.
+    pub retire_grace: Duration,
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+impl Ring {
+    pub fn active(&self) -> Option<&KeyEntry> {
+        self.keys.iter().find(|k| k.state == KeyState::Active)
+    }
+
+    pub fn next(&self) -> Option<&KeyEntry> {
+        self.keys.iter().find(|k| k.state == KeyState::Next)
+    }
+
+    /// The keys published (and accepted) at `now`.
+    pub fn published(&self, now: i64) -> impl Iterator<Item = &KeyEntry> {
+        self.keys
+            .iter()
+            .filter(move |k| k.state != KeyState::Retired || k.not_after.is_some_and(|t| t > now))
+    }
+
+    /// The first moment after `now` when the published set shrinks.
+    pub fn next_expiry(&self, now: i64) -> Option<i64> {
+        self.keys
+            .iter()
+            .filter_map(|k| k.not_after)
+            .filter(|t| *t > now)
+            .min()
+    }
+
+    fn parse(raw: &[u8], path: &Path) -> Result<Self, KeyError> {
+        let ring: Self = serde_json::from_slice(raw).map_err(|e| KeyError::Invalid {
+            path: path.to_owned(),
+            reason: format!("not a key ring: {e}"),
+        })?;
+        if ring
+            .keys
+            .iter()
+            .filter(|k| k.state == KeyState::Active)
+            .count()
+            != 1
+            || ring
+                .keys
+                .iter()
+                .filter(|k| k.state == KeyState::Next)
+                .count()
+                > 1
+        {
+            return Err(KeyError::Invalid {
+                path: path.to_owned(),
+                reason: "a key ring has exactly one active key and at most one next key".into(),
+            });
+        }
+        Ok(ring)
+    }
+}
+
+/// The ring of `dir` and its raw bytes (to notice changes), or `None` before the first
+/// start.
+pub fn read(dir: &Path) -> Result<Option<(Ring, Vec<u8>)>, KeyError> {
+    let path = dir.join(RING_FILE);
+    match fs::read(&path) {
+        Ok(raw) => Ok(Some((Ring::parse(&raw, &path)?, raw))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(KeyError::Io { path, source: e }),
+    }
+}
+
+fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), KeyError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err(&path))
+}
+
+fn write(dir: &Path, ring: &Ring) -> Result<(), KeyError> {
+    let json = serde_json::to_vec_pretty(ring).map_err(|e| KeyError::Invalid {
+        path: dir.join(RING_FILE),
+        reason: e.to_string(),
+    })?;
+    replace_file(dir, RING_FILE, &json)?;
+    if let Some(active) = ring.active() {
+        replace_file(dir, "active", format!("{}\n", active.kid).as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Runs `change` with the ring lock held.
+fn locked<T>(dir: &Path, change: impl FnOnce() -> Result<T, KeyError>) -> Result<T, KeyError> {
+    let lock = dir.join(LOCK_FILE);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !create_exclusive(&lock, std::process::id().to_string().as_bytes())? {
+        let stale = fs::metadata(&lock)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_LOCK);
+        if stale {
+            let _ = fs::remove_file(&lock);
+            continue;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(KeyError::Locked(lock));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let result = change();
+    let _ = fs::remove_file(&lock);
+    result
+}
+
+/// Drops retired keys past `not_after`, and their files.
+fn prune(dir: &Path, ring: &mut Ring, now: i64) {
+    ring.keys.retain(|k| {
+        let gone = k.state == KeyState::Retired && k.not_after.is_some_and(|t| t <= now);
+        if gone {
+            let _ = fs::remove_file(dir.join(format!("{}.pem", k.kid)));
+        }
+        !gone
+    });
+}
+
+fn pem_kids(dir: &Path) -> Result<Vec<String>, KeyError> {
+    let mut kids = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some("pem")
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+        {
+            kids.push(stem.to_owned());
+        }
+    }
+    kids.sort();
+    Ok(kids)
+}
+
+/// The ring of `dir`, made on first start: a new RSA-2048 key becomes active (the path
+/// of the new key file is returned), or keys placed there by hand are adopted (the one
+/// the `active` file names, or the only one, signs; others are `next`).
+pub fn ensure(dir: &Path, now: i64) -> Result<(Ring, Option<PathBuf>), KeyError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if let Some((ring, _)) = read(dir)? {
+        return Ok((ring, None));
+    }
+    locked(dir, || {
+        if let Some((ring, _)) = read(dir)? {
+            return Ok((ring, None));
+        }
+        let mut kids = pem_kids(dir)?;
+        let mut generated = None;
+        if kids.is_empty() {
+            let (kid, path) = generate_key_file(dir, KeySize::Rsa2048)?;
+            kids.push(kid);
+            generated = Some(path);
+        }
+        let active = match fs::read_to_string(dir.join("active")) {
+            Ok(kid) => kid.trim().to_owned(),
+            Err(_) if kids.len() == 1 => kids[0].clone(),
+            Err(_) => return Err(KeyError::NoActive(dir.to_owned())),
+        };
+        if !kids.contains(&active) {
+            return Err(KeyError::MissingActive(dir.to_owned()));
+        }
+        let ring = Ring {
+            keys: kids
+                .into_iter()
+                .map(|kid| {
+                    let is_active = kid == active;
+                    KeyEntry {
+                        state: if is_active {
+                            KeyState::Active
+                        } else {
+                            KeyState::Next
+                        },
+                        kid,
+                        created_at: now,
+                        activated_at: is_active.then_some(now),
+                        not_after: None,
+                    }
+                })
+                .collect(),
+        };
+        if ring
+            .keys
+            .iter()
+            .filter(|k| k.state == KeyState::Next)
+            .count()
+            > 1
+        {
+            return Err(KeyError::Invalid {
+                path: dir.to_owned(),
+                reason: "several keys besides the active one; keep at most one".into(),
+            });
+        }
+        write(dir, &ring)?;
+        Ok((ring, generated))
+    })
+}
+
+/// `keys generate`: a new key, published as `next` (as `active` if none signs yet).
+pub fn generate(dir: &Path, size: KeySize, now: i64) -> Result<KeyEntry, KeyError> {
+    ensure(dir, now)?;
+    locked(dir, || {
+        let (mut ring, _) = read(dir)?.ok_or_else(|| KeyError::NoActive(dir.to_owned()))?;
+        if let Some(next) = ring.next() {
+            return Err(KeyError::Refused(format!(
+                "{} is already the next key: rotate first, or retire it",
+                next.kid
+            )));
+        }
+        prune(dir, &mut ring, now);
+        let (kid, _) = generate_key_file(dir, size)?;
+        let entry = KeyEntry {
+            kid,
+            state: KeyState::Next,
+            created_at: now,
+            activated_at: None,
+            not_after: None,
+        };
+        ring.keys.push(entry.clone());
+        write(dir, &ring)?;
+        Ok(entry)
+    })
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    pub retired: String,
+    pub active: String,
+    pub next: String,
+}
+
+fn rotate_locked(
+    dir: &Path,
+    ring: &mut Ring,
+    now: i64,
+    lifetimes: Lifetimes,
+    force: bool,
+    size: KeySize,
+) -> Result<Rotation, KeyError> {
+    let next = ring
+        .next()
+        .cloned()
+        .ok_or_else(|| KeyError::Refused("no next key: run `keys generate` first".into()))?;
+    let ready_at = next.created_at + secs(lifetimes.publish_ahead);
+    if !force && now < ready_at {
+        return Err(KeyError::Refused(format!(
+            "the next key {} has been published for {}s only; verifiers may not have it yet \
+             (wait {}s, or --force)",
+            next.kid,
+            now - next.created_at,
+            ready_at - now
+        )));
+    }
+    prune(dir, ring, now);
+    let mut retired = String::new();
+    for key in &mut ring.keys {
+        match key.state {
+            KeyState::Active => {
+                key.state = KeyState::Retired;
+                key.not_after = Some(now + secs(lifetimes.retire_grace));
+                retired = key.kid.clone();
+            }
+            KeyState::Next => {
+                key.state = KeyState::Active;
+                key.activated_at = Some(now);
+            }
+            KeyState::Retired => {}
+        }
+    }
+    let (kid, _) = generate_key_file(dir, size)?;
+    ring.keys.push(KeyEntry {
+        kid: kid.clone(),
+        state: KeyState::Next,
+        created_at: now,
+        activated_at: None,
+        not_after: None,
+    });
+    write(dir, ring)?;
+    Ok(Rotation {
+        retired,
+        active: next.kid,
+        next: kid,
+    })
+}
+
+/// `keys rotate`: next → active, active → retired, and a new next key.
+pub fn rotate(
+    dir: &Path,
+    now: i64,
+    lifetimes: Lifetimes,
+    force: bool,
+    size: KeySize,
+) -> Result<Rotation, KeyError> {
+    ensure(dir, now)?;
+    locked(dir, || {
+        let (mut ring, _) = read(dir)?.ok_or_else(|| KeyError::NoActive(dir.to_owned()))?;
+        rotate_locked(dir, &mut ring, now, lifetimes, force, size)
+    })
+}
+
+/// `keys retire <kid>`: a next key is dropped (it never signed); a retired key leaves
+/// the JWKS now. The active key is retired by rotating.
+pub fn retire(dir: &Path, kid: &str, now: i64) -> Result<(), KeyError> {
+    locked(dir, || {
+        let (mut ring, _) = read(dir)?.ok_or_else(|| KeyError::NoActive(dir.to_owned()))?;
+        let key = ring
+            .keys
+            .iter_mut()
+            .find(|k| k.kid == kid)
+            .ok_or_else(|| KeyError::Refused(format!("no key {kid} in the ring")))?;
+        if key.state == KeyState::Active {
+            return Err(KeyError::Refused(
+                "the active key is retired by `keys rotate`".into(),
+            ));
+        }
+        key.state = KeyState::Retired;
+        key.not_after = Some(now);
+        prune(dir, &mut ring, now);
+        write(dir, &ring)
+    })
+}
+
+/// The scheduled rotation: makes sure a next key is published, and rotates when the
+/// active key has signed for `interval` and the next one is ready. Checked again under
+/// the lock, so of several instances exactly one rotates.
+pub fn rotate_if_due(
+    dir: &Path,
+    now: i64,
+    interval: Duration,
+    lifetimes: Lifetimes,
+) -> Result<Option<Rotation>, KeyError> {
+    let due = |ring: &Ring| {
+        let active_since = ring
+            .active()
+            .map(|k| k.activated_at.unwrap_or(k.created_at));
+        let next_ready = ring
+            .next()
+            .map(|k| k.created_at + secs(lifetimes.publish_ahead) <= now);
+        (
+            ring.next().is_none(),
+            active_since.is_some_and(|t| t + secs(interval) <= now) && next_ready == Some(true),
+        )
+    };
+    let Some((ring, _)) = read(dir)? else {
+        return Ok(None);
+    };
+    if due(&ring) == (false, false) {
+        return Ok(None);
+    }
+    locked(dir, || {
+        let (mut ring, _) = read(dir)?.ok_or_else(|| KeyError::NoActive(dir.to_owned()))?;
+        match due(&ring) {
+            (true, _) => {
+                let (kid, _) = generate_key_file(dir, KeySize::Rsa2048)?;
+                ring.keys.push(KeyEntry {
+                    kid,
+                    state: KeyState::Next,
+                    created_at: now,
+                    activated_at: None,
+                    not_after: None,
+                });
+                write(dir, &ring)?;
+                Ok(None)
+            }
+            (false, true) => {
+                rotate_locked(dir, &mut ring, now, lifetimes, false, KeySize::Rsa2048).map(Some)
+            }
+            (false, false) => Ok(None),
+        }
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const LIFETIMES: Lifetimes = Lifetimes {
+        publish_ahead: Duration::from_secs(310),
+        retire_grace: Duration::from_secs(930),
+    };
+
+    fn states(dir: &Path) -> Vec<(String, KeyState)> {
+        let (ring, _) = read(dir).unwrap().unwrap();
+        ring.keys.into_iter().map(|k| (k.kid, k.state)).collect()
+    }
+
+    #[test]
+    fn generate_rotate_retire_follow_the_lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, generated) = ensure(dir.path(), 1_000).unwrap();
+        assert!(generated.is_some());
+        let first = ring.active().unwrap().kid.clone();
+        let next = generate(dir.path(), KeySize::Rsa2048, 1_000).unwrap();
+        assert!(
+            generate(dir.path(), KeySize::Rsa2048, 1_000).is_err(),
+            "one next key"
+        );
+        // Too early: verifiers may not have the next key yet.
+        assert!(rotate(dir.path(), 1_100, LIFETIMES, false, KeySize::Rsa2048).is_err());
+        let r = rotate(dir.path(), 1_400, LIFETIMES, false, KeySize::Rsa2048).unwrap();
+        assert_eq!(
+            (r.retired.as_str(), r.active.as_str()),
+            (first.as_str(), next.kid.as_str())
+        );
+        let (ring, _) = read(dir.path()).unwrap().unwrap();
+        assert_eq!(ring.published(1_400).count(), 3);
+        assert_eq!(
+            ring.published(1_400 + 930).count(),
+            2,
+            "the retired key left"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.path().join("active"))
+                .unwrap()
+                .trim(),
+            next.kid
+        );
+        assert!(
+            retire(dir.path(), &next.kid, 1_500).is_err(),
+            "not the active one"
+        );
+        retire(dir.path(), &r.next, 1_500).unwrap();
+        let (ring, _) = read(dir.path()).unwrap().unwrap();
+        assert!(ring.next().is_none());
+        assert!(!dir.path().join(format!("{}.pem", r.next)).exists());
+        // A later change prunes the expired retired key and its file.
+        generate(dir.path(), KeySize::Rsa2048, 1_400 + 931).unwrap();
+        assert!(!states(dir.path()).iter().any(|(k, _)| *k == first));
+        assert!(!dir.path().join(format!("{first}.pem")).exists());
+    }
+
+    #[test]
+    fn a_scheduled_rotation_happens_once_however_many_instances_look() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure(dir.path(), 0).unwrap();
+        let interval = Duration::from_secs(3_600);
+        // First look: a next key is published, nothing rotates.
+        assert_eq!(
+            rotate_if_due(dir.path(), 10, interval, LIFETIMES).unwrap(),
+            None
+        );
+        assert_eq!(states(dir.path()).len(), 2);
+        assert_eq!(
+            rotate_if_due(dir.path(), 3_000, interval, LIFETIMES).unwrap(),
+            None
+        );
+        let racers: Vec<_> = (0..4)
+            .map(|_| {
+                let dir = dir.path().to_owned();
+                std::thread::spawn(move || rotate_if_due(&dir, 3_700, interval, LIFETIMES).unwrap())
+            })
+            .collect();
+        let rotations: Vec<_> = racers
+            .into_iter()
+            .filter_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(rotations.len(), 1, "{rotations:?}");
+        let s = states(dir.path());
+        assert_eq!(
+            s.iter().filter(|(_, st)| *st == KeyState::Active).count(),
+            1
+        );
+        assert_eq!(s.iter().filter(|(_, st)| *st == KeyState::Next).count(), 1);
+        assert_eq!(
+            s.iter().filter(|(_, st)| *st == KeyState::Retired).count(),
+            1
+        );
+    }
+}

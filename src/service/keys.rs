@@ -1,0 +1,89 @@
+//! Keeping the signing keys current: every instance re-reads the key ring every
+//! `RELOAD_INTERVAL`, and with `key_rotation_interval` set, rotates it when due (see
+//! `crypto::keyring` for why exactly one instance does).
+
+use std::sync::Arc;
+
+use aws_lc_rs::rsa::KeySize;
+
+use super::Issuer;
+use crate::crypto::keyring::{self, Lifetimes, PUBLISH_AHEAD, RELOAD_INTERVAL, Rotation};
+use crate::crypto::keys::KeyError;
+use crate::store::AuditEvent;
+
+/// The longest an access token can live, plus the largest clock leeway: how long a
+/// retired key must stay published.
+const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(15 * 60 + 30);
+
+/// The timing rules every instance applies to the ring.
+pub const LIFETIMES: Lifetimes = Lifetimes {
+    publish_ahead: PUBLISH_AHEAD,
+    retire_grace: RETIRE_GRACE,
+};
+
+/// Key sizes the CLI accepts.
+pub fn key_size(bits: u32) -> Option<KeySize> {
+    match bits {
+        2048 => Some(KeySize::Rsa2048),
+        3072 => Some(KeySize::Rsa3072),
+        4096 => Some(KeySize::Rsa4096),
+        _ => None,
+    }
+}
+
+impl Issuer {
+    /// Runs until the process stops.
+    pub async fn watch_keys(self: Arc<Self>) {
+        let mut every = tokio::time::interval(RELOAD_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Err(e) = self.refresh_keys().await {
+                tracing::warn!(error = %e, "key ring check failed");
+            }
+        }
+    }
+
+    /// One check: rotate if due, then pick up whatever the ring says now.
+    pub async fn refresh_keys(&self) -> Result<(), KeyError> {
+        let now = self.now().unix_timestamp();
+        let dir = self.keys.dir().to_owned();
+        if let Some(interval) = self.key_rotation_interval {
+            let rotated = tokio::task::spawn_blocking(move || {
+                keyring::rotate_if_due(&dir, now, interval, LIFETIMES)
+            })
+            .await
+            .map_err(|_| KeyError::Generate)??;
+            if let Some(rotation) = rotated {
+                self.record_rotation(&rotation, "schedule").await;
+            }
+        }
+        let keys = Arc::clone(&self.keys);
+        let changed = tokio::task::spawn_blocking(move || keys.reload(now))
+            .await
+            .map_err(|_| KeyError::Generate)??;
+        if let Some(kid) = changed {
+            tracing::info!(target: "security", event = "signing_key_changed", kid = %kid);
+        }
+        Ok(())
+    }
+
+    async fn record_rotation(&self, rotation: &Rotation, by: &str) {
+        tracing::warn!(target: "security", event = "key_rotated", by, retired = %rotation.retired, active = %rotation.active, next = %rotation.next);
+        let event = AuditEvent {
+            at: self.now(),
+            kind: "key_rotated".into(),
+            user_id: None,
+            family_id: None,
+            client_id: None,
+            detail: Some(format!(
+                "by {by}: {} retired, {} active, {} next",
+                rotation.retired, rotation.active, rotation.next
+            )),
+            actor_id: None,
+        };
+        if let Err(e) = self.store.record_audit(&event).await {
+            tracing::warn!(error = %e, "could not record the key rotation");
+        }
+    }
+}
