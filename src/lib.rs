@@ -3,6 +3,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+pub mod metrics;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -19,6 +19,7 @@ use crate::crypto::keys::{KeyError, KeySet, Keys};
 use crate::crypto::refresh::SuccessorKey;
 use crate::domain::client::Delivery;
 use crate::domain::clock::Clock;
+use crate::metrics::Metrics;
 use crate::service::Issuer;
 use crate::store::postgres::PgStore;
 use crate::store::redis::RedisLink;
@@ -68,12 +69,13 @@ pub enum StartupError {
 pub fn open_shared(
     settings: &Settings,
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
 ) -> Result<Arc<SharedState>, StartupError> {
     let redis = match &settings.redis_url {
         Some(url) => {
             tracing::info!(url = %redacted_url(url), prefix = %settings.redis_key_prefix, "using redis for the deny-list, revocation events and rate limits");
             Some(
-                RedisLink::new(url, &settings.redis_key_prefix).map_err(|source| {
+                RedisLink::new(url, &settings.redis_key_prefix, metrics).map_err(|source| {
                     StartupError::Redis {
                         url: redacted_url(url),
                         source,
@@ -90,14 +92,23 @@ pub fn open_shared(
 /// Opens the store the database URL names (`sqlite:` or `postgres://`), creating the
 /// SQLite data directory if needed, and applies the migrations.
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupError> {
+    open_store_with(settings, Arc::new(Metrics::default())).await
+}
+
+/// `open_store`, counting the store's failures in `metrics`.
+pub async fn open_store_with(
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Store>, StartupError> {
     let url = &settings.database_url;
     let failed = |source| StartupError::Database {
         url: redacted_url(url),
         source,
     };
     let limit = settings.database_timeout;
-    let bounded =
-        |store: Arc<dyn Store>| -> Arc<dyn Store> { Arc::new(TimedStore::new(store, limit)) };
+    let bounded = |store: Arc<dyn Store>| -> Arc<dyn Store> {
+        Arc::new(TimedStore::new(store, limit, Arc::clone(&metrics)))
+    };
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(bounded(Arc::new(
             PgStore::connect(url, limit).await.map_err(failed)?,
@@ -138,7 +149,8 @@ pub struct Application {
 impl Application {
     /// Opens the store, loads (or generates) the keys and binds the listener.
     pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
-        let store = open_store(settings).await?;
+        let metrics = Arc::new(Metrics::default());
+        let store = open_store_with(settings, Arc::clone(&metrics)).await?;
         let (keys, generated) = KeySet::load_or_generate(&settings.keys_dir)?;
         if let Some(path) = generated {
             tracing::info!(path = %path.display(), kid = %keys.active().kid, "generated a new RSA-2048 signing key");
@@ -146,7 +158,7 @@ impl Application {
             tracing::info!(dir = %settings.keys_dir.display(), kid = %keys.active().kid, "loaded signing keys");
         }
         let successors = SuccessorKey::load_or_create(&settings.keys_dir)?;
-        let shared = open_shared(settings, Arc::clone(&store))?;
+        let shared = open_shared(settings, Arc::clone(&store), Arc::clone(&metrics))?;
         let issuer = Arc::new(Issuer::new(
             settings,
             Arc::clone(&store),
@@ -154,6 +166,7 @@ impl Application {
             Arc::new(Keys::new(&settings.keys_dir, keys)),
             successors,
             clock,
+            metrics,
         )?);
         let acceptor = TcpListener::bind(settings.bind.to_string())
             .into_acceptor()
@@ -243,6 +256,7 @@ pub fn app(
     issuer: Arc<Issuer>,
     settings: &Settings,
 ) -> poem::endpoint::BoxEndpoint<'static, Response> {
+    let issuer_metrics = issuer.metrics();
     let api = make_openapi_service();
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
@@ -259,6 +273,7 @@ pub fn app(
         None => inner.boxed(),
     };
     let trusted: Arc<[Cidr]> = settings.trusted_proxies.clone().into();
+    let metrics = issuer_metrics;
     with_cors
         .catch_all_error(render_error)
         .around(move |ep, mut req| {
@@ -270,7 +285,7 @@ pub fn app(
                 ep.call(req).await
             }
         })
-        .around(observe)
+        .around(move |ep, req| observe(ep, req, Arc::clone(&metrics)))
         .boxed()
 }
 
@@ -393,8 +408,13 @@ async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<R
     ep.call(req).await.map(IntoResponse::into_response)
 }
 
-/// Gives every request an id (span field and `x-request-id` header) and logs it.
-async fn observe<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
+/// Gives every request an id (span field, `x-request-id` header, error bodies), logs
+/// it and counts it by operation and status.
+async fn observe<E: Endpoint>(
+    ep: Arc<E>,
+    req: Request,
+    metrics: Arc<Metrics>,
+) -> poem::Result<Response> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let span =
         tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
@@ -402,9 +422,14 @@ async fn observe<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response
     let served = async move {
         let start = Instant::now();
         let mut resp = ep.get_response(req).await;
+        let elapsed = start.elapsed();
+        let operation = resp
+            .data::<poem_openapi::OperationId>()
+            .map_or("other", |op| op.0);
+        metrics.observe_request(operation, resp.status().as_u16(), elapsed);
         tracing::debug!(
             status = resp.status().as_u16(),
-            micros = start.elapsed().as_micros() as u64,
+            micros = elapsed.as_micros() as u64,
             "served"
         );
         if let Ok(value) = HeaderValue::from_str(&id) {

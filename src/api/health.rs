@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use poem::web::Data;
-use poem_openapi::payload::Json;
+use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use crate::api::ApiTags;
@@ -32,6 +32,17 @@ pub enum ReadyResponse {
     /// The database does not answer.
     #[oai(status = 503)]
     Unavailable(Json<Health>, #[oai(header = "Retry-After")] u32),
+}
+
+#[derive(ApiResponse)]
+pub enum MetricsOk {
+    /// Prometheus text format 0.0.4.
+    #[oai(status = 200)]
+    Ok(
+        PlainText<String>,
+        #[oai(header = "Content-Type")] String,
+        #[oai(header = "Cache-Control")] String,
+    ),
 }
 
 pub struct HealthApi;
@@ -71,5 +82,21 @@ impl HealthApi {
                 )
             }
         }
+    }
+
+    /// Metrics
+    ///
+    /// Prometheus text format: requests by operation and status, latency histograms,
+    /// logins, tokens issued, rotations, grace replays, reuse detections, revocations
+    /// by reason, rate-limited requests, active sessions, the argon2 queue, database
+    /// and Redis errors. Unauthenticated and free of personal data; expose it to your
+    /// scraper only.
+    #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
+    async fn metrics(&self, issuer: Data<&Arc<Issuer>>) -> MetricsOk {
+        MetricsOk::Ok(
+            PlainText(issuer.render_metrics().await),
+            "text/plain; version=0.0.4; charset=utf-8".into(),
+            "no-store".into(),
+        )
     }
 }

@@ -100,6 +100,7 @@ impl Issuer {
             })
             .await?;
         tracing::warn!(target: "security", event = "admin_revoked_sessions", user_id = %user_id, admin_id = %who.user.id, sessions = revoked.len());
+        self.count_revoked(reason, revoked.len());
         for sid in &revoked {
             self.shared.revoked(*sid).await;
         }
@@ -127,6 +128,7 @@ impl Issuer {
             "user_enabled"
         };
         tracing::warn!(target: "security", event, user_id = %user_id, admin_id = %who.user.id, sessions = revoked.len());
+        self.count_revoked(RevokeReason::UserDisabled, revoked.len());
         for sid in &revoked {
             self.shared.revoked(*sid).await;
         }

@@ -21,6 +21,7 @@ use crate::domain::client::Client;
 use crate::domain::clock::Clock;
 use crate::domain::family::RefreshPolicy;
 use crate::error::Error;
+use crate::metrics::{Gauges, Metrics, inc};
 use crate::store::Store;
 use crate::store::shared::{RedisStatus, SharedState};
 
@@ -30,6 +31,7 @@ pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(86_
 /// The issuer: configuration, keys, store and clock.
 pub struct Issuer {
     pub(crate) store: Arc<dyn Store>,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) shared: Arc<SharedState>,
     pub(crate) limits: RateLimits,
     pub(crate) keys: Arc<Keys>,
@@ -54,6 +56,7 @@ impl Issuer {
         keys: Arc<Keys>,
         successors: SuccessorKey,
         clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
         Ok(Self {
             verifier: Verifier::new(
@@ -63,6 +66,7 @@ impl Issuer {
             ),
             hasher: PasswordHasher::new(settings.password_hashing)?,
             store,
+            metrics,
             shared,
             limits: settings.limits,
             keys,
@@ -120,6 +124,47 @@ impl Issuer {
     /// Readiness: the database answers.
     pub async fn ready(&self) -> Result<(), Error> {
         self.store.ping().await.map_err(Error::from)
+    }
+
+    /// A request refused by a rate limit: counted, then answered 429.
+    pub(crate) fn rate_limited(&self, wait: std::time::Duration) -> Error {
+        inc(&self.metrics.rate_limited);
+        Error::RateLimited(wait)
+    }
+
+    /// Counts the sessions ended for `reason`.
+    pub(crate) fn count_revoked(
+        &self,
+        reason: crate::domain::family::RevokeReason,
+        sessions: usize,
+    ) {
+        for _ in 0..sessions {
+            self.metrics.revoked(reason.code());
+        }
+    }
+
+    /// The counters, for the HTTP layer to count requests.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// `/metrics`: the counters and the gauges read now.
+    pub async fn render_metrics(&self) -> String {
+        let active_families = self
+            .store
+            .count_live_families(&self.policy, self.now())
+            .await
+            .ok();
+        let redis_up = match self.shared.redis_status() {
+            RedisStatus::Disabled => None,
+            RedisStatus::Ok => Some(1),
+            RedisStatus::Degraded => Some(0),
+        };
+        self.metrics.render(Gauges {
+            active_families,
+            argon2_queue_depth: self.hasher.queue_depth() as u64,
+            redis_up,
+        })
     }
 
     /// Redis: off, ok, or degraded (the service works on without it).

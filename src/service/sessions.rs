@@ -42,6 +42,7 @@ impl Issuer {
     }
 
     async fn announce(&self, revoked: &[Uuid], reason: RevokeReason, who: &Principal) {
+        self.count_revoked(reason, revoked.len());
         for sid in revoked {
             tracing::info!(target: "security", event = "family_revoked", reason = reason.code(), sid = %sid, user_id = %who.user.id);
             self.shared.revoked(*sid).await;
@@ -116,7 +117,7 @@ impl Issuer {
             self.shared
                 .check(LimitKind::LoginAccount, &email, limit)
                 .await
-                .map_err(Error::RateLimited)?;
+                .map_err(|wait| self.rate_limited(wait))?;
         }
         let stored = self
             .store

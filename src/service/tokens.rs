@@ -13,6 +13,7 @@ use crate::domain::family::{GrantRejection, RevokeReason};
 use crate::domain::secret::Secret;
 use crate::domain::user::{check_password_size, normalize_email};
 use crate::error::Error;
+use crate::metrics::inc;
 use crate::store::shared::LimitKind;
 use crate::store::{FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest};
 
@@ -114,7 +115,7 @@ impl Issuer {
             self.shared
                 .hit(LimitKind::LoginIp, ip, limit)
                 .await
-                .map_err(Error::RateLimited)?;
+                .map_err(|wait| self.rate_limited(wait))?;
         }
         // Per account, failures are counted: an account that failed too often is
         // refused, the right password included, until the window ends.
@@ -123,7 +124,7 @@ impl Issuer {
             self.shared
                 .check(LimitKind::LoginAccount, &account, limit)
                 .await
-                .map_err(Error::RateLimited)?;
+                .map_err(|wait| self.rate_limited(wait))?;
         }
         // An unknown or malformed username runs the same hash as a wrong password.
         let user = match normalize_email(&username) {
@@ -134,6 +135,7 @@ impl Issuer {
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         if !self.hasher.verify(password, hash).await? {
             tracing::info!(target: "security", event = "login_failed", client_id = %client.id, ip = ?meta.ip);
+            inc(&self.metrics.logins_failed);
             if let Some(limit) = self.limits.login_per_account {
                 // Over the limit or not, the answer to this attempt stays the same.
                 let _ = self
@@ -160,6 +162,7 @@ impl Issuer {
         };
         self.store.create_family(&family).await?;
         tracing::info!(target: "security", event = "login", user_id = %user.user.id, sid = %family.id, client_id = %client.id);
+        inc(&self.metrics.logins);
         let info = FamilyInfo {
             id: family.id,
             user_id: family.user_id,
@@ -201,7 +204,7 @@ impl Issuer {
             self.shared
                 .hit(LimitKind::RefreshFamily, &family.to_string(), limit)
                 .await
-                .map_err(Error::RateLimited)?;
+                .map_err(|wait| self.rate_limited(wait))?;
         }
         let successor = self.successors.successor(&presented);
         let user_agent: Option<String> = meta
@@ -223,6 +226,11 @@ impl Issuer {
             .await?;
         match outcome {
             RotateOutcome::Issued { family, replay } => {
+                inc(if replay {
+                    &self.metrics.grace_replays
+                } else {
+                    &self.metrics.rotations
+                });
                 if replay {
                     tracing::info!(target: "security", event = "refresh_grace_replay", sid = %family.id, client_id = %client.id);
                 }
@@ -233,6 +241,12 @@ impl Issuer {
                 family,
                 revoked,
             } => {
+                if let Some(reason) = revoked {
+                    if reason == RevokeReason::Reuse {
+                        inc(&self.metrics.reuse_detections);
+                    }
+                    self.count_revoked(reason, 1);
+                }
                 if let (Some(reason), Some(f)) = (revoked, &family) {
                     tracing::warn!(
                         target: "security",
@@ -284,6 +298,7 @@ impl Issuer {
         let access_token = tokio::task::spawn_blocking(move || jwt::sign(keys.active(), &claims))
             .await
             .map_err(Error::internal)??;
+        inc(&self.metrics.tokens_issued);
         let family_end = family.created_at + self.policy.absolute_lifetime;
         let refresh_max_age = Duration::try_from(family_end - now).unwrap_or(Duration::ZERO);
         Ok(Issued {
@@ -327,6 +342,7 @@ impl Issuer {
             {
                 RevokeOutcome::Revoked(f) => {
                     tracing::info!(target: "security", event = "family_revoked", reason = "logout", sid = %f.id, user_id = %f.user_id, client_id = %client.id);
+                    self.count_revoked(RevokeReason::Logout, 1);
                     self.shared.revoked(f.id).await;
                 }
                 RevokeOutcome::OtherClient => {
@@ -353,6 +369,7 @@ impl Issuer {
                     .await?
                 {
                     tracing::info!(target: "security", event = "family_revoked", reason = "logout", sid = %sid, client_id = %client.id);
+                    self.count_revoked(RevokeReason::Logout, 1);
                 }
                 // Revoked now or before (a retry): announced either way.
                 self.shared.revoked(sid).await;

@@ -265,6 +265,13 @@ pub trait Store: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<Vec<Uuid>, StoreError>;
 
+    /// How many sessions are live (for `/metrics`).
+    async fn count_live_families(
+        &self,
+        policy: &RefreshPolicy,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
+
     /// A user by id.
     async fn find_user(&self, id: Uuid) -> Result<Option<UserWithHash>, StoreError>;
 

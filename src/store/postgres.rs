@@ -433,6 +433,24 @@ impl Store for PgStore {
         Ok(revoked)
     }
 
+    async fn count_live_families(
+        &self,
+        policy: &RefreshPolicy,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let (idle_cutoff, absolute_cutoff) = policy.cutoffs(now);
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM refresh_families
+             WHERE revoked_at IS NULL AND last_used_at > $1 AND created_at > $2",
+        )
+        .bind(idle_cutoff)
+        .bind(absolute_cutoff)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn find_user(&self, id: Uuid) -> Result<Option<UserWithHash>, StoreError> {
         let record: Option<UserRecord> = sqlx::query_as(
             "SELECT id, email, password_hash, created_at, disabled_at FROM users WHERE id = $1",

@@ -15,12 +15,14 @@
 //! Redis that vanished without closing the connection (a dead host, a fail-over behind
 //! DNS) is dialled afresh instead of waiting for the kernel to give up on the socket.
 
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use uuid::Uuid;
+
+use crate::metrics::{Metrics, inc};
 
 /// The longest a Redis call may take before it counts as failed.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(300);
@@ -44,6 +46,7 @@ pub struct RedisLink {
     healthy: AtomicBool,
     failed_pings: AtomicU32,
     hit: redis::Script,
+    metrics: Arc<Metrics>,
 }
 
 fn manager(client: &redis::Client) -> Result<ConnectionManager, redis::RedisError> {
@@ -58,7 +61,7 @@ fn manager(client: &redis::Client) -> Result<ConnectionManager, redis::RedisErro
 impl RedisLink {
     /// Prepares the link without connecting: a Redis that is down at start-up is
     /// picked up when it comes.
-    pub fn new(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
+    pub fn new(url: &str, prefix: &str, metrics: Arc<Metrics>) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let conn = RwLock::new(manager(&client)?);
         Ok(Self {
@@ -68,6 +71,7 @@ impl RedisLink {
             healthy: AtomicBool::new(false),
             failed_pings: AtomicU32::new(0),
             hit: redis::Script::new(HIT_SCRIPT),
+            metrics,
         })
     }
 
@@ -116,11 +120,13 @@ impl RedisLink {
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, op = what, "redis call failed");
+                inc(&self.metrics.redis_errors);
                 self.set_healthy(false);
                 None
             }
             Err(_) => {
                 tracing::debug!(op = what, "redis call timed out");
+                inc(&self.metrics.redis_errors);
                 self.set_healthy(false);
                 None
             }

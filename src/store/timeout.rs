@@ -18,25 +18,38 @@ use super::{
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{RefreshPolicy, RevokeReason};
 use crate::domain::user::User;
+use crate::metrics::{Metrics, inc};
 
 /// Bounds every call of the inner store by `limit`.
 pub struct TimedStore {
     inner: Arc<dyn Store>,
     limit: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl TimedStore {
-    pub fn new(inner: Arc<dyn Store>, limit: Duration) -> Self {
-        Self { inner, limit }
+    pub fn new(inner: Arc<dyn Store>, limit: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner,
+            limit,
+            metrics,
+        }
     }
 
+    /// Bounds `op` by the limit; counts the failures for `/metrics` (a conflict is an
+    /// answer, not a failure).
     async fn bounded<T>(
         &self,
         op: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.limit, op)
+        let result = tokio::time::timeout(self.limit, op)
             .await
-            .map_err(|_| StoreError::TimedOut(self.limit))?
+            .map_err(|_| StoreError::TimedOut(self.limit))
+            .and_then(|r| r);
+        if matches!(&result, Err(e) if !matches!(e, StoreError::Conflict)) {
+            inc(&self.metrics.db_errors);
+        }
+        result
     }
 }
 
@@ -101,6 +114,15 @@ impl Store for TimedStore {
                 .change_password(user_id, password_hash, family, now),
         )
         .await
+    }
+
+    async fn count_live_families(
+        &self,
+        policy: &RefreshPolicy,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        self.bounded(self.inner.count_live_families(policy, now))
+            .await
     }
 
     async fn find_user(&self, id: Uuid) -> Result<Option<UserWithHash>, StoreError> {

@@ -93,3 +93,41 @@ scenario! {
         assert!(docs.text().await.unwrap().to_lowercase().contains("<html"));
     }
 }
+
+scenario! {
+    async fn metrics_count_requests_tokens_rotations_reuse_and_sessions(backend) {
+        let app = crate::helpers::spawn_app(backend).await;
+        let (email, t) = app.signed_in().await;
+        let next = crate::helpers::tokens(app.refresh(&t.refresh).await).await;
+        assert_eq!(app.login(&email, "not the passphrase!").await.status(), StatusCode::BAD_REQUEST);
+        app.advance(std::time::Duration::from_secs(60));
+        crate::helpers::assert_invalid_grant(app.refresh(&t.refresh).await, "reused").await;
+        let (_, live) = app.signed_in().await;
+        assert_eq!(app.me(&live.access).await.status(), StatusCode::OK);
+        let _ = next;
+        let resp = app.http.get(app.url("/metrics")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let types: Vec<_> = resp.headers().get_all("content-type").iter().collect();
+        assert_eq!(types.len(), 1, "{types:?}");
+        assert!(types[0].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+        let text = resp.text().await.unwrap();
+        for line in [
+            "issuer_http_requests_total{operation=\"token\",status=\"200\"} 3",
+            "issuer_http_requests_total{operation=\"token\",status=\"400\"} 2",
+            "issuer_http_requests_total{operation=\"me\",status=\"200\"} 1",
+            "issuer_logins_total 2",
+            "issuer_logins_failed_total 1",
+            "issuer_rotations_total 1",
+            "issuer_reuse_detections_total 1",
+            "issuer_tokens_issued_total 3",
+            "issuer_revocations_total{reason=\"reuse\"} 1",
+            "issuer_active_families 1",
+            "issuer_argon2_queue_depth 0",
+            "issuer_db_errors_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+        assert!(text.contains("issuer_http_request_duration_seconds_bucket{operation=\"token\",le=\"+Inf\"} 5"));
+        assert_eq!(text.contains("issuer_redis_up 1"), backend == crate::helpers::Backend::Postgres, "{text}");
+    }
+}
