@@ -76,8 +76,9 @@ pub struct RevokedCount {
 #[oai(rename = "AuditEvent")]
 pub struct AuditEventBody {
     pub at: OffsetDateTime,
-    /// `family_revoked` (with the reason in `detail`), `user_disabled`,
-    /// `user_enabled`, `admin_revoked_sessions`.
+    /// `login`, `login_failed` (`detail`: the client IP), `family_revoked` (`detail`:
+    /// the reason), `user_disabled`, `user_enabled`, `admin_revoked_sessions`,
+    /// `key_rotated`.
     pub kind: String,
     #[oai(skip_serializing_if_is_none)]
     pub user_id: Option<Uuid>,

@@ -15,7 +15,9 @@ use crate::domain::user::{check_password_size, normalize_email};
 use crate::error::Error;
 use crate::metrics::inc;
 use crate::store::shared::LimitKind;
-use crate::store::{FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest};
+use crate::store::{
+    AuditEvent, FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest,
+};
 
 /// The parameters of a token request, as sent (form or JSON). Empty values count as
 /// absent (RFC 6749 §3.2).
@@ -136,6 +138,18 @@ impl Issuer {
         if !self.hasher.verify(password, hash).await? {
             tracing::info!(target: "security", event = "login_failed", client_id = %client.id, ip = ?meta.ip);
             inc(&self.metrics.logins_failed);
+            // Known user or not, the same row is written: the timing stays the same.
+            self.store
+                .record_audit(&AuditEvent {
+                    at: self.now(),
+                    kind: "login_failed".into(),
+                    user_id: user.as_ref().map(|u| u.user.id),
+                    family_id: None,
+                    client_id: Some(client.id.clone()),
+                    detail: meta.ip.as_ref().map(|ip| format!("ip {ip}")),
+                    actor_id: None,
+                })
+                .await?;
             if let Some(limit) = self.limits.login_per_account {
                 // Over the limit or not, the answer to this attempt stays the same.
                 let _ = self

@@ -197,7 +197,7 @@ pub trait Store: Send + Sync + 'static {
 
     async fn find_user_by_email(&self, email: &str) -> Result<Option<UserWithHash>, StoreError>;
 
-    /// Creates a family with its first (unconsumed) token.
+    /// Creates a family with its first (unconsumed) token, and records the `login`.
     async fn create_family(&self, family: &NewFamily) -> Result<(), StoreError>;
 
     /// Rotates, replays within grace, or refuses (revoking the family on reuse), in one

@@ -212,6 +212,19 @@ impl Store for SqliteStore {
     async fn create_family(&self, f: &NewFamily) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         insert_family(&mut tx, f).await?;
+        insert_audit(
+            &mut tx,
+            &AuditEvent {
+                at: f.created_at,
+                kind: "login".into(),
+                user_id: Some(f.user_id),
+                family_id: Some(f.id),
+                client_id: Some(f.client_id.clone()),
+                detail: f.ip.as_ref().map(|ip| format!("ip {ip}")),
+                actor_id: None,
+            },
+        )
+        .await?;
         tx.commit().await.map_err(classify)
     }
 

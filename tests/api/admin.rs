@@ -139,3 +139,29 @@ scenario! {
         assert!(enabled_at < disabled_at, "newest first: {kinds:?}");
     }
 }
+
+scenario! {
+    async fn logins_and_failed_logins_are_in_the_audit_log(backend) {
+        let app = spawn_app(backend).await;
+        let (admin, target_email, target_id, [first, second]) = admin_and_target(&app).await;
+        assert_eq!(app.login(&target_email, "not the password!").await.status(), StatusCode::BAD_REQUEST);
+        let audit = json(
+            admin_call(&app, Method::GET, &format!("/v1/admin/audit?user_id={target_id}"), &admin.access).await,
+        )
+        .await;
+        let events = audit.as_array().unwrap();
+        let logins: Vec<&Value> = events.iter().filter(|e| e["kind"] == "login").collect();
+        assert_eq!(logins.len(), 2, "{audit}");
+        let sessions: std::collections::HashSet<&str> =
+            logins.iter().map(|e| e["session_id"].as_str().unwrap()).collect();
+        for t in [&first, &second] {
+            let sid = crate::helpers::segment(&t.access, 1)["sid"].as_str().unwrap().to_owned();
+            assert!(sessions.contains(sid.as_str()));
+        }
+        assert!(logins.iter().all(|e| e["client_id"] == "dev" && e["detail"] == "ip 127.0.0.1"));
+        let failed: Vec<&Value> = events.iter().filter(|e| e["kind"] == "login_failed").collect();
+        assert_eq!(failed.len(), 1, "{audit}");
+        let text = audit.to_string();
+        assert!(!text.contains("not the password!") && !text.contains(PASSWORD), "no password in the log");
+    }
+}
