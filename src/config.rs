@@ -25,6 +25,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::client::{Client, ClientKind, Delivery};
+use crate::domain::family::RefreshPolicy;
 
 /// Access tokens may live between these bounds (DESIGN.md: 5–15 minutes).
 const ACCESS_LIFETIME_MIN: Duration = Duration::from_secs(5 * 60);
@@ -221,6 +222,12 @@ struct ClientFile {
     audiences: Option<Vec<String>>,
     /// `sha256:<hex>` of the secret, from `token-issuer client-secret`.
     client_secret_hash: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    access_token_lifetime: Option<String>,
+    refresh_idle_timeout: Option<String>,
+    refresh_absolute_lifetime: Option<String>,
+    refresh_grace_period: Option<String>,
 }
 
 /// Environment variables that override a scalar setting, with the setting they set.
@@ -434,7 +441,7 @@ impl Settings {
             Some(clients) => clients
                 .into_iter()
                 .enumerate()
-                .map(|(i, c)| client_from_file(i, c, &audience))
+                .map(|(i, c)| client_from_file(i, c, &audience, &tokens))
                 .collect::<Result<Vec<_>, _>>()?,
             None if from_file => {
                 return Err(invalid(
@@ -442,7 +449,7 @@ impl Settings {
                     "a configuration file must register at least one client",
                 ));
             }
-            None => dev_clients(&audience),
+            None => dev_clients(&audience, &tokens),
         };
         if clients.is_empty() {
             return Err(invalid("clients", "at least one client is required"));
@@ -516,6 +523,14 @@ impl Settings {
             password_hashing,
             clients,
         })
+    }
+
+    /// Sets the grace window of the defaults and of every client (tests and tools).
+    pub fn set_grace_period(&mut self, grace: Duration) {
+        self.tokens.refresh_grace_period = grace;
+        for client in &mut self.clients {
+            client.policy.grace_period = grace;
+        }
     }
 
     /// The built-in development settings, as `cargo run` with no configuration uses them.
@@ -714,8 +729,53 @@ fn client_from_file(
     index: usize,
     c: ClientFile,
     default_audience: &str,
+    defaults: &TokenSettings,
 ) -> Result<Client, ConfigError> {
     let setting = format!("clients[{index}]");
+    let named = |e: ConfigError| ConfigError {
+        setting: format!("{setting}.{}", e.setting),
+        message: e.message,
+    };
+    let or_default = |name: &str, value: Option<String>, default: Duration| match value {
+        Some(v) => duration(name, Some(v), "0").map_err(named),
+        None => Ok(default),
+    };
+    let tokens = TokenSettings {
+        access_token_lifetime: or_default(
+            "access_token_lifetime",
+            c.access_token_lifetime,
+            defaults.access_token_lifetime,
+        )?,
+        refresh_idle_timeout: or_default(
+            "refresh_idle_timeout",
+            c.refresh_idle_timeout,
+            defaults.refresh_idle_timeout,
+        )?,
+        refresh_absolute_lifetime: or_default(
+            "refresh_absolute_lifetime",
+            c.refresh_absolute_lifetime,
+            defaults.refresh_absolute_lifetime,
+        )?,
+        refresh_grace_period: or_default(
+            "refresh_grace_period",
+            c.refresh_grace_period,
+            defaults.refresh_grace_period,
+        )?,
+        clock_leeway: defaults.clock_leeway,
+    };
+    tokens.validate().map_err(named)?;
+    for scope in &c.scopes {
+        let ok = !scope.is_empty()
+            && scope
+                .chars()
+                .all(|ch| ch.is_ascii_graphic() && ch != '"' && ch != '\\');
+        if !ok {
+            return Err(invalid(
+                &format!("{setting}.scopes"),
+                format!("{scope:?} is not a scope token (RFC 6749 §3.3)"),
+            ));
+        }
+    }
     if c.client_id.trim().is_empty() || c.client_id.len() > 128 {
         return Err(invalid(
             &format!("{setting}.client_id"),
@@ -776,10 +836,24 @@ fn client_from_file(
         allowed_origins,
         audiences,
         secret_hash,
+        scopes: c.scopes,
+        access_lifetime: tokens.access_token_lifetime,
+        policy: tokens.policy(),
     })
 }
 
-fn dev_clients(audience: &str) -> Vec<Client> {
+impl TokenSettings {
+    /// The session rules these settings make.
+    pub fn policy(&self) -> RefreshPolicy {
+        RefreshPolicy {
+            idle_timeout: self.refresh_idle_timeout,
+            absolute_lifetime: self.refresh_absolute_lifetime,
+            grace_period: self.refresh_grace_period,
+        }
+    }
+}
+
+fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
     vec![
         Client {
             id: "dev".to_owned(),
@@ -788,6 +862,9 @@ fn dev_clients(audience: &str) -> Vec<Client> {
             allowed_origins: Vec::new(),
             audiences: vec![audience.to_owned()],
             secret_hash: None,
+            scopes: Vec::new(),
+            access_lifetime: tokens.access_token_lifetime,
+            policy: tokens.policy(),
         },
         Client {
             id: "dev-spa".to_owned(),
@@ -796,6 +873,9 @@ fn dev_clients(audience: &str) -> Vec<Client> {
             allowed_origins: vec!["http://localhost:5173".to_owned()],
             audiences: vec![audience.to_owned()],
             secret_hash: None,
+            scopes: Vec::new(),
+            access_lifetime: tokens.access_token_lifetime,
+            policy: tokens.policy(),
         },
     ]
 }
@@ -962,6 +1042,38 @@ mod tests {
         }
         let err = load(None, &[("ISSUER_REDIS_URL", "http://cache:6379")]).unwrap_err();
         assert_eq!(err.setting, "redis_url");
+    }
+
+    #[test]
+    fn clients_override_lifetimes_and_list_scopes() {
+        let file = "refresh_grace_period = \"5s\"\n\
+                    [[clients]]\nclient_id = \"m\"\nkind = \"mobile\"\n\
+                    access_token_lifetime = \"5m\"\nrefresh_idle_timeout = \"1d\"\nscopes = [\"read\", \"write\"]\n\
+                    [[clients]]\nclient_id = \"n\"\nkind = \"mobile\"\n";
+        let s = load(Some(file), &[]).unwrap();
+        let (m, n) = (&s.clients[0], &s.clients[1]);
+        assert_eq!(m.access_lifetime, Duration::from_secs(300));
+        assert_eq!(m.policy.idle_timeout, Duration::from_secs(86_400));
+        assert_eq!(
+            m.policy.grace_period,
+            Duration::from_secs(5),
+            "the default applies"
+        );
+        assert_eq!(m.scopes, ["read", "write"]);
+        assert_eq!(n.access_lifetime, Duration::from_secs(600));
+        assert!(n.scopes.is_empty());
+        let err = load(
+            Some("[[clients]]\nclient_id = \"m\"\nkind = \"mobile\"\naccess_token_lifetime = \"1h\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.setting, "clients[0].access_token_lifetime");
+        let err = load(
+            Some("[[clients]]\nclient_id = \"m\"\nkind = \"mobile\"\nscopes = [\"a b\"]\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.setting, "clients[0].scopes");
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub struct ServerMetadata {
     pub introspection_endpoint_auth_methods_supported: Vec<String>,
     /// The `alg` of our access tokens (RFC 9068): `RS256` only.
     pub access_token_signing_alg_values_supported: Vec<String>,
-    /// Empty: no scopes are defined.
+    /// Every scope some client may request (per-client `scopes`).
     pub scopes_supported: Vec<String>,
     pub service_documentation: String,
 }
@@ -174,7 +174,7 @@ fn server_metadata(issuer: &Issuer) -> MetadataResponse {
                 "client_secret_post",
             ]),
             access_token_signing_alg_values_supported: list(&["RS256"]),
-            scopes_supported: Vec::new(),
+            scopes_supported: issuer.scopes_supported(),
             service_documentation: format!("{base}/docs"),
         }),
         "public, max-age=3600".into(),

@@ -1,6 +1,10 @@
 //! Registered clients and the rules that depend on them (delivery mode, CSRF defence).
 
+use std::time::Duration;
+
 use serde::Deserialize;
+
+use crate::domain::family::RefreshPolicy;
 
 use crate::error::Error;
 
@@ -36,6 +40,12 @@ pub struct Client {
     /// `service` clients: the SHA-256 of their secret (they authenticate to
     /// introspect).
     pub secret_hash: Option<[u8; 32]>,
+    /// Scopes this client may request; none by default.
+    pub scopes: Vec<String>,
+    /// The life of the access tokens minted for it.
+    pub access_lifetime: Duration,
+    /// The lifetimes and grace window of its sessions.
+    pub policy: RefreshPolicy,
 }
 
 /// What a browser request tells about where it comes from.
@@ -48,6 +58,22 @@ pub struct BrowserContext {
 }
 
 impl Client {
+    /// Checks a requested scope (space-delimited) against the client's allowed scopes;
+    /// returns it normalised (sorted, no duplicates), `None` when empty.
+    pub fn check_scope(&self, requested: Option<&str>) -> Result<Option<String>, Error> {
+        let Some(requested) = requested.map(str::trim).filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let mut scopes: Vec<&str> = requested.split(' ').filter(|s| !s.is_empty()).collect();
+        scopes.sort_unstable();
+        scopes.dedup();
+        if scopes.iter().all(|s| self.scopes.iter().any(|a| a == s)) {
+            Ok(Some(scopes.join(" ")))
+        } else {
+            Err(Error::InvalidScope)
+        }
+    }
+
     pub fn allows_origin(&self, origin: &str) -> bool {
         self.allowed_origins
             .iter()
@@ -90,6 +116,13 @@ mod tests {
             allowed_origins: vec!["http://localhost:5173".into()],
             audiences: vec!["aud".into()],
             secret_hash: None,
+            scopes: Vec::new(),
+            access_lifetime: Duration::from_secs(600),
+            policy: RefreshPolicy {
+                idle_timeout: Duration::from_secs(86_400),
+                absolute_lifetime: Duration::from_secs(86_400),
+                grace_period: Duration::from_secs(10),
+            },
         }
     }
 

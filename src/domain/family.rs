@@ -139,6 +139,26 @@ impl RefreshPolicy {
     pub fn cutoffs(&self, now: OffsetDateTime) -> (OffsetDateTime, OffsetDateTime) {
         (now - self.idle_timeout, now - self.absolute_lifetime)
     }
+
+    /// Whether a session created and last used at these times is still live.
+    pub fn is_live(
+        &self,
+        created_at: OffsetDateTime,
+        last_used_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> bool {
+        let (idle_cutoff, absolute_cutoff) = self.cutoffs(now);
+        last_used_at > idle_cutoff && created_at > absolute_cutoff
+    }
+
+    /// The widest of several policies: a family dead under it is dead under each.
+    pub fn widest<'a>(policies: impl IntoIterator<Item = &'a Self>) -> Option<Self> {
+        policies.into_iter().copied().reduce(|a, b| Self {
+            idle_timeout: a.idle_timeout.max(b.idle_timeout),
+            absolute_lifetime: a.absolute_lifetime.max(b.absolute_lifetime),
+            grace_period: a.grace_period.max(b.grace_period),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -68,10 +68,18 @@ impl Issuer {
     ) -> Result<Vec<Session>, Error> {
         self.require_admin(who).await?;
         self.known_user(user_id).await?;
-        Ok(self
+        let now = self.now();
+        let sessions = self
             .store
-            .list_sessions(user_id, &self.policy, self.now())
-            .await?)
+            .list_sessions(user_id, &self.widest_policy, now)
+            .await?;
+        Ok(sessions
+            .into_iter()
+            .filter(|s| {
+                self.policy_of(&s.client_id)
+                    .is_live(s.created_at, s.last_used_at, now)
+            })
+            .collect())
     }
 
     /// `DELETE /v1/admin/users/{id}/sessions`: ends every session of the user.

@@ -89,8 +89,9 @@ impl Issuer {
             return Ok(Introspection::Inactive);
         };
         let now = self.now();
-        let expires_at = (state.family_last_used_at + self.policy.idle_timeout)
-            .min(state.family.created_at + self.policy.absolute_lifetime);
+        let policy = self.policy_of(&state.family.client_id);
+        let expires_at = (state.family_last_used_at + policy.idle_timeout)
+            .min(state.family.created_at + policy.absolute_lifetime);
         let active = !state.consumed
             && !state.family_revoked
             && !state.user_disabled

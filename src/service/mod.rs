@@ -40,8 +40,10 @@ pub struct Issuer {
     pub(crate) successors: SuccessorKey,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) clients: HashMap<String, Client>,
+    /// The default session rules (clients may override them).
     pub(crate) policy: RefreshPolicy,
-    pub(crate) access_lifetime: std::time::Duration,
+    /// The widest rules of any client: what the sweeper and the store's lists use.
+    pub(crate) widest_policy: RefreshPolicy,
     pub(crate) issuer_url: String,
     pub(crate) audience: String,
     pub(crate) allow_registration: bool,
@@ -82,7 +84,11 @@ impl Issuer {
                 absolute_lifetime: settings.tokens.refresh_absolute_lifetime,
                 grace_period: settings.tokens.refresh_grace_period,
             },
-            access_lifetime: settings.tokens.access_token_lifetime,
+            widest_policy: RefreshPolicy::widest(
+                std::iter::once(&settings.tokens.policy())
+                    .chain(settings.clients.iter().map(|c| &c.policy)),
+            )
+            .unwrap_or(settings.tokens.policy()),
             issuer_url: settings.issuer_url.clone(),
             audience: settings.audience.clone(),
             allow_registration: settings.allow_registration,
@@ -103,6 +109,18 @@ impl Issuer {
         self.keys.current()
     }
 
+    /// Every scope some client may request, sorted.
+    pub fn scopes_supported(&self) -> Vec<String> {
+        let mut scopes: Vec<String> = self
+            .clients
+            .values()
+            .flat_map(|c| c.scopes.iter().cloned())
+            .collect();
+        scopes.sort();
+        scopes.dedup();
+        scopes
+    }
+
     /// The issuer identifier (`iss`).
     pub fn issuer_url(&self) -> &str {
         &self.issuer_url
@@ -114,7 +132,7 @@ impl Issuer {
     /// Their access tokens are long expired by then.
     pub async fn sweep(&self) -> Result<u64, Error> {
         let cutoff = self.now() - SWEEP_MARGIN;
-        let deleted = self.store.sweep(&self.policy, cutoff).await?;
+        let deleted = self.store.sweep(&self.widest_policy, cutoff).await?;
         if deleted > 0 {
             tracing::info!(deleted, "swept ended sessions");
         }
@@ -124,6 +142,13 @@ impl Issuer {
     /// Readiness: the database answers.
     pub async fn ready(&self) -> Result<(), Error> {
         self.store.ping().await.map_err(Error::from)
+    }
+
+    /// The session rules of the client a family belongs to.
+    pub(crate) fn policy_of(&self, client_id: &str) -> RefreshPolicy {
+        self.clients
+            .get(client_id)
+            .map_or(self.policy, |c| c.policy)
     }
 
     /// A request refused by a rate limit: counted, then answered 429.

@@ -51,12 +51,17 @@ impl Issuer {
 
     /// `GET /v1/sessions`: the caller's live sessions.
     pub async fn sessions(&self, who: &Principal) -> Result<Vec<SessionView>, Error> {
+        let now = self.now();
         let sessions = self
             .store
-            .list_sessions(who.user.id, &self.policy, self.now())
+            .list_sessions(who.user.id, &self.widest_policy, now)
             .await?;
         Ok(sessions
             .into_iter()
+            .filter(|s| {
+                self.policy_of(&s.client_id)
+                    .is_live(s.created_at, s.last_used_at, now)
+            })
             .map(|session| SessionView {
                 current: session.id == who.sid,
                 session,
@@ -147,7 +152,7 @@ impl Issuer {
             id: Uuid::new_v4(),
             user_id: who.user.id,
             client_id: client.id.clone(),
-            scope: None,
+            scope: who.claims.scope.clone(),
             created_at: now,
             user_agent: meta.user_agent.map(|ua| ua.chars().take(512).collect()),
             ip: meta.ip,
@@ -167,6 +172,6 @@ impl Issuer {
             scope: family.scope,
             created_at: now,
         };
-        self.issue(client, &info, token, now).await
+        self.issue(client, &info, token, now, None).await
     }
 }

@@ -91,9 +91,7 @@ impl Issuer {
         }
         // Before anything is looked up or consumed.
         client.check_browser_request(&meta.browser)?;
-        if present(params.scope.clone()).is_some() {
-            return Err(Error::InvalidScope);
-        }
+        client.check_scope(params.scope.as_deref())?;
         match grant_type.as_str() {
             "password" => self.password_grant(client, params, meta).await,
             _ => self.refresh_grant(client, params, meta).await,
@@ -106,6 +104,7 @@ impl Issuer {
         params: TokenParams,
         meta: RequestMeta,
     ) -> Result<Issued, Error> {
+        let scope = client.check_scope(params.scope.as_deref())?;
         let username = present(params.username)
             .ok_or_else(|| Error::InvalidRequest("username is required".into()))?;
         let password = present_secret(params.password)
@@ -168,7 +167,7 @@ impl Issuer {
             id: Uuid::new_v4(),
             user_id: user.user.id,
             client_id: client.id.clone(),
-            scope: None,
+            scope,
             created_at: now,
             user_agent: meta.user_agent.map(|ua| ua.chars().take(512).collect()),
             ip: meta.ip,
@@ -184,7 +183,7 @@ impl Issuer {
             scope: family.scope,
             created_at: now,
         };
-        self.issue(client, &info, token, now).await
+        self.issue(client, &info, token, now, None).await
     }
 
     async fn refresh_grant(
@@ -211,6 +210,20 @@ impl Issuer {
             return Err(Error::InvalidRequest("refresh_token is too long".into()));
         }
         let presented_hash = refresh::hash(&presented);
+        // RFC 6749 §6: a narrower scope may be asked for, never a wider one. Checked
+        // before the token is used, so a refused request leaves it valid.
+        let requested_scope = client.check_scope(params.scope.as_deref())?;
+        if let Some(requested) = &requested_scope
+            && let Some(state) = self.store.refresh_token_state(&presented_hash).await?
+        {
+            let granted = state.family.scope.unwrap_or_default();
+            if !requested
+                .split(' ')
+                .all(|s| granted.split(' ').any(|g| g == s))
+            {
+                return Err(Error::InvalidScope);
+            }
+        }
         // Counted before the token is consumed, so a refused request leaves it usable.
         if let Some(limit) = self.limits.refresh_per_family
             && let Some(family) = self.store.family_of(&presented_hash).await?
@@ -233,7 +246,7 @@ impl Issuer {
                 successor: refresh::hash(&successor),
                 client_id: &client.id,
                 now,
-                policy: self.policy,
+                policy: client.policy,
                 ip: meta.ip.as_deref(),
                 user_agent: user_agent.as_deref(),
             })
@@ -248,7 +261,8 @@ impl Issuer {
                 if replay {
                     tracing::info!(target: "security", event = "refresh_grace_replay", sid = %family.id, client_id = %client.id);
                 }
-                self.issue(client, &family, successor, now).await
+                self.issue(client, &family, successor, now, requested_scope)
+                    .await
             }
             RotateOutcome::Refused {
                 rejection,
@@ -285,15 +299,19 @@ impl Issuer {
         }
     }
 
+    /// Mints the access token for `family` (with `scope`, or the family's own) and hands
+    /// out `refresh_token`.
     pub(crate) async fn issue(
         &self,
         client: &Client,
         family: &FamilyInfo,
         refresh_token: Secret,
         now: OffsetDateTime,
+        scope: Option<String>,
     ) -> Result<Issued, Error> {
+        let scope = scope.or_else(|| family.scope.clone());
         let iat = now.unix_timestamp();
-        let lifetime = self.access_lifetime.as_secs();
+        let lifetime = client.access_lifetime.as_secs();
         let claims = AccessClaims {
             iss: self.issuer_url.clone(),
             sub: family.user_id.to_string(),
@@ -304,7 +322,7 @@ impl Issuer {
             jti: Uuid::new_v4().to_string(),
             client_id: client.id.clone(),
             sid: family.id.to_string(),
-            scope: family.scope.clone(),
+            scope: scope.clone(),
         };
         // ~0.9 ms of RSA: off the async workers, so the single SQLite writer's next
         // statement is never left waiting behind a signature.
@@ -313,7 +331,7 @@ impl Issuer {
             .await
             .map_err(Error::internal)??;
         inc(&self.metrics.tokens_issued);
-        let family_end = family.created_at + self.policy.absolute_lifetime;
+        let family_end = family.created_at + client.policy.absolute_lifetime;
         let refresh_max_age = Duration::try_from(family_end - now).unwrap_or(Duration::ZERO);
         Ok(Issued {
             access_token,
@@ -321,7 +339,7 @@ impl Issuer {
             refresh_token,
             delivery: client.delivery,
             refresh_max_age,
-            scope: family.scope.clone(),
+            scope,
         })
     }
 

@@ -79,7 +79,7 @@ scenario! {
 
 scenario! {
     async fn fifty_simultaneous_refreshes_without_grace_give_one_success_and_revoke(backend) {
-        let app = Arc::new(spawn_app_with(backend, |s| s.tokens.refresh_grace_period = Duration::ZERO).await);
+        let app = Arc::new(spawn_app_with(backend, |s| s.set_grace_period(Duration::ZERO)).await);
         let (_, first) = app.signed_in().await;
         let results = race(&app, &first.refresh, PARALLEL).await;
         let ok: Vec<_> = results
@@ -157,12 +157,8 @@ async fn two_hundred_parallel_refreshes_on_postgres_give_one_successor() {
     assert_eq!(successors.len(), 1, "exactly one successor");
     tokens(app.refresh(successors.into_iter().next().unwrap()).await).await;
 
-    let app = Arc::new(
-        spawn_app_with(Backend::Postgres, |s| {
-            s.tokens.refresh_grace_period = Duration::ZERO
-        })
-        .await,
-    );
+    let app =
+        Arc::new(spawn_app_with(Backend::Postgres, |s| s.set_grace_period(Duration::ZERO)).await);
     let (_, first) = app.signed_in().await;
     let results = race(&app, &first.refresh, 200).await;
     let ok = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();

@@ -9,7 +9,7 @@ use reqwest::{Response, StatusCode};
 use serde_json::Value;
 use tempfile::TempDir;
 use token_issuer::config::Settings;
-use token_issuer::domain::client::{Client, ClientKind, Delivery};
+use token_issuer::domain::client::{Client, ClientKind};
 use token_issuer::domain::clock::ManualClock;
 use token_issuer::service::Issuer;
 use token_issuer::startup::Application;
@@ -80,22 +80,17 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
             Some(db)
         }
     };
+    // A second body-mode client, and a resource server that may introspect.
+    let dev = settings.clients[0].clone();
     settings.clients.push(Client {
         id: "other".into(),
-        kind: ClientKind::Mobile,
-        delivery: Delivery::Body,
-        allowed_origins: Vec::new(),
-        audiences: vec![settings.audience.clone()],
-        secret_hash: None,
+        ..dev.clone()
     });
-    // A resource server that may introspect.
     settings.clients.push(Client {
         id: SERVICE_CLIENT.into(),
         kind: ClientKind::Service,
-        delivery: Delivery::Body,
-        allowed_origins: Vec::new(),
-        audiences: vec![settings.audience.clone()],
         secret_hash: Some(token_issuer::crypto::client_secret::hash_of(SERVICE_SECRET)),
+        ..dev
     });
     settings.limits.refresh_per_family = None;
     configure(&mut settings);

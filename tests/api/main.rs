@@ -30,6 +30,7 @@ mod helpers;
 
 mod admin;
 mod bad_input;
+mod clients;
 mod concurrency;
 mod cookie_mode;
 mod discovery;

@@ -78,7 +78,7 @@ scenario! {
 
 scenario! {
     async fn a_zero_grace_window_makes_any_second_use_a_reuse(backend) {
-        let app = spawn_app_with(backend, |s| s.tokens.refresh_grace_period = Duration::ZERO).await;
+        let app = spawn_app_with(backend, |s| s.set_grace_period(Duration::ZERO)).await;
         let (_, first) = app.signed_in().await;
         let second = tokens(app.refresh(&first.refresh).await).await;
         assert_invalid_grant(app.refresh(&first.refresh).await, "reused").await;
