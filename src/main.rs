@@ -185,6 +185,7 @@ fn keys_command(
                 "retired {}\nactive  {}\nnext    {}",
                 r.retired, r.active, r.next
             );
+            record_cli_rotation(settings, &r);
         }
         KeysAction::Retire { kid } => {
             keyring::retire(dir, kid, now)?;
@@ -213,6 +214,38 @@ fn keys_command(
         }
     }
     Ok(())
+}
+
+/// Writes a CLI rotation to the audit log; the rotation stands even when the database
+/// cannot be reached (a warning says so).
+fn record_cli_rotation(settings: &Settings, r: &token_issuer::crypto::keyring::Rotation) {
+    let recorded = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let store = open_store(settings).await.map_err(|e| e.to_string())?;
+                let event = token_issuer::store::AuditEvent {
+                    at: time::OffsetDateTime::now_utc(),
+                    kind: "key_rotated".into(),
+                    user_id: None,
+                    family_id: None,
+                    client_id: None,
+                    detail: Some(format!(
+                        "by cli: {} retired, {} active, {} next",
+                        r.retired, r.active, r.next
+                    )),
+                    actor_id: None,
+                };
+                let result = store.record_audit(&event).await.map_err(|e| e.to_string());
+                store.close().await;
+                result
+            })
+        });
+    if let Err(e) = recorded {
+        eprintln!("token-issuer: warning: the rotation is done but not in the audit log: {e}");
+    }
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {

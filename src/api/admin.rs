@@ -176,6 +176,9 @@ impl AdminApi {
     }
 
     /// A user's sessions
+    ///
+    /// The user's live sessions, most recently used first; `404 not_found` for an
+    /// unknown user.
     #[oai(
         path = "/v1/admin/users/:id/sessions",
         method = "get",

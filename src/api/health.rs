@@ -49,7 +49,9 @@ pub struct HealthApi;
 
 #[OpenApi(tag = "ApiTags::Operations")]
 impl HealthApi {
-    /// Liveness: the process serves requests.
+    /// Liveness
+    ///
+    /// The process serves requests; it asks no dependency.
     #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
     async fn healthz(&self) -> Json<Health> {
         Json(Health {
@@ -59,8 +61,11 @@ impl HealthApi {
         })
     }
 
-    /// Readiness: the database answers a query. Redis is reported, but a Redis that is
-    /// down does not make the service unready.
+    /// Readiness
+    ///
+    /// The database answers a query (503 with `Retry-After` when not). Redis is
+    /// reported (`ok`, `degraded`, `disabled`), but a Redis that is down does not make
+    /// the service unready: it works on without it.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, issuer: Data<&Arc<Issuer>>) -> ReadyResponse {
         let redis = Some(issuer.redis_status().as_str().to_owned());

@@ -487,3 +487,90 @@ async fn the_cli_grants_the_admin_role_and_prints_client_secrets() {
         secret, &parsed
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotated_by_the_cli_are_picked_up_by_the_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), "info", &NO_LIMITS);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let http = reqwest::Client::new();
+    let email = unique_email();
+    register_and_login(&http, &base, &email, 0).await;
+    let kid_of_a_login = || {
+        let (http, base, email) = (http.clone(), base.clone(), email.clone());
+        async move {
+            let body: Value = post_form(
+                &http,
+                &base,
+                "/oauth/token",
+                &[
+                    ("grant_type", "password"),
+                    ("client_id", "dev"),
+                    ("username", email.as_str()),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+            crate::helpers::segment(body["access_token"].as_str().unwrap(), 0)["kid"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let before = kid_of_a_login().await;
+    let run = |args: &[&str]| binary(dir.path()).args(args).output().unwrap();
+    let out = run(&["keys", "generate", "--bits", "3072"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Too early: the next key has not been published for the JWKS cache lifetime.
+    let out = run(&["keys", "rotate"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--force"), "{stderr}");
+    let out = run(&["keys", "rotate", "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let active = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("active  "))
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        stdout.lines().find_map(|l| l.strip_prefix("retired ")),
+        Some(before.as_str())
+    );
+    let listed = String::from_utf8(run(&["keys", "list"]).stdout).unwrap();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&active) && l.contains("active")),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&before) && l.contains("retired")),
+        "{listed}"
+    );
+    // The running server signs with the new key without a restart.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while kid_of_a_login().await != active {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server kept the old key"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
