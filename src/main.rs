@@ -192,7 +192,7 @@ fn keys_command(
             println!("retired {kid}");
         }
         KeysAction::List => {
-            let (ring, _) = keyring::ensure(dir, now)?;
+            let ring = keyring::existing(dir)?;
             let when = |t: Option<i64>| {
                 t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
                     .and_then(|t| {

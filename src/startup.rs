@@ -85,7 +85,16 @@ pub fn open_shared(
         }
         None => None,
     };
-    let deny_ttl = settings.tokens.access_token_lifetime + settings.tokens.clock_leeway;
+    // The longest any access token may still be presented: the longest lifetime of any
+    // client, plus the leeway.
+    let longest = settings
+        .clients
+        .iter()
+        .map(|c| c.access_lifetime)
+        .chain(std::iter::once(settings.tokens.access_token_lifetime))
+        .max()
+        .unwrap_or(settings.tokens.access_token_lifetime);
+    let deny_ttl = longest + settings.tokens.clock_leeway;
     Ok(Arc::new(SharedState::new(redis, store, deny_ttl)))
 }
 

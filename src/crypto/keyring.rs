@@ -5,9 +5,9 @@
 //! Decisions taken here:
 //! - The ring is `keyring.json` in the key directory, next to the `<kid>.pem` private
 //!   keys; the `active` file mirrors the active `kid` for humans and older tools. Every
-//!   change is made under `keyring.lock` (created exclusively; a lock older than 30 s is
-//!   stale) and written to a temporary file renamed into place, so instances sharing
-//!   the directory never read a half-written ring and two changes never interleave.
+//!   change is made under an exclusive OS lock on `keyring.lock` and written to a
+//!   synced temporary file renamed into place, so instances sharing the directory never
+//!   read a half-written ring and two changes never interleave.
 //! - `rotate` promotes `next` only once it has been published for `publish_ahead` (the
 //!   JWKS `max-age` plus the reload interval, twice): every verifier that cached the
 //!   JWKS has seen the new key before a token signed by it reaches them.
@@ -27,18 +27,20 @@ use std::time::Duration;
 use aws_lc_rs::rsa::KeySize;
 use serde::{Deserialize, Serialize};
 
-use super::keys::{KeyError, create_exclusive, generate_key_file, io_err};
+use super::keys::{KeyError, generate_key_file, io_err};
 
 /// How often instances re-read the ring.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// How long verifiers may cache the JWKS (`Cache-Control: max-age`).
 pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
-/// How long a next key is published before it may sign: the JWKS cache lifetime, plus
-/// two reload intervals for every instance to have published it.
-pub const PUBLISH_AHEAD: Duration = Duration::from_secs(300 + 2 * 2);
+/// How long a next key is published before it may sign: twice the JWKS cache lifetime
+/// (a shared cache in front of a verifier may add its own), plus two reload intervals
+/// for every instance to have published it.
+pub const PUBLISH_AHEAD: Duration = Duration::from_secs(2 * 300 + 2 * 2);
 const RING_FILE: &str = "keyring.json";
 const LOCK_FILE: &str = "keyring.lock";
-const STALE_LOCK: Duration = Duration::from_secs(30);
+/// How long a change waits for the lock.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,11 +158,24 @@ pub fn read(dir: &Path) -> Result<Option<(Ring, Vec<u8>)>, KeyError> {
     }
 }
 
+/// Writes `bytes` to a temporary file of a random name, syncs it, and renames it over
+/// `name`: readers see the old file or the new one, never a part.
 fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), KeyError> {
+    use std::io::Write as _;
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
-    fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err(&path))
+    let mut nonce = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .map_err(|_| KeyError::Generate)?;
+    let tmp = dir.join(format!(".{name}.{}", crate::crypto::b64url(&nonce)));
+    let written = fs::File::create(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, &path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(KeyError::Io { path, source: e });
+    }
+    Ok(())
 }
 
 fn write(dir: &Path, ring: &Ring) -> Result<(), KeyError> {
@@ -175,27 +190,30 @@ fn write(dir: &Path, ring: &Ring) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Runs `change` with the ring lock held.
+/// Runs `change` holding an exclusive OS lock (`flock`) on `keyring.lock`: released
+/// when the holder finishes or dies, so there is no stale lock to break. The key
+/// directory must be on a file system with working locks (local, or NFSv4).
 fn locked<T>(dir: &Path, change: impl FnOnce() -> Result<T, KeyError>) -> Result<T, KeyError> {
-    let lock = dir.join(LOCK_FILE);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !create_exclusive(&lock, std::process::id().to_string().as_bytes())? {
-        let stale = fs::metadata(&lock)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > STALE_LOCK);
-        if stale {
-            let _ = fs::remove_file(&lock);
-            continue;
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Err(KeyError::Locked(path)),
+            Err(fs::TryLockError::Error(e)) => return Err(KeyError::Io { path, source: e }),
         }
-        if std::time::Instant::now() > deadline {
-            return Err(KeyError::Locked(lock));
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
     let result = change();
-    let _ = fs::remove_file(&lock);
+    let _ = file.unlock();
     result
 }
 
@@ -222,6 +240,18 @@ fn pem_kids(dir: &Path) -> Result<Vec<String>, KeyError> {
     }
     kids.sort();
     Ok(kids)
+}
+
+fn no_ring(dir: &Path) -> KeyError {
+    KeyError::Refused(format!(
+        "no key ring in {}: start the service once, or run `keys generate`, there",
+        dir.display()
+    ))
+}
+
+/// The ring of `dir` as it is, for `keys list`; an error where there is none.
+pub fn existing(dir: &Path) -> Result<Ring, KeyError> {
+    read(dir)?.map(|(ring, _)| ring).ok_or_else(|| no_ring(dir))
 }
 
 /// The ring of `dir`, made on first start: a new RSA-2048 key becomes active (the path
@@ -289,6 +319,14 @@ pub fn ensure(dir: &Path, now: i64) -> Result<(Ring, Option<PathBuf>), KeyError>
 
 /// `keys generate`: a new key, published as `next` (as `active` if none signs yet).
 pub fn generate(dir: &Path, size: KeySize, now: i64) -> Result<KeyEntry, KeyError> {
+    if read(dir)?.is_none() && pem_kids(dir).map(|k| k.is_empty()).unwrap_or(true) {
+        // A fresh directory: the new key signs at once.
+        let (ring, _) = ensure(dir, now)?;
+        return ring
+            .active()
+            .cloned()
+            .ok_or_else(|| KeyError::NoActive(dir.to_owned()));
+    }
     ensure(dir, now)?;
     locked(dir, || {
         let (mut ring, _) = read(dir)?.ok_or_else(|| KeyError::NoActive(dir.to_owned()))?;
@@ -383,9 +421,8 @@ pub fn rotate(
     force: bool,
     size: KeySize,
 ) -> Result<Rotation, KeyError> {
-    ensure(dir, now)?;
     locked(dir, || {
-        let (mut ring, _) = read(dir)?.ok_or_else(|| KeyError::NoActive(dir.to_owned()))?;
+        let (mut ring, _) = read(dir)?.ok_or_else(|| no_ring(dir))?;
         rotate_locked(dir, &mut ring, now, lifetimes, force, size)
     })
 }
@@ -394,7 +431,7 @@ pub fn rotate(
 /// the JWKS now. The active key is retired by rotating.
 pub fn retire(dir: &Path, kid: &str, now: i64) -> Result<(), KeyError> {
     locked(dir, || {
-        let (mut ring, _) = read(dir)?.ok_or_else(|| KeyError::NoActive(dir.to_owned()))?;
+        let (mut ring, _) = read(dir)?.ok_or_else(|| no_ring(dir))?;
         let key = ring
             .keys
             .iter_mut()

@@ -109,10 +109,9 @@ impl Issuer {
             .await?;
         tracing::warn!(target: "security", event = "admin_revoked_sessions", user_id = %user_id, admin_id = %who.user.id, sessions = revoked.len());
         self.count_revoked(reason, revoked.len());
-        for sid in &revoked {
-            self.shared.revoked(*sid).await;
-        }
-        Ok(revoked.len())
+        let count = revoked.len();
+        self.shared.revoked_all(revoked).await;
+        Ok(count)
     }
 
     /// `POST /v1/admin/users/{id}/disable` and `.../enable`. Disabling ends every
@@ -137,10 +136,9 @@ impl Issuer {
         };
         tracing::warn!(target: "security", event, user_id = %user_id, admin_id = %who.user.id, sessions = revoked.len());
         self.count_revoked(RevokeReason::UserDisabled, revoked.len());
-        for sid in &revoked {
-            self.shared.revoked(*sid).await;
-        }
-        Ok(revoked.len())
+        let count = revoked.len();
+        self.shared.revoked_all(revoked).await;
+        Ok(count)
     }
 
     /// `GET /v1/admin/audit`: the newest security events, of one user or of all.

@@ -13,7 +13,10 @@ use crate::store::AuditEvent;
 
 /// The longest an access token can live, plus the largest clock leeway: how long a
 /// retired key must stay published.
-const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(15 * 60 + 30);
+/// Plus two reload intervals: an instance may sign with the old key that long after
+/// the rotation.
+const RETIRE_GRACE: std::time::Duration =
+    std::time::Duration::from_secs(15 * 60 + 30 + 2 * RELOAD_INTERVAL.as_secs());
 
 /// The timing rules every instance applies to the ring.
 pub const LIFETIMES: Lifetimes = Lifetimes {
@@ -53,9 +56,14 @@ impl Issuer {
                 keyring::rotate_if_due(&dir, now, interval, LIFETIMES)
             })
             .await
-            .map_err(|_| KeyError::Generate)??;
-            if let Some(rotation) = rotated {
-                self.record_rotation(&rotation, "schedule").await;
+            .map_err(|_| KeyError::Generate)
+            .and_then(|r| r);
+            match rotated {
+                Ok(Some(rotation)) => self.record_rotation(&rotation, "schedule").await,
+                Ok(None) => {}
+                // Logged, and the ring is still re-read below: a failing schedule must
+                // not stop this instance from following rotations made elsewhere.
+                Err(e) => tracing::warn!(error = %e, "scheduled key rotation failed"),
             }
         }
         let keys = Arc::clone(&self.keys);

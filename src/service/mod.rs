@@ -48,7 +48,13 @@ pub struct Issuer {
     pub(crate) audience: String,
     pub(crate) allow_registration: bool,
     pub(crate) key_rotation_interval: Option<std::time::Duration>,
+    /// The active-sessions gauge and when it was counted: a scrape counts at most
+    /// every `GAUGE_TTL`, so `/metrics` cannot be used to load the database.
+    active_families: tokio::sync::Mutex<Option<(std::time::Instant, Option<u64>)>>,
 }
+
+/// How long the active-sessions count is reused.
+const GAUGE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Issuer {
     pub fn new(
@@ -93,6 +99,7 @@ impl Issuer {
             audience: settings.audience.clone(),
             allow_registration: settings.allow_registration,
             key_rotation_interval: settings.key_rotation_interval,
+            active_families: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -175,11 +182,22 @@ impl Issuer {
 
     /// `/metrics`: the counters and the gauges read now.
     pub async fn render_metrics(&self) -> String {
-        let active_families = self
-            .store
-            .count_live_families(&self.policy, self.now())
-            .await
-            .ok();
+        let active_families = {
+            let mut cached = self.active_families.lock().await;
+            match *cached {
+                Some((at, count)) if at.elapsed() < GAUGE_TTL => count,
+                _ => {
+                    // The widest client rules: an upper bound when clients differ.
+                    let count = self
+                        .store
+                        .count_live_families(&self.widest_policy, self.now())
+                        .await
+                        .ok();
+                    *cached = Some((std::time::Instant::now(), count));
+                    count
+                }
+            }
+        };
         let redis_up = match self.shared.redis_status() {
             RedisStatus::Disabled => None,
             RedisStatus::Ok => Some(1),

@@ -14,7 +14,7 @@ use crate::domain::secret::Secret;
 use crate::domain::user::{check_new_password, check_password_size};
 use crate::error::Error;
 use crate::store::shared::LimitKind;
-use crate::store::{FamilyInfo, NewFamily, Session, SessionSelector};
+use crate::store::{FamilyInfo, NewFamily, PasswordChange, Session, SessionSelector};
 
 /// Which sessions `POST /v1/logout` ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +45,8 @@ impl Issuer {
         self.count_revoked(reason, revoked.len());
         for sid in revoked {
             tracing::info!(target: "security", event = "family_revoked", reason = reason.code(), sid = %sid, user_id = %who.user.id);
-            self.shared.revoked(*sid).await;
         }
+        self.shared.revoked_all(revoked.to_vec()).await;
     }
 
     /// `GET /v1/sessions`: the caller's live sessions.
@@ -130,9 +130,10 @@ impl Issuer {
             .await?
             .filter(|u| u.user.id == who.user.id && !u.disabled)
             .ok_or(Error::InvalidToken("user gone"))?;
+        let checked_hash = stored.password_hash;
         if !self
             .hasher
-            .verify(current, Some(stored.password_hash))
+            .verify(current, Some(checked_hash.clone()))
             .await?
         {
             tracing::info!(target: "security", event = "password_change_failed", user_id = %who.user.id);
@@ -157,11 +158,20 @@ impl Issuer {
             user_agent: meta.user_agent.map(|ua| ua.chars().take(512).collect()),
             ip: meta.ip,
             first_token: refresh::hash(&token),
+            checked_password_hash: None,
         };
+        let change = PasswordChange {
+            user_id: who.user.id,
+            checked_hash: &checked_hash,
+            new_hash: &hash,
+            current: who.sid,
+        };
+        // None: another change, a disable or the end of this session came first.
         let revoked = self
             .store
-            .change_password(who.user.id, &hash, &family, now)
-            .await?;
+            .change_password(&change, &family, now)
+            .await?
+            .ok_or(Error::InvalidToken("credentials changed meanwhile"))?;
         tracing::info!(target: "security", event = "password_changed", user_id = %who.user.id, sid = %family.id);
         self.announce(&revoked, RevokeReason::PasswordChange, who)
             .await;

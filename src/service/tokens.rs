@@ -137,24 +137,26 @@ impl Issuer {
         if !self.hasher.verify(password, hash).await? {
             tracing::info!(target: "security", event = "login_failed", client_id = %client.id, ip = ?meta.ip);
             inc(&self.metrics.logins_failed);
-            // Known user or not, the same row is written: the timing stays the same.
-            self.store
-                .record_audit(&AuditEvent {
-                    at: self.now(),
-                    kind: "login_failed".into(),
-                    user_id: user.as_ref().map(|u| u.user.id),
-                    family_id: None,
-                    client_id: Some(client.id.clone()),
-                    detail: meta.ip.as_ref().map(|ip| format!("ip {ip}")),
-                    actor_id: None,
-                })
-                .await?;
             if let Some(limit) = self.limits.login_per_account {
-                // Over the limit or not, the answer to this attempt stays the same.
+                // Counted first: nothing below may let an attempt escape the limit.
                 let _ = self
                     .shared
                     .hit(LimitKind::LoginAccount, &account, limit)
                     .await;
+            }
+            // Known user or not, the same row is written: the timing stays the same.
+            // Best effort: a busy database does not turn a wrong password into a 503.
+            let event = AuditEvent {
+                at: self.now(),
+                kind: "login_failed".into(),
+                user_id: user.as_ref().map(|u| u.user.id),
+                family_id: None,
+                client_id: Some(client.id.clone()),
+                detail: meta.ip.as_ref().map(|ip| format!("ip {ip}")),
+                actor_id: None,
+            };
+            if let Err(e) = self.store.record_audit(&event).await {
+                tracing::warn!(error = %e, "could not record a failed login");
             }
             return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials));
         }
@@ -172,8 +174,12 @@ impl Issuer {
             user_agent: meta.user_agent.map(|ua| ua.chars().take(512).collect()),
             ip: meta.ip,
             first_token: refresh::hash(&token),
+            checked_password_hash: Some(user.password_hash.clone()),
         };
-        self.store.create_family(&family).await?;
+        // A disable or a password change that committed during the hash wins.
+        if !self.store.create_family(&family).await? {
+            return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials));
+        }
         tracing::info!(target: "security", event = "login", user_id = %user.user.id, sid = %family.id, client_id = %client.id);
         inc(&self.metrics.logins);
         let info = FamilyInfo {
@@ -309,7 +315,15 @@ impl Issuer {
         now: OffsetDateTime,
         scope: Option<String>,
     ) -> Result<Issued, Error> {
-        let scope = scope.or_else(|| family.scope.clone());
+        // A scope the client may no longer request (the configuration changed) is not
+        // minted again.
+        let scope = scope.or_else(|| family.scope.clone()).and_then(|granted| {
+            let kept: Vec<&str> = granted
+                .split(' ')
+                .filter(|s| client.scopes.iter().any(|a| a == s))
+                .collect();
+            (!kept.is_empty()).then(|| kept.join(" "))
+        });
         let iat = now.unix_timestamp();
         let lifetime = client.access_lifetime.as_secs();
         let claims = AccessClaims {

@@ -68,6 +68,10 @@ pub struct NewFamily {
     pub user_agent: Option<String>,
     pub ip: Option<String>,
     pub first_token: TokenHash,
+    /// The password hash the login was checked against: the family is created only if
+    /// it is still the user's and the user is not disabled (a disable or a password
+    /// change that committed meanwhile wins). `None` inside a password change.
+    pub checked_password_hash: Option<String>,
 }
 
 /// What a rotation needs to mint the access token and set the cookie.
@@ -124,6 +128,16 @@ pub(crate) fn refused_after_revoke(
         family: Some(family),
         revoked: revoked_now.then_some(reason),
     }
+}
+
+/// A password change, with what it was checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordChange<'a> {
+    pub user_id: Uuid,
+    pub checked_hash: &'a str,
+    pub new_hash: &'a str,
+    /// The session asking.
+    pub current: Uuid,
 }
 
 /// A live session, as its user sees it.
@@ -197,8 +211,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn find_user_by_email(&self, email: &str) -> Result<Option<UserWithHash>, StoreError>;
 
-    /// Creates a family with its first (unconsumed) token, and records the `login`.
-    async fn create_family(&self, family: &NewFamily) -> Result<(), StoreError>;
+    /// Creates a family with its first (unconsumed) token, and records the `login`;
+    /// false (nothing written) when the user was disabled or changed password since
+    /// the check.
+    async fn create_family(&self, family: &NewFamily) -> Result<bool, StoreError>;
 
     /// Rotates, replays within grace, or refuses (revoking the family on reuse), in one
     /// transaction decided by a conditional update.
@@ -255,15 +271,16 @@ pub trait Store: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<Vec<Uuid>, StoreError>;
 
-    /// In one transaction: replaces the password hash, revokes every session of the
-    /// user and starts `family`. Returns the ids revoked.
+    /// In one transaction: replaces the password hash (if it is still `checked_hash`,
+    /// the user is not disabled and the session `current` is live), revokes every
+    /// session of the user and starts `family`. Returns the ids revoked, or `None`
+    /// when a precondition failed (nothing written).
     async fn change_password(
         &self,
-        user_id: Uuid,
-        password_hash: &str,
+        change: &PasswordChange<'_>,
         family: &NewFamily,
         now: OffsetDateTime,
-    ) -> Result<Vec<Uuid>, StoreError>;
+    ) -> Result<Option<Vec<Uuid>>, StoreError>;
 
     /// How many sessions are live (for `/metrics`).
     async fn count_live_families(

@@ -20,8 +20,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, FamilyInfo, NewFamily, RefreshTokenState, RevokeOutcome, RotateOutcome,
-    RotateRequest, Session, SessionSelector, Store, StoreError, UserWithHash, refused_after_revoke,
+    AuditEvent, FamilyInfo, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome,
+    RotateOutcome, RotateRequest, Session, SessionSelector, Store, StoreError, UserWithHash,
+    refused_after_revoke,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{
@@ -151,6 +152,7 @@ struct PresentedRecord {
     revoked_at: Option<OffsetDateTime>,
     consumed_at: Option<OffsetDateTime>,
     successor_unused: bool,
+    user_disabled: bool,
 }
 
 const FAMILY_COLUMNS: &str = "f.id, f.user_id, f.client_id, f.scope, f.created_at";
@@ -164,7 +166,9 @@ impl PgStore {
              WHERE token_hash = $2 AND consumed_at IS NULL
                AND family_id IN (SELECT id FROM refresh_families
                                  WHERE revoked_at IS NULL AND client_id = $3
-                                   AND last_used_at > $4 AND created_at > $5)
+                                   AND last_used_at > $4 AND created_at > $5
+                                   AND user_id IN (SELECT id FROM users
+                                                   WHERE disabled_at IS NULL))
              RETURNING family_id",
         )
         .bind(r.now)
@@ -198,6 +202,8 @@ impl PgStore {
 
         let presented: Option<PresentedRecord> = sqlx::query_as(&format!(
             "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at, t.consumed_at,
+                    EXISTS (SELECT 1 FROM users u
+                            WHERE u.id = f.user_id AND u.disabled_at IS NOT NULL) AS user_disabled,
                     EXISTS (SELECT 1 FROM refresh_tokens s
                             WHERE s.parent_hash = t.token_hash AND s.token_hash = $2
                               AND s.consumed_at IS NULL) AS successor_unused
@@ -221,7 +227,8 @@ impl PgStore {
             client_id: p.family.client_id.clone(),
             family_created_at: p.family.created_at,
             family_last_used_at: p.last_used_at,
-            family_revoked: p.revoked_at.is_some(),
+            // A disabled user's sessions are as good as revoked.
+            family_revoked: p.revoked_at.is_some() || p.user_disabled,
             consumed_at: p.consumed_at,
             successor_unused: p.successor_unused,
         };
@@ -295,9 +302,12 @@ impl Store for PgStore {
         }))
     }
 
-    async fn create_family(&self, f: &NewFamily) -> Result<(), StoreError> {
+    async fn create_family(&self, f: &NewFamily) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        insert_family(&mut tx, f).await?;
+        if !insert_family(&mut tx, f).await? {
+            tx.rollback().await.map_err(classify)?;
+            return Ok(false);
+        }
         insert_audit(
             &mut tx,
             &AuditEvent {
@@ -311,7 +321,8 @@ impl Store for PgStore {
             },
         )
         .await?;
-        tx.commit().await.map_err(classify)
+        tx.commit().await.map_err(classify)?;
+        Ok(true)
     }
 
     async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
@@ -421,21 +432,34 @@ impl Store for PgStore {
 
     async fn change_password(
         &self,
-        user_id: Uuid,
-        password_hash: &str,
+        change: &PasswordChange<'_>,
         family: &NewFamily,
         now: OffsetDateTime,
-    ) -> Result<Vec<Uuid>, StoreError> {
+    ) -> Result<Option<Vec<Uuid>>, StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
-            .bind(password_hash)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
+        // The row lock taken here serialises concurrent changes; the second one finds
+        // the hash it checked gone.
+        let updated = sqlx::query(
+            "UPDATE users SET password_hash = $1
+             WHERE id = $2 AND password_hash = $3 AND disabled_at IS NULL
+               AND EXISTS (SELECT 1 FROM refresh_families
+                           WHERE id = $4 AND user_id = $2 AND revoked_at IS NULL)",
+        )
+        .bind(change.new_hash)
+        .bind(change.user_id)
+        .bind(change.checked_hash)
+        .bind(change.current)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        if updated == 0 {
+            tx.rollback().await.map_err(classify)?;
+            return Ok(None);
+        }
         let revoked = revoke_sessions_in_tx(
             &mut tx,
-            user_id,
+            change.user_id,
             SessionSelector::All,
             RevokeReason::PasswordChange,
             now,
@@ -443,7 +467,7 @@ impl Store for PgStore {
         .await?;
         insert_family(&mut tx, family).await?;
         tx.commit().await.map_err(classify)?;
-        Ok(revoked)
+        Ok(Some(revoked))
     }
 
     async fn count_live_families(
@@ -767,13 +791,18 @@ impl Store for PgStore {
     }
 }
 
+/// Inserts the family and its first token; with `checked_password_hash`, only if the
+/// user still has that hash and is not disabled (false otherwise, nothing written).
 async fn insert_family(
     tx: &mut Transaction<'static, Postgres>,
     f: &NewFamily,
-) -> Result<(), StoreError> {
-    sqlx::query(
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
         "INSERT INTO refresh_families (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip)
-         VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
+         SELECT $1, $2, $3, $4, $5, $5, $6, $7
+         WHERE $8::text IS NULL OR EXISTS (SELECT 1 FROM users
+                                           WHERE id = $2 AND disabled_at IS NULL
+                                             AND password_hash = $8)",
     )
     .bind(f.id)
     .bind(f.user_id)
@@ -782,9 +811,14 @@ async fn insert_family(
     .bind(f.created_at)
     .bind(&f.user_agent)
     .bind(&f.ip)
+    .bind(&f.checked_password_hash)
     .execute(&mut **tx)
     .await
-    .map_err(classify)?;
+    .map_err(classify)?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(false);
+    }
     sqlx::query(
         "INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES ($1, $2, $3)",
     )
@@ -794,7 +828,7 @@ async fn insert_family(
     .execute(&mut **tx)
     .await
     .map_err(classify)?;
-    Ok(())
+    Ok(true)
 }
 
 async fn insert_audit(

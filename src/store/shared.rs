@@ -185,6 +185,24 @@ impl SharedState {
         }
     }
 
+    /// Announces several revocations in a task of its own: a client hanging up halfway
+    /// cannot leave some of them unannounced.
+    pub async fn revoked_all(self: &Arc<Self>, sids: Vec<Uuid>) {
+        if sids.is_empty() {
+            return;
+        }
+        let shared = Arc::clone(self);
+        let done = tokio::spawn(async move {
+            for sid in sids {
+                shared.revoked(sid).await;
+            }
+        })
+        .await;
+        if done.is_err() {
+            self.rebuild_pending.store(true, Ordering::Release);
+        }
+    }
+
     /// Remembers `sid` as revoked for `ttl` (at most the deny TTL); an existing entry
     /// is never lengthened.
     fn deny_locally(&self, sid: Uuid, ttl: Duration) {

@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, NewFamily, RefreshTokenState, RevokeOutcome, RotateOutcome, RotateRequest, Session,
-    SessionSelector, Store, StoreError, UserWithHash,
+    AuditEvent, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome, RotateOutcome,
+    RotateRequest, Session, SessionSelector, Store, StoreError, UserWithHash,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{RefreshPolicy, RevokeReason};
@@ -73,7 +73,7 @@ impl Store for TimedStore {
         self.bounded(self.inner.find_user_by_email(email)).await
     }
 
-    async fn create_family(&self, family: &NewFamily) -> Result<(), StoreError> {
+    async fn create_family(&self, family: &NewFamily) -> Result<bool, StoreError> {
         self.bounded(self.inner.create_family(family)).await
     }
 
@@ -104,16 +104,12 @@ impl Store for TimedStore {
 
     async fn change_password(
         &self,
-        user_id: Uuid,
-        password_hash: &str,
+        change: &PasswordChange<'_>,
         family: &NewFamily,
         now: OffsetDateTime,
-    ) -> Result<Vec<Uuid>, StoreError> {
-        self.bounded(
-            self.inner
-                .change_password(user_id, password_hash, family, now),
-        )
-        .await
+    ) -> Result<Option<Vec<Uuid>>, StoreError> {
+        self.bounded(self.inner.change_password(change, family, now))
+            .await
     }
 
     async fn count_live_families(

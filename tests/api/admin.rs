@@ -165,3 +165,44 @@ scenario! {
         assert!(!text.contains("not the password!") && !text.contains(PASSWORD), "no password in the log");
     }
 }
+
+scenario! {
+    async fn a_disabled_users_session_cannot_rotate_even_if_it_escaped_revocation(backend) {
+        let app = spawn_app(backend).await;
+        let (email, t) = app.signed_in().await;
+        // What a login racing a disable could leave: a live family of a disabled user.
+        app.exec_sql(&format!(
+            "UPDATE users SET disabled_at = {} WHERE email = '{email}'",
+            if backend == crate::helpers::Backend::Postgres { "now()" } else { "1" }
+        ))
+        .await;
+        assert_invalid_grant(app.refresh(&t.refresh).await, "revoked").await;
+        assert_eq!(app.me(&t.access).await.status(), StatusCode::UNAUTHORIZED);
+    }
+}
+
+scenario! {
+    async fn a_family_is_not_created_for_a_password_that_changed_meanwhile(backend) {
+        use token_issuer::store::NewFamily;
+        let app = spawn_app(backend).await;
+        let (_, t) = app.signed_in().await;
+        let user_id: uuid::Uuid = crate::helpers::segment(&t.access, 1)["sub"].as_str().unwrap().parse().unwrap();
+        let store = token_issuer::startup::open_store(&app.settings).await.unwrap();
+        let family = |checked: Option<&str>| NewFamily {
+            id: uuid::Uuid::new_v4(),
+            user_id,
+            client_id: "dev".into(),
+            scope: None,
+            created_at: time::OffsetDateTime::now_utc(),
+            user_agent: None,
+            ip: None,
+            first_token: [7u8; 32],
+            checked_password_hash: checked.map(str::to_owned),
+        };
+        assert!(!store.create_family(&family(Some("$argon2id$stale"))).await.unwrap());
+        let mut fresh = family(None);
+        fresh.first_token = [8u8; 32];
+        assert!(store.create_family(&fresh).await.unwrap());
+        store.close().await;
+    }
+}

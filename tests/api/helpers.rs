@@ -442,3 +442,19 @@ impl Drop for TestDatabase {
         .join();
     }
 }
+
+impl TestApp {
+    /// Runs one statement on the app's database, behind the service's back (to stage
+    /// what a race would leave).
+    pub async fn exec_sql(&self, sql: &str) {
+        use sqlx::Connection as _;
+        let url = &self.settings.database_url;
+        if url.starts_with("postgres") {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        } else {
+            let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+    }
+}

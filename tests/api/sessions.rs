@@ -209,3 +209,44 @@ scenario! {
         assert_eq!(app.me(&other.access).await.status(), StatusCode::OK);
     }
 }
+
+scenario! {
+    async fn two_password_changes_at_once_let_exactly_one_win(backend) {
+        let app = std::sync::Arc::new(spawn_app(backend).await);
+        let (email, a) = app.signed_in().await;
+        let b = login_with_agent(&app, &email, "second device").await;
+        let changes: Vec<_> = [(a.access.clone(), "first new passphrase!"), (b.access.clone(), "second new passphrase!")]
+            .into_iter()
+            .map(|(access, new)| {
+                let app = std::sync::Arc::clone(&app);
+                tokio::spawn(async move {
+                    app.http
+                        .post(app.url("/v1/me/password"))
+                        .bearer_auth(access)
+                        .json(&json!({"current_password": PASSWORD, "new_password": new}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for c in changes {
+            statuses.push(c.await.unwrap());
+        }
+        assert_eq!(
+            statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert!(statuses.iter().all(|s| [StatusCode::OK, StatusCode::BAD_REQUEST, StatusCode::UNAUTHORIZED].contains(s)), "{statuses:?}");
+        // Exactly one new password works.
+        let works = |p: &'static str| {
+            let app = std::sync::Arc::clone(&app);
+            let email = email.clone();
+            async move { app.login(&email, p).await.status() == StatusCode::OK }
+        };
+        assert!(works("first new passphrase!").await ^ works("second new passphrase!").await);
+    }
+}
