@@ -1,0 +1,653 @@
+//! The benchmark harness: starts a release token-issuer on loopback, measures the
+//! machine's own limits, then drives each scenario with keep-alive HTTP/1.1 workers and
+//! prints a Markdown table (requests/s, p50/p99/p99.9, errors by status, server RSS,
+//! ratio to the limit that bounds it).
+//!
+//! ```sh
+//! cargo run --release --example loadgen -- --backend sqlite --seconds 10 --workers 8
+//! cargo run --release --example loadgen -- --backend postgres --out bench-postgres.md
+//! ```
+//!
+//! It builds the server binary first (`cargo build --release --bin token-issuer`). The
+//! PostgreSQL backend makes a fresh database on `ISSUER_TEST_POSTGRES_URL` (default the
+//! local server) and drops it after. Nothing here asserts a time: it reports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use token_issuer::config::Settings;
+use token_issuer::crypto::refresh;
+use token_issuer::domain::family::RefreshPolicy;
+use token_issuer::domain::user::User;
+use token_issuer::store::{NewFamily, RotateOutcome, RotateRequest};
+
+const PASSWORD: &str = "a sound benchmark passphrase";
+
+struct Args {
+    backend: String,
+    seconds: u64,
+    workers: usize,
+    out: Option<PathBuf>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        backend: "sqlite".into(),
+        seconds: 10,
+        workers: 8,
+        out: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--backend" => a.backend = value,
+            "--seconds" => a.seconds = value.parse().expect("--seconds N"),
+            "--workers" => a.workers = value.parse().expect("--workers N"),
+            "--out" => a.out = Some(value.into()),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    assert!(
+        matches!(a.backend.as_str(), "sqlite" | "postgres"),
+        "--backend sqlite|postgres"
+    );
+    a
+}
+
+/// One scenario's result.
+struct Outcome {
+    name: String,
+    requests: u64,
+    seconds: f64,
+    latencies_us: Vec<u32>,
+    errors: BTreeMap<u16, u64>,
+    rss_kb: u64,
+    limit: Option<(&'static str, f64)>,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn start_server(dir: &Path, database_url: Option<&str>, secret_hash: &str) -> Server {
+    let config = dir.join("issuer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "rate_limit_login_per_ip = \"off\"\nrate_limit_login_per_account = \"off\"\n\
+             rate_limit_refresh_per_family = \"off\"\npassword_hash_queue = 4096\n\
+             [[clients]]\nclient_id = \"dev\"\nkind = \"mobile\"\n\
+             [[clients]]\nclient_id = \"bench-rs\"\nkind = \"service\"\nclient_secret_hash = \"{secret_hash}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("target/release/token-issuer");
+    cmd.env("ISSUER_CONFIG", &config)
+        .env("ISSUER_BIND", "127.0.0.1:0")
+        .env("ISSUER_LOG", "info")
+        .env("ISSUER_DATA_DIR", dir.join("data"))
+        .env("ISSUER_KEYS_DIR", dir.join("keys"))
+        .env_remove("ISSUER_REDIS_URL")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(url) = database_url {
+        cmd.env("ISSUER_DATABASE_URL", url);
+    } else {
+        cmd.env_remove("ISSUER_DATABASE_URL");
+    }
+    let mut child = cmd.spawn().expect("target/release/token-issuer runs");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("listening")
+                && let Some(port) = line
+                    .split("port=")
+                    .nth(1)
+                    .and_then(|p| p.split_whitespace().next())
+            {
+                let _ = tx.send(port.parse::<u16>().unwrap());
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server listens");
+    Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// RSA-2048 signatures per second with a pre-parsed key, one thread per core.
+fn signing_limit(seconds: f64) -> f64 {
+    use aws_lc_rs::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let key = Arc::new(RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap());
+    let total = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..cores)
+        .map(|_| {
+            let (key, total) = (Arc::clone(&key), Arc::clone(&total));
+            std::thread::spawn(move || {
+                let rng = aws_lc_rs::rand::SystemRandom::new();
+                let mut sig = vec![0u8; key.public_modulus_len()];
+                let end = Instant::now() + Duration::from_secs_f64(seconds);
+                let mut n = 0;
+                while Instant::now() < end {
+                    key.sign(&RSA_PKCS1_SHA256, &rng, b"header.claims", &mut sig)
+                        .unwrap();
+                    n += 1;
+                }
+                total.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    total.load(Ordering::Relaxed) as f64 / seconds
+}
+
+/// Access-token verifications per second (jsonwebtoken, RS256, every check on), one
+/// thread per core: the ceiling for anything that checks a bearer token.
+fn verify_limit(token: &str, n: &str, e: &str, seconds: f64) -> f64 {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let key = Arc::new(DecodingKey::from_rsa_components(n, e).unwrap());
+    let total = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..cores)
+        .map(|_| {
+            let (key, total, token) = (Arc::clone(&key), Arc::clone(&total), token.to_owned());
+            std::thread::spawn(move || {
+                let mut validation = Validation::new(Algorithm::RS256);
+                validation.validate_aud = false;
+                validation.required_spec_claims.clear();
+                let end = Instant::now() + Duration::from_secs_f64(seconds);
+                let mut count = 0;
+                while Instant::now() < end {
+                    jsonwebtoken::decode::<Value>(&token, &key, &validation).unwrap();
+                    count += 1;
+                }
+                total.fetch_add(count, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    total.load(Ordering::Relaxed) as f64 / seconds
+}
+
+/// The store's bare rotation transactions per second: the same SQL, no HTTP.
+async fn store_limit(settings: &Settings, workers: usize, seconds: f64) -> f64 {
+    let store = token_issuer::startup::open_store(settings).await.unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let user = User {
+        id: uuid::Uuid::new_v4(),
+        email: format!("store-{}@bench.example", uuid::Uuid::new_v4().simple()),
+        created_at: now,
+    };
+    store.create_user(&user, "$argon2id$unused").await.unwrap();
+    let policy = RefreshPolicy {
+        idle_timeout: Duration::from_secs(86_400),
+        absolute_lifetime: Duration::from_secs(86_400),
+        grace_period: Duration::from_secs(10),
+    };
+    let total = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (store, total) = (Arc::clone(&store), Arc::clone(&total));
+        let first = refresh::generate().unwrap();
+        let family = NewFamily {
+            id: uuid::Uuid::new_v4(),
+            user_id: user.id,
+            client_id: "dev".into(),
+            scope: None,
+            created_at: now,
+            user_agent: None,
+            ip: None,
+            first_token: refresh::hash(&first),
+            checked_password_hash: None,
+        };
+        store.create_family(&family).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut current = refresh::hash(&first);
+            while Instant::now() < end {
+                let next = refresh::hash(&refresh::generate().unwrap());
+                let outcome = store
+                    .rotate(&RotateRequest {
+                        presented: current,
+                        successor: next,
+                        client_id: "dev",
+                        now: time::OffsetDateTime::now_utc(),
+                        policy,
+                        ip: None,
+                        user_agent: None,
+                    })
+                    .await
+                    .unwrap();
+                assert!(matches!(outcome, RotateOutcome::Issued { .. }));
+                current = next;
+                total.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    store.close().await;
+    total.load(Ordering::Relaxed) as f64 / seconds
+}
+
+/// What one worker sends next.
+#[derive(Clone)]
+enum Request {
+    Get(&'static str, Option<String>),
+    Me(String),
+    Login,
+    Refresh,
+    Introspect(String),
+}
+
+struct Plan {
+    name: String,
+    requests: Vec<Request>,
+    /// Requests per second per worker, when paced.
+    pace: Option<f64>,
+    limit: Option<(&'static str, f64)>,
+}
+
+async fn post_form(http: &reqwest::Client, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    http.post(url).form(form).send().await.unwrap()
+}
+
+async fn login(http: &reqwest::Client, base: &str, email: &str) -> Value {
+    post_form(
+        http,
+        &format!("{base}/oauth/token"),
+        &[
+            ("grant_type", "password"),
+            ("client_id", "dev"),
+            ("username", email),
+            ("password", PASSWORD),
+        ],
+    )
+    .await
+    .json()
+    .await
+    .unwrap()
+}
+
+async fn run(server: &Server, email: &str, plan: &Plan, seconds: f64, secret: &str) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for request in plan.requests.iter().cloned() {
+        let (base, stop, email, secret) = (
+            server.base.clone(),
+            Arc::clone(&stop),
+            email.to_owned(),
+            secret.to_owned(),
+        );
+        let pace = plan.pace;
+        tasks.push(tokio::spawn(async move {
+            // One keep-alive connection per worker.
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            let mut chain = match &request {
+                Request::Refresh => login(&http, &base, &email).await["refresh_token"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                _ => String::new(),
+            };
+            let (mut lat, mut errors, mut n) = (Vec::new(), BTreeMap::new(), 0u64);
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(rate) = pace {
+                    let due = started + Duration::from_secs_f64(n as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let t = Instant::now();
+                let resp = match &request {
+                    Request::Get(path, etag) => {
+                        let mut r = http.get(format!("{base}{path}"));
+                        if let Some(etag) = etag {
+                            r = r.header("if-none-match", etag);
+                        }
+                        r.send().await.unwrap()
+                    }
+                    Request::Me(access) => http
+                        .get(format!("{base}/v1/me"))
+                        .bearer_auth(access)
+                        .send()
+                        .await
+                        .unwrap(),
+                    Request::Login => {
+                        post_form(
+                            &http,
+                            &format!("{base}/oauth/token"),
+                            &[
+                                ("grant_type", "password"),
+                                ("client_id", "dev"),
+                                ("username", &email),
+                                ("password", PASSWORD),
+                            ],
+                        )
+                        .await
+                    }
+                    Request::Refresh => {
+                        post_form(
+                            &http,
+                            &format!("{base}/oauth/token"),
+                            &[
+                                ("grant_type", "refresh_token"),
+                                ("client_id", "dev"),
+                                ("refresh_token", &chain),
+                            ],
+                        )
+                        .await
+                    }
+                    Request::Introspect(token) => http
+                        .post(format!("{base}/oauth/introspect"))
+                        .basic_auth("bench-rs", Some(&secret))
+                        .form(&[("token", token.as_str())])
+                        .send()
+                        .await
+                        .unwrap(),
+                };
+                let status = resp.status().as_u16();
+                let body = resp.bytes().await.unwrap();
+                lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                n += 1;
+                if status >= 400 {
+                    *errors.entry(status).or_insert(0) += 1;
+                } else if matches!(request, Request::Refresh) {
+                    let v: Value = serde_json::from_slice(&body).unwrap();
+                    chain = v["refresh_token"].as_str().unwrap().to_owned();
+                }
+            }
+            (lat, errors, n, started.elapsed())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut out = Outcome {
+        name: plan.name.clone(),
+        requests: 0,
+        seconds: 0.0,
+        latencies_us: Vec::new(),
+        errors: BTreeMap::new(),
+        rss_kb: 0,
+        limit: plan.limit,
+    };
+    for t in tasks {
+        let (lat, errors, n, elapsed) = t.await.unwrap();
+        out.latencies_us.extend(lat);
+        for (s, c) in errors {
+            *out.errors.entry(s).or_insert(0) += c;
+        }
+        out.requests += n;
+        out.seconds = out.seconds.max(elapsed.as_secs_f64());
+    }
+    out.latencies_us.sort_unstable();
+    out.rss_kb = server.rss_kb();
+    out
+}
+
+fn row(o: &Outcome) -> String {
+    let errors = if o.errors.is_empty() {
+        "0".to_owned()
+    } else {
+        o.errors
+            .iter()
+            .map(|(s, c)| format!("{c}×{s}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let ratio = o.limit.map_or("–".to_owned(), |(name, limit)| {
+        format!("{:.2} × {name} ({limit:.0}/s)", o.rate() / limit)
+    });
+    format!(
+        "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {errors} | {} | {ratio} |",
+        o.name,
+        o.rate(),
+        o.pct(0.50),
+        o.pct(0.99),
+        o.pct(0.999),
+        o.rss_kb / 1024
+    )
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let a = args();
+    let built = Command::new("cargo")
+        .args(["build", "--release", "--quiet", "--bin", "token-issuer"])
+        .status()
+        .expect("cargo runs");
+    assert!(built.success(), "building the server failed");
+    let seconds = a.seconds as f64;
+    let dir = tempfile::tempdir().unwrap();
+
+    // The database: a temp SQLite file, or a fresh PostgreSQL database.
+    let (database_url, pg_admin) = if a.backend == "postgres" {
+        use sqlx::Connection as _;
+        let admin = std::env::var("ISSUER_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("issuer_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("PostgreSQL answers");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&name);
+        (Some(url.to_string()), Some((admin, name)))
+    } else {
+        (None, None)
+    };
+
+    eprintln!("measuring limits…");
+    let signing = signing_limit(seconds.min(5.0));
+    let mut store_settings = Settings::development().unwrap();
+    store_settings.database_url = database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("store-limit.db").display()));
+    let store = store_limit(&store_settings, a.workers, seconds.min(5.0)).await;
+    let (secret, secret_hash) = token_issuer::crypto::client_secret::generate().unwrap();
+    let secret = secret.expose().to_owned();
+    let server = start_server(dir.path(), database_url.as_deref(), &secret_hash);
+    let idle_rss = server.rss_kb();
+
+    let http = reqwest::Client::new();
+    let email = format!("bench-{}@bench.example", uuid::Uuid::new_v4().simple());
+    let resp = http
+        .post(format!("{}/v1/users", server.base))
+        .json(&serde_json::json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let tokens = login(&http, &server.base, &email).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let jwks = http
+        .get(format!("{}/.well-known/jwks.json", server.base))
+        .send()
+        .await
+        .unwrap();
+    let etag = jwks.headers()["etag"].to_str().unwrap().to_owned();
+    let jwks: Value = jwks.json().await.unwrap();
+    let verification = verify_limit(
+        &access,
+        jwks["keys"][0]["n"].as_str().unwrap(),
+        jwks["keys"][0]["e"].as_str().unwrap(),
+        seconds.min(5.0),
+    );
+
+    let w = a.workers;
+    let trivial = Plan {
+        name: "healthz (trivial route)".into(),
+        requests: vec![Request::Get("/healthz", None); w],
+        pace: None,
+        limit: None,
+    };
+    let healthz = run(&server, &email, &trivial, seconds, &secret).await;
+    let trivial_rate = healthz.rate();
+    let mut outcomes = vec![healthz];
+    let plans = vec![
+        Plan {
+            name: "refresh".into(),
+            requests: vec![Request::Refresh; w],
+            pace: None,
+            limit: Some(("min(signing, store)", signing.min(store))),
+        },
+        Plan {
+            name: "login (argon2id)".into(),
+            requests: vec![Request::Login; w],
+            pace: None,
+            limit: None,
+        },
+        Plan {
+            name: "jwks".into(),
+            requests: vec![Request::Get("/.well-known/jwks.json", None); w],
+            pace: None,
+            limit: Some(("healthz", trivial_rate)),
+        },
+        Plan {
+            name: "jwks If-None-Match → 304".into(),
+            requests: vec![Request::Get("/.well-known/jwks.json", Some(etag)); w],
+            pace: None,
+            limit: Some(("healthz", trivial_rate)),
+        },
+        Plan {
+            name: "me (bearer verification)".into(),
+            requests: vec![Request::Me(access.clone()); w],
+            pace: None,
+            limit: Some(("verification", verification)),
+        },
+        Plan {
+            name: "introspect (access token)".into(),
+            requests: vec![Request::Introspect(access.clone()); w],
+            pace: None,
+            limit: Some(("healthz", trivial_rate)),
+        },
+    ];
+    let mut refresh_peak = 0.0;
+    for plan in &plans {
+        eprintln!("{}…", plan.name);
+        let o = run(&server, &email, plan, seconds, &secret).await;
+        if plan.name == "refresh" {
+            refresh_peak = o.rate();
+        }
+        outcomes.push(o);
+    }
+    // Refresh at half its peak, alone and under a login flood.
+    let half = refresh_peak / 2.0 / w as f64;
+    let calm = Plan {
+        name: "refresh at ½ peak".into(),
+        requests: vec![Request::Refresh; w],
+        pace: Some(half),
+        limit: None,
+    };
+    outcomes.push(run(&server, &email, &calm, seconds, &secret).await);
+    let flood_server = &server;
+    let flood_plan = Plan {
+        name: "login flood".into(),
+        requests: vec![Request::Login; w],
+        pace: None,
+        limit: None,
+    };
+    let calm_under_flood = Plan {
+        name: "refresh at ½ peak + login flood".into(),
+        requests: vec![Request::Refresh; w],
+        pace: Some(half),
+        limit: None,
+    };
+    let (under_flood, flood) = tokio::join!(
+        run(flood_server, &email, &calm_under_flood, seconds, &secret),
+        run(flood_server, &email, &flood_plan, seconds, &secret)
+    );
+    outcomes.push(under_flood);
+    outcomes.push(flood);
+
+    let mut md = String::new();
+    md.push_str(&format!(
+        "Backend **{}**, {} workers, {} s per scenario, {} cores.\n\n\
+         Limits measured in the same run: RSA-2048 signing **{signing:.0}/s** (all cores, pre-parsed key); \
+         bare store rotation **{store:.0}/s** ({} workers, no HTTP); access-token verification \
+         **{verification:.0}/s** (all cores); healthz **{trivial_rate:.0}/s**. \
+         Server RSS idle: **{} MB**.\n\n\
+         | scenario | req/s | p50 ms | p99 ms | p99.9 ms | errors | RSS MB | vs limit |\n|---|---|---|---|---|---|---|---|\n",
+        a.backend,
+        a.workers,
+        a.seconds,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        a.workers,
+        idle_rss / 1024
+    ));
+    for o in &outcomes {
+        md.push_str(&row(o));
+        md.push('\n');
+    }
+    println!("{md}");
+    if let Some(out) = a.out {
+        std::fs::write(out, &md).unwrap();
+    }
+    drop(server);
+    if let Some((admin, name)) = pg_admin {
+        use sqlx::Connection as _;
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+}
