@@ -11,8 +11,12 @@
 //!    in the last `SESSION_CACHE_TTL` (5 s) is live. It is used only while this
 //!    instance is subscribed to the revocation channel, and emptied whenever the
 //!    subscription is lost or restored;
-//! 4. the database, which is authoritative: without Redis, or with Redis down, every
-//!    check ends here.
+//! 4. the database, which is authoritative: with Redis down, every check ends here.
+//!
+//! Without Redis the process is taken to be the only instance: its own deny-list sees
+//! every revocation, so the session cache is on. Several instances without Redis would
+//! see each other's revocations only through the database, up to `SESSION_CACHE_TTL`
+//! late: run several instances with Redis.
 //!
 //! A revocation is written to the database, then to the local deny-list, then to
 //! Redis (`SET deny:<sid> PX ttl` + `PUBLISH`), in a task of its own so that a client
@@ -131,13 +135,13 @@ impl SharedState {
     /// the Redis deny-list.
     pub fn new(redis: Option<RedisLink>, store: Arc<dyn Store>, deny_ttl: Duration) -> Self {
         Self {
+            subscribed: AtomicBool::new(redis.is_none()),
             redis: redis.map(Arc::new),
             store,
             deny_ttl,
             denied: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             windows: Mutex::new(HashMap::new()),
-            subscribed: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             rebuild_pending: AtomicBool::new(true),
         }
@@ -224,12 +228,14 @@ impl SharedState {
             .is_some_and(|until| *until > Instant::now())
     }
 
-    /// Whether Redis has `sid` on its deny-list (step 2); `None` when Redis is off or
-    /// down: then the session cache is not trusted either, and the database decides.
+    /// Whether Redis has `sid` on its deny-list (step 2); `None` when Redis is down:
+    /// then the session cache is not trusted either, and the database decides. Without
+    /// Redis, `Some(false)`: the local deny-list (step 1) was the whole list.
     pub async fn denied_in_redis(&self, sid: Uuid) -> Option<bool> {
-        match self.live_redis() {
-            Some(link) => link.is_denied(sid).await,
-            None => None,
+        match (&self.redis, self.live_redis()) {
+            (None, _) => Some(false),
+            (Some(_), Some(link)) => link.is_denied(sid).await,
+            (Some(_), None) => None,
         }
     }
 
@@ -518,7 +524,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_redis_nothing_is_cached_and_revocations_are_known_locally() {
+    async fn without_redis_sessions_are_cached_until_revoked_here() {
         let (shared, _dir) = in_process().await;
         let sid = Uuid::new_v4();
         let user = User {
@@ -527,10 +533,12 @@ mod tests {
             created_at: time::OffsetDateTime::UNIX_EPOCH,
         };
         shared.remember_session(sid, &user, shared.cache_epoch());
-        assert!(shared.cached_session(sid).is_none());
+        assert_eq!(shared.cached_session(sid), Some(user));
+        assert_eq!(shared.denied_in_redis(sid).await, Some(false));
         assert!(!shared.denied_locally(sid));
         shared.revoked(sid).await;
         assert!(shared.denied_locally(sid));
+        assert!(shared.cached_session(sid).is_none());
         assert_eq!(shared.redis_status(), RedisStatus::Disabled);
     }
 
