@@ -36,6 +36,131 @@ const READERS: u32 = 4;
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    rotations: Rotations,
+}
+
+/// A rotation waiting for the next batch, with everything it borrows owned.
+struct RotationJob {
+    presented: crate::crypto::refresh::TokenHash,
+    successor: crate::crypto::refresh::TokenHash,
+    client_id: String,
+    now: OffsetDateTime,
+    policy: RefreshPolicy,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    reply: tokio::sync::oneshot::Sender<Result<RotateOutcome, StoreError>>,
+}
+
+impl RotationJob {
+    fn request(&self) -> RotateRequest<'_> {
+        RotateRequest {
+            presented: self.presented,
+            successor: self.successor,
+            client_id: &self.client_id,
+            now: self.now,
+            policy: self.policy,
+            ip: self.ip.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+        }
+    }
+}
+
+/// Group commit for rotations: concurrent rotations queue here, and one task runs
+/// them in batches of at most `BATCH_MAX`, each in a savepoint of one `BEGIN
+/// IMMEDIATE` transaction: decided one after the other, as atomic and isolated as
+/// before (the single writer runs them in turn; a failing one rolls back to its
+/// savepoint alone), and answered only after the batch committed. A crash loses the
+/// whole uncommitted batch, whose requests were never answered. One commit serves many
+/// rotations, so the writer's per-transaction cost is paid once per batch.
+struct Rotations {
+    queue: tokio::sync::mpsc::Sender<RotationJob>,
+}
+
+const BATCH_MAX: usize = 64;
+
+impl Rotations {
+    fn start(writer: SqlitePool) -> Self {
+        let (queue, mut jobs) = tokio::sync::mpsc::channel::<RotationJob>(4096);
+        tokio::spawn(async move {
+            while let Some(first) = jobs.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH_MAX {
+                    match jobs.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                run_batch(&writer, batch).await;
+            }
+        });
+        Self { queue }
+    }
+
+    async fn rotate(&self, r: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = RotationJob {
+            presented: r.presented,
+            successor: r.successor,
+            client_id: r.client_id.to_owned(),
+            now: r.now,
+            policy: r.policy,
+            ip: r.ip.map(str::to_owned),
+            user_agent: r.user_agent.map(str::to_owned),
+            reply,
+        };
+        self.queue
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolClosed))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolClosed))?
+    }
+}
+
+async fn run_batch(writer: &SqlitePool, batch: Vec<RotationJob>) {
+    let failed = |e: &StoreError| {
+        StoreError::Unavailable(sqlx::Error::Protocol(format!("rotation batch failed: {e}")))
+    };
+    let mut tx = match writer.begin_with("BEGIN IMMEDIATE").await.map_err(classify) {
+        Ok(tx) => tx,
+        Err(e) => {
+            for job in batch {
+                let _ = job.reply.send(Err(failed(&e)));
+            }
+            return;
+        }
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in &batch {
+        let outcome = async {
+            let mut savepoint = sqlx::Acquire::begin(&mut tx).await.map_err(classify)?;
+            match rotate_in(&mut savepoint, &job.request()).await {
+                Ok(outcome) => {
+                    savepoint.commit().await.map_err(classify)?;
+                    Ok(outcome)
+                }
+                Err(e) => {
+                    let _ = savepoint.rollback().await;
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        results.push(outcome);
+    }
+    match tx.commit().await.map_err(classify) {
+        Ok(()) => {
+            for (job, result) in batch.into_iter().zip(results) {
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(e) => {
+            for job in batch {
+                let _ = job.reply.send(Err(failed(&e)));
+            }
+        }
+    }
 }
 
 impl SqliteStore {
@@ -64,7 +189,12 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(classify)?;
-        Ok(Self { writer, reader })
+        let rotations = Rotations::start(writer.clone());
+        Ok(Self {
+            writer,
+            reader,
+            rotations,
+        })
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
@@ -235,110 +365,7 @@ impl Store for SqliteStore {
     }
 
     async fn rotate(&self, r: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
-        let now = ms(r.now);
-        let (idle_cutoff, absolute_cutoff) = r.policy.cutoffs(r.now);
-        let mut tx = self.begin_write().await?;
-
-        // The conditional update decides: only a live token of a live family of this
-        // client is consumed, and only once.
-        let consumed: Option<(String,)> = sqlx::query_as(
-            "UPDATE refresh_tokens SET consumed_at = ?1
-             WHERE token_hash = ?2 AND consumed_at IS NULL
-               AND family_id IN (SELECT id FROM refresh_families
-                                 WHERE revoked_at IS NULL AND client_id = ?3
-                                   AND last_used_at > ?4 AND created_at > ?5
-                                   AND user_id IN (SELECT id FROM users
-                                                   WHERE disabled_at IS NULL))
-             RETURNING family_id",
-        )
-        .bind(now)
-        .bind(&r.presented[..])
-        .bind(r.client_id)
-        .bind(ms(idle_cutoff))
-        .bind(ms(absolute_cutoff))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(classify)?;
-
-        if let Some((family_id,)) = consumed {
-            sqlx::query(
-                "INSERT INTO refresh_tokens (token_hash, family_id, parent_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(&r.successor[..])
-            .bind(&family_id)
-            .bind(&r.presented[..])
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-            let family = touch_family(&mut tx, &family_id, now, r).await?;
-            tx.commit().await.map_err(classify)?;
-            return Ok(RotateOutcome::Issued {
-                family,
-                replay: false,
-            });
-        }
-
-        // Not rotatable: find out why, under the same write lock.
-        let presented: Option<PresentedRecord> = sqlx::query_as(&format!(
-            "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at, t.consumed_at,
-                    EXISTS (SELECT 1 FROM users u
-                            WHERE u.id = f.user_id AND u.disabled_at IS NOT NULL) AS user_disabled,
-                    EXISTS (SELECT 1 FROM refresh_tokens s
-                            WHERE s.parent_hash = t.token_hash AND s.token_hash = ?2
-                              AND s.consumed_at IS NULL) AS successor_unused
-             FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
-             WHERE t.token_hash = ?1"
-        ))
-        .bind(&r.presented[..])
-        .bind(&r.successor[..])
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(classify)?;
-        let Some(p) = presented else {
-            tx.rollback().await.map_err(classify)?;
-            return Ok(RotateOutcome::Refused {
-                rejection: GrantRejection::Unknown,
-                family: None,
-                revoked: None,
-            });
-        };
-        let state = PresentedToken {
-            client_id: p.family.client_id.clone(),
-            family_created_at: from_ms(p.family.created_at)?,
-            family_last_used_at: from_ms(p.last_used_at)?,
-            // A disabled user's sessions are as good as revoked.
-            family_revoked: p.revoked_at.is_some() || p.user_disabled,
-            consumed_at: p.consumed_at.map(from_ms).transpose()?,
-            successor_unused: p.successor_unused,
-        };
-        let family_id = p.family.id.clone();
-        let outcome = match r.policy.decide(r.client_id, &state, r.now) {
-            Decision::GraceReplay => {
-                let family = touch_family(&mut tx, &family_id, now, r).await?;
-                RotateOutcome::Issued {
-                    family,
-                    replay: true,
-                }
-            }
-            Decision::RevokeFamily(reason) => {
-                let revoked_now = revoke_in_tx(&mut tx, &family_id, reason, now).await?;
-                refused_after_revoke(reason, revoked_now, p.family.info()?)
-            }
-            Decision::Refuse(rejection) => RotateOutcome::Refused {
-                rejection,
-                family: Some(p.family.info()?),
-                revoked: None,
-            },
-            // The update above would have consumed it: the rules and the SQL disagree.
-            Decision::Rotate => {
-                return Err(StoreError::Corrupt(
-                    "rotatable token not matched by the conditional update".into(),
-                ));
-            }
-        };
-        tx.commit().await.map_err(classify)?;
-        Ok(outcome)
+        self.rotations.rotate(r).await
     }
 
     async fn revoke_by_token(
@@ -795,7 +822,7 @@ impl Store for SqliteStore {
 /// Inserts the family and its first token; with `checked_password_hash`, only if the
 /// user still has that hash and is not disabled (false otherwise, nothing written).
 async fn insert_family(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'_, Sqlite>,
     f: &NewFamily,
 ) -> Result<bool, StoreError> {
     let inserted = sqlx::query(
@@ -832,10 +859,7 @@ async fn insert_family(
     Ok(true)
 }
 
-async fn insert_audit(
-    tx: &mut Transaction<'static, Sqlite>,
-    e: &AuditEvent,
-) -> Result<(), StoreError> {
+async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, e: &AuditEvent) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO audit_events (at, kind, user_id, family_id, client_id, detail, actor_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -855,7 +879,7 @@ async fn insert_audit(
 
 /// Revokes the chosen live sessions of a user, with an audit row each.
 async fn revoke_sessions_in_tx(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'_, Sqlite>,
     user_id: Uuid,
     which: SessionSelector,
     reason: RevokeReason,
@@ -898,7 +922,7 @@ async fn revoke_sessions_in_tx(
 }
 
 async fn touch_family(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'_, Sqlite>,
     family_id: &str,
     now: i64,
     r: &RotateRequest<'_>,
@@ -920,7 +944,7 @@ async fn touch_family(
 }
 
 async fn family_info(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'_, Sqlite>,
     family_id: &str,
 ) -> Result<FamilyInfo, StoreError> {
     let record: FamilyRecord = sqlx::query_as(&format!(
@@ -935,7 +959,7 @@ async fn family_info(
 
 /// Revokes a live family and records the event; false when it was already revoked.
 async fn revoke_in_tx(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'_, Sqlite>,
     family_id: &str,
     reason: RevokeReason,
     now: i64,
@@ -966,4 +990,112 @@ async fn revoke_in_tx(
     .await
     .map_err(classify)?;
     Ok(true)
+}
+
+/// One rotation inside the batch's transaction `tx` (a savepoint of it): the
+/// conditional update decides; nothing here commits.
+async fn rotate_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    r: &RotateRequest<'_>,
+) -> Result<RotateOutcome, StoreError> {
+    let now = ms(r.now);
+    let (idle_cutoff, absolute_cutoff) = r.policy.cutoffs(r.now);
+
+    // The conditional update decides: only a live token of a live family of this
+    // client is consumed, and only once.
+    let consumed: Option<(String,)> = sqlx::query_as(
+        "UPDATE refresh_tokens SET consumed_at = ?1
+         WHERE token_hash = ?2 AND consumed_at IS NULL
+           AND family_id IN (SELECT id FROM refresh_families
+                             WHERE revoked_at IS NULL AND client_id = ?3
+                               AND last_used_at > ?4 AND created_at > ?5
+                               AND user_id IN (SELECT id FROM users
+                                               WHERE disabled_at IS NULL))
+         RETURNING family_id",
+    )
+    .bind(now)
+    .bind(&r.presented[..])
+    .bind(r.client_id)
+    .bind(ms(idle_cutoff))
+    .bind(ms(absolute_cutoff))
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(classify)?;
+
+    if let Some((family_id,)) = consumed {
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family_id, parent_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(&r.successor[..])
+        .bind(&family_id)
+        .bind(&r.presented[..])
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(classify)?;
+        let family = touch_family(tx, &family_id, now, r).await?;
+        return Ok(RotateOutcome::Issued {
+            family,
+            replay: false,
+        });
+    }
+
+    // Not rotatable: find out why, under the same write lock.
+    let presented: Option<PresentedRecord> = sqlx::query_as(&format!(
+        "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at, t.consumed_at,
+                EXISTS (SELECT 1 FROM users u
+                        WHERE u.id = f.user_id AND u.disabled_at IS NOT NULL) AS user_disabled,
+                EXISTS (SELECT 1 FROM refresh_tokens s
+                        WHERE s.parent_hash = t.token_hash AND s.token_hash = ?2
+                          AND s.consumed_at IS NULL) AS successor_unused
+         FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
+         WHERE t.token_hash = ?1"
+    ))
+    .bind(&r.presented[..])
+    .bind(&r.successor[..])
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(classify)?;
+    let Some(p) = presented else {
+        return Ok(RotateOutcome::Refused {
+            rejection: GrantRejection::Unknown,
+            family: None,
+            revoked: None,
+        });
+    };
+    let state = PresentedToken {
+        client_id: p.family.client_id.clone(),
+        family_created_at: from_ms(p.family.created_at)?,
+        family_last_used_at: from_ms(p.last_used_at)?,
+        // A disabled user's sessions are as good as revoked.
+        family_revoked: p.revoked_at.is_some() || p.user_disabled,
+        consumed_at: p.consumed_at.map(from_ms).transpose()?,
+        successor_unused: p.successor_unused,
+    };
+    let family_id = p.family.id.clone();
+    let outcome = match r.policy.decide(r.client_id, &state, r.now) {
+        Decision::GraceReplay => {
+            let family = touch_family(tx, &family_id, now, r).await?;
+            RotateOutcome::Issued {
+                family,
+                replay: true,
+            }
+        }
+        Decision::RevokeFamily(reason) => {
+            let revoked_now = revoke_in_tx(tx, &family_id, reason, now).await?;
+            refused_after_revoke(reason, revoked_now, p.family.info()?)
+        }
+        Decision::Refuse(rejection) => RotateOutcome::Refused {
+            rejection,
+            family: Some(p.family.info()?),
+            revoked: None,
+        },
+        // The update above would have consumed it: the rules and the SQL disagree.
+        Decision::Rotate => {
+            return Err(StoreError::Corrupt(
+                "rotatable token not matched by the conditional update".into(),
+            ));
+        }
+    };
+    Ok(outcome)
 }
