@@ -12,9 +12,11 @@ use uuid::Uuid;
 use crate::api::ApiTags;
 use crate::api::error::ApiError;
 use crate::api::security::BearerAuth;
+use crate::api::sessions::SessionBody;
 use crate::service::Issuer;
 use crate::service::admin::AdminUser;
-use crate::store::{AuditEvent, Session};
+use crate::service::sessions::SessionView;
+use crate::store::AuditEvent;
 
 /// A user, as an admin sees it.
 #[derive(Object)]
@@ -34,33 +36,6 @@ impl From<AdminUser> for AdminUserBody {
             email: u.user.email,
             created_at: u.user.created_at,
             disabled: u.disabled,
-        }
-    }
-}
-
-/// A live session of a user.
-#[derive(Object)]
-#[oai(rename = "AdminSession")]
-pub struct AdminSessionBody {
-    pub id: Uuid,
-    pub client_id: String,
-    pub created_at: OffsetDateTime,
-    pub last_used_at: OffsetDateTime,
-    #[oai(skip_serializing_if_is_none)]
-    pub last_ip: Option<String>,
-    #[oai(skip_serializing_if_is_none)]
-    pub user_agent: Option<String>,
-}
-
-impl From<Session> for AdminSessionBody {
-    fn from(s: Session) -> Self {
-        Self {
-            id: s.id,
-            client_id: s.client_id,
-            created_at: s.created_at,
-            last_used_at: s.last_used_at,
-            last_ip: s.ip,
-            user_agent: s.user_agent,
         }
     }
 }
@@ -119,7 +94,7 @@ pub enum AdminSessionsOk {
     /// The user's live sessions, most recently used first.
     #[oai(status = 200)]
     Ok(
-        Json<Vec<AdminSessionBody>>,
+        Json<Vec<SessionBody>>,
         #[oai(header = "Cache-Control")] String,
     ),
 }
@@ -192,10 +167,16 @@ impl AdminApi {
         id: Path<Uuid>,
     ) -> Result<AdminSessionsOk, ApiError> {
         let sessions = issuer.admin_user_sessions(&auth.0, id.0).await?;
-        Ok(AdminSessionsOk::Ok(
-            Json(sessions.into_iter().map(Into::into).collect()),
-            no_store(),
-        ))
+        let sessions = sessions
+            .into_iter()
+            .map(|session| {
+                SessionBody::from(SessionView {
+                    session,
+                    current: false,
+                })
+            })
+            .collect();
+        Ok(AdminSessionsOk::Ok(Json(sessions), no_store()))
     }
 
     /// End all of a user's sessions

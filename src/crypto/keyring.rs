@@ -96,6 +96,10 @@ fn secs(d: Duration) -> i64 {
 }
 
 impl Ring {
+    fn count(&self, state: KeyState) -> usize {
+        self.keys.iter().filter(|k| k.state == state).count()
+    }
+
     pub fn active(&self) -> Option<&KeyEntry> {
         self.keys.iter().find(|k| k.state == KeyState::Active)
     }
@@ -125,19 +129,7 @@ impl Ring {
             path: path.to_owned(),
             reason: format!("not a key ring: {e}"),
         })?;
-        if ring
-            .keys
-            .iter()
-            .filter(|k| k.state == KeyState::Active)
-            .count()
-            != 1
-            || ring
-                .keys
-                .iter()
-                .filter(|k| k.state == KeyState::Next)
-                .count()
-                > 1
-        {
+        if ring.count(KeyState::Active) != 1 || ring.count(KeyState::Next) > 1 {
             return Err(KeyError::Invalid {
                 path: path.to_owned(),
                 reason: "a key ring has exactly one active key and at most one next key".into(),
@@ -300,13 +292,7 @@ pub fn ensure(dir: &Path, now: i64) -> Result<(Ring, Option<PathBuf>), KeyError>
                 })
                 .collect(),
         };
-        if ring
-            .keys
-            .iter()
-            .filter(|k| k.state == KeyState::Next)
-            .count()
-            > 1
-        {
+        if ring.count(KeyState::Next) > 1 {
             return Err(KeyError::Invalid {
                 path: dir.to_owned(),
                 reason: "several keys besides the active one; keep at most one".into(),

@@ -175,13 +175,7 @@ impl Issuer {
         tracing::info!(target: "security", event = "password_changed", user_id = %who.user.id, sid = %family.id);
         self.announce(&revoked, RevokeReason::PasswordChange, who)
             .await;
-        let info = FamilyInfo {
-            id: family.id,
-            user_id: family.user_id,
-            client_id: family.client_id,
-            scope: family.scope,
-            created_at: now,
-        };
-        self.issue(client, &info, token, now, None).await
+        self.issue(client, &FamilyInfo::from(family), token, now, None)
+            .await
     }
 }

@@ -182,14 +182,8 @@ impl Issuer {
         }
         tracing::info!(target: "security", event = "login", user_id = %user.user.id, sid = %family.id, client_id = %client.id);
         inc(&self.metrics.logins);
-        let info = FamilyInfo {
-            id: family.id,
-            user_id: family.user_id,
-            client_id: family.client_id,
-            scope: family.scope,
-            created_at: now,
-        };
-        self.issue(client, &info, token, now, None).await
+        self.issue(client, &FamilyInfo::from(family), token, now, None)
+            .await
     }
 
     async fn refresh_grant(

@@ -74,6 +74,18 @@ pub struct NewFamily {
     pub checked_password_hash: Option<String>,
 }
 
+impl From<NewFamily> for FamilyInfo {
+    fn from(f: NewFamily) -> Self {
+        Self {
+            id: f.id,
+            user_id: f.user_id,
+            client_id: f.client_id,
+            scope: f.scope,
+            created_at: f.created_at,
+        }
+    }
+}
+
 /// What a rotation needs to mint the access token and set the cookie.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FamilyInfo {

@@ -7,23 +7,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 use crate::helpers::{
-    Backend, TestApp, TestDatabase, assert_error, segment, spawn_app_with, tokens,
+    Backend, TestApp, TestDatabase, assert_error, live_tokens, segment, spawn_app_with, tokens,
 };
 use crate::proxy::{Link, TcpProxy, upstream_and_proxied_url};
-
-/// Unconsumed tokens of a family, read straight from the database (not through the proxy).
-async fn live_tokens(database_url: &str, sid: &str) -> i64 {
-    use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM refresh_tokens WHERE family_id = $1::uuid AND consumed_at IS NULL",
-    )
-    .bind(sid)
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    n
-}
 
 /// Retries a refresh until the database answers again; every answer meanwhile is a 503.
 async fn refresh_until_recovered(app: &TestApp, token: &str) -> crate::helpers::Tokens {

@@ -458,3 +458,17 @@ impl TestApp {
         }
     }
 }
+
+/// Unconsumed tokens of a family, read straight from a PostgreSQL database.
+pub async fn live_tokens(database_url: &str, sid: &str) -> i64 {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM refresh_tokens WHERE family_id = $1::uuid AND consumed_at IS NULL",
+    )
+    .bind(sid)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    n
+}

@@ -8,8 +8,8 @@ use reqwest::StatusCode;
 
 use crate::concurrency::race_across;
 use crate::helpers::{
-    Backend, TestApp, assert_error, assert_invalid_grant, segment, spawn_app, spawn_instance_like,
-    tokens, wait_for_redis,
+    Backend, TestApp, assert_error, assert_invalid_grant, live_tokens, segment, spawn_app,
+    spawn_instance_like, tokens, wait_for_redis,
 };
 
 async fn three_instances() -> Vec<Arc<TestApp>> {
@@ -20,20 +20,6 @@ async fn three_instances() -> Vec<Arc<TestApp>> {
         wait_for_redis(app, "ok").await;
     }
     vec![Arc::new(first), Arc::new(second), Arc::new(third)]
-}
-
-/// Unconsumed tokens of a family, read straight from the shared database.
-async fn live_tokens(database_url: &str, sid: &str) -> i64 {
-    use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM refresh_tokens WHERE family_id = $1::uuid AND consumed_at IS NULL",
-    )
-    .bind(sid)
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
