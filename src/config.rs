@@ -87,6 +87,8 @@ pub struct Settings {
     /// Rotate the signing key on this schedule (exactly one instance does it); `None`
     /// leaves rotation to the CLI.
     pub key_rotation_interval: Option<Duration>,
+    /// How long audit events are kept before the sweeper deletes them.
+    pub audit_retention: Duration,
     /// A `tracing` filter, e.g. `info` or `token_issuer=debug`.
     pub log: String,
     pub allow_registration: bool,
@@ -199,6 +201,7 @@ struct FileSettings {
     data_dir: Option<PathBuf>,
     keys_dir: Option<PathBuf>,
     key_rotation_interval: Option<String>,
+    audit_retention: Option<String>,
     log: Option<String>,
     allow_registration: Option<bool>,
     access_token_lifetime: Option<String>,
@@ -263,6 +266,7 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
         EnvKind::Text,
     ),
     ("ISSUER_LOG", "log", EnvKind::Text),
+    ("ISSUER_AUDIT_RETENTION", "audit_retention", EnvKind::Text),
     (
         "ISSUER_ALLOW_REGISTRATION",
         "allow_registration",
@@ -503,6 +507,13 @@ impl Settings {
                 .collect::<Result<Vec<_>, _>>()?,
             data_dir,
             keys_dir: f.keys_dir.unwrap_or_else(|| PathBuf::from("keys")),
+            audit_retention: {
+                let keep = duration("audit_retention", f.audit_retention, "365d")?;
+                if keep < Duration::from_secs(86_400) {
+                    return Err(invalid("audit_retention", "must be at least 1d"));
+                }
+                keep
+            },
             key_rotation_interval: match f.key_rotation_interval.as_deref().map(str::trim) {
                 None | Some("off") => None,
                 Some(raw) => {

@@ -48,6 +48,8 @@ pub struct Issuer {
     pub(crate) audience: String,
     pub(crate) allow_registration: bool,
     pub(crate) key_rotation_interval: Option<std::time::Duration>,
+    /// How long audit events are kept.
+    pub(crate) audit_retention: std::time::Duration,
     /// The active-sessions gauge and when it was counted: a scrape counts at most
     /// every `GAUGE_TTL`, so `/metrics` cannot be used to load the database.
     active_families: tokio::sync::Mutex<Option<(std::time::Instant, Option<u64>)>>,
@@ -99,6 +101,7 @@ impl Issuer {
             audience: settings.audience.clone(),
             allow_registration: settings.allow_registration,
             key_rotation_interval: settings.key_rotation_interval,
+            audit_retention: settings.audit_retention,
             active_families: tokio::sync::Mutex::new(None),
         })
     }
@@ -142,6 +145,13 @@ impl Issuer {
         let deleted = self.store.sweep(&self.widest_policy, cutoff).await?;
         if deleted > 0 {
             tracing::info!(deleted, "swept ended sessions");
+        }
+        let audit = self
+            .store
+            .sweep_audit(self.now() - self.audit_retention)
+            .await?;
+        if audit > 0 {
+            tracing::info!(deleted = audit, "swept old audit events");
         }
         Ok(deleted)
     }

@@ -328,6 +328,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
 
+    /// Deletes the audit events older than `before`; returns how many.
+    async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+
     /// The newest `limit` events, of one user or of all.
     async fn audit_events(
         &self,

@@ -608,6 +608,16 @@ impl Store for PgStore {
         tx.commit().await.map_err(classify)
     }
 
+    async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let deleted = sqlx::query("DELETE FROM audit_events WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        Ok(deleted)
+    }
+
     async fn audit_events(
         &self,
         user_id: Option<Uuid>,

@@ -627,6 +627,18 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(classify)
     }
 
+    async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM audit_events WHERE at < ?1")
+            .bind(ms(before))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        tx.commit().await.map_err(classify)?;
+        Ok(deleted)
+    }
+
     async fn audit_events(
         &self,
         user_id: Option<Uuid>,

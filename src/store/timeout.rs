@@ -155,6 +155,10 @@ impl Store for TimedStore {
         self.bounded(self.inner.record_audit(event)).await
     }
 
+    async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        self.bounded(self.inner.sweep_audit(before)).await
+    }
+
     async fn audit_events(
         &self,
         user_id: Option<Uuid>,

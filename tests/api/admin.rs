@@ -206,3 +206,19 @@ scenario! {
         store.close().await;
     }
 }
+
+scenario! {
+    async fn the_sweep_deletes_audit_events_past_their_retention(backend) {
+        let app = spawn_app(backend).await;
+        app.signed_in().await;
+        let store = token_issuer::startup::open_store(&app.settings).await.unwrap();
+        assert!(!store.audit_events(None, 500).await.unwrap().is_empty());
+        app.advance(app.settings.audit_retention - std::time::Duration::from_secs(60));
+        app.issuer.sweep().await.unwrap();
+        assert!(!store.audit_events(None, 500).await.unwrap().is_empty(), "kept until the retention ends");
+        app.advance(std::time::Duration::from_secs(120));
+        app.issuer.sweep().await.unwrap();
+        assert!(store.audit_events(None, 500).await.unwrap().is_empty());
+        store.close().await;
+    }
+}

@@ -574,3 +574,93 @@ async fn keys_rotated_by_the_cli_are_picked_up_by_the_running_server() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The endpoints added after the first trace test: password change, introspection
+/// with a client secret, admin calls; nothing secret reaches a trace log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_of_password_changes_and_introspection_hold_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, hash) = token_issuer::crypto::client_secret::generate().unwrap();
+    let config = dir.path().join("issuer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[clients]]\nclient_id = \"dev\"\nkind = \"mobile\"\n\
+             [[clients]]\nclient_id = \"rs\"\nkind = \"service\"\nclient_secret_hash = \"{hash}\"\n"
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let mut env = NO_LIMITS.to_vec();
+    env.push(("ISSUER_CONFIG", &config));
+    let server = start_with(dir.path(), "trace", &env);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let http = reqwest::Client::new();
+    let email = unique_email();
+    let refresh = register_and_login(&http, &base, &email, 1).await.remove(0);
+    let first: Value = post_form(
+        &http,
+        &base,
+        "/oauth/token",
+        &[
+            ("grant_type", "refresh_token"),
+            ("client_id", "dev"),
+            ("refresh_token", &refresh),
+        ],
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let access = first["access_token"].as_str().unwrap().to_owned();
+    let new_password = "a brand new passphrase";
+    let changed: Value = http
+        .post(format!("{base}/v1/me/password"))
+        .bearer_auth(&access)
+        .json(&serde_json::json!({"current_password": PASSWORD, "new_password": new_password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fresh_refresh = changed["refresh_token"].as_str().unwrap().to_owned();
+    let fresh_access = changed["access_token"].as_str().unwrap().to_owned();
+    let answer: Value = http
+        .post(format!("{base}/oauth/introspect"))
+        .basic_auth("rs", Some(secret.expose()))
+        .form(&[("token", fresh_access.as_str())])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["active"], true);
+    let wrong = http
+        .post(format!("{base}/oauth/introspect"))
+        .basic_auth("rs", Some("a guessed secret value"))
+        .form(&[("token", fresh_refresh.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = server.log.lock().unwrap().clone();
+    assert!(log.lines().count() > 20, "trace logging was on");
+    for (what, value) in [
+        ("old password", PASSWORD),
+        ("new password", new_password),
+        ("client secret", secret.expose()),
+        ("guessed client secret", "a guessed secret value"),
+        ("refresh token", refresh.as_str()),
+        ("refresh token after the change", fresh_refresh.as_str()),
+        (
+            "access token signature",
+            fresh_access.rsplit('.').next().unwrap(),
+        ),
+    ] {
+        assert!(!log.contains(value), "the {what} appears in the trace log");
+    }
+}
