@@ -72,6 +72,10 @@ impl Issuer {
     /// `DELETE /v1/sessions/{id}`: ends one of the caller's sessions; another user's,
     /// an unknown or an ended one is `NotFound`.
     pub async fn end_session(&self, who: &Principal, id: Uuid) -> Result<(), Error> {
+        // Only a session the list shows: one that ended by idling or by age is gone.
+        if !self.sessions(who).await?.iter().any(|v| v.session.id == id) {
+            return Err(Error::NotFound);
+        }
         let reason = RevokeReason::SessionEnded;
         let revoked = self
             .store

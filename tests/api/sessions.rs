@@ -4,7 +4,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PASSWORD, TestApp, Tokens, assert_error, assert_invalid_grant, segment, spawn_app, tokens,
+    PASSWORD, TestApp, Tokens, assert_error, assert_invalid_grant, segment, spawn_app,
+    spawn_app_with, tokens,
 };
 
 const NEW_PASSWORD: &str = "another sound passphrase";
@@ -248,5 +249,30 @@ scenario! {
             async move { app.login(&email, p).await.status() == StatusCode::OK }
         };
         assert!(works("first new passphrase!").await ^ works("second new passphrase!").await);
+    }
+}
+
+scenario! {
+    async fn a_session_that_ended_by_idling_cannot_be_ended_again(backend) {
+        let app = spawn_app_with(backend, |s| {
+            s.clients[0].policy.idle_timeout = std::time::Duration::from_secs(3600);
+            s.clients[0].policy.absolute_lifetime = std::time::Duration::from_secs(86_400);
+        })
+        .await;
+        let (email, old) = app.signed_in().await;
+        app.advance(std::time::Duration::from_secs(3000));
+        let fresh = login_with_agent(&app, &email, "later").await;
+        app.advance(std::time::Duration::from_secs(700));
+        // `old` idled out; `fresh` (used 700 s ago) is live, refreshes, and asks.
+        let fresh = tokens(app.refresh(&fresh.refresh).await).await;
+        assert_eq!(sessions(&app, &fresh.access).await.len(), 1);
+        let resp = app
+            .http
+            .delete(app.url(&format!("/v1/sessions/{}", sid(&old))))
+            .bearer_auth(&fresh.access)
+            .send()
+            .await
+            .unwrap();
+        assert_error(resp, StatusCode::NOT_FOUND, "not_found", None).await;
     }
 }

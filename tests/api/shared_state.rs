@@ -301,3 +301,62 @@ async fn a_revocation_event_alone_makes_an_instance_refuse_the_session() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Redis goes away (refused, then blackholed) and comes back under a steady load of
+/// refreshes (counted by the Redis rate limiter) and bearer calls (checked against the
+/// Redis deny-list): not one request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_request_fails_while_redis_goes_away_and_comes_back_under_load() {
+    let redis_url = test_redis_url().await;
+    let (upstream, _) = upstream_and_proxied_url(&redis_url, 0);
+    let proxy = TcpProxy::start(upstream).await;
+    let (_, proxied) = upstream_and_proxied_url(&redis_url, proxy.port);
+    let app = std::sync::Arc::new(
+        spawn_app_with(Backend::Postgres, |s| {
+            s.redis_url = Some(proxied);
+            s.limits.refresh_per_family = Some(RateLimit {
+                max: 1_000_000,
+                window: Duration::from_secs(60),
+            });
+        })
+        .await,
+    );
+    wait_for_redis(&app, "ok").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (app, stop) = (std::sync::Arc::clone(&app), std::sync::Arc::clone(&stop));
+        let (_, first) = app.signed_in().await;
+        workers.push(tokio::spawn(async move {
+            let (mut current, mut served, mut failed) = (first, 0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let resp = app.refresh(&current.refresh).await;
+                if resp.status() != StatusCode::OK {
+                    failed.push(format!("refresh {}", resp.status()));
+                    break;
+                }
+                current = tokens(resp).await;
+                let me = app.me(&current.access).await.status();
+                if me != StatusCode::OK {
+                    failed.push(format!("me {me}"));
+                }
+                served += 2;
+            }
+            (served, failed)
+        }));
+    }
+    for link in [Link::Refuse, Link::Open, Link::Blackhole, Link::Open] {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        proxy.set(link);
+    }
+    wait_for_redis(&app, "ok").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        let (served, failed) = w.await.unwrap();
+        assert!(failed.is_empty(), "{failed:?}");
+        total += served;
+    }
+    assert!(total > 100, "the load ran: {total} requests");
+}
