@@ -92,3 +92,61 @@ async fn a_database_that_stops_answering_gives_503_in_time_and_the_service_recov
     assert_eq!(live_tokens(&database.url, &sid).await, 1);
     assert_eq!(app.me(&last.access).await.status(), StatusCode::OK);
 }
+
+/// The database connection is cut again and again in the middle of a stream of
+/// rotations: every answer is a 200 or a 503, and afterwards every family has exactly
+/// one live token, which its client (holding the last token it saw) can still use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_cut_mid_rotation_leave_every_family_whole() {
+    let database = TestDatabase::create().await;
+    let (upstream, _) = upstream_and_proxied_url(&database.url, 0);
+    let proxy = TcpProxy::start(upstream).await;
+    let (_, proxied) = upstream_and_proxied_url(&database.url, proxy.port);
+    let app =
+        std::sync::Arc::new(spawn_app_with(Backend::Sqlite, |s| s.database_url = proxied).await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..6 {
+        let (app, stop) = (std::sync::Arc::clone(&app), std::sync::Arc::clone(&stop));
+        let (_, first) = app.signed_in().await;
+        workers.push(tokio::spawn(async move {
+            let sid = segment(&first.access, 1)["sid"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let mut current = first.refresh;
+            let mut rotated = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let resp = app.refresh(&current).await;
+                match resp.status() {
+                    StatusCode::OK => {
+                        current = tokens(resp).await.refresh;
+                        rotated += 1;
+                    }
+                    StatusCode::SERVICE_UNAVAILABLE => {}
+                    other => panic!("a cut gave {other}: {}", resp.text().await.unwrap()),
+                }
+            }
+            (sid, current, rotated)
+        }));
+    }
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        proxy.set(Link::Refuse);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.set(Link::Open);
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        let (sid, last, rotated) = w.await.unwrap();
+        total += rotated;
+        assert_eq!(live_tokens(&database.url, &sid).await, 1, "family {sid}");
+        // The last token seen is live, or its rotation committed unseen and the grace
+        // window hands the same successor.
+        refresh_until_recovered(&app, &last).await;
+        assert_eq!(live_tokens(&database.url, &sid).await, 1, "family {sid}");
+    }
+    assert!(total > 20, "the rotations ran: {total}");
+}
