@@ -190,6 +190,25 @@ pub struct AuditEvent {
     pub actor_id: Option<Uuid>,
 }
 
+/// The audit row of a revoked family.
+pub(crate) fn revocation_event(
+    at: OffsetDateTime,
+    user_id: Uuid,
+    family_id: Uuid,
+    client_id: &str,
+    reason: RevokeReason,
+) -> AuditEvent {
+    AuditEvent {
+        at,
+        kind: "family_revoked".into(),
+        user_id: Some(user_id),
+        family_id: Some(family_id),
+        client_id: Some(client_id.to_owned()),
+        detail: Some(reason.code().to_owned()),
+        actor_id: None,
+    }
+}
+
 /// Which of a user's sessions to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionSelector {

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::{
     AuditEvent, FamilyInfo, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome,
     RotateOutcome, RotateRequest, Session, SessionSelector, Store, StoreError, UserWithHash,
-    refused_after_revoke,
+    refused_after_revoke, revocation_event,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{
@@ -111,6 +111,16 @@ struct UserRecord {
     password_hash: String,
     created_at: OffsetDateTime,
     disabled_at: Option<OffsetDateTime>,
+}
+
+impl From<UserRecord> for UserWithHash {
+    fn from(r: UserRecord) -> Self {
+        Self {
+            user: r.user(),
+            disabled: r.disabled_at.is_some(),
+            password_hash: r.password_hash,
+        }
+    }
 }
 
 impl UserRecord {
@@ -295,11 +305,7 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(classify)?;
-        Ok(record.map(|r| UserWithHash {
-            user: r.user(),
-            disabled: r.disabled_at.is_some(),
-            password_hash: r.password_hash,
-        }))
+        Ok(record.map(UserWithHash::from))
     }
 
     async fn create_family(&self, f: &NewFamily) -> Result<bool, StoreError> {
@@ -496,11 +502,7 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(classify)?;
-        Ok(record.map(|r| UserWithHash {
-            user: r.user(),
-            disabled: r.disabled_at.is_some(),
-            password_hash: r.password_hash,
-        }))
+        Ok(record.map(UserWithHash::from))
     }
 
     async fn set_role(
@@ -888,18 +890,11 @@ async fn revoke_sessions_in_tx(
     .await
     .map_err(classify)?;
     for (family_id, client_id) in &revoked {
-        sqlx::query(
-            "INSERT INTO audit_events (at, kind, user_id, family_id, client_id, detail)
-             VALUES ($1, 'family_revoked', $2, $3, $4, $5)",
+        insert_audit(
+            tx,
+            &revocation_event(now, user_id, *family_id, client_id, reason),
         )
-        .bind(now)
-        .bind(user_id)
-        .bind(family_id)
-        .bind(client_id)
-        .bind(reason.code())
-        .execute(&mut **tx)
-        .await
-        .map_err(classify)?;
+        .await?;
     }
     Ok(revoked.into_iter().map(|(id, _)| id).collect())
 }
@@ -960,17 +955,10 @@ async fn revoke_in_tx(
     let Some((user_id, client_id)) = revoked else {
         return Ok(false);
     };
-    sqlx::query(
-        "INSERT INTO audit_events (at, kind, user_id, family_id, client_id, detail)
-         VALUES ($1, 'family_revoked', $2, $3, $4, $5)",
+    insert_audit(
+        tx,
+        &revocation_event(now, user_id, family_id, &client_id, reason),
     )
-    .bind(now)
-    .bind(user_id)
-    .bind(family_id)
-    .bind(client_id)
-    .bind(reason.code())
-    .execute(&mut **tx)
-    .await
-    .map_err(classify)?;
+    .await?;
     Ok(true)
 }

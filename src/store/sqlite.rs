@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::{
     AuditEvent, FamilyInfo, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome,
     RotateOutcome, RotateRequest, Session, SessionSelector, Store, StoreError, UserWithHash,
-    refused_after_revoke,
+    refused_after_revoke, revocation_event,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{
@@ -197,6 +197,30 @@ impl SqliteStore {
         })
     }
 
+    /// The user whose `column` (`id` or `email`, never input) equals `value`.
+    async fn user_where(
+        &self,
+        column: &'static str,
+        value: String,
+    ) -> Result<Option<UserWithHash>, StoreError> {
+        let record: Option<UserRecord> = sqlx::query_as(&format!(
+            "SELECT id, email, password_hash, created_at, disabled_at FROM users WHERE {column} = ?1"
+        ))
+        .bind(value)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(classify)?;
+        record
+            .map(|r| {
+                Ok(UserWithHash {
+                    user: r.user()?,
+                    disabled: r.disabled_at.is_some(),
+                    password_hash: r.password_hash,
+                })
+            })
+            .transpose()
+    }
+
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.writer
             .begin_with("BEGIN IMMEDIATE")
@@ -323,22 +347,7 @@ impl Store for SqliteStore {
     }
 
     async fn find_user_by_email(&self, email: &str) -> Result<Option<UserWithHash>, StoreError> {
-        let record: Option<UserRecord> = sqlx::query_as(
-            "SELECT id, email, password_hash, created_at, disabled_at FROM users WHERE email = ?1",
-        )
-        .bind(email)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(classify)?;
-        record
-            .map(|r| {
-                Ok(UserWithHash {
-                    user: r.user()?,
-                    disabled: r.disabled_at.is_some(),
-                    password_hash: r.password_hash,
-                })
-            })
-            .transpose()
+        self.user_where("email", email.to_owned()).await
     }
 
     async fn create_family(&self, f: &NewFamily) -> Result<bool, StoreError> {
@@ -502,22 +511,7 @@ impl Store for SqliteStore {
     }
 
     async fn find_user(&self, id: Uuid) -> Result<Option<UserWithHash>, StoreError> {
-        let record: Option<UserRecord> = sqlx::query_as(
-            "SELECT id, email, password_hash, created_at, disabled_at FROM users WHERE id = ?1",
-        )
-        .bind(id.to_string())
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(classify)?;
-        record
-            .map(|r| {
-                Ok(UserWithHash {
-                    user: r.user()?,
-                    disabled: r.disabled_at.is_some(),
-                    password_hash: r.password_hash,
-                })
-            })
-            .transpose()
+        self.user_where("id", id.to_string()).await
     }
 
     async fn set_role(
@@ -916,19 +910,10 @@ async fn revoke_sessions_in_tx(
     .map_err(classify)?;
     let mut ids = Vec::with_capacity(revoked.len());
     for (family_id, client_id) in &revoked {
-        sqlx::query(
-            "INSERT INTO audit_events (at, kind, user_id, family_id, client_id, detail)
-             VALUES (?1, 'family_revoked', ?2, ?3, ?4, ?5)",
-        )
-        .bind(now)
-        .bind(user_id.to_string())
-        .bind(family_id)
-        .bind(client_id)
-        .bind(reason.code())
-        .execute(&mut **tx)
-        .await
-        .map_err(classify)?;
-        ids.push(uuid(family_id)?);
+        let family_id = uuid(family_id)?;
+        let event = revocation_event(from_ms(now)?, user_id, family_id, client_id, reason);
+        insert_audit(tx, &event).await?;
+        ids.push(family_id);
     }
     Ok(ids)
 }
@@ -989,18 +974,14 @@ async fn revoke_in_tx(
     let Some((user_id, client_id)) = revoked else {
         return Ok(false);
     };
-    sqlx::query(
-        "INSERT INTO audit_events (at, kind, user_id, family_id, client_id, detail)
-         VALUES (?1, 'family_revoked', ?2, ?3, ?4, ?5)",
-    )
-    .bind(now)
-    .bind(user_id)
-    .bind(family_id)
-    .bind(client_id)
-    .bind(reason.code())
-    .execute(&mut **tx)
-    .await
-    .map_err(classify)?;
+    let event = revocation_event(
+        from_ms(now)?,
+        uuid(&user_id)?,
+        uuid(family_id)?,
+        &client_id,
+        reason,
+    );
+    insert_audit(tx, &event).await?;
     Ok(true)
 }
 
