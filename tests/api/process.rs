@@ -226,6 +226,35 @@ async fn post_form(
     http.post(format!("{base}{path}")).form(form).send().await
 }
 
+/// A password grant of the `dev` client.
+async fn password_grant(
+    http: &reqwest::Client,
+    base: &str,
+    email: &str,
+) -> reqwest::Result<reqwest::Response> {
+    let form = [
+        ("grant_type", "password"),
+        ("client_id", "dev"),
+        ("username", email),
+        ("password", PASSWORD),
+    ];
+    post_form(http, base, "/oauth/token", &form).await
+}
+
+/// A refresh grant of the `dev` client.
+async fn refresh_grant(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> reqwest::Result<reqwest::Response> {
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("client_id", "dev"),
+        ("refresh_token", token),
+    ];
+    post_form(http, base, "/oauth/token", &form).await
+}
+
 async fn register_and_login(
     http: &reqwest::Client,
     base: &str,
@@ -241,22 +270,12 @@ async fn register_and_login(
     assert_eq!(resp.status(), StatusCode::CREATED);
     let mut refresh_tokens = Vec::new();
     for _ in 0..logins {
-        let body: Value = post_form(
-            http,
-            base,
-            "/oauth/token",
-            &[
-                ("grant_type", "password"),
-                ("client_id", "dev"),
-                ("username", email),
-                ("password", PASSWORD),
-            ],
-        )
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        let body: Value = password_grant(http, base, email)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         refresh_tokens.push(body["refresh_token"].as_str().unwrap().to_owned());
     }
     refresh_tokens
@@ -305,12 +324,7 @@ async fn a_kill_9_in_the_middle_of_rotations_leaves_every_family_whole() {
                     let http = reqwest::Client::new();
                     loop {
                         let token = latest.lock().unwrap()[i].clone();
-                        let form = [
-                            ("grant_type", "refresh_token"),
-                            ("client_id", "dev"),
-                            ("refresh_token", token.as_str()),
-                        ];
-                        let Ok(resp) = post_form(&http, &base, "/oauth/token", &form).await else {
+                        let Ok(resp) = refresh_grant(&http, &base, &token).await else {
                             return; // the server is gone
                         };
                         let Ok(body) = resp.json::<Value>().await else {
@@ -357,14 +371,7 @@ async fn a_kill_9_in_the_middle_of_rotations_leaves_every_family_whole() {
         let base = format!("http://127.0.0.1:{}", server.port);
         let last = latest.lock().unwrap().clone();
         for token in &last {
-            let form = [
-                ("grant_type", "refresh_token"),
-                ("client_id", "dev"),
-                ("refresh_token", token.as_str()),
-            ];
-            let resp = post_form(&http, &base, "/oauth/token", &form)
-                .await
-                .unwrap();
+            let resp = refresh_grant(&http, &base, token).await.unwrap();
             assert_eq!(
                 resp.status(),
                 StatusCode::OK,
@@ -394,13 +401,7 @@ async fn sigterm_finishes_the_requests_in_flight_and_exits() {
         .map(|_| {
             let (http, base, email) = (http.clone(), base.clone(), email.clone());
             tokio::spawn(async move {
-                let form = [
-                    ("grant_type", "password"),
-                    ("client_id", "dev"),
-                    ("username", email.as_str()),
-                    ("password", PASSWORD),
-                ];
-                let resp = post_form(&http, &base, "/oauth/token", &form).await;
+                let resp = password_grant(&http, &base, &email).await;
                 (resp, std::time::Instant::now())
             })
         })
@@ -499,22 +500,12 @@ async fn keys_rotated_by_the_cli_are_picked_up_by_the_running_server() {
     let kid_of_a_login = || {
         let (http, base, email) = (http.clone(), base.clone(), email.clone());
         async move {
-            let body: Value = post_form(
-                &http,
-                &base,
-                "/oauth/token",
-                &[
-                    ("grant_type", "password"),
-                    ("client_id", "dev"),
-                    ("username", email.as_str()),
-                    ("password", PASSWORD),
-                ],
-            )
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            let body: Value = password_grant(&http, &base, &email)
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             crate::helpers::segment(body["access_token"].as_str().unwrap(), 0)["kid"]
                 .as_str()
                 .unwrap()
@@ -598,21 +589,12 @@ async fn trace_logs_of_password_changes_and_introspection_hold_no_secret() {
     let http = reqwest::Client::new();
     let email = unique_email();
     let refresh = register_and_login(&http, &base, &email, 1).await.remove(0);
-    let first: Value = post_form(
-        &http,
-        &base,
-        "/oauth/token",
-        &[
-            ("grant_type", "refresh_token"),
-            ("client_id", "dev"),
-            ("refresh_token", &refresh),
-        ],
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let first: Value = refresh_grant(&http, &base, &refresh)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let access = first["access_token"].as_str().unwrap().to_owned();
     let new_password = "a brand new passphrase";
     let changed: Value = http
