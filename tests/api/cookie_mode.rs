@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::helpers::{
     PASSWORD, SPA_ORIGIN, TestApp, assert_error, assert_invalid_grant, set_cookie_headers,
-    spawn_app, unique_email,
+    spawn_app, tokens, unique_email,
 };
 
 /// A browser-like request from the SPA origin with the CSRF header and a cookie.
@@ -309,5 +309,33 @@ scenario! {
         assert!(cleared[0].starts_with("__Host-refresh=;") && cleared[0].contains("Max-Age=0"));
         let resp = spa_post(&app, "/oauth/token", &refresh_form(), Some(&fresh_cookie), Some(SPA_ORIGIN), true).await;
         assert_invalid_grant(resp, "revoked").await;
+    }
+}
+
+scenario! {
+    async fn a_body_mode_token_in_the_cookie_is_not_read_nor_consumed(backend) {
+        let app = spawn_app(backend).await;
+        let (_, t) = app.signed_in().await;
+        // The `dev` client's token, sent where only a cookie-mode client's would be.
+        for origin in [None, Some(SPA_ORIGIN)] {
+            let resp = spa_post(
+                &app,
+                "/oauth/token",
+                &[("grant_type", "refresh_token"), ("client_id", "dev")],
+                Some(&t.refresh),
+                origin,
+                true,
+            )
+            .await;
+            assert_error(resp, StatusCode::BAD_REQUEST, "invalid_request", None).await;
+        }
+        // Past the grace window: had either consumed the token, this would be a reuse.
+        app.advance(Duration::from_secs(11));
+        let next = tokens(app.refresh(&t.refresh).await).await;
+        // Under the cookie-mode client's id, in the cookie: another client's token,
+        // which burns its family.
+        let resp = spa_post(&app, "/oauth/token", &refresh_form(), Some(&next.refresh), Some(SPA_ORIGIN), true).await;
+        assert_invalid_grant(resp, "revoked").await;
+        assert_invalid_grant(app.refresh(&next.refresh).await, "revoked").await;
     }
 }

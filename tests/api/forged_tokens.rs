@@ -4,11 +4,15 @@ use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{KeyPair as _, RsaKeyPair};
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, b64, segment, sign_rs256, spawn_app};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::helpers::{TestApp, assert_error, b64, segment, sign_rs256, sign_rs256_raw, spawn_app};
 
 async fn refused(app: &TestApp, token: &str, case: &str) {
     let resp = app.me(token).await;
@@ -205,6 +209,151 @@ scenario! {
             .await;
         assert_eq!(resp.status(), StatusCode::OK);
         refused(&app, &t.access, "token of a revoked family").await;
+    }
+}
+
+/// A public JWK for `key`, as an attacker would embed it.
+fn jwk_of(key: &RsaKeyPair, kid: &str) -> Value {
+    let public = key.public_key();
+    json!({
+        "kty": "RSA",
+        "kid": kid,
+        "alg": "RS256",
+        "use": "sig",
+        "n": b64(public.modulus().big_endian_without_leading_zero()),
+        "e": b64(public.exponent().big_endian_without_leading_zero()),
+    })
+}
+
+scenario! {
+    async fn keys_named_by_header_members_are_never_fetched_nor_trusted(backend) {
+        let app = spawn_app(backend).await;
+        let (_, t) = app.signed_in().await;
+        let claims = segment(&t.access, 1);
+        let (kid, key) = app.signing_key();
+
+        // Where jku and x5u point: every connection attempt is counted.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let trap = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let counter = fetches.clone();
+        tokio::spawn(async move {
+            while let Ok((_socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+
+        let stranger = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+        let key_urls = |kid: &str| {
+            json!({
+                "alg": "RS256", "typ": "at+jwt", "kid": kid,
+                "jku": trap, "x5u": trap, "jwk": jwk_of(&stranger, kid),
+            })
+        };
+        // The attacker's own key, offered inline and by URL under our kid: refused.
+        refused(
+            &app,
+            &sign_rs256(&stranger, &key_urls(&kid), &claims),
+            "signed by the key in jwk/jku/x5u",
+        )
+        .await;
+        // ... or under a kid of its own, or a kid that is itself the URL.
+        refused(
+            &app,
+            &sign_rs256(&stranger, &key_urls("attacker"), &claims),
+            "own kid with jwk/jku/x5u",
+        )
+        .await;
+        refused(
+            &app,
+            &sign_rs256(&stranger, &key_urls(&trap), &claims),
+            "kid is a URL",
+        )
+        .await;
+        // The members are ignored, not errors: our own signature still decides.
+        let ours = sign_rs256(&key, &key_urls(&kid), &claims);
+        assert_eq!(app.me(&ours).await.status(), StatusCode::OK, "our key, extra members ignored");
+
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(fetches.load(Ordering::SeqCst), 0, "nothing was fetched");
+    }
+}
+
+scenario! {
+    async fn repeated_members_other_serializations_and_loose_encodings_are_refused(backend) {
+        let app = spawn_app(backend).await;
+        let (_, t) = app.signed_in().await;
+        let claims = segment(&t.access, 1);
+        let (kid, key) = app.signing_key();
+        let header = json!({"alg": "RS256", "typ": "at+jwt", "kid": kid}).to_string();
+        let body = claims.to_string();
+        assert_eq!(
+            app.me(&sign_rs256_raw(&key, &header, &body)).await.status(),
+            StatusCode::OK,
+            "control"
+        );
+
+        // A member given twice: parsers disagree on which one wins, so neither does.
+        let twice_alg = format!(r#"{{"alg":"none","alg":"RS256","typ":"at+jwt","kid":"{kid}"}}"#);
+        refused(&app, &sign_rs256_raw(&key, &twice_alg, &body), "alg twice").await;
+        let twice_kid = format!(r#"{{"alg":"RS256","typ":"at+jwt","kid":"{kid}","kid":"{kid}"}}"#);
+        refused(&app, &sign_rs256_raw(&key, &twice_kid, &body), "kid twice").await;
+        let victim = uuid::Uuid::new_v4();
+        let twice_sub = format!(
+            r#"{},"sub":"{victim}"}}"#,
+            body.strip_suffix('}').unwrap()
+        );
+        refused(&app, &sign_rs256_raw(&key, &header, &twice_sub), "sub twice").await;
+        let twice_aud = format!(
+            r#"{},"aud":"https://other.example"}}"#,
+            body.strip_suffix('}').unwrap()
+        );
+        refused(&app, &sign_rs256_raw(&key, &header, &twice_aud), "aud twice").await;
+
+        // The JWS JSON serializations (RFC 7515 §7.2) of a valid token.
+        let parts: Vec<&str> = t.access.split('.').collect();
+        let flattened = json!({"protected": parts[0], "payload": parts[1], "signature": parts[2]});
+        refused(&app, &flattened.to_string(), "flattened JSON serialization").await;
+        let general = json!({
+            "payload": parts[1],
+            "signatures": [{"protected": parts[0], "signature": parts[2]}],
+        });
+        refused(&app, &general.to_string(), "general JSON serialization").await;
+        refused(&app, &b64(general.to_string().as_bytes()), "base64url of the JSON serialization").await;
+
+        // Extra and missing segments.
+        refused(&app, &format!("{}.", t.access), "empty fourth segment").await;
+        refused(&app, &format!("{}.{}", parts[0], parts[1]), "no signature segment").await;
+        refused(&app, &format!("{}..{}", parts[0], parts[2]), "empty payload").await;
+
+        // Standard base64 (padding, '+' and '/') where base64url without padding is due.
+        let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+        refused(
+            &app,
+            &format!("{}.{}.{}", parts[0], parts[1], STANDARD.encode(&sig)),
+            "standard base64 signature",
+        )
+        .await;
+        refused(&app, &format!("{}=", t.access), "padded signature").await;
+
+        // A huge header: well-formed and signed by our key, but over the size limit.
+        let huge = json!({"alg": "RS256", "typ": "at+jwt", "kid": kid, "pad": "x".repeat(10_000)});
+        refused(&app, &sign_rs256(&key, &huge, &claims), "huge header").await;
+        // A header bigger than the server reads at all is refused as such, not a 500.
+        let resp = app
+            .http
+            .get(app.url("/v1/me"))
+            .header("authorization", format!("Bearer {}", "a".repeat(100_000)))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            [StatusCode::UNAUTHORIZED, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE].contains(&resp.status()),
+            "100 kB authorization header: {}",
+            resp.status()
+        );
+        // The server is fine afterwards.
+        assert_eq!(app.me(&t.access).await.status(), StatusCode::OK);
     }
 }
 

@@ -303,11 +303,13 @@ pub fn b64(bytes: &[u8]) -> String {
 
 /// Builds an RS256-signed JWS over arbitrary header and claims.
 pub fn sign_rs256(key: &RsaKeyPair, header: &Value, claims: &Value) -> String {
-    let signing_input = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
+    sign_rs256_raw(key, &header.to_string(), &claims.to_string())
+}
+
+/// Builds an RS256-signed JWS over header and claims given as raw JSON text (which
+/// may say things a `Value` cannot, such as a member given twice).
+pub fn sign_rs256_raw(key: &RsaKeyPair, header: &str, claims: &str) -> String {
+    let signing_input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
     let mut sig = vec![0u8; key.public_modulus_len()];
     key.sign(
         &aws_lc_rs::signature::RSA_PKCS1_SHA256,

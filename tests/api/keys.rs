@@ -12,7 +12,8 @@ use token_issuer::crypto::keyring::{self, KeyState};
 use token_issuer::service::keys::LIFETIMES;
 
 use crate::helpers::{
-    Backend, PASSWORD, TestApp, segment, spawn_app, spawn_app_with, spawn_instance_like, tokens,
+    Backend, PASSWORD, TestApp, segment, sign_rs256, spawn_app, spawn_app_with,
+    spawn_instance_like, tokens,
 };
 
 async fn jwks(app: &TestApp) -> (HashSet<String>, String) {
@@ -63,6 +64,7 @@ async fn a_rotation_reaches_every_instance_without_a_restart() {
         .to_owned();
     let (initial, old_etag) = jwks(&a).await;
     assert_eq!(initial, HashSet::from([old_kid.clone()]));
+    let (_, old_key) = a.signing_key();
 
     // Published ahead: both instances show the next key before it signs.
     let next = keyring::generate(&dir, KeySize::Rsa2048, now(&a)).unwrap();
@@ -110,6 +112,15 @@ async fn a_rotation_reaches_every_instance_without_a_restart() {
             !jwks(app).await.0.contains(&old_kid)
         })
         .await;
+    }
+    // Past its grace the retired key verifies nothing, not even a token with fresh
+    // claims (as a thief of the old key file would sign).
+    let fresh = tokens(a.login(&email, PASSWORD).await).await;
+    let header = serde_json::json!({"alg": "RS256", "typ": "at+jwt", "kid": old_kid});
+    let forged = sign_rs256(&old_key, &header, &segment(&fresh.access, 1));
+    for app in [&a, &b] {
+        assert_eq!(app.me(&fresh.access).await.status(), StatusCode::OK);
+        assert_eq!(app.me(&forged).await.status(), StatusCode::UNAUTHORIZED);
     }
 }
 

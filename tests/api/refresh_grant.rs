@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -139,5 +141,36 @@ scenario! {
         let b2 = tokens(app.refresh(&b.refresh).await).await;
         let me: Value = app.me(&b2.access).await.json().await.unwrap();
         assert_eq!(me["email"], email.as_str());
+    }
+}
+
+scenario! {
+    async fn refresh_tokens_are_256_random_bits_and_guesses_find_nothing(backend) {
+        let app = spawn_app(backend).await;
+        let (_, t) = app.signed_in().await;
+        // Every token, first or rotated, is 256 bits in base64url without padding.
+        let mut seen = std::collections::HashSet::new();
+        let mut current = t.refresh.clone();
+        for _ in 0..20 {
+            let raw = URL_SAFE_NO_PAD.decode(&current).expect("base64url");
+            assert_eq!(raw.len(), 32, "{current}");
+            assert!(seen.insert(current.clone()), "a token came back twice");
+            current = tokens(app.refresh(&current).await).await.refresh;
+        }
+        // Guesses of the right shape, random or one character off a real token, are
+        // unknown (lookup is by SHA-256, so a near miss is no nearer than a random one)
+        // and leave the real token as it was.
+        let mut guesses: Vec<String> = (0..50)
+            .map(|_| URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2)))
+            .collect();
+        for i in [0, 21, 42] {
+            let mut near: Vec<u8> = current.clone().into_bytes();
+            near[i] = if near[i] == b'A' { b'B' } else { b'A' };
+            guesses.push(String::from_utf8(near).unwrap());
+        }
+        for guess in &guesses {
+            assert_invalid_grant(app.refresh(guess).await, "unknown").await;
+        }
+        tokens(app.refresh(&current).await).await;
     }
 }
