@@ -40,6 +40,7 @@ mod instances;
 mod introspection;
 mod keys;
 mod lifetimes;
+mod model;
 mod openapi;
 mod password_grant;
 mod process;
