@@ -294,8 +294,23 @@ pub fn app(
                 ep.call(req).await
             }
         })
+        .around(oauth_no_store)
         .around(move |ep, req| observe(ep, req, Arc::clone(&metrics)))
         .boxed()
+}
+
+/// RFC 6749 §5.1 and §5.2: no answer of the OAuth endpoints may be cached. Their
+/// handlers say so themselves; this covers the answers given before a handler runs (a
+/// body that does not parse, a repeated parameter, an unsupported `Content-Type`).
+async fn oauth_no_store<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
+    let oauth = req.uri().path().starts_with("/oauth/");
+    let mut resp = ep.call(req).await?.into_response();
+    if oauth && !resp.headers().contains_key(header::CACHE_CONTROL) {
+        let headers = resp.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    }
+    Ok(resp)
 }
 
 /// The client's address: the TCP peer, unless the peer is a trusted proxy; then

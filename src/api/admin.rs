@@ -254,6 +254,7 @@ impl AdminApi {
         /// Only this user's events.
         user_id: Query<Option<Uuid>>,
         /// How many events (1 to 500, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
         limit: Query<Option<u32>>,
     ) -> Result<AuditOk, ApiError> {
         let events = issuer.admin_audit(&auth.0, user_id.0, limit.0).await?;

@@ -63,6 +63,15 @@ scenario! {
         // Granted, then taken back: the role is read on every request.
         app.set_admin(&email, true).await;
         assert_eq!(admin_call(&app, Method::GET, "/v1/admin/audit", &user.access).await.status(), StatusCode::OK);
+        // The documented bounds of `limit` are enforced, not silently clamped.
+        for limit in ["1", "500"] {
+            let resp = admin_call(&app, Method::GET, &format!("/v1/admin/audit?limit={limit}"), &user.access).await;
+            assert_eq!(resp.status(), StatusCode::OK, "limit={limit}");
+        }
+        for limit in ["0", "501", "16644874618"] {
+            let resp = admin_call(&app, Method::GET, &format!("/v1/admin/audit?limit={limit}"), &user.access).await;
+            assert_error(resp, StatusCode::BAD_REQUEST, "invalid_request", None).await;
+        }
         app.set_admin(&email, false).await;
         assert_eq!(admin_call(&app, Method::GET, "/v1/admin/audit", &user.access).await.status(), StatusCode::FORBIDDEN);
         // No token at all is a 401, as everywhere.

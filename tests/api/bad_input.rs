@@ -67,11 +67,22 @@ scenario! {
                 "%%%=%%%",
             ),
             ("/oauth/revoke", "application/xml", "<token/>"),
+            (
+                "/oauth/token",
+                "application/x-www-form-urlencoded",
+                "grant_type=password&grant_type=refresh_token",
+            ),
+            ("/oauth/introspect", "text/plain", "token=x"),
             ("/v1/users", "application/x-www-form-urlencoded", "email=a"),
             ("/v1/users", "application/json", "\u{0}"),
         ] {
             let resp = post(path, content_type, body).await.unwrap();
             let status = resp.status();
+            if path.starts_with("/oauth/") {
+                // RFC 6749 §5.2: not cached, even when refused before the handler ran.
+                assert_eq!(resp.headers()["cache-control"], "no-store", "{path} {body:?}");
+                assert_eq!(resp.headers()["pragma"], "no-cache", "{path} {body:?}");
+            }
             let text = resp.text().await.unwrap();
             assert_eq!(
                 status,
