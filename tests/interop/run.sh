@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# Independent-client interoperability suites, against a live token-issuer (real HTTP):
+#   python  PyJWT (PyJWKClient via the RFC 8414 metadata) and oauthlib/requests-oauthlib
+#   node    npm `jose` (createRemoteJWKSet + jwtVerify)
+#   schemathesis  every operation of /openapi.json: no 5xx, status codes, content
+#           types, response headers and bodies as the document says
+#
+# Usage: tests/interop/run.sh   (from anywhere; CI calls it after `cargo test`)
+# Needs: python3 (3.11+, with venv) and node 20+ with npm; installs its pinned
+# packages into git-ignored places (target/interop/venv, tests/interop/node/node_modules),
+# again only when the pins change.
+#
+# Environment:
+#   TOKEN_ISSUER_BIN        the server binary (default target/debug/token-issuer,
+#                           which `cargo test` builds)
+#   INTEROP_MAX_EXAMPLES    schemathesis test cases per operation and phase (default 100)
+#   INTEROP_SEED            schemathesis seed (default fixed, so CI runs are repeatable)
+#   INTEROP_SUITES          which suites to run (default "python node schemathesis")
+#
+# The server gets a free loopback port, a fresh temporary data and key directory and the
+# built-in development configuration (clients `dev` and `dev-spa`). The per-IP and
+# per-account login rate limits are off (ISSUER_RATE_LIMIT_LOGIN_PER_IP=off,
+# ISSUER_RATE_LIMIT_LOGIN_PER_ACCOUNT=off): the schemathesis auth provider logs in
+# again after every 401 (schemathesis logs its own session out and disables its own
+# user), and the fuzzed `POST /v1/me/password` calls count as failed logins of that
+# account; with the limits on, the run would measure the limiter (a documented 429)
+# instead of the operations. Nothing else differs from the defaults.
+#
+# Each suite prints its own `<suite>: N passed, N failed`; the last line sums them.
+# Exit status: 0 when every suite passed, 1 otherwise (the server log tail is printed).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+HERE=tests/interop
+WORK=target/interop
+VENV=$WORK/venv
+BIN=${TOKEN_ISSUER_BIN:-target/debug/token-issuer}
+MAX_EXAMPLES=${INTEROP_MAX_EXAMPLES:-100}
+SEED=${INTEROP_SEED:-20240607}
+SUITES=${INTEROP_SUITES:-python node schemathesis}
+
+say() { echo "== interop: $*"; }
+started=$SECONDS
+
+# The server must see only the settings this script gives it: no config file, database,
+# Redis or audience inherited from the caller's environment.
+while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^ISSUER_' || true)
+
+if [[ ! -x $BIN ]]; then
+  echo "interop: no server binary at $BIN (build it with cargo first, or set TOKEN_ISSUER_BIN)" >&2
+  exit 1
+fi
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+mkdir -p "$WORK"
+
+# ---------------------------------------------------------------------------- installs
+
+say "python packages ($VENV)"
+req=$HERE/python/requirements.txt
+want=$(sha256sum "$req" | cut -d' ' -f1)
+if [[ ! -x $VENV/bin/python || "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]]; then
+  rm -rf "$VENV"
+  python3 -m venv "$VENV" || { echo "interop: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }
+  # requirements.txt is the full, exact closure (pip freeze): --no-deps installs exactly
+  # that, and `pip check` fails if a pin is missing from it.
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input --no-deps -r "$req"
+  "$VENV/bin/python" -m pip check --disable-pip-version-check >/dev/null
+  echo "$want" >"$VENV/.requirements.sha256"
+fi
+PY=$VENV/bin/python
+
+say "node packages ($HERE/node/node_modules)"
+want=$(sha256sum "$HERE/node/package-lock.json" | cut -d' ' -f1)
+if [[ "$(cat "$HERE/node/node_modules/.interop-lock.sha256" 2>/dev/null)" != "$want" ]]; then
+  (cd "$HERE/node" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$want" >"$HERE/node/node_modules/.interop-lock.sha256"
+fi
+
+# ------------------------------------------------------------------------------ server
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/token-issuer-interop.XXXXXX")
+SERVER_PID=
+LOG=$TMP/server.log
+failed_any=0
+
+log_printed=0
+print_log() {
+  if [[ $log_printed == 0 && -f $LOG ]]; then
+    log_printed=1
+    echo "== interop: server log (last 80 lines of $LOG)"
+    tail -n 80 "$LOG" | sed 's/\x1b\[[0-9;]*m//g' || true
+  fi
+}
+
+# shellcheck disable=SC2317  # called by the EXIT trap
+cleanup() {
+  if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  if [[ $failed_any != 0 ]]; then print_log; fi
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+healthy() {
+  "$PY" - "$BASE/healthz" <<'EOF'
+import sys, urllib.request
+try:
+    sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=1).status == 200 else 1)
+except Exception:
+    sys.exit(1)
+EOF
+}
+
+# A free port can be taken between the probe and the bind: try a few.
+for attempt in 1 2 3; do
+  PORT=$(free_port)
+  BASE=http://127.0.0.1:$PORT
+  say "starting $BIN on $BASE (data and keys in $TMP)"
+  # `env` execs the server: $! is the server's own pid, which cleanup stops.
+  env ISSUER_BIND="127.0.0.1:$PORT" ISSUER_URL="$BASE" \
+    ISSUER_DATA_DIR="$TMP/data" ISSUER_KEYS_DIR="$TMP/keys" ISSUER_LOG=info \
+    ISSUER_RATE_LIMIT_LOGIN_PER_IP=off ISSUER_RATE_LIMIT_LOGIN_PER_ACCOUNT=off \
+    "$BIN" serve >"$LOG" 2>&1 &
+  SERVER_PID=$!
+  up=0
+  for _ in $(seq 1 150); do
+    if healthy; then up=1; break; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.2
+  done
+  [[ $up == 1 ]] && break
+  kill -KILL "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+  echo "interop: the server did not come up (attempt $attempt); its log:"
+  tail -n 30 "$LOG" | sed 's/\x1b\[[0-9;]*m//g' || true
+done
+if [[ -z $SERVER_PID ]]; then
+  failed_any=1
+  echo "interop: 0 passed, 1 failed"
+  exit 1
+fi
+
+export INTEROP_BASE_URL=$BASE INTEROP_KEYS_DIR=$TMP/keys
+
+# ------------------------------------------------------------------------------ suites
+
+total_passed=0
+total_failed=0
+# Runs one suite, echoing its output; adds up its `<suite>: N passed, N failed` line.
+# A suite that exits non-zero without such a line counts as one failure.
+run_suite() {
+  local name=$1
+  shift
+  local out=$TMP/$name.out status=0
+  say "$name"
+  "$@" 2>&1 | tee "$out" || status=$?
+  local counts
+  counts=$(grep -E "^$name: [0-9]+ passed, [0-9]+ failed" "$out" | tail -n 1 || true)
+  if [[ -n $counts ]]; then
+    local p f
+    p=$(sed -E 's/^[^:]+: ([0-9]+) passed, ([0-9]+) failed.*/\1/' <<<"$counts")
+    f=$(sed -E 's/^[^:]+: ([0-9]+) passed, ([0-9]+) failed.*/\2/' <<<"$counts")
+    total_passed=$((total_passed + p))
+    total_failed=$((total_failed + f))
+    if [[ $status != 0 && $f == 0 ]]; then total_failed=$((total_failed + 1)); fi
+  else
+    echo "$name: no result line (exit status $status)"
+    total_failed=$((total_failed + 1))
+  fi
+  if [[ $status != 0 ]]; then failed_any=1; fi
+  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    echo "interop: the server died during the $name suite"
+    failed_any=1
+  fi
+}
+
+for suite in $SUITES; do
+  case $suite in
+    python)
+      run_suite python "$PY" "$HERE/python/clients.py"
+      ;;
+    node)
+      run_suite node node "$HERE/node/jose.mjs"
+      ;;
+    schemathesis)
+      # The hooks register their own user and make it admin with the server's CLI (it
+      # writes the role to the same database), so the /v1/admin operations answer
+      # 200/404 and not only 403.
+      export INTEROP_ADMIN_GRANT=$TMP/admin-grant
+      {
+        echo '#!/usr/bin/env bash'
+        printf 'exec env %q %q %q %q %q admin grant "$@"\n' "ISSUER_BIND=127.0.0.1:$PORT" \
+          "ISSUER_URL=$BASE" "ISSUER_DATA_DIR=$TMP/data" "ISSUER_KEYS_DIR=$TMP/keys" "$BIN"
+      } >"$INTEROP_ADMIN_GRANT"
+      chmod +x "$INTEROP_ADMIN_GRANT"
+      # Hypothesis's caches (unicode tables) go under target/, not into ./.hypothesis.
+      export HYPOTHESIS_STORAGE_DIRECTORY=$ROOT/$WORK/hypothesis
+      # Checks: the spec conformance ones (no 5xx; status code, content type, response
+      # headers and body as documented) plus ignored_auth (a protected operation
+      # without a valid token must answer 401). The two health checks waived are about
+      # the data generator's speed on a busy 2-core machine, not about the server.
+      run_suite schemathesis "$PY" "$HERE/python/schemathesis_run.py" \
+        --hooks "$HERE/python/schemathesis_hooks.py" --config "$HERE/python/schemathesis.toml" \
+        --junit "$TMP/schemathesis-junit.xml" \
+        -- "$BASE/openapi.json" \
+        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,ignored_auth \
+        --max-examples "$MAX_EXAMPLES" --seed "$SEED" --workers 2 \
+        --generation-database none --request-timeout 10 --no-color \
+        --suppress-health-check too_slow,filter_too_much
+      ;;
+    *)
+      echo "interop: unknown suite $suite" >&2
+      exit 2
+      ;;
+  esac
+done
+
+if [[ $total_failed != 0 ]]; then failed_any=1; fi
+if [[ $failed_any != 0 ]]; then print_log; fi
+say "done in $((SECONDS - started)) s"
+echo "interop: $total_passed passed, $total_failed failed"
+exit "$failed_any"
