@@ -360,3 +360,159 @@ async fn no_request_fails_while_redis_goes_away_and_comes_back_under_load() {
     }
     assert!(total > 100, "the load ran: {total} requests");
 }
+
+/// A Redis server of the test's own, on a port of its own, that can be killed for real.
+struct OwnRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian: apt-get install redis-server)");
+        Self { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn ready(&self) -> redis::aio::MultiplexedConnection {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let client = redis::Client::open(self.url()).unwrap();
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return conn;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_and_restarted_under_load_fails_no_request_and_the_deny_list_is_rebuilt() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = OwnRedis::start(port);
+    redis.ready().await;
+    let a = std::sync::Arc::new(
+        spawn_app_with(Backend::Postgres, |s| {
+            s.redis_url = Some(redis.url());
+            s.limits.refresh_per_family = Some(RateLimit {
+                max: 1_000_000,
+                window: Duration::from_secs(60),
+            });
+        })
+        .await,
+    );
+    let b = std::sync::Arc::new(spawn_instance_like(&a).await);
+    wait_for_redis(&a, "ok").await;
+    wait_for_redis(&b, "ok").await;
+    let (_, victim) = a.signed_in().await;
+    assert_eq!(me_status(&b, &victim.access).await, StatusCode::OK);
+
+    // Refresh streams on both instances, each checking its new access token.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for i in 0..4 {
+        let app = std::sync::Arc::clone(if i % 2 == 0 { &a } else { &b });
+        let stop = std::sync::Arc::clone(&stop);
+        let (_, first) = app.signed_in().await;
+        workers.push(tokio::spawn(async move {
+            let (mut current, mut served, mut failed) = (first, 0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let resp = app.refresh(&current.refresh).await;
+                if resp.status() != StatusCode::OK {
+                    failed.push(format!("refresh {}", resp.status()));
+                    break;
+                }
+                current = tokens(resp).await;
+                let me = app.me(&current.access).await.status();
+                if me != StatusCode::OK {
+                    failed.push(format!("me {me}"));
+                }
+                served += 2;
+            }
+            (served, failed)
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    redis.kill();
+    wait_for_redis(&a, "degraded").await;
+    // Revoked while Redis is dead: no deny-list entry, no event reaches b.
+    let resp = a
+        .post_form(
+            "/oauth/revoke",
+            &[("client_id", "dev"), ("token", &victim.refresh)],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // A new, empty Redis on the same port (it keeps nothing on disk).
+    let restarted = OwnRedis::start(port);
+    let mut conn = restarted.ready().await;
+    wait_for_redis(&a, "ok").await;
+    wait_for_redis(&b, "ok").await;
+    // The deny-list is rebuilt from the database into the new Redis, so every
+    // instance refuses the session revoked during the outage.
+    let sid = segment(&victim.access, 1)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = format!("{}deny:{sid}", a.settings.redis_key_prefix);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "{key} never rebuilt");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for app in [&a, &b] {
+        assert_eq!(
+            me_status(app, &victim.access).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        let (served, failed) = w.await.unwrap();
+        assert!(failed.is_empty(), "{failed:?}");
+        total += served;
+    }
+    assert!(total > 100, "the load ran: {total} requests");
+    drop(restarted);
+}
