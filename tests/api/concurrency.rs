@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{Backend, TestApp, assert_invalid_grant, spawn_app, spawn_app_with, tokens};
+use crate::helpers::{Backend, TestApp, assert_invalid_grant, patient, spawn_app_with, tokens};
 
 const PARALLEL: usize = 50;
 
@@ -55,7 +55,7 @@ pub async fn race_across(
 
 scenario! {
     async fn fifty_simultaneous_refreshes_yield_one_successor_with_grace(backend) {
-        let app = Arc::new(spawn_app(backend).await);
+        let app = Arc::new(spawn_app_with(backend, patient).await);
         let (_, first) = app.signed_in().await;
         let results = race(&app, &first.refresh, PARALLEL).await;
         for (status, body) in &results {
@@ -79,7 +79,10 @@ scenario! {
 
 scenario! {
     async fn fifty_simultaneous_refreshes_without_grace_give_one_success_and_revoke(backend) {
-        let app = Arc::new(spawn_app_with(backend, |s| s.set_grace_period(Duration::ZERO)).await);
+        let app = Arc::new(spawn_app_with(backend, |s| {
+            patient(s);
+            s.set_grace_period(Duration::ZERO);
+        }).await);
         let (_, first) = app.signed_in().await;
         let results = race(&app, &first.refresh, PARALLEL).await;
         let ok: Vec<_> = results
@@ -113,7 +116,7 @@ scenario! {
 
 scenario! {
     async fn many_families_rotating_in_parallel_all_succeed(backend) {
-        let app = Arc::new(spawn_app(backend).await);
+        let app = Arc::new(spawn_app_with(backend, patient).await);
         let mut families = Vec::new();
         for _ in 0..4 {
             families.push(app.signed_in().await.1.refresh);
@@ -140,7 +143,7 @@ scenario! {
 /// Issue 4: 200 parallel refreshes of one token on PostgreSQL, with and without grace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_parallel_refreshes_on_postgres_give_one_successor() {
-    let app = Arc::new(spawn_app(Backend::Postgres).await);
+    let app = Arc::new(spawn_app_with(Backend::Postgres, patient).await);
     let (_, first) = app.signed_in().await;
     let results = race(&app, &first.refresh, 200).await;
     for (status, body) in &results {
@@ -157,8 +160,13 @@ async fn two_hundred_parallel_refreshes_on_postgres_give_one_successor() {
     assert_eq!(successors.len(), 1, "exactly one successor");
     tokens(app.refresh(successors.into_iter().next().unwrap()).await).await;
 
-    let app =
-        Arc::new(spawn_app_with(Backend::Postgres, |s| s.set_grace_period(Duration::ZERO)).await);
+    let app = Arc::new(
+        spawn_app_with(Backend::Postgres, |s| {
+            patient(s);
+            s.set_grace_period(Duration::ZERO);
+        })
+        .await,
+    );
     let (_, first) = app.signed_in().await;
     let results = race(&app, &first.refresh, 200).await;
     let ok = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();

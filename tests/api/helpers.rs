@@ -116,6 +116,14 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
     }
 }
 
+/// For tests that race hundreds of requests on one row: they queue behind its lock, and
+/// on a loaded 2-core CI machine the last can wait longer than the 2 s production
+/// `database_timeout`. Its 503 would be a correct answer, but not what a test of the
+/// race's outcome is about; the timeout itself is tested in `faults`.
+pub fn patient(settings: &mut Settings) {
+    settings.database_timeout = Duration::from_secs(15);
+}
+
 /// Another instance of `first`'s deployment: the same database, Redis prefix and key
 /// directory, its own port and clock.
 pub async fn spawn_instance_like(first: &TestApp) -> TestApp {

@@ -8,12 +8,12 @@ use reqwest::StatusCode;
 
 use crate::concurrency::race_across;
 use crate::helpers::{
-    Backend, TestApp, assert_error, assert_invalid_grant, live_tokens, segment, spawn_app,
-    spawn_instance_like, tokens, wait_for_redis,
+    Backend, TestApp, assert_error, assert_invalid_grant, live_tokens, patient, segment,
+    spawn_app_with, spawn_instance_like, tokens, wait_for_redis,
 };
 
 async fn three_instances() -> Vec<Arc<TestApp>> {
-    let first = spawn_app(Backend::Postgres).await;
+    let first = spawn_app_with(Backend::Postgres, patient).await;
     let second = spawn_instance_like(&first).await;
     let third = spawn_instance_like(&first).await;
     for app in [&first, &second, &third] {
