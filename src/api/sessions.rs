@@ -139,8 +139,10 @@ impl SessionsApi {
         /// The session id.
         id: Path<Uuid>,
     ) -> Result<Ended, ApiError> {
-        issuer.end_session(&auth.0, id.0).await?;
-        Ok(Ended::NoContent(None))
+        let revoked = issuer.end_session(&auth.0, id.0).await?;
+        Ok(Ended::NoContent(
+            revoked.clear_cookie.then(clear_refresh_cookie),
+        ))
     }
 
     /// Log out

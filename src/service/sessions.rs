@@ -71,7 +71,9 @@ impl Issuer {
 
     /// `DELETE /v1/sessions/{id}`: ends one of the caller's sessions; another user's,
     /// an unknown or an ended one is `NotFound`.
-    pub async fn end_session(&self, who: &Principal, id: Uuid) -> Result<(), Error> {
+    /// Ending the caller's own session clears a cookie-mode client's cookie, as logout
+    /// does: the browser must not keep presenting a dead refresh token.
+    pub async fn end_session(&self, who: &Principal, id: Uuid) -> Result<Revoked, Error> {
         // Only a session the list shows: one that ended by idling or by age is gone.
         if !self.sessions(who).await?.iter().any(|v| v.session.id == id) {
             return Err(Error::NotFound);
@@ -85,7 +87,12 @@ impl Issuer {
             return Err(Error::NotFound);
         }
         self.announce(&revoked, reason, who).await;
-        Ok(())
+        let own_cookie = self
+            .client_of(who)
+            .is_ok_and(|c| c.delivery == Delivery::Cookie);
+        Ok(Revoked {
+            clear_cookie: own_cookie && id == who.sid,
+        })
     }
 
     /// `POST /v1/logout`.

@@ -339,3 +339,41 @@ scenario! {
         assert_invalid_grant(app.refresh(&next.refresh).await, "revoked").await;
     }
 }
+
+scenario! {
+    async fn ending_ones_own_session_from_the_list_clears_the_cookie(backend) {
+        let app = spawn_app(backend).await;
+        let (access, cookie) = spa_login(&app).await;
+        let sid = crate::helpers::segment(&access, 1)["sid"].as_str().unwrap().to_owned();
+        let end = |id: String| {
+            let (app, access) = (&app, access.clone());
+            async move {
+                app.http
+                    .delete(app.url(&format!("/v1/sessions/{id}")))
+                    .bearer_auth(access)
+                    .header("origin", SPA_ORIGIN)
+                    .send()
+                    .await
+                    .unwrap()
+            }
+        };
+        // Another session of the same user (a body-mode device): the cookie stays.
+        let other = {
+            let me: Value = app.http.get(app.url("/v1/me")).bearer_auth(&access).send().await.unwrap().json().await.unwrap();
+            let t = tokens(app.login(me["email"].as_str().unwrap(), PASSWORD).await).await;
+            crate::helpers::segment(&t.access, 1)["sid"].as_str().unwrap().to_owned()
+        };
+        let resp = end(other).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert!(set_cookie_headers(&resp).is_empty(), "another session's end leaves the cookie");
+
+        // Its own session: the cookie is cleared, as by logout.
+        let resp = end(sid).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let cleared = set_cookie_headers(&resp);
+        assert_eq!(cleared.len(), 1, "{cleared:?}");
+        assert!(cleared[0].starts_with("__Host-refresh=;") && cleared[0].contains("Max-Age=0"), "{cleared:?}");
+        let resp = spa_post(&app, "/oauth/token", &refresh_form(), Some(&cookie), Some(SPA_ORIGIN), true).await;
+        assert_invalid_grant(resp, "revoked").await;
+    }
+}
