@@ -1,10 +1,22 @@
+//! token-issuer: the issuer (feature `server`) and the verifier that services embed
+//! (feature `verifier`); both are on by default.
+
+#[cfg(feature = "server")]
 pub mod api;
+#[cfg(feature = "server")]
 pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+#[cfg(feature = "server")]
 pub mod metrics;
+#[cfg(feature = "server")]
 pub mod service;
+#[cfg(feature = "server")]
 pub mod startup;
+#[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "verifier")]
+pub mod verifier;

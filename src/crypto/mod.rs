@@ -5,11 +5,16 @@
 //! jsonwebtoken with every check pinned. `ring` provides the CSPRNG, SHA-256 and HMAC
 //! for refresh tokens; argon2id hashes passwords on a bounded pool.
 
+#[cfg(feature = "server")]
 pub mod client_secret;
 pub mod jwt;
+#[cfg(feature = "server")]
 pub mod keyring;
+#[cfg(feature = "server")]
 pub mod keys;
+#[cfg(feature = "server")]
 pub mod password;
+#[cfg(feature = "server")]
 pub mod refresh;
 
 use base64::Engine as _;

@@ -50,3 +50,4 @@ mod registration;
 mod revocation;
 mod sessions;
 mod shared_state;
+mod verifier;

@@ -1,0 +1,487 @@
+//! Verifying token-issuer access tokens in a service (feature `verifier`).
+//!
+//! ```no_run
+//! # async fn demo(bearer: &str) -> Result<(), Box<dyn std::error::Error>> {
+//! use token_issuer::verifier::{Verifier, VerifierConfig};
+//!
+//! // Once, at start-up: discovers the JWKS through the issuer's RFC 8414 metadata.
+//! let verifier = Verifier::discover(VerifierConfig::new(
+//!     "https://auth.example.com", // the issuer URL, exactly as in the tokens' `iss`
+//!     "https://api.example.com",  // the audience this service accepts
+//! ))
+//! .await?;
+//! // Per request: `Unauthorized` → 401 invalid_token, `Unavailable` → 503.
+//! let claims = verifier.verify(bearer).await?;
+//! println!("user {} in session {}", claims.sub, claims.sid);
+//! # Ok(()) }
+//! ```
+//!
+//! What it does, and why:
+//! - **Discovery.** `{issuer}/.well-known/oauth-authorization-server` (RFC 8414); the
+//!   document's `issuer` must equal the configured one (§3.3), then `jwks_uri` and
+//!   `introspection_endpoint` are taken from it. A failure here fails start-up.
+//! - **The issuer's own rules.** [`crate::crypto::jwt::check`] is the function the issuer
+//!   runs on its own endpoints: `alg` pinned to RS256, `typ` `at+jwt`, `kid` looked up
+//!   in our JWKS only (`jku`, `x5u`, `jwk` are never fetched), `iss`, `aud`, `exp`, `nbf`,
+//!   `iat` and `sub` required and checked with a leeway of 30 s at most.
+//! - **JWKS cache.** Kept for the response's `Cache-Control: max-age` (clamped to
+//!   `max_cache_age`, 5 min by default, the issuer's own max-age), then revalidated with
+//!   `If-None-Match`. The issuer publishes a key before it signs with it for longer than
+//!   that, so a rotation reaches a running verifier before the first token it signs.
+//!   A failed refetch keeps the keys it had (they are still the issuer's keys) and is
+//!   retried after `unknown_kid_interval`: an issuer outage does not fail every request.
+//! - **Unknown `kid`.** The JWKS is fetched again at most once per `unknown_kid_interval`
+//!   (30 s by default) however many tokens name a key it does not know, and concurrent
+//!   requests wait for one fetch: forged `kid`s cannot turn the verifier into a fetch
+//!   storm against the issuer.
+//! - **Revocation (optional).** Access tokens are stateless until they expire (5–15
+//!   min). A service that must refuse a revoked session at once configures a `service`
+//!   client ([`VerifierConfig::introspection`]): each token is then also checked at the
+//!   RFC 7662 introspection endpoint, and the answer kept `cache_ttl` (5 s by default)
+//!   per token. When the issuer cannot be asked, the request is `Unavailable` (fail
+//!   closed), never silently accepted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::DecodingKey;
+use serde::Deserialize;
+
+use crate::crypto::jwt::{self, Expect, Rejected};
+use crate::domain::claims::AccessClaims;
+
+/// How a [`Verifier`] checks tokens.
+#[derive(Clone)]
+pub struct VerifierConfig {
+    /// The issuer URL, as in the tokens' `iss` and the metadata's `issuer`.
+    pub issuer: String,
+    /// The audience this service accepts (one of the token's `aud`).
+    pub audience: String,
+    /// Clock skew allowed on `exp`, `nbf` and `iat` (at most 30 s, as on the issuer).
+    pub leeway: Duration,
+    /// The least time between two JWKS fetches caused by unknown `kid`s or failures.
+    pub unknown_kid_interval: Duration,
+    /// The longest the JWKS is used before it is revalidated.
+    pub max_cache_age: Duration,
+    /// Timeout of each request to the issuer.
+    pub http_timeout: Duration,
+    /// Check every token with RFC 7662 introspection as well (revocation at once).
+    pub introspection: Option<Introspection>,
+}
+
+/// Credentials of a `service` client for introspection, and how long an answer is kept.
+#[derive(Clone)]
+pub struct Introspection {
+    pub client_id: String,
+    pub client_secret: String,
+    pub cache_ttl: Duration,
+}
+
+impl std::fmt::Debug for VerifierConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifierConfig")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("unknown_kid_interval", &self.unknown_kid_interval)
+            .field("max_cache_age", &self.max_cache_age)
+            .field(
+                "introspection_client",
+                &self.introspection.as_ref().map(|i| &i.client_id),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifierConfig {
+    /// The defaults: 30 s leeway, one unknown-`kid` fetch per 30 s, JWKS revalidated
+    /// after 5 min at most, 5 s HTTP timeout, no introspection.
+    pub fn new(issuer: impl Into<String>, audience: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            leeway: Duration::from_secs(30),
+            unknown_kid_interval: Duration::from_secs(30),
+            max_cache_age: Duration::from_secs(300),
+            http_timeout: Duration::from_secs(5),
+            introspection: None,
+        }
+    }
+
+    /// Also asks the issuer whether each token is still active (cached `cache_ttl`).
+    pub fn introspection(
+        mut self,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+        cache_ttl: Duration,
+    ) -> Self {
+        self.introspection = Some(Introspection {
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            cache_ttl,
+        });
+        self
+    }
+}
+
+/// Why start-up failed or a token was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The token is not one of the issuer's valid tokens for this audience (answer 401
+    /// `invalid_token`). The reason is for logs.
+    #[error("invalid token: {0}")]
+    Unauthorized(&'static str),
+    /// The issuer could not be asked (discovery, JWKS or introspection): answer 503.
+    #[error("issuer unavailable: {0}")]
+    Unavailable(String),
+    /// The configuration does not fit the issuer (discovery only).
+    #[error("verifier configuration: {0}")]
+    Config(String),
+}
+
+/// The keys of one JWKS response and how long they are good for.
+struct KeyCache {
+    keys: HashMap<String, DecodingKey>,
+    etag: Option<String>,
+    fresh_until: Instant,
+    /// When the JWKS was last asked for, successfully or not.
+    fetched_at: Instant,
+}
+
+/// Verifies the issuer's access tokens; share one per process (it is `Send + Sync`).
+pub struct Verifier {
+    http: reqwest::Client,
+    config: VerifierConfig,
+    leeway: i64,
+    jwks_uri: String,
+    introspection_endpoint: Option<String>,
+    cache: RwLock<Arc<KeyCache>>,
+    /// Held while fetching the JWKS: concurrent requests wait for one fetch.
+    fetching: tokio::sync::Mutex<()>,
+    /// Introspection answers by `jti`: active or not, until when.
+    answers: Mutex<HashMap<String, (bool, Instant)>>,
+    fetches: AtomicU64,
+}
+
+/// The part of the RFC 8414 metadata we read.
+#[derive(Deserialize)]
+struct Metadata {
+    issuer: String,
+    jwks_uri: String,
+    introspection_endpoint: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct JwkSet {
+    keys: Vec<Jwk>,
+}
+
+#[derive(Deserialize)]
+struct Jwk {
+    kty: String,
+    kid: Option<String>,
+    alg: Option<String>,
+    #[serde(rename = "use")]
+    usage: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+}
+
+/// Most introspection answers kept before expired ones are dropped.
+const MAX_ANSWERS: usize = 10_000;
+
+impl Verifier {
+    /// Reads the issuer's metadata and its JWKS. Fails when the issuer cannot be
+    /// reached or its metadata names another issuer.
+    pub async fn discover(config: VerifierConfig) -> Result<Self, VerifyError> {
+        let http = http_client(config.http_timeout)?;
+        let issuer = config.issuer.trim_end_matches('/');
+        let url = format!("{issuer}/.well-known/oauth-authorization-server");
+        let metadata: Metadata = http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| VerifyError::Unavailable(format!("{url}: {e}")))?
+            .json()
+            .await
+            .map_err(|e| VerifyError::Unavailable(format!("{url}: {e}")))?;
+        if metadata.issuer != config.issuer {
+            return Err(VerifyError::Config(format!(
+                "the metadata at {url} is for issuer {:?}, not {:?}",
+                metadata.issuer, config.issuer
+            )));
+        }
+        if config.introspection.is_some() && metadata.introspection_endpoint.is_none() {
+            return Err(VerifyError::Config(
+                "introspection is configured but the issuer names no introspection_endpoint".into(),
+            ));
+        }
+        let leeway = i64::try_from(config.leeway.as_secs().min(30)).unwrap_or(30);
+        let never = Instant::now();
+        let verifier = Self {
+            http,
+            leeway,
+            jwks_uri: metadata.jwks_uri,
+            introspection_endpoint: metadata.introspection_endpoint,
+            cache: RwLock::new(Arc::new(KeyCache {
+                keys: HashMap::new(),
+                etag: None,
+                fresh_until: never,
+                fetched_at: never,
+            })),
+            fetching: tokio::sync::Mutex::new(()),
+            answers: Mutex::new(HashMap::new()),
+            fetches: AtomicU64::new(0),
+            config,
+        };
+        let first = verifier.fetch(&verifier.snapshot()).await?;
+        verifier.store(first);
+        Ok(verifier)
+    }
+
+    /// Verifies a bearer token; the claims when it is valid for our audience now.
+    pub async fn verify(&self, token: &str) -> Result<AccessClaims, VerifyError> {
+        let mut keys = self.snapshot();
+        if Instant::now() >= keys.fresh_until {
+            keys = self.refetch(&keys, Why::Stale).await;
+        }
+        let claims = match self.check(&keys, token) {
+            Err(Rejected::UnknownKid) => {
+                let newer = self.refetch(&keys, Why::UnknownKid).await;
+                self.check(&newer, token)
+            }
+            checked => checked,
+        }
+        .map_err(|e| match e {
+            Rejected::UnknownKid => VerifyError::Unauthorized("unknown kid"),
+            Rejected::Invalid(why) => VerifyError::Unauthorized(why),
+        })?;
+        if self.config.introspection.is_some() && !self.active(token, &claims).await? {
+            return Err(VerifyError::Unauthorized("session revoked"));
+        }
+        Ok(claims)
+    }
+
+    /// How many times the JWKS has been requested from the issuer (for metrics).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    fn check(&self, keys: &KeyCache, token: &str) -> Result<AccessClaims, Rejected> {
+        let expect = Expect {
+            issuer: &self.config.issuer,
+            audience: Some(&self.config.audience),
+            leeway: self.leeway,
+            now: unix_now(),
+        };
+        jwt::check(token, |kid| keys.keys.get(kid), expect)
+    }
+
+    fn snapshot(&self) -> Arc<KeyCache> {
+        Arc::clone(&self.cache.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn store(&self, keys: KeyCache) {
+        *self.cache.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+    }
+
+    /// Fetches the JWKS again unless another request just did, or (for an unknown
+    /// `kid`) the last fetch is more recent than `unknown_kid_interval`. A failure keeps
+    /// the keys and is retried after that interval.
+    async fn refetch(&self, seen: &Arc<KeyCache>, why: Why) -> Arc<KeyCache> {
+        let _one_at_a_time = self.fetching.lock().await;
+        let current = self.snapshot();
+        if !Arc::ptr_eq(&current, seen) {
+            return current;
+        }
+        let now = Instant::now();
+        let due = match why {
+            Why::Stale => now >= current.fresh_until,
+            Why::UnknownKid => now >= current.fetched_at + self.config.unknown_kid_interval,
+        };
+        if !due {
+            return current;
+        }
+        let next = match self.fetch(&current).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, jwks_uri = %self.jwks_uri, "JWKS refetch failed; keeping the keys we have");
+                KeyCache {
+                    keys: current.keys.clone(),
+                    etag: current.etag.clone(),
+                    fresh_until: now + self.config.unknown_kid_interval,
+                    fetched_at: now,
+                }
+            }
+        };
+        self.store(next);
+        self.snapshot()
+    }
+
+    /// One conditional GET of the JWKS.
+    async fn fetch(&self, current: &KeyCache) -> Result<KeyCache, VerifyError> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let unavailable = |e: reqwest::Error| VerifyError::Unavailable(format!("JWKS: {e}"));
+        let mut request = self.http.get(&self.jwks_uri);
+        if let Some(etag) = &current.etag {
+            request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+        }
+        let resp = request.send().await.map_err(unavailable)?;
+        let now = Instant::now();
+        let fresh_for = max_age(resp.headers())
+            .unwrap_or(self.config.max_cache_age)
+            .clamp(
+                Duration::from_secs(1),
+                self.config.max_cache_age.max(Duration::from_secs(1)),
+            );
+        if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(KeyCache {
+                keys: current.keys.clone(),
+                etag: current.etag.clone(),
+                fresh_until: now + fresh_for,
+                fetched_at: now,
+            });
+        }
+        let resp = resp.error_for_status().map_err(unavailable)?;
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let set: JwkSet = resp.json().await.map_err(unavailable)?;
+        Ok(KeyCache {
+            keys: rsa_signing_keys(set),
+            etag,
+            fresh_until: now + fresh_for,
+            fetched_at: now,
+        })
+    }
+
+    /// Whether the issuer still calls the token active (RFC 7662), cached per `jti`.
+    async fn active(&self, token: &str, claims: &AccessClaims) -> Result<bool, VerifyError> {
+        let (Some(intro), Some(endpoint)) =
+            (&self.config.introspection, &self.introspection_endpoint)
+        else {
+            return Ok(true);
+        };
+        let now = Instant::now();
+        if let Some((active, until)) = self.answers().get(&claims.jti)
+            && now < *until
+        {
+            return Ok(*active);
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            active: bool,
+        }
+        let unavailable =
+            |e: reqwest::Error| VerifyError::Unavailable(format!("introspection: {e}"));
+        let answer: Answer = self
+            .http
+            .post(endpoint)
+            .basic_auth(&intro.client_id, Some(&intro.client_secret))
+            .form(&[("token", token), ("token_type_hint", "access_token")])
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(unavailable)?
+            .json()
+            .await
+            .map_err(unavailable)?;
+        let mut answers = self.answers();
+        if answers.len() >= MAX_ANSWERS {
+            answers.retain(|_, (_, until)| now < *until);
+            if answers.len() >= MAX_ANSWERS {
+                answers.clear();
+            }
+        }
+        answers.insert(claims.jti.clone(), (answer.active, now + intro.cache_ttl));
+        Ok(answer.active)
+    }
+
+    fn answers(&self) -> std::sync::MutexGuard<'_, HashMap<String, (bool, Instant)>> {
+        self.answers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Why {
+    Stale,
+    UnknownKid,
+}
+
+/// The RS256 signing keys of a JWKS; other kinds of keys are skipped.
+fn rsa_signing_keys(set: JwkSet) -> HashMap<String, DecodingKey> {
+    set.keys
+        .into_iter()
+        .filter(|k| k.kty == "RSA")
+        .filter(|k| k.alg.as_deref().is_none_or(|a| a == "RS256"))
+        .filter(|k| k.usage.as_deref().is_none_or(|u| u == "sig"))
+        .filter_map(|k| {
+            let key = DecodingKey::from_rsa_components(k.n.as_deref()?, k.e.as_deref()?).ok()?;
+            Some((k.kid?, key))
+        })
+        .collect()
+}
+
+/// `max-age` of a `Cache-Control` header; zero for `no-store`/`no-cache`.
+fn max_age(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::CACHE_CONTROL)?.to_str().ok()?;
+    value.split(',').map(str::trim).find_map(|directive| {
+        if directive.eq_ignore_ascii_case("no-store") || directive.eq_ignore_ascii_case("no-cache")
+        {
+            return Some(Duration::ZERO);
+        }
+        let (name, seconds) = directive.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("max-age")
+            .then(|| seconds.trim().parse().ok().map(Duration::from_secs))?
+    })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// An HTTP client with rustls and the Mozilla roots (reqwest's `rustls-tls`): a service
+/// needs no system TLS library. Redirects are not followed: the metadata names the
+/// endpoints exactly.
+fn http_client(timeout: Duration) -> Result<reqwest::Client, VerifyError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| VerifyError::Config(format!("HTTP client: {e}")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::CACHE_CONTROL, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn cache_control_max_age_is_read() {
+        assert_eq!(
+            max_age(&headers("public, max-age=300")),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            max_age(&headers("Max-Age = 60")),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(max_age(&headers("no-store")), Some(Duration::ZERO));
+        assert_eq!(max_age(&headers("public")), None);
+        assert_eq!(max_age(&reqwest::header::HeaderMap::new()), None);
+    }
+}
