@@ -1,0 +1,586 @@
+// The SPA in a real Chromium against a real token-issuer: no mocks, real HTTP.
+// tests/browser/run.sh starts both and runs this; by hand:
+//   ISSUER=http://localhost:8080 SPA_URL=http://localhost:5173 node e2e/browser.test.mjs
+//
+// Environment:
+//   ISSUER      the issuer's origin, as the SPA's config.json names it (default http://localhost:8080)
+//   SPA_URL     where the built SPA is served (default http://localhost:5173)
+//   CHROMIUM    the browser (default /usr/bin/chromium, Debian's package)
+//   ARTIFACTS   where the screenshots go (default target/browser-artifacts of the repository)
+//
+// Prints one line per check and `browser: N passed, N failed`; exits 1 on any failure.
+import { mkdirSync } from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ISSUER = process.env.ISSUER ?? 'http://localhost:8080';
+const SPA_URL = process.env.SPA_URL ?? 'http://localhost:5173';
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const ARTIFACTS = path.resolve(process.env.ARTIFACTS ?? path.join(HERE, '../../../target/browser-artifacts'));
+const PASSWORD = 'plum kettle orbit 7 lantern';
+const COOKIE = '__Host-refresh';
+/** The issuer's refresh grace window, plus a margin. */
+const PAST_GRACE_MS = 11_500;
+
+let passed = 0;
+let failed = 0;
+
+/** The page a failing check screenshots (as `failed-N.png`). */
+let current = null;
+
+/** One line per check; a failing check does not stop the run. */
+async function check(name, fn) {
+  try {
+    await fn();
+    passed += 1;
+    console.log(`ok   ${name}`);
+  } catch (err) {
+    failed += 1;
+    await current?.screenshot({ path: path.join(ARTIFACTS, `failed-${failed}.png`), fullPage: true }).catch(() => {});
+    console.log(`FAIL ${name}\n       ${String(err?.stack ?? err).split('\n').slice(0, 4).join('\n       ')}`);
+  }
+}
+
+function assert(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+function assertEq(actual, expected, what) {
+  if (actual !== expected) throw new Error(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const cookieIn = (header) => (header ?? '').match(/__Host-refresh=([^;\s]*)/)?.[1];
+
+/** The parts of an /oauth/token exchange that the checks look at, as the browser saw them. */
+async function exchange(response) {
+  const request = response.request();
+  const sent = await request.allHeaders();
+  const got = await response.allHeaders();
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // no readable body
+  }
+  return {
+    status: response.status(),
+    body,
+    origin: sent.origin,
+    csrfHeader: sent['x-requested-with'],
+    sentCookie: cookieIn(sent.cookie),
+    setCookie: got['set-cookie'] ?? '',
+    newCookie: cookieIn(got['set-cookie']),
+  };
+}
+
+/** Runs `act` and returns the /oauth/token exchange (of `grant`) that it caused on `page`. */
+async function tokenExchange(page, grant, act) {
+  const [response] = await Promise.all([
+    page.waitForResponse(
+      (r) =>
+        r.url() === `${ISSUER}/oauth/token` &&
+        r.request().method() === 'POST' &&
+        new URLSearchParams(r.request().postData() ?? '').get('grant_type') === grant,
+    ),
+    act(),
+  ]);
+  return exchange(response);
+}
+
+const state = (page) => page.evaluate(() => document.body.dataset.state);
+async function waitState(page, expected) {
+  await page.waitForFunction((s) => document.body.dataset.state === s, expected);
+}
+
+/** The refresh cookie in the browser's jar (what JavaScript must never see). */
+async function jarCookie(context) {
+  return (await context.cookies(ISSUER)).find((c) => c.name === COOKIE);
+}
+
+/** The refresh token is in the jar but invisible to the page's JavaScript and storage. */
+async function assertHiddenFromJs(page, context) {
+  const jar = await jarCookie(context);
+  assert(jar, 'no __Host-refresh cookie in the jar: nothing to hide, the check would prove nothing');
+  const seen = await page.evaluate(() => ({
+    cookie: document.cookie,
+    local: Object.keys(localStorage).length,
+    session: Object.keys(sessionStorage).length,
+  }));
+  assert(!seen.cookie.includes(COOKIE), `document.cookie shows it: ${seen.cookie}`);
+  assert(!seen.cookie.includes(jar.value), 'document.cookie holds the refresh token value');
+  assertEq(seen.local, 0, 'localStorage entries');
+  assertEq(seen.session, 0, 'sessionStorage entries');
+}
+
+/** A cookie-mode token answer: 200, an access token, no refresh token, a rotated cookie. */
+function assertCookieModeTokens(x, what) {
+  assertEq(x.status, 200, `${what} status (body ${JSON.stringify(x.body)})`);
+  assert(typeof x.body?.access_token === 'string', `${what}: no access_token`);
+  assert(!('refresh_token' in x.body), `${what}: refresh_token in the body`);
+  assertEq(x.csrfHeader, 'XMLHttpRequest', `${what}: X-Requested-With sent`);
+  assertEq(x.origin, new URL(SPA_URL).origin, `${what}: Origin sent`);
+  assert(x.newCookie, `${what}: no __Host-refresh Set-Cookie (${x.setCookie})`);
+  for (const attr of ['HttpOnly', 'Secure', 'SameSite=Strict', 'Path=/']) {
+    assert(x.setCookie.includes(attr), `${what}: Set-Cookie lacks ${attr}: ${x.setCookie}`);
+  }
+}
+
+/**
+ * Puts a refresh token back into the jar as the issuer had set it (as if it had been
+ * copied away). Through the DevTools protocol: Playwright's addCookies always gives a
+ * Domain, which a `__Host-` cookie must not have.
+ */
+async function putCookieBack(page, value) {
+  const cdp = await page.context().newCDPSession(page);
+  const { success } = await cdp.send('Network.setCookie', {
+    name: COOKIE,
+    value,
+    url: ISSUER,
+    path: '/',
+    secure: true,
+    httpOnly: true,
+    sameSite: 'Strict',
+  });
+  await cdp.detach();
+  assert(success, 'the browser refused the cookie');
+}
+
+/**
+ * Every request `page` makes to the issuer, as the network stack saw it (DevTools
+ * protocol): preflights, and answers that CORS hides from the page and from Playwright.
+ */
+async function networkLog(context, page) {
+  const cdp = await context.newCDPSession(page);
+  await cdp.send('Network.enable');
+  // The *ExtraInfo events (the headers as sent and received, cookies included) may come
+  // before or after the main ones: collect everything by request id, filter when read.
+  const byId = new Map();
+  const entry = (id) => {
+    if (!byId.has(id)) byId.set(id, { requestHeaders: {}, responseHeaders: {} });
+    return byId.get(id);
+  };
+  const lower = (headers) => Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+  cdp.on('Network.requestWillBeSent', (e) => {
+    Object.assign(entry(e.requestId), { url: e.request.url, method: e.request.method, type: e.type });
+  });
+  cdp.on('Network.responseReceived', (e) => {
+    const x = entry(e.requestId);
+    Object.assign(x, { url: e.response.url, type: e.type });
+    x.status ??= e.response.status;
+    Object.assign(x.responseHeaders, lower(e.response.headers));
+  });
+  cdp.on('Network.requestWillBeSentExtraInfo', (e) => {
+    Object.assign(entry(e.requestId).requestHeaders, lower(e.headers));
+  });
+  cdp.on('Network.responseReceivedExtraInfo', (e) => {
+    const x = entry(e.requestId);
+    x.status = e.statusCode;
+    Object.assign(x.responseHeaders, lower(e.headers));
+  });
+  return {
+    get entries() {
+      return [...byId.values()].filter((x) => x.url?.startsWith(`${ISSUER}/`));
+    },
+    clear: () => byId.clear(),
+  };
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: path.join(ARTIFACTS, `${name}.png`), fullPage: true });
+}
+
+async function openSpa(context) {
+  const page = await context.newPage();
+  page.on('pageerror', (err) => pageErrors.push(`${page.url()}: ${err.message}`));
+  await page.goto(SPA_URL);
+  await page.waitForFunction(() => document.body.dataset.state !== 'loading');
+  return page;
+}
+
+async function login(page, email) {
+  await page.fill('#email', email);
+  await page.fill('#password', PASSWORD);
+  const x = await tokenExchange(page, 'password', () => page.click('#login'));
+  await waitState(page, 'signed-in');
+  return x;
+}
+
+/** A page on another origin (same site: localhost), served here. */
+function otherOriginServer() {
+  const server = http.createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    res.end('<!doctype html><title>another origin</title><h1>Another origin on localhost</h1>');
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve(server));
+  });
+}
+
+const pageErrors = [];
+
+async function main() {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    // Without the background-networking flags Chromium dials out (component updates,
+    // sync) and the closed network refuses it; headless, no GPU, no sandbox (root).
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  const other = await otherOriginServer();
+  const OTHER_ORIGIN = `http://localhost:${other.address().port}`;
+  try {
+    console.log(`browser: ${browser.version()} at ${CHROMIUM}; SPA ${SPA_URL}; issuer ${ISSUER}; other origin ${OTHER_ORIGIN}`);
+    const email = `spa-${Date.now()}@example.com`;
+
+    // ---------------------------------------------------------------- context A: "laptop"
+    const laptop = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+    laptop.setDefaultTimeout(10_000);
+    // The page's clock (Date, setTimeout) is Playwright's, flowing in real time until a
+    // check jumps it forward to the planned silent refresh. The issuer's clock is real.
+    await laptop.clock.install();
+    const tab = await openSpa(laptop);
+    current = tab;
+
+    await check('the SPA loads signed out, talking to the configured issuer', async () => {
+      assertEq(await state(tab), 'signed-out', 'state');
+      assertEq(await tab.textContent('#issuer'), ISSUER, 'issuer shown');
+      await shot(tab, '1-signed-out');
+    });
+
+    await check('registering shows the server\'s errors, then creates the account', async () => {
+      await tab.fill('#email', email);
+      await tab.fill('#password', 'short');
+      await tab.click('#register');
+      await tab.waitForSelector('#error:not([hidden])');
+      const weak = await tab.textContent('#error');
+      assert(weak.includes('weak_password'), `weak password error shown: ${weak}`);
+      await tab.fill('#password', PASSWORD);
+      await tab.click('#register');
+      await tab.waitForSelector('#notice:not([hidden])');
+      const notice = await tab.textContent('#notice');
+      assert(notice.includes(email), `registration notice: ${notice}`);
+    });
+
+    await check('a wrong password shows error_description and the code (invalid_grant)', async () => {
+      await tab.fill('#password', 'not the right password at all');
+      const x = await tokenExchange(tab, 'password', () => tab.click('#login'));
+      assertEq(x.status, 400, 'status');
+      await tab.waitForSelector('#error:not([hidden])');
+      const text = await tab.textContent('#error');
+      assert(text.includes(x.body.error_description), `description shown: ${text}`);
+      assert(text.includes('invalid_grant, invalid_credentials'), `code shown: ${text}`);
+      assertEq(await state(tab), 'signed-out', 'state');
+    });
+
+    let loginX;
+    await check('login (password grant, form-encoded, CSRF header) shows the user from /v1/me', async () => {
+      loginX = await login(tab, email);
+      assertCookieModeTokens(loginX, 'login');
+      assertEq(await tab.textContent('#user-email'), email, 'e-mail shown');
+      assert(/^[0-9a-f-]{36}$/.test(await tab.textContent('#user-id')), 'user id shown');
+      await shot(tab, '2-signed-in');
+    });
+
+    await check('the browser keeps __Host-refresh as HttpOnly, Secure, SameSite=Strict, Path=/, host-only', async () => {
+      const c = await jarCookie(laptop);
+      assert(c, 'no cookie in the jar');
+      assertEq(c.value, loginX.newCookie, 'value');
+      assertEq(c.httpOnly, true, 'httpOnly');
+      assertEq(c.secure, true, 'secure');
+      assertEq(c.sameSite, 'Strict', 'sameSite');
+      assertEq(c.path, '/', 'path');
+      assertEq(c.domain, 'localhost', 'domain (host-only)');
+    });
+
+    await check('after login, JavaScript sees no refresh token (document.cookie, storage)', () =>
+      assertHiddenFromJs(tab, laptop),
+    );
+
+    await check('a reload keeps the user signed in through a silent refresh with the cookie', async () => {
+      const before = (await jarCookie(laptop)).value;
+      const x = await tokenExchange(tab, 'refresh_token', () => tab.reload());
+      assertCookieModeTokens(x, 'refresh on load');
+      assertEq(x.sentCookie, before, 'the cookie the browser sent');
+      assert(x.newCookie !== before, 'the refresh token rotated');
+      await waitState(tab, 'signed-in');
+      assertEq(await tab.textContent('#user-email'), email, 'e-mail shown');
+      assertEq((await jarCookie(laptop)).value, x.newCookie, 'jar holds the successor');
+    });
+
+    await check('after a reload, JavaScript sees no refresh token', () => assertHiddenFromJs(tab, laptop));
+
+    await check('the silent refresh runs a minute before expiry, planned from expires_in', async () => {
+      const expiresIn = loginX.body.expires_in;
+      assert(expiresIn >= 300 && expiresIn <= 900, `expires_in ${expiresIn}`);
+      // The page was reloaded just now, with a fresh token of the same lifetime.
+      let early = null;
+      const spy = (r) => {
+        if (r.url() === `${ISSUER}/oauth/token`) early = r;
+      };
+      tab.on('request', spy);
+      await tab.clock.fastForward((expiresIn - 70) * 1000);
+      await sleep(500);
+      tab.off('request', spy);
+      assertEq(early, null, 'a refresh 70 s before expiry (too early)');
+      const x = await tokenExchange(tab, 'refresh_token', () => tab.clock.fastForward(15_000));
+      assertCookieModeTokens(x, 'scheduled refresh');
+      assertEq(await state(tab), 'signed-in', 'state');
+    });
+
+    await check('after the scheduled refresh, JavaScript sees no refresh token', () =>
+      assertHiddenFromJs(tab, laptop),
+    );
+
+    // Two tabs of one browser share the cookie jar, and each refreshes on its own.
+    const tab2 = await openSpa(laptop);
+    await check('a second tab signs in from the shared cookie', async () => {
+      assertEq(await state(tab2), 'signed-in', 'state of the second tab');
+      assertEq(await tab2.textContent('#user-email'), email, 'e-mail shown');
+    });
+
+    await check('two tabs refreshing at the same moment both stay signed in with one successor', async () => {
+      // Clicked through one evaluate each, sent together: both requests must carry the same
+      // cookie for this to be a race (checked), else try again (at most 4 times).
+      let xs;
+      for (let attempt = 1; attempt <= 4; attempt++) {
+        const waits = [tab, tab2].map((p) =>
+          p.waitForResponse((r) => r.url() === `${ISSUER}/oauth/token` && r.request().method() === 'POST'),
+        );
+        await Promise.all([tab, tab2].map((p) => p.evaluate(() => document.getElementById('refresh').click())));
+        xs = await Promise.all((await Promise.all(waits)).map(exchange));
+        if (xs[0].sentCookie === xs[1].sentCookie) break;
+        console.log(`       (attempt ${attempt}: the second request already had the successor; again)`);
+        await sleep(200);
+      }
+      assertEq(xs[0].sentCookie, xs[1].sentCookie, 'both tabs sent the same refresh token');
+      xs.forEach((x, i) => assertCookieModeTokens(x, `tab ${i + 1}`));
+      assertEq(xs[0].newCookie, xs[1].newCookie, 'the same successor for both');
+      for (const p of [tab, tab2]) {
+        await p.waitForSelector('#notice:has-text("Access token refreshed.")');
+        assertEq(await state(p), 'signed-in', 'state');
+      }
+      assertEq((await jarCookie(laptop)).value, xs[0].newCookie, 'jar holds the successor');
+    });
+
+    await check('a lost answer (a tab presenting the just-used token again) gets that same successor', async () => {
+      const used = (await jarCookie(laptop)).value;
+      const first = await tokenExchange(tab, 'refresh_token', () => tab.click('#refresh'));
+      assertCookieModeTokens(first, 'first');
+      // As if tab 2's request had left before tab 1's answer arrived.
+      await putCookieBack(tab2, used);
+      const again = await tokenExchange(tab2, 'refresh_token', () => tab2.click('#refresh'));
+      assertCookieModeTokens(again, 'replay');
+      assertEq(again.sentCookie, used, 'the replay sent the used token');
+      assertEq(again.newCookie, first.newCookie, 'the same successor');
+      assertEq(await state(tab2), 'signed-in', 'state of the second tab');
+    });
+    await tab2.close();
+
+    // A page on another origin of the same site (localhost): the browser does send the
+    // SameSite=Strict cookie along, so the issuer's Origin check is what refuses it.
+    const cookieBefore = (await jarCookie(laptop)).value;
+    const evil = await laptop.newPage();
+    current = evil;
+    await evil.goto(OTHER_ORIGIN);
+    const evilLog = await networkLog(laptop, evil);
+    const tryFetch = (init) =>
+      evil.evaluate(
+        async ([issuer, init]) => {
+          try {
+            const r = await fetch(`${issuer}/oauth/token`, {
+              ...init,
+              method: 'POST',
+              credentials: 'include',
+              body: new URLSearchParams({ grant_type: 'refresh_token', client_id: 'dev-spa' }),
+            });
+            return `answered ${r.status}`;
+          } catch (err) {
+            return `rejected: ${err}`;
+          }
+        },
+        [ISSUER, init],
+      );
+
+    await check('another origin: a credentialed fetch with the CSRF header is refused at the preflight (403)', async () => {
+      evilLog.clear();
+      const outcome = await tryFetch({ headers: { 'X-Requested-With': 'XMLHttpRequest' } });
+      assert(outcome.startsWith('rejected: TypeError'), `the fetch ${outcome}`);
+      await sleep(100);
+      const preflights = evilLog.entries.filter((e) => e.type === 'Preflight');
+      assertEq(preflights.length, 1, 'preflights seen');
+      assertEq(preflights[0].status, 403, 'the preflight status');
+      assertEq(preflights[0].responseHeaders['access-control-allow-origin'], undefined, 'allow-origin on the refused preflight');
+      const posts = evilLog.entries.filter((e) => e.type !== 'Preflight' && e.status !== undefined);
+      assertEq(posts.length, 0, 'POSTs that reached the issuer');
+    });
+
+    await check('another origin: a simple credentialed POST carries the cookie and gets 403, unreadable', async () => {
+      evilLog.clear();
+      const outcome = await tryFetch({});
+      assert(outcome.startsWith('rejected: TypeError'), `the page could read the answer: ${outcome}`);
+      await sleep(100);
+      assertEq(evilLog.entries.length, 1, 'requests seen');
+      const [post] = evilLog.entries;
+      assertEq(post.requestHeaders.origin, OTHER_ORIGIN, 'Origin sent');
+      assertEq(cookieIn(post.requestHeaders.cookie), cookieBefore, 'the browser sent the refresh cookie (same site)');
+      assertEq(post.status, 403, 'status');
+      assertEq(cookieIn(post.responseHeaders['set-cookie']), undefined, 'Set-Cookie on the refused answer');
+    });
+
+    await check('another origin: a classic form POST (top-level navigation) gets 403 origin_not_allowed', async () => {
+      const [response] = await Promise.all([
+        evil.waitForNavigation(),
+        evil.evaluate((issuer) => {
+          const form = document.createElement('form');
+          form.method = 'POST';
+          form.action = `${issuer}/oauth/token`;
+          for (const [name, value] of [['grant_type', 'refresh_token'], ['client_id', 'dev-spa']]) {
+            const input = document.createElement('input');
+            input.name = name;
+            input.value = value;
+            form.append(input);
+          }
+          document.body.append(form);
+          form.submit();
+        }, ISSUER),
+      ]);
+      const x = await exchange(response);
+      assertEq(x.sentCookie, cookieBefore, 'the browser sent the refresh cookie (same site)');
+      assertEq(x.status, 403, 'status');
+      assertEq(x.body?.error, 'origin_not_allowed', 'error');
+    });
+    await evil.close();
+    current = tab;
+
+    await check('another origin: the refresh token was not consumed (same cookie, refresh works past the grace window)', async () => {
+      assertEq((await jarCookie(laptop)).value, cookieBefore, 'the cookie in the jar');
+      // Had any of those requests used the token, presenting it now would be a reuse.
+      await sleep(PAST_GRACE_MS);
+      const x = await tokenExchange(tab, 'refresh_token', () => tab.click('#refresh'));
+      assertCookieModeTokens(x, 'refresh');
+      assertEq(x.sentCookie, cookieBefore, 'the cookie sent');
+    });
+
+    await check('after the two-tab race the session is intact: a later refresh works, the list shows it', async () => {
+      const x = await tokenExchange(tab, 'refresh_token', () => tab.reload());
+      assertCookieModeTokens(x, 'refresh on load');
+      await waitState(tab, 'signed-in');
+      const rows = await tab.$$eval('#sessions tbody tr', (trs) => trs.map((tr) => tr.className));
+      assertEq(JSON.stringify(rows), JSON.stringify(['current']), 'session rows');
+    });
+
+    // -------------------------------------------------------------- context B: "phone"
+    const phone = await browser.newContext({ viewport: { width: 900, height: 700 } });
+    phone.setDefaultTimeout(10_000);
+    const phoneTab = await openSpa(phone);
+    current = phoneTab;
+    await check('sessions: a second device\'s login appears in the list', async () => {
+      await login(phoneTab, email);
+      await tab.click('#reload-sessions');
+      await tab.waitForFunction(() => document.querySelectorAll('#sessions tbody tr').length === 2);
+      const marked = await tab.$$eval('#sessions tbody tr.current', (trs) => trs.length);
+      assertEq(marked, 1, 'rows marked current');
+      await shot(tab, '3-sessions');
+    });
+
+    await check('sessions: ending the other device\'s session removes it and signs that device out', async () => {
+      const other = tab.locator('#sessions tbody tr:not(.current)');
+      const id = await other.getAttribute('data-session-id');
+      const [del] = await Promise.all([
+        tab.waitForResponse((r) => r.url() === `${ISSUER}/v1/sessions/${id}`),
+        other.locator('button.end-session').click(),
+      ]);
+      assertEq(del.status(), 204, 'DELETE status');
+      await tab.waitForFunction(() => document.querySelectorAll('#sessions tbody tr').length === 1);
+      assertEq(await state(tab), 'signed-in', 'this device stays signed in');
+      // The phone's access token is refused at once; its refresh fails: signed out.
+      const x = await tokenExchange(phoneTab, 'refresh_token', () => phoneTab.click('#reload-sessions'));
+      assertEq(x.status, 400, 'the phone\'s refresh status');
+      assertEq(x.body?.error_reason, 'revoked', 'the phone\'s refresh error_reason');
+      await waitState(phoneTab, 'signed-out');
+      const text = await phoneTab.textContent('#error');
+      assert(text.includes('invalid_grant, revoked'), `the phone shows why: ${text}`);
+      await shot(phoneTab, '5-other-device-ended');
+    });
+    await phone.close();
+
+    // ------------------------------------------------------------- context C: "tablet"
+    const tablet = await browser.newContext({ viewport: { width: 900, height: 700 } });
+    tablet.setDefaultTimeout(10_000);
+    const tabletTab = await openSpa(tablet);
+    current = tabletTab;
+    await check('sessions: ending this browser\'s own session from the list clears its cookie', async () => {
+      await login(tabletTab, email);
+      await tabletTab.waitForSelector('#sessions tbody tr.current');
+      const [del] = await Promise.all([
+        tabletTab.waitForResponse((r) => r.url().startsWith(`${ISSUER}/v1/sessions/`)),
+        tabletTab.click('#sessions tbody tr.current button.end-session'),
+      ]);
+      assertEq(del.status(), 204, 'DELETE status');
+      await waitState(tabletTab, 'signed-out');
+      assertEq(await jarCookie(tablet), undefined, 'cookie left in the jar');
+      await tabletTab.reload();
+      await tabletTab.waitForFunction(() => document.body.dataset.state !== 'loading');
+      assertEq(await state(tabletTab), 'signed-out', 'state after reload');
+    });
+    await tablet.close();
+    current = tab;
+
+    await check('logout ends the session, clears the cookie, and a reload shows signed out', async () => {
+      const last = (await jarCookie(laptop)).value;
+      const [resp] = await Promise.all([
+        tab.waitForResponse((r) => r.url() === `${ISSUER}/v1/logout`),
+        tab.click('#logout'),
+      ]);
+      assertEq(resp.status(), 204, 'logout status');
+      await waitState(tab, 'signed-out');
+      await tab.waitForSelector('#notice:has-text("Logged out.")');
+      await shot(tab, '4-after-logout');
+      assertEq(await jarCookie(laptop), undefined, 'cookie left in the jar');
+      await tab.reload();
+      await tab.waitForFunction(() => document.body.dataset.state !== 'loading');
+      assertEq(await state(tab), 'signed-out', 'state after reload');
+
+      // The old cookie, put back (as if copied away before), cannot refresh.
+      await putCookieBack(tab, last);
+      const x = await tokenExchange(tab, 'refresh_token', () => tab.reload());
+      assertEq(x.sentCookie, last, 'the old cookie was sent');
+      assertEq(x.status, 400, 'status');
+      assertEq(x.body?.error, 'invalid_grant', 'error');
+      assertEq(x.body?.error_reason, 'revoked', 'error_reason');
+      await tab.waitForFunction(() => document.body.dataset.state !== 'loading');
+      assertEq(await state(tab), 'signed-out', 'state');
+    });
+
+    await check('no uncaught errors in the SPA', async () => {
+      assertEq(pageErrors.length, 0, `page errors ${JSON.stringify(pageErrors)}`);
+    });
+  } finally {
+    await browser.close();
+    other.close();
+  }
+}
+
+try {
+  await main();
+} catch (err) {
+  failed += 1;
+  console.log(`FAIL the run stopped: ${err?.stack ?? err}`);
+}
+console.log(`screenshots: ${ARTIFACTS}`);
+console.log(`browser: ${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);

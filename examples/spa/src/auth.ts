@@ -1,0 +1,315 @@
+/**
+ * The token client: everything this app knows about signing in to token-issuer.
+ * Copy this file; the rest of the app is only a UI around it.
+ *
+ * - The access token lives in a private field of one object, in memory only: never in
+ *   localStorage, sessionStorage or a cookie that JavaScript can read, where any script
+ *   on the page (an XSS, a compromised dependency) could take it and keep using it. A
+ *   reload forgets it; the next refresh brings a new one.
+ * - The refresh token never reaches JavaScript. For a cookie-mode client (`dev-spa`) the
+ *   issuer sets it as `__Host-refresh=...; HttpOnly; Secure; SameSite=Strict; Path=/` and
+ *   never puts it in a response body. Every call to the issuer therefore uses
+ *   `credentials: 'include'`: without it the browser neither sends the cookie nor
+ *   stores the one the response sets (a rotation, or the clearing on logout).
+ * - CSRF: `/oauth/token` and `/oauth/revoke` want `X-Requested-With` (any value). A
+ *   custom header makes the request "non-simple", so the browser first asks the issuer
+ *   (CORS preflight), which answers only for the client's allowed origins; and the
+ *   issuer itself checks `Origin`. A page on another origin cannot use the cookie.
+ * - Refresh tokens rotate on every use. Two tabs share the one cookie and may refresh at
+ *   the same moment: the issuer's grace window (10 s by default) answers the second
+ *   with the same successor, so no tab coordination is needed here.
+ */
+
+/** The issuer's token response (RFC 6749 §5.1); cookie-mode clients get no refresh_token. */
+interface TokenResponse {
+  access_token: string;
+  token_type: string;
+  expires_in: number;
+  scope?: string;
+}
+
+/** `GET /v1/me`. */
+export interface User {
+  id: string;
+  email: string;
+  created_at: string;
+}
+
+/** One entry of `GET /v1/sessions`: a login on one device. */
+export interface Session {
+  id: string;
+  client_id: string;
+  created_at: string;
+  last_used_at: string;
+  last_ip?: string;
+  user_agent?: string;
+  current: boolean;
+}
+
+/** An error answer of the issuer (`error`, `error_description`, ...) or a network failure. */
+export class IssuerError extends Error {
+  /** HTTP status; 0 when the issuer could not be reached (or CORS refused the answer). */
+  readonly status: number;
+  /** The stable code, e.g. `invalid_grant`; `network_error` for a failed fetch. */
+  readonly code: string;
+  /** `error_reason` of `invalid_grant` and CSRF failures, e.g. `revoked`, `reused`, `csrf`. */
+  readonly reason?: string;
+  /** Quote it when reporting a problem: it is the request's id in the issuer's logs. */
+  readonly requestId?: string;
+
+  constructor(status: number, code: string, description: string, reason?: string, requestId?: string) {
+    super(description);
+    this.name = 'IssuerError';
+    this.status = status;
+    this.code = code;
+    this.reason = reason;
+    this.requestId = requestId;
+  }
+
+  /** The session is gone for good (logged out, ended elsewhere, reused, expired, no cookie). */
+  get sessionEnded(): boolean {
+    return (
+      this.code === 'invalid_grant' ||
+      (this.code === 'invalid_request' && this.reason !== 'csrf') ||
+      this.code === 'invalid_token' ||
+      this.code === 'authentication_required'
+    );
+  }
+}
+
+/** What the UI is told: signed in (again), a silent refresh, or signed out (and why). */
+export type AuthEvent =
+  | { type: 'signed-in' }
+  | { type: 'refreshed' }
+  | { type: 'signed-out'; error?: IssuerError };
+
+/** Refresh this long before the access token expires (it lives 5 to 15 minutes). */
+const REFRESH_MARGIN_S = 60;
+/** After a transient refresh failure (network, 429, 503), try again this much later. */
+const RETRY_S = 15;
+/** Tells the other tabs of this origin that this one signed out. */
+const CHANNEL = 'token-issuer-auth';
+
+export class TokenClient {
+  readonly issuer: string;
+  readonly clientId: string;
+  #accessToken: string | null = null;
+  #expiresAt = 0;
+  #refreshAt = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #refreshing: Promise<void> | null = null;
+  #listeners: Array<(event: AuthEvent) => void> = [];
+  #channel = new BroadcastChannel(CHANNEL);
+
+  constructor(issuer: string, clientId = 'dev-spa') {
+    this.issuer = issuer;
+    this.clientId = clientId;
+    // Logging out in one tab signs every tab out (the cookie is gone for all of them).
+    this.#channel.onmessage = (msg) => {
+      if (msg.data === 'signed-out' && this.signedIn) this.#signOut(undefined, false);
+    };
+    // Timers are throttled in background tabs and stop while the machine sleeps: when
+    // the tab is seen again, refresh at once if the planned moment has passed.
+    document.addEventListener('visibilitychange', () => {
+      if (document.visibilityState === 'visible' && this.signedIn && Date.now() >= this.#refreshAt) {
+        void this.#silentRefresh();
+      }
+    });
+  }
+
+  get signedIn(): boolean {
+    return this.#accessToken !== null;
+  }
+
+  /** When the access token expires, and when the next silent refresh is planned (ms). */
+  get expiry(): { expiresAt: number; refreshAt: number } {
+    return { expiresAt: this.#expiresAt, refreshAt: this.#refreshAt };
+  }
+
+  onEvent(listener: (event: AuthEvent) => void): void {
+    this.#listeners.push(listener);
+  }
+
+  /** `POST /v1/users`; then log in. */
+  async register(email: string, password: string): Promise<User> {
+    const resp = await this.#fetch('/v1/users', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ email, password }),
+    });
+    return (await resp.json()) as User;
+  }
+
+  /** The password grant: the issuer answers with an access token and sets the cookie. */
+  async login(email: string, password: string): Promise<void> {
+    const tokens = await this.#tokenRequest({ grant_type: 'password', username: email, password });
+    this.#accept(tokens);
+    this.#emit({ type: 'signed-in' });
+  }
+
+  /**
+   * On page load: the access token was forgotten, but the HttpOnly cookie may still hold
+   * a live refresh token. True when that gave us a session; false when there is none.
+   */
+  async restore(): Promise<boolean> {
+    try {
+      await this.refresh();
+    } catch (err) {
+      if (err instanceof IssuerError && err.sessionEnded) return false;
+      throw err;
+    }
+    this.#emit({ type: 'signed-in' });
+    return true;
+  }
+
+  /**
+   * The refresh grant, with the refresh token only in the cookie. One at a time per tab:
+   * callers arriving while one runs share its result (a second request would present the
+   * token the first one just used).
+   */
+  refresh(): Promise<void> {
+    this.#refreshing ??= this.#tokenRequest({ grant_type: 'refresh_token' })
+      .then((tokens) => this.#accept(tokens))
+      .catch((err: unknown) => {
+        if (err instanceof IssuerError && err.sessionEnded && this.signedIn) this.#signOut(err);
+        throw err;
+      })
+      .finally(() => {
+        this.#refreshing = null;
+      });
+    return this.#refreshing;
+  }
+
+  /**
+   * A call to the issuer's `/v1` API with the access token. A 401 (expired, or the session
+   * was revoked) gets one refresh and one retry; if the refresh fails too, the user is
+   * signed out.
+   */
+  async api(path: string, init: RequestInit = {}): Promise<Response> {
+    if (!this.signedIn || Date.now() >= this.#expiresAt) await this.refresh();
+    let resp = await this.#fetch(path, this.#withBearer(init), false);
+    if (resp.status === 401) {
+      await this.refresh();
+      resp = await this.#fetch(path, this.#withBearer(init), false);
+    }
+    if (!resp.ok) throw await errorFrom(resp);
+    return resp;
+  }
+
+  async me(): Promise<User> {
+    return (await (await this.api('/v1/me')).json()) as User;
+  }
+
+  async sessions(): Promise<Session[]> {
+    return (await (await this.api('/v1/sessions')).json()) as Session[];
+  }
+
+  /** `DELETE /v1/sessions/{id}`; ending our own session also clears our cookie. */
+  async endSession(session: Session): Promise<void> {
+    await this.api(`/v1/sessions/${encodeURIComponent(session.id)}`, { method: 'DELETE' });
+    if (session.current) this.#signOut();
+  }
+
+  /**
+   * `POST /v1/logout`: ends this session; the answer clears the cookie. We forget the
+   * access token even when the call fails, and tell the other tabs.
+   */
+  async logout(): Promise<void> {
+    try {
+      await this.api('/v1/logout', { method: 'POST' });
+    } finally {
+      if (this.signedIn) this.#signOut();
+    }
+  }
+
+  // ------------------------------------------------------------------------- internals
+
+  #withBearer(init: RequestInit): RequestInit {
+    const headers = new Headers(init.headers);
+    headers.set('Authorization', `Bearer ${this.#accessToken ?? ''}`);
+    return { ...init, headers };
+  }
+
+  /** `POST /oauth/token`, form-encoded as RFC 6749 says, with the CSRF header. */
+  async #tokenRequest(params: Record<string, string>): Promise<TokenResponse> {
+    const resp = await this.#fetch('/oauth/token', {
+      method: 'POST',
+      headers: { 'X-Requested-With': 'XMLHttpRequest' },
+      body: new URLSearchParams({ ...params, client_id: this.clientId }),
+    });
+    return (await resp.json()) as TokenResponse;
+  }
+
+  /** fetch() against the issuer, always with credentials (the cookie); errors become IssuerError. */
+  async #fetch(path: string, init: RequestInit, throwOnError = true): Promise<Response> {
+    let resp: Response;
+    try {
+      resp = await fetch(this.issuer + path, { ...init, credentials: 'include' });
+    } catch {
+      // The browser hides why (down, wrong URL, or CORS refused this origin).
+      throw new IssuerError(
+        0,
+        'network_error',
+        `Cannot reach the issuer at ${this.issuer}: is it running, and does it allow the origin ${location.origin}?`,
+      );
+    }
+    if (throwOnError && !resp.ok) throw await errorFrom(resp);
+    return resp;
+  }
+
+  #accept(tokens: TokenResponse): void {
+    this.#accessToken = tokens.access_token;
+    const now = Date.now();
+    this.#expiresAt = now + tokens.expires_in * 1000;
+    // A minute early; never later than half-way for short lifetimes.
+    const delayS = Math.max(tokens.expires_in - REFRESH_MARGIN_S, tokens.expires_in / 2);
+    this.#plan(delayS);
+    this.#emit({ type: 'refreshed' });
+  }
+
+  #plan(delayS: number): void {
+    clearTimeout(this.#timer);
+    this.#refreshAt = Date.now() + delayS * 1000;
+    this.#timer = setTimeout(() => void this.#silentRefresh(), delayS * 1000);
+  }
+
+  async #silentRefresh(): Promise<void> {
+    try {
+      await this.refresh();
+    } catch {
+      // Signed out already if the session ended; otherwise (network, 429, 503) try again
+      // while the access token still works.
+      if (this.signedIn) this.#plan(RETRY_S);
+    }
+  }
+
+  #signOut(error?: IssuerError, tellOtherTabs = true): void {
+    clearTimeout(this.#timer);
+    this.#accessToken = null;
+    this.#expiresAt = 0;
+    this.#refreshAt = 0;
+    if (tellOtherTabs) this.#channel.postMessage('signed-out');
+    this.#emit({ type: 'signed-out', error });
+  }
+
+  #emit(event: AuthEvent): void {
+    for (const listener of this.#listeners) listener(event);
+  }
+}
+
+/** Reads the issuer's JSON error body; anything else becomes a generic message. */
+async function errorFrom(resp: Response): Promise<IssuerError> {
+  let body: { error?: string; error_description?: string; error_reason?: string; request_id?: string } = {};
+  try {
+    body = await resp.json();
+  } catch {
+    // Not JSON (a proxy's error page): the status is all we have.
+  }
+  return new IssuerError(
+    resp.status,
+    body.error ?? 'http_error',
+    body.error_description ?? `HTTP ${resp.status} ${resp.statusText}`,
+    body.error_reason,
+    body.request_id ?? resp.headers.get('x-request-id') ?? undefined,
+  );
+}

@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# The example SPA (examples/spa) in a real browser against a live token-issuer: Debian's
+# Chromium driven by Playwright (playwright-core, no downloaded browser), real HTTP, no
+# mocks. The checks are in examples/spa/e2e/browser.test.mjs: register and log in, the
+# refresh cookie hidden from JavaScript, a reload and the scheduled silent refresh, two
+# tabs refreshing at once, another origin refused without using the token, ending a
+# session from the list, logout.
+#
+# Usage: tests/browser/run.sh   (from anywhere; CI calls it after `cargo test`)
+# Needs: node 20.19+ with npm, and Chromium at /usr/bin/chromium (installed with apt-get
+# when missing, which needs root). `npm ci` runs in examples/spa only when its
+# package-lock.json changed.
+#
+# Environment:
+#   TOKEN_ISSUER_BIN   the server binary (default target/debug/token-issuer, which
+#                      `cargo test` builds)
+#   CHROMIUM           the browser (default /usr/bin/chromium)
+#
+# The issuer gets a free loopback port, a fresh temporary data and key directory and the
+# built-in development configuration, whose `dev-spa` client allows exactly the origin
+# http://localhost:5173. So:
+#   - the SPA is served on localhost:5173 (strict: the run fails if the port is taken);
+#   - the issuer is reached as http://localhost:$PORT (ISSUER_URL), never 127.0.0.1: that
+#     is another site, and the SameSite=Strict refresh cookie would not be sent to it.
+# Nothing else differs from the defaults; the login rate limits stay on (the test logs in
+# a handful of times, far below them).
+#
+# Screenshots go to target/browser-artifacts/. Prints one line per check and
+# `browser: N passed, N failed`; exits 1 on any failure (and prints the server log tail).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+SPA=examples/spa
+WORK=target/browser
+BIN=${TOKEN_ISSUER_BIN:-target/debug/token-issuer}
+CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+SPA_PORT=5173
+
+say() { echo "== browser: $*"; }
+started=$SECONDS
+
+# The server must see only the settings this script gives it.
+while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^ISSUER_' || true)
+
+if [[ ! -x $BIN ]]; then
+  echo "browser: no server binary at $BIN (build it with cargo first, or set TOKEN_ISSUER_BIN)" >&2
+  exit 1
+fi
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+mkdir -p "$WORK"
+
+# ---------------------------------------------------------------------------- installs
+
+if [[ ! -x $CHROMIUM ]]; then
+  if [[ $CHROMIUM == /usr/bin/chromium && $(id -u) == 0 ]]; then
+    say "installing Debian's chromium"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+  else
+    echo "browser: no Chromium at $CHROMIUM (apt-get install chromium, or set CHROMIUM)" >&2
+    exit 1
+  fi
+fi
+
+say "node packages ($SPA/node_modules)"
+want=$(sha256sum "$SPA/package-lock.json" | cut -d' ' -f1)
+if [[ "$(cat "$SPA/node_modules/.browser-lock.sha256" 2>/dev/null)" != "$want" ]]; then
+  (cd "$SPA" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$want" >"$SPA/node_modules/.browser-lock.sha256"
+fi
+
+# Built into target/ (not examples/spa/dist): its config.json names this run's issuer.
+DIST=$ROOT/$WORK/dist
+say "building the SPA into $WORK/dist"
+(cd "$SPA" && ./node_modules/.bin/tsc --noEmit -p . &&
+  ./node_modules/.bin/vite build --logLevel warn --outDir "$DIST" --emptyOutDir)
+
+# ----------------------------------------------------------------------- server and SPA
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/token-issuer-browser.XXXXXX")
+SERVER_PID=
+SPA_PID=
+LOG=$TMP/server.log
+failed_any=0
+
+log_printed=0
+print_log() {
+  if [[ $log_printed == 0 && -f $LOG ]]; then
+    log_printed=1
+    echo "== browser: server log (last 60 lines of $LOG)"
+    tail -n 60 "$LOG" | sed 's/\x1b\[[0-9;]*m//g' || true
+    if [[ -s $TMP/spa.log ]]; then
+      echo "== browser: SPA server log"
+      tail -n 20 "$TMP/spa.log" || true
+    fi
+  fi
+}
+
+stop() {
+  local pid=$1
+  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  fi
+}
+
+# shellcheck disable=SC2317  # called by the EXIT trap
+cleanup() {
+  stop "$SPA_PID"
+  stop "$SERVER_PID"
+  if [[ $failed_any != 0 ]]; then print_log; fi
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })'
+}
+
+# Exit 0 when $1 answers 200.
+answers() {
+  node -e 'fetch(process.argv[1], { signal: AbortSignal.timeout(1000) }).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))' "$1"
+}
+
+# Fail early and clearly if something already listens on the SPA's port.
+if ! node -e 'const s = require("net").createServer().once("error", () => process.exit(1)).listen(+process.argv[1], "localhost", () => s.close())' "$SPA_PORT" ||
+  answers "http://localhost:$SPA_PORT/"; then
+  failed_any=1
+  echo "browser: port $SPA_PORT is taken: the SPA must be served on exactly http://localhost:$SPA_PORT (the dev-spa client's only allowed origin); stop what listens there" >&2
+  echo "browser: 0 passed, 1 failed"
+  exit 1
+fi
+
+# A free port can be taken between the probe and the bind: try a few.
+for attempt in 1 2 3; do
+  PORT=$(free_port)
+  ISSUER=http://localhost:$PORT
+  say "starting $BIN on $ISSUER (bound to 127.0.0.1:$PORT; data and keys in $TMP)"
+  env ISSUER_BIND="127.0.0.1:$PORT" ISSUER_URL="$ISSUER" \
+    ISSUER_DATA_DIR="$TMP/data" ISSUER_KEYS_DIR="$TMP/keys" ISSUER_LOG=info \
+    "$BIN" serve >"$LOG" 2>&1 &
+  SERVER_PID=$!
+  up=0
+  for _ in $(seq 1 150); do
+    if answers "http://127.0.0.1:$PORT/healthz"; then up=1; break; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.2
+  done
+  [[ $up == 1 ]] && break
+  stop "$SERVER_PID"
+  SERVER_PID=
+  echo "browser: the server did not come up (attempt $attempt); its log:"
+  tail -n 30 "$LOG" | sed 's/\x1b\[[0-9;]*m//g' || true
+done
+if [[ -z $SERVER_PID ]]; then
+  failed_any=1
+  echo "browser: 0 passed, 1 failed"
+  exit 1
+fi
+
+printf '{\n  "issuer": "%s"\n}\n' "$ISSUER" >"$DIST/config.json"
+say "serving $WORK/dist on http://localhost:$SPA_PORT (vite preview)"
+(cd "$SPA" && exec ./node_modules/.bin/vite preview --outDir "$DIST" --host localhost \
+  --port "$SPA_PORT" --strictPort) >"$TMP/spa.log" 2>&1 &
+SPA_PID=$!
+up=0
+for _ in $(seq 1 100); do
+  if answers "http://localhost:$SPA_PORT/config.json"; then up=1; break; fi
+  kill -0 "$SPA_PID" 2>/dev/null || break
+  sleep 0.1
+done
+if [[ $up != 1 ]]; then
+  failed_any=1
+  echo "browser: the SPA server did not come up on http://localhost:$SPA_PORT; its log:"
+  cat "$TMP/spa.log" || true
+  echo "browser: 0 passed, 1 failed"
+  exit 1
+fi
+
+# -------------------------------------------------------------------------------- test
+
+say "running $SPA/e2e/browser.test.mjs"
+rm -rf target/browser-artifacts
+status=0
+ISSUER=$ISSUER SPA_URL=http://localhost:$SPA_PORT CHROMIUM=$CHROMIUM \
+  ARTIFACTS=$ROOT/target/browser-artifacts \
+  node "$SPA/e2e/browser.test.mjs" || status=$?
+if [[ $status != 0 ]]; then failed_any=1; fi
+if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+  echo "browser: the server died during the test"
+  failed_any=1
+fi
+if [[ $failed_any != 0 ]]; then print_log; fi
+say "done in $((SECONDS - started)) s"
+exit "$failed_any"
