@@ -29,19 +29,18 @@ use token_issuer::verifier::{Verifier, VerifierConfig, VerifyError};
 
 /// The verified caller, or the answer RFC 6750 prescribes.
 async fn authenticate(verifier: &Verifier, req: &Request) -> Result<AccessClaims, Response> {
+    // RFC 6750 §2.1: the scheme is case-insensitive.
     let token = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let Some(token) = token else {
         return Err(Response::builder()
             .status(StatusCode::UNAUTHORIZED)
-            .header("www-authenticate", "Bearer")
+            .header("www-authenticate", "Bearer realm=\"orders\"")
             .finish());
     };
     verifier.verify(token).await.map_err(|e| match e {
@@ -50,7 +49,10 @@ async fn authenticate(verifier: &Verifier, req: &Request) -> Result<AccessClaims
             eprintln!("refused a token: {why}");
             Response::builder()
                 .status(StatusCode::UNAUTHORIZED)
-                .header("www-authenticate", "Bearer error=\"invalid_token\"")
+                .header(
+                    "www-authenticate",
+                    "Bearer realm=\"orders\", error=\"invalid_token\"",
+                )
                 .finish()
         }
         VerifyError::Unavailable(_) | VerifyError::Config(_) => {

@@ -26,14 +26,22 @@
 //!   `iat` and `sub` required and checked with a leeway of 30 s at most.
 //! - **JWKS cache.** Kept for the response's `Cache-Control: max-age` (clamped to
 //!   `max_cache_age`, 5 min by default, the issuer's own max-age), then revalidated with
-//!   `If-None-Match`. The issuer publishes a key before it signs with it for longer than
-//!   that, so a rotation reaches a running verifier before the first token it signs.
-//!   A failed refetch keeps the keys it had (they are still the issuer's keys) and is
-//!   retried after `unknown_kid_interval`: an issuer outage does not fail every request.
+//!   `If-None-Match` by one background task while requests go on with the keys they have
+//!   (stale keys are still the issuer's keys). The issuer publishes a key before it signs
+//!   with it for longer than that, so a rotation reaches a running verifier before the
+//!   first token it signs.
 //! - **Unknown `kid`.** The JWKS is fetched again at most once per `unknown_kid_interval`
-//!   (30 s by default) however many tokens name a key it does not know, and concurrent
-//!   requests wait for one fetch: forged `kid`s cannot turn the verifier into a fetch
-//!   storm against the issuer.
+//!   (30 s by default, at least 1 s) however many tokens name a key it does not know;
+//!   concurrent requests wait for that one fetch, which runs in a task of its own (a
+//!   caller that gives up does not cancel it). Forged `kid`s cannot turn the verifier
+//!   into a fetch storm against the issuer.
+//! - **Issuer unreachable.** A failed fetch keeps the keys it had and is retried after
+//!   the shorter of the two intervals: tokens signed by known keys still verify. A token
+//!   whose `kid` is unknown while the JWKS cannot be fetched is `Unavailable` (503), not
+//!   `Unauthorized`: the client should retry, not throw its session away.
+//! - **Transport.** The issuer must be `https://` (plain `http` only on loopback), and
+//!   the introspection endpoint must be on the issuer's origin: the service's secret and
+//!   the bearer tokens go nowhere else. Redirects are not followed.
 //! - **Revocation (optional).** Access tokens are stateless until they expire (5–15
 //!   min). A service that must refuse a revoked session at once configures a `service`
 //!   client ([`VerifierConfig::introspection`]): each token is then also checked at the
@@ -59,9 +67,10 @@ pub struct VerifierConfig {
     pub issuer: String,
     /// The audience this service accepts (one of the token's `aud`).
     pub audience: String,
-    /// Clock skew allowed on `exp`, `nbf` and `iat` (at most 30 s, as on the issuer).
+    /// Clock skew allowed on `exp`, `nbf` and `iat` (at most 30 s). Use the issuer's
+    /// `clock_leeway` (30 s by default) so that both accept the same tokens.
     pub leeway: Duration,
-    /// The least time between two JWKS fetches caused by unknown `kid`s or failures.
+    /// The least time between two JWKS fetches caused by unknown `kid`s (at least 1 s).
     pub unknown_kid_interval: Duration,
     /// The longest the JWKS is used before it is revalidated.
     pub max_cache_age: Duration,
@@ -110,7 +119,8 @@ impl VerifierConfig {
         }
     }
 
-    /// Also asks the issuer whether each token is still active (cached `cache_ttl`).
+    /// Also asks the issuer whether each token is still active, keeping each answer
+    /// `cache_ttl` (at most 60 s: it is how late a revocation may be seen).
     pub fn introspection(
         mut self,
         client_id: impl Into<String>,
@@ -148,18 +158,27 @@ struct KeyCache {
     fresh_until: Instant,
     /// When the JWKS was last asked for, successfully or not.
     fetched_at: Instant,
+    /// The last attempt failed: these are the keys of an earlier answer.
+    failed: bool,
 }
 
-/// Verifies the issuer's access tokens; share one per process (it is `Send + Sync`).
+/// Verifies the issuer's access tokens; share one per process (it is `Send + Sync`,
+/// and cheap to clone).
+#[derive(Clone)]
 pub struct Verifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     http: reqwest::Client,
     config: VerifierConfig,
     leeway: i64,
     jwks_uri: String,
     introspection_endpoint: Option<String>,
     cache: RwLock<Arc<KeyCache>>,
-    /// Held while fetching the JWKS: concurrent requests wait for one fetch.
-    fetching: tokio::sync::Mutex<()>,
+    /// Held by the one JWKS fetch in progress (in a task of its own, so that a caller
+    /// that gives up does not cancel it).
+    fetching: Arc<tokio::sync::Mutex<()>>,
     /// Introspection answers by `jti`: active or not, until when.
     answers: Mutex<HashMap<String, (bool, Instant)>>,
     fetches: AtomicU64,
@@ -191,11 +210,30 @@ struct Jwk {
 
 /// Most introspection answers kept before expired ones are dropped.
 const MAX_ANSWERS: usize = 10_000;
+/// The shortest `unknown_kid_interval`: zero would mean a fetch per forged token.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest an introspection answer is trusted: it is how late a revocation is seen.
+const MAX_ANSWER_TTL: Duration = Duration::from_secs(60);
 
 impl Verifier {
     /// Reads the issuer's metadata and its JWKS. Fails when the issuer cannot be
-    /// reached or its metadata names another issuer.
-    pub async fn discover(config: VerifierConfig) -> Result<Self, VerifyError> {
+    /// reached, its metadata names another issuer, or the configuration is unsafe
+    /// (`http` anywhere but on loopback; an introspection endpoint on another origin).
+    pub async fn discover(mut config: VerifierConfig) -> Result<Self, VerifyError> {
+        config.unknown_kid_interval = config.unknown_kid_interval.max(MIN_INTERVAL);
+        config.max_cache_age = config.max_cache_age.max(MIN_INTERVAL);
+        if let Some(intro) = &mut config.introspection {
+            intro.cache_ttl = intro.cache_ttl.min(MAX_ANSWER_TTL);
+        }
+        let issuer_origin = origin(&config.issuer)
+            .filter(|o| o.starts_with("https://") || is_loopback_http(o))
+            .ok_or_else(|| {
+                VerifyError::Config(format!(
+                    "the issuer {:?} must be an https:// URL (http only on loopback)",
+                    config.issuer
+                ))
+            })?
+            .to_owned();
         let http = http_client(config.http_timeout)?;
         let issuer = config.issuer.trim_end_matches('/');
         let url = format!("{issuer}/.well-known/oauth-authorization-server");
@@ -214,14 +252,21 @@ impl Verifier {
                 metadata.issuer, config.issuer
             )));
         }
-        if config.introspection.is_some() && metadata.introspection_endpoint.is_none() {
-            return Err(VerifyError::Config(
-                "introspection is configured but the issuer names no introspection_endpoint".into(),
-            ));
+        if config.introspection.is_some() {
+            // The client secret and every bearer token go there: only to the issuer.
+            let endpoint = metadata
+                .introspection_endpoint
+                .as_deref()
+                .unwrap_or_default();
+            if origin(endpoint) != Some(issuer_origin.as_str()) {
+                return Err(VerifyError::Config(format!(
+                    "introspection is configured but the issuer's introspection_endpoint {endpoint:?} is not on {issuer_origin}"
+                )));
+            }
         }
         let leeway = i64::try_from(config.leeway.as_secs().min(30)).unwrap_or(30);
         let never = Instant::now();
-        let verifier = Self {
+        let inner = Arc::new(Inner {
             http,
             leeway,
             jwks_uri: metadata.jwks_uri,
@@ -231,27 +276,38 @@ impl Verifier {
                 etag: None,
                 fresh_until: never,
                 fetched_at: never,
+                failed: true,
             })),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: Arc::new(tokio::sync::Mutex::new(())),
             answers: Mutex::new(HashMap::new()),
             fetches: AtomicU64::new(0),
             config,
-        };
-        let first = verifier.fetch(&verifier.snapshot()).await?;
-        verifier.store(first);
-        Ok(verifier)
+        });
+        let first = inner.fetch(&inner.snapshot()).await?;
+        inner.store(first);
+        Ok(Self { inner })
     }
 
     /// Verifies a bearer token; the claims when it is valid for our audience now.
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, VerifyError> {
-        let mut keys = self.snapshot();
+        let inner = &self.inner;
+        let keys = inner.snapshot();
         if Instant::now() >= keys.fresh_until {
-            keys = self.refetch(&keys, Why::Stale).await;
+            // Stale keys are still the issuer's keys: use them while one task
+            // revalidates, rather than make every request wait for the issuer.
+            self.revalidate_in_background();
         }
-        let claims = match self.check(&keys, token) {
+        let claims = match inner.check(&keys, token) {
             Err(Rejected::UnknownKid) => {
-                let newer = self.refetch(&keys, Why::UnknownKid).await;
-                self.check(&newer, token)
+                let newer = self.refetch_for_unknown_kid(&keys).await;
+                match inner.check(&newer, token) {
+                    Err(Rejected::UnknownKid) if newer.failed => {
+                        return Err(VerifyError::Unavailable(
+                            "the token's kid is not among the cached keys and the JWKS cannot be fetched".into(),
+                        ));
+                    }
+                    checked => checked,
+                }
             }
             checked => checked,
         }
@@ -259,7 +315,7 @@ impl Verifier {
             Rejected::UnknownKid => VerifyError::Unauthorized("unknown kid"),
             Rejected::Invalid(why) => VerifyError::Unauthorized(why),
         })?;
-        if self.config.introspection.is_some() && !self.active(token, &claims).await? {
+        if inner.config.introspection.is_some() && !inner.active(token, &claims).await? {
             return Err(VerifyError::Unauthorized("session revoked"));
         }
         Ok(claims)
@@ -267,9 +323,50 @@ impl Verifier {
 
     /// How many times the JWKS has been requested from the issuer (for metrics).
     pub fn jwks_fetches(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
+        self.inner.fetches.load(Ordering::Relaxed)
     }
 
+    /// Starts a revalidation unless one is running.
+    fn revalidate_in_background(&self) {
+        let Ok(guard) = Arc::clone(&self.inner.fetching).try_lock_owned() else {
+            return;
+        };
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let _one_at_a_time = guard;
+            let current = inner.snapshot();
+            if Instant::now() >= current.fresh_until {
+                inner.fetch_and_store(&current).await;
+            }
+        });
+    }
+
+    /// Fetches the JWKS again for a `kid` we do not know, unless another request just
+    /// did or the last fetch is more recent than `unknown_kid_interval`: forged `kid`s
+    /// cause at most one fetch per interval, and concurrent ones share it.
+    async fn refetch_for_unknown_kid(&self, seen: &Arc<KeyCache>) -> Arc<KeyCache> {
+        let inner = &self.inner;
+        let guard = Arc::clone(&inner.fetching).lock_owned().await;
+        let current = inner.snapshot();
+        if !Arc::ptr_eq(&current, seen)
+            || Instant::now() < current.fetched_at + inner.config.unknown_kid_interval
+        {
+            return current;
+        }
+        // In a task of its own: if this caller gives up (its client went away), the
+        // fetch still completes and is recorded, so the interval holds.
+        let task = {
+            let inner = Arc::clone(inner);
+            tokio::spawn(async move {
+                let _one_at_a_time = guard;
+                inner.fetch_and_store(&current).await
+            })
+        };
+        task.await.unwrap_or_else(|_| inner.snapshot())
+    }
+}
+
+impl Inner {
     fn check(&self, keys: &KeyCache, token: &str) -> Result<AccessClaims, Rejected> {
         let expect = Expect {
             issuer: &self.config.issuer,
@@ -288,32 +385,25 @@ impl Verifier {
         *self.cache.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
     }
 
-    /// Fetches the JWKS again unless another request just did, or (for an unknown
-    /// `kid`) the last fetch is more recent than `unknown_kid_interval`. A failure keeps
-    /// the keys and is retried after that interval.
-    async fn refetch(&self, seen: &Arc<KeyCache>, why: Why) -> Arc<KeyCache> {
-        let _one_at_a_time = self.fetching.lock().await;
-        let current = self.snapshot();
-        if !Arc::ptr_eq(&current, seen) {
-            return current;
-        }
-        let now = Instant::now();
-        let due = match why {
-            Why::Stale => now >= current.fresh_until,
-            Why::UnknownKid => now >= current.fetched_at + self.config.unknown_kid_interval,
-        };
-        if !due {
-            return current;
-        }
-        let next = match self.fetch(&current).await {
+    /// One fetch, recorded whatever its outcome: a failure keeps the keys we have
+    /// (they are still the issuer's) and is retried after the shorter of
+    /// `unknown_kid_interval` and `max_cache_age`.
+    async fn fetch_and_store(&self, current: &KeyCache) -> Arc<KeyCache> {
+        let next = match self.fetch(current).await {
             Ok(next) => next,
             Err(e) => {
-                tracing::warn!(error = %e, jwks_uri = %self.jwks_uri, "JWKS refetch failed; keeping the keys we have");
+                tracing::warn!(error = %e, jwks_uri = %self.jwks_uri, "JWKS fetch failed; keeping the keys we have");
+                let now = Instant::now();
                 KeyCache {
                     keys: current.keys.clone(),
                     etag: current.etag.clone(),
-                    fresh_until: now + self.config.unknown_kid_interval,
+                    fresh_until: now
+                        + self
+                            .config
+                            .unknown_kid_interval
+                            .min(self.config.max_cache_age),
                     fetched_at: now,
+                    failed: true,
                 }
             }
         };
@@ -333,16 +423,14 @@ impl Verifier {
         let now = Instant::now();
         let fresh_for = max_age(resp.headers())
             .unwrap_or(self.config.max_cache_age)
-            .clamp(
-                Duration::from_secs(1),
-                self.config.max_cache_age.max(Duration::from_secs(1)),
-            );
+            .clamp(MIN_INTERVAL, self.config.max_cache_age);
         if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
             return Ok(KeyCache {
                 keys: current.keys.clone(),
                 etag: current.etag.clone(),
                 fresh_until: now + fresh_for,
                 fetched_at: now,
+                failed: false,
             });
         }
         let resp = resp.error_for_status().map_err(unavailable)?;
@@ -357,6 +445,7 @@ impl Verifier {
             etag,
             fresh_until: now + fresh_for,
             fetched_at: now,
+            failed: false,
         })
     }
 
@@ -407,10 +496,30 @@ impl Verifier {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Why {
-    Stale,
-    UnknownKid,
+/// `scheme://authority` of a URL, without path, query or fragment.
+fn origin(url: &str) -> Option<&str> {
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme.is_empty() || rest.is_empty() {
+        return None;
+    }
+    let authority = rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end]);
+    (!authority.is_empty()).then(|| &url[..scheme.len() + 3 + authority.len()])
+}
+
+/// `http://` to a loopback host, where plain HTTP cannot be intercepted.
+fn is_loopback_http(origin: &str) -> bool {
+    let Some(authority) = origin.strip_prefix("http://") else {
+        return false;
+    };
+    let host = if let Some(bracketed) = authority.strip_prefix('[') {
+        bracketed.split(']').next().unwrap_or_default()
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The RS256 signing keys of a JWKS; other kinds of keys are skipped.
@@ -468,6 +577,36 @@ mod tests {
         let mut h = reqwest::header::HeaderMap::new();
         h.insert(reqwest::header::CACHE_CONTROL, value.parse().unwrap());
         h
+    }
+
+    #[test]
+    fn origins_and_loopback() {
+        assert_eq!(
+            origin("https://auth.example.com/oauth/introspect"),
+            Some("https://auth.example.com")
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:8080"),
+            Some("http://127.0.0.1:8080")
+        );
+        assert_eq!(origin("https://a.example?x=/"), Some("https://a.example"));
+        assert_eq!(origin("auth.example.com"), None);
+        assert_eq!(origin("https://"), None);
+        for yes in [
+            "http://localhost:8080",
+            "http://127.0.0.1",
+            "http://[::1]:80",
+        ] {
+            assert!(is_loopback_http(yes), "{yes}");
+        }
+        for no in [
+            "http://example.com",
+            "https://localhost",
+            "http://10.0.0.1:80",
+            "http://localhost.evil.example",
+        ] {
+            assert!(!is_loopback_http(no), "{no}");
+        }
     }
 
     #[test]
