@@ -305,6 +305,54 @@ async fn a_revocation_event_alone_makes_an_instance_refuse_the_session() {
 /// Redis goes away (refused, then blackholed) and comes back under a steady load of
 /// refreshes (counted by the Redis rate limiter) and bearer calls (checked against the
 /// Redis deny-list): not one request fails.
+/// Four refresh streams spread over `apps`, each checking its new access token with
+/// `/v1/me`, until told to finish; then every request must have succeeded.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<(u32, Vec<String>)>>,
+}
+
+impl Load {
+    async fn start(apps: &[std::sync::Arc<TestApp>]) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for i in 0..4 {
+            let app = std::sync::Arc::clone(&apps[i % apps.len()]);
+            let stop = std::sync::Arc::clone(&stop);
+            let (_, first) = app.signed_in().await;
+            workers.push(tokio::spawn(async move {
+                let (mut current, mut served, mut failed) = (first, 0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let resp = app.refresh(&current.refresh).await;
+                    if resp.status() != StatusCode::OK {
+                        failed.push(format!("refresh {}", resp.status()));
+                        break;
+                    }
+                    current = tokens(resp).await;
+                    let me = app.me(&current.access).await.status();
+                    if me != StatusCode::OK {
+                        failed.push(format!("me {me}"));
+                    }
+                    served += 2;
+                }
+                (served, failed)
+            }));
+        }
+        Self { stop, workers }
+    }
+
+    async fn finish_without_failures(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = 0;
+        for w in self.workers {
+            let (served, failed) = w.await.unwrap();
+            assert!(failed.is_empty(), "{failed:?}");
+            total += served;
+        }
+        assert!(total > 100, "the load ran: {total} requests");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_request_fails_while_redis_goes_away_and_comes_back_under_load() {
     let redis_url = test_redis_url().await;
@@ -322,43 +370,14 @@ async fn no_request_fails_while_redis_goes_away_and_comes_back_under_load() {
         .await,
     );
     wait_for_redis(&app, "ok").await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        let (app, stop) = (std::sync::Arc::clone(&app), std::sync::Arc::clone(&stop));
-        let (_, first) = app.signed_in().await;
-        workers.push(tokio::spawn(async move {
-            let (mut current, mut served, mut failed) = (first, 0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let resp = app.refresh(&current.refresh).await;
-                if resp.status() != StatusCode::OK {
-                    failed.push(format!("refresh {}", resp.status()));
-                    break;
-                }
-                current = tokens(resp).await;
-                let me = app.me(&current.access).await.status();
-                if me != StatusCode::OK {
-                    failed.push(format!("me {me}"));
-                }
-                served += 2;
-            }
-            (served, failed)
-        }));
-    }
+    let load = Load::start(&[std::sync::Arc::clone(&app)]).await;
     for link in [Link::Refuse, Link::Open, Link::Blackhole, Link::Open] {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         proxy.set(link);
     }
     wait_for_redis(&app, "ok").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut total = 0;
-    for w in workers {
-        let (served, failed) = w.await.unwrap();
-        assert!(failed.is_empty(), "{failed:?}");
-        total += served;
-    }
-    assert!(total > 100, "the load ran: {total} requests");
+    load.finish_without_failures().await;
 }
 
 /// A Redis server of the test's own, on a port of its own, that can be killed for real.
@@ -437,30 +456,7 @@ async fn redis_killed_and_restarted_under_load_fails_no_request_and_the_deny_lis
     assert_eq!(me_status(&b, &victim.access).await, StatusCode::OK);
 
     // Refresh streams on both instances, each checking its new access token.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for i in 0..4 {
-        let app = std::sync::Arc::clone(if i % 2 == 0 { &a } else { &b });
-        let stop = std::sync::Arc::clone(&stop);
-        let (_, first) = app.signed_in().await;
-        workers.push(tokio::spawn(async move {
-            let (mut current, mut served, mut failed) = (first, 0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let resp = app.refresh(&current.refresh).await;
-                if resp.status() != StatusCode::OK {
-                    failed.push(format!("refresh {}", resp.status()));
-                    break;
-                }
-                current = tokens(resp).await;
-                let me = app.me(&current.access).await.status();
-                if me != StatusCode::OK {
-                    failed.push(format!("me {me}"));
-                }
-                served += 2;
-            }
-            (served, failed)
-        }));
-    }
+    let load = Load::start(&[std::sync::Arc::clone(&a), std::sync::Arc::clone(&b)]).await;
 
     tokio::time::sleep(Duration::from_millis(1000)).await;
     redis.kill();
@@ -506,13 +502,6 @@ async fn redis_killed_and_restarted_under_load_fails_no_request_and_the_deny_lis
     }
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut total = 0;
-    for w in workers {
-        let (served, failed) = w.await.unwrap();
-        assert!(failed.is_empty(), "{failed:?}");
-        total += served;
-    }
-    assert!(total > 100, "the load ran: {total} requests");
+    load.finish_without_failures().await;
     drop(restarted);
 }

@@ -47,8 +47,9 @@ fn refused(result: Result<token_issuer::domain::claims::AccessClaims, VerifyErro
     );
 }
 
-/// JWKS requests the issuer has answered, from its own `/metrics`.
-async fn jwks_served(app: &TestApp) -> u64 {
+/// JWKS requests the issuer has answered (with `status`, or with any), from its own
+/// `/metrics`.
+async fn jwks_answered(app: &TestApp, status: Option<u16>) -> u64 {
     let text = app
         .http
         .get(app.url("/metrics"))
@@ -58,8 +59,14 @@ async fn jwks_served(app: &TestApp) -> u64 {
         .text()
         .await
         .unwrap();
+    let prefix = match status {
+        Some(status) => {
+            format!("issuer_http_requests_total{{operation=\"jwks\",status=\"{status}\"}} ")
+        }
+        None => "issuer_http_requests_total{operation=\"jwks\"".to_owned(),
+    };
     text.lines()
-        .filter(|l| l.starts_with("issuer_http_requests_total{operation=\"jwks\""))
+        .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
@@ -192,7 +199,7 @@ scenario! {
         let verifier = std::sync::Arc::new(Verifier::discover(config(&app)).await.unwrap());
         let (_, t) = app.signed_in().await;
         verifier.verify(&t.access).await.unwrap();
-        let (fetched, served) = (verifier.jwks_fetches(), jwks_served(&app).await);
+        let (fetched, served) = (verifier.jwks_fetches(), jwks_answered(&app, None).await);
         assert_eq!(fetched, 1, "discovery fetched the JWKS once");
 
         let stranger = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
@@ -216,7 +223,7 @@ scenario! {
         }
         // The interval (30 s) started at discovery: not one more fetch.
         assert_eq!(verifier.jwks_fetches(), fetched);
-        assert_eq!(jwks_served(&app).await, served);
+        assert_eq!(jwks_answered(&app, None).await, served);
         // The real tokens still verify, from the cache.
         verifier.verify(&t.access).await.unwrap();
 
@@ -285,23 +292,6 @@ scenario! {
     }
 }
 
-/// JWKS answers the issuer has given with `status`, from its own `/metrics`.
-async fn jwks_answered(app: &TestApp, status: u16) -> u64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("issuer_http_requests_total{{operation=\"jwks\",status=\"{status}\"}} ");
-    text.lines()
-        .filter_map(|l| l.strip_prefix(&prefix)?.parse::<u64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_verifier_revalidates_by_etag_and_rides_out_an_issuer_outage() {
     use crate::proxy::{Link, TcpProxy};
@@ -325,11 +315,11 @@ async fn the_verifier_revalidates_by_etag_and_rides_out_an_issuer_outage() {
     verifier.verify(&t.access).await.unwrap();
 
     // Stale after a second: revalidated with If-None-Match, answered 304.
-    assert_eq!(jwks_answered(&app, 304).await, 0);
+    assert_eq!(jwks_answered(&app, Some(304)).await, 0);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     verifier.verify(&t.access).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while jwks_answered(&app, 304).await == 0 {
+    while jwks_answered(&app, Some(304)).await == 0 {
         assert!(Instant::now() < deadline, "no conditional revalidation");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

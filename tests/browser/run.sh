@@ -33,21 +33,18 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 SPA=examples/spa
 WORK=target/browser
-BIN=${TOKEN_ISSUER_BIN:-target/debug/token-issuer}
 CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 SPA_PORT=5173
 
 say() { echo "== browser: $*"; }
 started=$SECONDS
 
-# The server must see only the settings this script gives it.
-while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^ISSUER_' || true)
+NAME=browser
+# shellcheck source=tests/issuer.sh
+source "$ROOT/tests/issuer.sh"
+issuer_clean_env
 
-if [[ ! -x $BIN ]]; then
-  echo "browser: no server binary at $BIN (build it with cargo first, or set TOKEN_ISSUER_BIN)" >&2
-  exit 1
-fi
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+issuer_resolve_bin
 mkdir -p "$WORK"
 
 # ---------------------------------------------------------------------------- installs
@@ -97,20 +94,10 @@ print_log() {
   fi
 }
 
-stop() {
-  local pid=$1
-  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  fi
-}
-
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
-  stop "$SPA_PID"
-  stop "$SERVER_PID"
+  stop_pid "$SPA_PID"
+  stop_pid "$SERVER_PID"
   if [[ $failed_any != 0 ]]; then print_log; fi
   rm -rf "$TMP"
 }
@@ -151,7 +138,7 @@ for attempt in 1 2 3; do
     sleep 0.2
   done
   [[ $up == 1 ]] && break
-  stop "$SERVER_PID"
+  stop_pid "$SERVER_PID"
   SERVER_PID=
   echo "browser: the server did not come up (attempt $attempt); its log:"
   tail -n 30 "$LOG" | sed 's/\x1b\[[0-9;]*m//g' || true

@@ -35,7 +35,6 @@ cd "$ROOT"
 HERE=tests/interop
 WORK=target/interop
 VENV=$WORK/venv
-BIN=${TOKEN_ISSUER_BIN:-target/debug/token-issuer}
 MAX_EXAMPLES=${INTEROP_MAX_EXAMPLES:-100}
 SEED=${INTEROP_SEED:-20240607}
 SUITES=${INTEROP_SUITES:-python node schemathesis}
@@ -43,15 +42,12 @@ SUITES=${INTEROP_SUITES:-python node schemathesis}
 say() { echo "== interop: $*"; }
 started=$SECONDS
 
-# The server must see only the settings this script gives it: no config file, database,
-# Redis or audience inherited from the caller's environment.
-while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^ISSUER_' || true)
+NAME=interop
+# shellcheck source=tests/issuer.sh
+source "$ROOT/tests/issuer.sh"
+issuer_clean_env
 
-if [[ ! -x $BIN ]]; then
-  echo "interop: no server binary at $BIN (build it with cargo first, or set TOKEN_ISSUER_BIN)" >&2
-  exit 1
-fi
-BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+issuer_resolve_bin
 mkdir -p "$WORK"
 
 # ---------------------------------------------------------------------------- installs
@@ -95,12 +91,7 @@ print_log() {
 
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
-  if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
+  stop_pid "$SERVER_PID"
   if [[ $failed_any != 0 ]]; then print_log; fi
   rm -rf "$TMP"
 }
