@@ -168,48 +168,57 @@ struct PresentedRecord {
 const FAMILY_COLUMNS: &str = "f.id, f.user_id, f.client_id, f.scope, f.created_at";
 
 impl PgStore {
-    async fn rotate_once(&self, r: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
+    /// The common case in one statement, so one round trip, atomic on its own: the
+    /// presented token is consumed if it is live (the conditional `UPDATE` decides a
+    /// race: a concurrent statement waits for the row and then finds it consumed), its
+    /// successor inserted and the family touched. `None` when the token was not live
+    /// (unknown, consumed, revoked, expired, another client, a disabled user): the
+    /// transaction in `rotate_once` sorts that out.
+    async fn rotate_fresh(&self, r: &RotateRequest<'_>) -> Result<Option<FamilyInfo>, StoreError> {
         let (idle_cutoff, absolute_cutoff) = r.policy.cutoffs(r.now);
-        let mut tx = self.begin().await?;
-        let consumed: Option<(Uuid,)> = sqlx::query_as(
-            "UPDATE refresh_tokens SET consumed_at = $1
-             WHERE token_hash = $2 AND consumed_at IS NULL
-               AND family_id IN (SELECT id FROM refresh_families
-                                 WHERE revoked_at IS NULL AND client_id = $3
-                                   AND last_used_at > $4 AND created_at > $5
-                                   AND user_id IN (SELECT id FROM users
-                                                   WHERE disabled_at IS NULL))
-             RETURNING family_id",
+        let record: Option<FamilyRecord> = sqlx::query_as(
+            "WITH consumed AS (
+                 UPDATE refresh_tokens SET consumed_at = $1
+                 WHERE token_hash = $2 AND consumed_at IS NULL
+                   AND family_id IN (SELECT id FROM refresh_families
+                                     WHERE revoked_at IS NULL AND client_id = $3
+                                       AND last_used_at > $4 AND created_at > $5
+                                       AND user_id IN (SELECT id FROM users
+                                                       WHERE disabled_at IS NULL))
+                 RETURNING family_id
+             ), successor AS (
+                 INSERT INTO refresh_tokens (token_hash, family_id, parent_hash, created_at)
+                 SELECT $6, family_id, $2, $1 FROM consumed
+             )
+             UPDATE refresh_families f
+                SET last_used_at = GREATEST(f.last_used_at, $1),
+                    ip = COALESCE($7, f.ip), user_agent = COALESCE($8, f.user_agent)
+               FROM consumed
+              WHERE f.id = consumed.family_id
+             RETURNING f.id, f.user_id, f.client_id, f.scope, f.created_at",
         )
         .bind(r.now)
         .bind(&r.presented[..])
         .bind(r.client_id)
         .bind(idle_cutoff)
         .bind(absolute_cutoff)
-        .fetch_optional(&mut *tx)
+        .bind(&r.successor[..])
+        .bind(r.ip)
+        .bind(r.user_agent)
+        .fetch_optional(&self.pool)
         .await
         .map_err(classify)?;
+        Ok(record.map(Into::into))
+    }
 
-        if let Some((family_id,)) = consumed {
-            sqlx::query(
-                "INSERT INTO refresh_tokens (token_hash, family_id, parent_hash, created_at)
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&r.successor[..])
-            .bind(family_id)
-            .bind(&r.presented[..])
-            .bind(r.now)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-            let family = touch_family(&mut tx, family_id, r).await?;
-            tx.commit().await.map_err(classify)?;
+    async fn rotate_once(&self, r: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
+        if let Some(family) = self.rotate_fresh(r).await? {
             return Ok(RotateOutcome::Issued {
                 family,
                 replay: false,
             });
         }
-
+        let mut tx = self.begin().await?;
         let presented: Option<PresentedRecord> = sqlx::query_as(&format!(
             "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at, t.consumed_at,
                     EXISTS (SELECT 1 FROM users u
@@ -257,8 +266,8 @@ impl PgStore {
                 family: Some(p.family.into()),
                 revoked: None,
             },
-            // The token was live when the update ran but not matched: a concurrent
-            // change between the two statements. Run the whole transaction again.
+            // The token is live now but `rotate_fresh` did not match it: a concurrent
+            // change between the two statements. Run the whole rotation again.
             Decision::Rotate => {
                 tx.rollback().await.map_err(classify)?;
                 return Err(StoreError::Retry);
