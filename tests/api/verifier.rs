@@ -161,8 +161,36 @@ async fn a_key_rotation_reaches_a_running_verifier_before_its_first_token() {
 
     let dir = app.keys_dir();
     let next = keyring::generate(&dir, KeySize::Rsa2048, now(&app)).unwrap();
-    // The issuer re-reads the ring every 2 s; the verifier revalidates every second.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The issuer re-reads the ring every 2 s: wait until it publishes the next key,
+    // then for two of the verifier's 1 s cache lifetimes (it revalidates in the
+    // background as requests arrive). Rotating earlier than that is what `keys rotate`
+    // refuses to do without `--force`.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let jwks: serde_json::Value = app
+            .http
+            .get(app.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == next.kid.as_str())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the issuer never published the next key"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let rotation = keyring::rotate(&dir, now(&app), LIFETIMES, true, KeySize::Rsa2048).unwrap();
     assert_eq!(rotation.active, next.kid);
     let deadline = Instant::now() + Duration::from_secs(15);
