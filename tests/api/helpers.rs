@@ -482,3 +482,42 @@ pub async fn live_tokens(database_url: &str, sid: &str) -> i64 {
     .unwrap();
     n
 }
+
+/// The kids the issuer publishes, and the JWKS's ETag.
+pub async fn jwks(app: &TestApp) -> (std::collections::HashSet<String>, String) {
+    let resp = app
+        .http
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+    let body: Value = resp.json().await.unwrap();
+    let kids = body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    (kids, etag)
+}
+
+/// Polls until `check` holds, for 15 s at most (instances re-read the key ring every
+/// 2 s).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The app's clock, in unix seconds.
+pub fn now(app: &TestApp) -> i64 {
+    use token_issuer::domain::clock::Clock as _;
+    app.clock.now().unix_timestamp()
+}

@@ -3,7 +3,7 @@
 //! exactly once however many instances share the key directory.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_lc_rs::rsa::KeySize;
 use reqwest::{Method, StatusCode};
@@ -12,45 +12,9 @@ use token_issuer::crypto::keyring::{self, KeyState};
 use token_issuer::service::keys::LIFETIMES;
 
 use crate::helpers::{
-    Backend, PASSWORD, TestApp, segment, sign_rs256, spawn_app, spawn_app_with,
+    Backend, PASSWORD, eventually, jwks, now, segment, sign_rs256, spawn_app, spawn_app_with,
     spawn_instance_like, tokens,
 };
-
-async fn jwks(app: &TestApp) -> (HashSet<String>, String) {
-    let resp = app
-        .http
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap();
-    let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
-    let body: Value = resp.json().await.unwrap();
-    let kids = body["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_owned())
-        .collect();
-    (kids, etag)
-}
-
-/// Polls until `check` holds (the instances re-read the ring every 2 s).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !check().await {
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn now(app: &TestApp) -> i64 {
-    use token_issuer::domain::clock::Clock as _;
-    app.clock.now().unix_timestamp()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotation_reaches_every_instance_without_a_restart() {

@@ -13,7 +13,8 @@ use token_issuer::service::keys::LIFETIMES;
 use token_issuer::verifier::{Verifier, VerifierConfig, VerifyError};
 
 use crate::helpers::{
-    Backend, SERVICE_CLIENT, SERVICE_SECRET, TestApp, segment, sign_rs256, spawn_app_with, tokens,
+    Backend, SERVICE_CLIENT, SERVICE_SECRET, TestApp, eventually, jwks, now, segment, sign_rs256,
+    spawn_app_with, tokens,
 };
 
 /// An issuer whose `issuer_url` is its real address, so that the metadata's `jwks_uri`
@@ -33,11 +34,6 @@ async fn issuer_at_its_own_url(backend: Backend) -> TestApp {
 
 fn config(app: &TestApp) -> VerifierConfig {
     VerifierConfig::new(&app.settings.issuer_url, &app.settings.audience)
-}
-
-fn now(app: &TestApp) -> i64 {
-    use token_issuer::domain::clock::Clock as _;
-    app.clock.now().unix_timestamp()
 }
 
 fn refused(result: Result<token_issuer::domain::claims::AccessClaims, VerifyError>, case: &str) {
@@ -165,46 +161,18 @@ async fn a_key_rotation_reaches_a_running_verifier_before_its_first_token() {
     // then for two of the verifier's 1 s cache lifetimes (it revalidates in the
     // background as requests arrive). Rotating earlier than that is what `keys rotate`
     // refuses to do without `--force`.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let jwks: serde_json::Value = app
-            .http
-            .get(app.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if jwks["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|k| k["kid"] == next.kid.as_str())
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the issuer never published the next key"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the issuer publishes the next key", || async {
+        jwks(&app).await.0.contains(&next.kid)
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let rotation = keyring::rotate(&dir, now(&app), LIFETIMES, true, KeySize::Rsa2048).unwrap();
     assert_eq!(rotation.active, next.kid);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    eventually("the issuer signs with the new key", || async {
         let t = app.signed_in().await.1;
-        if segment(&t.access, 0)["kid"] == next.kid.as_str() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the issuer never signed with the new key"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        segment(&t.access, 0)["kid"] == next.kid.as_str()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (kids, failures, verified) = worker.await.unwrap();
@@ -346,11 +314,10 @@ async fn the_verifier_revalidates_by_etag_and_rides_out_an_issuer_outage() {
     assert_eq!(jwks_answered(&app, Some(304)).await, 0);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     verifier.verify(&t.access).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while jwks_answered(&app, Some(304)).await == 0 {
-        assert!(Instant::now() < deadline, "no conditional revalidation");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("a conditional revalidation answered 304", || async {
+        jwks_answered(&app, Some(304)).await > 0
+    })
+    .await;
     let fetched = verifier.jwks_fetches();
 
     // The issuer goes away: tokens of known keys still verify, from the cached keys,
