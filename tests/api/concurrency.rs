@@ -5,7 +5,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{Backend, TestApp, assert_invalid_grant, patient, spawn_app_with, tokens};
+use crate::helpers::{
+    Backend, TestApp, assert_invalid_grant, eventually, patient, spawn_app_with, tokens,
+};
 
 const PARALLEL: usize = 50;
 
@@ -183,5 +185,66 @@ async fn two_hundred_parallel_refreshes_on_postgres_give_one_successor() {
         reasons.iter().filter(|r| **r == "reused").count(),
         1,
         "{reasons:?}"
+    );
+}
+
+/// Four chains rotating `ROTATIONS` times each as fast as they can; the WAL's largest
+/// size meanwhile.
+async fn rotation_burst(app: &Arc<TestApp>, wal: &std::path::Path) -> u64 {
+    const CHAINS: usize = 4;
+    const ROTATIONS: usize = 200;
+    let chains: Vec<_> = (0..CHAINS)
+        .map(|_| {
+            let (app, wal) = (Arc::clone(app), wal.to_owned());
+            tokio::spawn(async move {
+                let (_, mut t) = app.signed_in().await;
+                let mut largest = 0;
+                for _ in 0..ROTATIONS {
+                    t = tokens(app.refresh(&t.refresh).await).await;
+                    largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+                }
+                largest
+            })
+        })
+        .collect();
+    let mut largest = 0;
+    for chain in chains {
+        largest = largest.max(chain.await.unwrap());
+    }
+    largest
+}
+
+/// Whether every frame in the WAL has been copied into the database file: the
+/// wal-index header's `mxFrame` (offset 16) against the checkpoint's `nBackfill`
+/// (offset 96), as SQLite's file-format document lays out the `-shm` file.
+fn wal_checkpointed(shm: &std::path::Path) -> bool {
+    let bytes = std::fs::read(shm).unwrap();
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    word(16) == word(96)
+}
+
+/// The SQLite writer leaves checkpoints to a task of its own (a checkpoint's fsyncs
+/// would stall every rotation queued behind it). That task must catch up once the load
+/// pauses, so the writer's next commit starts the WAL over: without it the WAL would
+/// grow by every commit until the writer's own 32 MiB backstop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_sqlite_wal_is_checkpointed_off_the_writer_and_starts_over_after_a_burst() {
+    let app = Arc::new(spawn_app_with(Backend::Sqlite, patient).await);
+    let db = app.settings.database_url.strip_prefix("sqlite://").unwrap();
+    let (wal, shm) = (
+        std::path::PathBuf::from(format!("{db}-wal")),
+        std::path::PathBuf::from(format!("{db}-shm")),
+    );
+    let first = rotation_burst(&app, &wal).await;
+    eventually("the checkpointer catches up with the WAL", || async {
+        wal_checkpointed(&shm)
+    })
+    .await;
+    let second = rotation_burst(&app, &wal).await;
+    println!("largest WAL: {first} bytes in the first burst, {second} in the second");
+    // Had the WAL not started over, the second burst would have appended to the first.
+    assert!(
+        second < first + first / 2,
+        "the WAL grew from {first} to {second} bytes"
     );
 }
