@@ -80,10 +80,11 @@ impl RotationJob {
 }
 
 /// Group commit for rotations: concurrent rotations queue here, and one task runs
-/// them in batches of at most `BATCH_MAX`, each in a savepoint of one `BEGIN
-/// IMMEDIATE` transaction: decided one after the other, as atomic and isolated as
-/// before (the single writer runs them in turn; a failing one rolls back to its
-/// savepoint alone), and answered only after the batch committed. A crash loses the
+/// them in batches of at most `BATCH_MAX`, in one `BEGIN IMMEDIATE` transaction:
+/// decided one after the other, as atomic and isolated as
+/// before (the single writer runs them in turn; when one fails, the batch is rolled
+/// back and run again with each job in a savepoint, so the failing one rolls back
+/// alone), and answered only after the batch committed. A crash loses the
 /// whole uncommitted batch, whose requests were never answered. One commit serves many
 /// rotations, so the writer's per-transaction cost is paid once per batch.
 struct Rotations {
@@ -160,45 +161,76 @@ async fn run_batch(writer: &SqlitePool, batch: Vec<RotationJob>) {
     let failed = |e: &StoreError| {
         StoreError::Unavailable(sqlx::Error::Protocol(format!("rotation batch failed: {e}")))
     };
-    let mut tx = match writer.begin_with("BEGIN IMMEDIATE").await.map_err(classify) {
-        Ok(tx) => tx,
-        Err(e) => {
-            for job in batch {
-                let _ = job.reply.send(Err(failed(&e)));
-            }
-            return;
-        }
+    // Savepoints cost two of a fresh rotation's five statements, and a job fails only
+    // when the database does: run without them, and again with them if one failed.
+    let outcome = match attempt(writer, &batch, false).await {
+        Ok(Attempt::JobFailed) => attempt(writer, &batch, true).await,
+        other => other,
     };
-    let mut results = Vec::with_capacity(batch.len());
-    for job in &batch {
-        let outcome = async {
-            let mut savepoint = sqlx::Acquire::begin(&mut tx).await.map_err(classify)?;
-            match rotate_in(&mut savepoint, &job.request()).await {
-                Ok(outcome) => {
-                    savepoint.commit().await.map_err(classify)?;
-                    Ok(outcome)
-                }
-                Err(e) => {
-                    let _ = savepoint.rollback().await;
-                    Err(e)
-                }
-            }
-        }
-        .await;
-        results.push(outcome);
-    }
-    match tx.commit().await.map_err(classify) {
-        Ok(()) => {
+    match outcome {
+        Ok(Attempt::Done(results)) => {
             for (job, result) in batch.into_iter().zip(results) {
                 let _ = job.reply.send(result);
             }
         }
+        Ok(Attempt::JobFailed) => unreachable!("an isolated attempt answers every job"),
         Err(e) => {
             for job in batch {
                 let _ = job.reply.send(Err(failed(&e)));
             }
         }
     }
+}
+
+enum Attempt {
+    /// Committed: each job's answer, in order.
+    Done(Vec<Result<RotateOutcome, StoreError>>),
+    /// A job failed without a savepoint of its own: the whole batch was rolled back.
+    JobFailed,
+}
+
+/// Runs `batch` in one `BEGIN IMMEDIATE` transaction, the jobs one after the other.
+/// `isolated` puts each job in a savepoint, so a failing one rolls back alone;
+/// otherwise the first failure rolls back the batch and ends the attempt.
+async fn attempt(
+    writer: &SqlitePool,
+    batch: &[RotationJob],
+    isolated: bool,
+) -> Result<Attempt, StoreError> {
+    let mut tx = writer
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(classify)?;
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let outcome = if isolated {
+            async {
+                let mut savepoint = sqlx::Acquire::begin(&mut tx).await.map_err(classify)?;
+                match rotate_in(&mut savepoint, &job.request()).await {
+                    Ok(outcome) => {
+                        savepoint.commit().await.map_err(classify)?;
+                        Ok(outcome)
+                    }
+                    Err(e) => {
+                        let _ = savepoint.rollback().await;
+                        Err(e)
+                    }
+                }
+            }
+            .await
+        } else {
+            match rotate_in(&mut tx, &job.request()).await {
+                Ok(outcome) => Ok(outcome),
+                Err(_) => {
+                    tx.rollback().await.map_err(classify)?;
+                    return Ok(Attempt::JobFailed);
+                }
+            }
+        };
+        results.push(outcome);
+    }
+    tx.commit().await.map_err(classify)?;
+    Ok(Attempt::Done(results))
 }
 
 impl SqliteStore {

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::{
-    Backend, TestApp, assert_invalid_grant, eventually, patient, spawn_app_with, tokens,
+    Backend, TestApp, assert_invalid_grant, eventually, patient, spawn_app, spawn_app_with, tokens,
 };
 
 const PARALLEL: usize = 50;
@@ -247,4 +247,102 @@ async fn the_sqlite_wal_is_checkpointed_off_the_writer_and_starts_over_after_a_b
         second < first + first / 2,
         "the WAL grew from {first} to {second} bytes"
     );
+}
+
+scenario! {
+    /// A rotation that fails in the database (here its successor's hash is already
+    /// taken) fails alone: the rotations that ran with it, in the same SQLite batch,
+    /// still commit, and its own token is left unconsumed.
+    async fn a_rotation_that_fails_in_the_database_fails_alone(backend) {
+        use token_issuer::crypto::refresh;
+        use token_issuer::domain::family::RefreshPolicy;
+        use token_issuer::store::{NewFamily, RotateOutcome, RotateRequest};
+        const FAMILIES: usize = 32;
+        let app = spawn_app(backend).await;
+        let (_, t) = app.signed_in().await;
+        let user_id: uuid::Uuid =
+            crate::helpers::segment(&t.access, 1)["sub"].as_str().unwrap().parse().unwrap();
+        let store = token_issuer::startup::open_store(&app.settings).await.unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let policy = RefreshPolicy {
+            idle_timeout: Duration::from_secs(3600),
+            absolute_lifetime: Duration::from_secs(3600),
+            grace_period: Duration::from_secs(10),
+        };
+        let mut firsts = Vec::new();
+        for _ in 0..FAMILIES {
+            let first = refresh::hash(&refresh::generate().unwrap());
+            let family = NewFamily {
+                id: uuid::Uuid::new_v4(),
+                user_id,
+                client_id: "dev".into(),
+                scope: None,
+                created_at: now,
+                user_agent: None,
+                ip: None,
+                first_token: first,
+                checked_password_hash: None,
+            };
+            assert!(store.create_family(&family).await.unwrap());
+            firsts.push(first);
+        }
+        // Every fourth rotation names the next family's token as its successor.
+        let collides = |i: usize| i.is_multiple_of(4);
+        let barrier = Arc::new(tokio::sync::Barrier::new(FAMILIES));
+        let rotations: Vec<_> = (0..FAMILIES)
+            .map(|i| {
+                let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+                let (presented, successor) = (
+                    firsts[i],
+                    if collides(i) {
+                        firsts[i + 1]
+                    } else {
+                        refresh::hash(&refresh::generate().unwrap())
+                    },
+                );
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .rotate(&RotateRequest {
+                            presented,
+                            successor,
+                            client_id: "dev",
+                            now,
+                            policy,
+                            ip: None,
+                            user_agent: None,
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for (i, rotation) in rotations.into_iter().enumerate() {
+            let outcome = rotation.await.unwrap();
+            if collides(i) {
+                assert!(outcome.is_err(), "rotation {i}: {outcome:?}");
+            } else {
+                assert!(
+                    matches!(outcome, Ok(RotateOutcome::Issued { replay: false, .. })),
+                    "rotation {i}: {outcome:?}"
+                );
+            }
+        }
+        // The failed rotations consumed nothing: each token rotates now.
+        for i in (0..FAMILIES).filter(|&i| collides(i)) {
+            let outcome = store
+                .rotate(&RotateRequest {
+                    presented: firsts[i],
+                    successor: refresh::hash(&refresh::generate().unwrap()),
+                    client_id: "dev",
+                    now,
+                    policy,
+                    ip: None,
+                    user_agent: None,
+                })
+                .await
+                .unwrap();
+            assert!(matches!(outcome, RotateOutcome::Issued { replay: false, .. }), "{outcome:?}");
+        }
+        store.close().await;
+    }
 }
