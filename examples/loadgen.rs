@@ -7,6 +7,7 @@
 //! cargo run --release --example loadgen -- --backend sqlite --seconds 10 --workers 8
 //! cargo run --release --example loadgen -- --backend postgres --out bench-postgres.md
 //! cargo run --release --example loadgen -- --only refresh   # healthz + the refresh scenarios
+//! cargo run --release --example loadgen -- --population 0      # on an empty database
 //! ```
 //!
 //! It builds the server binary first (`cargo build --release --bin token-issuer`). The
@@ -38,6 +39,8 @@ struct Args {
     out: Option<PathBuf>,
     /// Only the scenarios whose name starts with this (healthz always runs).
     only: Option<String>,
+    /// Other users already in the database, each with one live session.
+    population: u64,
 }
 
 fn args() -> Args {
@@ -47,6 +50,7 @@ fn args() -> Args {
         workers: 8,
         out: None,
         only: None,
+        population: 100_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,6 +61,7 @@ fn args() -> Args {
             "--workers" => a.workers = value.parse().expect("--workers N"),
             "--out" => a.out = Some(value.into()),
             "--only" => a.only = Some(value),
+            "--population" => a.population = value.parse().expect("--population N"),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -116,7 +121,7 @@ impl Server {
     }
 }
 
-fn start_server(dir: &Path, database_url: Option<&str>, secret_hash: &str) -> Server {
+fn start_server(dir: &Path, database_url: &str, secret_hash: &str) -> Server {
     let config = dir.join("issuer.toml");
     std::fs::write(
         &config,
@@ -134,15 +139,11 @@ fn start_server(dir: &Path, database_url: Option<&str>, secret_hash: &str) -> Se
         .env("ISSUER_LOG", "info")
         .env("ISSUER_DATA_DIR", dir.join("data"))
         .env("ISSUER_KEYS_DIR", dir.join("keys"))
+        .env("ISSUER_DATABASE_URL", database_url)
         .env_remove("ISSUER_REDIS_URL")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    if let Some(url) = database_url {
-        cmd.env("ISSUER_DATABASE_URL", url);
-    } else {
-        cmd.env_remove("ISSUER_DATABASE_URL");
-    }
     let mut child = cmd.spawn().expect("target/release/token-issuer runs");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -224,6 +225,63 @@ fn verify_limit(token: &str, n: &str, e: &str, seconds: f64) -> f64 {
         t.join().unwrap();
     }
     total.load(Ordering::Relaxed) as f64 / seconds
+}
+
+/// Adds `n` users to the database (migrated first), each with one live session of the
+/// `dev` client, so that every scenario runs against tables of a real size: a query
+/// that scans a table shows here, not on an empty database.
+async fn populate(database_url: &str, n: u64) {
+    use sqlx::{Connection as _, Executor as _};
+    let mut settings = Settings::development().unwrap();
+    settings.database_url = database_url.to_owned();
+    token_issuer::startup::open_store(&settings)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let n = i64::try_from(n).unwrap();
+    if database_url.starts_with("sqlite:") {
+        const ROWS: &str =
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)";
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+        let mut conn = sqlx::SqliteConnection::connect(database_url).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        for sql in [
+            "INSERT INTO users (id, email, password_hash, created_at)
+             SELECT printf('00000000-0000-4000-8000-%012d', i),
+                    printf('population-%d@bench.example', i), '$argon2id$unused', ?2 FROM n",
+            "INSERT INTO refresh_families (id, user_id, client_id, created_at, last_used_at)
+             SELECT printf('00000000-0000-4000-9000-%012d', i),
+                    printf('00000000-0000-4000-8000-%012d', i), 'dev', ?2, ?2 FROM n",
+            "INSERT INTO refresh_tokens (token_hash, family_id, created_at)
+             SELECT randomblob(32), printf('00000000-0000-4000-9000-%012d', i), ?2 FROM n",
+        ] {
+            tx.execute(sqlx::query(&format!("{ROWS} {sql}")).bind(n).bind(now))
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        for sql in [
+            "INSERT INTO users (id, email, password_hash, created_at)
+             SELECT ('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid,
+                    'population-' || i || '@bench.example', '$argon2id$unused', now()
+             FROM generate_series(1, $1) AS i",
+            "INSERT INTO refresh_families (id, user_id, client_id, created_at, last_used_at)
+             SELECT ('00000000-0000-4000-9000-' || lpad(i::text, 12, '0'))::uuid,
+                    ('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid, 'dev', now(), now()
+             FROM generate_series(1, $1) AS i",
+            "INSERT INTO refresh_tokens (token_hash, family_id, created_at)
+             SELECT sha256(('population-' || i || '-' || random())::bytea),
+                    ('00000000-0000-4000-9000-' || lpad(i::text, 12, '0'))::uuid, now()
+             FROM generate_series(1, $1) AS i",
+        ] {
+            tx.execute(sqlx::query(sql).bind(n)).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
 }
 
 /// The store's bare rotation transactions per second: the same SQL, no HTTP.
@@ -500,16 +558,30 @@ async fn main() {
         (None, None)
     };
 
+    // The server's database and the store limit's: one PostgreSQL database, or two
+    // SQLite files (the limit is measured before the server starts).
+    let (server_db, limit_db) = match &database_url {
+        Some(url) => (url.clone(), url.clone()),
+        None => {
+            std::fs::create_dir_all(dir.path().join("data")).unwrap();
+            let file = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+            (file("data/issuer.db"), file("store-limit.db"))
+        }
+    };
+    eprintln!("adding {} users, each with a live session…", a.population);
+    populate(&server_db, a.population).await;
+    if limit_db != server_db {
+        populate(&limit_db, a.population).await;
+    }
+
     eprintln!("measuring limits…");
     let signing = signing_limit(seconds.min(5.0));
     let mut store_settings = Settings::development().unwrap();
-    store_settings.database_url = database_url
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("store-limit.db").display()));
+    store_settings.database_url = limit_db;
     let store = store_limit(&store_settings, a.workers, seconds.min(5.0)).await;
     let (secret, secret_hash) = token_issuer::crypto::client_secret::generate().unwrap();
     let secret = secret.expose().to_owned();
-    let server = start_server(dir.path(), database_url.as_deref(), &secret_hash);
+    let server = start_server(dir.path(), &server_db, &secret_hash);
     let idle_rss = server.rss_kb();
 
     let http = reqwest::Client::new();
@@ -629,7 +701,8 @@ async fn main() {
 
     let mut md = String::new();
     md.push_str(&format!(
-        "Backend **{}**, {} workers, {} s per scenario, {} cores.\n\n\
+        "Backend **{}**, {} workers, {} s per scenario, {} cores; {} other users in the database, \
+         each with a live session.\n\n\
          Limits measured in the same run: RSA-2048 signing **{signing:.0}/s** (all cores, pre-parsed key); \
          bare store rotation **{store:.0}/s** ({} workers, no HTTP); access-token verification \
          **{verification:.0}/s** (all cores); healthz **{trivial_rate:.0}/s**. \
@@ -639,6 +712,7 @@ async fn main() {
         a.workers,
         a.seconds,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
+        a.population,
         a.workers,
         idle_rss / 1024
     ));
