@@ -29,8 +29,7 @@ pub fn hash_of(secret: &str) -> SecretHash {
 
 /// `sha256:<64 hex digits>`.
 pub fn format_hash(hash: &SecretHash) -> String {
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", super::hex(hash))
 }
 
 pub fn parse_hash(raw: &str) -> Option<SecretHash> {

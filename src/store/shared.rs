@@ -462,10 +462,7 @@ fn limit_key(kind: LimitKind, subject: &str) -> String {
 /// A short digest of a rate-limit subject: no IP or e-mail address is stored as such.
 fn hashed(subject: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, subject.as_bytes());
-    digest.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::crypto::hex(&digest.as_ref()[..16])
 }
 
 #[cfg(test)]
