@@ -643,11 +643,17 @@ impl Store for PgStore {
             Option<String>,
             Option<String>,
             Option<Uuid>,
-        )> = sqlx::query_as(
+        )> = sqlx::query_as(&format!(
             "SELECT at, kind, user_id, family_id, client_id, detail, actor_id FROM audit_events
-             WHERE $1::uuid IS NULL OR user_id = $1
-             ORDER BY at DESC, id DESC LIMIT $2",
-        )
+             WHERE {} ORDER BY at DESC, id DESC LIMIT $2",
+            // One statement per case: a generic plan of `$1 IS NULL OR user_id = $1`
+            // walks the whole `at` index (35 ms at 100k events).
+            if user_id.is_some() {
+                "user_id = $1"
+            } else {
+                "$1::uuid IS NULL"
+            }
+        ))
         .bind(user_id)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)

@@ -85,3 +85,24 @@ scenario! {
         assert_invalid_grant(app.refresh(&live.refresh).await, "unknown").await;
     }
 }
+
+scenario! {
+    /// The SQLite store sweeps in chunks of 256 families (one transaction each, so the
+    /// single writer is never held for long): a backlog of several chunks goes whole.
+    async fn a_backlog_of_ended_sessions_is_swept_whole(backend) {
+        use crate::helpers::store_level::{family, user_and_store};
+        const BACKLOG: u64 = 600;
+        let app = spawn_app(backend).await;
+        let (_, live) = app.signed_in().await;
+        let (user_id, store) = user_and_store(&app).await;
+        let long_ago = time::OffsetDateTime::from_unix_timestamp(crate::helpers::now(&app)).unwrap()
+            - 400 * DAY;
+        for _ in 0..BACKLOG {
+            family(&*store, user_id, long_ago).await;
+        }
+        assert_eq!(app.issuer.sweep().await.unwrap(), BACKLOG);
+        assert_eq!(app.issuer.sweep().await.unwrap(), 0);
+        tokens(app.refresh(&live.refresh).await).await;
+        store.close().await;
+    }
+}
