@@ -383,8 +383,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // No ping before each use: a local file connection does not go stale.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(acquire_timeout)
             .connect_with(
                 options
@@ -874,7 +876,11 @@ impl Store for SqliteStore {
              WHERE {} ORDER BY at DESC, id DESC LIMIT ?2",
             // One statement per case: SQLite answers `?1 IS NULL OR user_id = ?1` by
             // walking the whole `at` index for a user with few events (~130 ms at 100k).
-            if user_id.is_some() { "user_id = ?1" } else { "?1 IS NULL" }
+            if user_id.is_some() {
+                "user_id = ?1"
+            } else {
+                "?1 IS NULL"
+            }
         ))
         .bind(user_id.map(|u| u.to_string()))
         .bind(i64::from(limit))
