@@ -54,6 +54,14 @@ fn args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!(
+                "loadgen [--backend sqlite|postgres] [--seconds N] [--workers N] [--out FILE]\n        \
+                 [--only SCENARIO-PREFIX] [--population N]\n\n\
+                 Defaults: sqlite, 10 s, 8 workers, 100000 other users; the table goes to stdout, and to FILE with --out."
+            );
+            std::process::exit(0);
+        }
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
             "--backend" => a.backend = value,
