@@ -140,10 +140,12 @@ impl Issuer {
     /// past their absolute lifetime). Until then a token of theirs is still answered
     /// with the precise reason (`revoked`, `idle_timeout`, `expired`); after, `unknown`.
     /// Their access tokens are long expired by then.
+    /// Old audit events go too, even when the session sweep failed or ran out of time
+    /// (a large backlog is deleted in chunks, and what was deleted stays deleted).
     pub async fn sweep(&self) -> Result<u64, Error> {
         let cutoff = self.now() - SWEEP_MARGIN;
-        let deleted = self.store.sweep(&self.widest_policy, cutoff).await?;
-        if deleted > 0 {
+        let sessions = self.store.sweep(&self.widest_policy, cutoff).await;
+        if let Ok(deleted @ 1..) = sessions {
             tracing::info!(deleted, "swept ended sessions");
         }
         let audit = self
@@ -153,7 +155,7 @@ impl Issuer {
         if audit > 0 {
             tracing::info!(deleted = audit, "swept old audit events");
         }
-        Ok(deleted)
+        Ok(sessions?)
     }
 
     /// Readiness: the database answers.

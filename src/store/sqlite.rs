@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, Sqlite, SqlitePool, Transaction};
+use sqlx::{Connection as _, FromRow, Sqlite, SqlitePool, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -191,10 +191,13 @@ async fn run_batch(writer: &SqlitePool, batch: Vec<RotationJob>) {
 /// reused, revoked, expired, unknown, or presented a second time in the batch) is left
 /// `None`, for `rotate_in` to decide afterwards under the same lock.
 ///
-/// This orders a batch's fresh rotations before its other jobs: all of them were
-/// waiting at once, unanswered, so any order is one they could have arrived in. Fewer
-/// statements is the point: each is a round trip to SQLite's thread and two thread
-/// wake-ups, which were most of the writer's time.
+/// The answers are those of the jobs run one by one in arrival order: a token is left
+/// out when an earlier job of the batch presented another token of its family (two
+/// tabs: one retries the old token within the grace period, the other already uses
+/// the new one; run new-first, the retry would look like reuse), and rotations of
+/// different families do not touch each other's rows. Fewer statements is the point:
+/// each is a round trip to SQLite's thread and two thread wake-ups, which were most of
+/// the writer's time.
 async fn rotate_fresh_batch(
     tx: &mut Transaction<'_, Sqlite>,
     batch: &[RotationJob],
@@ -215,11 +218,15 @@ async fn rotate_fresh_batch(
         })
         .collect();
     let consumed: Vec<(Vec<u8>, String)> = sqlx::query_as(
-        "UPDATE refresh_tokens SET consumed_at = j.now
-         FROM (SELECT unhex(value ->> 0) AS hash, value ->> 1 AS client_id,
-                      value ->> 2 AS now, value ->> 3 AS idle_cutoff,
-                      value ->> 4 AS absolute_cutoff
-               FROM json_each(?1)) AS j
+        "WITH j AS MATERIALIZED (
+             SELECT key AS idx, unhex(value ->> 0) AS hash, value ->> 1 AS client_id,
+                    value ->> 2 AS now, value ->> 3 AS idle_cutoff,
+                    value ->> 4 AS absolute_cutoff
+             FROM json_each(?1)),
+         presented AS MATERIALIZED (
+             SELECT j.idx, t.family_id FROM j JOIN refresh_tokens AS t ON t.token_hash = j.hash)
+         UPDATE refresh_tokens SET consumed_at = j.now
+         FROM j
          WHERE refresh_tokens.token_hash = j.hash AND refresh_tokens.consumed_at IS NULL
            AND EXISTS (SELECT 1 FROM refresh_families f
                        WHERE f.id = refresh_tokens.family_id AND f.revoked_at IS NULL
@@ -227,6 +234,8 @@ async fn rotate_fresh_batch(
                          AND f.created_at > j.absolute_cutoff
                          AND EXISTS (SELECT 1 FROM users u
                                      WHERE u.id = f.user_id AND u.disabled_at IS NULL))
+           AND NOT EXISTS (SELECT 1 FROM presented AS p
+                           WHERE p.family_id = refresh_tokens.family_id AND p.idx < j.idx)
          RETURNING token_hash, family_id",
     )
     .bind(serde_json::Value::Array(presented).to_string())
@@ -307,6 +316,13 @@ async fn rotate_fresh_batch(
         .collect()
 }
 
+/// Rolls a batch back whole after a job failed in it, for a run job by job.
+async fn abandon(tx: Transaction<'_, Sqlite>, e: &StoreError) -> Result<Attempt, StoreError> {
+    tracing::warn!(error = %e, "a rotation batch failed; running it again job by job");
+    tx.rollback().await.map_err(classify)?;
+    Ok(Attempt::JobFailed)
+}
+
 enum Attempt {
     /// Committed: each job's answer, in order.
     Done(Vec<Result<RotateOutcome, StoreError>>),
@@ -333,10 +349,7 @@ async fn attempt(
     } else {
         match rotate_fresh_batch(&mut tx, batch).await {
             Ok(fresh) => fresh,
-            Err(_) => {
-                tx.rollback().await.map_err(classify)?;
-                return Ok(Attempt::JobFailed);
-            }
+            Err(e) => return abandon(tx, &e).await,
         }
     };
     let mut results = Vec::with_capacity(batch.len());
@@ -344,27 +357,29 @@ async fn attempt(
         let outcome = if let Some(outcome) = fresh {
             Ok(outcome)
         } else if isolated {
-            async {
-                let mut savepoint = sqlx::Acquire::begin(&mut tx).await.map_err(classify)?;
+            let step: Result<_, sqlx::Error> = async {
+                let mut savepoint = sqlx::Acquire::begin(&mut tx).await?;
                 match rotate_in(&mut savepoint, &job.request()).await {
                     Ok(outcome) => {
-                        savepoint.commit().await.map_err(classify)?;
-                        Ok(outcome)
+                        savepoint.commit().await?;
+                        Ok(Ok(outcome))
                     }
                     Err(e) => {
-                        let _ = savepoint.rollback().await;
-                        Err(e)
+                        savepoint.rollback().await?;
+                        Ok(Err(e))
                     }
                 }
             }
-            .await
+            .await;
+            // A savepoint that cannot be taken, released or rolled back: SQLite may have
+            // rolled back the whole transaction by itself (a full disk), and going on
+            // would commit the next jobs on their own while the batch answers an
+            // error. The attempt ends here, with nothing committed.
+            step.map_err(classify)?
         } else {
             match rotate_in(&mut tx, &job.request()).await {
                 Ok(outcome) => Ok(outcome),
-                Err(_) => {
-                    tx.rollback().await.map_err(classify)?;
-                    return Ok(Attempt::JobFailed);
-                }
+                Err(e) => return abandon(tx, &e).await,
             }
         };
         results.push(outcome);
@@ -383,10 +398,14 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        // No ping before each use: a local file connection does not go stale.
+        // No ping before each use: a local file connection does not go stale. But one
+        // still in a transaction is replaced: when SQLite rolls a transaction back by
+        // itself (a full disk, an I/O error), sqlx's own ROLLBACK then fails and it
+        // keeps counting the transaction as open, so every later BEGIN would fail.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
+            .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .acquire_timeout(acquire_timeout)
             .connect_with(
                 options

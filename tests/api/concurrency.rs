@@ -336,3 +336,55 @@ scenario! {
         store.close().await;
     }
 }
+
+/// Two tabs: one retries the old token within the grace period, the other already uses
+/// the new one, in that order. SQLite queues rotations for its batches in arrival
+/// order, and even when the two share a batch with other rotations (whose fresh tokens
+/// are rotated all at once) they are answered in that order: a grace replay, then a
+/// rotation, and the session lives on. (PostgreSQL runs them side by side: there the
+/// row lock decides, whatever the arrival order.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grace_retry_then_the_new_token_in_one_sqlite_batch_keeps_the_session() {
+    use crate::helpers::store_level::{
+        Answer, answer, family, random_hash, rotate, user_and_store,
+    };
+    let app = spawn_app(Backend::Sqlite).await;
+    let (user_id, store) = user_and_store(&app).await;
+    let now = time::OffsetDateTime::now_utc();
+    let store_ = &*store;
+    for _ in 0..5 {
+        let (old, new, next) = (
+            family(store_, user_id, now).await,
+            random_hash(),
+            random_hash(),
+        );
+        rotate(store_, old, new, "dev", now).await.unwrap();
+        let mut others = Vec::new();
+        for _ in 0..16 {
+            others.push(family(store_, user_id, now).await);
+        }
+        // Polled in order, so queued in order: the others first (the batch task
+        // picks up the first while the rest queue), then the retry, then the new token.
+        let mut rotations: Vec<_> = others
+            .iter()
+            .map(|&t| Box::pin(rotate(store_, t, random_hash(), "dev", now)))
+            .collect();
+        rotations.push(Box::pin(rotate(store_, old, new, "dev", now)));
+        rotations.push(Box::pin(rotate(store_, new, next, "dev", now)));
+        let answers: Vec<Answer> = futures::future::join_all(rotations)
+            .await
+            .iter()
+            .map(answer)
+            .collect();
+        assert_eq!(
+            answers[16..],
+            [
+                Answer::Issued { replay: true },
+                Answer::Issued { replay: false }
+            ]
+        );
+        let after = rotate(store_, next, random_hash(), "dev", now).await;
+        assert_eq!(answer(&after), Answer::Issued { replay: false });
+    }
+    store.close().await;
+}
