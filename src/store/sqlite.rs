@@ -83,13 +83,13 @@ impl RotationJob {
 }
 
 /// Group commit for rotations: concurrent rotations queue here, and one task runs
-/// them in batches of at most `BATCH_MAX`, in one `BEGIN IMMEDIATE` transaction:
-/// decided one after the other, as atomic and isolated as
-/// before (the single writer runs them in turn; when one fails, the batch is rolled
-/// back and run again with each job in a savepoint, so the failing one rolls back
-/// alone), and answered only after the batch committed. A crash loses the
-/// whole uncommitted batch, whose requests were never answered. One commit serves many
-/// rotations, so the writer's per-transaction cost is paid once per batch.
+/// them in batches of at most `BATCH_MAX`, in one `BEGIN IMMEDIATE` transaction. The
+/// answers are those of the jobs run one by one in arrival order (see `attempt`), as
+/// atomic and isolated as before: when one fails, the batch is rolled back and run
+/// again with each job in a savepoint, so the failing one rolls back alone. Jobs are
+/// answered only after the batch committed; a crash loses the whole uncommitted batch,
+/// whose requests were never answered. One commit serves many rotations, so the
+/// writer's per-transaction cost is paid once per batch.
 struct Rotations {
     queue: tokio::sync::mpsc::Sender<RotationJob>,
 }
