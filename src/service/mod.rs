@@ -140,6 +140,7 @@ impl Issuer {
     /// past their absolute lifetime). Until then a token of theirs is still answered
     /// with the precise reason (`revoked`, `idle_timeout`, `expired`); after, `unknown`.
     /// Their access tokens are long expired by then.
+    ///
     /// Old audit events go too, even when the session sweep failed or ran out of time
     /// (a large backlog is deleted in chunks, and what was deleted stays deleted).
     pub async fn sweep(&self) -> Result<u64, Error> {
