@@ -75,7 +75,7 @@ scenario! {
         app.set_admin(&email, false).await;
         assert_eq!(admin_call(&app, Method::GET, "/v1/admin/audit", &user.access).await.status(), StatusCode::FORBIDDEN);
         // No token at all is a 401, as everywhere.
-        let resp = app.http.get(app.url("/v1/admin/audit")).send().await.unwrap();
+        let resp = app.get("/v1/admin/audit").await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     }
 }

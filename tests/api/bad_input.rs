@@ -101,22 +101,18 @@ scenario! {
     async fn unknown_routes_and_methods_answer_json(backend) {
         let app = spawn_app(backend).await;
         assert_error(
-            app.http.get(app.url("/nope")).send().await.unwrap(),
+            app.get("/nope").await,
             StatusCode::NOT_FOUND,
             "not_found",
             None,
         )
         .await;
-        let resp = app.http.get(app.url("/oauth/token")).send().await.unwrap();
+        let resp = app.get("/oauth/token").await;
         assert!(resp.status().is_client_error());
         let body: serde_json::Value = resp.json().await.unwrap();
         assert!(body["error"].is_string());
         assert!(
-            app.http
-                .get(app.url("/healthz"))
-                .send()
-                .await
-                .unwrap()
+            app.get("/healthz").await
                 .headers()
                 .contains_key("x-request-id")
         );

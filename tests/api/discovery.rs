@@ -7,12 +7,7 @@ scenario! {
     async fn jwks_publishes_the_signing_key_with_caching_headers(backend) {
         let app = spawn_app(backend).await;
         let (_, t) = app.signed_in().await;
-        let resp = app
-            .http
-            .get(app.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap();
+        let resp = app.get("/.well-known/jwks.json").await;
         assert_eq!(resp.status(), StatusCode::OK);
         let cache = resp.headers()["cache-control"].to_str().unwrap().to_owned();
         assert!(cache.contains("max-age="), "{cache}");
@@ -42,12 +37,7 @@ scenario! {
     async fn metadata_names_the_issuer_of_our_tokens(backend) {
         let app = spawn_app(backend).await;
         let (_, t) = app.signed_in().await;
-        let meta: Value = app
-            .http
-            .get(app.url("/.well-known/oauth-authorization-server"))
-            .send()
-            .await
-            .unwrap()
+        let meta: Value = app.get("/.well-known/oauth-authorization-server").await
             .json()
             .await
             .unwrap();
@@ -74,21 +64,16 @@ scenario! {
 scenario! {
     async fn health_readiness_and_docs(backend) {
         let app = spawn_app(backend).await;
-        let health: Value = app
-            .http
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
+        let health: Value = app.get("/healthz").await
             .json()
             .await
             .unwrap();
         assert_eq!(health["status"], "ok");
-        let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+        let ready = app.get("/readyz").await;
         assert_eq!(ready.status(), StatusCode::OK);
         let ready: Value = ready.json().await.unwrap();
         assert_eq!(ready["database"], "ok");
-        let docs = app.http.get(app.url("/docs")).send().await.unwrap();
+        let docs = app.get("/docs").await;
         assert_eq!(docs.status(), StatusCode::OK);
         assert!(docs.text().await.unwrap().to_lowercase().contains("<html"));
     }
@@ -105,7 +90,7 @@ scenario! {
         let (_, live) = app.signed_in().await;
         assert_eq!(app.me(&live.access).await.status(), StatusCode::OK);
         let _ = next;
-        let resp = app.http.get(app.url("/metrics")).send().await.unwrap();
+        let resp = app.get("/metrics").await;
         assert_eq!(resp.status(), StatusCode::OK);
         let types: Vec<_> = resp.headers().get_all("content-type").iter().collect();
         assert_eq!(types.len(), 1, "{types:?}");

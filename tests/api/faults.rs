@@ -72,7 +72,7 @@ async fn a_database_that_stops_answering_gives_503_in_time_and_the_service_recov
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
 
     // Back: the service recovers by itself. The token whose rotation was cut is either
@@ -80,7 +80,7 @@ async fn a_database_that_stops_answering_gives_503_in_time_and_the_service_recov
     proxy.set(Link::Open);
     let next = refresh_until_recovered(&app, &current.refresh).await;
     assert_eq!(live_tokens(&database.url, &sid).await, 1);
-    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), StatusCode::OK);
 
     // Connections refused outright: 503 at once, and recovery again.

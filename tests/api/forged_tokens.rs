@@ -360,7 +360,7 @@ scenario! {
 scenario! {
     async fn no_credentials_is_a_bare_bearer_challenge(backend) {
         let app = spawn_app(backend).await;
-        let resp = app.http.get(app.url("/v1/me")).send().await.unwrap();
+        let resp = app.get("/v1/me").await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
             resp.headers()["www-authenticate"],

@@ -158,6 +158,10 @@ impl TestApp {
             .unwrap()
     }
 
+    pub async fn get(&self, path: &str) -> Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
     pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> Response {
         self.http
             .post(self.url(path))
@@ -372,15 +376,7 @@ pub fn unique_redis_prefix() -> String {
 pub async fn wait_for_redis(app: &TestApp, want: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let body: Value = app
-            .http
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = app.get("/readyz").await.json().await.unwrap();
         if body["redis"] == want {
             return;
         }
@@ -485,12 +481,7 @@ pub async fn live_tokens(database_url: &str, sid: &str) -> i64 {
 
 /// The kids the issuer publishes, and the JWKS's ETag.
 pub async fn jwks(app: &TestApp) -> (std::collections::HashSet<String>, String) {
-    let resp = app
-        .http
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap();
+    let resp = app.get("/.well-known/jwks.json").await;
     let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
     let body: Value = resp.json().await.unwrap();
     let kids = body["keys"]

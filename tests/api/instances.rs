@@ -29,12 +29,7 @@ async fn three_instances_agree_on_tokens_keys_rotations_and_revocations() {
     // All three publish the same key set.
     let mut sets = HashSet::new();
     for app in &apps {
-        let resp = app
-            .http
-            .get(app.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap();
+        let resp = app.get("/.well-known/jwks.json").await;
         assert_eq!(resp.status(), StatusCode::OK);
         sets.insert(resp.text().await.unwrap());
     }

@@ -159,11 +159,7 @@ scenario! {
         let get = |path: &'static str| {
             let app = &app;
             async move {
-                app.http
-                    .get(app.url(path))
-                    .send()
-                    .await
-                    .unwrap()
+                app.get(path).await
                     .json::<Value>()
                     .await
                     .unwrap()

@@ -44,7 +44,7 @@ fn the_cli_prints_the_same_document() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_serves_the_document_and_documents_every_operation() {
     let app = spawn_app(crate::helpers::Backend::Sqlite).await;
-    let resp = app.http.get(app.url("/openapi.json")).send().await.unwrap();
+    let resp = app.get("/openapi.json").await;
     assert_eq!(resp.status(), StatusCode::OK);
     let served: Value = resp.json().await.unwrap();
     let generated: Value = serde_json::from_str(&token_issuer::api::openapi_json()).unwrap();

@@ -28,12 +28,7 @@ scenario! {
         let header = segment(access, 0);
         assert_eq!(header["alg"], "RS256");
         assert_eq!(header["typ"], "at+jwt");
-        let jwks: Value = app
-            .http
-            .get(app.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap()
+        let jwks: Value = app.get("/.well-known/jwks.json").await
             .json()
             .await
             .unwrap();

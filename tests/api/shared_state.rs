@@ -157,7 +157,7 @@ async fn me_status(app: &TestApp, access: &str) -> StatusCode {
 }
 
 async fn readyz(app: &TestApp) -> (StatusCode, Value) {
-    let resp = app.http.get(app.url("/readyz")).send().await.unwrap();
+    let resp = app.get("/readyz").await;
     (resp.status(), resp.json().await.unwrap())
 }
 

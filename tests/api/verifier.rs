@@ -46,15 +46,7 @@ fn refused(result: Result<token_issuer::domain::claims::AccessClaims, VerifyErro
 /// JWKS requests the issuer has answered (with `status`, or with any), from its own
 /// `/metrics`.
 async fn jwks_answered(app: &TestApp, status: Option<u16>) -> u64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.get("/metrics").await.text().await.unwrap();
     let prefix = match status {
         Some(status) => {
             format!("issuer_http_requests_total{{operation=\"jwks\",status=\"{status}\"}} ")
