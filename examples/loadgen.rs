@@ -338,6 +338,7 @@ async fn store_limit(settings: &Settings, workers: usize, seconds: f64) -> f64 {
                         policy,
                         ip: None,
                         user_agent: None,
+                        ticket: Default::default(),
                     })
                     .await
                     .unwrap();

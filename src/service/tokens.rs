@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::metrics::inc;
 use crate::store::shared::LimitKind;
 use crate::store::{
-    AuditEvent, FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest,
+    AuditEvent, FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Ticket,
 };
 
 /// The parameters of a token request, as sent (form or JSON). Empty values count as
@@ -249,6 +249,7 @@ impl Issuer {
                 policy: client.policy,
                 ip: meta.ip.as_deref(),
                 user_agent: user_agent.as_deref(),
+                ticket: Ticket::default(),
             })
             .await?;
         match outcome {

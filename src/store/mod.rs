@@ -5,6 +5,7 @@ pub mod postgres;
 pub mod redis;
 pub mod shared;
 pub mod sqlite;
+pub mod ticket;
 pub mod timeout;
 
 use async_trait::async_trait;
@@ -15,6 +16,7 @@ use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{GrantRejection, RefreshPolicy, RevokeReason};
 use crate::domain::user::User;
 use crate::error::Error;
+pub use ticket::Ticket;
 
 /// A store failure, classified so the service can answer 409 / 503 / 500.
 #[derive(Debug, thiserror::Error)]
@@ -35,12 +37,18 @@ pub enum StoreError {
     /// A concurrent change between two statements; the transaction is run again.
     #[error("transaction must be retried")]
     Retry,
+    /// The caller stopped waiting before the operation's point of no return: nothing
+    /// was done.
+    #[error("the caller stopped waiting; nothing was done")]
+    Abandoned,
 }
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) | StoreError::TimedOut(_) => Error::Unavailable(Box::new(e)),
+            StoreError::Unavailable(_) | StoreError::TimedOut(_) | StoreError::Abandoned => {
+                Error::Unavailable(Box::new(e))
+            }
             StoreError::Conflict
             | StoreError::Other(_)
             | StoreError::Corrupt(_)
@@ -108,6 +116,10 @@ pub struct RotateRequest<'a> {
     /// Where the request came from: kept as the session's last IP and user agent.
     pub ip: Option<&'a str>,
     pub user_agent: Option<&'a str>,
+    /// Claimed by the store before the rotation's point of no return; abandoned by a
+    /// caller that stops waiting (see `ticket`). `Ticket::default()` for a caller that
+    /// always waits.
+    pub ticket: Ticket,
 }
 
 /// The result of a rotation.

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{FromRow, Postgres, Transaction};
+use sqlx::{FromRow, PgConnection, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -80,7 +80,7 @@ fn classify(e: sqlx::Error) -> StoreError {
         // 53xxx: out of resources (too many connections); 57014: statement timeout.
         sqlx::Error::Database(db)
             if db.code().is_some_and(|c| {
-                c.starts_with("08") || c.starts_with("57P") || c.starts_with("53")
+                c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") || c == "57014"
             }) =>
         {
             StoreError::Unavailable(e)
@@ -174,7 +174,10 @@ impl PgStore {
     /// successor inserted and the family touched. `None` when the token was not live
     /// (unknown, consumed, revoked, expired, another client, a disabled user): the
     /// transaction in `rotate_once` sorts that out.
-    async fn rotate_fresh(&self, r: &RotateRequest<'_>) -> Result<Option<FamilyInfo>, StoreError> {
+    async fn rotate_fresh(
+        conn: &mut PgConnection,
+        r: &RotateRequest<'_>,
+    ) -> Result<Option<FamilyInfo>, StoreError> {
         let (idle_cutoff, absolute_cutoff) = r.policy.cutoffs(r.now);
         let record: Option<FamilyRecord> = sqlx::query_as(
             "WITH consumed AS (
@@ -205,20 +208,33 @@ impl PgStore {
         .bind(&r.successor[..])
         .bind(r.ip)
         .bind(r.user_agent)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(classify)?;
         Ok(record.map(Into::into))
     }
 
+    /// One try at a rotation. Its points of no return are the fresh rotation's
+    /// statement (it commits on its own) and the `COMMIT` of the other cases: each is
+    /// started only under a claim of the request's ticket, so a caller that stopped
+    /// waiting before is never followed by a rotation it was told did not happen. The
+    /// steps between them are abandoned with the request: their transaction rolls back.
     async fn rotate_once(&self, r: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
-        if let Some(family) = self.rotate_fresh(r).await? {
+        let mut conn = self.pool.acquire().await.map_err(classify)?;
+        if !r.ticket.claim() {
+            return Err(StoreError::Abandoned);
+        }
+        let fresh = Self::rotate_fresh(&mut conn, r).await;
+        r.ticket.release();
+        if let Some(family) = fresh? {
             return Ok(RotateOutcome::Issued {
                 family,
                 replay: false,
             });
         }
-        let mut tx = self.begin().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(classify)?;
         let presented: Option<PresentedRecord> = sqlx::query_as(&format!(
             "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at, t.consumed_at,
                     EXISTS (SELECT 1 FROM users u
@@ -273,7 +289,13 @@ impl PgStore {
                 return Err(StoreError::Retry);
             }
         };
-        tx.commit().await.map_err(classify)?;
+        if !r.ticket.claim() {
+            tx.rollback().await.map_err(classify)?;
+            return Err(StoreError::Abandoned);
+        }
+        let committed = tx.commit().await.map_err(classify);
+        r.ticket.release();
+        committed?;
         Ok(outcome)
     }
 }
@@ -821,7 +843,7 @@ impl Store for PgStore {
 /// Inserts the family and its first token; with `checked_password_hash`, only if the
 /// user still has that hash and is not disabled (false otherwise, nothing written).
 async fn insert_family(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Transaction<'_, Postgres>,
     f: &NewFamily,
 ) -> Result<bool, StoreError> {
     let inserted = sqlx::query(
@@ -859,7 +881,7 @@ async fn insert_family(
 }
 
 async fn insert_audit(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Transaction<'_, Postgres>,
     e: &AuditEvent,
 ) -> Result<(), StoreError> {
     sqlx::query(
@@ -881,7 +903,7 @@ async fn insert_audit(
 
 /// Revokes the chosen live sessions of a user, with an audit row each.
 async fn revoke_sessions_in_tx(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Transaction<'_, Postgres>,
     user_id: Uuid,
     which: SessionSelector,
     reason: RevokeReason,
@@ -915,7 +937,7 @@ async fn revoke_sessions_in_tx(
 }
 
 async fn touch_family(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Transaction<'_, Postgres>,
     family_id: Uuid,
     r: &RotateRequest<'_>,
 ) -> Result<FamilyInfo, StoreError> {
@@ -936,7 +958,7 @@ async fn touch_family(
 }
 
 async fn family_info(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Transaction<'_, Postgres>,
     family_id: Uuid,
 ) -> Result<FamilyInfo, StoreError> {
     let record: FamilyRecord = sqlx::query_as(&format!(
@@ -952,7 +974,7 @@ async fn family_info(
 /// Revokes a live family and records the event; false when it was already revoked
 /// (possibly by a concurrent request, whose commit this one waited for).
 async fn revoke_in_tx(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Transaction<'_, Postgres>,
     family_id: Uuid,
     reason: RevokeReason,
     now: OffsetDateTime,

@@ -29,7 +29,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, FamilyInfo, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome,
+    AuditEvent, FamilyInfo, Ticket, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome,
     RotateOutcome, RotateRequest, Session, SessionSelector, Store, StoreError, UserWithHash,
     refused_after_revoke, revocation_event,
 };
@@ -65,6 +65,7 @@ struct RotationJob {
     policy: RefreshPolicy,
     ip: Option<String>,
     user_agent: Option<String>,
+    ticket: Ticket,
     reply: tokio::sync::oneshot::Sender<Result<RotateOutcome, StoreError>>,
 }
 
@@ -78,6 +79,7 @@ impl RotationJob {
             policy: self.policy,
             ip: self.ip.as_deref(),
             user_agent: self.user_agent.as_deref(),
+            ticket: self.ticket.clone(),
         }
     }
 }
@@ -88,7 +90,9 @@ impl RotationJob {
 /// atomic and isolated as before: when one fails, the batch is rolled back and run
 /// again with each job in a savepoint, so the failing one rolls back alone. Jobs are
 /// answered only after the batch committed; a crash loses the whole uncommitted batch,
-/// whose requests were never answered. One commit serves many rotations, so the
+/// whose requests were never answered. A job is run only if its caller still waits
+/// once the batch holds the write lock (`Ticket::claim`): a caller answered 503 while
+/// the writer waited for the lock is never followed by its rotation. One commit serves many rotations, so the
 /// writer's per-transaction cost is paid once per batch.
 struct Rotations {
     queue: tokio::sync::mpsc::Sender<RotationJob>,
@@ -124,6 +128,7 @@ impl Rotations {
             policy: r.policy,
             ip: r.ip.map(str::to_owned),
             user_agent: r.user_agent.map(str::to_owned),
+            ticket: r.ticket.clone(),
             reply,
         };
         self.queue
@@ -160,23 +165,23 @@ fn start_checkpoints(checkpointer: SqlitePool) {
     });
 }
 
-async fn run_batch(writer: &SqlitePool, batch: Vec<RotationJob>) {
+async fn run_batch(writer: &SqlitePool, mut batch: Vec<RotationJob>) {
     let failed = |e: &StoreError| {
         StoreError::Unavailable(sqlx::Error::Protocol(format!("rotation batch failed: {e}")))
     };
     // Savepoints cost two of a fresh rotation's five statements, and a job fails only
     // when the database does: run without them, and again with them if one failed.
-    let outcome = match attempt(writer, &batch, false).await {
-        Ok(Attempt::JobFailed) => attempt(writer, &batch, true).await,
-        other => other,
+    let outcome = match attempt_together(writer, &mut batch).await {
+        Ok(Some(results)) => Ok(results),
+        Ok(None) => attempt_isolated(writer, &mut batch).await,
+        Err(e) => Err(e),
     };
     match outcome {
-        Ok(Attempt::Done(results)) => {
+        Ok(results) => {
             for (job, result) in batch.into_iter().zip(results) {
                 let _ = job.reply.send(result);
             }
         }
-        Ok(Attempt::JobFailed) => unreachable!("an isolated attempt answers every job"),
         Err(e) => {
             for job in batch {
                 let _ = job.reply.send(Err(failed(&e)));
@@ -317,75 +322,88 @@ async fn rotate_fresh_batch(
 }
 
 /// Rolls a batch back whole after a job failed in it, for a run job by job.
-async fn abandon(tx: Transaction<'_, Sqlite>, e: &StoreError) -> Result<Attempt, StoreError> {
+async fn roll_back_batch(
+    tx: Transaction<'_, Sqlite>,
+    e: &StoreError,
+) -> Result<Option<Vec<Result<RotateOutcome, StoreError>>>, StoreError> {
     tracing::warn!(error = %e, "a rotation batch failed; running it again job by job");
     tx.rollback().await.map_err(classify)?;
-    Ok(Attempt::JobFailed)
+    Ok(None)
 }
 
-enum Attempt {
-    /// Committed: each job's answer, in order.
-    Done(Vec<Result<RotateOutcome, StoreError>>),
-    /// A job failed without a savepoint of its own: the whole batch was rolled back.
-    JobFailed,
-}
-
-/// Runs `batch` in one `BEGIN IMMEDIATE` transaction. `isolated` runs the jobs one
-/// after the other, each in a savepoint, so a failing one rolls back alone. Otherwise
-/// the batch's fresh rotations go first, all at once (`rotate_fresh_batch`), then the
-/// other jobs one after the other, and the first failure rolls back the batch and ends
-/// the attempt.
-async fn attempt(
+/// Takes the write lock (`BEGIN IMMEDIATE`, which waits up to the busy timeout), then
+/// keeps only the jobs whose callers still wait, and claims them: from here on their
+/// callers wait for the answer.
+async fn begin_claimed(
     writer: &SqlitePool,
-    batch: &[RotationJob],
-    isolated: bool,
-) -> Result<Attempt, StoreError> {
-    let mut tx = writer
+    batch: &mut Vec<RotationJob>,
+) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    let tx = writer
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(classify)?;
-    let fresh = if isolated {
-        vec![None; batch.len()]
-    } else {
-        match rotate_fresh_batch(&mut tx, batch).await {
-            Ok(fresh) => fresh,
-            Err(e) => return abandon(tx, &e).await,
-        }
+    batch.retain(|job| job.ticket.claim());
+    Ok(tx)
+}
+
+/// Runs `batch` in one `BEGIN IMMEDIATE` transaction: the fresh rotations first, all at
+/// once (`rotate_fresh_batch`), then the other jobs one after the other. `None` when a
+/// job failed: the batch was rolled back whole, for `attempt_isolated`.
+async fn attempt_together(
+    writer: &SqlitePool,
+    batch: &mut Vec<RotationJob>,
+) -> Result<Option<Vec<Result<RotateOutcome, StoreError>>>, StoreError> {
+    let mut tx = begin_claimed(writer, batch).await?;
+    let fresh = match rotate_fresh_batch(&mut tx, batch).await {
+        Ok(fresh) => fresh,
+        Err(e) => return roll_back_batch(tx, &e).await,
     };
     let mut results = Vec::with_capacity(batch.len());
     for (job, fresh) in batch.iter().zip(fresh) {
-        let outcome = if let Some(outcome) = fresh {
-            Ok(outcome)
-        } else if isolated {
-            let step: Result<_, sqlx::Error> = async {
-                let mut savepoint = sqlx::Acquire::begin(&mut tx).await?;
-                match rotate_in(&mut savepoint, &job.request()).await {
-                    Ok(outcome) => {
-                        savepoint.commit().await?;
-                        Ok(Ok(outcome))
-                    }
-                    Err(e) => {
-                        savepoint.rollback().await?;
-                        Ok(Err(e))
-                    }
-                }
-            }
-            .await;
-            // A savepoint that cannot be taken, released or rolled back: SQLite may have
-            // rolled back the whole transaction by itself (a full disk), and going on
-            // would commit the next jobs on their own while the batch answers an
-            // error. The attempt ends here, with nothing committed.
-            step.map_err(classify)?
-        } else {
-            match rotate_in(&mut tx, &job.request()).await {
-                Ok(outcome) => Ok(outcome),
-                Err(e) => return abandon(tx, &e).await,
-            }
+        let outcome = match fresh {
+            Some(outcome) => outcome,
+            None => match rotate_in(&mut tx, &job.request()).await {
+                Ok(outcome) => outcome,
+                Err(e) => return roll_back_batch(tx, &e).await,
+            },
         };
-        results.push(outcome);
+        results.push(Ok(outcome));
     }
     tx.commit().await.map_err(classify)?;
-    Ok(Attempt::Done(results))
+    Ok(Some(results))
+}
+
+/// Runs `batch` in one `BEGIN IMMEDIATE` transaction, the jobs one after the other,
+/// each in a savepoint, so a failing one rolls back alone: every job gets an answer.
+async fn attempt_isolated(
+    writer: &SqlitePool,
+    batch: &mut Vec<RotationJob>,
+) -> Result<Vec<Result<RotateOutcome, StoreError>>, StoreError> {
+    let mut tx = begin_claimed(writer, batch).await?;
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch.iter() {
+        let step: Result<_, sqlx::Error> = async {
+            let mut savepoint = sqlx::Acquire::begin(&mut tx).await?;
+            match rotate_in(&mut savepoint, &job.request()).await {
+                Ok(outcome) => {
+                    savepoint.commit().await?;
+                    Ok(Ok(outcome))
+                }
+                Err(e) => {
+                    savepoint.rollback().await?;
+                    Ok(Err(e))
+                }
+            }
+        }
+        .await;
+        // A savepoint that cannot be taken, released or rolled back: SQLite may have
+        // rolled back the whole transaction by itself (a full disk), and going on would
+        // commit the next jobs on their own while the batch answers an error. The
+        // attempt ends here, with nothing committed.
+        results.push(step.map_err(classify)?);
+    }
+    tx.commit().await.map_err(classify)?;
+    Ok(results)
 }
 
 impl SqliteStore {

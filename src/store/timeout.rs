@@ -2,6 +2,15 @@
 //! answers too slowly) fails the request with `Unavailable` after `limit`, so the API
 //! answers 503 instead of hanging. A transaction cut short this way is rolled back by
 //! the database: nothing is ever half-written.
+//!
+//! A rotation is bounded differently, because a 503 must not hide a rotation that
+//! happens anyway (its retry would look like a reuse): at `limit` the caller leaves only
+//! if the store has not claimed the rotation's point of no return (`Ticket`); otherwise
+//! it waits for the store's answer, at most `limit` plus `CLAIMED_MARGIN` more. The
+//! database bounds that wait itself (PostgreSQL's `statement_timeout` is `limit`;
+//! SQLite commits a batch whose write lock it holds at once), so the margin runs out
+//! only when the connection dies with the statement in flight: then the outcome is
+//! unknown, and it is logged as such.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,13 +21,16 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome, RotateOutcome,
+    AuditEvent, Ticket, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome, RotateOutcome,
     RotateRequest, Session, SessionSelector, Store, StoreError, UserWithHash,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{RefreshPolicy, RevokeReason};
 use crate::domain::user::User;
 use crate::metrics::{Metrics, inc};
+
+/// How much longer than twice `limit` a caller waits for a claimed rotation.
+const CLAIMED_MARGIN: Duration = Duration::from_secs(1);
 
 /// Bounds every call of the inner store by `limit`.
 pub struct TimedStore {
@@ -78,7 +90,40 @@ impl Store for TimedStore {
     }
 
     async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
-        self.bounded(self.inner.rotate(request)).await
+        let ticket = Ticket::default();
+        let request = RotateRequest {
+            ticket: ticket.clone(),
+            ..request.clone()
+        };
+        let rotation = self.inner.rotate(&request);
+        tokio::pin!(rotation);
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let backstop = deadline + self.limit + CLAIMED_MARGIN;
+        let result = loop {
+            tokio::select! {
+                result = &mut rotation => break result,
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+            if ticket.abandon() {
+                break Err(StoreError::TimedOut(self.limit));
+            }
+            // Claimed: a commit may be under way. Wait for it, or for the claim to be
+            // released (then the next turn abandons).
+            tokio::select! {
+                result = &mut rotation => break result,
+                () = ticket.released() => {}
+                () = tokio::time::sleep_until(backstop) => {
+                    tracing::error!(
+                        "a rotation's database connection gave no answer after its claim; its outcome is unknown"
+                    );
+                    break Err(StoreError::TimedOut(self.limit));
+                }
+            }
+        };
+        if matches!(&result, Err(e) if !matches!(e, StoreError::Conflict)) {
+            inc(&self.metrics.db_errors);
+        }
+        result
     }
 
     async fn list_sessions(

@@ -571,6 +571,7 @@ pub mod store_level {
                 policy: POLICY,
                 ip: None,
                 user_agent: None,
+                ticket: Default::default(),
             })
             .await
     }

@@ -49,5 +49,6 @@ mod refresh_grant;
 mod registration;
 mod revocation;
 mod sessions;
+mod stalls;
 mod shared_state;
 mod verifier;
