@@ -323,6 +323,7 @@ async fn store_limit(settings: &Settings, workers: usize, seconds: f64) -> f64 {
             ip: None,
             first_token: refresh::hash(&first),
             checked_password_hash: None,
+            login_source: None,
         };
         store.create_family(&family).await.unwrap();
         tasks.push(tokio::spawn(async move {

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod attempts;
 pub mod introspect;
 pub mod keys;
 pub mod sessions;
@@ -152,6 +153,9 @@ impl Issuer {
         let audit = self
             .store
             .sweep_audit(self.now() - self.audit_retention)
+            .await?;
+        self.store
+            .sweep_login_sources(self.now() - attempts::KNOWN_SOURCE_FOR)
             .await?;
         if audit > 0 {
             tracing::info!(deleted = audit, "swept old audit events");

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::Issuer;
 use super::access::Principal;
+use super::attempts::Credentials;
 use super::tokens::{Issued, RequestMeta, Revoked};
 use crate::crypto::refresh;
 use crate::domain::client::{Client, Delivery};
@@ -13,7 +14,7 @@ use crate::domain::family::RevokeReason;
 use crate::domain::secret::Secret;
 use crate::domain::user::{check_new_password, check_password_size};
 use crate::error::Error;
-use crate::store::shared::LimitKind;
+
 use crate::store::{FamilyInfo, NewFamily, PasswordChange, Session, SessionSelector};
 
 /// Which sessions `POST /v1/logout` ends.
@@ -129,12 +130,18 @@ impl Issuer {
         check_password_size(current.expose())
             .map_err(|_| Error::InvalidRequest("current_password is too long".into()))?;
         let email = who.user.email.clone();
-        if let Some(limit) = self.limits.login_per_account {
-            self.shared
-                .check(LimitKind::LoginAccount, &email, limit)
-                .await
-                .map_err(|wait| self.rate_limited(wait))?;
-        }
+        // A password check like a login's, from the account's budget; a live session
+        // gets through a locked account on a budget of its own (see `attempts`).
+        let attempt = self
+            .take_attempt(
+                &email,
+                Some(who.user.id),
+                Credentials {
+                    session: Some(who.sid),
+                    ..Credentials::default()
+                },
+            )
+            .await?;
         let stored = self
             .store
             .find_user_by_email(&email)
@@ -148,14 +155,9 @@ impl Issuer {
             .await?
         {
             tracing::info!(target: "security", event = "password_change_failed", user_id = %who.user.id);
-            if let Some(limit) = self.limits.login_per_account {
-                let _ = self
-                    .shared
-                    .hit(LimitKind::LoginAccount, &email, limit)
-                    .await;
-            }
             return Err(Error::WrongPassword);
         }
+        self.give_back_attempt(attempt).await;
         check_new_password(new.expose(), &email)?;
         let hash = self.hasher.hash(new).await?;
         let now = self.now();
@@ -170,6 +172,7 @@ impl Issuer {
             ip: meta.ip,
             first_token: refresh::hash(&token),
             checked_password_hash: None,
+            login_source: None,
         };
         let change = PasswordChange {
             user_id: who.user.id,

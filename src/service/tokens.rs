@@ -1,12 +1,15 @@
 //! The token endpoint's grants and revocation (RFC 6749 §4.3, §6; RFC 7009).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::Issuer;
+use super::attempts::Credentials;
 use crate::crypto::{jwt, refresh};
+use crate::domain::address;
 use crate::domain::claims::{AccessClaims, Audience};
 use crate::domain::client::{BrowserContext, Client, ClientKind, Delivery};
 use crate::domain::family::{GrantRejection, RevokeReason};
@@ -118,32 +121,39 @@ impl Issuer {
                 .await
                 .map_err(|wait| self.rate_limited(wait))?;
         }
-        // Per account, failures are counted: an account that failed too often is
-        // refused, the right password included, until the window ends.
-        let account = normalize_email(&username).unwrap_or_else(|_| username.to_lowercase());
-        if let Some(limit) = self.limits.login_per_account {
-            self.shared
-                .check(LimitKind::LoginAccount, &account, limit)
-                .await
-                .map_err(|wait| self.rate_limited(wait))?;
-        }
         // An unknown or malformed username runs the same hash as a wrong password.
         let user = match normalize_email(&username) {
             Ok(email) => self.store.find_user_by_email(&email).await?,
             Err(_) => None,
         }
         .filter(|u| !u.disabled);
+        // One password check from the account's budget, taken before the hash (see
+        // `attempts`): a burst of guesses cannot outrun it.
+        let account = normalize_email(&username).unwrap_or_else(|_| username.to_lowercase());
+        let source = meta
+            .ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .map(address::source);
+        let shown_token = match client.delivery {
+            Delivery::Cookie => present_secret(meta.refresh_cookie.clone()),
+            Delivery::Body => present_secret(params.refresh_token),
+        };
+        let attempt = self
+            .take_attempt(
+                &account,
+                user.as_ref().map(|u| u.user.id),
+                Credentials {
+                    source: source.as_deref(),
+                    refresh_token: shown_token.as_ref(),
+                    session: None,
+                },
+            )
+            .await?;
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         if !self.hasher.verify(password, hash).await? {
             tracing::info!(target: "security", event = "login_failed", client_id = %client.id, ip = ?meta.ip);
             inc(&self.metrics.logins_failed);
-            if let Some(limit) = self.limits.login_per_account {
-                // Counted first: nothing below may let an attempt escape the limit.
-                let _ = self
-                    .shared
-                    .hit(LimitKind::LoginAccount, &account, limit)
-                    .await;
-            }
             // Known user or not, the same row is written: the timing stays the same.
             // Best effort: a busy database does not turn a wrong password into a 503.
             let event = AuditEvent {
@@ -160,6 +170,7 @@ impl Issuer {
             }
             return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials));
         }
+        self.give_back_attempt(attempt).await;
         let Some(user) = user else {
             return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials));
         };
@@ -175,6 +186,7 @@ impl Issuer {
             ip: meta.ip,
             first_token: refresh::hash(&token),
             checked_password_hash: Some(user.password_hash.clone()),
+            login_source: source,
         };
         // A disable or a password change that committed during the hash wins.
         if !self.store.create_family(&family).await? {

@@ -80,6 +80,9 @@ pub struct NewFamily {
     /// it is still the user's and the user is not disabled (a disable or a password
     /// change that committed meanwhile wins). `None` inside a password change.
     pub checked_password_hash: Option<String>,
+    /// A login: where from (an IPv4 address or an IPv6 /64), remembered as a source
+    /// this user signed in from (`known_login_source`).
+    pub login_source: Option<String>,
 }
 
 impl From<NewFamily> for FamilyInfo {
@@ -361,6 +364,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes the audit events older than `before`; returns how many.
     async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+
+    /// Whether the user signed in from `source` (see `NewFamily::login_source`) at or
+    /// after `since`.
+    async fn known_login_source(
+        &self,
+        user_id: Uuid,
+        source: &str,
+        since: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Forgets the login sources last used before `before`; returns how many.
+    async fn sweep_login_sources(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 
     /// The newest `limit` events, of one user or of all.
     async fn audit_events(

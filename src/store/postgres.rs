@@ -345,6 +345,18 @@ impl Store for PgStore {
             tx.rollback().await.map_err(classify)?;
             return Ok(false);
         }
+        if let Some(source) = &f.login_source {
+            sqlx::query(
+                "INSERT INTO login_sources (user_id, source, last_success_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (user_id, source) DO UPDATE SET last_success_at = excluded.last_success_at",
+            )
+            .bind(f.user_id)
+            .bind(source)
+            .bind(f.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
         insert_audit(
             &mut tx,
             &AuditEvent {
@@ -643,6 +655,35 @@ impl Store for PgStore {
 
     async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         let deleted = sqlx::query("DELETE FROM audit_events WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        Ok(deleted)
+    }
+
+    async fn known_login_source(
+        &self,
+        user_id: Uuid,
+        source: &str,
+        since: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let found: Option<(i32,)> = sqlx::query_as(
+            "SELECT 1 FROM login_sources
+             WHERE user_id = $1 AND source = $2 AND last_success_at >= $3",
+        )
+        .bind(user_id)
+        .bind(source)
+        .bind(since)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(found.is_some())
+    }
+
+    async fn sweep_login_sources(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let deleted = sqlx::query("DELETE FROM login_sources WHERE last_success_at < $1")
             .bind(before)
             .execute(&self.pool)
             .await

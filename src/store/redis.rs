@@ -29,13 +29,27 @@ pub const OP_TIMEOUT: Duration = Duration::from_millis(300);
 /// Failed health checks in a row after which the connection is dialled afresh.
 const REBUILD_AFTER: u32 = 3;
 
-/// Counts a hit in a fixed window: `{count, milliseconds left}`.
+/// Counts a hit in a fixed window of `ARGV[1]` ms with at most `ARGV[2]` hits:
+/// `{count, milliseconds left}`. A hit over the limit is not counted (it answers
+/// `max + 1`), so hits given back after a burst bring the count under the limit again.
 const HIT_SCRIPT: &str = r"
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local max = tonumber(ARGV[2])
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n < max then
+  n = redis.call('INCR', KEYS[1])
+  if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+else
+  n = max + 1
+end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
 return {n, ttl}
+";
+
+/// Takes a hit back, keeping the window's expiry; nothing when the window is gone.
+const GIVE_BACK_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end
+return 0
 ";
 
 /// A lazily connected Redis with automatic reconnection.
@@ -46,6 +60,7 @@ pub struct RedisLink {
     healthy: AtomicBool,
     failed_pings: AtomicU32,
     hit: redis::Script,
+    give_back: redis::Script,
     metrics: Arc<Metrics>,
 }
 
@@ -71,6 +86,7 @@ impl RedisLink {
             healthy: AtomicBool::new(false),
             failed_pings: AtomicU32::new(0),
             hit: redis::Script::new(HIT_SCRIPT),
+            give_back: redis::Script::new(GIVE_BACK_SCRIPT),
             metrics,
         })
     }
@@ -188,13 +204,14 @@ impl RedisLink {
         .await
     }
 
-    /// Counts a hit on `key` in a window of `window`: the count so far and the time
-    /// left in the window; `None` when Redis did not answer.
-    pub async fn hit(&self, key: &str, window: Duration) -> Option<(u64, Duration)> {
+    /// Counts a hit on `key` in a window of `window` allowing `max`: the count (`max +
+    /// 1`, not counted, when over) and the time left in the window; `None` when Redis
+    /// did not answer.
+    pub async fn hit(&self, key: &str, window: Duration, max: u32) -> Option<(u64, Duration)> {
         let mut conn = self.conn();
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
         let mut invocation = self.hit.key(self.key(key));
-        invocation.arg(window_ms);
+        invocation.arg(window_ms).arg(max);
         let (count, left_ms): (u64, i64) = self
             .bounded(invocation.invoke_async(&mut conn), "rate_limit")
             .await?;
@@ -204,20 +221,18 @@ impl RedisLink {
         ))
     }
 
-    /// The count on `key` and the time left in its window, without counting; `None`
-    /// when Redis did not answer.
-    pub async fn peek(&self, key: &str) -> Option<(u64, Duration)> {
+    /// Takes one hit off `key`'s count, if its window still exists (a window that
+    /// ended is not recreated).
+    pub async fn give_back(&self, key: &str) {
         let mut conn = self.conn();
-        let key = self.key(key);
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(&key).cmd("PTTL").arg(&key);
-        let (count, left_ms): (Option<u64>, i64) = self
-            .bounded(pipe.query_async(&mut conn), "rate_limit_peek")
-            .await?;
-        Some((
-            count.unwrap_or(0),
-            Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)),
-        ))
+        let _ = self
+            .bounded(
+                self.give_back
+                    .key(self.key(key))
+                    .invoke_async::<i64>(&mut conn),
+                "rate_limit_give_back",
+            )
+            .await;
     }
 
     /// A dedicated connection subscribed to the revocation channel.

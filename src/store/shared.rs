@@ -31,8 +31,9 @@
 //!
 //! Rate limits are fixed windows: `INCR` + `PEXPIRE` in one script on Redis, a map in
 //! memory otherwise. A request over the limit answers 429 with `Retry-After` = the rest
-//! of the window. IPv6 clients are counted per /64 (one host usually holds a whole
-//! /64). Subjects are hashed before they become keys.
+//! of the window, and is not counted (so a hit given back after a burst brings the
+//! count under the limit again). Clients are counted per source (an IPv4 address, an
+//! IPv6 /64: `domain::address`). Subjects are hashed before they become keys.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -48,6 +49,7 @@ use uuid::Uuid;
 use super::Store;
 use super::redis::RedisLink;
 use crate::config::RateLimit;
+use crate::domain::address;
 use crate::domain::user::User;
 
 /// How long a session read from the database is trusted without asking it again.
@@ -55,9 +57,7 @@ pub const SESSION_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Most sessions cached, and most revoked sessions remembered locally; past that the
 /// cache is emptied (it refills from the database) and expired denials are dropped.
 const CACHE_MAX: usize = 100_000;
-/// Most rate-limit windows kept in memory. When full, windows that expired or saw a
-/// single hit are dropped; if it is still full, new subjects are not tracked until
-/// room is made (counters over their limit are never dropped).
+/// Most rate-limit windows kept in memory (see `count_locally` for a full table).
 const LOCAL_WINDOWS_MAX: usize = 100_000;
 /// How often Redis is pinged (and a lost subscription retried).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -86,8 +86,13 @@ impl RedisStatus {
 #[derive(Debug, Clone, Copy)]
 pub enum LimitKind {
     LoginIp,
+    /// Password checks of an account (failures; a success is given back).
     LoginAccount,
+    /// Password checks of a locked account by a caller shown to be its owner (a known
+    /// source, a live session): per account and caller.
+    LoginAccountTrusted,
     RefreshFamily,
+    Registration,
 }
 
 impl LimitKind {
@@ -95,8 +100,54 @@ impl LimitKind {
         match self {
             Self::LoginIp => "login-ip",
             Self::LoginAccount => "login-account",
+            Self::LoginAccountTrusted => "login-account-trusted",
             Self::RefreshFamily => "refresh-family",
+            Self::Registration => "registration",
         }
+    }
+}
+
+/// What `SharedState::take` took, to give it back.
+#[derive(Debug)]
+pub struct Taken {
+    key: String,
+    /// The in-process window it was counted in; `None`: counted on Redis.
+    window_end: Option<Instant>,
+}
+
+/// An in-process rate-limit window.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    count: u64,
+    end: Instant,
+    /// The limit it is counted against: a window over it is never dropped to make room.
+    max: u32,
+}
+
+impl Window {
+    fn over_limit(&self, now: Instant) -> bool {
+        self.end > now && self.count >= u64::from(self.max)
+    }
+}
+
+/// Drops expired windows; if that leaves the table fuller than nine tenths, drops the
+/// oldest windows that are not over their limit down to that (in one pass, so a full
+/// table costs a sort once per many new subjects, not per request).
+fn make_room(windows: &mut HashMap<String, Window>, max: usize, now: Instant) {
+    windows.retain(|_, w| w.end > now);
+    let target = max - max / 10;
+    if windows.len() < target {
+        return;
+    }
+    let mut evictable: Vec<(Instant, String)> = windows
+        .iter()
+        .filter(|(_, w)| !w.over_limit(now))
+        .map(|(k, w)| (w.end, k.clone()))
+        .collect();
+    evictable.sort_unstable();
+    let excess = windows.len() + 1 - target;
+    for (_, key) in evictable.into_iter().take(excess) {
+        windows.remove(&key);
     }
 }
 
@@ -118,7 +169,9 @@ pub struct SharedState {
     deny_ttl: Duration,
     denied: Mutex<HashMap<Uuid, Instant>>,
     sessions: Mutex<HashMap<Uuid, CachedSession>>,
-    windows: Mutex<HashMap<String, (u64, Instant)>>,
+    windows: Mutex<HashMap<String, Window>>,
+    /// Most windows kept in memory (`LOCAL_WINDOWS_MAX`).
+    windows_max: usize,
     subscribed: AtomicBool,
     epoch: AtomicU64,
     /// The Redis deny-list may miss a revocation: rebuild it from the database.
@@ -142,6 +195,7 @@ impl SharedState {
             denied: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             windows: Mutex::new(HashMap::new()),
+            windows_max: LOCAL_WINDOWS_MAX,
             epoch: AtomicU64::new(0),
             rebuild_pending: AtomicBool::new(true),
         }
@@ -290,54 +344,95 @@ impl SharedState {
         subject: &str,
         limit: RateLimit,
     ) -> Result<(), Duration> {
-        let key = limit_key(kind, subject);
-        let counted = match self.live_redis() {
-            Some(link) => link.hit(&key, limit.window).await,
-            None => None,
-        };
-        let (count, left) = counted.unwrap_or_else(|| self.count_locally(key, limit.window, 1));
-        over(count, left, limit)
+        self.take(kind, subject, limit).await.map(drop)
     }
 
-    /// Whether `subject` has used up `limit`, without counting a hit.
-    pub async fn check(
+    /// Takes one from `subject`'s budget, atomically: however many requests arrive at
+    /// once, at most `limit.max` get `Ok` in a window. The `Taken` can be given back
+    /// (`give_back`) when the attempt turned out not to count (a right password).
+    pub async fn take(
         &self,
         kind: LimitKind,
         subject: &str,
         limit: RateLimit,
-    ) -> Result<(), Duration> {
+    ) -> Result<Taken, Duration> {
         let key = limit_key(kind, subject);
         let counted = match self.live_redis() {
-            Some(link) => link.peek(&key).await,
+            Some(link) => link.hit(&key, limit.window, limit.max).await,
             None => None,
         };
-        let (count, left) = counted.unwrap_or_else(|| self.count_locally(key, limit.window, 0));
-        // Refused when one more hit would be over the limit.
-        over(count + 1, left, limit)
+        let (count, left, window_end) = match counted {
+            Some((count, left)) => (count, left, None),
+            None => {
+                let (count, left, end) = self.count_locally(&key, limit)?;
+                (count, left, Some(end))
+            }
+        };
+        over(count, left, limit)?;
+        Ok(Taken { key, window_end })
     }
 
-    /// Adds `add` to the in-process window of `key`; returns the count and time left.
-    fn count_locally(&self, key: String, window: Duration, add: u64) -> (u64, Duration) {
-        let now = Instant::now();
-        let mut windows = lock(&self.windows);
-        if !windows.contains_key(&key) {
-            if add == 0 {
-                return (0, window);
+    /// Gives back what `take` took, where it took it (Redis or this process), if its
+    /// window is still the same.
+    pub async fn give_back(&self, taken: Taken) {
+        match taken.window_end {
+            None => {
+                if let Some(link) = &self.redis {
+                    link.give_back(&taken.key).await;
+                }
             }
-            if windows.len() >= LOCAL_WINDOWS_MAX {
-                windows.retain(|_, (count, end)| *end > now && *count > 1);
-                if windows.len() >= LOCAL_WINDOWS_MAX {
-                    tracing::warn!("rate-limit table full: a new subject is not counted");
-                    return (add, window);
+            Some(end) => {
+                let mut windows = lock(&self.windows);
+                if let Some(window) = windows.get_mut(&taken.key)
+                    && window.end == end
+                {
+                    window.count = window.count.saturating_sub(1);
                 }
             }
         }
-        let entry = windows.entry(key).or_insert((0, now + window));
-        if entry.1 <= now {
-            *entry = (0, now + window);
+    }
+
+    /// Adds a hit to the in-process window of `key`: the count, the time left and the
+    /// window's end. A full table makes room by dropping expired windows, then the
+    /// oldest windows of subjects that are not over their limit; the windows of
+    /// subjects over their limit are never dropped, and when nothing else can go, a
+    /// new subject is refused (`Err`) rather than let through uncounted.
+    fn count_locally(
+        &self,
+        key: &str,
+        limit: RateLimit,
+    ) -> Result<(u64, Duration, Instant), Duration> {
+        let now = Instant::now();
+        let mut windows = lock(&self.windows);
+        if !windows.contains_key(key) && windows.len() >= self.windows_max {
+            make_room(&mut windows, self.windows_max, now);
+            if windows.len() >= self.windows_max {
+                tracing::warn!(
+                    "rate-limit table full of subjects over their limit: refusing a new one"
+                );
+                return Err(limit.window);
+            }
         }
-        entry.0 += add;
-        (entry.0, entry.1 - now)
+        let window = windows.entry(key.to_owned()).or_insert(Window {
+            count: 0,
+            end: now + limit.window,
+            max: limit.max,
+        });
+        if window.end <= now {
+            *window = Window {
+                count: 0,
+                end: now + limit.window,
+                max: limit.max,
+            };
+        }
+        // Over the limit, a hit is not counted: hits given back after a burst bring
+        // the count under the limit again.
+        if window.count < u64::from(limit.max) {
+            window.count += 1;
+            Ok((window.count, window.end - now, window.end))
+        } else {
+            Ok((window.count + 1, window.end - now, window.end))
+        }
     }
 
     /// Pings Redis every second; rebuilds the deny-list from the database when Redis
@@ -449,11 +544,7 @@ fn over(count: u64, left: Duration, limit: RateLimit) -> Result<(), Duration> {
 
 fn limit_key(kind: LimitKind, subject: &str) -> String {
     let subject = match (kind, subject.parse::<IpAddr>()) {
-        (LimitKind::LoginIp, Ok(IpAddr::V6(v6))) => {
-            let mut octets = v6.octets();
-            octets[8..].fill(0);
-            format!("{}/64", std::net::Ipv6Addr::from(octets))
-        }
+        (LimitKind::LoginIp | LimitKind::Registration, Ok(ip)) => address::source(ip),
         _ => subject.to_owned(),
     };
     format!("rl:{}:{}", kind.tag(), hashed(&subject))
@@ -504,20 +595,78 @@ mod tests {
         assert!(hit("2001:db8:0:1::1").await.is_ok());
     }
 
-    #[tokio::test]
-    async fn check_does_not_count() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn takes_are_atomic_and_can_be_given_back() {
         let (shared, _dir) = in_process().await;
-        let check = || shared.check(LimitKind::LoginAccount, "a@example.com", TWO_PER_MINUTE);
-        let hit = || shared.hit(LimitKind::LoginAccount, "a@example.com", TWO_PER_MINUTE);
-        for _ in 0..5 {
-            assert!(check().await.is_ok());
+        let shared = Arc::new(shared);
+        let limit = RateLimit {
+            max: 10,
+            window: Duration::from_secs(60),
+        };
+        let tasks: Vec<_> = (0..40)
+            .map(|_| {
+                let shared = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    shared
+                        .take(LimitKind::LoginAccount, "a@example.com", limit)
+                        .await
+                })
+            })
+            .collect();
+        let mut taken = Vec::new();
+        for task in tasks {
+            if let Ok(t) = task.await.unwrap() {
+                taken.push(t);
+            }
         }
-        assert!(hit().await.is_ok());
-        assert!(check().await.is_ok());
-        assert!(hit().await.is_ok());
-        // Used up: the next attempt is refused before it is made.
-        assert!(check().await.is_err());
-        assert!(hit().await.is_err());
+        assert_eq!(taken.len(), 10, "forty at once, ten taken");
+        // A success gives its attempt back: one more may be taken, not two.
+        shared.give_back(taken.pop().unwrap()).await;
+        let take = || shared.take(LimitKind::LoginAccount, "a@example.com", limit);
+        assert!(take().await.is_ok());
+        assert!(take().await.is_err());
+    }
+
+    async fn hit(shared: &SharedState, subject: String) -> Result<(), Duration> {
+        shared
+            .hit(LimitKind::LoginIp, &subject, TWO_PER_MINUTE)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_full_table_keeps_subjects_over_their_limit_and_drops_the_oldest_others() {
+        let (mut shared, _dir) = in_process().await;
+        shared.windows_max = 10;
+        // Five attackers use up their budget; five others come once each.
+        for i in 0..5 {
+            for _ in 0..3 {
+                let _ = hit(&shared, format!("10.0.0.{i}")).await;
+            }
+        }
+        for i in 0..5 {
+            assert!(hit(&shared, format!("10.0.1.{i}")).await.is_ok());
+        }
+        // The table is full: newcomers push out the oldest of the others, never an
+        // attacker, who stays refused.
+        for i in 0..20 {
+            assert!(hit(&shared, format!("10.0.2.{i}")).await.is_ok());
+        }
+        for i in 0..5 {
+            assert!(
+                hit(&shared, format!("10.0.0.{i}")).await.is_err(),
+                "an attacker over the limit was let through by a full table"
+            );
+        }
+        // A table full of subjects over their limit refuses a newcomer rather than
+        // let it through uncounted.
+        let (mut shared, _dir2) = in_process().await;
+        shared.windows_max = 3;
+        for i in 0..3 {
+            for _ in 0..2 {
+                assert!(hit(&shared, format!("10.0.3.{i}")).await.is_ok());
+            }
+        }
+        assert!(hit(&shared, "10.0.4.1".to_owned()).await.is_err());
     }
 
     #[tokio::test]

@@ -29,9 +29,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, FamilyInfo, Ticket, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome,
-    RotateOutcome, RotateRequest, Session, SessionSelector, Store, StoreError, UserWithHash,
-    refused_after_revoke, revocation_event,
+    AuditEvent, FamilyInfo, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome,
+    RotateOutcome, RotateRequest, Session, SessionSelector, Store, StoreError, Ticket,
+    UserWithHash, refused_after_revoke, revocation_event,
 };
 use crate::crypto::hex;
 use crate::crypto::refresh::TokenHash;
@@ -617,6 +617,18 @@ impl Store for SqliteStore {
             tx.rollback().await.map_err(classify)?;
             return Ok(false);
         }
+        if let Some(source) = &f.login_source {
+            sqlx::query(
+                "INSERT INTO login_sources (user_id, source, last_success_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id, source) DO UPDATE SET last_success_at = excluded.last_success_at",
+            )
+            .bind(f.user_id.to_string())
+            .bind(source)
+            .bind(ms(f.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
         insert_audit(
             &mut tx,
             &AuditEvent {
@@ -885,6 +897,37 @@ impl Store for SqliteStore {
     async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
         let deleted = sqlx::query("DELETE FROM audit_events WHERE at < ?1")
+            .bind(ms(before))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        tx.commit().await.map_err(classify)?;
+        Ok(deleted)
+    }
+
+    async fn known_login_source(
+        &self,
+        user_id: Uuid,
+        source: &str,
+        since: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let found: Option<(i64,)> = sqlx::query_as(
+            "SELECT 1 FROM login_sources
+             WHERE user_id = ?1 AND source = ?2 AND last_success_at >= ?3",
+        )
+        .bind(user_id.to_string())
+        .bind(source)
+        .bind(ms(since))
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(classify)?;
+        Ok(found.is_some())
+    }
+
+    async fn sweep_login_sources(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM login_sources WHERE last_success_at < ?1")
             .bind(ms(before))
             .execute(&mut *tx)
             .await

@@ -40,12 +40,11 @@ impl Ticket {
     /// The store, before a point of no return: true when it may go on (the caller still
     /// waits, and now waits for the answer); false when the caller has gone.
     pub fn claim(&self) -> bool {
-        match self.0.state.compare_exchange(
-            WAITING,
-            CLAIMED,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
+        match self
+            .0
+            .state
+            .compare_exchange(WAITING, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => true,
             Err(current) => current == CLAIMED,
         }
@@ -66,12 +65,11 @@ impl Ticket {
     /// The caller, at its deadline: true when it may answer 503 (nothing will happen);
     /// false while the store holds a claim (the caller must wait for the answer).
     pub fn abandon(&self) -> bool {
-        match self.0.state.compare_exchange(
-            WAITING,
-            ABANDONED,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
+        match self
+            .0
+            .state
+            .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => true,
             Err(current) => current == ABANDONED,
         }
@@ -92,7 +90,10 @@ mod tests {
         let t = Ticket::default();
         assert!(t.claim());
         assert!(t.claim(), "a claim is held, not taken twice");
-        assert!(!t.abandon(), "the caller waits while the store holds a claim");
+        assert!(
+            !t.abandon(),
+            "the caller waits while the store holds a claim"
+        );
         t.release();
         assert!(t.abandon());
         assert!(!t.claim(), "an abandoned rotation never reaches its commit");

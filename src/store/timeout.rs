@@ -21,8 +21,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, Ticket, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome, RotateOutcome,
-    RotateRequest, Session, SessionSelector, Store, StoreError, UserWithHash,
+    AuditEvent, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome, RotateOutcome,
+    RotateRequest, Session, SessionSelector, Store, StoreError, Ticket, UserWithHash,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{RefreshPolicy, RevokeReason};
@@ -202,6 +202,20 @@ impl Store for TimedStore {
 
     async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         self.bounded(self.inner.sweep_audit(before)).await
+    }
+
+    async fn known_login_source(
+        &self,
+        user_id: Uuid,
+        source: &str,
+        since: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.bounded(self.inner.known_login_source(user_id, source, since))
+            .await
+    }
+
+    async fn sweep_login_sources(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        self.bounded(self.inner.sweep_login_sources(before)).await
     }
 
     async fn audit_events(

@@ -207,6 +207,7 @@ scenario! {
             ip: None,
             first_token: [7u8; 32],
             checked_password_hash: checked.map(str::to_owned),
+            login_source: None,
         };
         assert!(!store.create_family(&family(Some("$argon2id$stale"))).await.unwrap());
         let mut fresh = family(None);

@@ -136,6 +136,16 @@ pub async fn spawn_instance_like(first: &TestApp) -> TestApp {
     .await
 }
 
+/// An HTTP client whose connections come from `ip`: any address of 127.0.0.0/8 is this
+/// machine, so `127.0.0.2` is another client to the server.
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 pub fn unique_email() -> String {
     format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
 }
@@ -182,6 +192,21 @@ impl TestApp {
             ],
         )
         .await
+    }
+
+    /// A password grant of the `dev` client from another address (`client_from`).
+    pub async fn login_from(&self, ip: &str, email: &str, password: &str) -> Response {
+        client_from(ip)
+            .post(self.url("/oauth/token"))
+            .form(&[
+                ("grant_type", "password"),
+                ("client_id", "dev"),
+                ("username", email),
+                ("password", password),
+            ])
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn refresh(&self, refresh_token: &str) -> Response {
@@ -550,6 +575,7 @@ pub mod store_level {
             ip: None,
             first_token: first,
             checked_password_hash: None,
+            login_source: None,
         };
         assert!(store.create_family(&family).await.unwrap());
         first

@@ -71,14 +71,23 @@ async fn a_rotation_stuck_behind_a_postgres_row_lock_is_answered_truthfully() {
     })
     .await;
     let email = unique_email();
-    assert_eq!(app.register(&email, PASSWORD).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.register(&email, PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
     let mut sessions = Vec::new();
     for _ in 0..17 {
         sessions.push(tokens(app.login(&email, PASSWORD).await).await);
     }
     let sids: Vec<uuid::Uuid> = sessions
         .iter()
-        .map(|t| segment(&t.access, 1)["sid"].as_str().unwrap().parse().unwrap())
+        .map(|t| {
+            segment(&t.access, 1)["sid"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect();
 
     let mut holder = sqlx::PgConnection::connect(&app.settings.database_url)
@@ -112,7 +121,11 @@ async fn a_rotation_stuck_behind_a_postgres_row_lock_is_answered_truthfully() {
 
     for blocker in blockers {
         let status = blocker.await.unwrap();
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a blocker timed out");
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a blocker timed out"
+        );
     }
     let resp = target.await.unwrap();
     match resp.status() {
@@ -123,7 +136,10 @@ async fn a_rotation_stuck_behind_a_postgres_row_lock_is_answered_truthfully() {
         }
         // Nothing happened: the token it holds is live.
         StatusCode::SERVICE_UNAVAILABLE => late_retry_succeeds(&app, &sessions[0].refresh).await,
-        other => panic!("the stuck refresh answered {other}: {}", resp.text().await.unwrap()),
+        other => panic!(
+            "the stuck refresh answered {other}: {}",
+            resp.text().await.unwrap()
+        ),
     }
     // The blockers' tokens are live too: their statements were cancelled whole.
     for t in &sessions[1..] {
