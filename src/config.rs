@@ -173,6 +173,10 @@ pub struct RateLimits {
     pub login_per_account: Option<RateLimit>,
     /// Refresh grants per session (family).
     pub refresh_per_family: Option<RateLimit>,
+    /// Registrations per client IP (IPv6 per /64): an e-mail address that is taken
+    /// answers 409, so registration is an oracle of who has an account; and each one
+    /// costs a password hash.
+    pub register_per_ip: Option<RateLimit>,
 }
 
 /// Bounds on password hashing, so a login flood cannot take every core.
@@ -197,6 +201,7 @@ struct FileSettings {
     rate_limit_login_per_ip: Option<String>,
     rate_limit_login_per_account: Option<String>,
     rate_limit_refresh_per_family: Option<String>,
+    rate_limit_register_per_ip: Option<String>,
     trusted_proxies: Option<String>,
     data_dir: Option<PathBuf>,
     keys_dir: Option<PathBuf>,
@@ -255,6 +260,11 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     (
         "ISSUER_RATE_LIMIT_REFRESH_PER_FAMILY",
         "rate_limit_refresh_per_family",
+        EnvKind::Text,
+    ),
+    (
+        "ISSUER_RATE_LIMIT_REGISTER_PER_IP",
+        "rate_limit_register_per_ip",
         EnvKind::Text,
     ),
     ("ISSUER_TRUSTED_PROXIES", "trusted_proxies", EnvKind::Text),
@@ -412,6 +422,11 @@ impl Settings {
                 "rate_limit_refresh_per_family",
                 f.rate_limit_refresh_per_family,
                 "30/1m",
+            )?,
+            register_per_ip: rate_limit(
+                "rate_limit_register_per_ip",
+                f.rate_limit_register_per_ip,
+                "20/1h",
             )?,
         };
         let tokens = TokenSettings {
@@ -922,6 +937,14 @@ mod tests {
         let ids: Vec<_> = s.clients.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["dev", "dev-spa"]);
         assert!(s.allow_registration);
+        assert_eq!(
+            s.limits.register_per_ip,
+            Some(RateLimit {
+                max: 20,
+                window: Duration::from_secs(3600)
+            }),
+            "registration is limited by default"
+        );
     }
 
     #[test]

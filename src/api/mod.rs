@@ -84,6 +84,13 @@ pub fn openapi_json() -> String {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub std::net::IpAddr);
 
+/// The client's address as text, as the start-up middleware decided it.
+fn client_ip(req: &Request) -> Option<String> {
+    req.extensions()
+        .get::<ClientIp>()
+        .map(|ip| ip.0.to_string())
+}
+
 /// Who is asking: peer address, user agent, the browser's `Origin`, the CSRF header and
 /// the refresh cookie.
 fn request_meta(req: &Request, refresh_cookie: Option<String>, csrf_header: bool) -> RequestMeta {
@@ -94,10 +101,7 @@ fn request_meta(req: &Request, refresh_cookie: Option<String>, csrf_header: bool
             .map(str::to_owned)
     };
     RequestMeta {
-        ip: req
-            .extensions()
-            .get::<ClientIp>()
-            .map(|ip| ip.0.to_string()),
+        ip: client_ip(req),
         user_agent: header("user-agent"),
         browser: BrowserContext {
             origin: header("origin"),

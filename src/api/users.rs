@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use poem::Request;
 use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiRequest, ApiResponse, Object, OpenApi};
@@ -9,10 +10,10 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::api::ApiTags;
 use crate::api::error::ApiError;
 use crate::api::payload::StrictJson;
 use crate::api::security::BearerAuth;
+use crate::api::{ApiTags, client_ip};
 use crate::domain::secret::Secret;
 use crate::domain::user::User;
 use crate::service::Issuer;
@@ -75,15 +76,21 @@ impl UsersApi {
     ///
     /// Self-registration with an e-mail address and a password (hashed with argon2id).
     /// A taken e-mail address is `409 email_taken`; a refused password is
-    /// `400 weak_password` with the rule it breaks.
+    /// `400 weak_password` with the rule it breaks. Registrations are limited per
+    /// client IP (`rate_limit_register_per_ip`, 20 an hour by default; over it,
+    /// `429 rate_limited`).
     #[oai(path = "/v1/users", method = "post", operation_id = "register")]
     async fn register(
         &self,
         issuer: Data<&Arc<Issuer>>,
+        req: &Request,
         body: RegisterBody,
     ) -> Result<Registered, ApiError> {
         let RegisterBody::Json(StrictJson(RegisterRequest { email, password })) = body;
-        let user = issuer.register(&email, Secret::new(password)).await?;
+        let ip = client_ip(req);
+        let user = issuer
+            .register(&email, Secret::new(password), ip.as_deref())
+            .await?;
         Ok(Registered::Created(Json(user.into())))
     }
 

@@ -1,18 +1,19 @@
 //! argon2id password hashing on a bounded pool.
 //!
-//! Hashes run on `concurrency` dedicated threads, fed by a queue of at most `queue`
-//! jobs; when the queue is full a login is refused with 503 at once instead of waiting
-//! without end. The async workers that serve refreshes never hash. Each thread owns
+//! Hashes run on `concurrency` dedicated threads, fed by two queues: sign-ins (logins,
+//! password changes; at most `queue` waiting) and registrations (at most a quarter of
+//! that). A thread takes a registration only when no sign-in waits, so a flood of
+//! registrations delays a login by at most the hashes already running, and never fills
+//! its queue. A full queue is refused with 503 at once instead of waiting without end.
+//! The async workers that serve refreshes never hash. Each thread owns
 //! its 19 MiB of argon2 memory, allocated once: allocating it per hash left the
 //! allocator holding a fresh 19 MiB after every login (RSS grew to ~130 MB) and cost
 //! thousands of page faults per hash.
 //! An unknown user is verified against a dummy hash with the same parameters, so the
 //! answer takes the same time as a wrong password.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
-use std::sync::{Mutex, PoisonError};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
@@ -39,34 +40,84 @@ fn internal(e: impl std::fmt::Display) -> Error {
 /// A job for a hashing thread, given that thread's argon2 memory.
 type Job = Box<dyn FnOnce(&mut [Block]) + Send>;
 
+/// Which queue a hash waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Logins and password changes: served first.
+    SignIn,
+    /// Registrations: served when no sign-in waits.
+    Registration,
+}
+
+#[derive(Default)]
+struct Queues {
+    sign_in: VecDeque<Job>,
+    registration: VecDeque<Job>,
+    closed: bool,
+}
+
+struct Pool {
+    queues: Mutex<Queues>,
+    ready: Condvar,
+    sign_in_max: usize,
+    registration_max: usize,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next job, sign-ins first; `None` once the hasher is dropped.
+    fn next(&self) -> Option<Job> {
+        let mut queues = self.lock();
+        loop {
+            if let Some(job) = queues.sign_in.pop_front() {
+                return Some(job);
+            }
+            if let Some(job) = queues.registration.pop_front() {
+                return Some(job);
+            }
+            if queues.closed {
+                return None;
+            }
+            queues = self
+                .ready
+                .wait(queues)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
 /// The bounded hashing pool.
 pub struct PasswordHasher {
-    jobs: SyncSender<Job>,
-    queued: Arc<AtomicUsize>,
+    pool: Arc<Pool>,
     dummy_hash: String,
+}
+
+impl Drop for PasswordHasher {
+    fn drop(&mut self) {
+        self.pool.lock().closed = true;
+        self.pool.ready.notify_all();
+    }
 }
 
 impl PasswordHasher {
     pub fn new(settings: HashingSettings) -> Result<Self, Error> {
-        let (jobs, receiver) = sync_channel::<Job>(settings.queue);
-        let receiver = Arc::new(Mutex::new(receiver));
-        let queued = Arc::new(AtomicUsize::new(0));
+        let pool = Arc::new(Pool {
+            queues: Mutex::new(Queues::default()),
+            ready: Condvar::new(),
+            sign_in_max: settings.queue,
+            registration_max: (settings.queue / 4).max(1),
+        });
         let blocks = params()?.block_count();
         for i in 0..settings.concurrency {
-            let receiver = Arc::clone(&receiver);
-            let queued = Arc::clone(&queued);
+            let pool = Arc::clone(&pool);
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
                     let mut memory = vec![Block::default(); blocks];
-                    loop {
-                        // The lock is held only while waiting for the next job.
-                        let next = receiver
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .recv();
-                        let Ok(job) = next else { return };
-                        queued.fetch_sub(1, Ordering::AcqRel);
+                    while let Some(job) = pool.next() {
                         job(&mut memory);
                     }
                 })
@@ -75,36 +126,37 @@ impl PasswordHasher {
         let dummy = crate::crypto::refresh::generate()?;
         let mut memory = vec![Block::default(); blocks];
         let dummy_hash = hash_with(&mut memory, &dummy)?;
-        Ok(Self {
-            jobs,
-            queued,
-            dummy_hash,
-        })
+        Ok(Self { pool, dummy_hash })
     }
 
     /// Hashes a new password (PHC string).
-    pub async fn hash(&self, password: Secret) -> Result<String, Error> {
-        self.run(move |memory| hash_with(memory, &password)).await?
+    pub async fn hash(&self, lane: Lane, password: Secret) -> Result<String, Error> {
+        self.run(lane, move |memory| hash_with(memory, &password))
+            .await?
     }
 
     /// Checks `password` against `hash`, or against the dummy hash when there is no user,
-    /// in which case the answer is always `false`.
+    /// in which case the answer is always `false`. Sign-in lane.
     pub async fn verify(&self, password: Secret, hash: Option<String>) -> Result<bool, Error> {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
         let matches = self
-            .run(move |memory| verify_with(memory, &password, &hash))
+            .run(Lane::SignIn, move |memory| {
+                verify_with(memory, &password, &hash)
+            })
             .await??;
         Ok(known && matches)
     }
 
     /// Jobs waiting for a hashing thread.
     pub fn queue_depth(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        let queues = self.pool.lock();
+        queues.sign_in.len() + queues.registration.len()
     }
 
     async fn run<T: Send + 'static>(
         &self,
+        lane: Lane,
         job: impl FnOnce(&mut [Block]) -> T + Send + 'static,
     ) -> Result<T, Error> {
         let (reply, answer) = oneshot::channel();
@@ -112,14 +164,18 @@ impl PasswordHasher {
             // The requester may have gone (client disconnected): nothing to tell then.
             let _ = reply.send(job(memory));
         });
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        if let Err(e) = self.jobs.try_send(job) {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(match e {
-                TrySendError::Full(_) => Error::Overloaded,
-                TrySendError::Disconnected(_) => Error::internal("the hashing threads are gone"),
-            });
+        {
+            let mut queues = self.pool.lock();
+            let (queue, max) = match lane {
+                Lane::SignIn => (&mut queues.sign_in, self.pool.sign_in_max),
+                Lane::Registration => (&mut queues.registration, self.pool.registration_max),
+            };
+            if queue.len() >= max {
+                return Err(Error::Overloaded);
+            }
+            queue.push_back(job);
         }
+        self.pool.ready.notify_one();
         answer
             .await
             .map_err(|_| Error::internal("a hashing job was dropped"))
@@ -193,7 +249,7 @@ mod tests {
         })
         .unwrap();
         let hash = hasher
-            .hash(Secret::new("a sound passphrase"))
+            .hash(Lane::SignIn, Secret::new("a sound passphrase"))
             .await
             .unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
@@ -249,7 +305,10 @@ mod tests {
         let tasks: Vec<_> = (0..6)
             .map(|_| {
                 let h = Arc::clone(&hasher);
-                tokio::spawn(async move { h.hash(Secret::new("a sound passphrase")).await })
+                tokio::spawn(async move {
+                    h.hash(Lane::SignIn, Secret::new("a sound passphrase"))
+                        .await
+                })
             })
             .collect();
         let mut overloaded = 0;

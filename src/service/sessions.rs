@@ -8,6 +8,7 @@ use super::Issuer;
 use super::access::Principal;
 use super::attempts::Credentials;
 use super::tokens::{Issued, RequestMeta, Revoked};
+use crate::crypto::password::Lane;
 use crate::crypto::refresh;
 use crate::domain::client::{Client, Delivery};
 use crate::domain::family::RevokeReason;
@@ -159,7 +160,7 @@ impl Issuer {
         }
         self.give_back_attempt(attempt).await;
         check_new_password(new.expose(), &email)?;
-        let hash = self.hasher.hash(new).await?;
+        let hash = self.hasher.hash(Lane::SignIn, new).await?;
         let now = self.now();
         let token = refresh::generate()?;
         let family = NewFamily {

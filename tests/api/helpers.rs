@@ -53,8 +53,9 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Spawns the server with the development settings, changed by `configure`, on a fresh
 /// SQLite file, or on a fresh PostgreSQL database with Redis under a fresh key prefix.
-/// The per-family refresh limit is off (tests rotate one family hundreds of times);
-/// the rate-limit tests turn it on.
+/// The per-family refresh limit is off (tests rotate one family hundreds of times), and
+/// so is the per-IP registration limit (every test registers from 127.0.0.1); the
+/// rate-limit tests turn them on.
 pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
     TRACING.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
@@ -93,6 +94,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         ..dev
     });
     settings.limits.refresh_per_family = None;
+    settings.limits.register_per_ip = None;
     configure(&mut settings);
     let clock = Arc::new(ManualClock::default());
     let app = Application::build(&settings, clock.clone())
