@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::domain::address;
 use crate::domain::client::{Client, ClientKind, Delivery};
 use crate::domain::family::RefreshPolicy;
 
@@ -109,6 +110,9 @@ pub struct TokenSettings {
 }
 
 /// An address range, `10.0.0.0/8` or `2001:db8::/32`; a bare address is a range of one.
+/// Kept and compared in canonical form (`domain::address`): a range written as
+/// IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`) is the IPv4 range, and an IPv4 client seen
+/// through a dual-stack socket is matched as the IPv4 address it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
     network: IpAddr,
@@ -126,9 +130,18 @@ impl Cidr {
         };
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(Self {
-            network: addr,
-            prefix,
+        if prefix > max {
+            return None;
+        }
+        Some(match (addr, address::canonical(addr)) {
+            (IpAddr::V6(_), v4 @ IpAddr::V4(_)) if prefix >= 96 => Self {
+                network: v4,
+                prefix: prefix - 96,
+            },
+            _ => Self {
+                network: addr,
+                prefix,
+            },
         })
     }
 
@@ -140,7 +153,7 @@ impl Cidr {
                 bits >> (width - prefix)
             }
         }
-        match (self.network, ip) {
+        match (self.network, address::canonical(ip)) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 masked(u32::from(net).into(), self.prefix, 32)
                     == masked(u32::from(ip).into(), self.prefix, 32)
@@ -149,10 +162,7 @@ impl Cidr {
                 masked(u128::from(net), self.prefix, 128)
                     == masked(u128::from(ip), self.prefix, 128)
             }
-            (IpAddr::V6(net), IpAddr::V4(ip)) | (IpAddr::V4(ip), IpAddr::V6(net)) => {
-                // An IPv4 peer seen through a dual-stack socket, or the reverse.
-                net.to_ipv4_mapped().is_some_and(|n| n == ip) && self.prefix >= 96
-            }
+            _ => false,
         }
     }
 }
@@ -1129,6 +1139,12 @@ mod tests {
         assert!(trusted("2001:db8:ffff::1"));
         assert!(!trusted("2001:db9::1"));
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        // An IPv4 client through a dual-stack socket; a range written mapped.
+        assert!(trusted("::ffff:10.1.2.3"));
+        assert!(!trusted("::ffff:11.1.2.3"));
+        let mapped = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(mapped.contains(ip("10.9.9.9")) && mapped.contains(ip("::ffff:10.9.9.9")));
+        assert!(!mapped.contains(ip("11.0.0.1")));
         for bad in ["10.0.0.0/33", "10.0.0/8", "example.com", "::/129"] {
             let err = load(None, &[("ISSUER_TRUSTED_PROXIES", bad)]).unwrap_err();
             assert_eq!(err.setting, "trusted_proxies", "{bad}");

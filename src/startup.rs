@@ -17,6 +17,7 @@ use crate::api::{ClientIp, make_openapi_service};
 use crate::config::{Cidr, Settings, redacted_url};
 use crate::crypto::keys::{KeyError, KeySet, Keys};
 use crate::crypto::refresh::SuccessorKey;
+use crate::domain::address;
 use crate::domain::client::Delivery;
 use crate::domain::clock::Clock;
 use crate::metrics::Metrics;
@@ -318,7 +319,11 @@ async fn oauth_no_store<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<R
 /// address that is not one (earlier entries are the client's own claims, never
 /// believed). An entry that does not parse stops the walk at the last address known.
 fn client_ip(req: &Request, trusted: &[Cidr]) -> Option<IpAddr> {
-    let peer = req.remote_addr().as_socket_addr().map(|a| a.ip())?;
+    // An IPv4 client of a dual-stack socket (`[::]`) is the IPv4 address it is.
+    let peer = req
+        .remote_addr()
+        .as_socket_addr()
+        .map(|a| address::canonical(a.ip()))?;
     let is_trusted = |ip: IpAddr| trusted.iter().any(|range| range.contains(ip));
     if !is_trusted(peer) {
         return Some(peer);
@@ -345,12 +350,14 @@ fn client_ip(req: &Request, trusted: &[Cidr]) -> Option<IpAddr> {
     Some(client)
 }
 
-/// `203.0.113.7`, `203.0.113.7:4711`, `2001:db8::1` or `[2001:db8::1]:4711`.
+/// `203.0.113.7`, `203.0.113.7:4711`, `2001:db8::1` or `[2001:db8::1]:4711`, in
+/// canonical form.
 fn parse_forwarded_address(entry: &str) -> Option<IpAddr> {
-    if let Ok(ip) = entry.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())
+    let ip = match entry.parse::<IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => entry.parse::<std::net::SocketAddr>().ok()?.ip(),
+    };
+    Some(address::canonical(ip))
 }
 
 /// CORS for the configured origins only (none configured: no CORS at all), with

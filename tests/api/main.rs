@@ -28,6 +28,7 @@ macro_rules! scenario {
 
 mod helpers;
 
+mod addresses;
 mod admin;
 mod bad_input;
 mod clients;
