@@ -883,16 +883,36 @@ impl Store for PgStore {
 
 /// Inserts the family and its first token; with `checked_password_hash`, only if the
 /// user still has that hash and is not disabled (false otherwise, nothing written).
+///
+/// The user's row is locked (`FOR SHARE`) for that check, until the commit: at READ
+/// COMMITTED an `INSERT ... WHERE EXISTS (...)` reads the user as of its snapshot and
+/// does not conflict with a password change or a disable committing meanwhile, whose
+/// "revoke every session" then cannot see the new family: a live session created with
+/// the old password. With the lock, a change or a disable waits for this login to
+/// commit (and then revokes its family), or this check waits for it and sees its
+/// outcome.
 async fn insert_family(
     tx: &mut Transaction<'_, Postgres>,
     f: &NewFamily,
 ) -> Result<bool, StoreError> {
+    if let Some(checked) = &f.checked_password_hash {
+        let still: Option<(i32,)> = sqlx::query_as(
+            "SELECT 1 FROM users
+             WHERE id = $1 AND disabled_at IS NULL AND password_hash = $2
+             FOR SHARE",
+        )
+        .bind(f.user_id)
+        .bind(checked)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(classify)?;
+        if still.is_none() {
+            return Ok(false);
+        }
+    }
     let inserted = sqlx::query(
         "INSERT INTO refresh_families (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip)
-         SELECT $1, $2, $3, $4, $5, $5, $6, $7
-         WHERE $8::text IS NULL OR EXISTS (SELECT 1 FROM users
-                                           WHERE id = $2 AND disabled_at IS NULL
-                                             AND password_hash = $8)",
+         VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
     )
     .bind(f.id)
     .bind(f.user_id)
@@ -901,7 +921,6 @@ async fn insert_family(
     .bind(f.created_at)
     .bind(&f.user_agent)
     .bind(&f.ip)
-    .bind(&f.checked_password_hash)
     .execute(&mut **tx)
     .await
     .map_err(classify)?

@@ -34,6 +34,7 @@ mod bad_input;
 mod clients;
 mod concurrency;
 mod cookie_mode;
+mod credential_races;
 mod discovery;
 mod faults;
 mod forged_tokens;
