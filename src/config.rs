@@ -27,6 +27,7 @@ use serde::Deserialize;
 use crate::domain::address;
 use crate::domain::client::{Client, ClientKind, Delivery};
 use crate::domain::family::RefreshPolicy;
+use crate::server::HttpTimeouts;
 
 /// Access tokens may live between these bounds (DESIGN.md: 5–15 minutes).
 const ACCESS_LIFETIME_MIN: Duration = Duration::from_secs(5 * 60);
@@ -92,6 +93,8 @@ pub struct Settings {
     pub audit_retention: Duration,
     /// A `tracing` filter, e.g. `info` or `token_issuer=debug`.
     pub log: String,
+    /// How long a client may take to send a request's headers, and its body.
+    pub http_timeouts: HttpTimeouts,
     pub allow_registration: bool,
     pub tokens: TokenSettings,
     pub password_hashing: HashingSettings,
@@ -224,6 +227,8 @@ struct FileSettings {
     refresh_absolute_lifetime: Option<String>,
     refresh_grace_period: Option<String>,
     clock_leeway: Option<String>,
+    request_header_timeout: Option<String>,
+    request_body_timeout: Option<String>,
     password_hash_concurrency: Option<usize>,
     password_hash_queue: Option<usize>,
     clients: Option<Vec<ClientFile>>,
@@ -313,6 +318,16 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
         EnvKind::Text,
     ),
     ("ISSUER_CLOCK_LEEWAY", "clock_leeway", EnvKind::Text),
+    (
+        "ISSUER_REQUEST_HEADER_TIMEOUT",
+        "request_header_timeout",
+        EnvKind::Text,
+    ),
+    (
+        "ISSUER_REQUEST_BODY_TIMEOUT",
+        "request_body_timeout",
+        EnvKind::Text,
+    ),
     (
         "ISSUER_PASSWORD_HASH_CONCURRENCY",
         "password_hash_concurrency",
@@ -554,6 +569,20 @@ impl Settings {
                 }
             },
             log: f.log.unwrap_or_else(|| "info".to_owned()),
+            http_timeouts: HttpTimeouts {
+                header_timeout: bounded_duration(
+                    "request_header_timeout",
+                    f.request_header_timeout,
+                    "10s",
+                    Duration::from_secs(1)..=Duration::from_secs(120),
+                )?,
+                body_timeout: bounded_duration(
+                    "request_body_timeout",
+                    f.request_body_timeout,
+                    "30s",
+                    Duration::from_secs(1)..=Duration::from_secs(600),
+                )?,
+            },
             allow_registration: f.allow_registration.unwrap_or(true),
             tokens,
             password_hashing,
@@ -626,6 +655,28 @@ fn duration(setting: &str, value: Option<String>, default: &str) -> Result<Durat
             format!("{raw:?} is not a duration such as \"30s\", \"10m\", \"12h\" or \"14d\""),
         )
     })
+}
+
+/// `duration`, refused outside `range` with a message naming it.
+fn bounded_duration(
+    setting: &str,
+    value: Option<String>,
+    default: &str,
+    range: std::ops::RangeInclusive<Duration>,
+) -> Result<Duration, ConfigError> {
+    let d = duration(setting, value, default)?;
+    if range.contains(&d) {
+        Ok(d)
+    } else {
+        Err(invalid(
+            setting,
+            format!(
+                "must be between {} and {}",
+                show_duration(*range.start()),
+                show_duration(*range.end())
+            ),
+        ))
+    }
 }
 
 /// Parses `"<integer><unit>"` with unit `s`, `m`, `h` or `d`; `"0"` is zero.

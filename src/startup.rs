@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poem::http::{HeaderValue, StatusCode, header};
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::middleware::{CookieJarManager, Cors};
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
 use crate::api::error::{ApiError, Problem, REQUEST_ID};
@@ -21,6 +21,7 @@ use crate::domain::address;
 use crate::domain::client::Delivery;
 use crate::domain::clock::Clock;
 use crate::metrics::Metrics;
+use crate::server::{self, HttpTimeouts};
 use crate::service::Issuer;
 use crate::store::postgres::PgStore;
 use crate::store::redis::RedisLink;
@@ -149,7 +150,8 @@ fn sqlite_path(url: &str) -> Option<&str> {
 /// A bound, ready-to-serve application.
 pub struct Application {
     issuer: Arc<Issuer>,
-    acceptor: TcpAcceptor,
+    listener: TcpListener,
+    timeouts: HttpTimeouts,
     port: u16,
     store: Arc<dyn Store>,
     shared: Arc<SharedState>,
@@ -178,20 +180,17 @@ impl Application {
             clock,
             metrics,
         )?);
-        let acceptor = TcpListener::bind(settings.bind.to_string())
-            .into_acceptor()
+        let bind_failed = |source| StartupError::Bind {
+            addr: settings.bind.to_string(),
+            source,
+        };
+        let listener = TcpListener::bind(settings.bind)
             .await
-            .map_err(|source| StartupError::Bind {
-                addr: settings.bind.to_string(),
-                source,
-            })?;
-        let port = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().map(std::net::SocketAddr::port))
-            .unwrap_or(settings.bind.port());
+            .map_err(bind_failed)?;
+        let port = listener.local_addr().map_err(bind_failed)?.port();
         Ok(Self {
-            acceptor,
+            listener,
+            timeouts: settings.http_timeouts,
             port,
             store,
             shared,
@@ -227,9 +226,14 @@ impl Application {
                 }
             }
         });
-        let served = Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(self.endpoint, shutdown_signal(), Some(SHUTDOWN_GRACE))
-            .await;
+        let served = server::serve(
+            self.listener,
+            self.endpoint,
+            self.timeouts,
+            shutdown_signal(),
+            SHUTDOWN_GRACE,
+        )
+        .await;
         sweeper.abort();
         for task in background {
             task.abort();
@@ -267,15 +271,18 @@ pub fn app(
     settings: &Settings,
 ) -> poem::endpoint::BoxEndpoint<'static, Response> {
     let issuer_metrics = issuer.metrics();
+    let body_timeout = settings.http_timeouts.body_timeout;
     let api = make_openapi_service();
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
+    let allowed = Arc::new(AllowedMethods::of_api());
     let inner = Route::new()
         .nest("/", api)
-        .at("/openapi.json", spec)
+        .at("/openapi.json", poem::get(spec))
         .nest("/docs", docs)
+        .around(move |ep, req| method_not_allowed(ep, req, Arc::clone(&allowed)))
         .with(CookieJarManager::new())
-        .around(limit_body)
+        .around(move |ep, req| limit_body(ep, req, body_timeout))
         .catch_all_error(render_error)
         .data(issuer);
     let with_cors = match cors(settings) {
@@ -391,6 +398,86 @@ fn cors(settings: &Settings) -> Option<Cors> {
     )
 }
 
+/// The methods each path of the API accepts, read from the OpenAPI document, for the
+/// `Allow` header of a 405 (RFC 9110 §15.5.6).
+struct AllowedMethods {
+    /// Path templates split at `/` (`{id}` matches any segment), with their methods.
+    paths: Vec<(Vec<String>, String)>,
+}
+
+impl AllowedMethods {
+    fn of_api() -> Self {
+        let spec: serde_json::Value =
+            serde_json::from_str(&crate::api::openapi_json()).unwrap_or_default();
+        let mut paths: Vec<(Vec<String>, String)> = spec["paths"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(path, item)| {
+                let mut methods: Vec<String> = item
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(method, _)| method.to_ascii_uppercase())
+                    .collect();
+                // poem answers HEAD with the GET endpoint.
+                if methods.iter().any(|m| m == "GET") {
+                    methods.push("HEAD".to_owned());
+                }
+                methods.sort();
+                (segments(path), methods.join(", "))
+            })
+            .collect();
+        paths.push((segments("/openapi.json"), "GET, HEAD".to_owned()));
+        Self { paths }
+    }
+
+    fn of(&self, path: &str) -> Option<&str> {
+        let asked = segments(path);
+        self.paths
+            .iter()
+            .find(|(template, _)| {
+                template.len() == asked.len()
+                    && template
+                        .iter()
+                        .zip(&asked)
+                        .all(|(t, a)| t.starts_with('{') || t == a)
+            })
+            .map(|(_, methods)| methods.as_str())
+    }
+}
+
+fn segments(path: &str) -> Vec<String> {
+    path.trim_matches('/')
+        .split('/')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A method the path does not declare: 405 `method_not_allowed` with `Allow`, not the
+/// 400 poem's router would give.
+async fn method_not_allowed<E: Endpoint>(
+    ep: Arc<E>,
+    req: Request,
+    allowed: Arc<AllowedMethods>,
+) -> poem::Result<Response> {
+    let path = req.uri().path().to_owned();
+    match ep.call(req).await {
+        Err(e) if e.status() == StatusCode::METHOD_NOT_ALLOWED => {
+            let mut resp = render_error(e).await;
+            resp.set_status(StatusCode::METHOD_NOT_ALLOWED);
+            if let Some(methods) = allowed
+                .of(&path)
+                .and_then(|m| HeaderValue::from_str(m).ok())
+            {
+                resp.headers_mut().insert(header::ALLOW, methods);
+            }
+            Ok(resp)
+        }
+        other => other.map(IntoResponse::into_response),
+    }
+}
+
 /// Renders every poem-level error in the common JSON shape; responses built by our own
 /// error enums pass through untouched.
 async fn render_error(err: poem::Error) -> Response {
@@ -403,8 +490,14 @@ async fn render_error(err: poem::Error) -> Response {
 /// Refuses bodies over `BODY_LIMIT`, whether announced by `Content-Length` or streamed.
 /// A body that runs over is read on (and dropped) up to `DRAIN_LIMIT`, so the client is
 /// done sending, reads the 413 and can keep its connection; a body announced larger than
-/// that is refused before reading.
-async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<Response> {
+/// that is refused before reading. A body that takes longer than `timeout` to arrive is
+/// answered 408, and its connection closed: a client that stops sending halfway holds
+/// nothing for long.
+async fn limit_body<E: Endpoint>(
+    ep: Arc<E>,
+    mut req: Request,
+    timeout: Duration,
+) -> poem::Result<Response> {
     use futures_util::StreamExt as _;
 
     let too_large = || poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE);
@@ -417,24 +510,37 @@ async fn limit_body<E: Endpoint>(ep: Arc<E>, mut req: Request) -> poem::Result<R
         return Err(too_large());
     }
     let mut stream = req.take_body().into_bytes_stream();
-    let mut body = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| poem::Error::new(e, StatusCode::BAD_REQUEST))?;
-        if body.len() + chunk.len() > BODY_LIMIT {
-            let mut seen = body.len() + chunk.len();
-            let drain = async {
-                while let Some(Ok(chunk)) = stream.next().await {
-                    seen += chunk.len();
-                    if seen > DRAIN_LIMIT {
-                        break;
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| poem::Error::new(e, StatusCode::BAD_REQUEST))?;
+            if body.len() + chunk.len() > BODY_LIMIT {
+                let mut seen = body.len() + chunk.len();
+                let drain = async {
+                    while let Some(Ok(chunk)) = stream.next().await {
+                        seen += chunk.len();
+                        if seen > DRAIN_LIMIT {
+                            break;
+                        }
                     }
-                }
-            };
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
-            return Err(too_large());
+                };
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(body)
+    };
+    let body = match tokio::time::timeout(timeout, read).await {
+        Ok(body) => body?,
+        Err(_) => {
+            let mut resp =
+                render_error(poem::Error::from_status(StatusCode::REQUEST_TIMEOUT)).await;
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(resp);
+        }
+    };
     req.set_body(body);
     ep.call(req).await.map(IntoResponse::into_response)
 }

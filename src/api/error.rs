@@ -65,6 +65,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The request body is over 64 KiB.
     PayloadTooLarge,
+    /// The request body did not arrive in time (`request_body_timeout`).
+    RequestTimeout,
     /// A rate limit is reached (per IP or per account on login, per session on
     /// refresh); retry after `Retry-After` seconds.
     RateLimited,
@@ -133,6 +135,7 @@ pub enum Kind {
     NotFound,
     Conflict,
     PayloadTooLarge,
+    RequestTimeout,
     /// 429, with the seconds to wait.
     TooManyRequests(u32),
     Unavailable,
@@ -172,6 +175,7 @@ impl Problem {
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -206,6 +210,11 @@ impl Problem {
                 Kind::PayloadTooLarge,
                 ErrorCode::PayloadTooLarge,
                 "request body over 64 KiB",
+            ),
+            StatusCode::REQUEST_TIMEOUT => Self::new(
+                Kind::RequestTimeout,
+                ErrorCode::RequestTimeout,
+                "the request body did not arrive in time",
             ),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
                 Kind::BadRequest,
@@ -369,6 +378,9 @@ pub enum OAuthError {
     /// `payload_too_large`.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
+    /// `request_timeout`: the body did not arrive within `request_body_timeout`.
+    #[oai(status = 408)]
+    RequestTimeout(Json<ErrorBody>),
     /// `rate_limited`: retry after `Retry-After` seconds.
     #[oai(status = 429)]
     TooManyRequests(
@@ -398,6 +410,7 @@ impl From<Problem> for OAuthError {
                 format!("Basic realm=\"{REALM}\""),
             ),
             Kind::PayloadTooLarge => Self::PayloadTooLarge(body),
+            Kind::RequestTimeout => Self::RequestTimeout(body),
             Kind::TooManyRequests(secs) => Self::TooManyRequests(body, secs, no_store()),
             Kind::Unavailable => Self::Unavailable(body, RETRY_AFTER_SECS),
             Kind::Internal => Self::Internal(body),
@@ -445,6 +458,9 @@ pub enum ApiError {
     /// `payload_too_large`.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
+    /// `request_timeout`: the body did not arrive within `request_body_timeout`.
+    #[oai(status = 408)]
+    RequestTimeout(Json<ErrorBody>),
     /// `rate_limited`: retry after `Retry-After` seconds.
     #[oai(status = 429)]
     TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
@@ -488,6 +504,7 @@ impl From<Problem> for ApiError {
             Kind::NotFound => Self::NotFound(body),
             Kind::Conflict => Self::Conflict(body),
             Kind::PayloadTooLarge => Self::PayloadTooLarge(body),
+            Kind::RequestTimeout => Self::RequestTimeout(body),
             Kind::TooManyRequests(secs) => Self::TooManyRequests(body, secs),
             Kind::Unavailable => Self::Unavailable(body, RETRY_AFTER_SECS),
             Kind::Internal => Self::Internal(body),

@@ -53,5 +53,6 @@ mod registration;
 mod revocation;
 mod sessions;
 mod shared_state;
+mod slow_clients;
 mod stalls;
 mod verifier;
