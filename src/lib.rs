@@ -9,6 +9,8 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 #[cfg(feature = "server")]
+pub mod files;
+#[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod server;

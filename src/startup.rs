@@ -20,6 +20,7 @@ use crate::crypto::refresh::SuccessorKey;
 use crate::domain::address;
 use crate::domain::client::Delivery;
 use crate::domain::clock::Clock;
+use crate::files;
 use crate::metrics::Metrics;
 use crate::server::{self, HttpTimeouts};
 use crate::service::Issuer;
@@ -47,7 +48,7 @@ pub enum StartupError {
     Database { url: String, source: StoreError },
     #[error(transparent)]
     Keys(#[from] KeyError),
-    #[error("cannot create data directory {path}: {source}")]
+    #[error("data directory: {path}: {source}")]
     DataDir {
         path: String,
         source: std::io::Error,
@@ -125,18 +126,37 @@ pub async fn open_store_with(
             PgStore::connect(url, limit).await.map_err(failed)?,
         )));
     }
-    let dir = sqlite_path(url)
-        .and_then(|path| Path::new(path).parent())
-        .filter(|d| !d.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir).map_err(|source| StartupError::DataDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
+    if let Some(path) = sqlite_path(url) {
+        private_database_files(Path::new(path))?;
     }
     Ok(bounded(Arc::new(
         SqliteStore::connect(url, limit).await.map_err(failed)?,
     )))
+}
+
+/// The SQLite database holds e-mail addresses and session IPs: its directory is
+/// created 0700, the file itself 0600 before SQLite opens it (SQLite gives its `-wal`
+/// and `-shm` files the database's mode), and files an older version left readable to
+/// others are tightened.
+fn private_database_files(db: &Path) -> Result<(), StartupError> {
+    let failed = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| StartupError::DataDir { path, source }
+    };
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        files::create_private_dir(dir).map_err(failed(dir))?;
+    }
+    let mut tightened = files::make_private_file(db).map_err(failed(db))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let side = Path::new(&name);
+        tightened |= files::tighten_if_present(side).map_err(failed(side))?;
+    }
+    if tightened {
+        tracing::warn!(path = %db.display(), "the database files were readable by other users; they are now 0600");
+    }
+    Ok(())
 }
 
 fn sqlite_path(url: &str) -> Option<&str> {

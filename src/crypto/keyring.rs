@@ -250,7 +250,7 @@ pub fn existing(dir: &Path) -> Result<Ring, KeyError> {
 /// of the new key file is returned), or keys placed there by hand are adopted (the one
 /// the `active` file names, or the only one, signs; others are `next`).
 pub fn ensure(dir: &Path, now: i64) -> Result<(Ring, Option<PathBuf>), KeyError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    crate::files::create_private_dir(dir).map_err(io_err(dir))?;
     if let Some((ring, _)) = read(dir)? {
         return Ok((ring, None));
     }

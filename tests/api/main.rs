@@ -37,6 +37,7 @@ mod cookie_mode;
 mod credential_races;
 mod discovery;
 mod faults;
+mod files;
 mod forged_tokens;
 mod instances;
 mod introspection;
