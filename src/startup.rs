@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use crate::api::error::{ApiError, Problem, REQUEST_ID};
 use crate::api::{ClientIp, make_openapi_service};
 use crate::config::{Cidr, Settings, redacted_url};
-use crate::crypto::keys::{KeyError, KeySet, Keys};
+use crate::crypto::keys::{KeyError, Keys};
 use crate::crypto::refresh::SuccessorKey;
 use crate::domain::address;
 use crate::domain::client::Delivery;
@@ -183,11 +183,12 @@ impl Application {
     pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
         let metrics = Arc::new(Metrics::default());
         let store = open_store_with(settings, Arc::clone(&metrics)).await?;
-        let (keys, generated) = KeySet::load_or_generate(&settings.keys_dir)?;
+        let (keys, generated) = Keys::load_or_generate(&settings.keys_dir)?;
+        let kid = keys.current().active().kid.clone();
         if let Some(path) = generated {
-            tracing::info!(path = %path.display(), kid = %keys.active().kid, "generated a new RSA-2048 signing key");
+            tracing::info!(path = %path.display(), %kid, "generated a new RSA-2048 signing key");
         } else {
-            tracing::info!(dir = %settings.keys_dir.display(), kid = %keys.active().kid, "loaded signing keys");
+            tracing::info!(dir = %settings.keys_dir.display(), %kid, "loaded signing keys");
         }
         let successors = SuccessorKey::load_or_create(&settings.keys_dir)?;
         let shared = open_shared(settings, Arc::clone(&store), Arc::clone(&metrics))?;
@@ -195,7 +196,7 @@ impl Application {
             settings,
             Arc::clone(&store),
             Arc::clone(&shared),
-            Arc::new(Keys::new(&settings.keys_dir, keys)),
+            Arc::new(keys),
             successors,
             clock,
             metrics,

@@ -170,7 +170,8 @@ fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), KeyError> {
     Ok(())
 }
 
-fn write(dir: &Path, ring: &Ring) -> Result<(), KeyError> {
+/// Writes the ring; returns its bytes as written.
+fn write(dir: &Path, ring: &Ring) -> Result<Vec<u8>, KeyError> {
     let json = serde_json::to_vec_pretty(ring).map_err(|e| KeyError::Invalid {
         path: dir.join(RING_FILE),
         reason: e.to_string(),
@@ -179,7 +180,7 @@ fn write(dir: &Path, ring: &Ring) -> Result<(), KeyError> {
     if let Some(active) = ring.active() {
         replace_file(dir, "active", format!("{}\n", active.kid).as_bytes())?;
     }
-    Ok(())
+    Ok(json)
 }
 
 /// Runs `change` holding an exclusive OS lock (`flock`) on `keyring.lock`: released
@@ -249,14 +250,14 @@ pub fn existing(dir: &Path) -> Result<Ring, KeyError> {
 /// The ring of `dir`, made on first start: a new RSA-2048 key becomes active (the path
 /// of the new key file is returned), or keys placed there by hand are adopted (the one
 /// the `active` file names, or the only one, signs; others are `next`).
-pub fn ensure(dir: &Path, now: i64) -> Result<(Ring, Option<PathBuf>), KeyError> {
+pub fn ensure(dir: &Path, now: i64) -> Result<(Ring, Vec<u8>, Option<PathBuf>), KeyError> {
     crate::files::create_private_dir(dir).map_err(io_err(dir))?;
-    if let Some((ring, _)) = read(dir)? {
-        return Ok((ring, None));
+    if let Some((ring, raw)) = read(dir)? {
+        return Ok((ring, raw, None));
     }
     locked(dir, || {
-        if let Some((ring, _)) = read(dir)? {
-            return Ok((ring, None));
+        if let Some((ring, raw)) = read(dir)? {
+            return Ok((ring, raw, None));
         }
         let mut kids = pem_kids(dir)?;
         let mut generated = None;
@@ -298,8 +299,8 @@ pub fn ensure(dir: &Path, now: i64) -> Result<(Ring, Option<PathBuf>), KeyError>
                 reason: "several keys besides the active one; keep at most one".into(),
             });
         }
-        write(dir, &ring)?;
-        Ok((ring, generated))
+        let raw = write(dir, &ring)?;
+        Ok((ring, raw, generated))
     })
 }
 
@@ -307,7 +308,7 @@ pub fn ensure(dir: &Path, now: i64) -> Result<(Ring, Option<PathBuf>), KeyError>
 pub fn generate(dir: &Path, size: KeySize, now: i64) -> Result<KeyEntry, KeyError> {
     if read(dir)?.is_none() && pem_kids(dir).map(|k| k.is_empty()).unwrap_or(true) {
         // A fresh directory: the new key signs at once.
-        let (ring, _) = ensure(dir, now)?;
+        let (ring, _, _) = ensure(dir, now)?;
         return ring
             .active()
             .cloned()
@@ -431,7 +432,7 @@ pub fn retire(dir: &Path, kid: &str, now: i64) -> Result<(), KeyError> {
         key.state = KeyState::Retired;
         key.not_after = Some(now);
         prune(dir, &mut ring, now);
-        write(dir, &ring)
+        write(dir, &ring).map(drop)
     })
 }
 
@@ -503,7 +504,7 @@ mod tests {
     #[test]
     fn generate_rotate_retire_follow_the_lifecycle() {
         let dir = tempfile::tempdir().unwrap();
-        let (ring, generated) = ensure(dir.path(), 1_000).unwrap();
+        let (ring, _, generated) = ensure(dir.path(), 1_000).unwrap();
         assert!(generated.is_some());
         let first = ring.active().unwrap().kid.clone();
         let next = generate(dir.path(), KeySize::Rsa2048, 1_000).unwrap();

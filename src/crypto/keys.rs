@@ -131,14 +131,6 @@ fn unix_now() -> i64 {
 }
 
 impl KeySet {
-    /// Loads the key directory, generating an RSA-2048 key on first start.
-    /// Returns the set and, when a key was generated, the path it was written to.
-    pub fn load_or_generate(dir: &Path) -> Result<(Self, Option<PathBuf>), KeyError> {
-        let now = unix_now();
-        let (ring, generated) = keyring::ensure(dir, now)?;
-        Ok((Self::from_ring(dir, &ring, now)?, generated))
-    }
-
     /// The set a ring publishes at `now`.
     pub fn from_ring(dir: &Path, ring: &Ring, now: i64) -> Result<Self, KeyError> {
         let active_kid = ring
@@ -230,12 +222,20 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(dir: &Path, set: KeySet) -> Self {
-        let raw = keyring::read(dir)
-            .ok()
-            .flatten()
-            .map(|(_, raw)| raw)
-            .unwrap_or_default();
+    /// Loads the key directory, generating an RSA-2048 key on first start. Returns the
+    /// keys and, when a key was generated, the path it was written to. The ring is
+    /// read once: the set that signs and the bytes later reloads compare against come
+    /// from the same read, so a rotation made meanwhile by another instance is picked
+    /// up by the next reload instead of being taken for the ring already loaded.
+    pub fn load_or_generate(dir: &Path) -> Result<(Self, Option<PathBuf>), KeyError> {
+        let now = unix_now();
+        let (ring, raw, generated) = keyring::ensure(dir, now)?;
+        let set = KeySet::from_ring(dir, &ring, now)?;
+        Ok((Self::from_read(dir, set, raw), generated))
+    }
+
+    /// Keys whose `set` was built from the ring bytes `raw`.
+    fn from_read(dir: &Path, set: KeySet, raw: Vec<u8>) -> Self {
         Self {
             dir: dir.to_owned(),
             current: RwLock::new(Arc::new(set)),
@@ -366,9 +366,11 @@ mod tests {
     #[test]
     fn first_start_generates_and_second_start_reuses() {
         let dir = tempfile::tempdir().unwrap();
-        let (first, generated) = KeySet::load_or_generate(dir.path()).unwrap();
+        let (first, generated) = Keys::load_or_generate(dir.path()).unwrap();
+        let first = first.current();
         assert!(generated.is_some());
-        let (second, generated) = KeySet::load_or_generate(dir.path()).unwrap();
+        let (second, generated) = Keys::load_or_generate(dir.path()).unwrap();
+        let second = second.current();
         assert!(generated.is_none());
         assert_eq!(first.active().kid, second.active().kid);
         assert_eq!(first.jwks_json(), second.jwks_json());
@@ -399,9 +401,9 @@ mod tests {
             .map(|_| {
                 let dir = dir.path().to_owned();
                 std::thread::spawn(move || {
-                    let (keys, _) = KeySet::load_or_generate(&dir).unwrap();
+                    let (keys, _) = Keys::load_or_generate(&dir).unwrap();
                     let secret = read_or_create_secret_file(&dir.join("s.key")).unwrap();
-                    (keys.active().kid.clone(), secret)
+                    (keys.current().active().kid.clone(), secret)
                 })
             })
             .collect();
@@ -421,6 +423,29 @@ mod tests {
             })
             .count();
         assert_eq!(pems, 1, "the losers removed their keys");
+    }
+
+    /// Another instance (or the CLI) rotates while this one starts: the set it signs
+    /// with and the ring it compares later reloads against must come from one read,
+    /// or it keeps signing with the retired key until the ring next changes.
+    #[test]
+    fn a_rotation_during_start_up_is_picked_up_by_the_next_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = unix_now();
+        // What start-up reads: the ring once, the set built from it.
+        let (ring, raw, _) = keyring::ensure(dir.path(), now).unwrap();
+        let set = KeySet::from_ring(dir.path(), &ring, now).unwrap();
+        let first = set.active().kid.clone();
+        keyring::generate(dir.path(), KeySize::Rsa2048, now).unwrap();
+        let lifetimes = keyring::Lifetimes {
+            publish_ahead: std::time::Duration::ZERO,
+            retire_grace: std::time::Duration::from_secs(60),
+        };
+        let rotated = keyring::rotate(dir.path(), now, lifetimes, true, KeySize::Rsa2048).unwrap();
+        let keys = Keys::from_read(dir.path(), set, raw);
+        keys.reload(now).unwrap();
+        assert_eq!(keys.current().active().kid, rotated.active);
+        assert_ne!(keys.current().active().kid, first);
     }
 
     #[test]
