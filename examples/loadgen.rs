@@ -137,7 +137,8 @@ fn start_server(dir: &Path, database_url: &str, secret_hash: &str) -> Server {
             "rate_limit_login_per_ip = \"off\"\nrate_limit_login_per_account = \"off\"\n\
              rate_limit_refresh_per_family = \"off\"\npassword_hash_queue = 4096\n\
              [[clients]]\nclient_id = \"dev\"\nkind = \"mobile\"\n\
-             [[clients]]\nclient_id = \"bench-rs\"\nkind = \"service\"\nclient_secret_hash = \"{secret_hash}\"\n"
+             [[clients]]\nclient_id = \"bench-rs\"\nkind = \"service\"\nclient_secret_hash = \"{secret_hash}\"\n\
+             introspection_audiences = [\"*\"]\n"
         ),
     )
     .unwrap();

@@ -245,6 +245,9 @@ struct ClientFile {
     audiences: Option<Vec<String>>,
     /// `sha256:<hex>` of the secret, from `token-issuer client-secret`.
     client_secret_hash: Option<String>,
+    /// Service clients: the audiences (besides their `client_id`) whose tokens they may
+    /// introspect; `["*"]` for all.
+    introspection_audiences: Option<Vec<String>>,
     #[serde(default)]
     scopes: Vec<String>,
     access_token_lifetime: Option<String>,
@@ -916,6 +919,25 @@ fn client_from_file(
         }
         (_, None) => None,
     };
+    let introspection_audiences = match (c.kind, c.introspection_audiences) {
+        (ClientKind::Service, Some(list)) => {
+            if list.iter().any(|a| a.trim().is_empty()) {
+                return Err(invalid(
+                    &format!("{setting}.introspection_audiences"),
+                    "must not list an empty audience",
+                ));
+            }
+            list
+        }
+        (ClientKind::Service, None) => Vec::new(),
+        (_, Some(_)) => {
+            return Err(invalid(
+                &format!("{setting}.introspection_audiences"),
+                "only service clients introspect",
+            ));
+        }
+        (_, None) => Vec::new(),
+    };
     Ok(Client {
         id: c.client_id,
         kind: c.kind,
@@ -926,6 +948,7 @@ fn client_from_file(
         scopes: c.scopes,
         access_lifetime: tokens.access_token_lifetime,
         policy: tokens.policy(),
+        introspection_audiences,
     })
 }
 
@@ -952,6 +975,7 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             scopes: Vec::new(),
             access_lifetime: tokens.access_token_lifetime,
             policy: tokens.policy(),
+            introspection_audiences: Vec::new(),
         },
         Client {
             id: "dev-spa".to_owned(),
@@ -963,6 +987,7 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             scopes: Vec::new(),
             access_lifetime: tokens.access_token_lifetime,
             policy: tokens.policy(),
+            introspection_audiences: Vec::new(),
         },
     ]
 }
@@ -1169,6 +1194,29 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.setting, "clients[0].scopes");
+    }
+
+    #[test]
+    fn only_service_clients_list_introspection_audiences() {
+        let hash = format!("sha256:{}", "0".repeat(64));
+        let s = load(
+            Some(&format!(
+                "[[clients]]\nclient_id = \"rs\"\nkind = \"service\"\nclient_secret_hash = \"{hash}\"\n\
+                 introspection_audiences = [\"https://api.example.com\"]\n"
+            )),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            s.clients[0].introspection_audiences,
+            ["https://api.example.com"]
+        );
+        let err = load(
+            Some("[[clients]]\nclient_id = \"m\"\nkind = \"mobile\"\nintrospection_audiences = [\"*\"]\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.setting, "clients[0].introspection_audiences");
     }
 
     #[test]

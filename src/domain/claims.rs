@@ -18,6 +18,14 @@ impl Audience {
         }
     }
 
+    /// Every audience, as a list.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Self::One(one) => vec![one.clone()],
+            Self::Many(many) => many.clone(),
+        }
+    }
+
     pub fn contains(&self, aud: &str) -> bool {
         match self {
             Self::One(one) => one == aud,

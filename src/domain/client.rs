@@ -46,6 +46,9 @@ pub struct Client {
     pub access_lifetime: Duration,
     /// The lifetimes and grace window of its sessions.
     pub policy: RefreshPolicy,
+    /// `service` clients: the audiences whose tokens introspection answers them about,
+    /// besides their own `client_id`; `*` for every token.
+    pub introspection_audiences: Vec<String>,
 }
 
 /// What a browser request tells about where it comes from.
@@ -72,6 +75,18 @@ impl Client {
         } else {
             Err(Error::InvalidScope)
         }
+    }
+
+    /// Whether introspection may answer this (service) client about a token meant for
+    /// `audiences`: one of them is this client, or one it is configured to see.
+    pub fn may_introspect(&self, audiences: &[String]) -> bool {
+        audiences.iter().any(|aud| {
+            *aud == self.id
+                || self
+                    .introspection_audiences
+                    .iter()
+                    .any(|mine| mine == "*" || mine == aud)
+        })
     }
 
     pub fn allows_origin(&self, origin: &str) -> bool {
@@ -118,6 +133,7 @@ mod tests {
             secret_hash: None,
             scopes: Vec::new(),
             access_lifetime: Duration::from_secs(600),
+            introspection_audiences: Vec::new(),
             policy: RefreshPolicy {
                 idle_timeout: Duration::from_secs(86_400),
                 absolute_lifetime: Duration::from_secs(86_400),

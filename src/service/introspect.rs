@@ -4,6 +4,14 @@
 //! `client_secret` in the body, not both); anything else is `invalid_client` and
 //! reveals nothing about the token. An authenticated caller learns whether the token is
 //! active, and for an active one its claims; never why an inactive one is inactive.
+//!
+//! A caller is answered only about tokens meant for it: an access token whose `aud`
+//! names its `client_id` or one of its `introspection_audiences` (`*`: all), or a
+//! refresh token whose client's access tokens would. Any other token is
+//! `active: false`, so a service cannot learn about the sessions of another's users.
+//! An access token is active within the same clock leeway as at our own endpoints:
+//! a verifier that asks about a token it accepted by the leeway is not told the session
+//! was revoked.
 //! `token_type_hint` is accepted and not needed: a token with dots is a JWS, anything
 //! else is looked up as a refresh token.
 
@@ -69,20 +77,17 @@ impl Issuer {
         creds: ClientCredentials,
         token: Option<Secret>,
     ) -> Result<Introspection, Error> {
-        self.authenticate_client(creds)?;
+        let caller = self.authenticate_client(creds)?;
         let token = token
             .filter(|t| !t.expose().is_empty())
             .ok_or_else(|| Error::InvalidRequest("token is required".into()))?;
         let token = token.expose();
         if token.contains('.') {
             return match self.check_access_token(token, None).await {
-                // The verifier's clock leeway is for our own endpoints; introspection
-                // answers by the token's own `exp`.
-                Ok(principal) if principal.claims.exp <= self.now().unix_timestamp() => {
-                    Ok(Introspection::Inactive)
+                Ok(principal) if caller.may_introspect(&principal.claims.aud.to_vec()) => {
+                    Ok(Introspection::Access(principal.claims))
                 }
-                Ok(principal) => Ok(Introspection::Access(principal.claims)),
-                Err(Error::InvalidToken(_)) => Ok(Introspection::Inactive),
+                Ok(_) | Err(Error::InvalidToken(_)) => Ok(Introspection::Inactive),
                 Err(e) => Err(e),
             };
         }
@@ -97,7 +102,13 @@ impl Issuer {
         let policy = self.policy_of(&state.family.client_id);
         let expires_at = (state.family_last_used_at + policy.idle_timeout)
             .min(state.family.created_at + policy.absolute_lifetime);
-        let active = !state.consumed
+        let audiences = self
+            .clients
+            .get(&state.family.client_id)
+            .map(|c| c.audiences.as_slice())
+            .unwrap_or_default();
+        let active = caller.may_introspect(audiences)
+            && !state.consumed
             && !state.family_revoked
             && !state.user_disabled
             && now < expires_at

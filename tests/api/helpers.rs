@@ -91,6 +91,9 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         id: SERVICE_CLIENT.into(),
         kind: ClientKind::Service,
         secret_hash: Some(token_issuer::crypto::client_secret::hash_of(SERVICE_SECRET)),
+        // The resource server of the tests' tokens: they are meant for the issuer's
+        // audience.
+        introspection_audiences: vec![settings.audience.clone()],
         ..dev
     });
     settings.limits.refresh_per_family = None;

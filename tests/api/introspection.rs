@@ -180,3 +180,88 @@ scenario! {
         );
     }
 }
+
+scenario! {
+    async fn introspection_uses_the_clock_leeway_of_our_own_endpoints(backend) {
+        let app = spawn_app(backend).await;
+        let (_, t) = app.signed_in().await;
+        // Ten seconds past `exp`, within the 30 s leeway: our endpoints accept it, and
+        // introspection says so too (a verifier relying on it would otherwise call the
+        // session revoked).
+        app.advance(Duration::from_secs(10 * 60 + 10));
+        assert_eq!(app.me(&t.access).await.status(), StatusCode::OK);
+        assert_eq!(introspect(&app, &t.access).await["active"], true);
+        // Past the leeway: refused by both.
+        app.advance(Duration::from_secs(30));
+        assert_eq!(app.me(&t.access).await.status(), StatusCode::UNAUTHORIZED);
+        assert_inactive(&introspect(&app, &t.access).await);
+    }
+}
+
+/// `client_id` introspects with HTTP Basic and `secret`.
+async fn introspect_as(app: &TestApp, client_id: &str, secret: &str, token: &str) -> Value {
+    let resp = app
+        .http
+        .post(app.url("/oauth/introspect"))
+        .header("authorization", basic(client_id, secret))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.json().await.unwrap()
+}
+
+scenario! {
+    async fn a_service_learns_only_about_tokens_meant_for_it(backend) {
+        use token_issuer::domain::client::{Client, ClientKind};
+        const SECRET: &str = "billing-secret-0123456789abcdefghijklmnopqrstuvwxyz";
+        let app = crate::helpers::spawn_app_with(backend, |s| {
+            let service = s.clients.iter().find(|c| c.id == SERVICE_CLIENT).unwrap().clone();
+            let dev = s.clients[0].clone();
+            s.clients.push(Client {
+                id: "billing".into(),
+                secret_hash: Some(token_issuer::crypto::client_secret::hash_of(SECRET)),
+                introspection_audiences: Vec::new(),
+                ..service.clone()
+            });
+            s.clients.push(Client {
+                id: "auditor".into(),
+                secret_hash: Some(token_issuer::crypto::client_secret::hash_of(SECRET)),
+                introspection_audiences: vec!["*".into()],
+                ..service
+            });
+            // An app whose tokens are meant for billing.
+            s.clients.push(Client {
+                id: "billing-app".into(),
+                kind: ClientKind::Mobile,
+                audiences: vec!["billing".into()],
+                ..dev
+            });
+        })
+        .await;
+        let (email, t) = app.signed_in().await;
+        // Tokens for the issuer's audience: not billing's business.
+        assert_inactive(&introspect_as(&app, "billing", SECRET, &t.access).await);
+        assert_inactive(&introspect_as(&app, "billing", SECRET, &t.refresh).await);
+        assert_eq!(introspect(&app, &t.access).await["active"], true);
+        assert_eq!(introspect_as(&app, "auditor", SECRET, &t.refresh).await["active"], true);
+        // Tokens whose `aud` names billing.
+        let resp = app
+            .post_form(
+                "/oauth/token",
+                &[
+                    ("grant_type", "password"),
+                    ("client_id", "billing-app"),
+                    ("username", &email),
+                    ("password", crate::helpers::PASSWORD),
+                ],
+            )
+            .await;
+        let b = tokens(resp).await;
+        assert_eq!(introspect_as(&app, "billing", SECRET, &b.access).await["active"], true);
+        assert_eq!(introspect_as(&app, "billing", SECRET, &b.refresh).await["active"], true);
+        assert_inactive(&introspect(&app, &b.access).await);
+        assert_eq!(introspect_as(&app, "auditor", SECRET, &b.access).await["active"], true);
+    }
+}

@@ -577,7 +577,8 @@ async fn trace_logs_of_password_changes_and_introspection_hold_no_secret() {
         &config,
         format!(
             "[[clients]]\nclient_id = \"dev\"\nkind = \"mobile\"\n\
-             [[clients]]\nclient_id = \"rs\"\nkind = \"service\"\nclient_secret_hash = \"{hash}\"\n"
+             [[clients]]\nclient_id = \"rs\"\nkind = \"service\"\nclient_secret_hash = \"{hash}\"\n\
+             introspection_audiences = [\"*\"]\n"
         ),
     )
     .unwrap();
