@@ -2,20 +2,17 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use poem::web::Data;
 use poem_openapi::param::Header;
 use poem_openapi::payload::{Form, Json};
 use poem_openapi::{ApiRequest, ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 
-use crate::api::ApiTags;
 use crate::api::error::OAuthError;
 use crate::api::payload::StrictJson;
+use crate::api::{ApiTags, basic_credentials};
 use crate::domain::claims::Audience;
 use crate::domain::secret::Secret;
-use crate::error::Error;
 use crate::service::Issuer;
 use crate::service::introspect::{ClientCredentials, Introspection};
 
@@ -126,28 +123,6 @@ pub enum IntrospectOk {
         Json<IntrospectionResponseBody>,
         #[oai(header = "Cache-Control")] String,
     ),
-}
-
-/// `Authorization: Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 §2.3.1).
-fn basic_credentials(header: Option<&str>) -> Result<Option<(String, Secret)>, Error> {
-    let Some(value) = header else {
-        return Ok(None);
-    };
-    let malformed = || Error::InvalidClient;
-    let encoded = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))
-        .ok_or_else(malformed)?;
-    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| malformed())?;
-    let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
-    let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
-    let unescape = |s: &str| -> String {
-        url::form_urlencoded::parse(s.as_bytes())
-            .next()
-            .map(|(k, _)| k.into_owned())
-            .unwrap_or_default()
-    };
-    Ok(Some((unescape(id), Secret::new(unescape(secret)))))
 }
 
 pub struct IntrospectApi;

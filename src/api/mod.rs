@@ -12,11 +12,14 @@ pub mod token;
 pub mod users;
 pub mod wellknown;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use poem::Request;
 use poem_openapi::{OpenApiService, Tags};
 
 use crate::domain::client::BrowserContext;
 use crate::domain::secret::Secret;
+use crate::error::Error;
 use crate::service::tokens::RequestMeta;
 
 /// Operation groups in the docs.
@@ -109,4 +112,28 @@ fn request_meta(req: &Request, refresh_cookie: Option<String>, csrf_header: bool
         },
         refresh_cookie: refresh_cookie.map(Secret::new),
     }
+}
+
+/// `Authorization: Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 §2.3.1).
+pub(crate) fn basic_credentials(header: Option<&str>) -> Result<Option<(String, Secret)>, Error> {
+    let Some(value) = header else {
+        return Ok(None);
+    };
+    let malformed = || Error::InvalidClient;
+    // RFC 9110 §11.1: the scheme is case-insensitive.
+    let encoded = value
+        .get(..6)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("basic "))
+        .and_then(|_| value.get(6..))
+        .ok_or_else(malformed)?;
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| malformed())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
+    let unescape = |s: &str| -> String {
+        url::form_urlencoded::parse(s.as_bytes())
+            .next()
+            .map(|(k, _)| k.into_owned())
+            .unwrap_or_default()
+    };
+    Ok(Some((unescape(id), Secret::new(unescape(secret)))))
 }

@@ -11,9 +11,10 @@ use serde::Deserialize;
 
 use crate::api::error::OAuthError;
 use crate::api::payload::StrictJson;
-use crate::api::{ApiTags, request_meta};
+use crate::api::{ApiTags, basic_credentials, request_meta};
 use crate::domain::client::Delivery;
 use crate::domain::secret::Secret;
+use crate::error::Error;
 use crate::service::Issuer;
 use crate::service::tokens::{Issued, TokenParams};
 
@@ -50,7 +51,7 @@ pub enum TokenRequestBody {
 }
 
 impl TokenRequestBody {
-    fn into_params(self) -> TokenParams {
+    fn into_params(self, basic: Option<(String, Secret)>) -> TokenParams {
         let (Self::Form(Form(p)) | Self::Json(StrictJson(p))) = self;
         TokenParams {
             grant_type: p.grant_type,
@@ -59,6 +60,7 @@ impl TokenRequestBody {
             password: p.password.map(Secret::new),
             refresh_token: p.refresh_token.map(Secret::new),
             scope: p.scope,
+            basic,
         }
     }
 }
@@ -166,6 +168,16 @@ pub enum RevokeOk {
     ),
 }
 
+/// HTTP Basic client credentials; an `Authorization` of another scheme says nothing
+/// about the client here.
+fn basic_client(authorization: Option<&str>) -> Result<Option<(String, Secret)>, Error> {
+    let basic = authorization.filter(|v| {
+        v.get(..6)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("basic "))
+    });
+    basic_credentials(basic)
+}
+
 pub struct TokenApi;
 
 #[OpenApi(tag = "ApiTags::OAuth")]
@@ -191,9 +203,14 @@ impl TokenApi {
         body: TokenRequestBody,
         #[oai(name = "__Host-refresh")] refresh: Cookie<Option<String>>,
         #[oai(name = "X-Requested-With")] requested_with: Header<Option<String>>,
+        /// HTTP Basic client credentials (RFC 6749 §2.3.1), instead of `client_id` in
+        /// the body: a public client sends `client_id:` with an empty password.
+        #[oai(name = "Authorization")]
+        authorization: Header<Option<String>>,
     ) -> Result<TokenOk, OAuthError> {
         let meta = request_meta(req, refresh.0, requested_with.0.is_some());
-        Ok(issuer.token(body.into_params(), meta).await?.into())
+        let basic = basic_client(authorization.0.as_deref())?;
+        Ok(issuer.token(body.into_params(basic), meta).await?.into())
     }
 
     /// Revoke a session
@@ -210,11 +227,15 @@ impl TokenApi {
         body: RevokeRequestBody,
         #[oai(name = "__Host-refresh")] refresh: Cookie<Option<String>>,
         #[oai(name = "X-Requested-With")] requested_with: Header<Option<String>>,
+        /// HTTP Basic client credentials, instead of `client_id` in the body.
+        #[oai(name = "Authorization")]
+        authorization: Header<Option<String>>,
     ) -> Result<RevokeOk, OAuthError> {
         let (RevokeRequestBody::Form(Form(p)) | RevokeRequestBody::Json(StrictJson(p))) = body;
         let meta = request_meta(req, refresh.0, requested_with.0.is_some());
+        let basic = basic_client(authorization.0.as_deref())?;
         let revoked = issuer
-            .revoke(p.client_id, p.token.map(Secret::new), meta)
+            .revoke(p.client_id, basic, p.token.map(Secret::new), meta)
             .await?;
         let clear = revoked.clear_cookie.then(clear_refresh_cookie);
         Ok(RevokeOk::Ok("no-store".into(), clear))

@@ -32,6 +32,8 @@ pub struct TokenParams {
     pub password: Option<Secret>,
     pub refresh_token: Option<Secret>,
     pub scope: Option<String>,
+    /// HTTP Basic client credentials, when sent.
+    pub basic: Option<(String, Secret)>,
 }
 
 /// Who is asking, for the session list and the logs.
@@ -73,15 +75,42 @@ fn present_secret(value: Option<Secret>) -> Option<Secret> {
 }
 
 impl Issuer {
-    fn client(&self, client_id: Option<String>) -> Result<&Client, Error> {
-        let id = present(client_id)
-            .ok_or_else(|| Error::InvalidRequest("client_id is required".into()))?;
-        self.clients.get(&id).ok_or(Error::InvalidClient)
+    /// The client a token or revocation request names: `client_id` in the body, or
+    /// HTTP Basic (RFC 6749 §2.3.1). A public client has no secret: stock clients
+    /// (requests-oauthlib) send it as Basic `client_id:` with an empty password, which
+    /// identifies it like the body parameter; a non-empty password is refused. A
+    /// `service` client's secret is checked. Both ways at once must name the same
+    /// client.
+    fn client(
+        &self,
+        client_id: Option<String>,
+        basic: Option<(String, Secret)>,
+    ) -> Result<&Client, Error> {
+        let Some((id, secret)) = basic else {
+            let id = present(client_id)
+                .ok_or_else(|| Error::InvalidRequest("client_id is required".into()))?;
+            return self.clients.get(&id).ok_or(Error::InvalidClient);
+        };
+        if present(client_id).is_some_and(|body| body != id) {
+            return Err(Error::InvalidRequest(
+                "client_id differs from the client in Authorization".into(),
+            ));
+        }
+        let client = self.clients.get(&id).ok_or(Error::InvalidClient)?;
+        let authenticated = match &client.secret_hash {
+            Some(expected) => crate::crypto::client_secret::matches(secret.expose(), expected),
+            None => secret.expose().is_empty(),
+        };
+        if !authenticated {
+            tracing::info!(target: "security", event = "client_auth_failed", client_id = %id);
+            return Err(Error::InvalidClient);
+        }
+        Ok(client)
     }
 
     /// `POST /oauth/token`.
     pub async fn token(&self, params: TokenParams, meta: RequestMeta) -> Result<Issued, Error> {
-        let client = self.client(params.client_id.clone())?;
+        let client = self.client(params.client_id.clone(), params.basic.clone())?;
         let grant_type = present(params.grant_type.clone())
             .ok_or_else(|| Error::InvalidRequest("grant_type is required".into()))?;
         if !matches!(grant_type.as_str(), "password" | "refresh_token") {
@@ -369,10 +398,11 @@ impl Issuer {
     pub async fn revoke(
         &self,
         client_id: Option<String>,
+        basic: Option<(String, Secret)>,
         token: Option<Secret>,
         meta: RequestMeta,
     ) -> Result<Revoked, Error> {
-        let client = self.client(client_id)?;
+        let client = self.client(client_id, basic)?;
         client.check_browser_request(&meta.browser)?;
         let clear_cookie = client.delivery == Delivery::Cookie;
         let token = match client.delivery {

@@ -110,3 +110,76 @@ scenario! {
         let _ = next;
     }
 }
+
+scenario! {
+    async fn a_public_client_may_identify_itself_with_basic_and_an_empty_secret(backend) {
+        let app = crate::helpers::spawn_app(backend).await;
+        let email = crate::helpers::unique_email();
+        app.register(&email, PASSWORD).await;
+        // What stock requests-oauthlib sends: `Authorization: Basic dev:` and no
+        // client_id in the body.
+        let basic = |id: &str, secret: &str| {
+            use base64::Engine as _;
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+            )
+        };
+        let post = |authorization: String, form: Vec<(&'static str, String)>| {
+            app.http
+                .post(app.url("/oauth/token"))
+                .header("authorization", authorization)
+                .form(&form)
+                .send()
+        };
+        let login = || {
+            vec![
+                ("grant_type", "password".to_owned()),
+                ("username", email.clone()),
+                ("password", PASSWORD.to_owned()),
+            ]
+        };
+        let t = tokens(post(basic("dev", ""), login()).await.unwrap()).await;
+        assert_eq!(segment(&t.access, 1)["client_id"], "dev");
+        let next = tokens(
+            post(
+                basic("dev", ""),
+                vec![
+                    ("grant_type", "refresh_token".to_owned()),
+                    ("refresh_token", t.refresh.clone()),
+                ],
+            )
+            .await
+            .unwrap(),
+        )
+        .await;
+        // The same client named in the body too is fine; another is not.
+        let mut both = login();
+        both.push(("client_id", "dev".to_owned()));
+        tokens(post(basic("dev", ""), both).await.unwrap()).await;
+        let mut other = login();
+        other.push(("client_id", "other".to_owned()));
+        assert_error(
+            post(basic("dev", ""), other).await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            None,
+        )
+        .await;
+        // A public client has no secret to present.
+        let resp = post(basic("dev", "a guess"), login()).await.unwrap();
+        assert!(resp.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"));
+        assert_error(resp, StatusCode::UNAUTHORIZED, "invalid_client", None).await;
+        // Revocation takes Basic too.
+        let resp = app
+            .http
+            .post(app.url("/oauth/revoke"))
+            .header("authorization", basic("dev", ""))
+            .form(&[("token", next.refresh.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        crate::helpers::assert_invalid_grant(app.refresh(&next.refresh).await, "revoked").await;
+    }
+}

@@ -155,12 +155,10 @@ def new_session() -> OAuth2Session:
 
 
 def password_grant(session: OAuth2Session) -> dict:
-    # `dev` is a public client (no secret) and the metadata lists only `none` in
-    # token_endpoint_auth_methods_supported. requests-oauthlib's default without
-    # `auth` is HTTP Basic `dev:` (empty password) with no client_id in the body,
-    # which the server refuses (`invalid_request: client_id is required`); a public
-    # client identifies itself with the `client_id` body parameter (RFC 6749 §3.2.1),
-    # which is what `include_client_id=True` sends.
+    # `dev` is a public client (no secret): it identifies itself with the `client_id`
+    # body parameter (RFC 6749 §3.2.1), which is what `include_client_id=True` sends.
+    # requests-oauthlib's default, HTTP Basic `dev:` with an empty password, is
+    # accepted too (`oauthlib_stock_password_grant_with_basic`).
     return session.fetch_token(
         token_url=ctx.metadata["token_endpoint"],
         username=ctx.email,
@@ -293,6 +291,21 @@ def oauth2session_auto_refreshes_an_expired_token():
     verify(updates[0]["access_token"])
     ctx.token = updates[0]
     ctx.oauth.token = updates[0]
+
+
+@test
+def oauthlib_stock_password_grant_with_basic():
+    # No include_client_id, no auth: requests-oauthlib sends `Authorization: Basic
+    # dev:` (an empty secret) and no client_id in the body.
+    token = new_session().fetch_token(
+        token_url=ctx.metadata["token_endpoint"],
+        username=ctx.email,
+        password=ctx.password,
+        timeout=TIMEOUT,
+    )
+    claims = verify(token["access_token"])
+    assert claims["client_id"] == CLIENT_ID, claims
+    assert token["refresh_token"]
 
 
 @test
