@@ -12,11 +12,12 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::api::error::ApiError;
-use crate::api::payload::StrictJson;
+use crate::api::payload::{OptionalBody, StrictJson};
 use crate::api::security::BearerAuth;
 use crate::api::token::{TokenOk, clear_refresh_cookie};
 use crate::api::{ApiTags, request_meta};
 use crate::domain::secret::Secret;
+use crate::error::Error;
 use crate::service::Issuer;
 use crate::service::sessions::{LogoutScope, SessionView};
 
@@ -75,8 +76,9 @@ pub enum Ended {
 }
 
 /// Which sessions to end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize)]
 #[oai(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum LogoutScopeParam {
     /// The session of the access token (the default).
     This,
@@ -84,6 +86,15 @@ pub enum LogoutScopeParam {
     Others,
     /// Every session of the user.
     Everywhere,
+}
+
+/// What to log out, in the body (the query's `scope` does the same).
+#[derive(Object, Deserialize)]
+#[oai(rename = "LogoutRequest")]
+#[serde(deny_unknown_fields)]
+pub struct LogoutParams {
+    /// Which sessions to end; the default is `this`.
+    scope: Option<LogoutScopeParam>,
 }
 
 /// A password change.
@@ -149,7 +160,9 @@ impl SessionsApi {
     ///
     /// `scope=this` (default) ends the session of the access token, `others` every
     /// other session of the user, `everywhere` all of them. Their refresh tokens die
-    /// and their access tokens are refused at once.
+    /// and their access tokens are refused at once. The scope goes in the query or in
+    /// the body (JSON or form; both at once must agree); a body that says anything else
+    /// is refused, and nothing is ended.
     #[oai(path = "/v1/logout", method = "post", operation_id = "logout")]
     async fn logout(
         &self,
@@ -157,8 +170,19 @@ impl SessionsApi {
         auth: BearerAuth,
         /// Which sessions to end.
         scope: Query<Option<LogoutScopeParam>>,
+        body: OptionalBody<LogoutParams>,
     ) -> Result<Ended, ApiError> {
-        let scope = match scope.0.unwrap_or(LogoutScopeParam::This) {
+        let in_body = body.0.and_then(|p| p.scope);
+        let scope = match (scope.0, in_body) {
+            (Some(query), Some(body)) if query != body => {
+                return Err(Error::InvalidRequest(
+                    "scope differs between the query and the body".into(),
+                )
+                .into());
+            }
+            (query, body) => query.or(body),
+        };
+        let scope = match scope.unwrap_or(LogoutScopeParam::This) {
             LogoutScopeParam::This => LogoutScope::This,
             LogoutScopeParam::Others => LogoutScope::Others,
             LogoutScopeParam::Everywhere => LogoutScope::Everywhere,

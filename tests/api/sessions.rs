@@ -276,3 +276,43 @@ scenario! {
         assert_error(resp, StatusCode::NOT_FOUND, "not_found", None).await;
     }
 }
+
+scenario! {
+    async fn logout_reads_its_scope_from_the_body_too_and_refuses_a_body_it_does_not_understand(backend) {
+        let app = spawn_app(backend).await;
+        let (email, a) = app.signed_in().await;
+        let b = tokens(app.login(&email, PASSWORD).await).await;
+        let post = |access: &str| app.http.post(app.url("/v1/logout")).bearer_auth(access.to_owned());
+        // Bodies that say something else than a scope, or disagree with the query: 400,
+        // and nothing is ended.
+        for resp in [
+            post(&a.access).json(&serde_json::json!({"scope": "sideways"})).send().await.unwrap(),
+            post(&a.access).json(&serde_json::json!({"scop": "others"})).send().await.unwrap(),
+            post(&a.access).header("content-type", "text/plain").body("others").send().await.unwrap(),
+            app.http
+                .post(app.url("/v1/logout?scope=this"))
+                .bearer_auth(&a.access)
+                .json(&serde_json::json!({"scope": "others"}))
+                .send()
+                .await
+                .unwrap(),
+        ] {
+            assert_error(resp, StatusCode::BAD_REQUEST, "invalid_request", None).await;
+        }
+        assert_eq!(sessions(&app, &a.access).await.len(), 2);
+        // `{"scope": "others"}` ends the others, not this one.
+        let resp = post(&a.access).json(&serde_json::json!({"scope": "others"})).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(app.me(&a.access).await.status(), StatusCode::OK);
+        assert_eq!(app.me(&b.access).await.status(), StatusCode::UNAUTHORIZED);
+        // A form body works too; an empty body is the default (this session).
+        let c = tokens(app.login(&email, PASSWORD).await).await;
+        let resp = post(&c.access).form(&[("scope", "this")]).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(app.me(&c.access).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(app.me(&a.access).await.status(), StatusCode::OK);
+        let resp = post(&a.access).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(app.me(&a.access).await.status(), StatusCode::UNAUTHORIZED);
+    }
+}
