@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use token_issuer::config::Settings;
+use token_issuer::config::{SecretUrl, Settings};
 use token_issuer::crypto::refresh;
 use token_issuer::domain::family::RefreshPolicy;
 use token_issuer::domain::user::User;
@@ -242,7 +242,7 @@ fn verify_limit(token: &str, n: &str, e: &str, seconds: f64) -> f64 {
 async fn populate(database_url: &str, n: u64) {
     use sqlx::{Connection as _, Executor as _};
     let mut settings = Settings::development().unwrap();
-    settings.database_url = database_url.to_owned();
+    settings.database_url = SecretUrl::new(database_url);
     token_issuer::startup::open_store(&settings)
         .await
         .unwrap()
@@ -588,7 +588,7 @@ async fn main() {
     eprintln!("measuring limits…");
     let signing = signing_limit(seconds.min(5.0));
     let mut store_settings = Settings::development().unwrap();
-    store_settings.database_url = limit_db;
+    store_settings.database_url = SecretUrl::new(limit_db);
     let store = store_limit(&store_settings, a.workers, seconds.min(5.0)).await;
     let (secret, secret_hash) = token_issuer::crypto::client_secret::generate().unwrap();
     let secret = secret.expose().to_owned();

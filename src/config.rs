@@ -71,12 +71,12 @@ pub struct Settings {
     pub issuer_url: String,
     /// The audience our own endpoints (`/v1/...`) require in an access token.
     pub audience: String,
-    pub database_url: String,
+    pub database_url: SecretUrl,
     /// How long a database operation may take before the request answers 503.
     pub database_timeout: Duration,
     /// Redis for the shared fast state (deny-list, revocation events, rate limits);
     /// `None` keeps it in-process (one instance).
-    pub redis_url: Option<String>,
+    pub redis_url: Option<SecretUrl>,
     /// Prefix of every Redis key and channel, so several deployments (or tests) can
     /// share one Redis.
     pub redis_key_prefix: String,
@@ -413,10 +413,10 @@ impl Settings {
             return Err(invalid("audience", "must not be empty"));
         }
         let data_dir = f.data_dir.unwrap_or_else(|| PathBuf::from("data"));
-        let database_url = match f.database_url {
+        let database_url = SecretUrl(match f.database_url {
             Some(url) => validate_database_url(&url)?,
             None => format!("sqlite://{}", data_dir.join("token-issuer.db").display()),
-        };
+        });
         let database_timeout = duration("database_timeout", f.database_timeout, "2s")?;
         if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&database_timeout) {
             return Err(invalid("database_timeout", "must be between 1s and 60s"));
@@ -424,7 +424,7 @@ impl Settings {
         let redis_url = f
             .redis_url
             .filter(|u| !u.trim().is_empty())
-            .map(|u| validate_redis_url(&u))
+            .map(|u| validate_redis_url(&u).map(SecretUrl))
             .transpose()?;
         let redis_key_prefix = f
             .redis_key_prefix
@@ -790,6 +790,35 @@ fn rate_limit(
     })
 }
 
+/// A database or Redis URL. It may carry a password, so it prints (`Debug`,
+/// `Display`) with the password replaced by `***`; `expose` gives the URL itself, to
+/// connect with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL, password included: to connect, never to print.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redacted_url(&self.0))
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({self})")
+    }
+}
+
 /// A database URL as it may be logged: the password, if any, replaced by `***`.
 pub fn redacted_url(raw: &str) -> String {
     match url::Url::parse(raw) {
@@ -1017,7 +1046,7 @@ mod tests {
         let s = load(None, &[]).unwrap();
         assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(s.issuer_url, "http://localhost:8080");
-        assert_eq!(s.database_url, "sqlite://data/token-issuer.db");
+        assert_eq!(s.database_url.expose(), "sqlite://data/token-issuer.db");
         assert_eq!(s.tokens.access_token_lifetime, Duration::from_secs(600));
         assert_eq!(s.tokens.refresh_grace_period, Duration::from_secs(10));
         let ids: Vec<_> = s.clients.iter().map(|c| c.id.as_str()).collect();
@@ -1112,9 +1141,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            redacted_url(&s.database_url),
+            s.database_url.to_string(),
             "postgres://app:***@db.internal:5432/issuer"
         );
+        assert_eq!(
+            s.database_url.expose(),
+            "postgres://app:s3cret@db.internal:5432/issuer"
+        );
+        // The settings print without the password, whatever prints them.
+        let s = load(
+            None,
+            &[
+                (
+                    "ISSUER_DATABASE_URL",
+                    "postgres://app:s3cret@db.internal:5432/issuer",
+                ),
+                ("ISSUER_REDIS_URL", "redis://:r3dispw@cache.internal:6379/2"),
+            ],
+        )
+        .unwrap();
+        let printed = format!("{s:?}");
+        assert!(
+            !printed.contains("s3cret") && !printed.contains("r3dispw"),
+            "{printed}"
+        );
+        assert!(printed.contains("postgres://app:***@db.internal:5432/issuer"));
         assert_eq!(
             load(None, &[("ISSUER_DATABASE_URL", "mysql://x")])
                 .unwrap_err()
@@ -1153,7 +1204,7 @@ mod tests {
             })
         );
         assert_eq!(
-            redacted_url(s.redis_url.as_deref().unwrap()),
+            s.redis_url.as_ref().unwrap().to_string(),
             "redis://:***@cache.internal:6379/2"
         );
         for bad in ["0/1m", "10", "10/2w", "ten/1m", "5/0"] {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use token_issuer::config::{Settings, redacted_url};
+use token_issuer::config::Settings;
 use token_issuer::domain::clock::SystemClock;
 use token_issuer::service::admin::set_admin_role;
 use token_issuer::startup::{Application, open_store};
@@ -116,7 +116,7 @@ fn main() -> ExitCode {
         match cli.command {
             Some(Command::Migrate) => {
                 open_store(&settings).await?;
-                tracing::info!(database = %redacted_url(&settings.database_url), "migrations applied");
+                tracing::info!(database = %settings.database_url, "migrations applied");
                 Ok(())
             }
             Some(Command::Admin { action }) => {
@@ -131,7 +131,11 @@ fn main() -> ExitCode {
                     Ok(()) => {
                         println!(
                             "{} {email}",
-                            if granted { "admin role granted to" } else { "admin role taken from" }
+                            if granted {
+                                "admin role granted to"
+                            } else {
+                                "admin role taken from"
+                            }
                         );
                         Ok(())
                     }
@@ -156,7 +160,7 @@ async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         bind = %settings.bind,
         port = app.port(),
         issuer = %settings.issuer_url,
-        database = %redacted_url(&settings.database_url),
+        database = %settings.database_url,
         "token-issuer listening; docs at /docs"
     );
     app.run_until_stopped().await?;

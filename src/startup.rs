@@ -14,7 +14,7 @@ use tracing::Instrument as _;
 
 use crate::api::error::{ApiError, Problem, REQUEST_ID};
 use crate::api::{ClientIp, make_openapi_service};
-use crate::config::{Cidr, Settings, redacted_url};
+use crate::config::{Cidr, Settings};
 use crate::crypto::keys::{KeyError, Keys};
 use crate::crypto::refresh::SuccessorKey;
 use crate::domain::address;
@@ -76,14 +76,14 @@ pub fn open_shared(
 ) -> Result<Arc<SharedState>, StartupError> {
     let redis = match &settings.redis_url {
         Some(url) => {
-            tracing::info!(url = %redacted_url(url), prefix = %settings.redis_key_prefix, "using redis for the deny-list, revocation events and rate limits");
+            tracing::info!(%url, prefix = %settings.redis_key_prefix, "using redis for the deny-list, revocation events and rate limits");
             Some(
-                RedisLink::new(url, &settings.redis_key_prefix, metrics).map_err(|source| {
-                    StartupError::Redis {
-                        url: redacted_url(url),
+                RedisLink::new(url.expose(), &settings.redis_key_prefix, metrics).map_err(
+                    |source| StartupError::Redis {
+                        url: url.to_string(),
                         source,
-                    }
-                })?,
+                    },
+                )?,
             )
         }
         None => None,
@@ -112,11 +112,11 @@ pub async fn open_store_with(
     settings: &Settings,
     metrics: Arc<Metrics>,
 ) -> Result<Arc<dyn Store>, StartupError> {
-    let url = &settings.database_url;
     let failed = |source| StartupError::Database {
-        url: redacted_url(url),
+        url: settings.database_url.to_string(),
         source,
     };
+    let url = settings.database_url.expose();
     let limit = settings.database_timeout;
     let bounded = |store: Arc<dyn Store>| -> Arc<dyn Store> {
         Arc::new(TimedStore::new(store, limit, Arc::clone(&metrics)))

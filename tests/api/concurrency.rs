@@ -230,7 +230,12 @@ fn wal_checkpointed(shm: &std::path::Path) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_sqlite_wal_is_checkpointed_off_the_writer_and_starts_over_after_a_burst() {
     let app = Arc::new(spawn_app_with(Backend::Sqlite, patient).await);
-    let db = app.settings.database_url.strip_prefix("sqlite://").unwrap();
+    let db = app
+        .settings
+        .database_url
+        .expose()
+        .strip_prefix("sqlite://")
+        .unwrap();
     let (wal, shm) = (
         std::path::PathBuf::from(format!("{db}-wal")),
         std::path::PathBuf::from(format!("{db}-shm")),

@@ -12,7 +12,7 @@ use crate::helpers::{Backend, PASSWORD, TestApp, patient, segment, spawn_app_wit
 
 /// Live sessions of `user_id` other than `except`, read straight from the database.
 async fn live_sessions(app: &TestApp, user_id: &str, except: Option<&str>) -> i64 {
-    let mut conn = sqlx::PgConnection::connect(&app.settings.database_url)
+    let mut conn = sqlx::PgConnection::connect(app.settings.database_url.expose())
         .await
         .unwrap();
     let (n,): (i64,) = sqlx::query_as(

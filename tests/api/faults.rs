@@ -3,6 +3,7 @@
 //! database sits behind a TCP proxy the test can cut.
 
 use std::time::{Duration, Instant};
+use token_issuer::config::SecretUrl;
 
 use reqwest::StatusCode;
 
@@ -53,7 +54,10 @@ async fn a_database_that_stops_answering_gives_503_in_time_and_the_service_recov
     let proxy = TcpProxy::start(upstream).await;
     let (_, proxied) = upstream_and_proxied_url(&database.url, proxy.port);
     // The SQLite default is replaced by the proxied PostgreSQL database.
-    let app = spawn_app_with(Backend::Sqlite, |s| s.database_url = proxied).await;
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.database_url = SecretUrl::new(proxied)
+    })
+    .await;
     let (email, first) = app.signed_in().await;
     let sid = segment(&first.access, 1)["sid"]
         .as_str()
@@ -102,8 +106,12 @@ async fn connections_cut_mid_rotation_leave_every_family_whole() {
     let (upstream, _) = upstream_and_proxied_url(&database.url, 0);
     let proxy = TcpProxy::start(upstream).await;
     let (_, proxied) = upstream_and_proxied_url(&database.url, proxy.port);
-    let app =
-        std::sync::Arc::new(spawn_app_with(Backend::Sqlite, |s| s.database_url = proxied).await);
+    let app = std::sync::Arc::new(
+        spawn_app_with(Backend::Sqlite, |s| {
+            s.database_url = SecretUrl::new(proxied)
+        })
+        .await,
+    );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for _ in 0..6 {

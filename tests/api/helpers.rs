@@ -8,7 +8,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
 use tempfile::TempDir;
-use token_issuer::config::Settings;
+use token_issuer::config::{SecretUrl, Settings};
 use token_issuer::domain::client::{Client, ClientKind};
 use token_issuer::domain::clock::ManualClock;
 use token_issuer::service::Issuer;
@@ -69,14 +69,16 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
     settings.keys_dir = dir.path().join("keys");
     let database = match backend {
         Backend::Sqlite => {
-            settings.database_url =
-                format!("sqlite://{}", dir.path().join("data/test.db").display());
+            settings.database_url = SecretUrl::new(format!(
+                "sqlite://{}",
+                dir.path().join("data/test.db").display()
+            ));
             None
         }
         Backend::Postgres => {
             let db = TestDatabase::create().await;
-            settings.database_url = db.url.clone();
-            settings.redis_url = Some(test_redis_url().await);
+            settings.database_url = SecretUrl::new(db.url.clone());
+            settings.redis_url = Some(SecretUrl::new(test_redis_url().await));
             settings.redis_key_prefix = unique_redis_prefix();
             Some(db)
         }
@@ -484,7 +486,7 @@ impl TestApp {
     /// what a race would leave).
     pub async fn exec_sql(&self, sql: &str) {
         use sqlx::Connection as _;
-        let url = &self.settings.database_url;
+        let url = self.settings.database_url.expose();
         if url.starts_with("postgres") {
             let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
             sqlx::query(sql).execute(&mut conn).await.unwrap();

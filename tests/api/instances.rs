@@ -59,7 +59,7 @@ async fn three_instances_agree_on_tokens_keys_rotations_and_revocations() {
         .as_str()
         .unwrap()
         .to_owned();
-    let database_url = apps[0].settings.database_url.clone();
+    let database_url = apps[0].settings.database_url.expose().to_owned();
     assert_eq!(live_tokens(&database_url, &sid).await, 1);
     let successor = successors.into_iter().next().unwrap().to_owned();
     let current = tokens(apps[2].refresh(&successor).await).await;

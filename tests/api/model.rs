@@ -467,7 +467,8 @@ async fn run_ops(app: &TestApp, model: &mut Model, ops: &[Op]) -> Result<(), Tes
         run_op(app, model, op).await?;
     }
     for family in &model.families {
-        let (revoked, unconsumed) = stored_family(&app.settings.database_url, &family.sid).await;
+        let (revoked, unconsumed) =
+            stored_family(app.settings.database_url.expose(), &family.sid).await;
         prop_assert_eq!(
             revoked,
             family.revoked,

@@ -2,6 +2,7 @@
 //! across instances, and a Redis that goes away and comes back.
 
 use std::time::{Duration, Instant};
+use token_issuer::config::SecretUrl;
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -169,7 +170,7 @@ async fn without_redis_the_service_works_on_and_picks_redis_up_when_it_returns()
     let proxy = TcpProxy::start(upstream).await;
     let (_, proxied) = upstream_and_proxied_url(&redis_url, proxy.port);
     let a = spawn_app_with(Backend::Postgres, |s| {
-        s.redis_url = Some(proxied);
+        s.redis_url = Some(SecretUrl::new(proxied));
         s.limits.login_per_account = per_minute(3);
     })
     .await;
@@ -362,7 +363,7 @@ async fn no_request_fails_while_redis_goes_away_and_comes_back_under_load() {
     let (_, proxied) = upstream_and_proxied_url(&redis_url, proxy.port);
     let app = std::sync::Arc::new(
         spawn_app_with(Backend::Postgres, |s| {
-            s.redis_url = Some(proxied);
+            s.redis_url = Some(SecretUrl::new(proxied));
             s.limits.refresh_per_family = Some(RateLimit {
                 max: 1_000_000,
                 window: Duration::from_secs(60),
@@ -442,7 +443,7 @@ async fn redis_killed_and_restarted_under_load_fails_no_request_and_the_deny_lis
     redis.ready().await;
     let a = std::sync::Arc::new(
         spawn_app_with(Backend::Postgres, |s| {
-            s.redis_url = Some(redis.url());
+            s.redis_url = Some(SecretUrl::new(redis.url()));
             s.limits.refresh_per_family = Some(RateLimit {
                 max: 1_000_000,
                 window: Duration::from_secs(60),

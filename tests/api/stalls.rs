@@ -32,7 +32,7 @@ async fn a_rotation_answered_503_behind_a_held_sqlite_write_lock_does_not_happen
     .await;
     let (_, first) = app.signed_in().await;
 
-    let mut holder = sqlx::SqliteConnection::connect(&app.settings.database_url)
+    let mut holder = sqlx::SqliteConnection::connect(app.settings.database_url.expose())
         .await
         .unwrap();
     sqlx::query("BEGIN IMMEDIATE")
@@ -90,7 +90,7 @@ async fn a_rotation_stuck_behind_a_postgres_row_lock_is_answered_truthfully() {
         })
         .collect();
 
-    let mut holder = sqlx::PgConnection::connect(&app.settings.database_url)
+    let mut holder = sqlx::PgConnection::connect(app.settings.database_url.expose())
         .await
         .unwrap();
     sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
