@@ -80,6 +80,9 @@ pub struct Settings {
     /// Prefix of every Redis key and channel, so several deployments (or tests) can
     /// share one Redis.
     pub redis_key_prefix: String,
+    /// `rediss://`: a PEM file of the certificate authorities to trust instead of the
+    /// system's (a managed Redis with a private CA).
+    pub redis_ca_file: Option<PathBuf>,
     pub limits: RateLimits,
     /// Load balancers whose `X-Forwarded-For` is believed: the client IP is the
     /// rightmost address in it that is not one of them.
@@ -211,6 +214,7 @@ struct FileSettings {
     database_timeout: Option<String>,
     redis_url: Option<String>,
     redis_key_prefix: Option<String>,
+    redis_ca_file: Option<PathBuf>,
     rate_limit_login_per_ip: Option<String>,
     rate_limit_login_per_account: Option<String>,
     rate_limit_refresh_per_family: Option<String>,
@@ -265,6 +269,7 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     ("ISSUER_DATABASE_TIMEOUT", "database_timeout", EnvKind::Text),
     ("ISSUER_REDIS_URL", "redis_url", EnvKind::Text),
     ("ISSUER_REDIS_KEY_PREFIX", "redis_key_prefix", EnvKind::Text),
+    ("ISSUER_REDIS_CA_FILE", "redis_ca_file", EnvKind::Text),
     (
         "ISSUER_RATE_LIMIT_LOGIN_PER_IP",
         "rate_limit_login_per_ip",
@@ -531,6 +536,7 @@ impl Settings {
             database_timeout,
             redis_url,
             redis_key_prefix,
+            redis_ca_file: f.redis_ca_file,
             limits,
             trusted_proxies: f
                 .trusted_proxies
@@ -756,10 +762,12 @@ fn validate_database_url(raw: &str) -> Result<String, ConfigError> {
 
 fn validate_redis_url(raw: &str) -> Result<String, ConfigError> {
     match url::Url::parse(raw) {
-        Ok(url) if url.scheme() == "redis" && url.host().is_some() => Ok(raw.to_owned()),
+        Ok(url) if matches!(url.scheme(), "redis" | "rediss") && url.host().is_some() => {
+            Ok(raw.to_owned())
+        }
         _ => Err(invalid(
             "redis_url",
-            "expected redis://[:password@]host:6379[/db]",
+            "expected redis://[:password@]host:6379[/db], or rediss:// for TLS",
         )),
     }
 }
@@ -1213,6 +1221,15 @@ mod tests {
         }
         let err = load(None, &[("ISSUER_REDIS_URL", "http://cache:6379")]).unwrap_err();
         assert_eq!(err.setting, "redis_url");
+        let tls = load(
+            None,
+            &[("ISSUER_REDIS_URL", "rediss://:pw@cache.internal:6380/0")],
+        )
+        .unwrap();
+        assert_eq!(
+            tls.redis_url.unwrap().to_string(),
+            "rediss://:***@cache.internal:6380/0"
+        );
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub enum StartupError {
         url: String,
         source: redis::RedisError,
     },
+    #[error("redis_ca_file {path}: {source}")]
+    RedisCa {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(#[from] crate::error::Error),
 }
@@ -77,8 +82,17 @@ pub fn open_shared(
     let redis = match &settings.redis_url {
         Some(url) => {
             tracing::info!(%url, prefix = %settings.redis_key_prefix, "using redis for the deny-list, revocation events and rate limits");
+            let ca = match &settings.redis_ca_file {
+                Some(path) => {
+                    Some(std::fs::read(path).map_err(|source| StartupError::RedisCa {
+                        path: path.display().to_string(),
+                        source,
+                    })?)
+                }
+                None => None,
+            };
             Some(
-                RedisLink::new(url.expose(), &settings.redis_key_prefix, metrics).map_err(
+                RedisLink::new(url.expose(), &settings.redis_key_prefix, ca, metrics).map_err(
                     |source| StartupError::Redis {
                         url: url.to_string(),
                         source,

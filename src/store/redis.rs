@@ -75,9 +75,26 @@ fn manager(client: &redis::Client) -> Result<ConnectionManager, redis::RedisErro
 
 impl RedisLink {
     /// Prepares the link without connecting: a Redis that is down at start-up is
-    /// picked up when it comes.
-    pub fn new(url: &str, prefix: &str, metrics: Arc<Metrics>) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
+    /// picked up when it comes. `rediss://` connects over TLS (rustls), trusting the
+    /// system's certificate authorities, or `ca_pem`'s when given.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        ca_pem: Option<Vec<u8>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, redis::RedisError> {
+        // redis's rustls needs a process-wide crypto provider (one already set stays).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = match ca_pem {
+            Some(root_cert) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )?,
+            None => redis::Client::open(url)?,
+        };
         let conn = RwLock::new(manager(&client)?);
         Ok(Self {
             client,

@@ -507,3 +507,137 @@ async fn redis_killed_and_restarted_under_load_fails_no_request_and_the_deny_lis
     load.finish_without_failures().await;
     drop(restarted);
 }
+
+/// `rediss://`: Redis over TLS, with the certificate authority of a private CA
+/// (`redis_ca_file`), as managed Redis services hand it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_over_tls_holds_the_shared_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("the openssl command");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.path().join("ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext",
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new("redis-server")
+        .current_dir(dir.path())
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+        ])
+        .args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (Debian: apt-get install redis-server)");
+    let url = format!("rediss://127.0.0.1:{port}/");
+    let ca = dir.path().join("ca.pem");
+    let prefix = crate::helpers::unique_redis_prefix();
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.redis_url = Some(SecretUrl::new(url.clone()));
+        s.redis_ca_file = Some(ca.clone());
+        s.redis_key_prefix = prefix.clone();
+    })
+    .await;
+    wait_for_redis(&app, "ok").await;
+    // A revocation lands on the deny-list over TLS.
+    let (_, t) = app.signed_in().await;
+    let sid = segment(&t.access, 1)["sid"].as_str().unwrap().to_owned();
+    let resp = app
+        .post_form(
+            "/oauth/revoke",
+            &[("client_id", "dev"), ("token", &t.refresh)],
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let client = redis::Client::build_with_tls(
+        url.as_str(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(&ca).unwrap()),
+        },
+    )
+    .unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let denied: bool = redis::cmd("EXISTS")
+        .arg(format!("{prefix}deny:{sid}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        denied,
+        "the revoked session is on the deny-list in the TLS Redis"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
