@@ -4,6 +4,9 @@ pub mod address;
 pub mod claims;
 pub mod client;
 pub mod clock;
+#[cfg(feature = "server")]
+pub mod common_passwords;
 pub mod family;
 pub mod secret;
+#[cfg(feature = "server")]
 pub mod user;

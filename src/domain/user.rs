@@ -2,11 +2,13 @@
 //!
 //! Password policy (NIST SP 800-63B-4 for a password that is the only factor): at least
 //! 15 characters, at most 1024 bytes (refused before hashing), any printable character
-//! and spaces, no composition rules, not a well-known password, not the e-mail address.
+//! and spaces, no composition rules, not a well-known password (`common_passwords`),
+//! not the e-mail address.
 
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::domain::common_passwords;
 use crate::error::Error;
 
 pub const PASSWORD_MIN_CHARS: usize = 15;
@@ -20,32 +22,6 @@ pub struct User {
     pub email: String,
     pub created_at: OffsetDateTime,
 }
-
-/// Well-known passwords that meet the length rule; compared case-insensitively.
-const COMMON_PASSWORDS: &[&str] = &[
-    "123456789012345",
-    "1234567890123456",
-    "12345678901234567890",
-    "111111111111111",
-    "000000000000000",
-    "passwordpassword",
-    "password12345678",
-    "password123456789",
-    "qwertyuiopasdfgh",
-    "qwertyuiopasdfghjkl",
-    "qwertyuiop123456",
-    "1q2w3e4r5t6y7u8i",
-    "abcdefghijklmnop",
-    "abcdefghijklmnopqrstuvwxyz",
-    "iloveyouiloveyou",
-    "letmeinletmein",
-    "correcthorsebatterystaple",
-    "correct horse battery staple",
-    "aaaaaaaaaaaaaaa",
-    "welcome123456789",
-    "changemechangeme",
-    "administrator123",
-];
 
 /// Trims and lower-cases an e-mail address and checks its shape.
 pub fn normalize_email(raw: &str) -> Result<String, Error> {
@@ -95,8 +71,7 @@ pub fn check_new_password(password: &str, email: &str) -> Result<(), Error> {
         ));
     }
     let lowered = password.to_lowercase();
-    let first = lowered.chars().next();
-    if lowered.chars().all(|c| Some(c) == first) || COMMON_PASSWORDS.contains(&lowered.as_str()) {
+    if common_passwords::is_common(password) {
         return Err(Error::WeakPassword(
             "password is too common; choose another".into(),
         ));

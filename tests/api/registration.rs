@@ -201,3 +201,23 @@ async fn a_flood_of_registrations_does_not_starve_logins_of_the_hashing_pool() {
     }
     assert!(created >= 1, "registrations are served too");
 }
+
+scenario! {
+    async fn well_known_passwords_are_refused(backend) {
+        let app = spawn_app(backend).await;
+        for weak in ["password1234567", "iloveyou12345678", "Qwerty123456789", "1q2w3e4r5t6y7u8i9o0p"] {
+            let body = assert_error(
+                app.register(&unique_email(), weak).await,
+                StatusCode::BAD_REQUEST,
+                "weak_password",
+                None,
+            )
+            .await;
+            assert!(body["error_description"].as_str().unwrap().contains("too common"), "{weak}: {body}");
+        }
+        assert_eq!(
+            app.register(&unique_email(), "a sound passphrase").await.status(),
+            StatusCode::CREATED
+        );
+    }
+}
