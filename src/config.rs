@@ -96,12 +96,24 @@ pub struct Settings {
     pub audit_retention: Duration,
     /// A `tracing` filter, e.g. `info` or `token_issuer=debug`.
     pub log: String,
+    /// How log lines are written.
+    pub log_format: LogFormat,
     /// How long a client may take to send a request's headers, and its body.
     pub http_timeouts: HttpTimeouts,
     pub allow_registration: bool,
     pub tokens: TokenSettings,
     pub password_hashing: HashingSettings,
     pub clients: Vec<Client>,
+}
+
+/// How log lines are written (`telemetry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line an event, coloured on a terminal only.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// Token lifetimes.
@@ -225,6 +237,7 @@ struct FileSettings {
     key_rotation_interval: Option<String>,
     audit_retention: Option<String>,
     log: Option<String>,
+    log_format: Option<LogFormat>,
     allow_registration: Option<bool>,
     access_token_lifetime: Option<String>,
     refresh_idle_timeout: Option<String>,
@@ -299,6 +312,7 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
         EnvKind::Text,
     ),
     ("ISSUER_LOG", "log", EnvKind::Text),
+    ("ISSUER_LOG_FORMAT", "log_format", EnvKind::Text),
     ("ISSUER_AUDIT_RETENTION", "audit_retention", EnvKind::Text),
     (
         "ISSUER_ALLOW_REGISTRATION",
@@ -578,6 +592,7 @@ impl Settings {
                 }
             },
             log: f.log.unwrap_or_else(|| "info".to_owned()),
+            log_format: f.log_format.unwrap_or(LogFormat::Text),
             http_timeouts: HttpTimeouts {
                 header_timeout: bounded_duration(
                     "request_header_timeout",

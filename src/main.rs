@@ -102,7 +102,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    if let Err(e) = telemetry::init(&settings.log) {
+    if let Err(e) = telemetry::init(&settings.log, settings.log_format) {
         return fail(&e);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

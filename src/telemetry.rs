@@ -1,19 +1,39 @@
 //! Tracing set-up, once per process. Security events use the `security` target; no
 //! token, password or secret is ever a field of a log event.
+//!
+//! Two formats (`log_format`, `ISSUER_LOG_FORMAT`):
+//! - `text` (the default): one line an event, coloured only when standard output is a
+//!   terminal: a log file or a collector gets no escape codes;
+//! - `json`: one JSON object a line (`timestamp`, `level`, `target`, `fields` with the
+//!   message, `span` and `spans` with the request id), for log shippers; the
+//!   `security` events are in it like every other.
+
+use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber with `filter` (the `log` setting, `ISSUER_LOG`).
-/// A filter that does not parse is a configuration error.
-pub fn init(filter: &str) -> Result<(), crate::config::ConfigError> {
-    let filter = EnvFilter::try_new(filter).map_err(|e| crate::config::ConfigError {
+use crate::config::{ConfigError, LogFormat};
+
+/// Installs the global subscriber with `filter` (the `log` setting, `ISSUER_LOG`) and
+/// `format`. A filter that does not parse is a configuration error.
+pub fn init(filter: &str, format: LogFormat) -> Result<(), ConfigError> {
+    let filter = EnvFilter::try_new(filter).map_err(|e| ConfigError {
         setting: "log".into(),
         message: format!("{filter:?} is not a tracing filter: {e}"),
     })?;
-    // Ignore a second initialisation (tests start several servers in one process).
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true)
-        .try_init();
+        .with_target(true);
+    // Ignore a second initialisation (tests start several servers in one process).
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stdout().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
     Ok(())
 }

@@ -59,7 +59,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
     TRACING.call_once(|| {
         if std::env::var_os("TEST_LOG").is_some() {
-            token_issuer::telemetry::init("debug").unwrap();
+            token_issuer::telemetry::init("debug", token_issuer::config::LogFormat::Text).unwrap();
         }
     });
     let dir = tempfile::tempdir().unwrap();

@@ -32,7 +32,8 @@ fn binary(dir: &std::path::Path) -> Command {
         .env_remove("ISSUER_KEYS_DIR")
         .env_remove("ISSUER_DATA_DIR")
         .env_remove("ISSUER_REDIS_URL")
-        .env("NO_COLOR", "1");
+        // Not a terminal: the binary must not colour its log by itself.
+        .env_remove("NO_COLOR");
     cmd
 }
 
@@ -61,10 +62,13 @@ fn start_with(dir: &std::path::Path, log_filter: &str, env: &[(&str, &str)]) -> 
         let port_tx = port_tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                // `port=N` in the text format, `"port":N` in JSON.
                 if let Some(port) = line
                     .split("port=")
                     .nth(1)
-                    .and_then(|p| p.split_whitespace().next())
+                    .or_else(|| line.split("\"port\":").nth(1))
+                    .map(|p| p.trim_start_matches(|c: char| !c.is_ascii_digit()))
+                    .map(|p| p.split(|c: char| !c.is_ascii_digit()).next().unwrap_or(""))
                     && line.contains("listening")
                 {
                     let _ = port_tx.send(port.parse::<u16>().unwrap());
@@ -646,4 +650,62 @@ async fn trace_logs_of_password_changes_and_introspection_hold_no_secret() {
     ] {
         assert!(!log.contains(value), "the {what} appears in the trace log");
     }
+}
+
+/// Logs written to a pipe (a file, a collector) carry no colour codes; with
+/// `ISSUER_LOG_FORMAT=json` every line is one JSON object, the security events too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_plain_text_off_a_terminal_or_one_json_object_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), "info", &NO_LIMITS);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    register_and_login(&reqwest::Client::new(), &base, &unique_email(), 1).await;
+    let text = server.log.lock().unwrap().clone();
+    assert!(
+        text.contains("event=\"login\"") || text.contains("event=login"),
+        "{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a piped log:\n{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = NO_LIMITS.to_vec();
+    env.push(("ISSUER_LOG_FORMAT", "json"));
+    let server = start_with(dir.path(), "info", &env);
+    let base = format!("http://127.0.0.1:{}", server.port);
+    register_and_login(&reqwest::Client::new(), &base, &unique_email(), 1).await;
+    // The login's event is written after its response: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let lines: Vec<Value> = loop {
+        let log = server.log.lock().unwrap().clone();
+        let lines: Vec<Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        if lines
+            .iter()
+            .any(|l| l["target"] == "security" && l["fields"]["event"] == "login")
+            || std::time::Instant::now() > deadline
+        {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let login = lines
+        .iter()
+        .find(|l| l["target"] == "security" && l["fields"]["event"] == "login")
+        .expect("the login's security event");
+    assert_eq!(login["level"], "INFO");
+    assert!(
+        login["timestamp"].is_string() && login["fields"]["sid"].is_string(),
+        "{login}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["span"]["name"] == "request" && l["span"]["id"].is_string()),
+        "request ids in the spans"
+    );
 }
