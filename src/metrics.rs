@@ -29,6 +29,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
     revocations: Mutex<BTreeMap<&'static str, u64>>,
+    refresh_refused: Mutex<BTreeMap<&'static str, u64>>,
     pub logins: AtomicU64,
     pub logins_failed: AtomicU64,
     pub rotations: AtomicU64,
@@ -46,6 +47,8 @@ pub struct Gauges {
     /// Live sessions, or `None` when the database did not answer.
     pub active_families: Option<u64>,
     pub argon2_queue_depth: u64,
+    /// How many logins may wait for a hash (`password_hash_queue`).
+    pub argon2_queue_capacity: u64,
     /// 1 when Redis answers, 0 when configured and not, `None` when not configured.
     pub redis_up: Option<u64>,
 }
@@ -75,6 +78,11 @@ impl Metrics {
     /// A session ended, and why (`reuse`, `logout`, `admin_revoke`, ...).
     pub fn revoked(&self, reason: &'static str) {
         *lock(&self.revocations).entry(reason).or_default() += 1;
+    }
+
+    /// A refresh token refused, and why (`reused`, `revoked`, `expired`, ...).
+    pub fn refresh_refused(&self, reason: &'static str) {
+        *lock(&self.refresh_refused).entry(reason).or_default() += 1;
     }
 
     /// The text exposition format.
@@ -182,6 +190,17 @@ impl Metrics {
         for (reason, n) in lock(&self.revocations).iter() {
             let _ = writeln!(out, "issuer_revocations_total{{reason=\"{reason}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP issuer_refresh_refused_total Refresh tokens refused (invalid_grant), by reason.\n\
+             # TYPE issuer_refresh_refused_total counter"
+        );
+        for (reason, n) in lock(&self.refresh_refused).iter() {
+            let _ = writeln!(
+                out,
+                "issuer_refresh_refused_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
         let gauge = |out: &mut String, name: &str, help: &str, value: Option<u64>| {
             if let Some(v) = value {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -198,6 +217,12 @@ impl Metrics {
             "issuer_argon2_queue_depth",
             "Logins waiting for a password-hashing thread.",
             Some(gauges.argon2_queue_depth),
+        );
+        gauge(
+            &mut out,
+            "issuer_argon2_queue_capacity",
+            "Logins that may wait for a password-hashing thread (password_hash_queue).",
+            Some(gauges.argon2_queue_capacity),
         );
         gauge(
             &mut out,
@@ -221,10 +246,12 @@ mod tests {
         m.observe_request("token", 200, Duration::from_millis(30));
         m.observe_request("token", 400, Duration::from_millis(1));
         m.revoked("reuse");
+        m.refresh_refused("reused");
         inc(&m.rotations);
         let text = m.render(Gauges {
             active_families: Some(7),
             argon2_queue_depth: 2,
+            argon2_queue_capacity: 256,
             redis_up: None,
         });
         assert!(text.contains("issuer_http_requests_total{operation=\"token\",status=\"200\"} 2"));
@@ -235,6 +262,8 @@ mod tests {
             "issuer_http_request_duration_seconds_bucket{operation=\"token\",le=\"+Inf\"} 3"
         ));
         assert!(text.contains("issuer_revocations_total{reason=\"reuse\"} 1"));
+        assert!(text.contains("issuer_refresh_refused_total{reason=\"reused\"} 1"));
+        assert!(text.contains("issuer_argon2_queue_capacity 256"));
         assert!(text.contains("issuer_rotations_total 1"));
         assert!(text.contains("issuer_active_families 7"));
         assert!(!text.contains("issuer_redis_up"));

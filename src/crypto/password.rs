@@ -148,6 +148,11 @@ impl PasswordHasher {
         Ok(known && matches)
     }
 
+    /// How many sign-ins may wait for a hashing thread.
+    pub fn queue_capacity(&self) -> usize {
+        self.pool.sign_in_max
+    }
+
     /// Jobs waiting for a hashing thread.
     pub fn queue_depth(&self) -> usize {
         let queues = self.pool.lock();

@@ -223,6 +223,7 @@ impl Issuer {
         self.metrics.render(Gauges {
             active_families,
             argon2_queue_depth: self.hasher.queue_depth() as u64,
+            argon2_queue_capacity: self.hasher.queue_capacity() as u64,
             redis_up,
         })
     }

@@ -311,6 +311,7 @@ impl Issuer {
                 family,
                 revoked,
             } => {
+                self.metrics.refresh_refused(rejection.code());
                 if let Some(reason) = revoked {
                     if reason == RevokeReason::Reuse {
                         inc(&self.metrics.reuse_detections);

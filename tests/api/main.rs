@@ -35,6 +35,7 @@ mod clients;
 mod concurrency;
 mod cookie_mode;
 mod credential_races;
+mod deploy;
 mod discovery;
 mod faults;
 mod files;
