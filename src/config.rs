@@ -843,14 +843,42 @@ impl fmt::Debug for SecretUrl {
 }
 
 /// A database URL as it may be logged: the password, if any, replaced by `***`.
+///
+/// A password can also ride in the query (`?password=`, `?sslpassword=`: sqlx reads
+/// them), so every query parameter whose name says `pass`, `secret` or `token` is
+/// hidden too. A URL that does not parse prints as its scheme alone (an SQLite path,
+/// which has no password, prints whole).
 pub fn redacted_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        _ => raw.to_owned(),
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return if raw.starts_with("sqlite:") {
+            raw.to_owned()
+        } else {
+            let scheme = raw.split(':').next().unwrap_or_default();
+            format!("{scheme}:<unparsable URL hidden>")
+        };
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
     }
+    let secret_name = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        ["pass", "secret", "token"].iter().any(|s| name.contains(s))
+    };
+    if url.query_pairs().any(|(name, _)| secret_name(&name)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if secret_name(&name) {
+                    "***".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 /// Normalises an origin (`scheme://host[:port]`) the way browsers send it.
@@ -1196,6 +1224,14 @@ mod tests {
             "database_url"
         );
         assert_eq!(redacted_url("sqlite://data/x.db"), "sqlite://data/x.db");
+        assert_eq!(
+            redacted_url("postgres://app@db.internal/issuer?sslmode=require&password=s3cret"),
+            "postgres://app@db.internal/issuer?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redacted_url("postgres://a:s3cret@[bad"),
+            "postgres:<unparsable URL hidden>"
+        );
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! client may take to send a request's headers, and a graceful shutdown.
 //!
 //! poem's own `Server` sets no timer on hyper, so a client that sends half a request
-//! head (or one byte every few seconds) holds its connection, and a task, for ever.
-//! Here hyper's HTTP/1 `header_read_timeout` closes such a connection after
-//! `header_timeout`; it also closes a keep-alive connection left idle that long, as
-//! clients expect of servers. The body's own bound (`body_timeout`) is enforced where
+//! head (or one byte every few seconds, or nothing) holds its connection, and a task,
+//! for ever. Here hyper's HTTP/1 `header_read_timeout` closes such a connection after
+//! `header_timeout`, counted from the connection's start or the end of the previous
+//! response; so it also closes a keep-alive connection left idle that long, as clients
+//! expect of servers. HTTP/1 only (see `serve`). The body's own bound (`body_timeout`) is enforced where
 //! the body is read (`startup::limit_body`), which answers 408.
 
 use std::convert::Infallible;
@@ -16,8 +17,8 @@ use std::time::Duration;
 
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Bytes, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Addr, Endpoint, Response};
@@ -44,9 +45,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     let endpoint = Arc::new(endpoint);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1 only: hyper-util's protocol detection (`auto`) reads the first bytes
+    // without any bound, and HTTP/2 (h2c, which no browser speaks in clear) has no
+    // header timeout. TLS and HTTP/2 belong to the proxy in front.
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(timeouts.header_timeout);
     let connections = GracefulShutdown::new();
@@ -69,9 +72,7 @@ pub async fn serve(
             let endpoint = Arc::clone(&endpoint);
             async move { Ok::<_, Infallible>(answer(&endpoint, req, local, peer).await) }
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = connections.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {

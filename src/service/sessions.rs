@@ -131,6 +131,12 @@ impl Issuer {
         check_password_size(current.expose())
             .map_err(|_| Error::InvalidRequest("current_password is too long".into()))?;
         let email = who.user.email.clone();
+        let stored = self
+            .store
+            .find_user_by_email(&email)
+            .await?
+            .filter(|u| u.user.id == who.user.id && !u.disabled)
+            .ok_or(Error::InvalidToken("user gone"))?;
         // A password check like a login's, from the account's budget; a live session
         // gets through a locked account on a budget of its own (see `attempts`).
         let attempt = self
@@ -143,18 +149,20 @@ impl Issuer {
                 },
             )
             .await?;
-        let stored = self
-            .store
-            .find_user_by_email(&email)
-            .await?
-            .filter(|u| u.user.id == who.user.id && !u.disabled)
-            .ok_or(Error::InvalidToken("user gone"))?;
         let checked_hash = stored.password_hash;
-        if !self
+        let verified = match self
             .hasher
             .verify(current, Some(checked_hash.clone()))
-            .await?
+            .await
         {
+            Ok(verified) => verified,
+            // No password was checked (the hashing queue is full): nothing counts.
+            Err(e) => {
+                self.give_back_attempt(attempt).await;
+                return Err(e);
+            }
+        };
+        if !verified {
             tracing::info!(target: "security", event = "password_change_failed", user_id = %who.user.id);
             return Err(Error::WrongPassword);
         }

@@ -180,7 +180,15 @@ impl Issuer {
             )
             .await?;
         let hash = user.as_ref().map(|u| u.password_hash.clone());
-        if !self.hasher.verify(password, hash).await? {
+        let verified = match self.hasher.verify(password, hash).await {
+            Ok(verified) => verified,
+            // No password was checked (the hashing queue is full): nothing counts.
+            Err(e) => {
+                self.give_back_attempt(attempt).await;
+                return Err(e);
+            }
+        };
+        if !verified {
             tracing::info!(target: "security", event = "login_failed", client_id = %client.id, ip = ?meta.ip);
             inc(&self.metrics.logins_failed);
             // Known user or not, the same row is written: the timing stays the same.

@@ -46,10 +46,12 @@ if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1])
 return {n, ttl}
 ";
 
-/// Takes a hit back, keeping the window's expiry; nothing when the window is gone.
+/// Takes a hit back, keeping the window's expiry, if the window is the one the hit was
+/// counted in: one that has at most `ARGV[1]` ms left (a later window would have more).
 const GIVE_BACK_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end
-return 0
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 and left <= tonumber(ARGV[1]) then return redis.call('DECR', KEYS[1]) end
+return -1
 ";
 
 /// A lazily connected Redis with automatic reconnection.
@@ -238,15 +240,17 @@ impl RedisLink {
         ))
     }
 
-    /// Takes one hit off `key`'s count, if its window still exists (a window that
-    /// ended is not recreated).
-    pub async fn give_back(&self, key: &str) {
+    /// Takes one hit off `key`'s count, if its window is the one with about `left` to
+    /// go (a window that ended is not recreated, a later one is not touched).
+    pub async fn give_back(&self, key: &str, left: Duration) {
+        // Slack for the round trips between the count and now.
+        let bound = left + Duration::from_millis(500);
         let mut conn = self.conn();
+        let mut invocation = self.give_back.key(self.key(key));
+        invocation.arg(u64::try_from(bound.as_millis()).unwrap_or(u64::MAX));
         let _ = self
             .bounded(
-                self.give_back
-                    .key(self.key(key))
-                    .invoke_async::<i64>(&mut conn),
+                invocation.invoke_async::<i64>(&mut conn),
                 "rate_limit_give_back",
             )
             .await;

@@ -83,7 +83,7 @@ impl RedisStatus {
 }
 
 /// Which rate limit a hit counts against.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {
     LoginIp,
     /// Password checks of an account (failures; a success is given back).
@@ -96,6 +96,20 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
+    const COUNT: usize = 5;
+
+    /// Its in-process table: one per kind, so that one kind's subjects (cheap to make,
+    /// such as addresses) can never push another's (accounts) out.
+    fn index(self) -> usize {
+        match self {
+            Self::LoginIp => 0,
+            Self::LoginAccount => 1,
+            Self::LoginAccountTrusted => 2,
+            Self::RefreshFamily => 3,
+            Self::Registration => 4,
+        }
+    }
+
     fn tag(self) -> &'static str {
         match self {
             Self::LoginIp => "login-ip",
@@ -110,9 +124,27 @@ impl LimitKind {
 /// What `SharedState::take` took, to give it back.
 #[derive(Debug)]
 pub struct Taken {
+    kind: LimitKind,
     key: String,
-    /// The in-process window it was counted in; `None`: counted on Redis.
-    window_end: Option<Instant>,
+    where_: Counted,
+}
+
+/// Where a hit was counted, and how to recognise its window later.
+#[derive(Debug)]
+enum Counted {
+    /// In this process's window ending then.
+    Locally(Instant),
+    /// On Redis, with so much of the window left at that instant.
+    OnRedis { at: Instant, left: Duration },
+}
+
+/// The in-process windows of one limit kind.
+#[derive(Debug, Default)]
+struct Table {
+    windows: HashMap<String, Window>,
+    /// Full of subjects over their limit until then: new subjects are refused without
+    /// looking again.
+    full_until: Option<Instant>,
 }
 
 /// An in-process rate-limit window.
@@ -169,8 +201,9 @@ pub struct SharedState {
     deny_ttl: Duration,
     denied: Mutex<HashMap<Uuid, Instant>>,
     sessions: Mutex<HashMap<Uuid, CachedSession>>,
-    windows: Mutex<HashMap<String, Window>>,
-    /// Most windows kept in memory (`LOCAL_WINDOWS_MAX`).
+    /// One table per `LimitKind`.
+    tables: Vec<Mutex<Table>>,
+    /// Most windows a table keeps (`LOCAL_WINDOWS_MAX`).
     windows_max: usize,
     subscribed: AtomicBool,
     epoch: AtomicU64,
@@ -194,7 +227,9 @@ impl SharedState {
             deny_ttl,
             denied: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
-            windows: Mutex::new(HashMap::new()),
+            tables: (0..LimitKind::COUNT)
+                .map(|_| Mutex::new(Table::default()))
+                .collect(),
             windows_max: LOCAL_WINDOWS_MAX,
             epoch: AtomicU64::new(0),
             rebuild_pending: AtomicBool::new(true),
@@ -361,29 +396,37 @@ impl SharedState {
             Some(link) => link.hit(&key, limit.window, limit.max).await,
             None => None,
         };
-        let (count, left, window_end) = match counted {
-            Some((count, left)) => (count, left, None),
+        let (count, left, where_) = match counted {
+            Some((count, left)) => (
+                count,
+                left,
+                Counted::OnRedis {
+                    at: Instant::now(),
+                    left,
+                },
+            ),
             None => {
-                let (count, left, end) = self.count_locally(&key, limit)?;
-                (count, left, Some(end))
+                let (count, left, end) = self.count_locally(kind, &key, limit)?;
+                (count, left, Counted::Locally(end))
             }
         };
         over(count, left, limit)?;
-        Ok(Taken { key, window_end })
+        Ok(Taken { kind, key, where_ })
     }
 
     /// Gives back what `take` took, where it took it (Redis or this process), if its
-    /// window is still the same.
+    /// window is still the same: a give-back never lands in a later window.
     pub async fn give_back(&self, taken: Taken) {
-        match taken.window_end {
-            None => {
+        match taken.where_ {
+            Counted::OnRedis { at, left } => {
                 if let Some(link) = &self.redis {
-                    link.give_back(&taken.key).await;
+                    link.give_back(&taken.key, left.saturating_sub(at.elapsed()))
+                        .await;
                 }
             }
-            Some(end) => {
-                let mut windows = lock(&self.windows);
-                if let Some(window) = windows.get_mut(&taken.key)
+            Counted::Locally(end) => {
+                let mut table = lock(&self.tables[taken.kind.index()]);
+                if let Some(window) = table.windows.get_mut(&taken.key)
                     && window.end == end
                 {
                     window.count = window.count.saturating_sub(1);
@@ -396,24 +439,32 @@ impl SharedState {
     /// window's end. A full table makes room by dropping expired windows, then the
     /// oldest windows of subjects that are not over their limit; the windows of
     /// subjects over their limit are never dropped, and when nothing else can go, a
-    /// new subject is refused (`Err`) rather than let through uncounted.
+    /// new subject is refused (`Err`) rather than let through uncounted, until the
+    /// first of those windows ends.
     fn count_locally(
         &self,
+        kind: LimitKind,
         key: &str,
         limit: RateLimit,
     ) -> Result<(u64, Duration, Instant), Duration> {
         let now = Instant::now();
-        let mut windows = lock(&self.windows);
-        if !windows.contains_key(key) && windows.len() >= self.windows_max {
-            make_room(&mut windows, self.windows_max, now);
-            if windows.len() >= self.windows_max {
+        let mut table = lock(&self.tables[kind.index()]);
+        if !table.windows.contains_key(key) && table.windows.len() >= self.windows_max {
+            if let Some(until) = table.full_until.filter(|until| *until > now) {
+                return Err(until - now);
+            }
+            make_room(&mut table.windows, self.windows_max, now);
+            if table.windows.len() >= self.windows_max {
+                let until = table.windows.values().map(|w| w.end).min().unwrap_or(now);
+                table.full_until = Some(until);
                 tracing::warn!(
-                    "rate-limit table full of subjects over their limit: refusing a new one"
+                    kind = kind.tag(),
+                    "rate-limit table full of subjects over their limit: refusing new ones"
                 );
-                return Err(limit.window);
+                return Err(until.saturating_duration_since(now));
             }
         }
-        let window = windows.entry(key.to_owned()).or_insert(Window {
+        let window = table.windows.entry(key.to_owned()).or_insert(Window {
             count: 0,
             end: now + limit.window,
             max: limit.max,
@@ -657,6 +708,37 @@ mod tests {
                 "an attacker over the limit was let through by a full table"
             );
         }
+        // Subjects of one kind never push out another kind's: an account's window
+        // survives a flood of new addresses.
+        let (mut shared, _dir3) = in_process().await;
+        shared.windows_max = 10;
+        let account = RateLimit {
+            max: 3,
+            window: Duration::from_secs(60),
+        };
+        for _ in 0..2 {
+            assert!(
+                shared
+                    .hit(LimitKind::LoginAccount, "a@example.com", account)
+                    .await
+                    .is_ok()
+            );
+        }
+        for i in 0..50 {
+            let _ = hit(&shared, format!("10.0.5.{i}")).await;
+        }
+        assert!(
+            shared
+                .hit(LimitKind::LoginAccount, "a@example.com", account)
+                .await
+                .is_ok()
+        );
+        assert!(
+            shared
+                .hit(LimitKind::LoginAccount, "a@example.com", account)
+                .await
+                .is_err()
+        );
         // A table full of subjects over their limit refuses a newcomer rather than
         // let it through uncounted.
         let (mut shared, _dir2) = in_process().await;

@@ -173,7 +173,15 @@ async fn run_batch(writer: &SqlitePool, mut batch: Vec<RotationJob>) {
     // when the database does: run without them, and again with them if one failed.
     let outcome = match attempt_together(writer, &mut batch).await {
         Ok(Some(results)) => Ok(results),
-        Ok(None) => attempt_isolated(writer, &mut batch).await,
+        Ok(None) => {
+            // Rolled back: nothing of the batch will commit until the next attempt has
+            // the write lock again, which may take a while. Its callers may leave
+            // meanwhile; the next attempt claims those that did not.
+            for job in &batch {
+                job.ticket.release();
+            }
+            attempt_isolated(writer, &mut batch).await
+        }
         Err(e) => Err(e),
     };
     match outcome {

@@ -8,7 +8,8 @@
 //!   holds the write lock; PostgreSQL: before the statement that consumes the token is
 //!   sent, and before a `COMMIT`), and *releases* it once that step is over;
 //! - the caller *abandons* it when its deadline passes, but only while it is not
-//!   claimed.
+//!   claimed; and once the deadline has passed, no new claim is granted (a retry the
+//!   store starts late, after a released claim, never reaches its commit either).
 //!
 //! Abandoned first: the store never starts the irreversible step, and the 503 tells the
 //! truth (nothing happened). Claimed first: the caller waits for the store's answer
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 const WAITING: u8 = 0;
 const CLAIMED: u8 = 1;
@@ -34,12 +36,31 @@ pub struct Ticket(Arc<Inner>);
 struct Inner {
     state: AtomicU8,
     released: Notify,
+    /// After it, no claim is granted; `None`: the caller waits for ever.
+    deadline: Option<Instant>,
 }
 
 impl Ticket {
+    /// A ticket whose caller stops waiting at `deadline`.
+    pub fn until(deadline: Instant) -> Self {
+        Self(Arc::new(Inner {
+            deadline: Some(deadline),
+            ..Inner::default()
+        }))
+    }
+
     /// The store, before a point of no return: true when it may go on (the caller still
-    /// waits, and now waits for the answer); false when the caller has gone.
+    /// waits, and now waits for the answer); false when the caller has gone, or its
+    /// deadline has passed (it is leaving).
     pub fn claim(&self) -> bool {
+        if self.0.deadline.is_some_and(|d| Instant::now() >= d) {
+            let _ = self.0.state.compare_exchange(
+                WAITING,
+                ABANDONED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
         match self
             .0
             .state
@@ -97,6 +118,19 @@ mod tests {
         t.release();
         assert!(t.abandon());
         assert!(!t.claim(), "an abandoned rotation never reaches its commit");
+        assert!(t.abandon());
+    }
+
+    #[tokio::test]
+    async fn no_claim_is_granted_after_the_deadline() {
+        let t = Ticket::until(Instant::now() + std::time::Duration::from_millis(20));
+        assert!(t.claim());
+        t.release();
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        assert!(
+            !t.claim(),
+            "a retry started after the deadline does not commit"
+        );
         assert!(t.abandon());
     }
 }

@@ -8,9 +8,9 @@
 //! if the store has not claimed the rotation's point of no return (`Ticket`); otherwise
 //! it waits for the store's answer, at most `limit` plus `CLAIMED_MARGIN` more. The
 //! database bounds that wait itself (PostgreSQL's `statement_timeout` is `limit`;
-//! SQLite commits a batch whose write lock it holds at once), so the margin runs out
-//! only when the connection dies with the statement in flight: then the outcome is
-//! unknown, and it is logged as such.
+//! SQLite commits a batch whose write lock it holds in milliseconds), so the margin
+//! runs out only when the connection dies with the statement in flight, or a disk
+//! stalls a commit for seconds: then the outcome is unknown, and it is logged as such.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,6 +28,15 @@ use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{RefreshPolicy, RevokeReason};
 use crate::domain::user::User;
 use crate::metrics::{Metrics, inc};
+
+/// Abandons a rotation whose caller is dropped (a client that hung up).
+struct AbandonOnDrop(Ticket);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
 
 /// How much longer than twice `limit` a caller waits for a claimed rotation.
 const CLAIMED_MARGIN: Duration = Duration::from_secs(1);
@@ -90,15 +99,18 @@ impl Store for TimedStore {
     }
 
     async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
-        let ticket = Ticket::default();
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let backstop = deadline + self.limit + CLAIMED_MARGIN;
+        let ticket = Ticket::until(deadline);
+        // A client that hangs up drops this future: its rotation is abandoned too,
+        // unless already past its point of no return.
+        let _abandon_on_drop = AbandonOnDrop(ticket.clone());
         let request = RotateRequest {
             ticket: ticket.clone(),
             ..request.clone()
         };
         let rotation = self.inner.rotate(&request);
         tokio::pin!(rotation);
-        let deadline = tokio::time::Instant::now() + self.limit;
-        let backstop = deadline + self.limit + CLAIMED_MARGIN;
         let result = loop {
             tokio::select! {
                 result = &mut rotation => break result,

@@ -74,6 +74,25 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_nothing_is_disconnected() {
+    let app = app_with_short_timeouts().await;
+    let mut silent = connect(&app).await;
+    let started = Instant::now();
+    assert!(
+        read_until_closed(&mut silent).await.is_some(),
+        "a silent connection was still open after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // One byte of what could be an HTTP/2 preface, then nothing: the same.
+    let mut preface = connect(&app).await;
+    preface.write_all(b"P").await.unwrap();
+    let started = Instant::now();
+    assert!(read_until_closed(&mut preface).await.is_some());
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_sending_its_body_gets_408() {
     let app = app_with_short_timeouts().await;
     let mut stream = connect(&app).await;
