@@ -4,7 +4,29 @@
 
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The SQLite database `db`: its directory created 0700, the file itself 0600 before
+/// SQLite opens it (SQLite gives its `-wal` and `-shm` files the database's mode), and
+/// files an older version left readable to others tightened. True when some had to be;
+/// on failure, the path that failed.
+pub fn private_sqlite_files(db: &Path) -> Result<bool, (PathBuf, io::Error)> {
+    let at = |path: &Path| {
+        let path = path.to_owned();
+        move |e| (path, e)
+    };
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir).map_err(at(dir))?;
+    }
+    let mut tightened = make_private_file(db).map_err(at(db))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let side = Path::new(&name);
+        tightened |= tighten_if_present(side).map_err(at(side))?;
+    }
+    Ok(tightened)
+}
 
 /// Creates `dir` and its missing parents, mode 0700 (existing directories are left as
 /// they are: they may be shared on purpose).

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument as _;
 
 use crate::api::error::{ApiError, Problem, REQUEST_ID};
+use crate::api::methods::{AllowedMethods, method_not_allowed};
 use crate::api::{ClientIp, make_openapi_service};
 use crate::config::{Cidr, Settings};
 use crate::crypto::keys::{KeyError, Keys};
@@ -141,36 +142,19 @@ pub async fn open_store_with(
         )));
     }
     if let Some(path) = sqlite_path(url) {
-        private_database_files(Path::new(path))?;
+        let db = Path::new(path);
+        let tightened =
+            files::private_sqlite_files(db).map_err(|(path, source)| StartupError::DataDir {
+                path: path.display().to_string(),
+                source,
+            })?;
+        if tightened {
+            tracing::warn!(path = %db.display(), "the database files were readable by other users; they are now 0600");
+        }
     }
     Ok(bounded(Arc::new(
         SqliteStore::connect(url, limit).await.map_err(failed)?,
     )))
-}
-
-/// The SQLite database holds e-mail addresses and session IPs: its directory is
-/// created 0700, the file itself 0600 before SQLite opens it (SQLite gives its `-wal`
-/// and `-shm` files the database's mode), and files an older version left readable to
-/// others are tightened.
-fn private_database_files(db: &Path) -> Result<(), StartupError> {
-    let failed = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| StartupError::DataDir { path, source }
-    };
-    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
-        files::create_private_dir(dir).map_err(failed(dir))?;
-    }
-    let mut tightened = files::make_private_file(db).map_err(failed(db))?;
-    for suffix in ["-wal", "-shm"] {
-        let mut name = db.as_os_str().to_owned();
-        name.push(suffix);
-        let side = Path::new(&name);
-        tightened |= files::tighten_if_present(side).map_err(failed(side))?;
-    }
-    if tightened {
-        tracing::warn!(path = %db.display(), "the database files were readable by other users; they are now 0600");
-    }
-    Ok(())
 }
 
 fn sqlite_path(url: &str) -> Option<&str> {
@@ -431,86 +415,6 @@ fn cors(settings: &Settings) -> Option<Cors> {
             .allow_credentials(credentials)
             .max_age(600),
     )
-}
-
-/// The methods each path of the API accepts, read from the OpenAPI document, for the
-/// `Allow` header of a 405 (RFC 9110 §15.5.6).
-struct AllowedMethods {
-    /// Path templates split at `/` (`{id}` matches any segment), with their methods.
-    paths: Vec<(Vec<String>, String)>,
-}
-
-impl AllowedMethods {
-    fn of_api() -> Self {
-        let spec: serde_json::Value =
-            serde_json::from_str(&crate::api::openapi_json()).unwrap_or_default();
-        let mut paths: Vec<(Vec<String>, String)> = spec["paths"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(path, item)| {
-                let mut methods: Vec<String> = item
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(method, _)| method.to_ascii_uppercase())
-                    .collect();
-                // poem answers HEAD with the GET endpoint.
-                if methods.iter().any(|m| m == "GET") {
-                    methods.push("HEAD".to_owned());
-                }
-                methods.sort();
-                (segments(path), methods.join(", "))
-            })
-            .collect();
-        paths.push((segments("/openapi.json"), "GET, HEAD".to_owned()));
-        Self { paths }
-    }
-
-    fn of(&self, path: &str) -> Option<&str> {
-        let asked = segments(path);
-        self.paths
-            .iter()
-            .find(|(template, _)| {
-                template.len() == asked.len()
-                    && template
-                        .iter()
-                        .zip(&asked)
-                        .all(|(t, a)| t.starts_with('{') || t == a)
-            })
-            .map(|(_, methods)| methods.as_str())
-    }
-}
-
-fn segments(path: &str) -> Vec<String> {
-    path.trim_matches('/')
-        .split('/')
-        .map(str::to_owned)
-        .collect()
-}
-
-/// A method the path does not declare: 405 `method_not_allowed` with `Allow`, not the
-/// 400 poem's router would give.
-async fn method_not_allowed<E: Endpoint>(
-    ep: Arc<E>,
-    req: Request,
-    allowed: Arc<AllowedMethods>,
-) -> poem::Result<Response> {
-    let path = req.uri().path().to_owned();
-    match ep.call(req).await {
-        Err(e) if e.status() == StatusCode::METHOD_NOT_ALLOWED => {
-            let mut resp = render_error(e).await;
-            resp.set_status(StatusCode::METHOD_NOT_ALLOWED);
-            if let Some(methods) = allowed
-                .of(&path)
-                .and_then(|m| HeaderValue::from_str(m).ok())
-            {
-                resp.headers_mut().insert(header::ALLOW, methods);
-            }
-            Ok(resp)
-        }
-        other => other.map(IntoResponse::into_response),
-    }
 }
 
 /// Renders every poem-level error in the common JSON shape; responses built by our own

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod error;
 pub mod health;
 pub mod introspect;
+pub mod methods;
 pub mod payload;
 pub mod security;
 pub mod sessions;
