@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::Value;
 use token_issuer::config::{Cidr, RateLimit};
 
 use crate::helpers::{
@@ -14,22 +13,8 @@ use crate::helpers::{
 
 /// The `last_ip` the session list shows for the session of `access`.
 async fn last_ip(app: &TestApp, access: &str) -> String {
-    let sessions: Value = app
-        .http
-        .get(app.url("/v1/sessions"))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let current = sessions
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["current"] == true)
-        .unwrap();
+    let sessions = crate::sessions::sessions(app, access).await;
+    let current = sessions.iter().find(|s| s["current"] == true).unwrap();
     current["last_ip"].as_str().unwrap().to_owned()
 }
 

@@ -27,7 +27,7 @@ async fn login_with_agent(app: &TestApp, email: &str, agent: &str) -> Tokens {
     tokens(resp).await
 }
 
-async fn sessions(app: &TestApp, access: &str) -> Vec<Value> {
+pub(crate) async fn sessions(app: &TestApp, access: &str) -> Vec<Value> {
     let resp = app
         .http
         .get(app.url("/v1/sessions"))
