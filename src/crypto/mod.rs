@@ -9,9 +9,10 @@
 pub mod client_secret;
 pub mod jwt;
 #[cfg(feature = "server")]
-pub mod keyring;
-#[cfg(feature = "server")]
 pub mod keys;
+/// The key ring (`keys::ring`), under the name the CLI and the tests know.
+#[cfg(feature = "server")]
+pub use keys::ring as keyring;
 #[cfg(feature = "server")]
 pub mod password;
 #[cfg(feature = "server")]

@@ -1,118 +1,18 @@
-//! The signing keys and the JWKS that publishes them.
-//!
-//! Layout of the key directory:
-//! - `<kid>.pem`: an RSA private key, PKCS#8 PEM, mode 0600. The `kid` is the RFC 7638
-//!   JWK thumbprint of its public key.
-//! - `keyring.json`: which key is active, next or retired (see `keyring`); `active`
-//!   mirrors the active `kid`.
-//! - `refresh-hmac.key`: the secret that derives refresh-token successors.
-//!
-//! The published keys (active, next, and retired ones until their `not_after`) are
-//! parsed into a `KeySet`; `Keys` holds the current set and swaps in a new one when the
-//! ring changes, so there is no file I/O on the request path.
+//! The keys published at one moment (`KeySet`: the one that signs, and every one that
+//! verifies, with the JWKS document), and the current set (`Keys`), swapped in when
+//! the ring changes, so there is no file I/O on the request path.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
-use aws_lc_rs::rsa::KeySize;
-use aws_lc_rs::signature::{KeyPair as _, RsaKeyPair};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::DecodingKey;
 use ring::digest;
-use serde::Serialize;
 
+use super::dir::read_signing_key;
+use super::ring::{self as keyring, Ring};
+use super::{Jwk, KeyError, SigningKey};
 use crate::crypto::b64url;
-use crate::crypto::keyring::{self, Ring};
-
-/// A key-directory problem, reported at start-up.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("key directory {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("key file {path}: {reason}")]
-    Invalid { path: PathBuf, reason: String },
-    #[error("key directory {0}: several keys and no `active` file naming the one that signs")]
-    NoActive(PathBuf),
-    #[error("key directory {0}: `active` names a key that is not there")]
-    MissingActive(PathBuf),
-    #[error("RSA key generation failed")]
-    Generate,
-    #[error("the key ring is locked by another process ({0}); try again")]
-    Locked(PathBuf),
-    #[error("{0}")]
-    Refused(String),
-}
-
-pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
-    move |source| KeyError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
-/// One public key in JWKS form (RFC 7517/7518); never a private member.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Jwk {
-    pub kty: &'static str,
-    #[serde(rename = "use")]
-    pub use_: &'static str,
-    pub alg: &'static str,
-    pub kid: String,
-    pub n: String,
-    pub e: String,
-}
-
-/// A private key, parsed once, with its precomputed JWS header.
-pub struct SigningKey {
-    pub kid: String,
-    pub(crate) key_pair: RsaKeyPair,
-    /// base64url of `{"alg":"RS256","typ":"at+jwt","kid":"..."}`.
-    pub(crate) header_b64: String,
-    pub jwk: Jwk,
-}
-
-impl SigningKey {
-    fn from_pkcs8(der: &[u8], path: &Path) -> Result<Self, KeyError> {
-        let key_pair = RsaKeyPair::from_pkcs8(der).map_err(|e| KeyError::Invalid {
-            path: path.to_owned(),
-            reason: format!("not an RSA PKCS#8 private key ({e})"),
-        })?;
-        if key_pair.public_modulus_len() < 256 {
-            return Err(KeyError::Invalid {
-                path: path.to_owned(),
-                reason: "RSA keys must be at least 2048 bits".into(),
-            });
-        }
-        let public = key_pair.public_key();
-        let n = b64url(public.modulus().big_endian_without_leading_zero());
-        let e = b64url(public.exponent().big_endian_without_leading_zero());
-        // RFC 7638: members in lexicographic order, no whitespace.
-        let thumbprint_input = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
-        let kid = b64url(digest::digest(&digest::SHA256, thumbprint_input.as_bytes()).as_ref());
-        let header = serde_json::json!({"alg": "RS256", "typ": "at+jwt", "kid": kid});
-        Ok(Self {
-            header_b64: b64url(header.to_string().as_bytes()),
-            jwk: Jwk {
-                kty: "RSA",
-                use_: "sig",
-                alg: "RS256",
-                kid: kid.clone(),
-                n,
-                e,
-            },
-            kid,
-            key_pair,
-        })
-    }
-}
 
 /// The keys of this issuer at one moment: the one that signs, and every published one,
 /// which verify.
@@ -139,20 +39,10 @@ impl KeySet {
             .ok_or_else(|| KeyError::NoActive(dir.to_owned()))?;
         let mut keys = Vec::new();
         for entry in ring.published(now) {
-            let path = dir.join(format!("{}.pem", entry.kid));
-            let text = fs::read_to_string(&path).map_err(io_err(&path))?;
-            let der = pem_decode(&text, "PRIVATE KEY").ok_or_else(|| KeyError::Invalid {
-                path: path.clone(),
-                reason: "expected a PEM `PRIVATE KEY` (PKCS#8) block".into(),
-            })?;
-            let key = SigningKey::from_pkcs8(&der, &path)?;
-            if key.kid != entry.kid {
-                return Err(KeyError::Invalid {
-                    path,
-                    reason: format!("the key's thumbprint is {}, not its file name", key.kid),
-                });
-            }
-            keys.push((path, key));
+            keys.push((
+                dir.join(format!("{}.pem", entry.kid)),
+                read_signing_key(dir, &entry.kid)?,
+            ));
         }
         let decoding = keys
             .iter()
@@ -272,96 +162,15 @@ impl Keys {
     }
 }
 
-/// Generates a key into `dir` as `<kid>.pem` (mode 0600); returns its `kid` and path.
-pub(crate) fn generate_key_file(dir: &Path, size: KeySize) -> Result<(String, PathBuf), KeyError> {
-    let key_pair = RsaKeyPair::generate(size).map_err(|_| KeyError::Generate)?;
-    let der = AsDer::<Pkcs8V1Der>::as_der(&key_pair).map_err(|_| KeyError::Generate)?;
-    let key = SigningKey::from_pkcs8(der.as_ref(), dir)?;
-    let path = dir.join(format!("{}.pem", key.kid));
-    create_exclusive(&path, pem_encode(der.as_ref(), "PRIVATE KEY").as_bytes())?;
-    Ok((key.kid, path))
-}
-
-/// Reads a 32-byte secret (base64) from `path`, creating it if missing. Creation is
-/// exclusive and atomic, so instances starting together end up with the same secret.
-pub fn read_or_create_secret_file(path: &Path) -> Result<Vec<u8>, KeyError> {
-    let mut fresh = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut fresh)
-        .map_err(|_| KeyError::Generate)?;
-    if create_exclusive(path, format!("{}\n", STANDARD.encode(fresh)).as_bytes())? {
-        return Ok(fresh.to_vec());
-    }
-    let text = fs::read_to_string(path).map_err(io_err(path))?;
-    let bytes = STANDARD
-        .decode(text.trim())
-        .map_err(|_| KeyError::Invalid {
-            path: path.to_owned(),
-            reason: "expected base64".into(),
-        })?;
-    if bytes.len() < 32 {
-        return Err(KeyError::Invalid {
-            path: path.to_owned(),
-            reason: "secret shorter than 32 bytes".into(),
-        });
-    }
-    Ok(bytes)
-}
-
-/// Writes `bytes` to `path` (mode 0600) unless it exists: the content goes to a private
-/// temporary file first and is hard-linked into place, so a reader never sees a partial
-/// file and exactly one of several racing writers wins. Returns whether this call did.
-pub(crate) fn create_exclusive(path: &Path, bytes: &[u8]) -> Result<bool, KeyError> {
-    let mut nonce = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-        .map_err(|_| KeyError::Generate)?;
-    let tmp = path.with_file_name(format!(".tmp-{}-{}", std::process::id(), b64url(&nonce)));
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = options.open(&tmp).and_then(|mut file| {
-        file.write_all(bytes)?;
-        file.sync_all()
-    });
-    let linked = written.and_then(|()| fs::hard_link(&tmp, path));
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(source) => Err(KeyError::Io {
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-fn pem_encode(der: &[u8], label: &str) -> String {
-    let body = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in body.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-fn pem_decode(text: &str, label: &str) -> Option<Vec<u8>> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let start = text.find(&begin)? + begin.len();
-    let stop = text[start..].find(&end)? + start;
-    let body: String = text[start..stop]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    STANDARD.decode(body).ok()
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use std::fs;
+
+    use aws_lc_rs::rsa::KeySize;
+
     use super::*;
+    use crate::crypto::keys::read_or_create_secret_file;
 
     #[test]
     fn first_start_generates_and_second_start_reuses() {
@@ -446,15 +255,5 @@ mod tests {
         keys.reload(now).unwrap();
         assert_eq!(keys.current().active().kid, rotated.active);
         assert_ne!(keys.current().active().kid, first);
-    }
-
-    #[test]
-    fn secret_file_is_created_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.key");
-        let a = read_or_create_secret_file(&path).unwrap();
-        let b = read_or_create_secret_file(&path).unwrap();
-        assert_eq!(a, b);
-        assert_eq!(a.len(), 32);
     }
 }

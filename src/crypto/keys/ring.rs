@@ -27,7 +27,9 @@ use std::time::Duration;
 use aws_lc_rs::rsa::KeySize;
 use serde::{Deserialize, Serialize};
 
-use super::keys::{KeyError, generate_key_file, io_err};
+use super::KeyError;
+use super::dir::{generate_key_file, locked, pem_kids, replace_file};
+use super::error::io_err;
 
 /// How often instances re-read the ring.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
@@ -38,9 +40,6 @@ pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
 /// for every instance to have published it.
 pub const PUBLISH_AHEAD: Duration = Duration::from_secs(2 * 300 + 2 * 2);
 const RING_FILE: &str = "keyring.json";
-const LOCK_FILE: &str = "keyring.lock";
-/// How long a change waits for the lock.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -150,26 +149,6 @@ pub fn read(dir: &Path) -> Result<Option<(Ring, Vec<u8>)>, KeyError> {
     }
 }
 
-/// Writes `bytes` to a temporary file of a random name, syncs it, and renames it over
-/// `name`: readers see the old file or the new one, never a part.
-fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), KeyError> {
-    use std::io::Write as _;
-    let path = dir.join(name);
-    let mut nonce = [0u8; 8];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-        .map_err(|_| KeyError::Generate)?;
-    let tmp = dir.join(format!(".{name}.{}", crate::crypto::b64url(&nonce)));
-    let written = fs::File::create(&tmp).and_then(|mut file| {
-        file.write_all(bytes)?;
-        file.sync_all()
-    });
-    if let Err(e) = written.and_then(|()| fs::rename(&tmp, &path)) {
-        let _ = fs::remove_file(&tmp);
-        return Err(KeyError::Io { path, source: e });
-    }
-    Ok(())
-}
-
 /// Writes the ring; returns its bytes as written.
 fn write(dir: &Path, ring: &Ring) -> Result<Vec<u8>, KeyError> {
     let json = serde_json::to_vec_pretty(ring).map_err(|e| KeyError::Invalid {
@@ -183,33 +162,6 @@ fn write(dir: &Path, ring: &Ring) -> Result<Vec<u8>, KeyError> {
     Ok(json)
 }
 
-/// Runs `change` holding an exclusive OS lock (`flock`) on `keyring.lock`: released
-/// when the holder finishes or dies, so there is no stale lock to break. The key
-/// directory must be on a file system with working locks (local, or NFSv4).
-fn locked<T>(dir: &Path, change: impl FnOnce() -> Result<T, KeyError>) -> Result<T, KeyError> {
-    let path = dir.join(LOCK_FILE);
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        match file.try_lock() {
-            Ok(()) => break,
-            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(fs::TryLockError::WouldBlock) => return Err(KeyError::Locked(path)),
-            Err(fs::TryLockError::Error(e)) => return Err(KeyError::Io { path, source: e }),
-        }
-    }
-    let result = change();
-    let _ = file.unlock();
-    result
-}
-
 /// Drops retired keys past `not_after`, and their files.
 fn prune(dir: &Path, ring: &mut Ring, now: i64) {
     ring.keys.retain(|k| {
@@ -219,20 +171,6 @@ fn prune(dir: &Path, ring: &mut Ring, now: i64) {
         }
         !gone
     });
-}
-
-fn pem_kids(dir: &Path) -> Result<Vec<String>, KeyError> {
-    let mut kids = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let path = entry.map_err(io_err(dir))?.path();
-        if path.extension().and_then(|e| e.to_str()) == Some("pem")
-            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
-        {
-            kids.push(stem.to_owned());
-        }
-    }
-    kids.sort();
-    Ok(kids)
 }
 
 fn no_ring(dir: &Path) -> KeyError {
