@@ -230,18 +230,13 @@ fn record_cli_rotation(settings: &Settings, r: &token_issuer::crypto::keyring::R
         .and_then(|rt| {
             rt.block_on(async {
                 let store = open_store(settings).await.map_err(|e| e.to_string())?;
-                let event = token_issuer::store::AuditEvent {
-                    at: time::OffsetDateTime::now_utc(),
-                    kind: "key_rotated".into(),
-                    user_id: None,
-                    family_id: None,
-                    client_id: None,
-                    detail: Some(format!(
-                        "by cli: {} retired, {} active, {} next",
-                        r.retired, r.active, r.next
-                    )),
-                    actor_id: None,
-                };
+                let event = token_issuer::domain::audit::AuditEvent::key_rotated(
+                    time::OffsetDateTime::now_utc(),
+                    "cli",
+                    &r.retired,
+                    &r.active,
+                    &r.next,
+                );
                 let result = store.record_audit(&event).await.map_err(|e| e.to_string());
                 store.close().await;
                 result

@@ -73,7 +73,7 @@ impl From<AuditEvent> for AuditEventBody {
     fn from(e: AuditEvent) -> Self {
         Self {
             at: e.at,
-            kind: e.kind,
+            kind: e.kind.code().to_owned(),
             user_id: e.user_id,
             session_id: e.family_id,
             client_id: e.client_id,

@@ -1,6 +1,7 @@
 //! Pure types and rules: no HTTP, no SQL, no I/O.
 
 pub mod address;
+pub mod audit;
 pub mod claims;
 pub mod client;
 pub mod clock;

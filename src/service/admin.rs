@@ -97,15 +97,12 @@ impl Issuer {
             .revoke_sessions(user_id, SessionSelector::All, reason, now)
             .await?;
         self.store
-            .record_audit(&AuditEvent {
-                at: now,
-                kind: "admin_revoked_sessions".into(),
-                user_id: Some(user_id),
-                family_id: None,
-                client_id: None,
-                detail: Some(format!("{} sessions", revoked.len())),
-                actor_id: Some(who.user.id),
-            })
+            .record_audit(&AuditEvent::admin_revoked_sessions(
+                now,
+                user_id,
+                revoked.len(),
+                who.user.id,
+            ))
             .await?;
         tracing::warn!(target: "security", event = "admin_revoked_sessions", user_id = %user_id, admin_id = %who.user.id, sessions = revoked.len());
         self.count_revoked(reason, revoked.len());

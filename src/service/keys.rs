@@ -78,18 +78,13 @@ impl Issuer {
 
     async fn record_rotation(&self, rotation: &Rotation, by: &str) {
         tracing::warn!(target: "security", event = "key_rotated", by, retired = %rotation.retired, active = %rotation.active, next = %rotation.next);
-        let event = AuditEvent {
-            at: self.now(),
-            kind: "key_rotated".into(),
-            user_id: None,
-            family_id: None,
-            client_id: None,
-            detail: Some(format!(
-                "by {by}: {} retired, {} active, {} next",
-                rotation.retired, rotation.active, rotation.next
-            )),
-            actor_id: None,
-        };
+        let event = AuditEvent::key_rotated(
+            self.now(),
+            by,
+            &rotation.retired,
+            &rotation.active,
+            &rotation.next,
+        );
         if let Err(e) = self.store.record_audit(&event).await {
             tracing::warn!(error = %e, "could not record the key rotation");
         }

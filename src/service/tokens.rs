@@ -193,15 +193,12 @@ impl Issuer {
             inc(&self.metrics.logins_failed);
             // Known user or not, the same row is written: the timing stays the same.
             // Best effort: a busy database does not turn a wrong password into a 503.
-            let event = AuditEvent {
-                at: self.now(),
-                kind: "login_failed".into(),
-                user_id: user.as_ref().map(|u| u.user.id),
-                family_id: None,
-                client_id: Some(client.id.clone()),
-                detail: meta.ip.as_ref().map(|ip| format!("ip {ip}")),
-                actor_id: None,
-            };
+            let event = AuditEvent::login_failed(
+                self.now(),
+                user.as_ref().map(|u| u.user.id),
+                &client.id,
+                meta.ip.as_deref(),
+            );
             if let Err(e) = self.store.record_audit(&event).await {
                 tracing::warn!(error = %e, "could not record a failed login");
             }

@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::crypto::refresh::TokenHash;
+pub use crate::domain::audit::AuditEvent;
 use crate::domain::family::{GrantRejection, RefreshPolicy, RevokeReason};
 use crate::domain::user::User;
 use crate::error::Error;
@@ -189,39 +190,10 @@ pub struct RefreshTokenState {
     pub user_disabled: bool,
 }
 
-/// A security event, as recorded in `audit_events`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditEvent {
-    pub at: OffsetDateTime,
-    /// `family_revoked`, `user_disabled`, `user_enabled`, `admin_revoked_sessions`, ...
-    pub kind: String,
-    /// The user it concerns.
-    pub user_id: Option<Uuid>,
-    pub family_id: Option<Uuid>,
-    pub client_id: Option<String>,
-    /// For `family_revoked`: the reason code.
-    pub detail: Option<String>,
-    /// Who did it, for admin actions.
-    pub actor_id: Option<Uuid>,
-}
-
-/// The audit row of a revoked family.
-pub(crate) fn revocation_event(
-    at: OffsetDateTime,
-    user_id: Uuid,
-    family_id: Uuid,
-    client_id: &str,
-    reason: RevokeReason,
-) -> AuditEvent {
-    AuditEvent {
-        at,
-        kind: "family_revoked".into(),
-        user_id: Some(user_id),
-        family_id: Some(family_id),
-        client_id: Some(client_id.to_owned()),
-        detail: Some(reason.code().to_owned()),
-        actor_id: None,
-    }
+/// The kind of a stored audit row.
+pub(crate) fn audit_kind(code: &str) -> Result<crate::domain::audit::AuditKind, StoreError> {
+    crate::domain::audit::AuditKind::from_code(code)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown audit event kind {code:?}")))
 }
 
 /// Which of a user's sessions to end.

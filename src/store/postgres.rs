@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::{
     AuditEvent, FamilyInfo, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome,
     RotateOutcome, RotateRequest, Session, SessionSelector, Store, StoreError, UserWithHash,
-    refused_after_revoke, revocation_event,
+    audit_kind, refused_after_revoke,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{
@@ -359,15 +359,7 @@ impl Store for PgStore {
         }
         insert_audit(
             &mut tx,
-            &AuditEvent {
-                at: f.created_at,
-                kind: "login".into(),
-                user_id: Some(f.user_id),
-                family_id: Some(f.id),
-                client_id: Some(f.client_id.clone()),
-                detail: f.ip.as_ref().map(|ip| format!("ip {ip}")),
-                actor_id: None,
-            },
+            &AuditEvent::login(f.created_at, f.user_id, f.id, &f.client_id, f.ip.as_deref()),
         )
         .await?;
         tx.commit().await.map_err(classify)?;
@@ -627,20 +619,7 @@ impl Store for PgStore {
         };
         insert_audit(
             &mut tx,
-            &AuditEvent {
-                at: now,
-                kind: if disabled {
-                    "user_disabled"
-                } else {
-                    "user_enabled"
-                }
-                .into(),
-                user_id: Some(user_id),
-                family_id: None,
-                client_id: None,
-                detail: None,
-                actor_id: Some(actor),
-            },
+            &AuditEvent::user_disabled(now, user_id, disabled, actor),
         )
         .await?;
         tx.commit().await.map_err(classify)?;
@@ -722,20 +701,21 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?;
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .map(
-                |(at, kind, user_id, family_id, client_id, detail, actor_id)| AuditEvent {
-                    at,
-                    kind,
-                    user_id,
-                    family_id,
-                    client_id,
-                    detail,
-                    actor_id,
+                |(at, kind, user_id, family_id, client_id, detail, actor_id)| {
+                    Ok(AuditEvent {
+                        at,
+                        kind: audit_kind(&kind)?,
+                        user_id,
+                        family_id,
+                        client_id,
+                        detail,
+                        actor_id,
+                    })
                 },
             )
-            .collect())
+            .collect()
     }
 
     async fn revoked_since(
@@ -949,7 +929,7 @@ async fn insert_audit(
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(e.at)
-    .bind(&e.kind)
+    .bind(e.kind.code())
     .bind(e.user_id)
     .bind(e.family_id)
     .bind(&e.client_id)
@@ -989,7 +969,7 @@ async fn revoke_sessions_in_tx(
     for (family_id, client_id) in &revoked {
         insert_audit(
             tx,
-            &revocation_event(now, user_id, *family_id, client_id, reason),
+            &AuditEvent::family_revoked(now, user_id, *family_id, client_id, reason),
         )
         .await?;
     }
@@ -1054,7 +1034,7 @@ async fn revoke_in_tx(
     };
     insert_audit(
         tx,
-        &revocation_event(now, user_id, family_id, &client_id, reason),
+        &AuditEvent::family_revoked(now, user_id, family_id, &client_id, reason),
     )
     .await?;
     Ok(true)

@@ -31,7 +31,7 @@ use uuid::Uuid;
 use super::{
     AuditEvent, FamilyInfo, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome,
     RotateOutcome, RotateRequest, Session, SessionSelector, Store, StoreError, Ticket,
-    UserWithHash, refused_after_revoke, revocation_event,
+    UserWithHash, audit_kind, refused_after_revoke,
 };
 use crate::crypto::hex;
 use crate::crypto::refresh::TokenHash;
@@ -639,15 +639,7 @@ impl Store for SqliteStore {
         }
         insert_audit(
             &mut tx,
-            &AuditEvent {
-                at: f.created_at,
-                kind: "login".into(),
-                user_id: Some(f.user_id),
-                family_id: Some(f.id),
-                client_id: Some(f.client_id.clone()),
-                detail: f.ip.as_ref().map(|ip| format!("ip {ip}")),
-                actor_id: None,
-            },
+            &AuditEvent::login(f.created_at, f.user_id, f.id, &f.client_id, f.ip.as_deref()),
         )
         .await?;
         tx.commit().await.map_err(classify)?;
@@ -876,20 +868,7 @@ impl Store for SqliteStore {
         };
         insert_audit(
             &mut tx,
-            &AuditEvent {
-                at: now,
-                kind: if disabled {
-                    "user_disabled"
-                } else {
-                    "user_enabled"
-                }
-                .into(),
-                user_id: Some(user_id),
-                family_id: None,
-                client_id: None,
-                detail: None,
-                actor_id: Some(actor),
-            },
+            &AuditEvent::user_disabled(now, user_id, disabled, actor),
         )
         .await?;
         tx.commit().await.map_err(classify)?;
@@ -981,7 +960,7 @@ impl Store for SqliteStore {
                 |(at, kind, user_id, family_id, client_id, detail, actor_id)| {
                     Ok(AuditEvent {
                         at: from_ms(at)?,
-                        kind,
+                        kind: audit_kind(&kind)?,
                         user_id: id(user_id)?,
                         family_id: id(family_id)?,
                         client_id,
@@ -1201,7 +1180,7 @@ async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, e: &AuditEvent) -> Resul
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .bind(ms(e.at))
-    .bind(&e.kind)
+    .bind(e.kind.code())
     .bind(e.user_id.map(|u| u.to_string()))
     .bind(e.family_id.map(|u| u.to_string()))
     .bind(&e.client_id)
@@ -1241,7 +1220,8 @@ async fn revoke_sessions_in_tx(
     let mut ids = Vec::with_capacity(revoked.len());
     for (family_id, client_id) in &revoked {
         let family_id = uuid(family_id)?;
-        let event = revocation_event(from_ms(now)?, user_id, family_id, client_id, reason);
+        let event =
+            AuditEvent::family_revoked(from_ms(now)?, user_id, family_id, client_id, reason);
         insert_audit(tx, &event).await?;
         ids.push(family_id);
     }
@@ -1304,7 +1284,7 @@ async fn revoke_in_tx(
     let Some((user_id, client_id)) = revoked else {
         return Ok(false);
     };
-    let event = revocation_event(
+    let event = AuditEvent::family_revoked(
         from_ms(now)?,
         uuid(&user_id)?,
         uuid(family_id)?,
