@@ -1,0 +1,256 @@
+//! The `token-issuer` command line: `serve` (the default), `openapi`, `migrate`,
+//! `keys generate|rotate|list|retire`, `admin grant|revoke`, `client-secret`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::domain::clock::SystemClock;
+use crate::service::admin::set_admin_role;
+use crate::startup::{Application, open_store};
+use crate::{api, telemetry};
+
+/// Hybrid token issuer: RS256 access JWTs and rotating refresh tokens.
+#[derive(Parser)]
+#[command(name = "token-issuer", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Manage the signing keys of the key directory (`keys_dir`).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Grant or take back the admin role (it opens /v1/admin).
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+    /// Generate a secret for a `service` client: prints the secret (give it to the
+    /// service, it is shown only once) and the `client_secret_hash` for the config.
+    ClientSecret,
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Generate a key and publish it as `next` (as `active` if none signs yet).
+    Generate {
+        /// RSA modulus size: 2048, 3072 or 4096.
+        #[arg(long, default_value_t = 2048)]
+        bits: u32,
+    },
+    /// Promote `next` to `active`, retire the active key, and publish a new `next`.
+    Rotate {
+        /// Rotate even if `next` was published less than the JWKS cache lifetime ago.
+        #[arg(long)]
+        force: bool,
+        /// RSA modulus size of the new next key.
+        #[arg(long, default_value_t = 2048)]
+        bits: u32,
+    },
+    /// List the keys: kid, state, created, not-after.
+    List,
+    /// Drop a next key, or end a retired key's publication now.
+    Retire { kid: String },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Give the user with this e-mail address the admin role.
+    Grant { email: String },
+    /// Take the admin role back.
+    Revoke { email: String },
+}
+
+/// Runs the command line of this process.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Openapi) = cli.command {
+        println!("{}", api::openapi_json());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Keys { action }) = &cli.command {
+        let settings = match Settings::load() {
+            Ok(s) => s,
+            Err(e) => return fail(&e),
+        };
+        return match keys_command(&settings, action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
+    if let Some(Command::ClientSecret) = cli.command {
+        return match crate::crypto::client_secret::generate() {
+            Ok((secret, hash)) => {
+                println!("client_secret = {}", secret.expose());
+                println!("client_secret_hash = \"{hash}\"");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        };
+    }
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = telemetry::init(&settings.log, settings.log_format) {
+        return fail(&e);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Migrate) => {
+                open_store(&settings).await?;
+                tracing::info!(database = %settings.database_url, "migrations applied");
+                Ok(())
+            }
+            Some(Command::Admin { action }) => {
+                let (email, granted) = match &action {
+                    AdminAction::Grant { email } => (email, true),
+                    AdminAction::Revoke { email } => (email, false),
+                };
+                let store = open_store(&settings).await?;
+                let outcome = set_admin_role(store.as_ref(), email, granted).await;
+                store.close().await;
+                match outcome {
+                    Ok(()) => {
+                        println!(
+                            "{} {email}",
+                            if granted {
+                                "admin role granted to"
+                            } else {
+                                "admin role taken from"
+                            }
+                        );
+                        Ok(())
+                    }
+                    Err(crate::error::Error::NotFound) => {
+                        Err(format!("no user has the e-mail address {email}").into())
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            _ => serve(settings).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&*e),
+    }
+}
+
+async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
+    let app = Application::build(&settings, Arc::new(SystemClock)).await?;
+    tracing::info!(
+        bind = %settings.bind,
+        port = app.port(),
+        issuer = %settings.issuer_url,
+        database = %settings.database_url,
+        "token-issuer listening; docs at /docs"
+    );
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
+fn keys_command(
+    settings: &Settings,
+    action: &KeysAction,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use crate::crypto::keyring;
+    use crate::service::keys::{LIFETIMES, key_size};
+    let dir = &settings.keys_dir;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let size = |bits: u32| {
+        key_size(bits).ok_or_else(|| format!("--bits {bits}: expected 2048, 3072 or 4096"))
+    };
+    match action {
+        KeysAction::Generate { bits } => {
+            let entry = keyring::generate(dir, size(*bits)?, now)?;
+            println!("generated {} ({})", entry.kid, entry.state.as_str());
+        }
+        KeysAction::Rotate { force, bits } => {
+            let r = keyring::rotate(dir, now, LIFETIMES, *force, size(*bits)?)?;
+            println!(
+                "retired {}\nactive  {}\nnext    {}",
+                r.retired, r.active, r.next
+            );
+            record_cli_rotation(settings, &r);
+        }
+        KeysAction::Retire { kid } => {
+            keyring::retire(dir, kid, now)?;
+            println!("retired {kid}");
+        }
+        KeysAction::List => {
+            let ring = keyring::existing(dir)?;
+            let when = |t: Option<i64>| {
+                t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_else(|| "-".to_owned())
+            };
+            println!("{:<44} {:<8} {:<25} not-after", "kid", "state", "created");
+            for k in &ring.keys {
+                println!(
+                    "{:<44} {:<8} {:<25} {}",
+                    k.kid,
+                    k.state.as_str(),
+                    when(Some(k.created_at)),
+                    when(k.not_after)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a CLI rotation to the audit log; the rotation stands even when the database
+/// cannot be reached (a warning says so).
+fn record_cli_rotation(settings: &Settings, r: &crate::crypto::keyring::Rotation) {
+    let recorded = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let store = open_store(settings).await.map_err(|e| e.to_string())?;
+                let event = crate::domain::audit::AuditEvent::key_rotated(
+                    time::OffsetDateTime::now_utc(),
+                    "cli",
+                    &r.retired,
+                    &r.active,
+                    &r.next,
+                );
+                let result = store.record_audit(&event).await.map_err(|e| e.to_string());
+                store.close().await;
+                result
+            })
+        });
+    if let Err(e) = recorded {
+        eprintln!("token-issuer: warning: the rotation is done but not in the audit log: {e}");
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("token-issuer: {e}");
+    ExitCode::FAILURE
+}
