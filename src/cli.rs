@@ -105,8 +105,11 @@ pub fn run() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    if let Err(e) = telemetry::init(&settings.log, settings.log_format) {
-        return fail(&e);
+    if let Err(message) = telemetry::init(&settings.log, settings.log_format) {
+        return fail(&crate::config::ConfigError {
+            setting: "log".into(),
+            message,
+        });
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

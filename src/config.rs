@@ -18,16 +18,24 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::domain::address;
 use crate::domain::client::{Client, ClientKind, Delivery};
 use crate::domain::family::RefreshPolicy;
 use crate::server::HttpTimeouts;
+use crate::service::IssuerSettings;
+
+// Parameter types live with the code that uses them (config builds them); these paths
+// stay for the users of the crate.
+pub use crate::crypto::password::HashingSettings;
+pub use crate::domain::address::Cidr;
+pub use crate::service::RateLimits;
+pub use crate::store::shared::RateLimit;
+pub use crate::telemetry::LogFormat;
 
 /// Access tokens may live between these bounds (DESIGN.md: 5–15 minutes).
 const ACCESS_LIFETIME_MIN: Duration = Duration::from_secs(5 * 60);
@@ -106,16 +114,6 @@ pub struct Settings {
     pub clients: Vec<Client>,
 }
 
-/// How log lines are written (`telemetry`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One line an event, coloured on a terminal only.
-    Text,
-    /// One JSON object a line.
-    Json,
-}
-
 /// Token lifetimes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenSettings {
@@ -125,95 +123,6 @@ pub struct TokenSettings {
     /// Zero disables the grace window: any second use of a token is a reuse.
     pub refresh_grace_period: Duration,
     pub clock_leeway: Duration,
-}
-
-/// An address range, `10.0.0.0/8` or `2001:db8::/32`; a bare address is a range of one.
-/// Kept and compared in canonical form (`domain::address`): a range written as
-/// IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`) is the IPv4 range, and an IPv4 client seen
-/// through a dual-stack socket is matched as the IPv4 address it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    pub fn parse(raw: &str) -> Option<Self> {
-        let (addr, prefix) = match raw.split_once('/') {
-            Some((addr, prefix)) => (
-                addr.parse::<IpAddr>().ok()?,
-                Some(prefix.parse::<u8>().ok()?),
-            ),
-            None => (raw.parse::<IpAddr>().ok()?, None),
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        if prefix > max {
-            return None;
-        }
-        Some(match (addr, address::canonical(addr)) {
-            (IpAddr::V6(_), v4 @ IpAddr::V4(_)) if prefix >= 96 => Self {
-                network: v4,
-                prefix: prefix - 96,
-            },
-            _ => Self {
-                network: addr,
-                prefix,
-            },
-        })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
-            if prefix == 0 {
-                0
-            } else {
-                bits >> (width - prefix)
-            }
-        }
-        match (self.network, address::canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                masked(u32::from(net).into(), self.prefix, 32)
-                    == masked(u32::from(ip).into(), self.prefix, 32)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                masked(u128::from(net), self.prefix, 128)
-                    == masked(u128::from(ip), self.prefix, 128)
-            }
-            _ => false,
-        }
-    }
-}
-
-/// A rate limit: at most `max` requests per `window`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    pub max: u32,
-    pub window: Duration,
-}
-
-/// Rate limits; `None` turns one off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimits {
-    /// Password grants per client IP.
-    pub login_per_ip: Option<RateLimit>,
-    /// Password grants per account (e-mail address, known or not).
-    pub login_per_account: Option<RateLimit>,
-    /// Refresh grants per session (family).
-    pub refresh_per_family: Option<RateLimit>,
-    /// Registrations per client IP (IPv6 per /64): an e-mail address that is taken
-    /// answers 409, so registration is an oracle of who has an account; and each one
-    /// costs a password hash.
-    pub register_per_ip: Option<RateLimit>,
-}
-
-/// Bounds on password hashing, so a login flood cannot take every core.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HashingSettings {
-    /// Hashes computed at once.
-    pub concurrency: usize,
-    /// Requests allowed to wait for a hashing slot; more are answered 503.
-    pub queue: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -612,6 +521,22 @@ impl Settings {
             password_hashing,
             clients,
         })
+    }
+
+    /// What the issuer (`service`) is configured with.
+    pub fn issuer(&self) -> IssuerSettings {
+        IssuerSettings {
+            issuer_url: self.issuer_url.clone(),
+            audience: self.audience.clone(),
+            clock_leeway: self.tokens.clock_leeway,
+            hashing: self.password_hashing,
+            limits: self.limits,
+            clients: self.clients.clone(),
+            policy: self.tokens.policy(),
+            allow_registration: self.allow_registration,
+            key_rotation_interval: self.key_rotation_interval,
+            audit_retention: self.audit_retention,
+        }
     }
 
     /// Sets the grace window of the defaults and of every client (tests and tools).
@@ -1075,6 +1000,8 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     fn load(toml_text: Option<&str>, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {

@@ -191,7 +191,7 @@ impl Application {
         let successors = SuccessorKey::load_or_create(&settings.keys_dir)?;
         let shared = open_shared(settings, Arc::clone(&store), Arc::clone(&metrics))?;
         let issuer = Arc::new(Issuer::new(
-            settings,
+            settings.issuer(),
             Arc::clone(&store),
             Arc::clone(&shared),
             Arc::new(keys),

@@ -10,17 +10,24 @@
 
 use std::io::IsTerminal as _;
 
+use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{ConfigError, LogFormat};
+/// How log lines are written (`telemetry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line an event, coloured on a terminal only.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
 
 /// Installs the global subscriber with `filter` (the `log` setting, `ISSUER_LOG`) and
-/// `format`. A filter that does not parse is a configuration error.
-pub fn init(filter: &str, format: LogFormat) -> Result<(), ConfigError> {
-    let filter = EnvFilter::try_new(filter).map_err(|e| ConfigError {
-        setting: "log".into(),
-        message: format!("{filter:?} is not a tracing filter: {e}"),
-    })?;
+/// `format`. A filter that does not parse is refused with why.
+pub fn init(filter: &str, format: LogFormat) -> Result<(), String> {
+    let filter = EnvFilter::try_new(filter)
+        .map_err(|e| format!("{filter:?} is not a tracing filter: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true);

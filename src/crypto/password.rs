@@ -20,7 +20,6 @@ use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::oneshot;
 
-use crate::config::HashingSettings;
 use crate::domain::secret::Secret;
 use crate::error::Error;
 
@@ -35,6 +34,15 @@ fn params() -> Result<Params, Error> {
 
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::internal(e.to_string())
+}
+
+/// Bounds on password hashing, so a login flood cannot take every core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashingSettings {
+    /// Hashes computed at once.
+    pub concurrency: usize,
+    /// Requests allowed to wait for a hashing slot; more are answered 503.
+    pub queue: usize,
 }
 
 /// A job for a hashing thread, given that thread's argon2 memory.

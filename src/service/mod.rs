@@ -12,11 +12,9 @@ pub mod users;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::RateLimits;
-use crate::config::Settings;
 use crate::crypto::jwt::Verifier;
 use crate::crypto::keys::{KeySet, Keys};
-use crate::crypto::password::PasswordHasher;
+use crate::crypto::password::{HashingSettings, PasswordHasher};
 use crate::crypto::refresh::SuccessorKey;
 use crate::domain::client::Client;
 use crate::domain::clock::Clock;
@@ -24,7 +22,40 @@ use crate::domain::family::RefreshPolicy;
 use crate::error::Error;
 use crate::metrics::{Gauges, Metrics, inc};
 use crate::store::Store;
-use crate::store::shared::{RedisStatus, SharedState};
+use crate::store::shared::{RateLimit, RedisStatus, SharedState};
+
+/// Rate limits; `None` turns one off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Password grants per client IP.
+    pub login_per_ip: Option<RateLimit>,
+    /// Password grants per account (e-mail address, known or not).
+    pub login_per_account: Option<RateLimit>,
+    /// Refresh grants per session (family).
+    pub refresh_per_family: Option<RateLimit>,
+    /// Registrations per client IP (IPv6 per /64): an e-mail address that is taken
+    /// answers 409, so registration is an oracle of who has an account; and each one
+    /// costs a password hash.
+    pub register_per_ip: Option<RateLimit>,
+}
+
+/// What the issuer is configured with (`config` builds it from the settings).
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    /// The `iss`; no trailing slash.
+    pub issuer_url: String,
+    /// The audience our own endpoints require.
+    pub audience: String,
+    pub clock_leeway: std::time::Duration,
+    pub hashing: HashingSettings,
+    pub limits: RateLimits,
+    pub clients: Vec<Client>,
+    /// The session rules of the defaults (clients may override them).
+    pub policy: RefreshPolicy,
+    pub allow_registration: bool,
+    pub key_rotation_interval: Option<std::time::Duration>,
+    pub audit_retention: std::time::Duration,
+}
 
 /// How long an ended session is kept before the sweeper deletes it.
 pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(86_400);
@@ -61,7 +92,7 @@ const GAUGE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Issuer {
     pub fn new(
-        settings: &Settings,
+        settings: IssuerSettings,
         store: Arc<dyn Store>,
         shared: Arc<SharedState>,
         keys: Arc<Keys>,
@@ -69,13 +100,17 @@ impl Issuer {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
+        let widest_policy = RefreshPolicy::widest(
+            std::iter::once(&settings.policy).chain(settings.clients.iter().map(|c| &c.policy)),
+        )
+        .unwrap_or(settings.policy);
         Ok(Self {
             verifier: Verifier::new(
                 Arc::clone(&keys),
                 settings.issuer_url.clone(),
-                settings.tokens.clock_leeway.as_secs(),
+                settings.clock_leeway.as_secs(),
             ),
-            hasher: PasswordHasher::new(settings.password_hashing)?,
+            hasher: PasswordHasher::new(settings.hashing)?,
             store,
             metrics,
             shared,
@@ -85,21 +120,13 @@ impl Issuer {
             clock,
             clients: settings
                 .clients
-                .iter()
-                .map(|c| (c.id.clone(), c.clone()))
+                .into_iter()
+                .map(|c| (c.id.clone(), c))
                 .collect(),
-            policy: RefreshPolicy {
-                idle_timeout: settings.tokens.refresh_idle_timeout,
-                absolute_lifetime: settings.tokens.refresh_absolute_lifetime,
-                grace_period: settings.tokens.refresh_grace_period,
-            },
-            widest_policy: RefreshPolicy::widest(
-                std::iter::once(&settings.tokens.policy())
-                    .chain(settings.clients.iter().map(|c| &c.policy)),
-            )
-            .unwrap_or(settings.tokens.policy()),
-            issuer_url: settings.issuer_url.clone(),
-            audience: settings.audience.clone(),
+            policy: settings.policy,
+            widest_policy,
+            issuer_url: settings.issuer_url,
+            audience: settings.audience,
             allow_registration: settings.allow_registration,
             key_rotation_interval: settings.key_rotation_interval,
             audit_retention: settings.audit_retention,

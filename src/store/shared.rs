@@ -48,9 +48,15 @@ use uuid::Uuid;
 
 use super::Store;
 use super::redis::RedisLink;
-use crate::config::RateLimit;
 use crate::domain::address;
 use crate::domain::user::User;
+
+/// A rate limit: at most `max` requests per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max: u32,
+    pub window: Duration,
+}
 
 /// How long a session read from the database is trusted without asking it again.
 pub const SESSION_CACHE_TTL: Duration = Duration::from_secs(5);
