@@ -1,0 +1,227 @@
+//! The registered clients: from the file, or the built-in development pair.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::file::ClientFile;
+use super::tokens::TokenSettings;
+use super::units::duration;
+use super::urls::validate_origin;
+use super::{ConfigError, invalid};
+use crate::domain::client::{Client, ClientKind, Delivery};
+
+/// Every client: those of the file (which must list one at least), or the development
+/// clients when there is no file; ids unique, one cookie-mode client at most.
+pub(super) fn all(
+    listed: Option<Vec<ClientFile>>,
+    from_file: bool,
+    audience: &str,
+    tokens: &TokenSettings,
+) -> Result<Vec<Client>, ConfigError> {
+    let clients = match listed {
+        Some(clients) => clients
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| client_from_file(i, c, audience, tokens))
+            .collect::<Result<Vec<_>, _>>()?,
+        None if from_file => {
+            return Err(invalid(
+                "clients",
+                "a configuration file must register at least one client",
+            ));
+        }
+        None => dev_clients(audience, tokens),
+    };
+    if clients.is_empty() {
+        return Err(invalid("clients", "at least one client is required"));
+    }
+    // Every cookie-mode client would share the one `__Host-refresh` cookie of this
+    // host: one client's login would overwrite another's session.
+    if clients
+        .iter()
+        .filter(|c| c.delivery == Delivery::Cookie)
+        .count()
+        > 1
+    {
+        return Err(invalid(
+            "clients",
+            "at most one cookie-delivery client per issuer (they would share the __Host-refresh cookie)",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for c in &clients {
+        if !seen.insert(c.id.as_str()) {
+            return Err(invalid(
+                "clients",
+                format!("client_id {:?} is registered twice", c.id),
+            ));
+        }
+    }
+    Ok(clients)
+}
+
+fn client_from_file(
+    index: usize,
+    c: ClientFile,
+    default_audience: &str,
+    defaults: &TokenSettings,
+) -> Result<Client, ConfigError> {
+    let setting = format!("clients[{index}]");
+    let named = |e: ConfigError| ConfigError {
+        setting: format!("{setting}.{}", e.setting),
+        message: e.message,
+    };
+    let or_default = |name: &str, value: Option<String>, default: Duration| match value {
+        Some(v) => duration(name, Some(v), "0").map_err(named),
+        None => Ok(default),
+    };
+    let tokens = TokenSettings {
+        access_token_lifetime: or_default(
+            "access_token_lifetime",
+            c.access_token_lifetime,
+            defaults.access_token_lifetime,
+        )?,
+        refresh_idle_timeout: or_default(
+            "refresh_idle_timeout",
+            c.refresh_idle_timeout,
+            defaults.refresh_idle_timeout,
+        )?,
+        refresh_absolute_lifetime: or_default(
+            "refresh_absolute_lifetime",
+            c.refresh_absolute_lifetime,
+            defaults.refresh_absolute_lifetime,
+        )?,
+        refresh_grace_period: or_default(
+            "refresh_grace_period",
+            c.refresh_grace_period,
+            defaults.refresh_grace_period,
+        )?,
+        clock_leeway: defaults.clock_leeway,
+    };
+    tokens.validate().map_err(named)?;
+    for scope in &c.scopes {
+        let ok = !scope.is_empty()
+            && scope
+                .chars()
+                .all(|ch| ch.is_ascii_graphic() && ch != '"' && ch != '\\');
+        if !ok {
+            return Err(invalid(
+                &format!("{setting}.scopes"),
+                format!("{scope:?} is not a scope token (RFC 6749 §3.3)"),
+            ));
+        }
+    }
+    if c.client_id.trim().is_empty() || c.client_id.len() > 128 {
+        return Err(invalid(
+            &format!("{setting}.client_id"),
+            "must be 1 to 128 characters",
+        ));
+    }
+    let delivery = c.delivery.unwrap_or(match c.kind {
+        ClientKind::Spa => Delivery::Cookie,
+        ClientKind::Mobile | ClientKind::Service => Delivery::Body,
+    });
+    let allowed_origins = c
+        .allowed_origins
+        .iter()
+        .map(|o| validate_origin(&format!("{setting}.allowed_origins"), o))
+        .collect::<Result<Vec<_>, _>>()?;
+    if delivery == Delivery::Cookie && allowed_origins.is_empty() {
+        return Err(invalid(
+            &format!("{setting}.allowed_origins"),
+            "a cookie-delivery client needs at least one allowed origin (the CSRF defence checks it)",
+        ));
+    }
+    let audiences = c
+        .audiences
+        .unwrap_or_else(|| vec![default_audience.to_owned()]);
+    if audiences.is_empty() || audiences.iter().any(|a| a.trim().is_empty()) {
+        return Err(invalid(
+            &format!("{setting}.audiences"),
+            "must list at least one non-empty audience",
+        ));
+    }
+    let secret_hash = match (c.kind, c.client_secret_hash.as_deref()) {
+        (ClientKind::Service, Some(raw)) => Some(
+            crate::crypto::client_secret::parse_hash(raw).ok_or_else(|| {
+                invalid(
+                    &format!("{setting}.client_secret_hash"),
+                    "expected sha256:<64 hex digits>, as `token-issuer client-secret` prints it",
+                )
+            })?,
+        ),
+        (ClientKind::Service, None) => {
+            return Err(invalid(
+                &format!("{setting}.client_secret_hash"),
+                "a service client needs a secret: run `token-issuer client-secret`",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(invalid(
+                &format!("{setting}.client_secret_hash"),
+                "only service clients have a secret",
+            ));
+        }
+        (_, None) => None,
+    };
+    let introspection_audiences = match (c.kind, c.introspection_audiences) {
+        (ClientKind::Service, Some(list)) => {
+            if list.iter().any(|a| a.trim().is_empty()) {
+                return Err(invalid(
+                    &format!("{setting}.introspection_audiences"),
+                    "must not list an empty audience",
+                ));
+            }
+            list
+        }
+        (ClientKind::Service, None) => Vec::new(),
+        (_, Some(_)) => {
+            return Err(invalid(
+                &format!("{setting}.introspection_audiences"),
+                "only service clients introspect",
+            ));
+        }
+        (_, None) => Vec::new(),
+    };
+    Ok(Client {
+        id: c.client_id,
+        kind: c.kind,
+        delivery,
+        allowed_origins,
+        audiences,
+        secret_hash,
+        scopes: c.scopes,
+        access_lifetime: tokens.access_token_lifetime,
+        policy: tokens.policy(),
+        introspection_audiences,
+    })
+}
+
+fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
+    vec![
+        Client {
+            id: "dev".to_owned(),
+            kind: ClientKind::Mobile,
+            delivery: Delivery::Body,
+            allowed_origins: Vec::new(),
+            audiences: vec![audience.to_owned()],
+            secret_hash: None,
+            scopes: Vec::new(),
+            access_lifetime: tokens.access_token_lifetime,
+            policy: tokens.policy(),
+            introspection_audiences: Vec::new(),
+        },
+        Client {
+            id: "dev-spa".to_owned(),
+            kind: ClientKind::Spa,
+            delivery: Delivery::Cookie,
+            allowed_origins: vec!["http://localhost:5173".to_owned()],
+            audiences: vec![audience.to_owned()],
+            secret_hash: None,
+            scopes: Vec::new(),
+            access_lifetime: tokens.access_token_lifetime,
+            policy: tokens.policy(),
+            introspection_audiences: Vec::new(),
+        },
+    ]
+}

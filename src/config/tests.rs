@@ -1,0 +1,311 @@
+//! The configuration's unit tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use std::net::IpAddr;
+
+use super::*;
+
+fn load(toml_text: Option<&str>, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("issuer.toml");
+    if let Some(text) = toml_text {
+        std::fs::write(&path, text).unwrap();
+    }
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).into(), (*v).into()))
+        .collect();
+    Settings::load_from(toml_text.map(|_| path.as_path()), |name| {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    })
+}
+
+#[test]
+fn defaults_are_the_development_configuration() {
+    let s = load(None, &[]).unwrap();
+    assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
+    assert_eq!(s.issuer_url, "http://localhost:8080");
+    assert_eq!(s.database_url.expose(), "sqlite://data/token-issuer.db");
+    assert_eq!(s.tokens.access_token_lifetime, Duration::from_secs(600));
+    assert_eq!(s.tokens.refresh_grace_period, Duration::from_secs(10));
+    let ids: Vec<_> = s.clients.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["dev", "dev-spa"]);
+    assert!(s.allow_registration);
+    assert_eq!(
+        s.limits.register_per_ip,
+        Some(RateLimit {
+            max: 20,
+            window: Duration::from_secs(3600)
+        }),
+        "registration is limited by default"
+    );
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let s = load(
+        Some("issuer_url = \"https://a.example\"\n[[clients]]\nclient_id = \"m\"\nkind = \"mobile\"\n"),
+        &[("ISSUER_URL", "https://b.example/"), ("ISSUER_REFRESH_GRACE_PERIOD", "0")],
+    )
+    .unwrap();
+    assert_eq!(s.issuer_url, "https://b.example");
+    assert_eq!(s.tokens.refresh_grace_period, Duration::ZERO);
+    assert_eq!(s.clients[0].audiences, ["https://b.example"]);
+}
+
+#[test]
+fn access_lifetime_outside_range_names_the_setting() {
+    let err = load(None, &[("ISSUER_ACCESS_TOKEN_LIFETIME", "20m")]).unwrap_err();
+    assert_eq!(err.setting, "access_token_lifetime");
+    assert!(err.to_string().contains("5m to 15m"), "{err}");
+    assert!(!err.to_string().contains('\n'));
+    let err = load(None, &[("ISSUER_ACCESS_TOKEN_LIFETIME", "4m")]).unwrap_err();
+    assert_eq!(err.setting, "access_token_lifetime");
+}
+
+#[test]
+fn unknown_key_and_bad_url_are_refused() {
+    let err = load(Some("acces_token_lifetime = \"10m\"\n"), &[]).unwrap_err();
+    assert!(err.message.contains("acces_token_lifetime"), "{err}");
+    assert!(!err.to_string().contains('\n'));
+    let err = load(None, &[("ISSUER_URL", "not a url")]).unwrap_err();
+    assert_eq!(err.setting, "issuer_url");
+    for bad in [
+        "ftp://x.example",
+        "http://auth.example.com",
+        "https://a.example/tenant",
+        "https://a.example/?x=1",
+    ] {
+        let err = load(None, &[("ISSUER_URL", bad)]).unwrap_err();
+        assert_eq!(err.setting, "issuer_url", "{bad}");
+    }
+    for good in [
+        "https://auth.example.com",
+        "http://127.0.0.1:8080",
+        "http://localhost:9000/",
+    ] {
+        assert!(load(None, &[("ISSUER_URL", good)]).is_ok(), "{good}");
+    }
+    let err = load(None, &[("ISSUER_REFRESH_ABSOLUTE_LIFETIME", "4000000d")]).unwrap_err();
+    assert_eq!(err.setting, "refresh_absolute_lifetime");
+}
+
+#[test]
+fn cookie_clients_need_an_origin_and_ids_are_unique() {
+    let err = load(
+        Some("[[clients]]\nclient_id = \"s\"\nkind = \"spa\"\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.setting, "clients[0].allowed_origins");
+    let err = load(
+        Some("[[clients]]\nclient_id = \"a\"\nkind = \"mobile\"\n[[clients]]\nclient_id = \"a\"\nkind = \"mobile\"\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.setting, "clients");
+    let two_spas = "[[clients]]\nclient_id = \"a\"\nkind = \"spa\"\nallowed_origins = [\"https://a.example\"]\n\
+                    [[clients]]\nclient_id = \"b\"\nkind = \"spa\"\nallowed_origins = [\"https://b.example\"]\n";
+    assert_eq!(load(Some(two_spas), &[]).unwrap_err().setting, "clients");
+}
+
+#[test]
+fn database_urls_are_checked_and_redacted_for_logs() {
+    let s = load(
+        None,
+        &[(
+            "ISSUER_DATABASE_URL",
+            "postgres://app:s3cret@db.internal:5432/issuer",
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        s.database_url.to_string(),
+        "postgres://app:***@db.internal:5432/issuer"
+    );
+    assert_eq!(
+        s.database_url.expose(),
+        "postgres://app:s3cret@db.internal:5432/issuer"
+    );
+    // The settings print without the password, whatever prints them.
+    let s = load(
+        None,
+        &[
+            (
+                "ISSUER_DATABASE_URL",
+                "postgres://app:s3cret@db.internal:5432/issuer",
+            ),
+            ("ISSUER_REDIS_URL", "redis://:r3dispw@cache.internal:6379/2"),
+        ],
+    )
+    .unwrap();
+    let printed = format!("{s:?}");
+    assert!(
+        !printed.contains("s3cret") && !printed.contains("r3dispw"),
+        "{printed}"
+    );
+    assert!(printed.contains("postgres://app:***@db.internal:5432/issuer"));
+    assert_eq!(
+        load(None, &[("ISSUER_DATABASE_URL", "mysql://x")])
+            .unwrap_err()
+            .setting,
+        "database_url"
+    );
+    assert_eq!(redacted_url("sqlite://data/x.db"), "sqlite://data/x.db");
+    assert_eq!(
+        redacted_url("postgres://app@db.internal/issuer?sslmode=require&password=s3cret"),
+        "postgres://app@db.internal/issuer?sslmode=require&password=***"
+    );
+    assert_eq!(
+        redacted_url("postgres://a:s3cret@[bad"),
+        "postgres:<unparsable URL hidden>"
+    );
+}
+
+#[test]
+fn rate_limits_and_redis_are_checked() {
+    let s = load(None, &[]).unwrap();
+    assert_eq!(s.redis_url, None);
+    assert_eq!(
+        s.limits.login_per_account,
+        Some(RateLimit {
+            max: 10,
+            window: Duration::from_secs(60)
+        })
+    );
+    let s = load(
+        None,
+        &[
+            ("ISSUER_RATE_LIMIT_LOGIN_PER_IP", "off"),
+            ("ISSUER_RATE_LIMIT_REFRESH_PER_FAMILY", "5/10s"),
+            ("ISSUER_REDIS_URL", "redis://:pw@cache.internal:6379/2"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.limits.login_per_ip, None);
+    assert_eq!(
+        s.limits.refresh_per_family,
+        Some(RateLimit {
+            max: 5,
+            window: Duration::from_secs(10)
+        })
+    );
+    assert_eq!(
+        s.redis_url.as_ref().unwrap().to_string(),
+        "redis://:***@cache.internal:6379/2"
+    );
+    for bad in ["0/1m", "10", "10/2w", "ten/1m", "5/0"] {
+        let err = load(None, &[("ISSUER_RATE_LIMIT_LOGIN_PER_IP", bad)]).unwrap_err();
+        assert_eq!(err.setting, "rate_limit_login_per_ip", "{bad}");
+    }
+    let err = load(None, &[("ISSUER_REDIS_URL", "http://cache:6379")]).unwrap_err();
+    assert_eq!(err.setting, "redis_url");
+    let tls = load(
+        None,
+        &[("ISSUER_REDIS_URL", "rediss://:pw@cache.internal:6380/0")],
+    )
+    .unwrap();
+    assert_eq!(
+        tls.redis_url.unwrap().to_string(),
+        "rediss://:***@cache.internal:6380/0"
+    );
+}
+
+#[test]
+fn clients_override_lifetimes_and_list_scopes() {
+    let file = "refresh_grace_period = \"5s\"\n\
+                [[clients]]\nclient_id = \"m\"\nkind = \"mobile\"\n\
+                access_token_lifetime = \"5m\"\nrefresh_idle_timeout = \"1d\"\nscopes = [\"read\", \"write\"]\n\
+                [[clients]]\nclient_id = \"n\"\nkind = \"mobile\"\n";
+    let s = load(Some(file), &[]).unwrap();
+    let (m, n) = (&s.clients[0], &s.clients[1]);
+    assert_eq!(m.access_lifetime, Duration::from_secs(300));
+    assert_eq!(m.policy.idle_timeout, Duration::from_secs(86_400));
+    assert_eq!(
+        m.policy.grace_period,
+        Duration::from_secs(5),
+        "the default applies"
+    );
+    assert_eq!(m.scopes, ["read", "write"]);
+    assert_eq!(n.access_lifetime, Duration::from_secs(600));
+    assert!(n.scopes.is_empty());
+    let err = load(
+        Some("[[clients]]\nclient_id = \"m\"\nkind = \"mobile\"\naccess_token_lifetime = \"1h\"\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.setting, "clients[0].access_token_lifetime");
+    let err = load(
+        Some("[[clients]]\nclient_id = \"m\"\nkind = \"mobile\"\nscopes = [\"a b\"]\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.setting, "clients[0].scopes");
+}
+
+#[test]
+fn only_service_clients_list_introspection_audiences() {
+    let hash = format!("sha256:{}", "0".repeat(64));
+    let s = load(
+        Some(&format!(
+            "[[clients]]\nclient_id = \"rs\"\nkind = \"service\"\nclient_secret_hash = \"{hash}\"\n\
+             introspection_audiences = [\"https://api.example.com\"]\n"
+        )),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        s.clients[0].introspection_audiences,
+        ["https://api.example.com"]
+    );
+    let err = load(
+        Some("[[clients]]\nclient_id = \"m\"\nkind = \"mobile\"\nintrospection_audiences = [\"*\"]\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.setting, "clients[0].introspection_audiences");
+}
+
+#[test]
+fn trusted_proxies_are_ranges() {
+    let s = load(
+        None,
+        &[(
+            "ISSUER_TRUSTED_PROXIES",
+            "10.0.0.0/8, 192.168.1.7 ,2001:db8::/32",
+        )],
+    )
+    .unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let trusted = |addr: &str| s.trusted_proxies.iter().any(|r| r.contains(ip(addr)));
+    assert!(trusted("10.200.3.4"));
+    assert!(!trusted("11.0.0.1"));
+    assert!(trusted("192.168.1.7"));
+    assert!(!trusted("192.168.1.8"));
+    assert!(trusted("2001:db8:ffff::1"));
+    assert!(!trusted("2001:db9::1"));
+    assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+    // An IPv4 client through a dual-stack socket; a range written mapped.
+    assert!(trusted("::ffff:10.1.2.3"));
+    assert!(!trusted("::ffff:11.1.2.3"));
+    let mapped = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+    assert!(mapped.contains(ip("10.9.9.9")) && mapped.contains(ip("::ffff:10.9.9.9")));
+    assert!(!mapped.contains(ip("11.0.0.1")));
+    for bad in ["10.0.0.0/33", "10.0.0/8", "example.com", "::/129"] {
+        let err = load(None, &[("ISSUER_TRUSTED_PROXIES", bad)]).unwrap_err();
+        assert_eq!(err.setting, "trusted_proxies", "{bad}");
+    }
+    assert!(load(None, &[]).unwrap().trusted_proxies.is_empty());
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+    assert_eq!(
+        parse_duration("14d"),
+        Some(Duration::from_secs(14 * 86_400))
+    );
+    assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+    assert_eq!(parse_duration("10"), None);
+    assert_eq!(parse_duration("m"), None);
+    assert_eq!(parse_duration("1w"), None);
+}
