@@ -7,7 +7,7 @@
 //! `header_timeout`, counted from the connection's start or the end of the previous
 //! response; so it also closes a keep-alive connection left idle that long, as clients
 //! expect of servers. HTTP/1 only (see `serve`). The body's own bound (`body_timeout`) is enforced where
-//! the body is read (`startup::limit_body`), which answers 408.
+//! the body is read (`api::middleware::limit_body`), which answers 408.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -2,10 +2,12 @@
 //! from this module and committed at `openapi/openapi.json`.
 
 pub mod admin;
+pub mod app;
 pub mod error;
 pub mod health;
 pub mod introspect;
 pub mod methods;
+pub mod middleware;
 pub mod payload;
 pub mod security;
 pub mod sessions;

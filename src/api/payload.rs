@@ -96,7 +96,7 @@ where
         body: &mut RequestBody,
         _param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        // The body is in memory already (`startup::limit_body` read it).
+        // The body is in memory already (`api::middleware::limit_body` read it).
         let bytes = <Vec<u8> as FromRequest>::from_request(request, body).await?;
         if bytes.is_empty() {
             return Ok(Self(None));
