@@ -36,7 +36,6 @@
 //! IPv6 /64: `domain::address`). Subjects are hashed before they become keys.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -46,25 +45,20 @@ use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+mod limits;
+
+use limits::{Counted, LocalLimits, limit_key, over};
+pub use limits::{LimitKind, RateLimit, Taken};
+
 use super::Store;
 use super::redis::RedisLink;
-use crate::domain::address;
 use crate::domain::user::User;
-
-/// A rate limit: at most `max` requests per `window`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    pub max: u32,
-    pub window: Duration,
-}
 
 /// How long a session read from the database is trusted without asking it again.
 pub const SESSION_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Most sessions cached, and most revoked sessions remembered locally; past that the
 /// cache is emptied (it refills from the database) and expired denials are dropped.
 const CACHE_MAX: usize = 100_000;
-/// Most rate-limit windows kept in memory (see `count_locally` for a full table).
-const LOCAL_WINDOWS_MAX: usize = 100_000;
 /// How often Redis is pinged (and a lost subscription retried).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -88,107 +82,6 @@ impl RedisStatus {
     }
 }
 
-/// Which rate limit a hit counts against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
-    LoginIp,
-    /// Password checks of an account (failures; a success is given back).
-    LoginAccount,
-    /// Password checks of a locked account by a caller shown to be its owner (a known
-    /// source, a live session): per account and caller.
-    LoginAccountTrusted,
-    RefreshFamily,
-    Registration,
-}
-
-impl LimitKind {
-    const COUNT: usize = 5;
-
-    /// Its in-process table: one per kind, so that one kind's subjects (cheap to make,
-    /// such as addresses) can never push another's (accounts) out.
-    fn index(self) -> usize {
-        match self {
-            Self::LoginIp => 0,
-            Self::LoginAccount => 1,
-            Self::LoginAccountTrusted => 2,
-            Self::RefreshFamily => 3,
-            Self::Registration => 4,
-        }
-    }
-
-    fn tag(self) -> &'static str {
-        match self {
-            Self::LoginIp => "login-ip",
-            Self::LoginAccount => "login-account",
-            Self::LoginAccountTrusted => "login-account-trusted",
-            Self::RefreshFamily => "refresh-family",
-            Self::Registration => "registration",
-        }
-    }
-}
-
-/// What `SharedState::take` took, to give it back.
-#[derive(Debug)]
-pub struct Taken {
-    kind: LimitKind,
-    key: String,
-    where_: Counted,
-}
-
-/// Where a hit was counted, and how to recognise its window later.
-#[derive(Debug)]
-enum Counted {
-    /// In this process's window ending then.
-    Locally(Instant),
-    /// On Redis, with so much of the window left at that instant.
-    OnRedis { at: Instant, left: Duration },
-}
-
-/// The in-process windows of one limit kind.
-#[derive(Debug, Default)]
-struct Table {
-    windows: HashMap<String, Window>,
-    /// Full of subjects over their limit until then: new subjects are refused without
-    /// looking again.
-    full_until: Option<Instant>,
-}
-
-/// An in-process rate-limit window.
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    count: u64,
-    end: Instant,
-    /// The limit it is counted against: a window over it is never dropped to make room.
-    max: u32,
-}
-
-impl Window {
-    fn over_limit(&self, now: Instant) -> bool {
-        self.end > now && self.count >= u64::from(self.max)
-    }
-}
-
-/// Drops expired windows; if that leaves the table fuller than nine tenths, drops the
-/// oldest windows that are not over their limit down to that (in one pass, so a full
-/// table costs a sort once per many new subjects, not per request).
-fn make_room(windows: &mut HashMap<String, Window>, max: usize, now: Instant) {
-    windows.retain(|_, w| w.end > now);
-    let target = max - max / 10;
-    if windows.len() < target {
-        return;
-    }
-    let mut evictable: Vec<(Instant, String)> = windows
-        .iter()
-        .filter(|(_, w)| !w.over_limit(now))
-        .map(|(k, w)| (w.end, k.clone()))
-        .collect();
-    evictable.sort_unstable();
-    let excess = windows.len() + 1 - target;
-    for (_, key) in evictable.into_iter().take(excess) {
-        windows.remove(&key);
-    }
-}
-
 /// A cache token: a session read from the database may be cached only if no
 /// (re)subscription happened since the read began.
 #[derive(Debug, Clone, Copy)]
@@ -207,10 +100,8 @@ pub struct SharedState {
     deny_ttl: Duration,
     denied: Mutex<HashMap<Uuid, Instant>>,
     sessions: Mutex<HashMap<Uuid, CachedSession>>,
-    /// One table per `LimitKind`.
-    tables: Vec<Mutex<Table>>,
-    /// Most windows a table keeps (`LOCAL_WINDOWS_MAX`).
-    windows_max: usize,
+    /// The rate limits counted in this process (without Redis, or while it is down).
+    local: LocalLimits,
     subscribed: AtomicBool,
     epoch: AtomicU64,
     /// The Redis deny-list may miss a revocation: rebuild it from the database.
@@ -233,10 +124,7 @@ impl SharedState {
             deny_ttl,
             denied: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
-            tables: (0..LimitKind::COUNT)
-                .map(|_| Mutex::new(Table::default()))
-                .collect(),
-            windows_max: LOCAL_WINDOWS_MAX,
+            local: LocalLimits::new(),
             epoch: AtomicU64::new(0),
             rebuild_pending: AtomicBool::new(true),
         }
@@ -412,7 +300,7 @@ impl SharedState {
                 },
             ),
             None => {
-                let (count, left, end) = self.count_locally(kind, &key, limit)?;
+                let (count, left, end) = self.local.count(kind, &key, limit)?;
                 (count, left, Counted::Locally(end))
             }
         };
@@ -430,65 +318,7 @@ impl SharedState {
                         .await;
                 }
             }
-            Counted::Locally(end) => {
-                let mut table = lock(&self.tables[taken.kind.index()]);
-                if let Some(window) = table.windows.get_mut(&taken.key)
-                    && window.end == end
-                {
-                    window.count = window.count.saturating_sub(1);
-                }
-            }
-        }
-    }
-
-    /// Adds a hit to the in-process window of `key`: the count, the time left and the
-    /// window's end. A full table makes room by dropping expired windows, then the
-    /// oldest windows of subjects that are not over their limit; the windows of
-    /// subjects over their limit are never dropped, and when nothing else can go, a
-    /// new subject is refused (`Err`) rather than let through uncounted, until the
-    /// first of those windows ends.
-    fn count_locally(
-        &self,
-        kind: LimitKind,
-        key: &str,
-        limit: RateLimit,
-    ) -> Result<(u64, Duration, Instant), Duration> {
-        let now = Instant::now();
-        let mut table = lock(&self.tables[kind.index()]);
-        if !table.windows.contains_key(key) && table.windows.len() >= self.windows_max {
-            if let Some(until) = table.full_until.filter(|until| *until > now) {
-                return Err(until - now);
-            }
-            make_room(&mut table.windows, self.windows_max, now);
-            if table.windows.len() >= self.windows_max {
-                let until = table.windows.values().map(|w| w.end).min().unwrap_or(now);
-                table.full_until = Some(until);
-                tracing::warn!(
-                    kind = kind.tag(),
-                    "rate-limit table full of subjects over their limit: refusing new ones"
-                );
-                return Err(until.saturating_duration_since(now));
-            }
-        }
-        let window = table.windows.entry(key.to_owned()).or_insert(Window {
-            count: 0,
-            end: now + limit.window,
-            max: limit.max,
-        });
-        if window.end <= now {
-            *window = Window {
-                count: 0,
-                end: now + limit.window,
-                max: limit.max,
-            };
-        }
-        // Over the limit, a hit is not counted: hits given back after a burst bring
-        // the count under the limit again.
-        if window.count < u64::from(limit.max) {
-            window.count += 1;
-            Ok((window.count, window.end - now, window.end))
-        } else {
-            Ok((window.count + 1, window.end - now, window.end))
+            Counted::Locally(end) => self.local.give_back(taken.kind, &taken.key, end),
         }
     }
 
@@ -591,199 +421,5 @@ fn parse_announcement(payload: &[u8]) -> Option<(Uuid, Duration)> {
     ))
 }
 
-fn over(count: u64, left: Duration, limit: RateLimit) -> Result<(), Duration> {
-    if count > u64::from(limit.max) {
-        Err(left.max(Duration::from_secs(1)))
-    } else {
-        Ok(())
-    }
-}
-
-fn limit_key(kind: LimitKind, subject: &str) -> String {
-    let subject = match (kind, subject.parse::<IpAddr>()) {
-        (LimitKind::LoginIp | LimitKind::Registration, Ok(ip)) => address::source(ip),
-        _ => subject.to_owned(),
-    };
-    format!("rl:{}:{}", kind.tag(), hashed(&subject))
-}
-
-/// A short digest of a rate-limit subject: no IP or e-mail address is stored as such.
-fn hashed(subject: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, subject.as_bytes());
-    crate::crypto::hex(&digest.as_ref()[..16])
-}
-
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use crate::store::sqlite::SqliteStore;
-
-    async fn in_process() -> (SharedState, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = SqliteStore::connect(&url, Duration::from_secs(2))
-            .await
-            .unwrap();
-        let shared = SharedState::new(None, Arc::new(store), Duration::from_secs(60));
-        (shared, dir)
-    }
-
-    const TWO_PER_MINUTE: RateLimit = RateLimit {
-        max: 2,
-        window: Duration::from_secs(60),
-    };
-
-    #[tokio::test]
-    async fn local_limits_count_per_subject_and_window() {
-        let (shared, _dir) = in_process().await;
-        let hit = |subject: &'static str| shared.hit(LimitKind::LoginIp, subject, TWO_PER_MINUTE);
-        assert!(hit("10.0.0.1").await.is_ok());
-        assert!(hit("10.0.0.1").await.is_ok());
-        let retry = hit("10.0.0.1").await.unwrap_err();
-        assert!(retry > Duration::from_secs(58) && retry <= Duration::from_secs(60));
-        assert!(hit("10.0.0.2").await.is_ok());
-        let other_kind = shared.hit(LimitKind::LoginAccount, "10.0.0.1", TWO_PER_MINUTE);
-        assert!(other_kind.await.is_ok());
-        // One IPv6 host holds a /64: its addresses share a counter.
-        assert!(hit("2001:db8::1").await.is_ok());
-        assert!(hit("2001:db8::ffff:2").await.is_ok());
-        assert!(hit("2001:db8::3").await.is_err());
-        assert!(hit("2001:db8:0:1::1").await.is_ok());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn takes_are_atomic_and_can_be_given_back() {
-        let (shared, _dir) = in_process().await;
-        let shared = Arc::new(shared);
-        let limit = RateLimit {
-            max: 10,
-            window: Duration::from_secs(60),
-        };
-        let tasks: Vec<_> = (0..40)
-            .map(|_| {
-                let shared = Arc::clone(&shared);
-                tokio::spawn(async move {
-                    shared
-                        .take(LimitKind::LoginAccount, "a@example.com", limit)
-                        .await
-                })
-            })
-            .collect();
-        let mut taken = Vec::new();
-        for task in tasks {
-            if let Ok(t) = task.await.unwrap() {
-                taken.push(t);
-            }
-        }
-        assert_eq!(taken.len(), 10, "forty at once, ten taken");
-        // A success gives its attempt back: one more may be taken, not two.
-        shared.give_back(taken.pop().unwrap()).await;
-        let take = || shared.take(LimitKind::LoginAccount, "a@example.com", limit);
-        assert!(take().await.is_ok());
-        assert!(take().await.is_err());
-    }
-
-    async fn hit(shared: &SharedState, subject: String) -> Result<(), Duration> {
-        shared
-            .hit(LimitKind::LoginIp, &subject, TWO_PER_MINUTE)
-            .await
-    }
-
-    #[tokio::test]
-    async fn a_full_table_keeps_subjects_over_their_limit_and_drops_the_oldest_others() {
-        let (mut shared, _dir) = in_process().await;
-        shared.windows_max = 10;
-        // Five attackers use up their budget; five others come once each.
-        for i in 0..5 {
-            for _ in 0..3 {
-                let _ = hit(&shared, format!("10.0.0.{i}")).await;
-            }
-        }
-        for i in 0..5 {
-            assert!(hit(&shared, format!("10.0.1.{i}")).await.is_ok());
-        }
-        // The table is full: newcomers push out the oldest of the others, never an
-        // attacker, who stays refused.
-        for i in 0..20 {
-            assert!(hit(&shared, format!("10.0.2.{i}")).await.is_ok());
-        }
-        for i in 0..5 {
-            assert!(
-                hit(&shared, format!("10.0.0.{i}")).await.is_err(),
-                "an attacker over the limit was let through by a full table"
-            );
-        }
-        // Subjects of one kind never push out another kind's: an account's window
-        // survives a flood of new addresses.
-        let (mut shared, _dir3) = in_process().await;
-        shared.windows_max = 10;
-        let account = RateLimit {
-            max: 3,
-            window: Duration::from_secs(60),
-        };
-        for _ in 0..2 {
-            assert!(
-                shared
-                    .hit(LimitKind::LoginAccount, "a@example.com", account)
-                    .await
-                    .is_ok()
-            );
-        }
-        for i in 0..50 {
-            let _ = hit(&shared, format!("10.0.5.{i}")).await;
-        }
-        assert!(
-            shared
-                .hit(LimitKind::LoginAccount, "a@example.com", account)
-                .await
-                .is_ok()
-        );
-        assert!(
-            shared
-                .hit(LimitKind::LoginAccount, "a@example.com", account)
-                .await
-                .is_err()
-        );
-        // A table full of subjects over their limit refuses a newcomer rather than
-        // let it through uncounted.
-        let (mut shared, _dir2) = in_process().await;
-        shared.windows_max = 3;
-        for i in 0..3 {
-            for _ in 0..2 {
-                assert!(hit(&shared, format!("10.0.3.{i}")).await.is_ok());
-            }
-        }
-        assert!(hit(&shared, "10.0.4.1".to_owned()).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn without_redis_sessions_are_cached_until_revoked_here() {
-        let (shared, _dir) = in_process().await;
-        let sid = Uuid::new_v4();
-        let user = User {
-            id: Uuid::new_v4(),
-            email: "a@example.com".into(),
-            created_at: time::OffsetDateTime::UNIX_EPOCH,
-        };
-        shared.remember_session(sid, &user, shared.cache_epoch());
-        assert_eq!(shared.cached_session(sid), Some(user));
-        assert_eq!(shared.denied_in_redis(sid).await, Some(false));
-        assert!(!shared.denied_locally(sid));
-        shared.revoked(sid).await;
-        assert!(shared.denied_locally(sid));
-        assert!(shared.cached_session(sid).is_none());
-        assert_eq!(shared.redis_status(), RedisStatus::Disabled);
-    }
-
-    #[test]
-    fn announcements_parse() {
-        let sid = Uuid::new_v4();
-        assert_eq!(
-            parse_announcement(format!("{sid}:1500").as_bytes()),
-            Some((sid, Duration::from_millis(1500)))
-        );
-        assert_eq!(parse_announcement(sid.to_string().as_bytes()), None);
-        assert_eq!(parse_announcement(b"x:1"), None);
-    }
-}
+mod tests;
