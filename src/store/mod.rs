@@ -1,6 +1,7 @@
 //! Persistence: one trait, one file per backend. The SQL store is the authoritative
 //! record of users, refresh-token families and tokens.
 
+pub mod engine;
 pub mod postgres;
 pub mod redis;
 pub mod shared;
@@ -138,24 +139,6 @@ pub enum RotateOutcome {
         family: Option<FamilyInfo>,
         revoked: Option<RevokeReason>,
     },
-}
-
-/// The answer to a token whose family this request decided to revoke: `reused` from
-/// the request that revoked it, `revoked` when a concurrent request already had.
-pub(crate) fn refused_after_revoke(
-    reason: RevokeReason,
-    revoked_now: bool,
-    family: FamilyInfo,
-) -> RotateOutcome {
-    let rejection = match (reason, revoked_now) {
-        (RevokeReason::Reuse, true) => GrantRejection::Reused,
-        _ => GrantRejection::Revoked,
-    };
-    RotateOutcome::Refused {
-        rejection,
-        family: Some(family),
-        revoked: revoked_now.then_some(reason),
-    }
 }
 
 /// A password change, with what it was checked against.

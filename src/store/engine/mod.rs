@@ -1,0 +1,154 @@
+//! What the store does, written once; the backends supply only their SQL.
+//!
+//! Every write of the store is a composition of a few steps inside one transaction:
+//! look up the presented token, decide with the family rules
+//! (`domain::family::RefreshPolicy::decide`), settle the decision (touch, revoke with
+//! its audit row, refuse); start a session with its login source and audit row;
+//! revoke sessions with an audit row each; disable a user; change a password. The
+//! compositions live here (`rotation`, `accounts`), generic over `Steps`: the
+//! statements one backend runs inside its write transaction. A backend implements
+//! `Steps` for its transaction type (SQL, bindings, row decoding) and decides only how
+//! a transaction starts and ends (SQLite: `BEGIN IMMEDIATE` on its one writer, and the
+//! group commit of rotations; PostgreSQL: READ COMMITTED on a pooled connection, row
+//! locks, retries).
+//!
+//! Adding a column to a family (as DPoP binding will): `FamilyInfo` or `Presented`
+//! here, the rule in `domain::family`, and each backend's statements.
+
+pub mod accounts;
+pub mod rotation;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{
+    AuditEvent, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector, StoreError,
+};
+use crate::crypto::refresh::TokenHash;
+use crate::domain::family::{PresentedToken, RevokeReason};
+
+/// A presented token that the conditional update did not rotate, with its family, as
+/// the rotation's transaction reads it.
+#[derive(Debug, Clone)]
+pub struct Presented {
+    pub family: FamilyInfo,
+    pub last_used_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+    pub consumed_at: Option<OffsetDateTime>,
+    /// The successor derived from the presented token exists and is unused.
+    pub successor_unused: bool,
+    pub user_disabled: bool,
+}
+
+impl Presented {
+    /// What the family rules look at.
+    pub fn token(&self) -> PresentedToken {
+        PresentedToken {
+            client_id: self.family.client_id.clone(),
+            family_created_at: self.family.created_at,
+            family_last_used_at: self.last_used_at,
+            // A disabled user's sessions are as good as revoked.
+            family_revoked: self.revoked_at.is_some() || self.user_disabled,
+            consumed_at: self.consumed_at,
+            successor_unused: self.successor_unused,
+        }
+    }
+}
+
+/// A family found by one of its tokens, for a revocation by token.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    pub family_id: Uuid,
+    pub client_id: String,
+    pub revoked: bool,
+}
+
+/// A family this transaction just revoked.
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    pub family_id: Uuid,
+    pub user_id: Uuid,
+    pub client_id: String,
+}
+
+/// The statements of one backend, run inside its write transaction. Each is one SQL
+/// statement (or, for `insert_family`, the few a backend needs for one row and its
+/// check); none commits.
+#[async_trait]
+pub trait Steps: Send {
+    /// Consumes the presented token if it is live, inserts its successor and touches
+    /// the family (the conditional update that decides a race); `None` when the token
+    /// is not live (unknown, consumed, revoked, expired, another client, a disabled
+    /// user).
+    async fn rotate_fresh(
+        &mut self,
+        r: &RotateRequest<'_>,
+    ) -> Result<Option<FamilyInfo>, StoreError>;
+
+    /// The presented token and its family, used or not.
+    async fn presented(&mut self, r: &RotateRequest<'_>) -> Result<Option<Presented>, StoreError>;
+
+    /// Marks the family used now, from the request's address and user agent.
+    async fn touch_family(
+        &mut self,
+        family_id: Uuid,
+        r: &RotateRequest<'_>,
+    ) -> Result<FamilyInfo, StoreError>;
+
+    async fn family_info(&mut self, family_id: Uuid) -> Result<FamilyInfo, StoreError>;
+
+    /// Marks a live family revoked; `None` when it was revoked already.
+    async fn mark_revoked(
+        &mut self,
+        family_id: Uuid,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<Option<Revoked>, StoreError>;
+
+    /// Marks the live sessions of a user that `which` names revoked.
+    async fn mark_sessions_revoked(
+        &mut self,
+        user_id: Uuid,
+        which: SessionSelector,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Revoked>, StoreError>;
+
+    /// The family a token belongs to, used or not.
+    async fn token_owner(&mut self, token: &TokenHash) -> Result<Option<TokenOwner>, StoreError>;
+
+    /// Whether the family exists and belongs to `client_id`.
+    async fn family_of_client(
+        &mut self,
+        family_id: Uuid,
+        client_id: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Inserts the family and its first token; with `checked_password_hash`, only if
+    /// the user still has that hash and is not disabled (false otherwise, nothing
+    /// written).
+    async fn insert_family(&mut self, family: &NewFamily) -> Result<bool, StoreError>;
+
+    /// Remembers that the user signed in from `source` at `at`.
+    async fn remember_login_source(
+        &mut self,
+        user_id: Uuid,
+        source: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// Sets or clears the user's `disabled_at`; false when the user is unknown.
+    async fn mark_disabled(
+        &mut self,
+        user_id: Uuid,
+        disabled: bool,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Replaces the password hash if it is still `checked_hash`, the user is not
+    /// disabled and the session `current` is live; false otherwise.
+    async fn replace_password(&mut self, change: &PasswordChange<'_>) -> Result<bool, StoreError>;
+
+    async fn insert_audit(&mut self, event: &AuditEvent) -> Result<(), StoreError>;
+}

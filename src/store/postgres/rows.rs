@@ -1,0 +1,136 @@
+//! Rows as PostgreSQL returns them, and their conversions to the store's types.
+
+use sqlx::FromRow;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::user::User;
+use crate::store::engine::Presented;
+use crate::store::{
+    AuditEvent, FamilyInfo, RefreshTokenState, StoreError, UserWithHash, audit_kind,
+};
+
+#[derive(FromRow)]
+pub(super) struct UserRecord {
+    pub(super) id: Uuid,
+    pub(super) email: String,
+    pub(super) password_hash: String,
+    pub(super) created_at: OffsetDateTime,
+    pub(super) disabled_at: Option<OffsetDateTime>,
+}
+
+impl From<UserRecord> for UserWithHash {
+    fn from(r: UserRecord) -> Self {
+        Self {
+            user: r.user(),
+            disabled: r.disabled_at.is_some(),
+            password_hash: r.password_hash,
+        }
+    }
+}
+
+impl UserRecord {
+    pub(super) fn user(&self) -> User {
+        User {
+            id: self.id,
+            email: self.email.clone(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct FamilyRecord {
+    pub(super) id: Uuid,
+    pub(super) user_id: Uuid,
+    pub(super) client_id: String,
+    pub(super) scope: Option<String>,
+    pub(super) created_at: OffsetDateTime,
+}
+
+impl From<FamilyRecord> for FamilyInfo {
+    fn from(r: FamilyRecord) -> Self {
+        Self {
+            id: r.id,
+            user_id: r.user_id,
+            client_id: r.client_id,
+            scope: r.scope,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct PresentedRecord {
+    #[sqlx(flatten)]
+    pub(super) family: FamilyRecord,
+    pub(super) last_used_at: OffsetDateTime,
+    pub(super) revoked_at: Option<OffsetDateTime>,
+    pub(super) consumed_at: Option<OffsetDateTime>,
+    pub(super) successor_unused: bool,
+    pub(super) user_disabled: bool,
+}
+
+pub(super) const FAMILY_COLUMNS: &str = "f.id, f.user_id, f.client_id, f.scope, f.created_at";
+
+impl From<PresentedRecord> for Presented {
+    fn from(r: PresentedRecord) -> Self {
+        Self {
+            family: r.family.into(),
+            last_used_at: r.last_used_at,
+            revoked_at: r.revoked_at,
+            consumed_at: r.consumed_at,
+            successor_unused: r.successor_unused,
+            user_disabled: r.user_disabled,
+        }
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct TokenStateRecord {
+    #[sqlx(flatten)]
+    family: FamilyRecord,
+    last_used_at: OffsetDateTime,
+    family_revoked: bool,
+    consumed: bool,
+    issued_at: OffsetDateTime,
+    user_disabled: bool,
+}
+
+impl From<TokenStateRecord> for RefreshTokenState {
+    fn from(r: TokenStateRecord) -> Self {
+        Self {
+            family: r.family.into(),
+            family_last_used_at: r.last_used_at,
+            family_revoked: r.family_revoked,
+            consumed: r.consumed,
+            issued_at: r.issued_at,
+            user_disabled: r.user_disabled,
+        }
+    }
+}
+
+#[derive(FromRow)]
+pub(super) struct AuditRecord {
+    at: OffsetDateTime,
+    kind: String,
+    user_id: Option<Uuid>,
+    family_id: Option<Uuid>,
+    client_id: Option<String>,
+    detail: Option<String>,
+    actor_id: Option<Uuid>,
+}
+
+impl AuditRecord {
+    pub(super) fn event(self) -> Result<AuditEvent, StoreError> {
+        Ok(AuditEvent {
+            at: self.at,
+            kind: audit_kind(&self.kind)?,
+            user_id: self.user_id,
+            family_id: self.family_id,
+            client_id: self.client_id,
+            detail: self.detail,
+            actor_id: self.actor_id,
+        })
+    }
+}

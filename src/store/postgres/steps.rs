@@ -1,0 +1,339 @@
+//! The PostgreSQL statements of the engine's steps, run in a READ COMMITTED
+//! transaction (`rotate_fresh` also on its own, as one atomic statement).
+
+use async_trait::async_trait;
+use sqlx::{PgConnection, Postgres, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::classify;
+use super::rows::{FAMILY_COLUMNS, FamilyRecord, PresentedRecord};
+use crate::crypto::refresh::TokenHash;
+use crate::domain::family::RevokeReason;
+use crate::store::engine::{Presented, Revoked, Steps, TokenOwner};
+use crate::store::{
+    AuditEvent, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector, StoreError,
+};
+
+/// The common case in one statement, so one round trip, atomic on its own: the
+/// presented token is consumed if it is live (the conditional `UPDATE` decides a race:
+/// a concurrent statement waits for the row and then finds it consumed), its successor
+/// inserted and the family touched. `None` when the token was not live (unknown,
+/// consumed, revoked, expired, another client, a disabled user).
+pub(super) async fn rotate_fresh(
+    conn: &mut PgConnection,
+    r: &RotateRequest<'_>,
+) -> Result<Option<FamilyInfo>, StoreError> {
+    let (idle_cutoff, absolute_cutoff) = r.policy.cutoffs(r.now);
+    let record: Option<FamilyRecord> = sqlx::query_as(
+        "WITH consumed AS (
+             UPDATE refresh_tokens SET consumed_at = $1
+             WHERE token_hash = $2 AND consumed_at IS NULL
+               AND family_id IN (SELECT id FROM refresh_families
+                                 WHERE revoked_at IS NULL AND client_id = $3
+                                   AND last_used_at > $4 AND created_at > $5
+                                   AND user_id IN (SELECT id FROM users
+                                                   WHERE disabled_at IS NULL))
+             RETURNING family_id
+         ), successor AS (
+             INSERT INTO refresh_tokens (token_hash, family_id, parent_hash, created_at)
+             SELECT $6, family_id, $2, $1 FROM consumed
+         )
+         UPDATE refresh_families f
+            SET last_used_at = GREATEST(f.last_used_at, $1),
+                ip = COALESCE($7, f.ip), user_agent = COALESCE($8, f.user_agent)
+           FROM consumed
+          WHERE f.id = consumed.family_id
+         RETURNING f.id, f.user_id, f.client_id, f.scope, f.created_at",
+    )
+    .bind(r.now)
+    .bind(&r.presented[..])
+    .bind(r.client_id)
+    .bind(idle_cutoff)
+    .bind(absolute_cutoff)
+    .bind(&r.successor[..])
+    .bind(r.ip)
+    .bind(r.user_agent)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(classify)?;
+    Ok(record.map(Into::into))
+}
+
+#[async_trait]
+impl Steps for Transaction<'_, Postgres> {
+    async fn rotate_fresh(
+        &mut self,
+        r: &RotateRequest<'_>,
+    ) -> Result<Option<FamilyInfo>, StoreError> {
+        rotate_fresh(&mut **self, r).await
+    }
+
+    async fn presented(&mut self, r: &RotateRequest<'_>) -> Result<Option<Presented>, StoreError> {
+        let record: Option<PresentedRecord> = sqlx::query_as(&format!(
+            "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at, t.consumed_at,
+                    EXISTS (SELECT 1 FROM users u
+                            WHERE u.id = f.user_id AND u.disabled_at IS NOT NULL) AS user_disabled,
+                    EXISTS (SELECT 1 FROM refresh_tokens s
+                            WHERE s.parent_hash = t.token_hash AND s.token_hash = $2
+                              AND s.consumed_at IS NULL) AS successor_unused
+             FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
+             WHERE t.token_hash = $1"
+        ))
+        .bind(&r.presented[..])
+        .bind(&r.successor[..])
+        .fetch_optional(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(record.map(Into::into))
+    }
+
+    async fn touch_family(
+        &mut self,
+        family_id: Uuid,
+        r: &RotateRequest<'_>,
+    ) -> Result<FamilyInfo, StoreError> {
+        let record: FamilyRecord = sqlx::query_as(
+            "UPDATE refresh_families SET last_used_at = GREATEST(last_used_at, $1),
+                    ip = COALESCE($3, ip), user_agent = COALESCE($4, user_agent)
+             WHERE id = $2
+             RETURNING id, user_id, client_id, scope, created_at",
+        )
+        .bind(r.now)
+        .bind(family_id)
+        .bind(r.ip)
+        .bind(r.user_agent)
+        .fetch_one(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(record.into())
+    }
+
+    async fn family_info(&mut self, family_id: Uuid) -> Result<FamilyInfo, StoreError> {
+        let record: FamilyRecord = sqlx::query_as(&format!(
+            "SELECT {FAMILY_COLUMNS} FROM refresh_families f WHERE f.id = $1"
+        ))
+        .bind(family_id)
+        .fetch_one(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(record.into())
+    }
+
+    async fn mark_revoked(
+        &mut self,
+        family_id: Uuid,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<Option<Revoked>, StoreError> {
+        // A concurrent revocation holds the row: this waits for its commit and then
+        // finds the family revoked.
+        let revoked: Option<(Uuid, String)> = sqlx::query_as(
+            "UPDATE refresh_families SET revoked_at = $1, revoked_reason = $2
+             WHERE id = $3 AND revoked_at IS NULL RETURNING user_id, client_id",
+        )
+        .bind(now)
+        .bind(reason.code())
+        .bind(family_id)
+        .fetch_optional(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(revoked.map(|(user_id, client_id)| Revoked {
+            family_id,
+            user_id,
+            client_id,
+        }))
+    }
+
+    async fn mark_sessions_revoked(
+        &mut self,
+        user_id: Uuid,
+        which: SessionSelector,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Revoked>, StoreError> {
+        let (filter, id) = match which {
+            SessionSelector::One(id) => ("id = $4", Some(id)),
+            SessionSelector::AllBut(id) => ("id <> $4", Some(id)),
+            SessionSelector::All => ("$4::uuid IS NULL", None),
+        };
+        let revoked: Vec<(Uuid, String)> = sqlx::query_as(&format!(
+            "UPDATE refresh_families SET revoked_at = $1, revoked_reason = $2
+             WHERE user_id = $3 AND revoked_at IS NULL AND {filter}
+             RETURNING id, client_id"
+        ))
+        .bind(now)
+        .bind(reason.code())
+        .bind(user_id)
+        .bind(id)
+        .fetch_all(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(revoked
+            .into_iter()
+            .map(|(family_id, client_id)| Revoked {
+                family_id,
+                user_id,
+                client_id,
+            })
+            .collect())
+    }
+
+    async fn token_owner(&mut self, token: &TokenHash) -> Result<Option<TokenOwner>, StoreError> {
+        let found: Option<(Uuid, String, bool)> = sqlx::query_as(
+            "SELECT f.id, f.client_id, f.revoked_at IS NOT NULL FROM refresh_tokens t
+             JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = $1",
+        )
+        .bind(&token[..])
+        .fetch_optional(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(found.map(|(family_id, client_id, revoked)| TokenOwner {
+            family_id,
+            client_id,
+            revoked,
+        }))
+    }
+
+    async fn family_of_client(
+        &mut self,
+        family_id: Uuid,
+        client_id: &str,
+    ) -> Result<bool, StoreError> {
+        let owned: Option<(i32,)> =
+            sqlx::query_as("SELECT 1 FROM refresh_families WHERE id = $1 AND client_id = $2")
+                .bind(family_id)
+                .bind(client_id)
+                .fetch_optional(&mut **self)
+                .await
+                .map_err(classify)?;
+        Ok(owned.is_some())
+    }
+
+    /// The user's row is locked (`FOR SHARE`) for the password check, until the
+    /// commit: at READ COMMITTED an `INSERT ... WHERE EXISTS (...)` reads the user as
+    /// of its snapshot and does not conflict with a password change or a disable
+    /// committing meanwhile, whose "revoke every session" then cannot see the new
+    /// family: a live session created with the old password. With the lock, a change
+    /// or a disable waits for this login to commit (and then revokes its family), or
+    /// this check waits for it and sees its outcome.
+    async fn insert_family(&mut self, f: &NewFamily) -> Result<bool, StoreError> {
+        if let Some(checked) = &f.checked_password_hash {
+            let still: Option<(i32,)> = sqlx::query_as(
+                "SELECT 1 FROM users
+                 WHERE id = $1 AND disabled_at IS NULL AND password_hash = $2
+                 FOR SHARE",
+            )
+            .bind(f.user_id)
+            .bind(checked)
+            .fetch_optional(&mut **self)
+            .await
+            .map_err(classify)?;
+            if still.is_none() {
+                return Ok(false);
+            }
+        }
+        sqlx::query(
+            "INSERT INTO refresh_families
+                 (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip)
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
+        )
+        .bind(f.id)
+        .bind(f.user_id)
+        .bind(&f.client_id)
+        .bind(&f.scope)
+        .bind(f.created_at)
+        .bind(&f.user_agent)
+        .bind(&f.ip)
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(&f.first_token[..])
+        .bind(f.id)
+        .bind(f.created_at)
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn remember_login_source(
+        &mut self,
+        user_id: Uuid,
+        source: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO login_sources (user_id, source, last_success_at) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id, source) DO UPDATE SET last_success_at = excluded.last_success_at",
+        )
+        .bind(user_id)
+        .bind(source)
+        .bind(at)
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn mark_disabled(
+        &mut self,
+        user_id: Uuid,
+        disabled: bool,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE users SET disabled_at = CASE WHEN $2 THEN COALESCE(disabled_at, $3) END
+             WHERE id = $1",
+        )
+        .bind(user_id)
+        .bind(disabled)
+        .bind(now)
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    /// The row lock taken here serialises concurrent changes; the second one finds the
+    /// hash it checked gone.
+    async fn replace_password(&mut self, change: &PasswordChange<'_>) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE users SET password_hash = $1
+             WHERE id = $2 AND password_hash = $3 AND disabled_at IS NULL
+               AND EXISTS (SELECT 1 FROM refresh_families
+                           WHERE id = $4 AND user_id = $2 AND revoked_at IS NULL)",
+        )
+        .bind(change.new_hash)
+        .bind(change.user_id)
+        .bind(change.checked_hash)
+        .bind(change.current)
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    async fn insert_audit(&mut self, e: &AuditEvent) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_events (at, kind, user_id, family_id, client_id, detail, actor_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(e.at)
+        .bind(e.kind.code())
+        .bind(e.user_id)
+        .bind(e.family_id)
+        .bind(&e.client_id)
+        .bind(&e.detail)
+        .bind(e.actor_id)
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+}

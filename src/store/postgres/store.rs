@@ -1,0 +1,393 @@
+//! The `Store` of PostgreSQL: each write a composition of the engine's steps
+//! (`super::steps`) in one transaction.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::rows::{AuditRecord, FAMILY_COLUMNS, TokenStateRecord, UserRecord};
+use super::{PgStore, classify};
+use crate::crypto::refresh::TokenHash;
+use crate::domain::family::{RefreshPolicy, RevokeReason};
+use crate::domain::user::User;
+use crate::store::engine::{Steps as _, accounts};
+use crate::store::{
+    AuditEvent, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome, RotateOutcome,
+    RotateRequest, Session, SessionSelector, Store, StoreError, UserWithHash,
+};
+
+#[async_trait]
+impl Store for PgStore {
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn create_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(user.id)
+        .bind(&user.email)
+        .bind(password_hash)
+        .bind(user.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserWithHash>, StoreError> {
+        let record: Option<UserRecord> = sqlx::query_as(
+            "SELECT id, email, password_hash, created_at, disabled_at FROM users WHERE email = $1",
+        )
+        .bind(email)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(record.map(UserWithHash::from))
+    }
+
+    async fn create_family(&self, f: &NewFamily) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let created = accounts::start_session(&mut tx, f).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(created)
+    }
+
+    async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
+        self.rotate_with_retries(request).await
+    }
+
+    async fn revoke_by_token(
+        &self,
+        token: &TokenHash,
+        client_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<RevokeOutcome, StoreError> {
+        let mut tx = self.begin().await?;
+        let outcome = accounts::revoke_by_token(&mut tx, token, client_id, now).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(outcome)
+    }
+
+    async fn list_sessions(
+        &self,
+        user_id: Uuid,
+        policy: &RefreshPolicy,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Session>, StoreError> {
+        let (idle_cutoff, absolute_cutoff) = policy.cutoffs(now);
+        let rows: Vec<(
+            Uuid,
+            String,
+            OffsetDateTime,
+            OffsetDateTime,
+            Option<String>,
+            Option<String>,
+        )> = sqlx::query_as(
+            "SELECT id, client_id, created_at, last_used_at, ip, user_agent
+                 FROM refresh_families
+                 WHERE user_id = $1 AND revoked_at IS NULL
+                   AND last_used_at > $2 AND created_at > $3
+                 ORDER BY last_used_at DESC, id",
+        )
+        .bind(user_id)
+        .bind(idle_cutoff)
+        .bind(absolute_cutoff)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, client_id, created_at, last_used_at, ip, user_agent)| Session {
+                    id,
+                    client_id,
+                    created_at,
+                    last_used_at,
+                    ip,
+                    user_agent,
+                },
+            )
+            .collect())
+    }
+
+    async fn revoke_sessions(
+        &self,
+        user_id: Uuid,
+        which: SessionSelector,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut tx = self.begin().await?;
+        let revoked = accounts::revoke_sessions(&mut tx, user_id, which, reason, now).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(revoked)
+    }
+
+    async fn change_password(
+        &self,
+        change: &PasswordChange<'_>,
+        family: &NewFamily,
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<Uuid>>, StoreError> {
+        let mut tx = self.begin().await?;
+        let revoked = accounts::change_password(&mut tx, change, family, now).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(revoked)
+    }
+
+    async fn count_live_families(
+        &self,
+        policy: &RefreshPolicy,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let (idle_cutoff, absolute_cutoff) = policy.cutoffs(now);
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM refresh_families
+             WHERE revoked_at IS NULL AND last_used_at > $1 AND created_at > $2",
+        )
+        .bind(idle_cutoff)
+        .bind(absolute_cutoff)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn find_user(&self, id: Uuid) -> Result<Option<UserWithHash>, StoreError> {
+        let record: Option<UserRecord> = sqlx::query_as(
+            "SELECT id, email, password_hash, created_at, disabled_at FROM users WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(record.map(UserWithHash::from))
+    }
+
+    async fn set_role(
+        &self,
+        email: &str,
+        role: &str,
+        granted: bool,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let user: Option<(Uuid,)> = sqlx::query_as("SELECT id FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?;
+        let Some((user_id,)) = user else {
+            return Ok(false);
+        };
+        let query = if granted {
+            sqlx::query(
+                "INSERT INTO user_roles (user_id, role, granted_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (user_id, role) DO NOTHING",
+            )
+            .bind(user_id)
+            .bind(role)
+            .bind(now)
+        } else {
+            sqlx::query("DELETE FROM user_roles WHERE user_id = $1 AND role = $2")
+                .bind(user_id)
+                .bind(role)
+        };
+        query.execute(&self.pool).await.map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn has_role(&self, user_id: Uuid, role: &str) -> Result<bool, StoreError> {
+        let found: Option<(i32,)> =
+            sqlx::query_as("SELECT 1 FROM user_roles WHERE user_id = $1 AND role = $2")
+                .bind(user_id)
+                .bind(role)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify)?;
+        Ok(found.is_some())
+    }
+
+    async fn set_disabled(
+        &self,
+        user_id: Uuid,
+        disabled: bool,
+        actor: Uuid,
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<Uuid>>, StoreError> {
+        let mut tx = self.begin().await?;
+        let revoked = accounts::set_disabled(&mut tx, user_id, disabled, actor, now).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(revoked)
+    }
+
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        tx.insert_audit(event).await?;
+        tx.commit().await.map_err(classify)
+    }
+
+    async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let deleted = sqlx::query("DELETE FROM audit_events WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        Ok(deleted)
+    }
+
+    async fn known_login_source(
+        &self,
+        user_id: Uuid,
+        source: &str,
+        since: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let found: Option<(i32,)> = sqlx::query_as(
+            "SELECT 1 FROM login_sources
+             WHERE user_id = $1 AND source = $2 AND last_success_at >= $3",
+        )
+        .bind(user_id)
+        .bind(source)
+        .bind(since)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(found.is_some())
+    }
+
+    async fn sweep_login_sources(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let deleted = sqlx::query("DELETE FROM login_sources WHERE last_success_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?
+            .rows_affected();
+        Ok(deleted)
+    }
+
+    async fn audit_events(
+        &self,
+        user_id: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let rows: Vec<AuditRecord> = sqlx::query_as(&format!(
+            "SELECT at, kind, user_id, family_id, client_id, detail, actor_id FROM audit_events
+             WHERE {} ORDER BY at DESC, id DESC LIMIT $2",
+            // One statement per case: a generic plan of `$1 IS NULL OR user_id = $1`
+            // walks the whole `at` index (35 ms at 100k events).
+            if user_id.is_some() {
+                "user_id = $1"
+            } else {
+                "$1::uuid IS NULL"
+            }
+        ))
+        .bind(user_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.into_iter().map(AuditRecord::event).collect()
+    }
+
+    async fn revoked_since(
+        &self,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(Uuid, OffsetDateTime)>, StoreError> {
+        sqlx::query_as("SELECT id, revoked_at FROM refresh_families WHERE revoked_at >= $1")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify)
+    }
+
+    async fn refresh_token_state(
+        &self,
+        token: &TokenHash,
+    ) -> Result<Option<RefreshTokenState>, StoreError> {
+        let row: Option<TokenStateRecord> = sqlx::query_as(&format!(
+            "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at IS NOT NULL AS family_revoked,
+                    t.consumed_at IS NOT NULL AS consumed, t.created_at AS issued_at,
+                    u.disabled_at IS NOT NULL AS user_disabled
+             FROM refresh_tokens t
+             JOIN refresh_families f ON f.id = t.family_id
+             JOIN users u ON u.id = f.user_id
+             WHERE t.token_hash = $1"
+        ))
+        .bind(&token[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {
+        let row: Option<(Uuid,)> =
+            sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+                .bind(&token[..])
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify)?;
+        Ok(row.map(|(id,)| id))
+    }
+
+    async fn revoke_family(
+        &self,
+        family_id: Uuid,
+        client_id: &str,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let revoked = accounts::revoke_family(&mut tx, family_id, client_id, reason, now).await?;
+        tx.commit().await.map_err(classify)?;
+        Ok(revoked)
+    }
+
+    async fn session_user(
+        &self,
+        family_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Option<User>, StoreError> {
+        let record: Option<UserRecord> = sqlx::query_as(
+            "SELECT u.id, u.email, u.password_hash, u.created_at, u.disabled_at
+             FROM refresh_families f JOIN users u ON u.id = f.user_id
+             WHERE f.id = $1 AND f.user_id = $2 AND f.revoked_at IS NULL AND u.disabled_at IS NULL",
+        )
+        .bind(family_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(record.map(|r| r.user()))
+    }
+
+    async fn sweep(
+        &self,
+        policy: &RefreshPolicy,
+        cutoff: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let (idle_cutoff, absolute_cutoff) = policy.cutoffs(cutoff);
+        let deleted = sqlx::query(
+            "DELETE FROM refresh_families
+             WHERE revoked_at <= $1 OR last_used_at <= $2 OR created_at <= $3",
+        )
+        .bind(cutoff)
+        .bind(idle_cutoff)
+        .bind(absolute_cutoff)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,325 @@
+//! The SQLite statements of the engine's steps, run in a `BEGIN IMMEDIATE` transaction
+//! of the one writer (or a savepoint of it).
+
+use async_trait::async_trait;
+use sqlx::{Sqlite, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::rows::{FAMILY_COLUMNS, FamilyRecord, PresentedRecord, classify, ms, uuid};
+use crate::crypto::refresh::TokenHash;
+use crate::domain::family::RevokeReason;
+use crate::store::engine::{Presented, Revoked, Steps, TokenOwner};
+use crate::store::{
+    AuditEvent, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector, StoreError,
+};
+
+#[async_trait]
+impl Steps for Transaction<'_, Sqlite> {
+    async fn rotate_fresh(
+        &mut self,
+        r: &RotateRequest<'_>,
+    ) -> Result<Option<FamilyInfo>, StoreError> {
+        let now = ms(r.now);
+        let (idle_cutoff, absolute_cutoff) = r.policy.cutoffs(r.now);
+        // Only a live token of a live family of this client is consumed, and only
+        // once. The checks are correlated `EXISTS`, looked up by primary key: SQLite
+        // answers `family_id IN (SELECT ... WHERE user_id IN (SELECT id FROM users
+        // ...))` by listing every live family of every user first, 100 ms a rotation
+        // at 100k users.
+        let consumed: Option<(String,)> = sqlx::query_as(
+            "UPDATE refresh_tokens SET consumed_at = ?1
+             WHERE token_hash = ?2 AND consumed_at IS NULL
+               AND EXISTS (SELECT 1 FROM refresh_families f
+                           WHERE f.id = refresh_tokens.family_id AND f.revoked_at IS NULL
+                             AND f.client_id = ?3 AND f.last_used_at > ?4 AND f.created_at > ?5
+                             AND EXISTS (SELECT 1 FROM users u
+                                         WHERE u.id = f.user_id AND u.disabled_at IS NULL))
+             RETURNING family_id",
+        )
+        .bind(now)
+        .bind(&r.presented[..])
+        .bind(r.client_id)
+        .bind(ms(idle_cutoff))
+        .bind(ms(absolute_cutoff))
+        .fetch_optional(&mut **self)
+        .await
+        .map_err(classify)?;
+        let Some((family_id,)) = consumed else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family_id, parent_hash, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(&r.successor[..])
+        .bind(&family_id)
+        .bind(&r.presented[..])
+        .bind(now)
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?;
+        self.touch_family(uuid(&family_id)?, r).await.map(Some)
+    }
+
+    async fn presented(&mut self, r: &RotateRequest<'_>) -> Result<Option<Presented>, StoreError> {
+        let record: Option<PresentedRecord> = sqlx::query_as(&format!(
+            "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at, t.consumed_at,
+                    EXISTS (SELECT 1 FROM users u
+                            WHERE u.id = f.user_id AND u.disabled_at IS NOT NULL) AS user_disabled,
+                    EXISTS (SELECT 1 FROM refresh_tokens s
+                            WHERE s.parent_hash = t.token_hash AND s.token_hash = ?2
+                              AND s.consumed_at IS NULL) AS successor_unused
+             FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
+             WHERE t.token_hash = ?1"
+        ))
+        .bind(&r.presented[..])
+        .bind(&r.successor[..])
+        .fetch_optional(&mut **self)
+        .await
+        .map_err(classify)?;
+        record.map(PresentedRecord::presented).transpose()
+    }
+
+    async fn touch_family(
+        &mut self,
+        family_id: Uuid,
+        r: &RotateRequest<'_>,
+    ) -> Result<FamilyInfo, StoreError> {
+        let record: FamilyRecord = sqlx::query_as(
+            "UPDATE refresh_families SET last_used_at = ?1,
+                    ip = COALESCE(?3, ip), user_agent = COALESCE(?4, user_agent)
+             WHERE id = ?2
+             RETURNING id, user_id, client_id, scope, created_at",
+        )
+        .bind(ms(r.now))
+        .bind(family_id.to_string())
+        .bind(r.ip)
+        .bind(r.user_agent)
+        .fetch_one(&mut **self)
+        .await
+        .map_err(classify)?;
+        record.info()
+    }
+
+    async fn family_info(&mut self, family_id: Uuid) -> Result<FamilyInfo, StoreError> {
+        let record: FamilyRecord = sqlx::query_as(&format!(
+            "SELECT {FAMILY_COLUMNS} FROM refresh_families f WHERE f.id = ?1"
+        ))
+        .bind(family_id.to_string())
+        .fetch_one(&mut **self)
+        .await
+        .map_err(classify)?;
+        record.info()
+    }
+
+    async fn mark_revoked(
+        &mut self,
+        family_id: Uuid,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<Option<Revoked>, StoreError> {
+        let revoked: Option<(String, String)> = sqlx::query_as(
+            "UPDATE refresh_families SET revoked_at = ?1, revoked_reason = ?2
+             WHERE id = ?3 AND revoked_at IS NULL RETURNING user_id, client_id",
+        )
+        .bind(ms(now))
+        .bind(reason.code())
+        .bind(family_id.to_string())
+        .fetch_optional(&mut **self)
+        .await
+        .map_err(classify)?;
+        revoked
+            .map(|(user_id, client_id)| {
+                Ok(Revoked {
+                    family_id,
+                    user_id: uuid(&user_id)?,
+                    client_id,
+                })
+            })
+            .transpose()
+    }
+
+    async fn mark_sessions_revoked(
+        &mut self,
+        user_id: Uuid,
+        which: SessionSelector,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Revoked>, StoreError> {
+        let (filter, id) = match which {
+            SessionSelector::One(id) => ("id = ?4", Some(id.to_string())),
+            SessionSelector::AllBut(id) => ("id <> ?4", Some(id.to_string())),
+            SessionSelector::All => ("?4 IS NULL", None),
+        };
+        let revoked: Vec<(String, String)> = sqlx::query_as(&format!(
+            "UPDATE refresh_families SET revoked_at = ?1, revoked_reason = ?2
+             WHERE user_id = ?3 AND revoked_at IS NULL AND {filter}
+             RETURNING id, client_id"
+        ))
+        .bind(ms(now))
+        .bind(reason.code())
+        .bind(user_id.to_string())
+        .bind(id)
+        .fetch_all(&mut **self)
+        .await
+        .map_err(classify)?;
+        revoked
+            .into_iter()
+            .map(|(family_id, client_id)| {
+                Ok(Revoked {
+                    family_id: uuid(&family_id)?,
+                    user_id,
+                    client_id,
+                })
+            })
+            .collect()
+    }
+
+    async fn token_owner(&mut self, token: &TokenHash) -> Result<Option<TokenOwner>, StoreError> {
+        let found: Option<(String, String, bool)> = sqlx::query_as(
+            "SELECT f.id, f.client_id, f.revoked_at IS NOT NULL FROM refresh_tokens t
+             JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = ?1",
+        )
+        .bind(&token[..])
+        .fetch_optional(&mut **self)
+        .await
+        .map_err(classify)?;
+        found
+            .map(|(id, client_id, revoked)| {
+                Ok(TokenOwner {
+                    family_id: uuid(&id)?,
+                    client_id,
+                    revoked,
+                })
+            })
+            .transpose()
+    }
+
+    async fn family_of_client(
+        &mut self,
+        family_id: Uuid,
+        client_id: &str,
+    ) -> Result<bool, StoreError> {
+        let owned: Option<(i64,)> =
+            sqlx::query_as("SELECT 1 FROM refresh_families WHERE id = ?1 AND client_id = ?2")
+                .bind(family_id.to_string())
+                .bind(client_id)
+                .fetch_optional(&mut **self)
+                .await
+                .map_err(classify)?;
+        Ok(owned.is_some())
+    }
+
+    async fn insert_family(&mut self, f: &NewFamily) -> Result<bool, StoreError> {
+        // Under the write lock, the check and the insert see the same user.
+        let inserted = sqlx::query(
+            "INSERT INTO refresh_families
+                 (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7
+             WHERE ?8 IS NULL OR EXISTS (SELECT 1 FROM users
+                                         WHERE id = ?2 AND disabled_at IS NULL
+                                           AND password_hash = ?8)",
+        )
+        .bind(f.id.to_string())
+        .bind(f.user_id.to_string())
+        .bind(&f.client_id)
+        .bind(&f.scope)
+        .bind(ms(f.created_at))
+        .bind(&f.user_agent)
+        .bind(&f.ip)
+        .bind(&f.checked_password_hash)
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES (?1, ?2, ?3)",
+        )
+        .bind(&f.first_token[..])
+        .bind(f.id.to_string())
+        .bind(ms(f.created_at))
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn remember_login_source(
+        &mut self,
+        user_id: Uuid,
+        source: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO login_sources (user_id, source, last_success_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id, source) DO UPDATE SET last_success_at = excluded.last_success_at",
+        )
+        .bind(user_id.to_string())
+        .bind(source)
+        .bind(ms(at))
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn mark_disabled(
+        &mut self,
+        user_id: Uuid,
+        disabled: bool,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE users SET disabled_at = CASE WHEN ?2 THEN COALESCE(disabled_at, ?3) END
+             WHERE id = ?1",
+        )
+        .bind(user_id.to_string())
+        .bind(disabled)
+        .bind(ms(now))
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    async fn replace_password(&mut self, change: &PasswordChange<'_>) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE users SET password_hash = ?1
+             WHERE id = ?2 AND password_hash = ?3 AND disabled_at IS NULL
+               AND EXISTS (SELECT 1 FROM refresh_families
+                           WHERE id = ?4 AND user_id = ?2 AND revoked_at IS NULL)",
+        )
+        .bind(change.new_hash)
+        .bind(change.user_id.to_string())
+        .bind(change.checked_hash)
+        .bind(change.current.to_string())
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    async fn insert_audit(&mut self, e: &AuditEvent) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_events (at, kind, user_id, family_id, client_id, detail, actor_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(ms(e.at))
+        .bind(e.kind.code())
+        .bind(e.user_id.map(|u| u.to_string()))
+        .bind(e.family_id.map(|u| u.to_string()))
+        .bind(&e.client_id)
+        .bind(&e.detail)
+        .bind(e.actor_id.map(|u| u.to_string()))
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+}
