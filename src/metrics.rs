@@ -1,44 +1,46 @@
 //! Prometheus metrics, kept in process and rendered in the text format (0.0.4) at
-//! `/metrics`. No crate: a handful of counters, one labelled counter and one histogram
-//! family are all this service needs.
+//! `/metrics`, through the `prometheus` crate (tikv's rust-prometheus).
+//!
+//! Why this crate: each `Metrics` holds its own registry (several issuers run in one
+//! test process, and each counts its own), and it renders the 0.0.4 text format that
+//! `/metrics` has always served (`# TYPE` lines naming the samples, `_total` included).
+//! `prometheus-client` renders OpenMetrics only (its `# TYPE` line drops `_total`, and
+//! the content type would change under every scraper's feet); the `metrics` facade
+//! records into one process-wide recorder.
 //!
 //! Requests are labelled by the OpenAPI `operation_id` (never the raw path, whose ids
 //! would make the label set unbounded); requests that reach no operation are `other`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use prometheus::core::Collector;
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+use crate::domain::family::{GrantRejection, RevokeReason};
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
 /// The counters of one process.
-#[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
-    latency: Mutex<BTreeMap<&'static str, Histogram>>,
-    revocations: Mutex<BTreeMap<&'static str, u64>>,
-    refresh_refused: Mutex<BTreeMap<&'static str, u64>>,
-    pub logins: AtomicU64,
-    pub logins_failed: AtomicU64,
-    pub rotations: AtomicU64,
-    pub grace_replays: AtomicU64,
-    pub reuse_detections: AtomicU64,
-    pub tokens_issued: AtomicU64,
-    pub rate_limited: AtomicU64,
-    pub db_errors: AtomicU64,
-    pub redis_errors: AtomicU64,
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    revocations: IntCounterVec,
+    refresh_refused: IntCounterVec,
+    pub logins: IntCounter,
+    pub logins_failed: IntCounter,
+    pub rotations: IntCounter,
+    pub grace_replays: IntCounter,
+    pub reuse_detections: IntCounter,
+    pub tokens_issued: IntCounter,
+    pub rate_limited: IntCounter,
+    pub db_errors: IntCounter,
+    pub redis_errors: IntCounter,
 }
 
 /// Values read at scrape time.
@@ -53,183 +55,170 @@ pub struct Gauges {
     pub redis_up: Option<u64>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// Registers `metric` with `registry` and hands it back.
+fn registered<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> prometheus::Result<M> {
+    let metric = metric?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }
 
-pub fn inc(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    registered(registry, IntCounter::new(name, help))
+}
+
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 impl Metrics {
-    /// One request served by `operation` with `status`, in `elapsed`.
-    pub fn observe_request(&self, operation: &'static str, status: u16, elapsed: Duration) {
-        *lock(&self.requests).entry((operation, status)).or_default() += 1;
-        let seconds = elapsed.as_secs_f64();
-        let mut latency = lock(&self.latency);
-        let h = latency.entry(operation).or_default();
-        h.count += 1;
-        h.sum += seconds;
-        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
-            h.counts[i] += 1;
+    /// Every metric, registered; an error only for a name the crate refuses (a bug).
+    pub fn new() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        let metrics = Self {
+            requests: counter_vec(
+                &r,
+                "issuer_http_requests_total",
+                "HTTP requests by operation and status.",
+                &["operation", "status"],
+            )?,
+            latency: registered(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "issuer_http_request_duration_seconds",
+                        "Time to answer, by operation.",
+                    )
+                    .buckets(BUCKETS.to_vec()),
+                    &["operation"],
+                ),
+            )?,
+            revocations: counter_vec(
+                &r,
+                "issuer_revocations_total",
+                "Sessions ended, by reason.",
+                &["reason"],
+            )?,
+            refresh_refused: counter_vec(
+                &r,
+                "issuer_refresh_refused_total",
+                "Refresh tokens refused (invalid_grant), by reason.",
+                &["reason"],
+            )?,
+            logins: counter(&r, "issuer_logins_total", "Successful password grants.")?,
+            logins_failed: counter(
+                &r,
+                "issuer_logins_failed_total",
+                "Refused password grants (wrong e-mail or password).",
+            )?,
+            tokens_issued: counter(
+                &r,
+                "issuer_tokens_issued_total",
+                "Access tokens minted (logins, rotations, grace replays, password changes).",
+            )?,
+            rotations: counter(&r, "issuer_rotations_total", "Refresh tokens rotated.")?,
+            grace_replays: counter(
+                &r,
+                "issuer_grace_replays_total",
+                "Retries answered within the grace window.",
+            )?,
+            reuse_detections: counter(
+                &r,
+                "issuer_reuse_detections_total",
+                "Used refresh tokens presented after the grace window.",
+            )?,
+            rate_limited: counter(
+                &r,
+                "issuer_rate_limited_total",
+                "Requests refused by a rate limit.",
+            )?,
+            db_errors: counter(
+                &r,
+                "issuer_db_errors_total",
+                "Store calls that failed or timed out.",
+            )?,
+            redis_errors: counter(
+                &r,
+                "issuer_redis_errors_total",
+                "Redis calls that failed or timed out.",
+            )?,
+            registry: r,
+        };
+        // Every reason is a series from the start, at 0: `rate()` and `increase()` see
+        // the first event, and the families are listed before anything happened.
+        for reason in RevokeReason::ALL {
+            metrics.revocations.with_label_values(&[reason.code()]);
         }
+        for reason in GrantRejection::OF_REFRESH {
+            metrics.refresh_refused.with_label_values(&[reason.code()]);
+        }
+        Ok(metrics)
+    }
+
+    /// One request served by `operation` with `status` (its three digits), in
+    /// `elapsed`.
+    pub fn observe_request(&self, operation: &str, status: &str, elapsed: Duration) {
+        self.requests.with_label_values(&[operation, status]).inc();
+        self.latency
+            .with_label_values(&[operation])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// A session ended, and why (`reuse`, `logout`, `admin_revoke`, ...).
-    pub fn revoked(&self, reason: &'static str) {
-        *lock(&self.revocations).entry(reason).or_default() += 1;
+    pub fn revoked(&self, reason: &str) {
+        self.revocations.with_label_values(&[reason]).inc();
     }
 
     /// A refresh token refused, and why (`reused`, `revoked`, `expired`, ...).
-    pub fn refresh_refused(&self, reason: &'static str) {
-        *lock(&self.refresh_refused).entry(reason).or_default() += 1;
+    pub fn refresh_refused(&self, reason: &str) {
+        self.refresh_refused.with_label_values(&[reason]).inc();
     }
 
-    /// The text exposition format.
+    /// The text exposition format: the counters, and `gauges` as read now (a gauge
+    /// that is `None` is left out).
     pub fn render(&self, gauges: Gauges) -> String {
-        let mut out = String::with_capacity(4096);
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        let _ = writeln!(
-            out,
-            "# HELP issuer_http_requests_total HTTP requests by operation and status.\n\
-             # TYPE issuer_http_requests_total counter"
-        );
-        for ((op, status), n) in lock(&self.requests).iter() {
-            let _ = writeln!(
-                out,
-                "issuer_http_requests_total{{operation=\"{op}\",status=\"{status}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP issuer_http_request_duration_seconds Time to answer, by operation.\n\
-             # TYPE issuer_http_request_duration_seconds histogram"
-        );
-        for (op, h) in lock(&self.latency).iter() {
-            let mut cumulative = 0;
-            for (bound, n) in BUCKETS.iter().zip(h.counts.iter()) {
-                cumulative += n;
-                let _ = writeln!(
-                    out,
-                    "issuer_http_request_duration_seconds_bucket{{operation=\"{op}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "issuer_http_request_duration_seconds_bucket{{operation=\"{op}\",le=\"+Inf\"}} {}\n\
-                 issuer_http_request_duration_seconds_sum{{operation=\"{op}\"}} {}\n\
-                 issuer_http_request_duration_seconds_count{{operation=\"{op}\"}} {}",
-                h.count, h.sum, h.count
-            );
-        }
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        counter(
-            &mut out,
-            "issuer_logins_total",
-            "Successful password grants.",
-            load(&self.logins),
-        );
-        counter(
-            &mut out,
-            "issuer_logins_failed_total",
-            "Refused password grants (wrong e-mail or password).",
-            load(&self.logins_failed),
-        );
-        counter(
-            &mut out,
-            "issuer_tokens_issued_total",
-            "Access tokens minted (logins, rotations, grace replays, password changes).",
-            load(&self.tokens_issued),
-        );
-        counter(
-            &mut out,
-            "issuer_rotations_total",
-            "Refresh tokens rotated.",
-            load(&self.rotations),
-        );
-        counter(
-            &mut out,
-            "issuer_grace_replays_total",
-            "Retries answered within the grace window.",
-            load(&self.grace_replays),
-        );
-        counter(
-            &mut out,
-            "issuer_reuse_detections_total",
-            "Used refresh tokens presented after the grace window.",
-            load(&self.reuse_detections),
-        );
-        counter(
-            &mut out,
-            "issuer_rate_limited_total",
-            "Requests refused by a rate limit.",
-            load(&self.rate_limited),
-        );
-        counter(
-            &mut out,
-            "issuer_db_errors_total",
-            "Store calls that failed or timed out.",
-            load(&self.db_errors),
-        );
-        counter(
-            &mut out,
-            "issuer_redis_errors_total",
-            "Redis calls that failed or timed out.",
-            load(&self.redis_errors),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP issuer_revocations_total Sessions ended, by reason.\n\
-             # TYPE issuer_revocations_total counter"
-        );
-        for (reason, n) in lock(&self.revocations).iter() {
-            let _ = writeln!(out, "issuer_revocations_total{{reason=\"{reason}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP issuer_refresh_refused_total Refresh tokens refused (invalid_grant), by reason.\n\
-             # TYPE issuer_refresh_refused_total counter"
-        );
-        for (reason, n) in lock(&self.refresh_refused).iter() {
-            let _ = writeln!(
-                out,
-                "issuer_refresh_refused_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        let gauge = |out: &mut String, name: &str, help: &str, value: Option<u64>| {
+        let now = Registry::new();
+        let gauge = |name: &str, help: &str, value: Option<u64>| -> prometheus::Result<()> {
             if let Some(v) = value {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+                let g = registered(&now, IntGauge::new(name, help))?;
+                g.set(i64::try_from(v).unwrap_or(i64::MAX));
             }
+            Ok(())
         };
-        gauge(
-            &mut out,
-            "issuer_active_families",
-            "Live sessions (token families).",
-            gauges.active_families,
-        );
-        gauge(
-            &mut out,
-            "issuer_argon2_queue_depth",
-            "Logins waiting for a password-hashing thread.",
-            Some(gauges.argon2_queue_depth),
-        );
-        gauge(
-            &mut out,
-            "issuer_argon2_queue_capacity",
-            "Logins that may wait for a password-hashing thread (password_hash_queue).",
-            Some(gauges.argon2_queue_capacity),
-        );
-        gauge(
-            &mut out,
-            "issuer_redis_up",
-            "1 when Redis answers.",
-            gauges.redis_up,
-        );
+        let read = [
+            gauge(
+                "issuer_active_families",
+                "Live sessions (token families).",
+                gauges.active_families,
+            ),
+            gauge(
+                "issuer_argon2_queue_depth",
+                "Logins waiting for a password-hashing thread.",
+                Some(gauges.argon2_queue_depth),
+            ),
+            gauge(
+                "issuer_argon2_queue_capacity",
+                "Logins that may wait for a password-hashing thread (password_hash_queue).",
+                Some(gauges.argon2_queue_capacity),
+            ),
+            gauge("issuer_redis_up", "1 when Redis answers.", gauges.redis_up),
+        ];
+        if let Some(Err(e)) = read.into_iter().find(Result::is_err) {
+            tracing::error!(error = %e, "a gauge could not be registered");
+        }
+        let mut families = self.registry.gather();
+        families.extend(now.gather());
+        let mut out = String::with_capacity(4096);
+        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut out) {
+            tracing::error!(error = %e, "metrics could not be rendered");
+        }
         out
     }
 }
@@ -241,31 +230,31 @@ mod tests {
 
     #[test]
     fn renders_counters_and_cumulative_buckets() {
-        let m = Metrics::default();
-        m.observe_request("token", 200, Duration::from_millis(3));
-        m.observe_request("token", 200, Duration::from_millis(30));
-        m.observe_request("token", 400, Duration::from_millis(1));
+        let m = Metrics::new().unwrap();
+        m.observe_request("token", "200", Duration::from_millis(3));
+        m.observe_request("token", "200", Duration::from_millis(30));
+        m.observe_request("token", "400", Duration::from_millis(1));
         m.revoked("reuse");
         m.refresh_refused("reused");
-        inc(&m.rotations);
+        m.rotations.inc();
         let text = m.render(Gauges {
             active_families: Some(7),
             argon2_queue_depth: 2,
             argon2_queue_capacity: 256,
             redis_up: None,
         });
-        assert!(text.contains("issuer_http_requests_total{operation=\"token\",status=\"200\"} 2"));
-        assert!(text.contains(
-            "issuer_http_request_duration_seconds_bucket{operation=\"token\",le=\"0.005\"} 2"
-        ));
-        assert!(text.contains(
-            "issuer_http_request_duration_seconds_bucket{operation=\"token\",le=\"+Inf\"} 3"
-        ));
-        assert!(text.contains("issuer_revocations_total{reason=\"reuse\"} 1"));
-        assert!(text.contains("issuer_refresh_refused_total{reason=\"reused\"} 1"));
-        assert!(text.contains("issuer_argon2_queue_capacity 256"));
-        assert!(text.contains("issuer_rotations_total 1"));
-        assert!(text.contains("issuer_active_families 7"));
+        let has = |line: &str| assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
+        has("issuer_http_requests_total{operation=\"token\",status=\"200\"} 2");
+        has("issuer_http_request_duration_seconds_bucket{operation=\"token\",le=\"0.005\"} 2");
+        has("issuer_http_request_duration_seconds_bucket{operation=\"token\",le=\"+Inf\"} 3");
+        has("issuer_http_request_duration_seconds_count{operation=\"token\"} 3");
+        has("issuer_revocations_total{reason=\"reuse\"} 1");
+        has("issuer_refresh_refused_total{reason=\"reused\"} 1");
+        has("# TYPE issuer_rotations_total counter");
+        has("issuer_rotations_total 1");
+        has("issuer_logins_total 0");
+        has("issuer_argon2_queue_capacity 256");
+        has("issuer_active_families 7");
         assert!(!text.contains("issuer_redis_up"));
     }
 }

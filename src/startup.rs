@@ -56,8 +56,14 @@ pub enum StartupError {
         path: String,
         source: std::io::Error,
     },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("{0}")]
     Other(#[from] crate::error::Error),
+}
+
+fn new_metrics() -> Result<Metrics, StartupError> {
+    Ok(Metrics::new()?)
 }
 
 /// The shared fast state: on Redis when `redis_url` is set (connected lazily, so a Redis
@@ -106,7 +112,7 @@ pub fn open_shared(
 /// Opens the store the database URL names (`sqlite:` or `postgres://`), creating the
 /// SQLite data directory if needed, and applies the migrations.
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupError> {
-    open_store_with(settings, Arc::new(Metrics::default())).await
+    open_store_with(settings, Arc::new(new_metrics()?)).await
 }
 
 /// `open_store`, counting the store's failures in `metrics`.
@@ -166,7 +172,7 @@ pub struct Application {
 impl Application {
     /// Opens the store, loads (or generates) the keys and binds the listener.
     pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(new_metrics()?);
         let store = open_store_with(settings, Arc::clone(&metrics)).await?;
         let (keys, generated) = Keys::load_or_generate(&settings.keys_dir)?;
         let kid = keys.current().active().kid.clone();

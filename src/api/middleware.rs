@@ -168,7 +168,7 @@ pub(crate) async fn observe<E: Endpoint>(
         let operation = resp
             .data::<poem_openapi::OperationId>()
             .map_or("other", |op| op.0);
-        metrics.observe_request(operation, resp.status().as_u16(), elapsed);
+        metrics.observe_request(operation, resp.status().as_str(), elapsed);
         tracing::debug!(
             status = resp.status().as_u16(),
             micros = elapsed.as_micros() as u64,

@@ -36,6 +36,15 @@ pub enum GrantRejection {
 }
 
 impl GrantRejection {
+    /// The reasons a refresh token can be refused for.
+    pub const OF_REFRESH: [Self; 5] = [
+        Self::Expired,
+        Self::Revoked,
+        Self::Reused,
+        Self::Unknown,
+        Self::IdleTimeout,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             Self::Expired => "expired",
@@ -94,6 +103,18 @@ pub enum RevokeReason {
 }
 
 impl RevokeReason {
+    pub const ALL: [Self; 9] = [
+        Self::Reuse,
+        Self::ClientMismatch,
+        Self::Logout,
+        Self::SessionEnded,
+        Self::LogoutOthers,
+        Self::LogoutEverywhere,
+        Self::PasswordChange,
+        Self::AdminRevoke,
+        Self::UserDisabled,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             Self::Reuse => "reuse",

@@ -20,7 +20,7 @@ use crate::domain::client::Client;
 use crate::domain::clock::Clock;
 use crate::domain::family::RefreshPolicy;
 use crate::error::Error;
-use crate::metrics::{Gauges, Metrics, inc};
+use crate::metrics::{Gauges, Metrics};
 use crate::store::Store;
 use crate::store::shared::{RateLimit, RedisStatus, SharedState};
 
@@ -204,7 +204,7 @@ impl Issuer {
 
     /// A request refused by a rate limit: counted, then answered 429.
     pub(crate) fn rate_limited(&self, wait: std::time::Duration) -> Error {
-        inc(&self.metrics.rate_limited);
+        self.metrics.rate_limited.inc();
         Error::RateLimited(wait)
     }
 

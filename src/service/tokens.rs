@@ -16,7 +16,6 @@ use crate::domain::family::{GrantRejection, RevokeReason};
 use crate::domain::secret::Secret;
 use crate::domain::user::{check_password_size, normalize_email};
 use crate::error::Error;
-use crate::metrics::inc;
 use crate::store::shared::LimitKind;
 use crate::store::{
     AuditEvent, FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Ticket,
@@ -190,7 +189,7 @@ impl Issuer {
         };
         if !verified {
             tracing::info!(target: "security", event = "login_failed", client_id = %client.id, ip = ?meta.ip);
-            inc(&self.metrics.logins_failed);
+            self.metrics.logins_failed.inc();
             // Known user or not, the same row is written: the timing stays the same.
             // Best effort: a busy database does not turn a wrong password into a 503.
             let event = AuditEvent::login_failed(
@@ -227,7 +226,7 @@ impl Issuer {
             return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials));
         }
         tracing::info!(target: "security", event = "login", user_id = %user.user.id, sid = %family.id, client_id = %client.id);
-        inc(&self.metrics.logins);
+        self.metrics.logins.inc();
         self.issue(client, &FamilyInfo::from(family), token, now, None)
             .await
     }
@@ -300,11 +299,11 @@ impl Issuer {
             .await?;
         match outcome {
             RotateOutcome::Issued { family, replay } => {
-                inc(if replay {
-                    &self.metrics.grace_replays
+                if replay {
+                    self.metrics.grace_replays.inc();
                 } else {
-                    &self.metrics.rotations
-                });
+                    self.metrics.rotations.inc();
+                }
                 if replay {
                     tracing::info!(target: "security", event = "refresh_grace_replay", sid = %family.id, client_id = %client.id);
                 }
@@ -319,7 +318,7 @@ impl Issuer {
                 self.metrics.refresh_refused(rejection.code());
                 if let Some(reason) = revoked {
                     if reason == RevokeReason::Reuse {
-                        inc(&self.metrics.reuse_detections);
+                        self.metrics.reuse_detections.inc();
                     }
                     self.count_revoked(reason, 1);
                 }
@@ -386,7 +385,7 @@ impl Issuer {
         let access_token = tokio::task::spawn_blocking(move || jwt::sign(keys.active(), &claims))
             .await
             .map_err(Error::internal)??;
-        inc(&self.metrics.tokens_issued);
+        self.metrics.tokens_issued.inc();
         let family_end = family.created_at + client.policy.absolute_lifetime;
         let refresh_max_age = Duration::try_from(family_end - now).unwrap_or(Duration::ZERO);
         Ok(Issued {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use uuid::Uuid;
 
-use crate::metrics::{Metrics, inc};
+use crate::metrics::Metrics;
 
 /// The longest a Redis call may take before it counts as failed.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(300);
@@ -155,13 +155,13 @@ impl RedisLink {
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, op = what, "redis call failed");
-                inc(&self.metrics.redis_errors);
+                self.metrics.redis_errors.inc();
                 self.set_healthy(false);
                 None
             }
             Err(_) => {
                 tracing::debug!(op = what, "redis call timed out");
-                inc(&self.metrics.redis_errors);
+                self.metrics.redis_errors.inc();
                 self.set_healthy(false);
                 None
             }

@@ -27,7 +27,7 @@ use super::{
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{RefreshPolicy, RevokeReason};
 use crate::domain::user::User;
-use crate::metrics::{Metrics, inc};
+use crate::metrics::Metrics;
 
 /// Abandons a rotation whose caller is dropped (a client that hung up).
 struct AbandonOnDrop(Ticket);
@@ -68,7 +68,7 @@ impl TimedStore {
             .map_err(|_| StoreError::TimedOut(self.limit))
             .and_then(|r| r);
         if matches!(&result, Err(e) if !matches!(e, StoreError::Conflict)) {
-            inc(&self.metrics.db_errors);
+            self.metrics.db_errors.inc();
         }
         result
     }
@@ -133,7 +133,7 @@ impl Store for TimedStore {
             }
         };
         if matches!(&result, Err(e) if !matches!(e, StoreError::Conflict)) {
-            inc(&self.metrics.db_errors);
+            self.metrics.db_errors.inc();
         }
         result
     }
