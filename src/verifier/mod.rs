@@ -49,16 +49,19 @@
 //!   per token. When the issuer cannot be asked, the request is `Unavailable` (fail
 //!   closed), never silently accepted.
 
+mod web;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
 
 use crate::crypto::jwt::{self, Expect, Rejected};
 use crate::domain::claims::AccessClaims;
+use web::{JwkSet, http_client, is_loopback_http, max_age, origin, rsa_signing_keys, unix_now};
 
 /// How a [`Verifier`] checks tokens.
 #[derive(Clone)]
@@ -192,29 +195,12 @@ struct Metadata {
     introspection_endpoint: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct JwkSet {
-    keys: Vec<Jwk>,
-}
-
-#[derive(Deserialize)]
-struct Jwk {
-    kty: String,
-    kid: Option<String>,
-    alg: Option<String>,
-    #[serde(rename = "use")]
-    usage: Option<String>,
-    n: Option<String>,
-    e: Option<String>,
-}
-
 /// Most introspection answers kept before expired ones are dropped.
 const MAX_ANSWERS: usize = 10_000;
 /// The shortest `unknown_kid_interval`: zero would mean a fetch per forged token.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest an introspection answer is trusted: it is how late a revocation is seen.
 const MAX_ANSWER_TTL: Duration = Duration::from_secs(60);
-
 impl Verifier {
     /// Reads the issuer's metadata and its JWKS. Fails when the issuer cannot be
     /// reached, its metadata names another issuer, or the configuration is unsafe
@@ -493,134 +479,5 @@ impl Inner {
 
     fn answers(&self) -> std::sync::MutexGuard<'_, HashMap<String, (bool, Instant)>> {
         self.answers.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// `scheme://authority` of a URL, without path, query or fragment.
-fn origin(url: &str) -> Option<&str> {
-    let (scheme, rest) = url.split_once("://")?;
-    if scheme.is_empty() || rest.is_empty() {
-        return None;
-    }
-    let authority = rest.find(['/', '?', '#']).map_or(rest, |end| &rest[..end]);
-    (!authority.is_empty()).then(|| &url[..scheme.len() + 3 + authority.len()])
-}
-
-/// `http://` to a loopback host, where plain HTTP cannot be intercepted.
-fn is_loopback_http(origin: &str) -> bool {
-    let Some(authority) = origin.strip_prefix("http://") else {
-        return false;
-    };
-    let host = if let Some(bracketed) = authority.strip_prefix('[') {
-        bracketed.split(']').next().unwrap_or_default()
-    } else {
-        authority.split(':').next().unwrap_or_default()
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// The RS256 signing keys of a JWKS; other kinds of keys are skipped.
-fn rsa_signing_keys(set: JwkSet) -> HashMap<String, DecodingKey> {
-    set.keys
-        .into_iter()
-        .filter(|k| k.kty == "RSA")
-        .filter(|k| k.alg.as_deref().is_none_or(|a| a == "RS256"))
-        .filter(|k| k.usage.as_deref().is_none_or(|u| u == "sig"))
-        .filter_map(|k| {
-            let key = DecodingKey::from_rsa_components(k.n.as_deref()?, k.e.as_deref()?).ok()?;
-            Some((k.kid?, key))
-        })
-        .collect()
-}
-
-/// `max-age` of a `Cache-Control` header; zero for `no-store`/`no-cache`.
-fn max_age(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::CACHE_CONTROL)?.to_str().ok()?;
-    value.split(',').map(str::trim).find_map(|directive| {
-        if directive.eq_ignore_ascii_case("no-store") || directive.eq_ignore_ascii_case("no-cache")
-        {
-            return Some(Duration::ZERO);
-        }
-        let (name, seconds) = directive.split_once('=')?;
-        name.trim()
-            .eq_ignore_ascii_case("max-age")
-            .then(|| seconds.trim().parse().ok().map(Duration::from_secs))?
-    })
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// An HTTP client with rustls and the Mozilla roots (reqwest's `rustls-tls`): a service
-/// needs no system TLS library. Redirects are not followed: the metadata names the
-/// endpoints exactly.
-fn http_client(timeout: Duration) -> Result<reqwest::Client, VerifyError> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| VerifyError::Config(format!("HTTP client: {e}")))
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn headers(value: &str) -> reqwest::header::HeaderMap {
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert(reqwest::header::CACHE_CONTROL, value.parse().unwrap());
-        h
-    }
-
-    #[test]
-    fn origins_and_loopback() {
-        assert_eq!(
-            origin("https://auth.example.com/oauth/introspect"),
-            Some("https://auth.example.com")
-        );
-        assert_eq!(
-            origin("http://127.0.0.1:8080"),
-            Some("http://127.0.0.1:8080")
-        );
-        assert_eq!(origin("https://a.example?x=/"), Some("https://a.example"));
-        assert_eq!(origin("auth.example.com"), None);
-        assert_eq!(origin("https://"), None);
-        for yes in [
-            "http://localhost:8080",
-            "http://127.0.0.1",
-            "http://[::1]:80",
-        ] {
-            assert!(is_loopback_http(yes), "{yes}");
-        }
-        for no in [
-            "http://example.com",
-            "https://localhost",
-            "http://10.0.0.1:80",
-            "http://localhost.evil.example",
-        ] {
-            assert!(!is_loopback_http(no), "{no}");
-        }
-    }
-
-    #[test]
-    fn cache_control_max_age_is_read() {
-        assert_eq!(
-            max_age(&headers("public, max-age=300")),
-            Some(Duration::from_secs(300))
-        );
-        assert_eq!(
-            max_age(&headers("Max-Age = 60")),
-            Some(Duration::from_secs(60))
-        );
-        assert_eq!(max_age(&headers("no-store")), Some(Duration::ZERO));
-        assert_eq!(max_age(&headers("public")), None);
-        assert_eq!(max_age(&reqwest::header::HeaderMap::new()), None);
     }
 }
