@@ -71,46 +71,9 @@ fn client_from_file(
         setting: format!("{setting}.{}", e.setting),
         message: e.message,
     };
-    let or_default = |name: &str, value: Option<String>, default: Duration| match value {
-        Some(v) => duration(name, Some(v), "0").map_err(named),
-        None => Ok(default),
-    };
-    let tokens = TokenSettings {
-        access_token_lifetime: or_default(
-            "access_token_lifetime",
-            c.access_token_lifetime,
-            defaults.access_token_lifetime,
-        )?,
-        refresh_idle_timeout: or_default(
-            "refresh_idle_timeout",
-            c.refresh_idle_timeout,
-            defaults.refresh_idle_timeout,
-        )?,
-        refresh_absolute_lifetime: or_default(
-            "refresh_absolute_lifetime",
-            c.refresh_absolute_lifetime,
-            defaults.refresh_absolute_lifetime,
-        )?,
-        refresh_grace_period: or_default(
-            "refresh_grace_period",
-            c.refresh_grace_period,
-            defaults.refresh_grace_period,
-        )?,
-        clock_leeway: defaults.clock_leeway,
-    };
+    let tokens = client_tokens(&c, defaults, &named)?;
     tokens.validate().map_err(named)?;
-    for scope in &c.scopes {
-        let ok = !scope.is_empty()
-            && scope
-                .chars()
-                .all(|ch| ch.is_ascii_graphic() && ch != '"' && ch != '\\');
-        if !ok {
-            return Err(invalid(
-                &format!("{setting}.scopes"),
-                format!("{scope:?} is not a scope token (RFC 6749 §3.3)"),
-            ));
-        }
-    }
+    check_scopes(&setting, &c.scopes)?;
     if c.client_id.trim().is_empty() || c.client_id.len() > 128 {
         return Err(invalid(
             &format!("{setting}.client_id"),
@@ -141,7 +104,82 @@ fn client_from_file(
             "must list at least one non-empty audience",
         ));
     }
-    let secret_hash = match (c.kind, c.client_secret_hash.as_deref()) {
+    let secret_hash = secret_hash(&setting, c.kind, c.client_secret_hash.as_deref())?;
+    let introspection_audiences =
+        introspection_audiences(&setting, c.kind, c.introspection_audiences)?;
+    Ok(Client {
+        id: c.client_id,
+        kind: c.kind,
+        delivery,
+        allowed_origins,
+        audiences,
+        secret_hash,
+        scopes: c.scopes,
+        access_lifetime: tokens.access_token_lifetime,
+        policy: tokens.policy(),
+        introspection_audiences,
+    })
+}
+
+/// A client's lifetimes: its own where it sets them, else the defaults.
+fn client_tokens(
+    c: &ClientFile,
+    defaults: &TokenSettings,
+    named: &dyn Fn(ConfigError) -> ConfigError,
+) -> Result<TokenSettings, ConfigError> {
+    let or_default = |name: &str, value: Option<String>, default: Duration| match value {
+        Some(v) => duration(name, Some(v), "0").map_err(named),
+        None => Ok(default),
+    };
+    Ok(TokenSettings {
+        access_token_lifetime: or_default(
+            "access_token_lifetime",
+            c.access_token_lifetime.clone(),
+            defaults.access_token_lifetime,
+        )?,
+        refresh_idle_timeout: or_default(
+            "refresh_idle_timeout",
+            c.refresh_idle_timeout.clone(),
+            defaults.refresh_idle_timeout,
+        )?,
+        refresh_absolute_lifetime: or_default(
+            "refresh_absolute_lifetime",
+            c.refresh_absolute_lifetime.clone(),
+            defaults.refresh_absolute_lifetime,
+        )?,
+        refresh_grace_period: or_default(
+            "refresh_grace_period",
+            c.refresh_grace_period.clone(),
+            defaults.refresh_grace_period,
+        )?,
+        clock_leeway: defaults.clock_leeway,
+    })
+}
+
+/// Scope tokens as RFC 6749 §3.3 defines them.
+fn check_scopes(setting: &str, scopes: &[String]) -> Result<(), ConfigError> {
+    for scope in scopes {
+        let ok = !scope.is_empty()
+            && scope
+                .chars()
+                .all(|ch| ch.is_ascii_graphic() && ch != '"' && ch != '\\');
+        if !ok {
+            return Err(invalid(
+                &format!("{setting}.scopes"),
+                format!("{scope:?} is not a scope token (RFC 6749 §3.3)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A service client's secret hash; other kinds have none.
+fn secret_hash(
+    setting: &str,
+    kind: ClientKind,
+    raw: Option<&str>,
+) -> Result<Option<crate::crypto::client_secret::SecretHash>, ConfigError> {
+    Ok(match (kind, raw) {
         (ClientKind::Service, Some(raw)) => Some(
             crate::crypto::client_secret::parse_hash(raw).ok_or_else(|| {
                 invalid(
@@ -163,8 +201,17 @@ fn client_from_file(
             ));
         }
         (_, None) => None,
-    };
-    let introspection_audiences = match (c.kind, c.introspection_audiences) {
+    })
+}
+
+/// The audiences whose tokens a service client may introspect; other kinds introspect
+/// none.
+fn introspection_audiences(
+    setting: &str,
+    kind: ClientKind,
+    listed: Option<Vec<String>>,
+) -> Result<Vec<String>, ConfigError> {
+    Ok(match (kind, listed) {
         (ClientKind::Service, Some(list)) => {
             if list.iter().any(|a| a.trim().is_empty()) {
                 return Err(invalid(
@@ -182,18 +229,6 @@ fn client_from_file(
             ));
         }
         (_, None) => Vec::new(),
-    };
-    Ok(Client {
-        id: c.client_id,
-        kind: c.kind,
-        delivery,
-        allowed_origins,
-        audiences,
-        secret_hash,
-        scopes: c.scopes,
-        access_lifetime: tokens.access_token_lifetime,
-        policy: tokens.policy(),
-        introspection_audiences,
     })
 }
 

@@ -49,10 +49,30 @@ pub(crate) struct Credentials<'a> {
 pub(crate) struct Attempt(Option<Taken>);
 
 impl Issuer {
+    /// One password check against `hash` (`None`: an unknown account, checked against
+    /// a dummy hash all the same), paid from `account`'s budget: taken before the hash,
+    /// so a burst of guesses cannot outrun it, and given back when the password was
+    /// right or no check ran (the hashing queue was full).
+    pub(crate) async fn check_password(
+        &self,
+        account: &str,
+        user: Option<Uuid>,
+        shown: Credentials<'_>,
+        password: Secret,
+        hash: Option<String>,
+    ) -> Result<bool, Error> {
+        let attempt = self.take_attempt(account, user, shown).await?;
+        let verified = self.hasher.verify(password, hash).await;
+        if !matches!(verified, Ok(false)) {
+            self.give_back_attempt(attempt).await;
+        }
+        verified
+    }
+
     /// Takes one password check from `account`'s budget (the e-mail address as typed,
     /// normalised; known or not), or from the owner's own budget when the account's is
     /// used up and `shown` proves the caller is `user` (see the module docs).
-    pub(crate) async fn take_attempt(
+    async fn take_attempt(
         &self,
         account: &str,
         user: Option<Uuid>,
@@ -89,7 +109,7 @@ impl Issuer {
     }
 
     /// The password was right: the attempt does not count.
-    pub(crate) async fn give_back_attempt(&self, attempt: Attempt) {
+    async fn give_back_attempt(&self, attempt: Attempt) {
         if let Some(taken) = attempt.0 {
             self.shared.give_back(taken).await;
         }

@@ -139,34 +139,24 @@ impl Issuer {
             .ok_or(Error::InvalidToken("user gone"))?;
         // A password check like a login's, from the account's budget; a live session
         // gets through a locked account on a budget of its own (see `attempts`).
-        let attempt = self
-            .take_attempt(
+        let checked_hash = stored.password_hash;
+        let shown = Credentials {
+            session: Some(who.sid),
+            ..Credentials::default()
+        };
+        let verified = self
+            .check_password(
                 &email,
                 Some(who.user.id),
-                Credentials {
-                    session: Some(who.sid),
-                    ..Credentials::default()
-                },
+                shown,
+                current,
+                Some(checked_hash.clone()),
             )
             .await?;
-        let checked_hash = stored.password_hash;
-        let verified = match self
-            .hasher
-            .verify(current, Some(checked_hash.clone()))
-            .await
-        {
-            Ok(verified) => verified,
-            // No password was checked (the hashing queue is full): nothing counts.
-            Err(e) => {
-                self.give_back_attempt(attempt).await;
-                return Err(e);
-            }
-        };
         if !verified {
             tracing::info!(target: "security", event = "password_change_failed", user_id = %who.user.id);
             return Err(Error::WrongPassword);
         }
-        self.give_back_attempt(attempt).await;
         check_new_password(new.expose(), &email)?;
         let hash = self.hasher.hash(Lane::SignIn, new).await?;
         let now = self.now();

@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::store::shared::LimitKind;
 use crate::store::{
     AuditEvent, FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Ticket,
+    UserWithHash,
 };
 
 /// The parameters of a token request, as sent (form or JSON). Empty values count as
@@ -149,15 +150,6 @@ impl Issuer {
                 .await
                 .map_err(|wait| self.rate_limited(wait))?;
         }
-        // An unknown or malformed username runs the same hash as a wrong password.
-        let user = match normalize_email(&username) {
-            Ok(email) => self.store.find_user_by_email(&email).await?,
-            Err(_) => None,
-        }
-        .filter(|u| !u.disabled);
-        // One password check from the account's budget, taken before the hash (see
-        // `attempts`): a burst of guesses cannot outrun it.
-        let account = normalize_email(&username).unwrap_or_else(|_| username.to_lowercase());
         let source = meta
             .ip
             .as_deref()
@@ -167,46 +159,14 @@ impl Issuer {
             Delivery::Cookie => present_secret(meta.refresh_cookie.clone()),
             Delivery::Body => present_secret(params.refresh_token),
         };
-        let attempt = self
-            .take_attempt(
-                &account,
-                user.as_ref().map(|u| u.user.id),
-                Credentials {
-                    source: source.as_deref(),
-                    refresh_token: shown_token.as_ref(),
-                    session: None,
-                },
-            )
+        let credentials = Credentials {
+            source: source.as_deref(),
+            refresh_token: shown_token.as_ref(),
+            session: None,
+        };
+        let user = self
+            .check_login(client, &username, password, credentials, &meta)
             .await?;
-        let hash = user.as_ref().map(|u| u.password_hash.clone());
-        let verified = match self.hasher.verify(password, hash).await {
-            Ok(verified) => verified,
-            // No password was checked (the hashing queue is full): nothing counts.
-            Err(e) => {
-                self.give_back_attempt(attempt).await;
-                return Err(e);
-            }
-        };
-        if !verified {
-            tracing::info!(target: "security", event = "login_failed", client_id = %client.id, ip = ?meta.ip);
-            self.metrics.logins_failed.inc();
-            // Known user or not, the same row is written: the timing stays the same.
-            // Best effort: a busy database does not turn a wrong password into a 503.
-            let event = AuditEvent::login_failed(
-                self.now(),
-                user.as_ref().map(|u| u.user.id),
-                &client.id,
-                meta.ip.as_deref(),
-            );
-            if let Err(e) = self.store.record_audit(&event).await {
-                tracing::warn!(error = %e, "could not record a failed login");
-            }
-            return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials));
-        }
-        self.give_back_attempt(attempt).await;
-        let Some(user) = user else {
-            return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials));
-        };
         let now = self.now();
         let token = refresh::generate()?;
         let family = NewFamily {
@@ -231,53 +191,61 @@ impl Issuer {
             .await
     }
 
+    /// The user a username and password name, or `invalid_credentials`; the check is
+    /// paid from the account's budget (see `attempts`).
+    async fn check_login(
+        &self,
+        client: &Client,
+        username: &str,
+        password: Secret,
+        credentials: Credentials<'_>,
+        meta: &RequestMeta,
+    ) -> Result<UserWithHash, Error> {
+        // An unknown or malformed username runs the same hash as a wrong password.
+        let user = match normalize_email(username) {
+            Ok(email) => self.store.find_user_by_email(&email).await?,
+            Err(_) => None,
+        }
+        .filter(|u| !u.disabled);
+        let account = normalize_email(username).unwrap_or_else(|_| username.to_lowercase());
+        let (id, hash) = match &user {
+            Some(u) => (Some(u.user.id), Some(u.password_hash.clone())),
+            None => (None, None),
+        };
+        if !self
+            .check_password(&account, id, credentials, password, hash)
+            .await?
+        {
+            self.login_failed(client, id, meta).await;
+            return Err(Error::InvalidGrant(GrantRejection::InvalidCredentials));
+        }
+        user.ok_or(Error::InvalidGrant(GrantRejection::InvalidCredentials))
+    }
+
+    /// Counts, logs and audits a wrong password. Known user or not, the same row is
+    /// written: the timing stays the same. Best effort: a busy database does not turn a
+    /// wrong password into a 503.
+    async fn login_failed(&self, client: &Client, user_id: Option<Uuid>, meta: &RequestMeta) {
+        tracing::info!(target: "security", event = "login_failed", client_id = %client.id, ip = ?meta.ip);
+        self.metrics.logins_failed.inc();
+        let event = AuditEvent::login_failed(self.now(), user_id, &client.id, meta.ip.as_deref());
+        if let Err(e) = self.store.record_audit(&event).await {
+            tracing::warn!(error = %e, "could not record a failed login");
+        }
+    }
+
     async fn refresh_grant(
         &self,
         client: &Client,
         params: TokenParams,
-        meta: RequestMeta,
+        mut meta: RequestMeta,
     ) -> Result<Issued, Error> {
-        let body_token = present_secret(params.refresh_token);
-        let presented = match client.delivery {
-            Delivery::Cookie if body_token.is_some() => {
-                return Err(Error::InvalidRequest(
-                    "cookie-mode clients send the refresh token in the __Host-refresh cookie only"
-                        .into(),
-                ));
-            }
-            Delivery::Cookie => present_secret(meta.refresh_cookie).ok_or_else(|| {
-                Error::InvalidRequest("the __Host-refresh cookie is missing".into())
-            })?,
-            Delivery::Body => body_token
-                .ok_or_else(|| Error::InvalidRequest("refresh_token is required".into()))?,
-        };
-        if presented.expose().len() > refresh::MAX_TOKEN_LEN {
-            return Err(Error::InvalidRequest("refresh_token is too long".into()));
-        }
+        let presented =
+            presented_refresh_token(client, params.refresh_token, meta.refresh_cookie.take())?;
         let presented_hash = refresh::hash(&presented);
-        // RFC 6749 §6: a narrower scope may be asked for, never a wider one. Checked
-        // before the token is used, so a refused request leaves it valid.
         let requested_scope = client.check_scope(params.scope.as_deref())?;
-        if let Some(requested) = &requested_scope
-            && let Some(state) = self.store.refresh_token_state(&presented_hash).await?
-        {
-            let granted = state.family.scope.unwrap_or_default();
-            if !requested
-                .split(' ')
-                .all(|s| granted.split(' ').any(|g| g == s))
-            {
-                return Err(Error::InvalidScope);
-            }
-        }
-        // Counted before the token is consumed, so a refused request leaves it usable.
-        if let Some(limit) = self.limits.refresh_per_family
-            && let Some(family) = self.store.family_of(&presented_hash).await?
-        {
-            self.shared
-                .hit(LimitKind::RefreshFamily, &family.to_string(), limit)
-                .await
-                .map_err(|wait| self.rate_limited(wait))?;
-        }
+        self.check_before_rotation(&presented_hash, requested_scope.as_deref())
+            .await?;
         let successor = self.successors.successor(&presented);
         let user_agent: Option<String> = meta
             .user_agent
@@ -301,11 +269,9 @@ impl Issuer {
             RotateOutcome::Issued { family, replay } => {
                 if replay {
                     self.metrics.grace_replays.inc();
+                    tracing::info!(target: "security", event = "refresh_grace_replay", sid = %family.id, client_id = %client.id);
                 } else {
                     self.metrics.rotations.inc();
-                }
-                if replay {
-                    tracing::info!(target: "security", event = "refresh_grace_replay", sid = %family.id, client_id = %client.id);
                 }
                 self.issue(client, &family, successor, now, requested_scope)
                     .await
@@ -315,34 +281,77 @@ impl Issuer {
                 family,
                 revoked,
             } => {
-                self.metrics.refresh_refused(rejection.code());
-                if let Some(reason) = revoked {
-                    if reason == RevokeReason::Reuse {
-                        self.metrics.reuse_detections.inc();
-                    }
-                    self.count_revoked(reason, 1);
-                }
-                if let (Some(reason), Some(f)) = (revoked, &family) {
-                    tracing::warn!(
-                        target: "security",
-                        event = "family_revoked",
-                        reason = reason.code(),
-                        sid = %f.id,
-                        user_id = %f.user_id,
-                        family_client_id = %f.client_id,
-                        client_id = %client.id,
-                        ip = ?meta.ip,
-                    );
-                }
-                // Revoked by this request or an earlier one (whose announcement may
-                // have been cut short): announcing again is harmless.
-                if let Some(f) = &family
-                    && matches!(rejection, GrantRejection::Revoked | GrantRejection::Reused)
-                {
-                    self.shared.revoked(f.id).await;
-                }
+                self.refused(client, &meta, rejection, family.as_ref(), revoked)
+                    .await;
                 Err(Error::InvalidGrant(rejection))
             }
+        }
+    }
+
+    /// What is checked before a refresh token is used, so that a refused request
+    /// leaves it valid: a narrower scope may be asked for, never a wider one (RFC 6749
+    /// §6), and the family's rate limit.
+    async fn check_before_rotation(
+        &self,
+        presented: &refresh::TokenHash,
+        requested_scope: Option<&str>,
+    ) -> Result<(), Error> {
+        if let Some(requested) = requested_scope
+            && let Some(state) = self.store.refresh_token_state(presented).await?
+        {
+            let granted = state.family.scope.unwrap_or_default();
+            if !requested
+                .split(' ')
+                .all(|s| granted.split(' ').any(|g| g == s))
+            {
+                return Err(Error::InvalidScope);
+            }
+        }
+        if let Some(limit) = self.limits.refresh_per_family
+            && let Some(family) = self.store.family_of(presented).await?
+        {
+            self.shared
+                .hit(LimitKind::RefreshFamily, &family.to_string(), limit)
+                .await
+                .map_err(|wait| self.rate_limited(wait))?;
+        }
+        Ok(())
+    }
+
+    /// Counts and logs a refused refresh token, and announces a revoked family.
+    async fn refused(
+        &self,
+        client: &Client,
+        meta: &RequestMeta,
+        rejection: GrantRejection,
+        family: Option<&FamilyInfo>,
+        revoked: Option<RevokeReason>,
+    ) {
+        self.metrics.refresh_refused(rejection.code());
+        if let Some(reason) = revoked {
+            if reason == RevokeReason::Reuse {
+                self.metrics.reuse_detections.inc();
+            }
+            self.count_revoked(reason, 1);
+        }
+        if let (Some(reason), Some(f)) = (revoked, family) {
+            tracing::warn!(
+                target: "security",
+                event = "family_revoked",
+                reason = reason.code(),
+                sid = %f.id,
+                user_id = %f.user_id,
+                family_client_id = %f.client_id,
+                client_id = %client.id,
+                ip = ?meta.ip,
+            );
+        }
+        // Revoked by this request or an earlier one (whose announcement may have been
+        // cut short): announcing again is harmless.
+        if let Some(f) = family
+            && matches!(rejection, GrantRejection::Revoked | GrantRejection::Reused)
+        {
+            self.shared.revoked(f.id).await;
         }
     }
 
@@ -465,4 +474,31 @@ impl Issuer {
         }
         Ok(Revoked { clear_cookie })
     }
+}
+
+/// The refresh token of a refresh grant, where the client's delivery puts it: the
+/// `__Host-refresh` cookie only, or the body.
+fn presented_refresh_token(
+    client: &Client,
+    body: Option<Secret>,
+    cookie: Option<Secret>,
+) -> Result<Secret, Error> {
+    let body_token = present_secret(body);
+    let presented = match client.delivery {
+        Delivery::Cookie if body_token.is_some() => {
+            return Err(Error::InvalidRequest(
+                "cookie-mode clients send the refresh token in the __Host-refresh cookie only"
+                    .into(),
+            ));
+        }
+        Delivery::Cookie => present_secret(cookie)
+            .ok_or_else(|| Error::InvalidRequest("the __Host-refresh cookie is missing".into()))?,
+        Delivery::Body => {
+            body_token.ok_or_else(|| Error::InvalidRequest("refresh_token is required".into()))?
+        }
+    };
+    if presented.expose().len() > refresh::MAX_TOKEN_LEN {
+        return Err(Error::InvalidRequest("refresh_token is too long".into()));
+    }
+    Ok(presented)
 }
