@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{PASSWORD, unique_email};
+use crate::helpers::{Api, PASSWORD, live_tokens_per_family, tokens, unique_email};
 
 struct Running {
     child: Child,
@@ -93,72 +93,25 @@ fn start_with(dir: &std::path::Path, log_filter: &str, env: &[(&str, &str)]) -> 
 async fn first_start_generates_a_key_and_trace_logs_hold_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), "trace");
-    let base = format!("http://127.0.0.1:{}", server.port);
-    let http = reqwest::Client::new();
+    let api = Api::new(format!("http://127.0.0.1:{}", server.port));
 
     let email = unique_email();
-    let resp = http
-        .post(format!("{base}/v1/users"))
-        .json(&serde_json::json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    let login: Value = http
-        .post(format!("{base}/oauth/token"))
-        .form(&[
-            ("grant_type", "password"),
-            ("client_id", "dev"),
-            ("username", &email),
-            ("password", PASSWORD),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let first_refresh = login["refresh_token"].as_str().unwrap().to_owned();
-    let access = login["access_token"].as_str().unwrap().to_owned();
-    let me = http
-        .get(format!("{base}/v1/me"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(me.status(), StatusCode::OK);
-    let rotated: Value = http
-        .post(format!("{base}/oauth/token"))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("client_id", "dev"),
-            ("refresh_token", &first_refresh),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let second_refresh = rotated["refresh_token"].as_str().unwrap().to_owned();
-    let wrong = http
-        .post(format!("{base}/oauth/token"))
-        .form(&[
-            ("grant_type", "password"),
-            ("client_id", "dev"),
-            ("username", &email),
-            ("password", "a wrong passphrase!"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(
+        api.register(&email, PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
+    let login = tokens(api.login(&email, PASSWORD).await).await;
+    let (first_refresh, access) = (login.refresh, login.access);
+    assert_eq!(api.me(&access).await.status(), StatusCode::OK);
+    let second_refresh = tokens(api.refresh(&first_refresh).await).await.refresh;
+    let wrong = api.login(&email, "a wrong passphrase!").await;
     assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
-    let revoke = http
-        .post(format!("{base}/oauth/revoke"))
-        .form(&[("client_id", "dev"), ("token", &second_refresh)])
-        .send()
-        .await
-        .unwrap();
+    let revoke = api
+        .post_form(
+            "/oauth/revoke",
+            &[("client_id", "dev"), ("token", &second_refresh)],
+        )
+        .await;
     assert_eq!(revoke.status(), StatusCode::OK);
 
     // The key was generated under ./keys and the database under ./data.
@@ -221,84 +174,18 @@ const NO_LIMITS: [(&str, &str); 3] = [
     ("ISSUER_RATE_LIMIT_REFRESH_PER_FAMILY", "off"),
 ];
 
-async fn post_form(
-    http: &reqwest::Client,
-    base: &str,
-    path: &str,
-    form: &[(&str, &str)],
-) -> reqwest::Result<reqwest::Response> {
-    http.post(format!("{base}{path}")).form(form).send().await
-}
-
-/// A password grant of the `dev` client.
-async fn password_grant(
-    http: &reqwest::Client,
-    base: &str,
-    email: &str,
-) -> reqwest::Result<reqwest::Response> {
-    let form = [
-        ("grant_type", "password"),
-        ("client_id", "dev"),
-        ("username", email),
-        ("password", PASSWORD),
-    ];
-    post_form(http, base, "/oauth/token", &form).await
-}
-
-/// A refresh grant of the `dev` client.
-async fn refresh_grant(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-) -> reqwest::Result<reqwest::Response> {
-    let form = [
-        ("grant_type", "refresh_token"),
-        ("client_id", "dev"),
-        ("refresh_token", token),
-    ];
-    post_form(http, base, "/oauth/token", &form).await
-}
-
-async fn register_and_login(
-    http: &reqwest::Client,
-    base: &str,
-    email: &str,
-    logins: usize,
-) -> Vec<String> {
-    let resp = http
-        .post(format!("{base}/v1/users"))
-        .json(&serde_json::json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+/// Registers `email` and logs in `logins` times with the `dev` client; the refresh
+/// tokens.
+async fn register_and_login(api: &Api, email: &str, logins: usize) -> Vec<String> {
+    assert_eq!(
+        api.register(email, PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
     let mut refresh_tokens = Vec::new();
     for _ in 0..logins {
-        let body: Value = password_grant(http, base, email)
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        refresh_tokens.push(body["refresh_token"].as_str().unwrap().to_owned());
+        refresh_tokens.push(tokens(api.login(email, PASSWORD).await).await.refresh);
     }
     refresh_tokens
-}
-
-/// For every family not revoked: how many unconsumed tokens it has.
-async fn live_tokens_per_family(database_url: &str) -> Vec<(String, i64)> {
-    use sqlx::Connection as _;
-    let query = "SELECT CAST(f.id AS TEXT),
-                        (SELECT COUNT(*) FROM refresh_tokens t
-                         WHERE t.family_id = f.id AND t.consumed_at IS NULL)
-                 FROM refresh_families f WHERE f.revoked_at IS NULL";
-    if database_url.starts_with("postgres") {
-        let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
-        sqlx::query_as(query).fetch_all(&mut conn).await.unwrap()
-    } else {
-        let mut conn = sqlx::SqliteConnection::connect(database_url).await.unwrap();
-        sqlx::query_as(query).fetch_all(&mut conn).await.unwrap()
-    }
 }
 
 /// Issue 4: SIGKILL in the middle of a stream of rotations, on both stores. Every
@@ -315,20 +202,18 @@ async fn a_kill_9_in_the_middle_of_rotations_leaves_every_family_whole() {
             env.push(("ISSUER_DATABASE_URL", url));
         }
         let mut server = start_with(dir.path(), "info", &env);
-        let base = format!("http://127.0.0.1:{}", server.port);
-        let http = reqwest::Client::new();
-        let chains = register_and_login(&http, &base, &unique_email(), FAMILIES).await;
+        let api = Api::new(format!("http://127.0.0.1:{}", server.port));
+        let chains = register_and_login(&api, &unique_email(), FAMILIES).await;
         let latest: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(chains));
         let rotations = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let workers: Vec<_> = (0..FAMILIES)
             .map(|i| {
-                let (latest, rotations, base) =
-                    (Arc::clone(&latest), Arc::clone(&rotations), base.clone());
+                let (latest, rotations, api) =
+                    (Arc::clone(&latest), Arc::clone(&rotations), api.clone());
                 tokio::spawn(async move {
-                    let http = reqwest::Client::new();
                     loop {
                         let token = latest.lock().unwrap()[i].clone();
-                        let Ok(resp) = refresh_grant(&http, &base, &token).await else {
+                        let Ok(resp) = api.try_refresh(&token).await else {
                             return; // the server is gone
                         };
                         let Ok(body) = resp.json::<Value>().await else {
@@ -372,10 +257,10 @@ async fn a_kill_9_in_the_middle_of_rotations_leaves_every_family_whole() {
         // token is still live, or its rotation committed and the grace window answers
         // with the same successor.
         let server = start_with(dir.path(), "info", &env);
-        let base = format!("http://127.0.0.1:{}", server.port);
+        let api = Api::new(format!("http://127.0.0.1:{}", server.port));
         let last = latest.lock().unwrap().clone();
         for token in &last {
-            let resp = refresh_grant(&http, &base, token).await.unwrap();
+            let resp = api.refresh(token).await;
             assert_eq!(
                 resp.status(),
                 StatusCode::OK,
@@ -397,15 +282,14 @@ async fn sigterm_finishes_the_requests_in_flight_and_exits() {
     // One hashing thread: the logins queue, so some are in flight at the signal.
     env.push(("ISSUER_PASSWORD_HASH_CONCURRENCY", "1"));
     let mut server = start_with(dir.path(), "info", &env);
-    let base = format!("http://127.0.0.1:{}", server.port);
-    let http = reqwest::Client::new();
+    let api = Api::new(format!("http://127.0.0.1:{}", server.port));
     let email = unique_email();
-    register_and_login(&http, &base, &email, 0).await;
+    register_and_login(&api, &email, 0).await;
     let logins: Vec<_> = (0..6)
         .map(|_| {
-            let (http, base, email) = (http.clone(), base.clone(), email.clone());
+            let (api, email) = (api.clone(), email.clone());
             tokio::spawn(async move {
-                let resp = password_grant(&http, &base, &email).await;
+                let resp = api.try_login(&email, PASSWORD).await;
                 (resp, std::time::Instant::now())
             })
         })
@@ -443,7 +327,7 @@ async fn sigterm_finishes_the_requests_in_flight_and_exits() {
         "{log}"
     );
     assert!(
-        http.get(format!("{base}/healthz")).send().await.is_err(),
+        api.http.get(api.url("/healthz")).send().await.is_err(),
         "nothing listens after the exit"
     );
 }
@@ -452,10 +336,9 @@ async fn sigterm_finishes_the_requests_in_flight_and_exits() {
 async fn the_cli_grants_the_admin_role_and_prints_client_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_with(dir.path(), "info", &NO_LIMITS);
-    let base = format!("http://127.0.0.1:{}", server.port);
-    let http = reqwest::Client::new();
+    let api = Api::new(format!("http://127.0.0.1:{}", server.port));
     let email = unique_email();
-    register_and_login(&http, &base, &email, 0).await;
+    register_and_login(&api, &email, 0).await;
     let out = binary(dir.path())
         .args(["admin", "grant", &email.to_uppercase()])
         .output()
@@ -497,20 +380,14 @@ async fn the_cli_grants_the_admin_role_and_prints_client_secrets() {
 async fn keys_rotated_by_the_cli_are_picked_up_by_the_running_server() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_with(dir.path(), "info", &NO_LIMITS);
-    let base = format!("http://127.0.0.1:{}", server.port);
-    let http = reqwest::Client::new();
+    let api = Api::new(format!("http://127.0.0.1:{}", server.port));
     let email = unique_email();
-    register_and_login(&http, &base, &email, 0).await;
+    register_and_login(&api, &email, 0).await;
     let kid_of_a_login = || {
-        let (http, base, email) = (http.clone(), base.clone(), email.clone());
+        let (api, email) = (api.clone(), email.clone());
         async move {
-            let body: Value = password_grant(&http, &base, &email)
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            crate::helpers::segment(body["access_token"].as_str().unwrap(), 0)["kid"]
+            let access = tokens(api.login(&email, PASSWORD).await).await.access;
+            crate::helpers::segment(&access, 0)["kid"]
                 .as_str()
                 .unwrap()
                 .to_owned()
@@ -590,20 +467,14 @@ async fn trace_logs_of_password_changes_and_introspection_hold_no_secret() {
     let mut env = NO_LIMITS.to_vec();
     env.push(("ISSUER_CONFIG", &config));
     let server = start_with(dir.path(), "trace", &env);
-    let base = format!("http://127.0.0.1:{}", server.port);
-    let http = reqwest::Client::new();
+    let api = Api::new(format!("http://127.0.0.1:{}", server.port));
     let email = unique_email();
-    let refresh = register_and_login(&http, &base, &email, 1).await.remove(0);
-    let first: Value = refresh_grant(&http, &base, &refresh)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let access = first["access_token"].as_str().unwrap().to_owned();
+    let refresh = register_and_login(&api, &email, 1).await.remove(0);
+    let access = tokens(api.refresh(&refresh).await).await.access;
     let new_password = "a brand new passphrase";
-    let changed: Value = http
-        .post(format!("{base}/v1/me/password"))
+    let changed: Value = api
+        .http
+        .post(api.url("/v1/me/password"))
         .bearer_auth(&access)
         .json(&serde_json::json!({"current_password": PASSWORD, "new_password": new_password}))
         .send()
@@ -614,8 +485,9 @@ async fn trace_logs_of_password_changes_and_introspection_hold_no_secret() {
         .unwrap();
     let fresh_refresh = changed["refresh_token"].as_str().unwrap().to_owned();
     let fresh_access = changed["access_token"].as_str().unwrap().to_owned();
-    let answer: Value = http
-        .post(format!("{base}/oauth/introspect"))
+    let answer: Value = api
+        .http
+        .post(api.url("/oauth/introspect"))
         .basic_auth("rs", Some(secret.expose()))
         .form(&[("token", fresh_access.as_str())])
         .send()
@@ -625,8 +497,9 @@ async fn trace_logs_of_password_changes_and_introspection_hold_no_secret() {
         .await
         .unwrap();
     assert_eq!(answer["active"], true);
-    let wrong = http
-        .post(format!("{base}/oauth/introspect"))
+    let wrong = api
+        .http
+        .post(api.url("/oauth/introspect"))
         .basic_auth("rs", Some("a guessed secret value"))
         .form(&[("token", fresh_refresh.as_str())])
         .send()
@@ -658,8 +531,8 @@ async fn trace_logs_of_password_changes_and_introspection_hold_no_secret() {
 async fn logs_are_plain_text_off_a_terminal_or_one_json_object_a_line() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_with(dir.path(), "info", &NO_LIMITS);
-    let base = format!("http://127.0.0.1:{}", server.port);
-    register_and_login(&reqwest::Client::new(), &base, &unique_email(), 1).await;
+    let api = Api::new(format!("http://127.0.0.1:{}", server.port));
+    register_and_login(&api, &unique_email(), 1).await;
     let text = server.log.lock().unwrap().clone();
     assert!(
         text.contains("event=\"login\"") || text.contains("event=login"),
@@ -674,8 +547,8 @@ async fn logs_are_plain_text_off_a_terminal_or_one_json_object_a_line() {
     let mut env = NO_LIMITS.to_vec();
     env.push(("ISSUER_LOG_FORMAT", "json"));
     let server = start_with(dir.path(), "info", &env);
-    let base = format!("http://127.0.0.1:{}", server.port);
-    register_and_login(&reqwest::Client::new(), &base, &unique_email(), 1).await;
+    let api = Api::new(format!("http://127.0.0.1:{}", server.port));
+    register_and_login(&api, &unique_email(), 1).await;
     // The login's event is written after its response: wait for it.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let lines: Vec<Value> = loop {
