@@ -198,43 +198,14 @@ pub enum RevokeOutcome {
     OtherClient,
 }
 
-/// The persistence operations of the issuer. Each method is atomic.
+/// The writes of sessions and users that are compositions of the engine's steps:
+/// written once (`engine`), for every SQL backend. Each method is atomic.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Answers when the database can be queried.
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Closes the connections (shutdown): waits for the ones in use to come back.
-    async fn close(&self);
-
-    /// Inserts a user; `Conflict` when the e-mail is taken.
-    async fn create_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError>;
-
-    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserWithHash>, StoreError>;
-
+pub trait Sessions: Send + Sync {
     /// Creates a family with its first (unconsumed) token, and records the `login`;
     /// false (nothing written) when the user was disabled or changed password since
     /// the check.
     async fn create_family(&self, family: &NewFamily) -> Result<bool, StoreError>;
-
-    /// Rotates, replays within grace, or refuses (revoking the family on reuse), in one
-    /// transaction decided by a conditional update.
-    async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError>;
-
-    /// The families revoked at or after `since`, with when (to rebuild the deny-list).
-    async fn revoked_since(
-        &self,
-        since: OffsetDateTime,
-    ) -> Result<Vec<(Uuid, OffsetDateTime)>, StoreError>;
-
-    /// A refresh token and its family, used or not; `None` when unknown.
-    async fn refresh_token_state(
-        &self,
-        token: &TokenHash,
-    ) -> Result<Option<RefreshTokenState>, StoreError>;
-
-    /// The family a refresh token belongs to (for the per-family rate limit), used or not.
-    async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError>;
 
     /// Revokes the family of a refresh token if it belongs to `client_id`.
     async fn revoke_by_token(
@@ -252,15 +223,6 @@ pub trait Store: Send + Sync + 'static {
         reason: RevokeReason,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
-
-    /// The live sessions of a user (not revoked, idle or expired), most recently used
-    /// first.
-    async fn list_sessions(
-        &self,
-        user_id: Uuid,
-        policy: &RefreshPolicy,
-        now: OffsetDateTime,
-    ) -> Result<Vec<Session>, StoreError>;
 
     /// Revokes the user's sessions that `which` names and are not revoked yet, with an
     /// audit row each; returns their ids.
@@ -283,6 +245,62 @@ pub trait Store: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<Option<Vec<Uuid>>, StoreError>;
 
+    /// Disables (revoking every session, reason `user_disabled`) or re-enables a user,
+    /// with an audit row naming `actor`; `None` when the user is unknown, else the
+    /// sessions revoked.
+    async fn set_disabled(
+        &self,
+        user_id: Uuid,
+        disabled: bool,
+        actor: Uuid,
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<Uuid>>, StoreError>;
+
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+}
+
+/// The persistence operations of the issuer. Each method is atomic.
+#[async_trait]
+pub trait Store: Sessions + Send + Sync + 'static {
+    /// Answers when the database can be queried.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Closes the connections (shutdown): waits for the ones in use to come back.
+    async fn close(&self);
+
+    /// Inserts a user; `Conflict` when the e-mail is taken.
+    async fn create_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError>;
+
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<UserWithHash>, StoreError>;
+
+    /// Rotates, replays within grace, or refuses (revoking the family on reuse), in one
+    /// transaction decided by a conditional update.
+    async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError>;
+
+    /// The families revoked at or after `since`, with when (to rebuild the deny-list).
+    async fn revoked_since(
+        &self,
+        since: OffsetDateTime,
+    ) -> Result<Vec<(Uuid, OffsetDateTime)>, StoreError>;
+
+    /// A refresh token and its family, used or not; `None` when unknown.
+    async fn refresh_token_state(
+        &self,
+        token: &TokenHash,
+    ) -> Result<Option<RefreshTokenState>, StoreError>;
+
+    /// The family a refresh token belongs to (for the per-family rate limit), used or not.
+    async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError>;
+
+    /// The live sessions of a user (not revoked, idle or expired), most recently used
+    /// first.
+    async fn list_sessions(
+        &self,
+        user_id: Uuid,
+        policy: &RefreshPolicy,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Session>, StoreError>;
+
     /// How many sessions are live (for `/metrics`).
     async fn count_live_families(
         &self,
@@ -303,19 +321,6 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 
     async fn has_role(&self, user_id: Uuid, role: &str) -> Result<bool, StoreError>;
-
-    /// Disables (revoking every session, reason `user_disabled`) or re-enables a user,
-    /// with an audit row naming `actor`; `None` when the user is unknown, else the
-    /// sessions revoked.
-    async fn set_disabled(
-        &self,
-        user_id: Uuid,
-        disabled: bool,
-        actor: Uuid,
-        now: OffsetDateTime,
-    ) -> Result<Option<Vec<Uuid>>, StoreError>;
-
-    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
 
     /// Deletes the audit events older than `before`; returns how many.
     async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError>;

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::{
     AuditEvent, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome, RotateOutcome,
-    RotateRequest, Session, SessionSelector, Store, StoreError, Ticket, UserWithHash,
+    RotateRequest, Session, SessionSelector, Sessions, Store, StoreError, Ticket, UserWithHash,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{RefreshPolicy, RevokeReason};
@@ -94,10 +94,6 @@ impl Store for TimedStore {
         self.bounded(self.inner.find_user_by_email(email)).await
     }
 
-    async fn create_family(&self, family: &NewFamily) -> Result<bool, StoreError> {
-        self.bounded(self.inner.create_family(family)).await
-    }
-
     async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
         let deadline = tokio::time::Instant::now() + self.limit;
         let backstop = deadline + self.limit + CLAIMED_MARGIN;
@@ -148,27 +144,6 @@ impl Store for TimedStore {
             .await
     }
 
-    async fn revoke_sessions(
-        &self,
-        user_id: Uuid,
-        which: SessionSelector,
-        reason: RevokeReason,
-        now: OffsetDateTime,
-    ) -> Result<Vec<Uuid>, StoreError> {
-        self.bounded(self.inner.revoke_sessions(user_id, which, reason, now))
-            .await
-    }
-
-    async fn change_password(
-        &self,
-        change: &PasswordChange<'_>,
-        family: &NewFamily,
-        now: OffsetDateTime,
-    ) -> Result<Option<Vec<Uuid>>, StoreError> {
-        self.bounded(self.inner.change_password(change, family, now))
-            .await
-    }
-
     async fn count_live_families(
         &self,
         policy: &RefreshPolicy,
@@ -195,21 +170,6 @@ impl Store for TimedStore {
 
     async fn has_role(&self, user_id: Uuid, role: &str) -> Result<bool, StoreError> {
         self.bounded(self.inner.has_role(user_id, role)).await
-    }
-
-    async fn set_disabled(
-        &self,
-        user_id: Uuid,
-        disabled: bool,
-        actor: Uuid,
-        now: OffsetDateTime,
-    ) -> Result<Option<Vec<Uuid>>, StoreError> {
-        self.bounded(self.inner.set_disabled(user_id, disabled, actor, now))
-            .await
-    }
-
-    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.bounded(self.inner.record_audit(event)).await
     }
 
     async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
@@ -256,6 +216,30 @@ impl Store for TimedStore {
         self.bounded(self.inner.family_of(token)).await
     }
 
+    async fn session_user(
+        &self,
+        family_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Option<User>, StoreError> {
+        self.bounded(self.inner.session_user(family_id, user_id))
+            .await
+    }
+
+    async fn sweep(
+        &self,
+        policy: &RefreshPolicy,
+        cutoff: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        self.bounded(self.inner.sweep(policy, cutoff)).await
+    }
+}
+
+#[async_trait]
+impl Sessions for TimedStore {
+    async fn create_family(&self, family: &NewFamily) -> Result<bool, StoreError> {
+        self.bounded(self.inner.create_family(family)).await
+    }
+
     async fn revoke_by_token(
         &self,
         token: &TokenHash,
@@ -277,20 +261,39 @@ impl Store for TimedStore {
             .await
     }
 
-    async fn session_user(
+    async fn revoke_sessions(
         &self,
-        family_id: Uuid,
         user_id: Uuid,
-    ) -> Result<Option<User>, StoreError> {
-        self.bounded(self.inner.session_user(family_id, user_id))
+        which: SessionSelector,
+        reason: RevokeReason,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        self.bounded(self.inner.revoke_sessions(user_id, which, reason, now))
             .await
     }
 
-    async fn sweep(
+    async fn change_password(
         &self,
-        policy: &RefreshPolicy,
-        cutoff: OffsetDateTime,
-    ) -> Result<u64, StoreError> {
-        self.bounded(self.inner.sweep(policy, cutoff)).await
+        change: &PasswordChange<'_>,
+        family: &NewFamily,
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<Uuid>>, StoreError> {
+        self.bounded(self.inner.change_password(change, family, now))
+            .await
+    }
+
+    async fn set_disabled(
+        &self,
+        user_id: Uuid,
+        disabled: bool,
+        actor: Uuid,
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<Uuid>>, StoreError> {
+        self.bounded(self.inner.set_disabled(user_id, disabled, actor, now))
+            .await
+    }
+
+    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.bounded(self.inner.record_audit(event)).await
     }
 }

@@ -5,7 +5,8 @@
 //! (`domain::family::RefreshPolicy::decide`), settle the decision (touch, revoke with
 //! its audit row, refuse); start a session with its login source and audit row;
 //! revoke sessions with an audit row each; disable a user; change a password. The
-//! compositions live here (`rotation`, `accounts`), generic over `Steps`: the
+//! compositions live here (`rotation`, `accounts`; `sessions` runs the latter as the
+//! store's `Sessions`), generic over `Steps`: the
 //! statements one backend runs inside its write transaction. A backend implements
 //! `Steps` for its transaction type (SQL, bindings, row decoding) and decides only how
 //! a transaction starts and ends (SQLite: `BEGIN IMMEDIATE` on its one writer, and the
@@ -17,6 +18,9 @@
 
 pub mod accounts;
 pub mod rotation;
+mod sessions;
+
+pub use sessions::Transactional;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;

@@ -24,6 +24,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
+use async_trait::async_trait;
+
+use super::engine::Transactional;
 use super::engine::rotation::{self, Settled};
 use super::{RotateOutcome, RotateRequest, StoreError};
 
@@ -63,10 +66,6 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Other(sqlx::Error::Migrate(Box::new(e))))?;
         Ok(Self { pool })
-    }
-
-    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        self.pool.begin().await.map_err(classify)
     }
 }
 
@@ -165,5 +164,18 @@ impl PgStore {
         r.ticket.release();
         committed?;
         Ok(outcome)
+    }
+}
+
+#[async_trait]
+impl Transactional for PgStore {
+    type Tx = Transaction<'static, Postgres>;
+
+    async fn begin_write(&self) -> Result<Self::Tx, StoreError> {
+        self.pool.begin().await.map_err(classify)
+    }
+
+    async fn commit(tx: Self::Tx) -> Result<(), StoreError> {
+        tx.commit().await.map_err(classify)
     }
 }

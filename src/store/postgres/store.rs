@@ -8,12 +8,11 @@ use uuid::Uuid;
 use super::rows::{AuditRecord, FAMILY_COLUMNS, TokenStateRecord, UserRecord};
 use super::{PgStore, classify};
 use crate::crypto::refresh::TokenHash;
-use crate::domain::family::{RefreshPolicy, RevokeReason};
+use crate::domain::family::RefreshPolicy;
 use crate::domain::user::User;
-use crate::store::engine::{Steps as _, accounts};
 use crate::store::{
-    AuditEvent, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome, RotateOutcome,
-    RotateRequest, Session, SessionSelector, Store, StoreError, UserWithHash,
+    AuditEvent, RefreshTokenState, RotateOutcome, RotateRequest, Session, Store, StoreError,
+    UserWithHash,
 };
 
 #[async_trait]
@@ -55,27 +54,8 @@ impl Store for PgStore {
         Ok(record.map(UserWithHash::from))
     }
 
-    async fn create_family(&self, f: &NewFamily) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let created = accounts::start_session(&mut tx, f).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(created)
-    }
-
     async fn rotate(&self, request: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
         self.rotate_with_retries(request).await
-    }
-
-    async fn revoke_by_token(
-        &self,
-        token: &TokenHash,
-        client_id: &str,
-        now: OffsetDateTime,
-    ) -> Result<RevokeOutcome, StoreError> {
-        let mut tx = self.begin().await?;
-        let outcome = accounts::revoke_by_token(&mut tx, token, client_id, now).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(outcome)
     }
 
     async fn list_sessions(
@@ -118,31 +98,6 @@ impl Store for PgStore {
                 },
             )
             .collect())
-    }
-
-    async fn revoke_sessions(
-        &self,
-        user_id: Uuid,
-        which: SessionSelector,
-        reason: RevokeReason,
-        now: OffsetDateTime,
-    ) -> Result<Vec<Uuid>, StoreError> {
-        let mut tx = self.begin().await?;
-        let revoked = accounts::revoke_sessions(&mut tx, user_id, which, reason, now).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(revoked)
-    }
-
-    async fn change_password(
-        &self,
-        change: &PasswordChange<'_>,
-        family: &NewFamily,
-        now: OffsetDateTime,
-    ) -> Result<Option<Vec<Uuid>>, StoreError> {
-        let mut tx = self.begin().await?;
-        let revoked = accounts::change_password(&mut tx, change, family, now).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(revoked)
     }
 
     async fn count_live_families(
@@ -215,25 +170,6 @@ impl Store for PgStore {
                 .await
                 .map_err(classify)?;
         Ok(found.is_some())
-    }
-
-    async fn set_disabled(
-        &self,
-        user_id: Uuid,
-        disabled: bool,
-        actor: Uuid,
-        now: OffsetDateTime,
-    ) -> Result<Option<Vec<Uuid>>, StoreError> {
-        let mut tx = self.begin().await?;
-        let revoked = accounts::set_disabled(&mut tx, user_id, disabled, actor, now).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(revoked)
-    }
-
-    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        tx.insert_audit(event).await?;
-        tx.commit().await.map_err(classify)
     }
 
     async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
@@ -338,19 +274,6 @@ impl Store for PgStore {
                 .await
                 .map_err(classify)?;
         Ok(row.map(|(id,)| id))
-    }
-
-    async fn revoke_family(
-        &self,
-        family_id: Uuid,
-        client_id: &str,
-        reason: RevokeReason,
-        now: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        let revoked = accounts::revoke_family(&mut tx, family_id, client_id, reason, now).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(revoked)
     }
 
     async fn session_user(

@@ -35,6 +35,9 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection as _, Sqlite, SqlitePool, Transaction};
 
+use async_trait::async_trait;
+
+use super::engine::Transactional;
 use super::{StoreError, UserWithHash};
 use batch::Rotations;
 use rows::{UserRecord, classify};
@@ -145,11 +148,20 @@ impl SqliteStore {
         .map_err(classify)?;
         record.map(UserRecord::with_hash).transpose()
     }
+}
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+#[async_trait]
+impl Transactional for SqliteStore {
+    type Tx = Transaction<'static, Sqlite>;
+
+    async fn begin_write(&self) -> Result<Self::Tx, StoreError> {
         self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(classify)
+    }
+
+    async fn commit(tx: Self::Tx) -> Result<(), StoreError> {
+        tx.commit().await.map_err(classify)
     }
 }

@@ -10,12 +10,12 @@ use super::rows::{
 };
 use super::{SWEEP_CHUNK, SqliteStore};
 use crate::crypto::refresh::TokenHash;
-use crate::domain::family::{RefreshPolicy, RevokeReason};
+use crate::domain::family::RefreshPolicy;
 use crate::domain::user::User;
-use crate::store::engine::{Steps as _, accounts};
+use crate::store::engine::Transactional as _;
 use crate::store::{
-    AuditEvent, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome, RotateOutcome,
-    RotateRequest, Session, SessionSelector, Store, StoreError, UserWithHash,
+    AuditEvent, RefreshTokenState, RotateOutcome, RotateRequest, Session, Store, StoreError,
+    UserWithHash,
 };
 
 #[async_trait]
@@ -53,27 +53,8 @@ impl Store for SqliteStore {
         self.user_where("email", email.to_owned()).await
     }
 
-    async fn create_family(&self, f: &NewFamily) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let created = accounts::start_session(&mut tx, f).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(created)
-    }
-
     async fn rotate(&self, r: &RotateRequest<'_>) -> Result<RotateOutcome, StoreError> {
         self.rotations.rotate(r).await
-    }
-
-    async fn revoke_by_token(
-        &self,
-        token: &TokenHash,
-        client_id: &str,
-        now: OffsetDateTime,
-    ) -> Result<RevokeOutcome, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let outcome = accounts::revoke_by_token(&mut tx, token, client_id, now).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(outcome)
     }
 
     async fn list_sessions(
@@ -110,31 +91,6 @@ impl Store for SqliteStore {
                 },
             )
             .collect()
-    }
-
-    async fn revoke_sessions(
-        &self,
-        user_id: Uuid,
-        which: SessionSelector,
-        reason: RevokeReason,
-        now: OffsetDateTime,
-    ) -> Result<Vec<Uuid>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let revoked = accounts::revoke_sessions(&mut tx, user_id, which, reason, now).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(revoked)
-    }
-
-    async fn change_password(
-        &self,
-        change: &PasswordChange<'_>,
-        family: &NewFamily,
-        now: OffsetDateTime,
-    ) -> Result<Option<Vec<Uuid>>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let revoked = accounts::change_password(&mut tx, change, family, now).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(revoked)
     }
 
     async fn count_live_families(
@@ -202,26 +158,6 @@ impl Store for SqliteStore {
                 .await
                 .map_err(classify)?;
         Ok(found.is_some())
-    }
-
-    async fn set_disabled(
-        &self,
-        user_id: Uuid,
-        disabled: bool,
-        actor: Uuid,
-        now: OffsetDateTime,
-    ) -> Result<Option<Vec<Uuid>>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let revoked = accounts::set_disabled(&mut tx, user_id, disabled, actor, now).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(revoked)
-    }
-
-    async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        tx.insert_audit(event).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(())
     }
 
     async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
@@ -334,19 +270,6 @@ impl Store for SqliteStore {
                 .await
                 .map_err(classify)?;
         row.map(|(id,)| uuid(&id)).transpose()
-    }
-
-    async fn revoke_family(
-        &self,
-        family_id: Uuid,
-        client_id: &str,
-        reason: RevokeReason,
-        now: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let revoked = accounts::revoke_family(&mut tx, family_id, client_id, reason, now).await?;
-        tx.commit().await.map_err(classify)?;
-        Ok(revoked)
     }
 
     async fn session_user(
