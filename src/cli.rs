@@ -145,7 +145,7 @@ pub fn run() -> ExitCode {
                         );
                         Ok(())
                     }
-                    Err(crate::error::Error::NotFound) => {
+                    Err(crate::domain::error::Error::NotFound) => {
                         Err(format!("no user has the e-mail address {email}").into())
                     }
                     Err(e) => Err(e.into()),

@@ -9,7 +9,6 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod domain;
-pub mod error;
 #[cfg(feature = "server")]
 pub mod files;
 #[cfg(feature = "server")]

@@ -59,7 +59,7 @@ pub enum StartupError {
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
-    Other(#[from] crate::error::Error),
+    Other(#[from] crate::domain::error::Error),
 }
 
 fn new_metrics() -> Result<Metrics, StartupError> {

@@ -11,8 +11,8 @@ use poem_openapi::error::{ParseParamError, ParseRequestPayloadError};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object};
 
+use crate::domain::error::Error;
 use crate::domain::family::GrantRejection;
-use crate::error::Error;
 
 tokio::task_local! {
     /// The id of the request being served (set by the outermost middleware), so every

@@ -21,8 +21,8 @@ use poem::Request;
 use poem_openapi::{OpenApiService, Tags};
 
 use crate::domain::client::BrowserContext;
+use crate::domain::error::Error;
 use crate::domain::secret::Secret;
-use crate::error::Error;
 use crate::service::tokens::RequestMeta;
 
 /// Operation groups in the docs.

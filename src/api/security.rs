@@ -7,7 +7,7 @@ use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
 
 use crate::api::error::ApiError;
-use crate::error::Error;
+use crate::domain::error::Error;
 use crate::service::Issuer;
 use crate::service::access::Principal;
 

@@ -16,8 +16,8 @@ use crate::api::payload::{OptionalBody, StrictJson};
 use crate::api::security::BearerAuth;
 use crate::api::token::{TokenOk, clear_refresh_cookie};
 use crate::api::{ApiTags, request_meta};
+use crate::domain::error::Error;
 use crate::domain::secret::Secret;
-use crate::error::Error;
 use crate::service::Issuer;
 use crate::service::sessions::{LogoutScope, SessionView};
 

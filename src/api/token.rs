@@ -13,8 +13,8 @@ use crate::api::error::OAuthError;
 use crate::api::payload::StrictJson;
 use crate::api::{ApiTags, basic_credentials, request_meta};
 use crate::domain::client::Delivery;
+use crate::domain::error::Error;
 use crate::domain::secret::Secret;
-use crate::error::Error;
 use crate::service::Issuer;
 use crate::service::tokens::{Issued, TokenParams};
 

@@ -8,8 +8,8 @@
 use ring::digest;
 
 use crate::crypto::refresh;
+use crate::domain::error::Error;
 use crate::domain::secret::Secret;
-use crate::error::Error;
 
 /// The stored form: the SHA-256 of the secret.
 pub type SecretHash = [u8; 32];

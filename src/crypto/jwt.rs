@@ -29,7 +29,7 @@ use crate::crypto::b64url;
 use crate::crypto::keys::{Keys, SigningKey};
 use crate::domain::claims::AccessClaims;
 #[cfg(feature = "server")]
-use crate::error::Error;
+use crate::domain::error::Error;
 
 /// Longest access token we try to parse.
 const MAX_TOKEN_LEN: usize = 8 * 1024;

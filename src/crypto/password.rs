@@ -20,8 +20,8 @@ use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::oneshot;
 
+use crate::domain::error::Error;
 use crate::domain::secret::Secret;
-use crate::error::Error;
 
 /// OWASP: m = 19456 KiB, t = 2, p = 1.
 const M_COST: u32 = 19_456;

@@ -13,8 +13,8 @@ use ring::{digest, hmac};
 
 use crate::crypto::b64url;
 use crate::crypto::keys::{KeyError, read_or_create_secret_file};
+use crate::domain::error::Error;
 use crate::domain::secret::Secret;
-use crate::error::Error;
 
 /// Longest refresh token we accept; anything longer is refused before hashing.
 pub const MAX_TOKEN_LEN: usize = 512;

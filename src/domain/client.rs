@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::domain::family::RefreshPolicy;
 
-use crate::error::Error;
+use crate::domain::error::Error;
 
 /// What kind of application a client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -7,6 +7,7 @@ pub mod client;
 pub mod clock;
 #[cfg(feature = "server")]
 pub mod common_passwords;
+pub mod error;
 pub mod family;
 pub mod secret;
 #[cfg(feature = "server")]

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::domain::common_passwords;
-use crate::error::Error;
+use crate::domain::error::Error;
 
 pub const PASSWORD_MIN_CHARS: usize = 15;
 pub const PASSWORD_MAX_BYTES: usize = 1024;

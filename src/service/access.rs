@@ -5,8 +5,8 @@ use uuid::Uuid;
 
 use super::Issuer;
 use crate::domain::claims::AccessClaims;
+use crate::domain::error::Error;
 use crate::domain::user::User;
-use crate::error::Error;
 
 /// A caller whose access token passed every check, including a live session.
 #[derive(Debug, Clone)]

@@ -7,9 +7,9 @@ use uuid::Uuid;
 
 use super::Issuer;
 use super::access::Principal;
+use crate::domain::error::Error;
 use crate::domain::family::RevokeReason;
 use crate::domain::user::{User, normalize_email};
-use crate::error::Error;
 use crate::store::{AuditEvent, Session, SessionSelector, Store};
 
 /// The role that opens `/v1/admin`.

@@ -25,8 +25,8 @@ use uuid::Uuid;
 
 use super::Issuer;
 use crate::crypto::refresh;
+use crate::domain::error::Error;
 use crate::domain::secret::Secret;
-use crate::error::Error;
 use crate::store::shared::{LimitKind, Taken};
 
 /// How long a source that signed in to an account stays known to it.

@@ -21,8 +21,8 @@ use super::Issuer;
 use crate::crypto::{client_secret, refresh};
 use crate::domain::claims::AccessClaims;
 use crate::domain::client::{Client, ClientKind};
+use crate::domain::error::Error;
 use crate::domain::secret::Secret;
-use crate::error::Error;
 use crate::store::RefreshTokenState;
 
 /// How a client authenticated.

@@ -11,10 +11,10 @@ use super::tokens::{Issued, RequestMeta, Revoked};
 use crate::crypto::password::Lane;
 use crate::crypto::refresh;
 use crate::domain::client::{Client, Delivery};
+use crate::domain::error::Error;
 use crate::domain::family::RevokeReason;
 use crate::domain::secret::Secret;
 use crate::domain::user::{check_new_password, check_password_size};
-use crate::error::Error;
 
 use crate::store::{FamilyInfo, NewFamily, PasswordChange, Session, SessionSelector};
 

@@ -12,10 +12,10 @@ use crate::crypto::{jwt, refresh};
 use crate::domain::address;
 use crate::domain::claims::{AccessClaims, Audience};
 use crate::domain::client::{BrowserContext, Client, ClientKind, Delivery};
+use crate::domain::error::Error;
 use crate::domain::family::{GrantRejection, RevokeReason};
 use crate::domain::secret::Secret;
 use crate::domain::user::{check_password_size, normalize_email};
-use crate::error::Error;
 use crate::store::shared::LimitKind;
 use crate::store::{
     AuditEvent, FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Ticket,

@@ -4,9 +4,9 @@ use uuid::Uuid;
 
 use super::Issuer;
 use crate::crypto::password::Lane;
+use crate::domain::error::Error;
 use crate::domain::secret::Secret;
 use crate::domain::user::{User, check_new_password, normalize_email};
-use crate::error::Error;
 use crate::store::StoreError;
 use crate::store::shared::LimitKind;
 

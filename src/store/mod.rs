@@ -1,5 +1,16 @@
-//! Persistence: one trait, one file per backend. The SQL store is the authoritative
-//! record of users, refresh-token families and tokens.
+//! Persistence. The SQL store is the authoritative record of users, refresh-token
+//! families and tokens.
+//!
+//! - `Store` (with its supertrait `Sessions`) is what the service calls; `timeout`
+//!   bounds every call, `ticket` decides whether a rotation still happens once its
+//!   caller stops waiting.
+//! - `engine` is what the store does, written once: the rotation's rules and every
+//!   write composed of steps; `Sessions` is implemented there for every backend that
+//!   can open a write transaction (`engine::Transactional`).
+//! - `sqlite/` and `postgres/` supply their statements (`engine::Steps`), their reads
+//!   and sweeps, and how a transaction begins and ends; SQLite adds its group commit.
+//! - `shared/` and `redis` are the fast shared state: the deny-list, the session
+//!   cache and the rate limits.
 
 pub mod engine;
 pub mod postgres;
@@ -15,9 +26,9 @@ use uuid::Uuid;
 
 use crate::crypto::refresh::TokenHash;
 pub use crate::domain::audit::AuditEvent;
+use crate::domain::error::Error;
 use crate::domain::family::{GrantRejection, RefreshPolicy, RevokeReason};
 use crate::domain::user::User;
-use crate::error::Error;
 pub use ticket::Ticket;
 
 /// A store failure, classified so the service can answer 409 / 503 / 500.
