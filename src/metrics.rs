@@ -8,6 +8,10 @@
 //! the content type would change under every scraper's feet); the `metrics` facade
 //! records into one process-wide recorder.
 //!
+//! A labelled family is listed once it has a series: the revocation and refusal
+//! reasons are all created at 0 at start-up; the request families appear with the
+//! first request served.
+//!
 //! Requests are labelled by the OpenAPI `operation_id` (never the raw path, whose ids
 //! would make the label set unbounded); requests that reach no operation are `other`.
 

@@ -8,6 +8,8 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
+use ipnet::{IpNet, Ipv4Net};
+
 /// `ip` with an IPv4-mapped IPv6 address turned into the IPv4 address it carries.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
@@ -27,60 +29,30 @@ pub fn source(ip: IpAddr) -> String {
 }
 
 /// An address range, `10.0.0.0/8` or `2001:db8::/32`; a bare address is a range of one.
-/// Kept and compared in canonical form (`domain::address`): a range written as
-/// IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`) is the IPv4 range, and an IPv4 client seen
-/// through a dual-stack socket is matched as the IPv4 address it is.
+/// Kept and compared in canonical form (`canonical`): a range written as IPv4-mapped
+/// IPv6 (`::ffff:10.0.0.0/104`) is the IPv4 range, and an IPv4 client seen through a
+/// dual-stack socket is matched as the IPv4 address it is. The range arithmetic is
+/// `ipnet`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
     pub fn parse(raw: &str) -> Option<Self> {
-        let (addr, prefix) = match raw.split_once('/') {
-            Some((addr, prefix)) => (
-                addr.parse::<IpAddr>().ok()?,
-                Some(prefix.parse::<u8>().ok()?),
-            ),
-            None => (raw.parse::<IpAddr>().ok()?, None),
+        let net = match raw.parse::<IpNet>() {
+            Ok(net) => net,
+            Err(_) => IpNet::from(raw.parse::<IpAddr>().ok()?),
         };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        if prefix > max {
-            return None;
-        }
-        Some(match (addr, canonical(addr)) {
-            (IpAddr::V6(_), v4 @ IpAddr::V4(_)) if prefix >= 96 => Self {
-                network: v4,
-                prefix: prefix - 96,
+        Some(Self(match net {
+            IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+                Some(v4) => IpNet::V4(Ipv4Net::new(v4, v6.prefix_len() - 96).ok()?),
+                None => net,
             },
-            _ => Self {
-                network: addr,
-                prefix,
-            },
-        })
+            _ => net,
+        }))
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
-            if prefix == 0 {
-                0
-            } else {
-                bits >> (width - prefix)
-            }
-        }
-        match (self.network, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                masked(u32::from(net).into(), self.prefix, 32)
-                    == masked(u32::from(ip).into(), self.prefix, 32)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                masked(u128::from(net), self.prefix, 128)
-                    == masked(u128::from(ip), self.prefix, 128)
-            }
-            _ => false,
-        }
+        self.0.contains(&canonical(ip))
     }
 }
 

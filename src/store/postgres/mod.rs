@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use super::engine::Transactional;
 use super::engine::rotation::{self, Settled};
 use super::{RotateOutcome, RotateRequest, StoreError};
+use crate::domain::family::GrantRejection;
 
 const MAX_CONNECTIONS: u32 = 16;
 const ATTEMPTS: usize = 3;
@@ -148,6 +149,17 @@ impl PgStore {
             .await
             .map_err(classify)?;
         let outcome = match rotation::settle(&mut tx, r).await? {
+            // Unknown: nothing was read that could change, nothing written, no claim
+            // needed to answer it.
+            Settled::Done(
+                outcome @ RotateOutcome::Refused {
+                    rejection: GrantRejection::Unknown,
+                    ..
+                },
+            ) => {
+                tx.rollback().await.map_err(classify)?;
+                return Ok(outcome);
+            }
             Settled::Done(outcome) => outcome,
             // The token is live now but the fresh statement did not match it: a
             // concurrent change between the two. Run the whole rotation again.
