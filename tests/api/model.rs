@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use token_issuer::domain::clock::Clock as _;
 
-use crate::helpers::{Backend, TestApp, segment, spawn_app_with, unique_email};
+use crate::helpers::{Backend, TestApp, segment, spawn_app_with, stored_family, unique_email};
 
 const GRACE: Duration = Duration::from_secs(10);
 /// Shorter than the defaults (14 d, 90 d), so a sequence of a few dozen steps reaches
@@ -408,30 +408,6 @@ async fn run_op(app: &TestApp, model: &mut Model, op: &Op) -> Result<(), TestCas
         got.summary()
     );
     Ok(())
-}
-
-/// The family's row as stored: revoked or not, and how many unconsumed tokens it has.
-async fn stored_family(database_url: &str, sid: &str) -> (bool, i64) {
-    use sqlx::Connection as _;
-    const SQL: &str = "SELECT f.revoked_at IS NOT NULL,
-                              (SELECT count(*) FROM refresh_tokens t
-                                WHERE t.family_id = f.id AND t.consumed_at IS NULL)
-                         FROM refresh_families f WHERE f.id = ";
-    if database_url.starts_with("postgres") {
-        let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
-        sqlx::query_as(&format!("{SQL}$1::uuid"))
-            .bind(sid)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap()
-    } else {
-        let mut conn = sqlx::SqliteConnection::connect(database_url).await.unwrap();
-        sqlx::query_as(&format!("{SQL}?"))
-            .bind(sid)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap()
-    }
 }
 
 async fn run_case(

@@ -1,7 +1,9 @@
 //! The databases of the tests: a PostgreSQL database per test, statements behind the
 //! service's back, and what the tables hold (on either backend).
 
-use sqlx::Connection as _;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Connection as _, FromRow};
 
 use super::TestApp;
 
@@ -82,38 +84,56 @@ impl TestApp {
 /// Unconsumed tokens of a family, read straight from its database (SQLite or
 /// PostgreSQL).
 pub async fn live_tokens(database_url: &str, sid: &str) -> i64 {
-    let query = "SELECT count(*) FROM refresh_tokens
-                 WHERE CAST(family_id AS TEXT) = $1 AND consumed_at IS NULL";
-    let (n,): (i64,) = if database_url.starts_with("postgres") {
-        let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
-        sqlx::query_as(query)
-            .bind(sid)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap()
-    } else {
-        let mut conn = sqlx::SqliteConnection::connect(database_url).await.unwrap();
-        sqlx::query_as(query)
-            .bind(sid)
-            .fetch_one(&mut conn)
-            .await
-            .unwrap()
-    };
+    let sql = "SELECT count(*) FROM refresh_tokens
+               WHERE CAST(family_id AS TEXT) = $1 AND consumed_at IS NULL";
+    let (n,): (i64,) = fetch_one(database_url, sql, sid).await;
     n
+}
+
+/// The family's row as stored: revoked or not, and how many unconsumed tokens it has.
+pub async fn stored_family(database_url: &str, sid: &str) -> (bool, i64) {
+    let sql = "SELECT f.revoked_at IS NOT NULL,
+                      (SELECT count(*) FROM refresh_tokens t
+                        WHERE t.family_id = f.id AND t.consumed_at IS NULL)
+                 FROM refresh_families f WHERE CAST(f.id AS TEXT) = $1";
+    fetch_one(database_url, sql, sid).await
 }
 
 /// For every family not revoked: how many unconsumed tokens it has (SQLite or
 /// PostgreSQL).
 pub async fn live_tokens_per_family(database_url: &str) -> Vec<(String, i64)> {
-    let query = "SELECT CAST(f.id AS TEXT),
-                        (SELECT COUNT(*) FROM refresh_tokens t
-                         WHERE t.family_id = f.id AND t.consumed_at IS NULL)
-                 FROM refresh_families f WHERE f.revoked_at IS NULL";
+    let sql = "SELECT CAST(f.id AS TEXT),
+                      (SELECT COUNT(*) FROM refresh_tokens t
+                       WHERE t.family_id = f.id AND t.consumed_at IS NULL)
+               FROM refresh_families f WHERE f.revoked_at IS NULL";
     if database_url.starts_with("postgres") {
         let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
-        sqlx::query_as(query).fetch_all(&mut conn).await.unwrap()
+        sqlx::query_as(sql).fetch_all(&mut conn).await.unwrap()
     } else {
         let mut conn = sqlx::SqliteConnection::connect(database_url).await.unwrap();
-        sqlx::query_as(query).fetch_all(&mut conn).await.unwrap()
+        sqlx::query_as(sql).fetch_all(&mut conn).await.unwrap()
+    }
+}
+
+/// The one row `sql` answers with `$1` bound to `arg`, on the backend `database_url`
+/// names (both read `$1`).
+async fn fetch_one<T>(database_url: &str, sql: &str, arg: &str) -> T
+where
+    T: Send + Unpin + for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow>,
+{
+    if database_url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+        sqlx::query_as(sql)
+            .bind(arg)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(database_url).await.unwrap();
+        sqlx::query_as(sql)
+            .bind(arg)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
     }
 }
