@@ -5,11 +5,31 @@
 //! The successor of a token is `HMAC-SHA256(key, presented token)`: deterministic, so a
 //! retry within the grace window is answered with the very same successor without any
 //! token being stored in plaintext, and unpredictable without the server-side key.
+//!
+//! **The minted format** (`RefreshKeys`; the constant-storage model of issue 16, which
+//! the store adopts next): a token names its session and its position in it, and the
+//! server checks that it minted it without storing it.
+//! - `base64url(version ‖ key id ‖ family id ‖ generation ‖ MAC)`: version `1` (one
+//!   byte), the MAC key's id (4 bytes), the family's UUID (16 bytes), the generation
+//!   (u64, big-endian), and `HMAC-SHA256` over the 29 bytes before it (32 bytes): 61
+//!   bytes, 82 characters. Nothing secret is stored: a copy of the database forges
+//!   nothing.
+//! - The key id is the first 4 bytes of `SHA-256("token-issuer refresh-mac key id" ‖
+//!   key)`: every instance that shares the key directory derives the same id, and it
+//!   says nothing of the key. Two keys verify during a change: `refresh-hmac.key` (the
+//!   one that mints) and, when present, `refresh-hmac.previous.key`.
+//! - The MAC is checked in constant time (`ring::hmac::verify`). A token of 43
+//!   characters is of the earlier, random format (`Opened::Legacy`), looked up by its
+//!   hash; anything else that does not verify is `Opened::Invalid`.
 
 use std::path::Path;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{digest, hmac};
+use uuid::Uuid;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::crypto::b64url;
 use crate::crypto::keys::{KeyError, read_or_create_secret_file};
@@ -66,6 +86,128 @@ impl SuccessorKey {
     }
 }
 
+/// The version byte of the minted format.
+const VERSION: u8 = 1;
+const KID_LEN: usize = 4;
+/// Version, key id, family id, generation: what the MAC covers.
+const BODY_LEN: usize = 1 + KID_LEN + 16 + 8;
+const MAC_LEN: usize = 32;
+const MINTED_LEN: usize = BODY_LEN + MAC_LEN;
+/// The length of a token of the earlier format (256 random bits, base64url).
+const LEGACY_CHARS: usize = 43;
+
+/// What a minted token says: its family and its position in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Minted {
+    pub family: Uuid,
+    pub generation: u64,
+}
+
+/// A presented refresh token, opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// Minted by a key of ours: its family and generation are authentic.
+    Minted(Minted),
+    /// A token of the earlier, random format: known to the store by its hash, if at all.
+    Legacy(TokenHash),
+    /// Not ours: malformed, another version, an unknown key, or a MAC that does not
+    /// verify.
+    Invalid,
+}
+
+struct MacKey {
+    kid: [u8; KID_LEN],
+    key: hmac::Key,
+}
+
+impl MacKey {
+    fn new(secret: &[u8]) -> Self {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(b"token-issuer refresh-mac key id");
+        ctx.update(secret);
+        let mut kid = [0u8; KID_LEN];
+        kid.copy_from_slice(&ctx.finish().as_ref()[..KID_LEN]);
+        Self {
+            kid,
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        }
+    }
+}
+
+/// The keys that mint and verify refresh tokens of the minted format.
+pub struct RefreshKeys {
+    current: MacKey,
+    previous: Option<MacKey>,
+}
+
+impl RefreshKeys {
+    /// Reads `refresh-hmac.key` from the key directory (creating it on first start)
+    /// and `refresh-hmac.previous.key` when it is there.
+    pub fn load_or_create(keys_dir: &Path) -> Result<Self, KeyError> {
+        let current = read_or_create_secret_file(&keys_dir.join("refresh-hmac.key"))?;
+        let previous_path = keys_dir.join("refresh-hmac.previous.key");
+        let previous = if previous_path.exists() {
+            Some(read_or_create_secret_file(&previous_path)?)
+        } else {
+            None
+        };
+        Ok(Self::from_secrets(&current, previous.as_deref()))
+    }
+
+    pub fn from_secrets(current: &[u8], previous: Option<&[u8]>) -> Self {
+        Self {
+            current: MacKey::new(current),
+            previous: previous.map(MacKey::new),
+        }
+    }
+
+    /// The token of `generation` of `family`, under the current key.
+    pub fn mint(&self, family: Uuid, generation: u64) -> Secret {
+        let mut token = [0u8; MINTED_LEN];
+        token[0] = VERSION;
+        token[1..1 + KID_LEN].copy_from_slice(&self.current.kid);
+        token[1 + KID_LEN..1 + KID_LEN + 16].copy_from_slice(family.as_bytes());
+        token[BODY_LEN - 8..BODY_LEN].copy_from_slice(&generation.to_be_bytes());
+        let mac = hmac::sign(&self.current.key, &token[..BODY_LEN]);
+        token[BODY_LEN..].copy_from_slice(mac.as_ref());
+        Secret::new(b64url(&token))
+    }
+
+    /// What `token` is: minted by one of our keys, of the earlier format, or not ours.
+    pub fn open(&self, token: &Secret) -> Opened {
+        let text = token.expose();
+        if text.len() == LEGACY_CHARS {
+            return Opened::Legacy(hash(token));
+        }
+        let Ok(bytes) = URL_SAFE_NO_PAD.decode(text) else {
+            return Opened::Invalid;
+        };
+        if bytes.len() != MINTED_LEN || bytes[0] != VERSION {
+            return Opened::Invalid;
+        }
+        let (body, mac) = bytes.split_at(BODY_LEN);
+        let kid = &body[1..1 + KID_LEN];
+        let key = [Some(&self.current), self.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|k| k.kid[..] == *kid);
+        let Some(key) = key else {
+            return Opened::Invalid;
+        };
+        if hmac::verify(&key.key, body, mac).is_err() {
+            return Opened::Invalid;
+        }
+        let mut family = [0u8; 16];
+        family.copy_from_slice(&body[1 + KID_LEN..1 + KID_LEN + 16]);
+        let mut generation = [0u8; 8];
+        generation.copy_from_slice(&body[BODY_LEN - 8..]);
+        Opened::Minted(Minted {
+            family: Uuid::from_bytes(family),
+            generation: u64::from_be_bytes(generation),
+        })
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -88,5 +230,97 @@ mod tests {
         assert_eq!(k1.successor(&t), k1.successor(&t));
         assert_ne!(k1.successor(&t), k2.successor(&t));
         assert_ne!(k1.successor(&t), t);
+    }
+
+    fn keys(current: u8, previous: Option<u8>) -> RefreshKeys {
+        let previous = previous.map(|p| [p; 32]);
+        RefreshKeys::from_secrets(&[current; 32], previous.as_ref().map(|p| &p[..]))
+    }
+
+    #[test]
+    fn a_minted_token_opens_to_its_family_and_generation() {
+        let k = keys(1, None);
+        let family = Uuid::new_v4();
+        for generation in [0, 1, 41, u64::MAX] {
+            let token = k.mint(family, generation);
+            assert_eq!(token.expose().len(), 82);
+            assert_eq!(
+                k.open(&token),
+                Opened::Minted(Minted { family, generation })
+            );
+        }
+        assert_ne!(k.mint(family, 1), k.mint(family, 2));
+        assert_eq!(k.mint(family, 1), k.mint(family, 1), "deterministic");
+    }
+
+    #[test]
+    fn any_changed_byte_or_another_key_makes_it_invalid() {
+        let k = keys(1, None);
+        let token = k.mint(Uuid::new_v4(), 7);
+        let bytes = URL_SAFE_NO_PAD.decode(token.expose()).unwrap();
+        for i in 0..bytes.len() {
+            let mut changed = bytes.clone();
+            changed[i] ^= 0x01;
+            let forged = Secret::new(b64url(&changed));
+            assert_eq!(k.open(&forged), Opened::Invalid, "byte {i}");
+        }
+        assert_eq!(keys(2, None).open(&token), Opened::Invalid);
+        assert_eq!(
+            k.open(&Secret::new(format!("{}A", token.expose()))),
+            Opened::Invalid
+        );
+        assert_eq!(
+            k.open(&Secret::new(String::from("not base64 at all!"))),
+            Opened::Invalid
+        );
+        assert_eq!(k.open(&Secret::new(String::new())), Opened::Invalid);
+    }
+
+    #[test]
+    fn the_previous_key_verifies_during_a_change_and_the_current_one_mints() {
+        let old = keys(1, None);
+        let changing = keys(2, Some(1));
+        let family = Uuid::new_v4();
+        let before = old.mint(family, 3);
+        assert_eq!(
+            changing.open(&before),
+            Opened::Minted(Minted {
+                family,
+                generation: 3
+            })
+        );
+        let after = changing.mint(family, 4);
+        assert_eq!(old.open(&after), Opened::Invalid);
+        assert_eq!(keys(2, None).open(&before), Opened::Invalid);
+    }
+
+    #[test]
+    fn a_token_of_the_earlier_format_is_legacy_by_its_hash() {
+        let t = generate().unwrap();
+        assert_eq!(keys(1, None).open(&t), Opened::Legacy(hash(&t)));
+    }
+
+    #[test]
+    fn the_key_files_are_read_and_the_previous_one_is_optional() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = RefreshKeys::load_or_create(dir.path()).unwrap();
+        let family = Uuid::new_v4();
+        let token = first.mint(family, 0);
+        let again = RefreshKeys::load_or_create(dir.path()).unwrap();
+        assert!(matches!(again.open(&token), Opened::Minted(_)));
+        std::fs::rename(
+            dir.path().join("refresh-hmac.key"),
+            dir.path().join("refresh-hmac.previous.key"),
+        )
+        .unwrap();
+        let rotated = RefreshKeys::load_or_create(dir.path()).unwrap();
+        assert!(matches!(rotated.open(&token), Opened::Minted(_)));
+        assert_eq!(
+            rotated.open(&rotated.mint(family, 1)),
+            Opened::Minted(Minted {
+                family,
+                generation: 1
+            })
+        );
     }
 }
