@@ -9,6 +9,7 @@ pub mod clock;
 pub mod common_passwords;
 pub mod error;
 pub mod family;
+pub mod generation;
 pub mod secret;
 #[cfg(feature = "server")]
 pub mod user;
