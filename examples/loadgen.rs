@@ -25,10 +25,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use token_issuer::config::{SecretUrl, Settings};
-use token_issuer::crypto::refresh;
 use token_issuer::domain::family::RefreshPolicy;
 use token_issuer::domain::user::User;
-use token_issuer::store::{NewFamily, RotateOutcome, RotateRequest};
+use token_issuer::store::{NewFamily, RotateOutcome, RotateRequest, TokenRef};
 
 const PASSWORD: &str = "a sound benchmark passphrase";
 
@@ -313,7 +312,6 @@ async fn store_limit(settings: &Settings, workers: usize, seconds: f64) -> f64 {
     let mut tasks = Vec::new();
     for _ in 0..workers {
         let (store, total) = (Arc::clone(&store), Arc::clone(&total));
-        let first = refresh::generate().unwrap();
         let family = NewFamily {
             id: uuid::Uuid::new_v4(),
             user_id: user.id,
@@ -322,19 +320,19 @@ async fn store_limit(settings: &Settings, workers: usize, seconds: f64) -> f64 {
             created_at: now,
             user_agent: None,
             ip: None,
-            first_token: refresh::hash(&first),
             checked_password_hash: None,
             login_source: None,
         };
         store.create_family(&family).await.unwrap();
         tasks.push(tokio::spawn(async move {
-            let mut current = refresh::hash(&first);
+            let mut generation = 0;
             while Instant::now() < end {
-                let next = refresh::hash(&refresh::generate().unwrap());
                 let outcome = store
                     .rotate(&RotateRequest {
-                        presented: current,
-                        successor: next,
+                        presented: TokenRef::Minted {
+                            family: family.id,
+                            generation,
+                        },
                         client_id: "dev",
                         now: time::OffsetDateTime::now_utc(),
                         policy,
@@ -344,8 +342,13 @@ async fn store_limit(settings: &Settings, workers: usize, seconds: f64) -> f64 {
                     })
                     .await
                     .unwrap();
-                assert!(matches!(outcome, RotateOutcome::Issued { .. }));
-                current = next;
+                let RotateOutcome::Issued {
+                    generation: next, ..
+                } = outcome
+                else {
+                    panic!("a bare rotation was refused: {outcome:?}");
+                };
+                generation = next;
                 total.fetch_add(1, Ordering::Relaxed);
             }
         }));

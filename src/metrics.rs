@@ -41,6 +41,7 @@ pub struct Metrics {
     pub rotations: IntCounter,
     pub grace_replays: IntCounter,
     pub reuse_detections: IntCounter,
+    pub families_moved_forward: IntCounter,
     pub tokens_issued: IntCounter,
     pub rate_limited: IntCounter,
     pub db_errors: IntCounter,
@@ -137,6 +138,11 @@ impl Metrics {
                 &r,
                 "issuer_reuse_detections_total",
                 "Used refresh tokens presented after the grace window.",
+            )?,
+            families_moved_forward: counter(
+                &r,
+                "issuer_families_moved_forward_total",
+                "Sessions whose token was ahead of the database (restored from a backup, or commits lost), moved forward.",
             )?,
             rate_limited: counter(
                 &r,

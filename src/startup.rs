@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::api::app::{HttpOptions, app};
 use crate::config::Settings;
 use crate::crypto::keys::{KeyError, Keys};
-use crate::crypto::refresh::SuccessorKey;
+use crate::crypto::refresh::RefreshKeys;
 use crate::domain::client::Delivery;
 use crate::domain::clock::Clock;
 use crate::files;
@@ -181,14 +181,14 @@ impl Application {
         } else {
             tracing::info!(dir = %settings.keys_dir.display(), %kid, "loaded signing keys");
         }
-        let successors = SuccessorKey::load_or_create(&settings.keys_dir)?;
+        let refresh_keys = RefreshKeys::load_or_create(&settings.keys_dir)?;
         let shared = open_shared(settings, Arc::clone(&store), Arc::clone(&metrics))?;
         let issuer = Arc::new(Issuer::new(
             settings.issuer(),
             Arc::clone(&store),
             Arc::clone(&shared),
             Arc::new(keys),
-            successors,
+            refresh_keys,
             clock,
             metrics,
         )?);

@@ -1,26 +1,20 @@
-//! Refresh-token material. A token is 256 bits from the CSPRNG, base64url (43
-//! characters). The store keeps only its SHA-256 (a 256-bit random value needs no salt,
-//! and lookup by hash leaks nothing through timing).
+//! Refresh-token material: tokens that name their session and position in it, under
+//! the server's MAC (the constant-storage model; `domain::generation` has its rules).
 //!
-//! The successor of a token is `HMAC-SHA256(key, presented token)`: deterministic, so a
-//! retry within the grace window is answered with the very same successor without any
-//! token being stored in plaintext, and unpredictable without the server-side key.
-//!
-//! **The minted format** (`RefreshKeys`; the constant-storage model of issue 16, which
-//! the store adopts next): a token names its session and its position in it, and the
-//! server checks that it minted it without storing it.
 //! - `base64url(version ‖ key id ‖ family id ‖ generation ‖ MAC)`: version `1` (one
 //!   byte), the MAC key's id (4 bytes), the family's UUID (16 bytes), the generation
 //!   (u64, big-endian), and `HMAC-SHA256` over the 29 bytes before it (32 bytes): 61
 //!   bytes, 82 characters. Nothing secret is stored: a copy of the database forges
-//!   nothing.
+//!   nothing, and the store keeps one row per session however often it rotates.
 //! - The key id is the first 4 bytes of `SHA-256("token-issuer refresh-mac key id" ‖
 //!   key)`: every instance that shares the key directory derives the same id, and it
 //!   says nothing of the key. Two keys verify during a change: `refresh-hmac.key` (the
 //!   one that mints) and, when present, `refresh-hmac.previous.key`.
 //! - The MAC is checked in constant time (`ring::hmac::verify`). A token of 43
-//!   characters is of the earlier, random format (`Opened::Legacy`), looked up by its
-//!   hash; anything else that does not verify is `Opened::Invalid`.
+//!   characters is of the earlier format (256 random bits, stored as its SHA-256 in
+//!   `refresh_tokens`): `Opened::Legacy`, looked up by its hash until its session
+//!   upgrades. Anything else that does not verify is `Opened::Invalid`, refused
+//!   without a lookup.
 
 use std::path::Path;
 
@@ -42,7 +36,8 @@ pub const MAX_TOKEN_LEN: usize = 512;
 /// The SHA-256 of a refresh token, as stored.
 pub type TokenHash = [u8; 32];
 
-/// A fresh refresh token for a new family.
+/// A token of the earlier format: 256 random bits (the tests make them, to stand for
+/// sessions started before the upgrade).
 pub fn generate() -> Result<Secret, Error> {
     let mut bytes = [0u8; 32];
     SystemRandom::new()
@@ -51,39 +46,12 @@ pub fn generate() -> Result<Secret, Error> {
     Ok(Secret::new(b64url(&bytes)))
 }
 
-/// The stored form of a token.
+/// The stored form of a token of the earlier format.
 pub fn hash(token: &Secret) -> TokenHash {
     let d = digest::digest(&digest::SHA256, token.expose().as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
-}
-
-/// Derives successors with the server-side HMAC key.
-pub struct SuccessorKey {
-    key: hmac::Key,
-}
-
-impl SuccessorKey {
-    /// Reads `refresh-hmac.key` from the key directory, creating it on first start.
-    /// Every instance sharing the directory derives the same successors.
-    pub fn load_or_create(keys_dir: &Path) -> Result<Self, KeyError> {
-        let secret = read_or_create_secret_file(&keys_dir.join("refresh-hmac.key"))?;
-        Ok(Self::from_bytes(&secret))
-    }
-
-    pub fn from_bytes(secret: &[u8]) -> Self {
-        Self {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
-        }
-    }
-
-    /// The successor of `presented`.
-    pub fn successor(&self, presented: &Secret) -> Secret {
-        Secret::new(b64url(
-            hmac::sign(&self.key, presented.expose().as_bytes()).as_ref(),
-        ))
-    }
 }
 
 /// The version byte of the minted format.
@@ -220,16 +188,6 @@ mod tests {
         assert_eq!(a.expose().len(), 43);
         assert_ne!(a, b);
         assert_ne!(hash(&a), hash(&b));
-    }
-
-    #[test]
-    fn successor_is_deterministic_per_key() {
-        let t = generate().unwrap();
-        let k1 = SuccessorKey::from_bytes(&[1; 32]);
-        let k2 = SuccessorKey::from_bytes(&[2; 32]);
-        assert_eq!(k1.successor(&t), k1.successor(&t));
-        assert_ne!(k1.successor(&t), k2.successor(&t));
-        assert_ne!(k1.successor(&t), t);
     }
 
     fn keys(current: u8, previous: Option<u8>) -> RefreshKeys {

@@ -24,10 +24,13 @@ pub enum AuditKind {
     AdminRevokedSessions,
     /// The signing key was rotated (by the CLI or the schedule).
     KeyRotated,
+    /// A session's token was ahead of the database (restored from a backup, or commits
+    /// lost): the family moved forward to it; `detail` says from which generation.
+    FamilyMovedForward,
 }
 
 impl AuditKind {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Login,
         Self::LoginFailed,
         Self::FamilyRevoked,
@@ -35,6 +38,7 @@ impl AuditKind {
         Self::UserEnabled,
         Self::AdminRevokedSessions,
         Self::KeyRotated,
+        Self::FamilyMovedForward,
     ];
 
     /// The stored and published name.
@@ -47,6 +51,7 @@ impl AuditKind {
             Self::UserEnabled => "user_enabled",
             Self::AdminRevokedSessions => "admin_revoked_sessions",
             Self::KeyRotated => "key_rotated",
+            Self::FamilyMovedForward => "family_moved_forward",
         }
     }
 
@@ -160,6 +165,27 @@ impl AuditEvent {
             detail: Some(format!("{sessions} sessions")),
             actor_id: Some(actor),
             ..Self::new(at, AuditKind::AdminRevokedSessions)
+        }
+    }
+
+    /// Session `family_id` moved from generation `from` to `to`: a token of it was
+    /// ahead of the database.
+    pub fn family_moved_forward(
+        at: OffsetDateTime,
+        user_id: Uuid,
+        family_id: Uuid,
+        client_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Self {
+        Self {
+            user_id: Some(user_id),
+            family_id: Some(family_id),
+            client_id: Some(client_id.to_owned()),
+            detail: Some(format!(
+                "generation {from} -> {to}: the database was behind"
+            )),
+            ..Self::new(at, AuditKind::FamilyMovedForward)
         }
     }
 

@@ -1,5 +1,4 @@
-//! The family rules of the constant-storage model (issue 16, not wired into the store
-//! yet): a minted refresh token names its family and its generation `g`
+//! The family rules of the constant-storage model: a minted refresh token names its family and its generation `g`
 //! (`crypto::refresh::Minted`); the family's row holds its current generation `c` and
 //! when `c` was issued. Once the token's MAC has been checked, the store applies these
 //! rules; they are here so that both backends decide the same way.
@@ -52,12 +51,13 @@ pub enum Step {
 
 impl RefreshPolicy {
     /// Decides what to do with generation `presented` of the family `f`, shown by
-    /// `client_id` at `now`.
+    /// `client_id` at `now`. `None`: a token from before the family's generation 0 (a
+    /// consumed token of the earlier format, which had a successor of that format).
     pub fn decide_generation(
         &self,
         client_id: &str,
         f: &FamilyState,
-        presented: u64,
+        presented: Option<u64>,
         now: OffsetDateTime,
     ) -> Step {
         if f.revoked {
@@ -72,8 +72,12 @@ impl RefreshPolicy {
         if now >= f.last_used_at + self.idle_timeout {
             return Step::Refuse(GrantRejection::IdleTimeout);
         }
-        // A family that used up every generation is over (2^64 rotations: never).
-        if presented == u64::MAX {
+        let Some(presented) = presented else {
+            return Step::RevokeFamily(RevokeReason::Reuse);
+        };
+        // A family that used up every generation is over (2^63 rotations: never; the
+        // databases count in signed 64 bits).
+        if presented >= i64::MAX as u64 {
             return Step::Refuse(GrantRejection::Expired);
         }
         match presented.cmp(&f.generation) {
@@ -117,13 +121,16 @@ mod tests {
     fn the_current_generation_rotates_and_a_later_one_moves_forward() {
         let now = OffsetDateTime::now_utc();
         let f = family(now, 5);
-        assert_eq!(POLICY.decide_generation("dev", &f, 5, now), Step::Rotate);
         assert_eq!(
-            POLICY.decide_generation("dev", &f, 6, now),
+            POLICY.decide_generation("dev", &f, Some(5), now),
+            Step::Rotate
+        );
+        assert_eq!(
+            POLICY.decide_generation("dev", &f, Some(6), now),
             Step::MoveForward
         );
         assert_eq!(
-            POLICY.decide_generation("dev", &f, 900, now),
+            POLICY.decide_generation("dev", &f, Some(900), now),
             Step::MoveForward
         );
     }
@@ -135,18 +142,18 @@ mod tests {
         let within = now + Duration::from_secs(9);
         let after = now + Duration::from_secs(10);
         assert_eq!(
-            POLICY.decide_generation("dev", &f, 4, within),
+            POLICY.decide_generation("dev", &f, Some(4), within),
             Step::GraceReplay
         );
         let reuse = Step::RevokeFamily(RevokeReason::Reuse);
-        assert_eq!(POLICY.decide_generation("dev", &f, 4, after), reuse);
-        assert_eq!(POLICY.decide_generation("dev", &f, 3, within), reuse);
-        assert_eq!(POLICY.decide_generation("dev", &f, 0, within), reuse);
+        assert_eq!(POLICY.decide_generation("dev", &f, Some(4), after), reuse);
+        assert_eq!(POLICY.decide_generation("dev", &f, Some(3), within), reuse);
+        assert_eq!(POLICY.decide_generation("dev", &f, Some(0), within), reuse);
         let no_grace = RefreshPolicy {
             grace_period: Duration::ZERO,
             ..POLICY
         };
-        assert_eq!(no_grace.decide_generation("dev", &f, 4, now), reuse);
+        assert_eq!(no_grace.decide_generation("dev", &f, Some(4), now), reuse);
     }
 
     #[test]
@@ -158,17 +165,17 @@ mod tests {
         };
         for g in [4, 5, 6] {
             assert_eq!(
-                POLICY.decide_generation("dev", &revoked, g, now),
+                POLICY.decide_generation("dev", &revoked, Some(g), now),
                 Step::Refuse(GrantRejection::Revoked)
             );
             assert_eq!(
-                POLICY.decide_generation("other", &family(now, 5), g, now),
+                POLICY.decide_generation("other", &family(now, 5), Some(g), now),
                 Step::RevokeFamily(RevokeReason::ClientMismatch)
             );
         }
         let idle = now + Duration::from_secs(14 * 86_400);
         assert_eq!(
-            POLICY.decide_generation("dev", &family(now, 5), 5, idle),
+            POLICY.decide_generation("dev", &family(now, 5), Some(5), idle),
             Step::Refuse(GrantRejection::IdleTimeout)
         );
         let used = FamilyState {
@@ -177,12 +184,20 @@ mod tests {
         };
         let end = now + Duration::from_secs(90 * 86_400);
         assert_eq!(
-            POLICY.decide_generation("dev", &used, 5, end),
+            POLICY.decide_generation("dev", &used, Some(5), end),
             Step::Refuse(GrantRejection::Expired)
         );
         assert_eq!(
-            POLICY.decide_generation("dev", &family(now, 5), u64::MAX, now),
+            POLICY.decide_generation("dev", &family(now, 5), Some(u64::MAX), now),
             Step::Refuse(GrantRejection::Expired)
+        );
+        assert_eq!(
+            POLICY.decide_generation("dev", &family(now, 5), None, now),
+            Step::RevokeFamily(RevokeReason::Reuse)
+        );
+        assert_eq!(
+            POLICY.decide_generation("dev", &revoked, None, now),
+            Step::Refuse(GrantRejection::Revoked)
         );
     }
 }

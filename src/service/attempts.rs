@@ -24,7 +24,6 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::Issuer;
-use crate::crypto::refresh;
 use crate::domain::error::Error;
 use crate::domain::secret::Secret;
 use crate::store::shared::{LimitKind, Taken};
@@ -126,11 +125,8 @@ impl Issuer {
             return Ok(Some(format!("session:{session}")));
         }
         if let Some(token) = shown.refresh_token
-            && token.expose().len() <= refresh::MAX_TOKEN_LEN
-            && let Some(state) = self
-                .store
-                .refresh_token_state(&refresh::hash(token))
-                .await?
+            && let Some(token) = self.refresh_ref(token)
+            && let Some(state) = self.store.refresh_token_state(&token).await?
         {
             let policy = self.policy_of(&state.family.client_id);
             let live = !state.consumed

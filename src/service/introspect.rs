@@ -18,7 +18,7 @@
 use time::OffsetDateTime;
 
 use super::Issuer;
-use crate::crypto::{client_secret, refresh};
+use crate::crypto::client_secret;
 use crate::domain::claims::AccessClaims;
 use crate::domain::client::{Client, ClientKind};
 use crate::domain::error::Error;
@@ -91,11 +91,10 @@ impl Issuer {
                 Err(e) => Err(e),
             };
         }
-        if token.len() > refresh::MAX_TOKEN_LEN {
+        let Some(token) = self.refresh_ref(&Secret::new(token.to_owned())) else {
             return Ok(Introspection::Inactive);
-        }
-        let hash = refresh::hash(&Secret::new(token.to_owned()));
-        let Some(state) = self.store.refresh_token_state(&hash).await? else {
+        };
+        let Some(state) = self.store.refresh_token_state(&token).await? else {
             return Ok(Introspection::Inactive);
         };
         let now = self.now();

@@ -15,14 +15,15 @@ use std::sync::Arc;
 use crate::crypto::jwt::Verifier;
 use crate::crypto::keys::{KeySet, Keys};
 use crate::crypto::password::{HashingSettings, PasswordHasher};
-use crate::crypto::refresh::SuccessorKey;
+use crate::crypto::refresh::{Opened, RefreshKeys};
 use crate::domain::client::Client;
 use crate::domain::clock::Clock;
 use crate::domain::error::Error;
 use crate::domain::family::RefreshPolicy;
+use crate::domain::secret::Secret;
 use crate::metrics::{Gauges, Metrics};
-use crate::store::Store;
 use crate::store::shared::{RateLimit, RedisStatus, SharedState};
+use crate::store::{Store, TokenRef};
 
 /// Rate limits; `None` turns one off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +70,7 @@ pub struct Issuer {
     pub(crate) keys: Arc<Keys>,
     pub(crate) verifier: Verifier,
     pub(crate) hasher: PasswordHasher,
-    pub(crate) successors: SuccessorKey,
+    pub(crate) refresh_keys: RefreshKeys,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) clients: HashMap<String, Client>,
     /// The default session rules (clients may override them).
@@ -91,12 +92,29 @@ pub struct Issuer {
 const GAUGE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Issuer {
+    /// What the store looks a presented refresh token up by: a minted token whose MAC
+    /// verifies, by its family and generation; one of the earlier format, by its hash.
+    /// `None`: not a token of ours (too long, malformed, forged).
+    pub(crate) fn refresh_ref(&self, token: &Secret) -> Option<TokenRef> {
+        if token.expose().len() > crate::crypto::refresh::MAX_TOKEN_LEN {
+            return None;
+        }
+        match self.refresh_keys.open(token) {
+            Opened::Minted(m) => Some(TokenRef::Minted {
+                family: m.family,
+                generation: m.generation,
+            }),
+            Opened::Legacy(hash) => Some(TokenRef::Legacy(hash)),
+            Opened::Invalid => None,
+        }
+    }
+
     pub fn new(
         settings: IssuerSettings,
         store: Arc<dyn Store>,
         shared: Arc<SharedState>,
         keys: Arc<Keys>,
-        successors: SuccessorKey,
+        refresh_keys: RefreshKeys,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
@@ -116,7 +134,7 @@ impl Issuer {
             shared,
             limits: settings.limits,
             keys,
-            successors,
+            refresh_keys,
             clock,
             clients: settings
                 .clients

@@ -9,7 +9,6 @@ use super::access::Principal;
 use super::attempts::Credentials;
 use super::tokens::{Issued, RequestMeta, Revoked};
 use crate::crypto::password::Lane;
-use crate::crypto::refresh;
 use crate::domain::client::{Client, Delivery};
 use crate::domain::error::Error;
 use crate::domain::family::RevokeReason;
@@ -160,16 +159,16 @@ impl Issuer {
         check_new_password(new.expose(), &email)?;
         let hash = self.hasher.hash(Lane::SignIn, new).await?;
         let now = self.now();
-        let token = refresh::generate()?;
+        let id = Uuid::new_v4();
+        let token = self.refresh_keys.mint(id, 0);
         let family = NewFamily {
-            id: Uuid::new_v4(),
+            id,
             user_id: who.user.id,
             client_id: client.id.clone(),
             scope: who.claims.scope.clone(),
             created_at: now,
             user_agent: meta.user_agent.map(|ua| ua.chars().take(512).collect()),
             ip: meta.ip,
-            first_token: refresh::hash(&token),
             checked_password_hash: None,
             login_source: None,
         };

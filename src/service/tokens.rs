@@ -19,7 +19,7 @@ use crate::domain::user::{check_password_size, normalize_email};
 use crate::store::shared::LimitKind;
 use crate::store::{
     AuditEvent, FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Ticket,
-    UserWithHash,
+    TokenRef, UserWithHash,
 };
 
 /// The parameters of a token request, as sent (form or JSON). Empty values count as
@@ -168,16 +168,16 @@ impl Issuer {
             .check_login(client, &username, password, credentials, &meta)
             .await?;
         let now = self.now();
-        let token = refresh::generate()?;
+        let id = Uuid::new_v4();
+        let token = self.refresh_keys.mint(id, 0);
         let family = NewFamily {
-            id: Uuid::new_v4(),
+            id,
             user_id: user.user.id,
             client_id: client.id.clone(),
             scope,
             created_at: now,
             user_agent: meta.user_agent.map(|ua| ua.chars().take(512).collect()),
             ip: meta.ip,
-            first_token: refresh::hash(&token),
             checked_password_hash: Some(user.password_hash.clone()),
             login_source: source,
         };
@@ -242,11 +242,15 @@ impl Issuer {
     ) -> Result<Issued, Error> {
         let presented =
             presented_refresh_token(client, params.refresh_token, meta.refresh_cookie.take())?;
-        let presented_hash = refresh::hash(&presented);
         let requested_scope = client.check_scope(params.scope.as_deref())?;
-        self.check_before_rotation(&presented_hash, requested_scope.as_deref())
+        // Not a token of ours: refused as unknown, without a lookup.
+        let Some(presented) = self.refresh_ref(&presented) else {
+            let rejection = GrantRejection::Unknown;
+            self.refused(client, &meta, rejection, None, None).await;
+            return Err(Error::InvalidGrant(rejection));
+        };
+        self.check_before_rotation(&presented, requested_scope.as_deref())
             .await?;
-        let successor = self.successors.successor(&presented);
         let user_agent: Option<String> = meta
             .user_agent
             .as_deref()
@@ -255,8 +259,7 @@ impl Issuer {
         let outcome = self
             .store
             .rotate(&RotateRequest {
-                presented: presented_hash,
-                successor: refresh::hash(&successor),
+                presented,
                 client_id: &client.id,
                 now,
                 policy: client.policy,
@@ -266,7 +269,24 @@ impl Issuer {
             })
             .await?;
         match outcome {
-            RotateOutcome::Issued { family, replay } => {
+            RotateOutcome::Issued {
+                family,
+                generation,
+                replay,
+                moved_from,
+            } => {
+                if let Some(from) = moved_from {
+                    self.metrics.families_moved_forward.inc();
+                    tracing::warn!(
+                        target: "security",
+                        event = "family_moved_forward",
+                        sid = %family.id,
+                        from,
+                        to = generation,
+                        "a refresh token was ahead of the database (restored from a backup, or commits lost): its session moved forward"
+                    );
+                }
+                let successor = self.refresh_keys.mint(family.id, generation);
                 if replay {
                     self.metrics.grace_replays.inc();
                     tracing::info!(target: "security", event = "refresh_grace_replay", sid = %family.id, client_id = %client.id);
@@ -293,7 +313,7 @@ impl Issuer {
     /// §6), and the family's rate limit.
     async fn check_before_rotation(
         &self,
-        presented: &refresh::TokenHash,
+        presented: &TokenRef,
         requested_scope: Option<&str>,
     ) -> Result<(), Error> {
         if let Some(requested) = requested_scope
@@ -431,12 +451,10 @@ impl Issuer {
             };
         };
         let now = self.now();
-        if token.expose().len() <= refresh::MAX_TOKEN_LEN && !token.expose().contains('.') {
-            match self
-                .store
-                .revoke_by_token(&refresh::hash(&token), &client.id, now)
-                .await?
-            {
+        if !token.expose().contains('.')
+            && let Some(token) = self.refresh_ref(&token)
+        {
+            match self.store.revoke_by_token(&token, &client.id, now).await? {
                 RevokeOutcome::Revoked(f) => {
                     tracing::info!(target: "security", event = "family_revoked", reason = "logout", sid = %f.id, user_id = %f.user_id, client_id = %client.id);
                     self.count_revoked(RevokeReason::Logout, 1);

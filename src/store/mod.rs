@@ -78,7 +78,7 @@ pub struct UserWithHash {
     pub disabled: bool,
 }
 
-/// A new family and its first token.
+/// A new family; its first token is the one of generation 0.
 #[derive(Debug, Clone)]
 pub struct NewFamily {
     pub id: Uuid,
@@ -88,7 +88,6 @@ pub struct NewFamily {
     pub created_at: OffsetDateTime,
     pub user_agent: Option<String>,
     pub ip: Option<String>,
-    pub first_token: TokenHash,
     /// The password hash the login was checked against: the family is created only if
     /// it is still the user's and the user is not disabled (a disable or a password
     /// change that committed meanwhile wins). `None` inside a password change.
@@ -96,6 +95,15 @@ pub struct NewFamily {
     /// A login: where from (an IPv4 address or an IPv6 /64), remembered as a source
     /// this user signed in from (`known_login_source`).
     pub login_source: Option<String>,
+}
+
+/// A presented refresh token, as the store finds it: a minted token by its family and
+/// generation (its MAC checked by the service), a token of the earlier format by its
+/// hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRef {
+    Minted { family: Uuid, generation: u64 },
+    Legacy(TokenHash),
 }
 
 impl From<NewFamily> for FamilyInfo {
@@ -123,9 +131,7 @@ pub struct FamilyInfo {
 /// One rotation attempt.
 #[derive(Debug, Clone)]
 pub struct RotateRequest<'a> {
-    pub presented: TokenHash,
-    /// The hash of the successor derived from the presented token.
-    pub successor: TokenHash,
+    pub presented: TokenRef,
     pub client_id: &'a str,
     pub now: OffsetDateTime,
     pub policy: RefreshPolicy,
@@ -141,9 +147,16 @@ pub struct RotateRequest<'a> {
 /// The result of a rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RotateOutcome {
-    /// The successor is live. `replay` is true when this answered a retry within the
-    /// grace window (the successor was issued by an earlier request).
-    Issued { family: FamilyInfo, replay: bool },
+    /// The token of `generation` is the family's live one: mint it. `replay` is true
+    /// when this answered a retry within the grace window (the same successor as an
+    /// earlier request), `moved_from` is the family's generation when the presented
+    /// token was ahead of the database (restored from a backup): moved forward.
+    Issued {
+        family: FamilyInfo,
+        generation: u64,
+        replay: bool,
+        moved_from: Option<u64>,
+    },
     /// Refused; `revoked` names why the family was revoked by this very request.
     Refused {
         rejection: GrantRejection,
@@ -180,6 +193,8 @@ pub struct RefreshTokenState {
     pub family_last_used_at: OffsetDateTime,
     pub family_revoked: bool,
     pub consumed: bool,
+    /// When the token was issued (a minted token: when its family's live generation
+    /// was).
     pub issued_at: OffsetDateTime,
     pub user_disabled: bool,
 }
@@ -213,7 +228,7 @@ pub enum RevokeOutcome {
 /// written once (`engine`), for every SQL backend. Each method is atomic.
 #[async_trait]
 pub trait Sessions: Send + Sync {
-    /// Creates a family with its first (unconsumed) token, and records the `login`;
+    /// Creates a family at generation 0, and records the `login`;
     /// false (nothing written) when the user was disabled or changed password since
     /// the check.
     async fn create_family(&self, family: &NewFamily) -> Result<bool, StoreError>;
@@ -221,7 +236,7 @@ pub trait Sessions: Send + Sync {
     /// Revokes the family of a refresh token if it belongs to `client_id`.
     async fn revoke_by_token(
         &self,
-        token: &TokenHash,
+        token: &TokenRef,
         client_id: &str,
         now: OffsetDateTime,
     ) -> Result<RevokeOutcome, StoreError>;
@@ -297,11 +312,11 @@ pub trait Store: Sessions + Send + Sync + 'static {
     /// A refresh token and its family, used or not; `None` when unknown.
     async fn refresh_token_state(
         &self,
-        token: &TokenHash,
+        token: &TokenRef,
     ) -> Result<Option<RefreshTokenState>, StoreError>;
 
     /// The family a refresh token belongs to (for the per-family rate limit), used or not.
-    async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError>;
+    async fn family_of(&self, token: &TokenRef) -> Result<Option<Uuid>, StoreError>;
 
     /// The live sessions of a user (not revoked, idle or expired), most recently used
     /// first.

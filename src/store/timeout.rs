@@ -22,9 +22,9 @@ use uuid::Uuid;
 
 use super::{
     AuditEvent, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome, RotateOutcome,
-    RotateRequest, Session, SessionSelector, Sessions, Store, StoreError, Ticket, UserWithHash,
+    RotateRequest, Session, SessionSelector, Sessions, Store, StoreError, Ticket, TokenRef,
+    UserWithHash,
 };
-use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{RefreshPolicy, RevokeReason};
 use crate::domain::user::User;
 use crate::metrics::Metrics;
@@ -207,12 +207,12 @@ impl Store for TimedStore {
 
     async fn refresh_token_state(
         &self,
-        token: &TokenHash,
+        token: &TokenRef,
     ) -> Result<Option<RefreshTokenState>, StoreError> {
         self.bounded(self.inner.refresh_token_state(token)).await
     }
 
-    async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {
+    async fn family_of(&self, token: &TokenRef) -> Result<Option<Uuid>, StoreError> {
         self.bounded(self.inner.family_of(token)).await
     }
 
@@ -242,7 +242,7 @@ impl Sessions for TimedStore {
 
     async fn revoke_by_token(
         &self,
-        token: &TokenHash,
+        token: &TokenRef,
         client_id: &str,
         now: OffsetDateTime,
     ) -> Result<RevokeOutcome, StoreError> {

@@ -255,11 +255,12 @@ async fn the_sqlite_wal_is_checkpointed_off_the_writer_and_starts_over_after_a_b
 }
 
 scenario! {
-    /// A rotation that fails in the database (here its successor's hash is already
-    /// taken) fails alone: the rotations that ran with it, in the same SQLite batch,
-    /// still commit, and its own token is left unconsumed.
+    /// A rotation that fails in the database (here a trigger refuses to update its
+    /// family) fails alone: the rotations that ran with it, in the same SQLite batch,
+    /// still commit, and its own family is left where it was.
     async fn a_rotation_that_fails_in_the_database_fails_alone(backend) {
-        use crate::helpers::store_level::{Answer, all_at_once, answer, family, random_hash, rotate, user_and_store};
+        use crate::helpers::store_level::{Answer, all_at_once, answer, family, rotate, user_and_store};
+        use token_issuer::store::TokenRef;
         const FAMILIES: usize = 32;
         let app = spawn_app(backend).await;
         let (user_id, store) = user_and_store(&app).await;
@@ -268,19 +269,39 @@ scenario! {
         for _ in 0..FAMILIES {
             firsts.push(family(&*store, user_id, now).await);
         }
-        // Every fourth rotation names the next family's token as its successor.
-        let collides = |i: usize| i.is_multiple_of(4);
-        let rotations = (0..FAMILIES)
-            .map(|i| (firsts[i], if collides(i) { firsts[i + 1] } else { random_hash() }, "dev"))
-            .collect();
+        // Every fourth family is marked, and a trigger refuses to update a marked one.
+        let fails = |i: usize| i.is_multiple_of(4);
+        for i in (0..FAMILIES).filter(|&i| fails(i)) {
+            let TokenRef::Minted { family, .. } = firsts[i] else { panic!("a minted token") };
+            app.exec_sql(&format!("UPDATE refresh_families SET scope = 'fail' WHERE id = '{family}'")).await;
+        }
+        let (create, drop) = match backend {
+            Backend::Sqlite => (
+                "CREATE TRIGGER staged_failure BEFORE UPDATE OF generation ON refresh_families
+                 WHEN NEW.scope = 'fail' BEGIN SELECT RAISE(ABORT, 'staged failure'); END",
+                "DROP TRIGGER staged_failure",
+            ),
+            Backend::Postgres => (
+                "CREATE FUNCTION staged_failure() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'staged failure'; END $$;
+                 CREATE TRIGGER staged_failure BEFORE UPDATE ON refresh_families FOR EACH ROW
+                 WHEN (NEW.scope = 'fail') EXECUTE FUNCTION staged_failure()",
+                "DROP TRIGGER staged_failure ON refresh_families",
+            ),
+        };
+        for statement in create.split_inclusive("END $$;") {
+            app.exec_sql(statement.trim_end_matches(';')).await;
+        }
+        let rotations = (0..FAMILIES).map(|i| (firsts[i], "dev")).collect();
         let answers: Vec<Answer> = all_at_once(&store, rotations, now).await.iter().map(answer).collect();
         let expected: Vec<Answer> = (0..FAMILIES)
-            .map(|i| if collides(i) { Answer::Failed } else { Answer::Issued { replay: false } })
+            .map(|i| if fails(i) { Answer::Failed } else { Answer::Issued { replay: false } })
             .collect();
         assert_eq!(answers, expected);
-        // The failed rotations consumed nothing: each token rotates now.
-        for i in (0..FAMILIES).filter(|&i| collides(i)) {
-            let outcome = rotate(&*store, firsts[i], random_hash(), "dev", now).await;
+        // The failed rotations changed nothing: each token rotates now.
+        app.exec_sql(drop).await;
+        for i in (0..FAMILIES).filter(|&i| fails(i)) {
+            let outcome = rotate(&*store, firsts[i], "dev", now).await;
             assert_eq!(answer(&outcome), Answer::Issued { replay: false });
         }
         store.close().await;
@@ -291,7 +312,7 @@ scenario! {
     /// Rotations of every kind arriving together (on SQLite they share batches: the
     /// fresh ones run all at once, the others after) are each answered as alone.
     async fn rotations_of_every_kind_at_once_are_each_answered_as_alone(backend) {
-        use crate::helpers::store_level::{Answer, all_at_once, answer, family, random_hash, rotate, user_and_store};
+        use crate::helpers::store_level::{Answer, all_at_once, answer, family, rotate, successor, unknown_token, user_and_store};
         use token_issuer::domain::family::{GrantRejection, RevokeReason};
         let app = spawn_app(backend).await;
         let (user_id, store) = user_and_store(&app).await;
@@ -300,38 +321,38 @@ scenario! {
         let (mut rotations, mut expected) = (Vec::new(), Vec::new());
         for _ in 0..4 {
             // Fresh.
-            rotations.push((family(store_, user_id, now).await, random_hash(), "dev"));
+            rotations.push((family(store_, user_id, now).await, "dev"));
             expected.push(Answer::Issued { replay: false });
-            // A retry within the grace period, with the successor it was given.
-            let (old, next) = (family(store_, user_id, now).await, random_hash());
-            rotate(store_, old, next, "dev", now).await.unwrap();
-            rotations.push((old, next, "dev"));
+            // A retry within the grace period.
+            let old = family(store_, user_id, now).await;
+            rotate(store_, old, "dev", now).await.unwrap();
+            rotations.push((old, "dev"));
             expected.push(Answer::Issued { replay: true });
             // A token whose successor was used too: reuse.
-            let (old, next) = (family(store_, user_id, now).await, random_hash());
-            rotate(store_, old, next, "dev", now).await.unwrap();
-            rotate(store_, next, random_hash(), "dev", now).await.unwrap();
-            rotations.push((old, next, "dev"));
+            let old = family(store_, user_id, now).await;
+            rotate(store_, old, "dev", now).await.unwrap();
+            rotate(store_, successor(old), "dev", now).await.unwrap();
+            rotations.push((old, "dev"));
             expected.push(Answer::Refused(GrantRejection::Reused, Some(RevokeReason::Reuse)));
             // Another client's token.
-            rotations.push((family(store_, user_id, now).await, random_hash(), "other"));
+            rotations.push((family(store_, user_id, now).await, "other"));
             expected.push(Answer::Refused(
                 GrantRejection::Revoked,
                 Some(RevokeReason::ClientMismatch),
             ));
             // A family past its absolute lifetime.
             let long_ago = now - crate::helpers::store_level::POLICY.absolute_lifetime;
-            rotations.push((family(store_, user_id, long_ago).await, random_hash(), "dev"));
+            rotations.push((family(store_, user_id, long_ago).await, "dev"));
             expected.push(Answer::Refused(GrantRejection::Expired, None));
             // No such token.
-            rotations.push((random_hash(), random_hash(), "dev"));
+            rotations.push((unknown_token(), "dev"));
             expected.push(Answer::Refused(GrantRejection::Unknown, None));
         }
-        // One fresh token presented twice with the same successor: one rotation and
-        // one grace replay, in either order.
-        let (twice, next) = (family(store_, user_id, now).await, random_hash());
-        rotations.push((twice, next, "dev"));
-        rotations.push((twice, next, "dev"));
+        // One fresh token presented twice: one rotation and one grace replay, in either
+        // order.
+        let twice = family(store_, user_id, now).await;
+        rotations.push((twice, "dev"));
+        rotations.push((twice, "dev"));
         let mut answers: Vec<Answer> =
             all_at_once(&store, rotations, now).await.iter().map(answer).collect();
         let mut pair = answers.split_off(expected.len());
@@ -350,20 +371,15 @@ scenario! {
 /// row lock decides, whatever the arrival order.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_grace_retry_then_the_new_token_in_one_sqlite_batch_keeps_the_session() {
-    use crate::helpers::store_level::{
-        Answer, answer, family, random_hash, rotate, user_and_store,
-    };
+    use crate::helpers::store_level::{Answer, answer, family, rotate, successor, user_and_store};
     let app = spawn_app(Backend::Sqlite).await;
     let (user_id, store) = user_and_store(&app).await;
     let now = time::OffsetDateTime::now_utc();
     let store_ = &*store;
     for _ in 0..5 {
-        let (old, new, next) = (
-            family(store_, user_id, now).await,
-            random_hash(),
-            random_hash(),
-        );
-        rotate(store_, old, new, "dev", now).await.unwrap();
+        let old = family(store_, user_id, now).await;
+        let new = successor(old);
+        rotate(store_, old, "dev", now).await.unwrap();
         let mut others = Vec::new();
         for _ in 0..16 {
             others.push(family(store_, user_id, now).await);
@@ -372,10 +388,10 @@ async fn a_grace_retry_then_the_new_token_in_one_sqlite_batch_keeps_the_session(
         // picks up the first while the rest queue), then the retry, then the new token.
         let mut rotations: Vec<_> = others
             .iter()
-            .map(|&t| Box::pin(rotate(store_, t, random_hash(), "dev", now)))
+            .map(|&t| Box::pin(rotate(store_, t, "dev", now)))
             .collect();
-        rotations.push(Box::pin(rotate(store_, old, new, "dev", now)));
-        rotations.push(Box::pin(rotate(store_, new, next, "dev", now)));
+        rotations.push(Box::pin(rotate(store_, old, "dev", now)));
+        rotations.push(Box::pin(rotate(store_, new, "dev", now)));
         let answers: Vec<Answer> = futures::future::join_all(rotations)
             .await
             .iter()
@@ -388,7 +404,7 @@ async fn a_grace_retry_then_the_new_token_in_one_sqlite_batch_keeps_the_session(
                 Answer::Issued { replay: false }
             ]
         );
-        let after = rotate(store_, next, random_hash(), "dev", now).await;
+        let after = rotate(store_, successor(new), "dev", now).await;
         assert_eq!(answer(&after), Answer::Issued { replay: false });
     }
     store.close().await;

@@ -8,8 +8,8 @@ use reqwest::StatusCode;
 
 use crate::concurrency::race_across;
 use crate::helpers::{
-    Backend, TestApp, assert_error, assert_invalid_grant, live_tokens, patient, segment,
-    spawn_app_with, spawn_instance_like, tokens, wait_for_redis,
+    Backend, TestApp, assert_error, assert_invalid_grant, family_generation, patient, segment,
+    spawn_app_with, spawn_instance_like, token_generation, tokens, wait_for_redis,
 };
 
 async fn three_instances() -> Vec<Arc<TestApp>> {
@@ -60,8 +60,12 @@ async fn three_instances_agree_on_tokens_keys_rotations_and_revocations() {
         .unwrap()
         .to_owned();
     let database_url = apps[0].settings.database_url.expose().to_owned();
-    assert_eq!(live_tokens(&database_url, &sid).await, 1);
     let successor = successors.into_iter().next().unwrap().to_owned();
+    assert_eq!(
+        family_generation(&database_url, &sid).await,
+        token_generation(&successor),
+        "the one successor is the family's live token"
+    );
     let current = tokens(apps[2].refresh(&successor).await).await;
 
     // Every instance has the session cached; a revocation through one is refused by
@@ -86,5 +90,8 @@ async fn three_instances_agree_on_tokens_keys_rotations_and_revocations() {
         .await;
         assert_invalid_grant(app.refresh(&current.refresh).await, "revoked").await;
     }
-    assert_eq!(live_tokens(&database_url, &sid).await, 1);
+    assert_eq!(
+        family_generation(&database_url, &sid).await,
+        token_generation(&current.refresh)
+    );
 }

@@ -40,6 +40,7 @@ mod discovery;
 mod faults;
 mod files;
 mod forged_tokens;
+mod generations;
 mod instances;
 mod introspection;
 mod keys;

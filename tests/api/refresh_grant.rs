@@ -145,25 +145,37 @@ scenario! {
 }
 
 scenario! {
-    async fn refresh_tokens_are_256_random_bits_and_guesses_find_nothing(backend) {
+    /// A refresh token names its session and its generation under the server's MAC
+    /// (README "Tokens"): nothing of it is stored, so only the MAC stands between a
+    /// guess and a session.
+    async fn refresh_tokens_name_their_session_under_a_mac_and_guesses_find_nothing(backend) {
         let app = spawn_app(backend).await;
         let (_, t) = app.signed_in().await;
-        // Every token, first or rotated, is 256 bits in base64url without padding.
+        let sid = segment(&t.access, 1)["sid"].as_str().unwrap().to_owned();
+        // Every token, first or rotated: version 1, a key id, the session, the next
+        // generation, a 256-bit MAC; base64url without padding.
         let mut seen = std::collections::HashSet::new();
         let mut current = t.refresh.clone();
-        for _ in 0..20 {
+        for generation in 0..20 {
             let raw = URL_SAFE_NO_PAD.decode(&current).expect("base64url");
-            assert_eq!(raw.len(), 32, "{current}");
+            assert_eq!((raw.len(), raw[0]), (61, 1), "{current}");
+            assert_eq!(crate::helpers::token_position(&current), (sid.clone(), generation));
             assert!(seen.insert(current.clone()), "a token came back twice");
             current = tokens(app.refresh(&current).await).await.refresh;
         }
-        // Guesses of the right shape, random or one character off a real token, are
-        // unknown (lookup is by SHA-256, so a near miss is no nearer than a random one)
-        // and leave the real token as it was.
-        let mut guesses: Vec<String> = (0..50)
-            .map(|_| URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2)))
+        // Guesses: the real session and generation under a forged MAC, one character
+        // off the real token anywhere, random tokens of the earlier format. All are
+        // unknown, and the real token is left as it was.
+        let raw = URL_SAFE_NO_PAD.decode(&current).unwrap();
+        let mut guesses: Vec<String> = (0..20)
+            .map(|_| {
+                let mut forged = raw[..29].to_vec();
+                forged.extend(uuid::Uuid::new_v4().as_bytes().repeat(2));
+                URL_SAFE_NO_PAD.encode(forged)
+            })
             .collect();
-        for i in [0, 21, 42] {
+        guesses.extend((0..20).map(|_| URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2))));
+        for i in [0, 3, 10, 30, 38, 60, 81] {
             let mut near: Vec<u8> = current.clone().into_bytes();
             near[i] = if near[i] == b'A' { b'B' } else { b'A' };
             guesses.push(String::from_utf8(near).unwrap());

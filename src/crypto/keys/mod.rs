@@ -5,7 +5,8 @@
 //!   JWK thumbprint of its public key.
 //! - `keyring.json`: which key is active, next or retired (see `keyring`); `active`
 //!   mirrors the active `kid`.
-//! - `refresh-hmac.key`: the secret that derives refresh-token successors.
+//! - `refresh-hmac.key`: the secret that MACs the refresh tokens (`crypto::refresh`);
+//!   `refresh-hmac.previous.key`, when present, still verifies during a change.
 //!
 //! The published keys (active, next, and retired ones until their `not_after`) are
 //! parsed into a `KeySet`; `Keys` holds the current set and swaps in a new one when the

@@ -6,10 +6,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::Steps;
-use crate::crypto::refresh::TokenHash;
 use crate::domain::family::RevokeReason;
 use crate::store::{
-    AuditEvent, NewFamily, PasswordChange, RevokeOutcome, SessionSelector, StoreError,
+    AuditEvent, NewFamily, PasswordChange, RevokeOutcome, SessionSelector, StoreError, TokenRef,
 };
 
 /// Revokes a live family with its audit row; false when it was revoked already
@@ -114,7 +113,7 @@ pub async fn set_disabled<S: Steps + ?Sized>(
 /// Revokes the family of a refresh token (a logout) if it belongs to `client_id`.
 pub async fn revoke_by_token<S: Steps + ?Sized>(
     tx: &mut S,
-    token: &TokenHash,
+    token: &TokenRef,
     client_id: &str,
     now: OffsetDateTime,
 ) -> Result<RevokeOutcome, StoreError> {

@@ -28,9 +28,10 @@ use uuid::Uuid;
 
 use super::{
     AuditEvent, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector, StoreError,
+    TokenRef,
 };
-use crate::crypto::refresh::TokenHash;
-use crate::domain::family::{PresentedToken, RevokeReason};
+use crate::domain::family::RevokeReason;
+use crate::domain::generation::FamilyState;
 
 /// A presented token that the conditional update did not rotate, with its family, as
 /// the rotation's transaction reads it.
@@ -39,23 +40,27 @@ pub struct Presented {
     pub family: FamilyInfo,
     pub last_used_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
-    pub consumed_at: Option<OffsetDateTime>,
-    /// The successor derived from the presented token exists and is unused.
-    pub successor_unused: bool,
     pub user_disabled: bool,
+    /// The family's current generation `c`, and when it was issued.
+    pub generation: u64,
+    pub generation_issued_at: OffsetDateTime,
+    /// The generation the presented token stands for: a minted token's own; 0 for a
+    /// token of the earlier format that is live or that the upgrade rotation consumed;
+    /// `None` for one consumed before the upgrade (it had a successor of that format).
+    pub presented_generation: Option<u64>,
 }
 
 impl Presented {
-    /// What the family rules look at.
-    pub fn token(&self) -> PresentedToken {
-        PresentedToken {
+    /// What the generation rules look at.
+    pub fn state(&self) -> FamilyState {
+        FamilyState {
             client_id: self.family.client_id.clone(),
-            family_created_at: self.family.created_at,
-            family_last_used_at: self.last_used_at,
+            created_at: self.family.created_at,
+            last_used_at: self.last_used_at,
             // A disabled user's sessions are as good as revoked.
-            family_revoked: self.revoked_at.is_some() || self.user_disabled,
-            consumed_at: self.consumed_at,
-            successor_unused: self.successor_unused,
+            revoked: self.revoked_at.is_some() || self.user_disabled,
+            generation: self.generation,
+            generation_issued_at: self.generation_issued_at,
         }
     }
 }
@@ -81,14 +86,16 @@ pub struct Revoked {
 /// check); none commits.
 #[async_trait]
 pub trait Steps: Send {
-    /// Consumes the presented token if it is live, inserts its successor and touches
-    /// the family (the conditional update that decides a race); `None` when the token
-    /// is not live (unknown, consumed, revoked, expired, another client, a disabled
-    /// user).
+    /// Advances the family of the presented token to the next generation if the token
+    /// is its live one (a minted token of the current generation, or a live token of
+    /// the earlier format at generation 0, which it consumes), and touches it: the
+    /// conditional update that decides a race. The family and its new generation;
+    /// `None` when the token is not live (unknown, an older generation, revoked,
+    /// expired, another client, a disabled user).
     async fn rotate_fresh(
         &mut self,
         r: &RotateRequest<'_>,
-    ) -> Result<Option<FamilyInfo>, StoreError>;
+    ) -> Result<Option<(FamilyInfo, u64)>, StoreError>;
 
     /// The presented token and its family, used or not.
     async fn presented(&mut self, r: &RotateRequest<'_>) -> Result<Option<Presented>, StoreError>;
@@ -99,6 +106,16 @@ pub trait Steps: Send {
         family_id: Uuid,
         r: &RotateRequest<'_>,
     ) -> Result<FamilyInfo, StoreError>;
+
+    /// Moves the family from generation `from` to `to` (a token ahead of the database)
+    /// and touches it; `None` when its generation is no longer `from`.
+    async fn move_forward(
+        &mut self,
+        family_id: Uuid,
+        from: u64,
+        to: u64,
+        r: &RotateRequest<'_>,
+    ) -> Result<Option<FamilyInfo>, StoreError>;
 
     async fn family_info(&mut self, family_id: Uuid) -> Result<FamilyInfo, StoreError>;
 
@@ -120,7 +137,7 @@ pub trait Steps: Send {
     ) -> Result<Vec<Revoked>, StoreError>;
 
     /// The family a token belongs to, used or not.
-    async fn token_owner(&mut self, token: &TokenHash) -> Result<Option<TokenOwner>, StoreError>;
+    async fn token_owner(&mut self, token: &TokenRef) -> Result<Option<TokenOwner>, StoreError>;
 
     /// Whether the family exists and belongs to `client_id`.
     async fn family_of_client(
@@ -129,9 +146,8 @@ pub trait Steps: Send {
         client_id: &str,
     ) -> Result<bool, StoreError>;
 
-    /// Inserts the family and its first token; with `checked_password_hash`, only if
-    /// the user still has that hash and is not disabled (false otherwise, nothing
-    /// written).
+    /// Inserts the family at generation 0; with `checked_password_hash`, only if the
+    /// user still has that hash and is not disabled (false otherwise, nothing written).
     async fn insert_family(&mut self, family: &NewFamily) -> Result<bool, StoreError>;
 
     /// Remembers that the user signed in from `source` at `at`.

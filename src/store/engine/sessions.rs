@@ -6,8 +6,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Steps, accounts};
-use crate::crypto::refresh::TokenHash;
+use super::{Steps, TokenRef, accounts};
 use crate::domain::family::RevokeReason;
 use crate::store::{
     AuditEvent, NewFamily, PasswordChange, RevokeOutcome, SessionSelector, Sessions, StoreError,
@@ -35,7 +34,7 @@ impl<T: Transactional> Sessions for T {
 
     async fn revoke_by_token(
         &self,
-        token: &TokenHash,
+        token: &TokenRef,
         client_id: &str,
         now: OffsetDateTime,
     ) -> Result<RevokeOutcome, StoreError> {

@@ -139,10 +139,12 @@ impl PgStore {
         }
         let fresh = steps::rotate_fresh(&mut conn, r).await;
         r.ticket.release();
-        if let Some(family) = fresh? {
+        if let Some((family, generation)) = fresh? {
             return Ok(RotateOutcome::Issued {
                 family,
+                generation,
                 replay: false,
+                moved_from: None,
             });
         }
         let mut tx = sqlx::Connection::begin(&mut *conn)

@@ -66,23 +66,50 @@ pub(super) struct PresentedRecord {
     pub(super) family: FamilyRecord,
     pub(super) last_used_at: OffsetDateTime,
     pub(super) revoked_at: Option<OffsetDateTime>,
-    pub(super) consumed_at: Option<OffsetDateTime>,
-    pub(super) successor_unused: bool,
     pub(super) user_disabled: bool,
+    pub(super) generation: i64,
+    pub(super) generation_issued_at: OffsetDateTime,
+    pub(super) presented_generation: Option<i64>,
 }
+
+/// A family that advanced, with its new generation.
+#[derive(FromRow)]
+pub(super) struct GenerationRecord {
+    #[sqlx(flatten)]
+    pub(super) family: FamilyRecord,
+    pub(super) generation: i64,
+}
+
+impl GenerationRecord {
+    pub(super) fn advanced(self) -> Result<(FamilyInfo, u64), StoreError> {
+        Ok((self.family.into(), generation(self.generation)?))
+    }
+}
+
+/// A generation as stored (signed 64 bits, never negative).
+fn generation(stored: i64) -> Result<u64, StoreError> {
+    u64::try_from(stored).map_err(|_| StoreError::Corrupt(format!("generation {stored}")))
+}
+
+/// The family's state that a rotation decides on, after `FAMILY_COLUMNS`.
+pub(super) const STATE_COLUMNS: &str = "f.last_used_at, f.revoked_at,
+    EXISTS (SELECT 1 FROM users u WHERE u.id = f.user_id AND u.disabled_at IS NOT NULL)
+        AS user_disabled,
+    f.generation, f.generation_issued_at";
 
 pub(super) const FAMILY_COLUMNS: &str = "f.id, f.user_id, f.client_id, f.scope, f.created_at";
 
-impl From<PresentedRecord> for Presented {
-    fn from(r: PresentedRecord) -> Self {
-        Self {
-            family: r.family.into(),
-            last_used_at: r.last_used_at,
-            revoked_at: r.revoked_at,
-            consumed_at: r.consumed_at,
-            successor_unused: r.successor_unused,
-            user_disabled: r.user_disabled,
-        }
+impl PresentedRecord {
+    pub(super) fn presented(self) -> Result<Presented, StoreError> {
+        Ok(Presented {
+            family: self.family.into(),
+            last_used_at: self.last_used_at,
+            revoked_at: self.revoked_at,
+            user_disabled: self.user_disabled,
+            generation: generation(self.generation)?,
+            generation_issued_at: self.generation_issued_at,
+            presented_generation: self.presented_generation.map(generation).transpose()?,
+        })
     }
 }
 

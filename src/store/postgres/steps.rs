@@ -7,57 +7,86 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::classify;
-use super::rows::{FAMILY_COLUMNS, FamilyRecord, PresentedRecord};
-use crate::crypto::refresh::TokenHash;
+use super::rows::{FAMILY_COLUMNS, FamilyRecord, GenerationRecord, PresentedRecord, STATE_COLUMNS};
 use crate::domain::family::RevokeReason;
 use crate::store::engine::{Presented, Revoked, Steps, TokenOwner};
 use crate::store::{
     AuditEvent, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector, StoreError,
+    TokenRef,
 };
 
 /// The common case in one statement, so one round trip, atomic on its own: the
-/// presented token is consumed if it is live (the conditional `UPDATE` decides a race:
-/// a concurrent statement waits for the row and then finds it consumed), its successor
-/// inserted and the family touched. `None` when the token was not live (unknown,
-/// consumed, revoked, expired, another client, a disabled user).
+/// family advances to the next generation if the presented token is its live one (the
+/// conditional `UPDATE` decides a race: a concurrent statement waits for the row and
+/// then finds the generation moved), and is touched. A live token of the earlier
+/// format (at generation 0) is consumed in the same statement. `None` when the token
+/// was not live (unknown, an older generation, revoked, expired, another client, a
+/// disabled user).
 pub(super) async fn rotate_fresh(
     conn: &mut PgConnection,
     r: &RotateRequest<'_>,
-) -> Result<Option<FamilyInfo>, StoreError> {
+) -> Result<Option<(FamilyInfo, u64)>, StoreError> {
     let (idle_cutoff, absolute_cutoff) = r.policy.cutoffs(r.now);
-    let record: Option<FamilyRecord> = sqlx::query_as(
-        "WITH consumed AS (
-             UPDATE refresh_tokens SET consumed_at = $1
-             WHERE token_hash = $2 AND consumed_at IS NULL
-               AND family_id IN (SELECT id FROM refresh_families
-                                 WHERE revoked_at IS NULL AND client_id = $3
-                                   AND last_used_at > $4 AND created_at > $5
-                                   AND user_id IN (SELECT id FROM users
-                                                   WHERE disabled_at IS NULL))
-             RETURNING family_id
-         ), successor AS (
-             INSERT INTO refresh_tokens (token_hash, family_id, parent_hash, created_at)
-             SELECT $6, family_id, $2, $1 FROM consumed
-         )
-         UPDATE refresh_families f
-            SET last_used_at = GREATEST(f.last_used_at, $1),
-                ip = COALESCE($7, f.ip), user_agent = COALESCE($8, f.user_agent)
-           FROM consumed
-          WHERE f.id = consumed.family_id
-         RETURNING f.id, f.user_id, f.client_id, f.scope, f.created_at",
-    )
-    .bind(r.now)
-    .bind(&r.presented[..])
-    .bind(r.client_id)
-    .bind(idle_cutoff)
-    .bind(absolute_cutoff)
-    .bind(&r.successor[..])
-    .bind(r.ip)
-    .bind(r.user_agent)
-    .fetch_optional(&mut *conn)
-    .await
+    let record: Option<GenerationRecord> = match r.presented {
+        TokenRef::Minted { family, generation } => {
+            let Ok(generation) = i64::try_from(generation) else {
+                return Ok(None);
+            };
+            sqlx::query_as(
+                "UPDATE refresh_families f
+                    SET generation = generation + 1, generation_issued_at = $1,
+                        last_used_at = GREATEST(f.last_used_at, $1),
+                        ip = COALESCE($7, f.ip), user_agent = COALESCE($8, f.user_agent)
+                  WHERE id = $2 AND generation = $3 AND revoked_at IS NULL AND client_id = $4
+                    AND last_used_at > $5 AND created_at > $6
+                    AND user_id IN (SELECT id FROM users WHERE disabled_at IS NULL)
+                 RETURNING f.id, f.user_id, f.client_id, f.scope, f.created_at, f.generation",
+            )
+            .bind(r.now)
+            .bind(family)
+            .bind(generation)
+            .bind(r.client_id)
+            .bind(idle_cutoff)
+            .bind(absolute_cutoff)
+            .bind(r.ip)
+            .bind(r.user_agent)
+            .fetch_optional(&mut *conn)
+            .await
+        }
+        TokenRef::Legacy(hash) => {
+            sqlx::query_as(
+                "WITH consumed AS (
+                     UPDATE refresh_tokens SET consumed_at = $1
+                     WHERE token_hash = $2 AND consumed_at IS NULL
+                       AND family_id IN (SELECT id FROM refresh_families
+                                         WHERE generation = 0 AND revoked_at IS NULL
+                                           AND client_id = $3
+                                           AND last_used_at > $4 AND created_at > $5
+                                           AND user_id IN (SELECT id FROM users
+                                                           WHERE disabled_at IS NULL))
+                     RETURNING family_id
+                 )
+                 UPDATE refresh_families f
+                    SET generation = 1, generation_issued_at = $1,
+                        last_used_at = GREATEST(f.last_used_at, $1),
+                        ip = COALESCE($6, f.ip), user_agent = COALESCE($7, f.user_agent)
+                   FROM consumed
+                  WHERE f.id = consumed.family_id
+                 RETURNING f.id, f.user_id, f.client_id, f.scope, f.created_at, f.generation",
+            )
+            .bind(r.now)
+            .bind(&hash[..])
+            .bind(r.client_id)
+            .bind(idle_cutoff)
+            .bind(absolute_cutoff)
+            .bind(r.ip)
+            .bind(r.user_agent)
+            .fetch_optional(&mut *conn)
+            .await
+        }
+    }
     .map_err(classify)?;
-    Ok(record.map(Into::into))
+    record.map(GenerationRecord::advanced).transpose()
 }
 
 #[async_trait]
@@ -65,27 +94,41 @@ impl Steps for Transaction<'_, Postgres> {
     async fn rotate_fresh(
         &mut self,
         r: &RotateRequest<'_>,
-    ) -> Result<Option<FamilyInfo>, StoreError> {
+    ) -> Result<Option<(FamilyInfo, u64)>, StoreError> {
         rotate_fresh(&mut **self, r).await
     }
 
     async fn presented(&mut self, r: &RotateRequest<'_>) -> Result<Option<Presented>, StoreError> {
-        let record: Option<PresentedRecord> = sqlx::query_as(&format!(
-            "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at, t.consumed_at,
-                    EXISTS (SELECT 1 FROM users u
-                            WHERE u.id = f.user_id AND u.disabled_at IS NOT NULL) AS user_disabled,
-                    EXISTS (SELECT 1 FROM refresh_tokens s
-                            WHERE s.parent_hash = t.token_hash AND s.token_hash = $2
-                              AND s.consumed_at IS NULL) AS successor_unused
-             FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
-             WHERE t.token_hash = $1"
-        ))
-        .bind(&r.presented[..])
-        .bind(&r.successor[..])
-        .fetch_optional(&mut **self)
-        .await
+        let record: Option<PresentedRecord> = match r.presented {
+            TokenRef::Minted { family, generation } => {
+                sqlx::query_as(&format!(
+                    "SELECT {FAMILY_COLUMNS}, {STATE_COLUMNS}, $2::bigint AS presented_generation
+                     FROM refresh_families f WHERE f.id = $1"
+                ))
+                .bind(family)
+                .bind(i64::try_from(generation).unwrap_or(i64::MAX))
+                .fetch_optional(&mut **self)
+                .await
+            }
+            // Live, or consumed by the upgrade rotation (no successor of its format):
+            // generation 0; consumed before the upgrade: older than any generation.
+            TokenRef::Legacy(hash) => {
+                sqlx::query_as(&format!(
+                    "SELECT {FAMILY_COLUMNS}, {STATE_COLUMNS},
+                            CASE WHEN t.consumed_at IS NULL
+                                   OR NOT EXISTS (SELECT 1 FROM refresh_tokens s
+                                                  WHERE s.parent_hash = t.token_hash)
+                                 THEN 0::bigint END AS presented_generation
+                     FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
+                     WHERE t.token_hash = $1"
+                ))
+                .bind(&hash[..])
+                .fetch_optional(&mut **self)
+                .await
+            }
+        }
         .map_err(classify)?;
-        Ok(record.map(Into::into))
+        record.map(PresentedRecord::presented).transpose()
     }
 
     async fn touch_family(
@@ -107,6 +150,35 @@ impl Steps for Transaction<'_, Postgres> {
         .await
         .map_err(classify)?;
         Ok(record.into())
+    }
+
+    async fn move_forward(
+        &mut self,
+        family_id: Uuid,
+        from: u64,
+        to: u64,
+        r: &RotateRequest<'_>,
+    ) -> Result<Option<FamilyInfo>, StoreError> {
+        let (Ok(from), Ok(to)) = (i64::try_from(from), i64::try_from(to)) else {
+            return Ok(None);
+        };
+        let record: Option<FamilyRecord> = sqlx::query_as(
+            "UPDATE refresh_families SET generation = $3, generation_issued_at = $1,
+                    last_used_at = GREATEST(last_used_at, $1),
+                    ip = COALESCE($5, ip), user_agent = COALESCE($6, user_agent)
+             WHERE id = $2 AND generation = $4
+             RETURNING id, user_id, client_id, scope, created_at",
+        )
+        .bind(r.now)
+        .bind(family_id)
+        .bind(to)
+        .bind(from)
+        .bind(r.ip)
+        .bind(r.user_agent)
+        .fetch_optional(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(record.map(Into::into))
     }
 
     async fn family_info(&mut self, family_id: Uuid) -> Result<FamilyInfo, StoreError> {
@@ -179,14 +251,27 @@ impl Steps for Transaction<'_, Postgres> {
             .collect())
     }
 
-    async fn token_owner(&mut self, token: &TokenHash) -> Result<Option<TokenOwner>, StoreError> {
-        let found: Option<(Uuid, String, bool)> = sqlx::query_as(
-            "SELECT f.id, f.client_id, f.revoked_at IS NOT NULL FROM refresh_tokens t
-             JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = $1",
-        )
-        .bind(&token[..])
-        .fetch_optional(&mut **self)
-        .await
+    async fn token_owner(&mut self, token: &TokenRef) -> Result<Option<TokenOwner>, StoreError> {
+        let found: Option<(Uuid, String, bool)> = match token {
+            TokenRef::Minted { family, .. } => {
+                sqlx::query_as(
+                    "SELECT id, client_id, revoked_at IS NOT NULL FROM refresh_families
+                     WHERE id = $1",
+                )
+                .bind(family)
+                .fetch_optional(&mut **self)
+                .await
+            }
+            TokenRef::Legacy(hash) => {
+                sqlx::query_as(
+                    "SELECT f.id, f.client_id, f.revoked_at IS NOT NULL FROM refresh_tokens t
+                     JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = $1",
+                )
+                .bind(&hash[..])
+                .fetch_optional(&mut **self)
+                .await
+            }
+        }
         .map_err(classify)?;
         Ok(found.map(|(family_id, client_id, revoked)| TokenOwner {
             family_id,
@@ -235,8 +320,9 @@ impl Steps for Transaction<'_, Postgres> {
         }
         sqlx::query(
             "INSERT INTO refresh_families
-                 (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip)
-             VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
+                 (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip,
+                  generation, generation_issued_at)
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, 0, $5)",
         )
         .bind(f.id)
         .bind(f.user_id)
@@ -245,15 +331,6 @@ impl Steps for Transaction<'_, Postgres> {
         .bind(f.created_at)
         .bind(&f.user_agent)
         .bind(&f.ip)
-        .execute(&mut **self)
-        .await
-        .map_err(classify)?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES ($1, $2, $3)",
-        )
-        .bind(&f.first_token[..])
-        .bind(f.id)
-        .bind(f.created_at)
         .execute(&mut **self)
         .await
         .map_err(classify)?;

@@ -7,12 +7,11 @@ use uuid::Uuid;
 
 use super::rows::{AuditRecord, FAMILY_COLUMNS, TokenStateRecord, UserRecord};
 use super::{PgStore, classify};
-use crate::crypto::refresh::TokenHash;
 use crate::domain::family::RefreshPolicy;
 use crate::domain::user::User;
 use crate::store::{
     AuditEvent, RefreshTokenState, RotateOutcome, RotateRequest, Session, Store, StoreError,
-    UserWithHash,
+    TokenRef, UserWithHash,
 };
 
 #[async_trait]
@@ -248,31 +247,56 @@ impl Store for PgStore {
 
     async fn refresh_token_state(
         &self,
-        token: &TokenHash,
+        token: &TokenRef,
     ) -> Result<Option<RefreshTokenState>, StoreError> {
-        let row: Option<TokenStateRecord> = sqlx::query_as(&format!(
-            "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at IS NOT NULL AS family_revoked,
-                    t.consumed_at IS NOT NULL AS consumed, t.created_at AS issued_at,
-                    u.disabled_at IS NOT NULL AS user_disabled
-             FROM refresh_tokens t
-             JOIN refresh_families f ON f.id = t.family_id
-             JOIN users u ON u.id = f.user_id
-             WHERE t.token_hash = $1"
-        ))
-        .bind(&token[..])
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(classify)?;
+        let row: Option<TokenStateRecord> = match token {
+            // Used once the family's generation is past it.
+            TokenRef::Minted { family, generation } => sqlx::query_as(&format!(
+                "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at IS NOT NULL AS family_revoked,
+                        f.generation > $2 AS consumed,
+                        f.generation_issued_at AS issued_at,
+                        u.disabled_at IS NOT NULL AS user_disabled
+                 FROM refresh_families f JOIN users u ON u.id = f.user_id
+                 WHERE f.id = $1"
+            ))
+            .bind(*family)
+            .bind(i64::try_from(*generation).unwrap_or(i64::MAX))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?,
+            TokenRef::Legacy(hash) => sqlx::query_as(&format!(
+                "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at IS NOT NULL AS family_revoked,
+                        t.consumed_at IS NOT NULL AS consumed, t.created_at AS issued_at,
+                        u.disabled_at IS NOT NULL AS user_disabled
+                 FROM refresh_tokens t
+                 JOIN refresh_families f ON f.id = t.family_id
+                 JOIN users u ON u.id = f.user_id
+                 WHERE t.token_hash = $1"
+            ))
+            .bind(&hash[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify)?,
+        };
         Ok(row.map(Into::into))
     }
 
-    async fn family_of(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {
-        let row: Option<(Uuid,)> =
-            sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
-                .bind(&token[..])
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(classify)?;
+    async fn family_of(&self, token: &TokenRef) -> Result<Option<Uuid>, StoreError> {
+        let row: Option<(Uuid,)> = match token {
+            TokenRef::Minted { family, .. } => {
+                sqlx::query_as("SELECT id FROM refresh_families WHERE id = $1")
+                    .bind(*family)
+                    .fetch_optional(&self.pool)
+                    .await
+            }
+            TokenRef::Legacy(hash) => {
+                sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+                    .bind(&hash[..])
+                    .fetch_optional(&self.pool)
+                    .await
+            }
+        }
+        .map_err(classify)?;
         Ok(row.map(|(id,)| id))
     }
 

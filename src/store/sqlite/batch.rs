@@ -1,21 +1,16 @@
 //! The SQLite group commit: concurrent rotations share one write transaction.
 
-use std::collections::{HashMap, HashSet};
-
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use time::OffsetDateTime;
 
-use super::rows::{FamilyRecord, classify, ms};
-use crate::crypto::hex;
-use crate::crypto::refresh::TokenHash;
+use super::rows::{GenerationRecord, classify, ms};
 use crate::domain::family::RefreshPolicy;
 use crate::store::engine::rotation::{self, Settled};
-use crate::store::{FamilyInfo, RotateOutcome, RotateRequest, StoreError, Ticket};
+use crate::store::{RotateOutcome, RotateRequest, StoreError, Ticket, TokenRef};
 
 /// A rotation waiting for the next batch, with everything it borrows owned.
 struct RotationJob {
-    presented: TokenHash,
-    successor: TokenHash,
+    presented: TokenRef,
     client_id: String,
     now: OffsetDateTime,
     policy: RefreshPolicy,
@@ -29,7 +24,6 @@ impl RotationJob {
     fn request(&self) -> RotateRequest<'_> {
         RotateRequest {
             presented: self.presented,
-            successor: self.successor,
             client_id: &self.client_id,
             now: self.now,
             policy: self.policy,
@@ -78,7 +72,6 @@ impl Rotations {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = RotationJob {
             presented: r.presented,
-            successor: r.successor,
             client_id: r.client_id.to_owned(),
             now: r.now,
             policy: r.policy,
@@ -130,157 +123,98 @@ async fn run_batch(writer: &SqlitePool, mut batch: Vec<RotationJob>) {
     }
 }
 
-/// The fresh rotations of a batch in three statements, whatever its size: consume every
-/// presented token that `rotate_in`'s conditional update would consume, insert their
-/// successors, touch their families. A job whose token this does not rotate (in grace,
-/// reused, revoked, expired, unknown, or presented a second time in the batch) is left
-/// `None`, for `rotate_in` to decide afterwards under the same lock.
+/// The fresh rotations of a batch in one statement, whatever its size: every family
+/// whose live generation a job presents advances (the conditional update of
+/// `Steps::rotate_fresh`, for many jobs at once). A job this does not rotate (in grace,
+/// reused, ahead, revoked, expired, unknown, of the earlier format, or not the first of
+/// its family in the batch) is left `None`, for `rotate_in` to decide afterwards under
+/// the same lock.
 ///
-/// The answers are those of the jobs run one by one in arrival order: a token is left
-/// out when an earlier job of the batch presented another token of its family (two
-/// tabs: one retries the old token within the grace period, the other already uses
-/// the new one; run new-first, the retry would look like reuse), and rotations of
-/// different families do not touch each other's rows. Fewer statements is the point:
-/// each is a round trip to SQLite's thread and two thread wake-ups, which were most of
-/// the writer's time.
+/// The answers are those of the jobs run one by one in arrival order: a job is left
+/// out when an earlier job of the batch presented a token of its family (two tabs: one
+/// retries the old token within the grace period, the other already uses the new one;
+/// run new-first, the retry would look like reuse), and rotations of different families
+/// do not touch each other's rows. Fewer statements is the point: each is a round trip
+/// to SQLite's thread and two thread wake-ups, which were most of the writer's time.
 async fn rotate_fresh_batch(
     tx: &mut Transaction<'_, Sqlite>,
     batch: &[RotationJob],
 ) -> Result<Vec<Option<RotateOutcome>>, StoreError> {
-    let rotated = consume_live(tx, batch).await?;
-    if rotated.iter().all(Option::is_none) {
-        return Ok(vec![None; batch.len()]);
-    }
-    let infos = insert_successors_and_touch(tx, batch, &rotated).await?;
-    rotated
-        .into_iter()
-        .map(|family_id| {
-            family_id
-                .map(|id| {
-                    let family = infos.get(&id).cloned().ok_or_else(|| {
-                        StoreError::Corrupt(format!("family {id} was not touched"))
-                    })?;
-                    Ok(RotateOutcome::Issued {
-                        family,
-                        replay: false,
-                    })
-                })
-                .transpose()
-        })
-        .collect()
-}
-
-/// The batch's conditional update: consumes each presented token that is live and is
-/// the first of its family in the batch. For each job, the family whose token it
-/// consumed.
-async fn consume_live(
-    tx: &mut Transaction<'_, Sqlite>,
-    batch: &[RotationJob],
-) -> Result<Vec<Option<String>>, StoreError> {
-    let mut seen = HashSet::new();
-    let presented: Vec<serde_json::Value> = batch
+    let jobs: Vec<serde_json::Value> = batch
         .iter()
-        .filter(|job| seen.insert(job.presented))
-        .map(|job| {
+        .enumerate()
+        .filter_map(|(idx, job)| {
+            let TokenRef::Minted { family, generation } = job.presented else {
+                return None;
+            };
+            let generation = i64::try_from(generation).ok()?;
             let (idle_cutoff, absolute_cutoff) = job.policy.cutoffs(job.now);
-            serde_json::json!([
-                hex(&job.presented),
+            Some(serde_json::json!([
+                idx,
+                family.to_string(),
+                generation,
                 job.client_id,
                 ms(job.now),
                 ms(idle_cutoff),
-                ms(absolute_cutoff)
-            ])
+                ms(absolute_cutoff),
+                job.ip,
+                job.user_agent
+            ]))
         })
         .collect();
-    let consumed: Vec<(Vec<u8>, String)> = sqlx::query_as(
-        "WITH j AS MATERIALIZED (
-             SELECT key AS idx, unhex(value ->> 0) AS hash, value ->> 1 AS client_id,
-                    value ->> 2 AS now, value ->> 3 AS idle_cutoff,
-                    value ->> 4 AS absolute_cutoff
-             FROM json_each(?1)),
-         presented AS MATERIALIZED (
-             SELECT j.idx, t.family_id FROM j JOIN refresh_tokens AS t ON t.token_hash = j.hash)
-         UPDATE refresh_tokens SET consumed_at = j.now
-         FROM j
-         WHERE refresh_tokens.token_hash = j.hash AND refresh_tokens.consumed_at IS NULL
-           AND EXISTS (SELECT 1 FROM refresh_families f
-                       WHERE f.id = refresh_tokens.family_id AND f.revoked_at IS NULL
-                         AND f.client_id = j.client_id AND f.last_used_at > j.idle_cutoff
-                         AND f.created_at > j.absolute_cutoff
-                         AND EXISTS (SELECT 1 FROM users u
-                                     WHERE u.id = f.user_id AND u.disabled_at IS NULL))
-           AND NOT EXISTS (SELECT 1 FROM presented AS p
-                           WHERE p.family_id = refresh_tokens.family_id AND p.idx < j.idx)
-         RETURNING token_hash, family_id",
-    )
-    .bind(serde_json::Value::Array(presented).to_string())
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(classify)?;
-    let mut rotated = vec![None; batch.len()];
-    for (hash, family_id) in consumed {
-        let job = batch
-            .iter()
-            .position(|job| job.presented[..] == hash[..])
-            .ok_or_else(|| {
-                StoreError::Corrupt("a batch consumed a token it was not given".into())
-            })?;
-        rotated[job] = Some(family_id);
+    if jobs.is_empty() {
+        return Ok(vec![None; batch.len()]);
     }
-    Ok(rotated)
-}
-
-/// Inserts the successors of the consumed tokens and touches their families, in two
-/// statements; what each touched family is.
-async fn insert_successors_and_touch(
-    tx: &mut Transaction<'_, Sqlite>,
-    batch: &[RotationJob],
-    rotated: &[Option<String>],
-) -> Result<HashMap<String, FamilyInfo>, StoreError> {
-    let (successors, touches): (Vec<_>, Vec<_>) = batch
-        .iter()
-        .zip(rotated)
-        .filter_map(|(job, family_id)| Some((job, family_id.as_deref()?)))
-        .map(|(job, family_id)| {
-            (
-                serde_json::json!([
-                    hex(&job.successor),
-                    family_id,
-                    hex(&job.presented),
-                    ms(job.now)
-                ]),
-                serde_json::json!([family_id, ms(job.now), job.ip, job.user_agent]),
-            )
-        })
-        .unzip();
-    sqlx::query(
-        "INSERT INTO refresh_tokens (token_hash, family_id, parent_hash, created_at)
-         SELECT unhex(value ->> 0), value ->> 1, unhex(value ->> 2), value ->> 3
-         FROM json_each(?1)",
-    )
-    .bind(serde_json::Value::Array(successors).to_string())
-    .execute(&mut **tx)
-    .await
-    .map_err(classify)?;
-    let families: Vec<FamilyRecord> = sqlx::query_as(
-        "UPDATE refresh_families SET last_used_at = j.now,
+    let advanced: Vec<BatchRecord> = sqlx::query_as(
+        "WITH j AS MATERIALIZED (
+             SELECT value ->> 0 AS idx, value ->> 1 AS id, value ->> 2 AS generation,
+                    value ->> 3 AS client_id, value ->> 4 AS now,
+                    value ->> 5 AS idle_cutoff, value ->> 6 AS absolute_cutoff,
+                    value ->> 7 AS ip, value ->> 8 AS user_agent
+             FROM json_each(?1))
+         UPDATE refresh_families
+            SET generation = refresh_families.generation + 1, generation_issued_at = j.now,
+                last_used_at = j.now,
                 ip = COALESCE(j.ip, refresh_families.ip),
                 user_agent = COALESCE(j.user_agent, refresh_families.user_agent)
-         FROM (SELECT value ->> 0 AS id, value ->> 1 AS now, value ->> 2 AS ip,
-                      value ->> 3 AS user_agent
-               FROM json_each(?1)) AS j
-         WHERE refresh_families.id = j.id
-         RETURNING id, user_id, client_id, scope, created_at",
+         FROM j
+         WHERE refresh_families.id = j.id AND refresh_families.generation = j.generation
+           AND refresh_families.revoked_at IS NULL
+           AND refresh_families.client_id = j.client_id
+           AND refresh_families.last_used_at > j.idle_cutoff
+           AND refresh_families.created_at > j.absolute_cutoff
+           AND EXISTS (SELECT 1 FROM users u
+                       WHERE u.id = refresh_families.user_id AND u.disabled_at IS NULL)
+           AND NOT EXISTS (SELECT 1 FROM j AS e WHERE e.id = j.id AND e.idx < j.idx)
+         RETURNING j.idx AS idx, id, user_id, client_id, scope, created_at, generation",
     )
-    .bind(serde_json::Value::Array(touches).to_string())
+    .bind(serde_json::Value::Array(jobs).to_string())
     .fetch_all(&mut **tx)
     .await
     .map_err(classify)?;
-    let mut infos = HashMap::with_capacity(families.len());
-    for record in families {
-        infos.insert(record.id.clone(), record.info()?);
+    let mut outcomes = vec![None; batch.len()];
+    for record in advanced {
+        let idx = usize::try_from(record.idx)
+            .ok()
+            .filter(|i| *i < batch.len())
+            .ok_or_else(|| StoreError::Corrupt("a batch advanced a job it was not given".into()))?;
+        let (family, generation) = record.advanced.advanced()?;
+        outcomes[idx] = Some(RotateOutcome::Issued {
+            family,
+            generation,
+            replay: false,
+            moved_from: None,
+        });
     }
-    Ok(infos)
+    Ok(outcomes)
+}
+
+/// A family the batch advanced, and the job that advanced it.
+#[derive(sqlx::FromRow)]
+struct BatchRecord {
+    idx: i64,
+    #[sqlx(flatten)]
+    advanced: GenerationRecord,
 }
 
 /// One rotation under the batch's write lock, by the engine's rules.

@@ -6,12 +6,15 @@ use sqlx::{Sqlite, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::rows::{FAMILY_COLUMNS, FamilyRecord, PresentedRecord, classify, ms, uuid};
-use crate::crypto::refresh::TokenHash;
+use super::rows::{
+    FAMILY_COLUMNS, FamilyRecord, GenerationRecord, PresentedRecord, STATE_COLUMNS, classify, ms,
+    uuid,
+};
 use crate::domain::family::RevokeReason;
 use crate::store::engine::{Presented, Revoked, Steps, TokenOwner};
 use crate::store::{
     AuditEvent, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector, StoreError,
+    TokenRef,
 };
 
 #[async_trait]
@@ -19,65 +22,97 @@ impl Steps for Transaction<'_, Sqlite> {
     async fn rotate_fresh(
         &mut self,
         r: &RotateRequest<'_>,
-    ) -> Result<Option<FamilyInfo>, StoreError> {
+    ) -> Result<Option<(FamilyInfo, u64)>, StoreError> {
         let now = ms(r.now);
         let (idle_cutoff, absolute_cutoff) = r.policy.cutoffs(r.now);
-        // Only a live token of a live family of this client is consumed, and only
-        // once. The checks are correlated `EXISTS`, looked up by primary key: SQLite
-        // answers `family_id IN (SELECT ... WHERE user_id IN (SELECT id FROM users
-        // ...))` by listing every live family of every user first, 100 ms a rotation
-        // at 100k users.
-        let consumed: Option<(String,)> = sqlx::query_as(
-            "UPDATE refresh_tokens SET consumed_at = ?1
-             WHERE token_hash = ?2 AND consumed_at IS NULL
-               AND EXISTS (SELECT 1 FROM refresh_families f
-                           WHERE f.id = refresh_tokens.family_id AND f.revoked_at IS NULL
-                             AND f.client_id = ?3 AND f.last_used_at > ?4 AND f.created_at > ?5
-                             AND EXISTS (SELECT 1 FROM users u
-                                         WHERE u.id = f.user_id AND u.disabled_at IS NULL))
-             RETURNING family_id",
+        let (family_id, from) = match r.presented {
+            TokenRef::Minted { family, generation } => {
+                let Ok(generation) = i64::try_from(generation) else {
+                    return Ok(None);
+                };
+                (family.to_string(), generation)
+            }
+            // A live token of the earlier format, at generation 0: consumed once, and
+            // answered with the minted token of generation 1.
+            TokenRef::Legacy(hash) => {
+                let consumed: Option<(String,)> = sqlx::query_as(
+                    "UPDATE refresh_tokens SET consumed_at = ?1
+                     WHERE token_hash = ?2 AND consumed_at IS NULL
+                       AND EXISTS (SELECT 1 FROM refresh_families f
+                                   WHERE f.id = refresh_tokens.family_id AND f.generation = 0
+                                     AND f.revoked_at IS NULL AND f.client_id = ?3
+                                     AND f.last_used_at > ?4 AND f.created_at > ?5
+                                     AND EXISTS (SELECT 1 FROM users u
+                                                 WHERE u.id = f.user_id AND u.disabled_at IS NULL))
+                     RETURNING family_id",
+                )
+                .bind(now)
+                .bind(&hash[..])
+                .bind(r.client_id)
+                .bind(ms(idle_cutoff))
+                .bind(ms(absolute_cutoff))
+                .fetch_optional(&mut **self)
+                .await
+                .map_err(classify)?;
+                let Some((family_id,)) = consumed else {
+                    return Ok(None);
+                };
+                (family_id, 0)
+            }
+        };
+        // Only the live generation of a live family of this client advances, and only
+        // once. The checks are correlated `EXISTS`, looked up by primary key.
+        let record: Option<GenerationRecord> = sqlx::query_as(
+            "UPDATE refresh_families SET generation = generation + 1,
+                    generation_issued_at = ?1, last_used_at = ?1,
+                    ip = COALESCE(?7, ip), user_agent = COALESCE(?8, user_agent)
+             WHERE id = ?2 AND generation = ?3 AND revoked_at IS NULL AND client_id = ?4
+               AND last_used_at > ?5 AND created_at > ?6
+               AND EXISTS (SELECT 1 FROM users u
+                           WHERE u.id = refresh_families.user_id AND u.disabled_at IS NULL)
+             RETURNING id, user_id, client_id, scope, created_at, generation",
         )
         .bind(now)
-        .bind(&r.presented[..])
+        .bind(&family_id)
+        .bind(from)
         .bind(r.client_id)
         .bind(ms(idle_cutoff))
         .bind(ms(absolute_cutoff))
+        .bind(r.ip)
+        .bind(r.user_agent)
         .fetch_optional(&mut **self)
         .await
         .map_err(classify)?;
-        let Some((family_id,)) = consumed else {
-            return Ok(None);
-        };
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, family_id, parent_hash, created_at)
-             VALUES (?1, ?2, ?3, ?4)",
-        )
-        .bind(&r.successor[..])
-        .bind(&family_id)
-        .bind(&r.presented[..])
-        .bind(now)
-        .execute(&mut **self)
-        .await
-        .map_err(classify)?;
-        self.touch_family(uuid(&family_id)?, r).await.map(Some)
+        record.map(GenerationRecord::advanced).transpose()
     }
 
     async fn presented(&mut self, r: &RotateRequest<'_>) -> Result<Option<Presented>, StoreError> {
-        let record: Option<PresentedRecord> = sqlx::query_as(&format!(
-            "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at, t.consumed_at,
-                    EXISTS (SELECT 1 FROM users u
-                            WHERE u.id = f.user_id AND u.disabled_at IS NOT NULL) AS user_disabled,
-                    EXISTS (SELECT 1 FROM refresh_tokens s
-                            WHERE s.parent_hash = t.token_hash AND s.token_hash = ?2
-                              AND s.consumed_at IS NULL) AS successor_unused
-             FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
-             WHERE t.token_hash = ?1"
-        ))
-        .bind(&r.presented[..])
-        .bind(&r.successor[..])
-        .fetch_optional(&mut **self)
-        .await
-        .map_err(classify)?;
+        let record: Option<PresentedRecord> = match r.presented {
+            TokenRef::Minted { family, generation } => sqlx::query_as(&format!(
+                "SELECT {FAMILY_COLUMNS}, {STATE_COLUMNS}, ?2 AS presented_generation
+                 FROM refresh_families f WHERE f.id = ?1"
+            ))
+            .bind(family.to_string())
+            .bind(i64::try_from(generation).unwrap_or(i64::MAX))
+            .fetch_optional(&mut **self)
+            .await
+            .map_err(classify)?,
+            // Live, or consumed by the upgrade rotation (no successor of its format):
+            // generation 0; consumed before the upgrade: older than any generation.
+            TokenRef::Legacy(hash) => sqlx::query_as(&format!(
+                "SELECT {FAMILY_COLUMNS}, {STATE_COLUMNS},
+                        CASE WHEN t.consumed_at IS NULL
+                               OR NOT EXISTS (SELECT 1 FROM refresh_tokens s
+                                              WHERE s.parent_hash = t.token_hash)
+                             THEN 0 END AS presented_generation
+                 FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id
+                 WHERE t.token_hash = ?1"
+            ))
+            .bind(&hash[..])
+            .fetch_optional(&mut **self)
+            .await
+            .map_err(classify)?,
+        };
         record.map(PresentedRecord::presented).transpose()
     }
 
@@ -100,6 +135,35 @@ impl Steps for Transaction<'_, Sqlite> {
         .await
         .map_err(classify)?;
         record.info()
+    }
+
+    async fn move_forward(
+        &mut self,
+        family_id: Uuid,
+        from: u64,
+        to: u64,
+        r: &RotateRequest<'_>,
+    ) -> Result<Option<FamilyInfo>, StoreError> {
+        let (Ok(from), Ok(to)) = (i64::try_from(from), i64::try_from(to)) else {
+            return Ok(None);
+        };
+        let record: Option<FamilyRecord> = sqlx::query_as(
+            "UPDATE refresh_families SET generation = ?3, generation_issued_at = ?1,
+                    last_used_at = ?1,
+                    ip = COALESCE(?5, ip), user_agent = COALESCE(?6, user_agent)
+             WHERE id = ?2 AND generation = ?4
+             RETURNING id, user_id, client_id, scope, created_at",
+        )
+        .bind(ms(r.now))
+        .bind(family_id.to_string())
+        .bind(to)
+        .bind(from)
+        .bind(r.ip)
+        .bind(r.user_agent)
+        .fetch_optional(&mut **self)
+        .await
+        .map_err(classify)?;
+        record.map(FamilyRecord::info).transpose()
     }
 
     async fn family_info(&mut self, family_id: Uuid) -> Result<FamilyInfo, StoreError> {
@@ -176,15 +240,25 @@ impl Steps for Transaction<'_, Sqlite> {
             .collect()
     }
 
-    async fn token_owner(&mut self, token: &TokenHash) -> Result<Option<TokenOwner>, StoreError> {
-        let found: Option<(String, String, bool)> = sqlx::query_as(
-            "SELECT f.id, f.client_id, f.revoked_at IS NOT NULL FROM refresh_tokens t
-             JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = ?1",
-        )
-        .bind(&token[..])
-        .fetch_optional(&mut **self)
-        .await
-        .map_err(classify)?;
+    async fn token_owner(&mut self, token: &TokenRef) -> Result<Option<TokenOwner>, StoreError> {
+        let found: Option<(String, String, bool)> = match token {
+            TokenRef::Minted { family, .. } => sqlx::query_as(
+                "SELECT id, client_id, revoked_at IS NOT NULL FROM refresh_families
+                 WHERE id = ?1",
+            )
+            .bind(family.to_string())
+            .fetch_optional(&mut **self)
+            .await
+            .map_err(classify)?,
+            TokenRef::Legacy(hash) => sqlx::query_as(
+                "SELECT f.id, f.client_id, f.revoked_at IS NOT NULL FROM refresh_tokens t
+                 JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = ?1",
+            )
+            .bind(&hash[..])
+            .fetch_optional(&mut **self)
+            .await
+            .map_err(classify)?,
+        };
         found
             .map(|(id, client_id, revoked)| {
                 Ok(TokenOwner {
@@ -215,8 +289,9 @@ impl Steps for Transaction<'_, Sqlite> {
         // Under the write lock, the check and the insert see the same user.
         let inserted = sqlx::query(
             "INSERT INTO refresh_families
-                 (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7
+                 (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip,
+                  generation, generation_issued_at)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, 0, ?5
              WHERE ?8 IS NULL OR EXISTS (SELECT 1 FROM users
                                          WHERE id = ?2 AND disabled_at IS NULL
                                            AND password_hash = ?8)",
@@ -233,19 +308,7 @@ impl Steps for Transaction<'_, Sqlite> {
         .await
         .map_err(classify)?
         .rows_affected();
-        if inserted == 0 {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, family_id, created_at) VALUES (?1, ?2, ?3)",
-        )
-        .bind(&f.first_token[..])
-        .bind(f.id.to_string())
-        .bind(ms(f.created_at))
-        .execute(&mut **self)
-        .await
-        .map_err(classify)?;
-        Ok(true)
+        Ok(inserted > 0)
     }
 
     async fn remember_login_source(

@@ -81,31 +81,25 @@ impl TestApp {
     }
 }
 
-/// Unconsumed tokens of a family, read straight from its database (SQLite or
-/// PostgreSQL).
-pub async fn live_tokens(database_url: &str, sid: &str) -> i64 {
-    let sql = "SELECT count(*) FROM refresh_tokens
-               WHERE CAST(family_id AS TEXT) = $1 AND consumed_at IS NULL";
-    let (n,): (i64,) = fetch_one(database_url, sql, sid).await;
-    n
+/// A family's generation as stored: its one live refresh token is the one of this
+/// generation (SQLite or PostgreSQL).
+pub async fn family_generation(database_url: &str, sid: &str) -> i64 {
+    let sql = "SELECT generation FROM refresh_families WHERE CAST(id AS TEXT) = $1";
+    let (generation,): (i64,) = fetch_one(database_url, sql, sid).await;
+    generation
 }
 
-/// The family's row as stored: revoked or not, and how many unconsumed tokens it has.
+/// The family's row as stored: revoked or not, and its generation.
 pub async fn stored_family(database_url: &str, sid: &str) -> (bool, i64) {
-    let sql = "SELECT f.revoked_at IS NOT NULL,
-                      (SELECT count(*) FROM refresh_tokens t
-                        WHERE t.family_id = f.id AND t.consumed_at IS NULL)
-                 FROM refresh_families f WHERE CAST(f.id AS TEXT) = $1";
+    let sql = "SELECT revoked_at IS NOT NULL, generation FROM refresh_families
+               WHERE CAST(id AS TEXT) = $1";
     fetch_one(database_url, sql, sid).await
 }
 
-/// For every family not revoked: how many unconsumed tokens it has (SQLite or
-/// PostgreSQL).
-pub async fn live_tokens_per_family(database_url: &str) -> Vec<(String, i64)> {
-    let sql = "SELECT CAST(f.id AS TEXT),
-                      (SELECT COUNT(*) FROM refresh_tokens t
-                       WHERE t.family_id = f.id AND t.consumed_at IS NULL)
-               FROM refresh_families f WHERE f.revoked_at IS NULL";
+/// Every family not revoked, with its generation (SQLite or PostgreSQL).
+pub async fn generations(database_url: &str) -> Vec<(String, i64)> {
+    let sql = "SELECT CAST(id AS TEXT), generation FROM refresh_families
+               WHERE revoked_at IS NULL";
     if database_url.starts_with("postgres") {
         let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
         sqlx::query_as(sql).fetch_all(&mut conn).await.unwrap()

@@ -56,3 +56,18 @@ pub async fn jwks(app: &TestApp) -> (std::collections::HashSet<String>, String) 
         .collect();
     (kids, etag)
 }
+
+/// The family (its id, as the `sid`) and the generation a minted refresh token names:
+/// `version ‖ key id (4) ‖ family (16) ‖ generation (8) ‖ MAC`, read without the MAC.
+pub fn token_position(refresh_token: &str) -> (String, i64) {
+    let bytes = URL_SAFE_NO_PAD.decode(refresh_token).unwrap();
+    assert_eq!(bytes.len(), 61, "a minted refresh token");
+    let family = uuid::Uuid::from_slice(&bytes[5..21]).unwrap();
+    let generation = u64::from_be_bytes(bytes[21..29].try_into().unwrap());
+    (family.to_string(), i64::try_from(generation).unwrap())
+}
+
+/// The generation a minted refresh token names.
+pub fn token_generation(refresh_token: &str) -> i64 {
+    token_position(refresh_token).1
+}

@@ -37,8 +37,10 @@ pub enum Backend {
 
 pub use assertions::{assert_error, assert_invalid_grant, eventually, set_cookie_headers, tokens};
 pub use client::{Api, client_from};
-pub use databases::{TestDatabase, live_tokens, live_tokens_per_family, stored_family};
-pub use forging::{b64, jwks, pem_body, segment, sign_rs256, sign_rs256_raw};
+pub use databases::{TestDatabase, family_generation, generations, stored_family};
+pub use forging::{
+    b64, jwks, pem_body, segment, sign_rs256, sign_rs256_raw, token_generation, token_position,
+};
 pub use redis::{test_redis_url, unique_redis_prefix, wait_for_redis};
 
 /// A spawned issuer; its requests are those of its `Api` (`Deref`).

@@ -3,9 +3,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use token_issuer::crypto::refresh::{self, TokenHash};
 use token_issuer::domain::family::{GrantRejection, RefreshPolicy, RevokeReason};
-use token_issuer::store::{NewFamily, RotateOutcome, RotateRequest, Store, StoreError};
+use token_issuer::store::{NewFamily, RotateOutcome, RotateRequest, Store, StoreError, TokenRef};
 
 pub const POLICY: RefreshPolicy = RefreshPolicy {
     idle_timeout: Duration::from_secs(3600),
@@ -13,17 +12,31 @@ pub const POLICY: RefreshPolicy = RefreshPolicy {
     grace_period: Duration::from_secs(10),
 };
 
-pub fn random_hash() -> TokenHash {
-    refresh::hash(&refresh::generate().unwrap())
+/// A token no family has: a family that does not exist.
+pub fn unknown_token() -> TokenRef {
+    TokenRef::Minted {
+        family: uuid::Uuid::new_v4(),
+        generation: 0,
+    }
 }
 
-/// A new family of `user_id` for the `dev` client; its first token's hash.
+/// The token that follows `t` in its family: what a rotation of `t` answers.
+pub fn successor(t: TokenRef) -> TokenRef {
+    match t {
+        TokenRef::Minted { family, generation } => TokenRef::Minted {
+            family,
+            generation: generation + 1,
+        },
+        TokenRef::Legacy(_) => panic!("a token of the earlier format has no minted successor here"),
+    }
+}
+
+/// A new family of `user_id` for the `dev` client; its first token (generation 0).
 pub async fn family(
     store: &dyn Store,
     user_id: uuid::Uuid,
     created_at: OffsetDateTime,
-) -> TokenHash {
-    let first = random_hash();
+) -> TokenRef {
     let family = NewFamily {
         id: uuid::Uuid::new_v4(),
         user_id,
@@ -32,25 +45,25 @@ pub async fn family(
         created_at,
         user_agent: None,
         ip: None,
-        first_token: first,
         checked_password_hash: None,
         login_source: None,
     };
     assert!(store.create_family(&family).await.unwrap());
-    first
+    TokenRef::Minted {
+        family: family.id,
+        generation: 0,
+    }
 }
 
 pub async fn rotate(
     store: &dyn Store,
-    presented: TokenHash,
-    successor: TokenHash,
+    presented: TokenRef,
     client_id: &str,
     now: OffsetDateTime,
 ) -> Result<RotateOutcome, StoreError> {
     store
         .rotate(&RotateRequest {
             presented,
-            successor,
             client_id,
             now,
             policy: POLICY,
@@ -64,17 +77,17 @@ pub async fn rotate(
 /// Runs every rotation at once, released together; their outcomes in order.
 pub async fn all_at_once(
     store: &Arc<dyn Store>,
-    rotations: Vec<(TokenHash, TokenHash, &'static str)>,
+    rotations: Vec<(TokenRef, &'static str)>,
     now: OffsetDateTime,
 ) -> Vec<Result<RotateOutcome, StoreError>> {
     let barrier = Arc::new(tokio::sync::Barrier::new(rotations.len()));
     let tasks: Vec<_> = rotations
         .into_iter()
-        .map(|(presented, successor, client_id)| {
+        .map(|(presented, client_id)| {
             let (store, barrier) = (Arc::clone(store), Arc::clone(&barrier));
             tokio::spawn(async move {
                 barrier.wait().await;
-                rotate(&*store, presented, successor, client_id, now).await
+                rotate(&*store, presented, client_id, now).await
             })
         })
         .collect();
