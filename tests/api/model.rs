@@ -19,6 +19,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
+use token_issuer::crypto::refresh::RefreshKeys;
 use token_issuer::domain::clock::Clock as _;
 
 use crate::helpers::{
@@ -65,6 +66,16 @@ enum Op {
     Advance {
         secs: u64,
     },
+    /// Presents a token minted `by` generations past the family's newest: what a
+    /// client holds when the database was restored from an older copy.
+    Ahead {
+        family: usize,
+        by: u64,
+    },
+    /// Presents the family's newest token with its MAC broken.
+    Forged {
+        family: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -77,7 +88,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => family.clone().prop_map(|family| Op::Me { family }),
         1 => family.clone().prop_map(|family| Op::Revoke { family }),
         1 => family.clone().prop_map(|family| Op::Logout { family }),
-        1 => family.prop_map(|family| Op::ChangePassword { family }),
+        1 => family.clone().prop_map(|family| Op::ChangePassword { family }),
+        1 => (family.clone(), 1u64..=3).prop_map(|(family, by)| Op::Ahead { family, by }),
+        1 => family.prop_map(|family| Op::Forged { family }),
         4 => prop_oneof![
             3 => 1u64..=8,
             1 => Just(9u64),
@@ -129,6 +142,8 @@ fn op_name(op: &Op) -> &'static str {
         Op::Logout { .. } => "logout",
         Op::ChangePassword { .. } => "change password",
         Op::Advance { .. } => "advance",
+        Op::Ahead { .. } => "a token ahead of the database",
+        Op::Forged { .. } => "a forged token",
     }
 }
 
@@ -315,6 +330,24 @@ async fn run_op(app: &TestApp, model: &mut Model, op: &Op) -> Result<(), TestCas
             }
             (want, got)
         }
+        Op::Ahead { family, by } => {
+            let Some(f) = model.pick(family) else {
+                return Ok(());
+            };
+            return ahead(app, model, f, by, now).await;
+        }
+        Op::Forged { family } => {
+            let Some(f) = model.pick(family) else {
+                return Ok(());
+            };
+            let mut forged = model.families[f].tokens.last().cloned().unwrap_or_default();
+            let last = forged.pop().unwrap_or('A');
+            forged.push(if last == 'A' { 'B' } else { 'A' });
+            (
+                Answer::InvalidGrant("unknown"),
+                Got::of(app.refresh(&forged).await).await,
+            )
+        }
         Op::Me { family } => {
             let Some(f) = model.pick(family) else {
                 return Ok(());
@@ -406,6 +439,58 @@ async fn run_op(app: &TestApp, model: &mut Model, op: &Op) -> Result<(), TestCas
     prop_assert!(
         got.matches(&want),
         "{op:?}: the model says {want:?}, the service answered {} {}",
+        got.status,
+        got.summary()
+    );
+    Ok(())
+}
+
+/// `Op::Ahead`: the family's row is where it is, the client holds the token of
+/// generation `newest + by` (minted with the app's own key). A live family moves
+/// forward to it: the answer is the token after it, the generations skipped count as
+/// used now.
+async fn ahead(
+    app: &TestApp,
+    model: &mut Model,
+    f: usize,
+    by: u64,
+    now: OffsetDateTime,
+) -> Result<(), TestCaseError> {
+    let keys = RefreshKeys::load_or_create(&app.keys_dir()).unwrap();
+    let family_id: uuid::Uuid = model.families[f].sid.parse().unwrap();
+    let newest = model.families[f].tokens.len() as u64 - 1;
+    let presented = keys.mint(family_id, newest + by);
+    let want = match model.refresh(f, model.families[f].tokens.len() - 1, now) {
+        Answer::Tokens(_) => Answer::Tokens(Some(
+            keys.mint(family_id, newest + by + 1).expose().to_owned(),
+        )),
+        refused => refused,
+    };
+    let got = Got::of(app.refresh(presented.expose()).await).await;
+    if got.matches(&want) && matches!(want, Answer::Tokens(_)) {
+        let fam = &mut model.families[f];
+        for generation in newest + 1..=newest + by + 1 {
+            fam.tokens
+                .push(keys.mint(family_id, generation).expose().to_owned());
+            fam.consumed_at.push(now);
+        }
+        let last = fam.consumed_at.len() - 2;
+        fam.consumed_at[last] = now;
+        fam.access = got.field("access_token")?;
+        fam.access_exp = segment(&fam.access, 1)["exp"].as_i64().unwrap_or_default();
+        fam.last_used = now;
+    }
+    let label = match want {
+        Answer::Tokens(_) => "moved forward: the token after it".to_owned(),
+        _ => want.label(),
+    };
+    *model
+        .seen
+        .entry(format!("a token ahead of the database -> {label}"))
+        .or_default() += 1;
+    prop_assert!(
+        got.matches(&want),
+        "ahead by {by}: the model says {want:?}, the service answered {} {}",
         got.status,
         got.summary()
     );
