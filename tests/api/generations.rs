@@ -191,3 +191,40 @@ scenario! {
         assert_eq!(app.refresh(&old[2]).await.status(), StatusCode::BAD_REQUEST);
     }
 }
+
+/// The same with a real copy: SQLite's `VACUUM INTO` takes it at generation 2, the
+/// session rotates on, and an instance started on the copy (the same keys) meets the
+/// client's newest token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_on_an_older_copy_of_the_database_moves_the_session_forward() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, t) = app.signed_in().await;
+    let sid = segment(&t.access, 1)["sid"].as_str().unwrap().to_owned();
+    let mut current = t.refresh;
+    for _ in 0..2 {
+        current = tokens(app.refresh(&current).await).await.refresh;
+    }
+    let copy = app.settings.data_dir.join("copy.db");
+    app.exec_sql(&format!("VACUUM INTO '{}'", copy.display()))
+        .await;
+    for _ in 0..3 {
+        current = tokens(app.refresh(&current).await).await.refresh;
+    }
+    let shared = app.settings.clone();
+    let restored = crate::helpers::spawn_app_with(Backend::Sqlite, move |settings| {
+        let bind = settings.bind;
+        *settings = shared;
+        settings.bind = bind;
+        settings.database_url =
+            token_issuer::config::SecretUrl::new(format!("sqlite://{}", copy.display()));
+    })
+    .await;
+    let moved = tokens(restored.refresh(&current).await).await;
+    assert_eq!(token_position(&moved.refresh), (sid.clone(), 6));
+    assert_eq!(
+        metric(&restored, "issuer_families_moved_forward_total").await,
+        "1"
+    );
+    let url = restored.settings.database_url.expose();
+    assert_eq!(stored_family(url, &sid).await, (false, 6));
+}
