@@ -61,6 +61,8 @@ const KID_LEN: usize = 4;
 const BODY_LEN: usize = 1 + KID_LEN + 16 + 8;
 const MAC_LEN: usize = 32;
 const MINTED_LEN: usize = BODY_LEN + MAC_LEN;
+/// How long a minted token is in base64url.
+pub const MINTED_CHARS: usize = (MINTED_LEN * 8).div_ceil(6);
 /// The length of a token of the earlier format (256 random bits, base64url).
 const LEGACY_CHARS: usize = 43;
 

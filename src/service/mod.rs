@@ -105,7 +105,14 @@ impl Issuer {
                 generation: m.generation,
             }),
             Opened::Legacy(hash) => Some(TokenRef::Legacy(hash)),
-            Opened::Invalid => None,
+            Opened::Invalid => {
+                // The shape of ours, and yet not ours: a forgery, or an instance with
+                // another `refresh-hmac.key`.
+                if token.expose().len() == crate::crypto::refresh::MINTED_CHARS {
+                    tracing::warn!(target: "security", event = "refresh_token_forged", "a refresh token of our format whose MAC does not verify");
+                }
+                None
+            }
         }
     }
 

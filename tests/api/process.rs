@@ -587,3 +587,34 @@ async fn logs_are_plain_text_off_a_terminal_or_one_json_object_a_line() {
         "request ids in the spans"
     );
 }
+
+/// Concurrent rotations on SQLite share batches, and a batch runs as its one
+/// statement: a batch that fails falls back to running its jobs one by one (the
+/// answers stay right, so only the log tells), which must not be what every batch does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_rotations_run_as_one_batch_statement_without_falling_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), "info", &NO_LIMITS);
+    let api = Api::new(format!("http://127.0.0.1:{}", server.port));
+    let chains = register_and_login(&api, &unique_email(), 16).await;
+    let workers: Vec<_> = chains
+        .into_iter()
+        .map(|mut token| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    token = tokens(api.refresh(&token).await).await.refresh;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        !log.contains("rotation batch failed"),
+        "batches fell back to one job at a time:\n{log}"
+    );
+}

@@ -100,15 +100,18 @@ pub trait Steps: Send {
     /// The presented token and its family, used or not.
     async fn presented(&mut self, r: &RotateRequest<'_>) -> Result<Option<Presented>, StoreError>;
 
-    /// Marks the family used now, from the request's address and user agent.
+    /// Marks the family used now, from the request's address and user agent, if it is
+    /// still live (not revoked, its user not disabled: PostgreSQL re-checks the row
+    /// once a concurrent revocation has committed); `None` otherwise.
     async fn touch_family(
         &mut self,
         family_id: Uuid,
         r: &RotateRequest<'_>,
-    ) -> Result<FamilyInfo, StoreError>;
+    ) -> Result<Option<FamilyInfo>, StoreError>;
 
     /// Moves the family from generation `from` to `to` (a token ahead of the database)
-    /// and touches it; `None` when its generation is no longer `from`.
+    /// and touches it; `None` when its generation is no longer `from` or it is no longer
+    /// live.
     async fn move_forward(
         &mut self,
         family_id: Uuid,

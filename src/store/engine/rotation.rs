@@ -56,12 +56,18 @@ pub async fn settle<S: Steps + ?Sized>(
         .policy
         .decide_generation(r.client_id, &p.state(), p.presented_generation, r.now);
     let outcome = match step {
-        Step::GraceReplay => RotateOutcome::Issued {
-            family: tx.touch_family(family_id, r).await?,
-            generation: p.generation,
-            replay: true,
-            moved_from: None,
-        },
+        Step::GraceReplay => {
+            // Revoked since the lookup (a concurrent commit): decided again.
+            let Some(family) = tx.touch_family(family_id, r).await? else {
+                return Ok(Settled::Rotatable);
+            };
+            RotateOutcome::Issued {
+                family,
+                generation: p.generation,
+                replay: true,
+                moved_from: None,
+            }
+        }
         Step::MoveForward => {
             let Some(to) = p.presented_generation.and_then(|g| g.checked_add(1)) else {
                 return Ok(Settled::Rotatable);

@@ -71,7 +71,7 @@ pub(super) async fn rotate_fresh(
                         last_used_at = GREATEST(f.last_used_at, $1),
                         ip = COALESCE($6, f.ip), user_agent = COALESCE($7, f.user_agent)
                    FROM consumed
-                  WHERE f.id = consumed.family_id
+                  WHERE f.id = consumed.family_id AND f.revoked_at IS NULL
                  RETURNING f.id, f.user_id, f.client_id, f.scope, f.created_at, f.generation",
             )
             .bind(r.now)
@@ -135,21 +135,23 @@ impl Steps for Transaction<'_, Postgres> {
         &mut self,
         family_id: Uuid,
         r: &RotateRequest<'_>,
-    ) -> Result<FamilyInfo, StoreError> {
-        let record: FamilyRecord = sqlx::query_as(
+    ) -> Result<Option<FamilyInfo>, StoreError> {
+        let record: Option<FamilyRecord> = sqlx::query_as(
             "UPDATE refresh_families SET last_used_at = GREATEST(last_used_at, $1),
                     ip = COALESCE($3, ip), user_agent = COALESCE($4, user_agent)
              WHERE id = $2
+               AND revoked_at IS NULL
+               AND user_id IN (SELECT id FROM users WHERE disabled_at IS NULL)
              RETURNING id, user_id, client_id, scope, created_at",
         )
         .bind(r.now)
         .bind(family_id)
         .bind(r.ip)
         .bind(r.user_agent)
-        .fetch_one(&mut **self)
+        .fetch_optional(&mut **self)
         .await
         .map_err(classify)?;
-        Ok(record.into())
+        Ok(record.map(Into::into))
     }
 
     async fn move_forward(
@@ -167,6 +169,8 @@ impl Steps for Transaction<'_, Postgres> {
                     last_used_at = GREATEST(last_used_at, $1),
                     ip = COALESCE($5, ip), user_agent = COALESCE($6, user_agent)
              WHERE id = $2 AND generation = $4
+               AND revoked_at IS NULL
+               AND user_id IN (SELECT id FROM users WHERE disabled_at IS NULL)
              RETURNING id, user_id, client_id, scope, created_at",
         )
         .bind(r.now)

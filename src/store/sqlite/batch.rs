@@ -140,7 +140,13 @@ async fn rotate_fresh_batch(
     tx: &mut Transaction<'_, Sqlite>,
     batch: &[RotationJob],
 ) -> Result<Vec<Option<RotateOutcome>>, StoreError> {
-    let jobs: Vec<serde_json::Value> = batch
+    // Up to the first token of the earlier format: the jobs after it are decided one by
+    // one (`rotate_in`), in arrival order, whatever family it turns out to be of.
+    let minted = batch
+        .iter()
+        .position(|job| matches!(job.presented, TokenRef::Legacy(_)))
+        .unwrap_or(batch.len());
+    let jobs: Vec<serde_json::Value> = batch[..minted]
         .iter()
         .enumerate()
         .filter_map(|(idx, job)| {
@@ -165,7 +171,7 @@ async fn rotate_fresh_batch(
     if jobs.is_empty() {
         return Ok(vec![None; batch.len()]);
     }
-    let advanced: Vec<BatchRecord> = sqlx::query_as(
+    let advanced: Vec<GenerationRecord> = sqlx::query_as(
         "WITH j AS MATERIALIZED (
              SELECT value ->> 0 AS idx, value ->> 1 AS id, value ->> 2 AS generation,
                     value ->> 3 AS client_id, value ->> 4 AS now,
@@ -186,19 +192,23 @@ async fn rotate_fresh_batch(
            AND EXISTS (SELECT 1 FROM users u
                        WHERE u.id = refresh_families.user_id AND u.disabled_at IS NULL)
            AND NOT EXISTS (SELECT 1 FROM j AS e WHERE e.id = j.id AND e.idx < j.idx)
-         RETURNING j.idx AS idx, id, user_id, client_id, scope, created_at, generation",
+         RETURNING id, user_id, client_id, scope, created_at, generation",
     )
     .bind(serde_json::Value::Array(jobs).to_string())
     .fetch_all(&mut **tx)
     .await
     .map_err(classify)?;
+    // At most one job a family advanced: its first in the batch (SQLite's RETURNING
+    // names only the updated table, so the job is found again by its family).
     let mut outcomes = vec![None; batch.len()];
     for record in advanced {
-        let idx = usize::try_from(record.idx)
-            .ok()
-            .filter(|i| *i < batch.len())
+        let (family, generation) = record.advanced()?;
+        let idx = batch[..minted]
+            .iter()
+            .position(
+                |job| matches!(job.presented, TokenRef::Minted { family: f, .. } if f == family.id),
+            )
             .ok_or_else(|| StoreError::Corrupt("a batch advanced a job it was not given".into()))?;
-        let (family, generation) = record.advanced.advanced()?;
         outcomes[idx] = Some(RotateOutcome::Issued {
             family,
             generation,
@@ -207,14 +217,6 @@ async fn rotate_fresh_batch(
         });
     }
     Ok(outcomes)
-}
-
-/// A family the batch advanced, and the job that advanced it.
-#[derive(sqlx::FromRow)]
-struct BatchRecord {
-    idx: i64,
-    #[sqlx(flatten)]
-    advanced: GenerationRecord,
 }
 
 /// One rotation under the batch's write lock, by the engine's rules.

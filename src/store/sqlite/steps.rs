@@ -120,21 +120,24 @@ impl Steps for Transaction<'_, Sqlite> {
         &mut self,
         family_id: Uuid,
         r: &RotateRequest<'_>,
-    ) -> Result<FamilyInfo, StoreError> {
-        let record: FamilyRecord = sqlx::query_as(
+    ) -> Result<Option<FamilyInfo>, StoreError> {
+        let record: Option<FamilyRecord> = sqlx::query_as(
             "UPDATE refresh_families SET last_used_at = ?1,
                     ip = COALESCE(?3, ip), user_agent = COALESCE(?4, user_agent)
              WHERE id = ?2
+               AND revoked_at IS NULL
+               AND EXISTS (SELECT 1 FROM users u
+                           WHERE u.id = refresh_families.user_id AND u.disabled_at IS NULL)
              RETURNING id, user_id, client_id, scope, created_at",
         )
         .bind(ms(r.now))
         .bind(family_id.to_string())
         .bind(r.ip)
         .bind(r.user_agent)
-        .fetch_one(&mut **self)
+        .fetch_optional(&mut **self)
         .await
         .map_err(classify)?;
-        record.info()
+        record.map(FamilyRecord::info).transpose()
     }
 
     async fn move_forward(
@@ -152,6 +155,9 @@ impl Steps for Transaction<'_, Sqlite> {
                     last_used_at = ?1,
                     ip = COALESCE(?5, ip), user_agent = COALESCE(?6, user_agent)
              WHERE id = ?2 AND generation = ?4
+               AND revoked_at IS NULL
+               AND EXISTS (SELECT 1 FROM users u
+                           WHERE u.id = refresh_families.user_id AND u.disabled_at IS NULL)
              RETURNING id, user_id, client_id, scope, created_at",
         )
         .bind(ms(r.now))
