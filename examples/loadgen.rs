@@ -258,11 +258,10 @@ async fn populate(database_url: &str, n: u64) {
             "INSERT INTO users (id, email, password_hash, created_at)
              SELECT printf('00000000-0000-4000-8000-%012d', i),
                     printf('population-%d@bench.example', i), '$argon2id$unused', ?2 FROM n",
-            "INSERT INTO refresh_families (id, user_id, client_id, created_at, last_used_at)
+            "INSERT INTO refresh_families
+                 (id, user_id, client_id, created_at, last_used_at, generation_issued_at)
              SELECT printf('00000000-0000-4000-9000-%012d', i),
-                    printf('00000000-0000-4000-8000-%012d', i), 'dev', ?2, ?2 FROM n",
-            "INSERT INTO refresh_tokens (token_hash, family_id, created_at)
-             SELECT randomblob(32), printf('00000000-0000-4000-9000-%012d', i), ?2 FROM n",
+                    printf('00000000-0000-4000-8000-%012d', i), 'dev', ?2, ?2, ?2 FROM n",
         ] {
             tx.execute(sqlx::query(&format!("{ROWS} {sql}")).bind(n).bind(now))
                 .await
@@ -280,10 +279,6 @@ async fn populate(database_url: &str, n: u64) {
             "INSERT INTO refresh_families (id, user_id, client_id, created_at, last_used_at)
              SELECT ('00000000-0000-4000-9000-' || lpad(i::text, 12, '0'))::uuid,
                     ('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid, 'dev', now(), now()
-             FROM generate_series(1, $1) AS i",
-            "INSERT INTO refresh_tokens (token_hash, family_id, created_at)
-             SELECT sha256(('population-' || i || '-' || random())::bytea),
-                    ('00000000-0000-4000-9000-' || lpad(i::text, 12, '0'))::uuid, now()
              FROM generate_series(1, $1) AS i",
         ] {
             tx.execute(sqlx::query(sql).bind(n)).await.unwrap();
