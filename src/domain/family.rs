@@ -1,9 +1,7 @@
-//! The refresh-token family rules: what to do with a presented refresh token.
-//!
-//! A family is one login on one device (the `sid`). Each rotation consumes the presented
-//! token and issues its successor; at most one token of a family is unconsumed. The store
-//! applies these rules inside the rotation transaction; they are here so that both
-//! backends decide the same way.
+//! The refresh-token family: one login on one device (the `sid`), its lifetimes, why it
+//! ends, and why a refresh token is refused. What to do with a presented token is decided by
+//! `generation` (each rotation moves the family to its next generation; its one live
+//! token is the one of the current generation).
 
 use std::time::Duration;
 
@@ -57,31 +55,6 @@ impl GrantRejection {
     }
 }
 
-/// What the store knows about a presented token that could not simply be rotated.
-#[derive(Debug, Clone)]
-pub struct PresentedToken {
-    pub client_id: String,
-    pub family_created_at: OffsetDateTime,
-    pub family_last_used_at: OffsetDateTime,
-    pub family_revoked: bool,
-    pub consumed_at: Option<OffsetDateTime>,
-    /// The successor was issued and has not been used yet.
-    pub successor_unused: bool,
-}
-
-/// The decision for a presented refresh token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Consume it and issue its successor.
-    Rotate,
-    /// Retry within the grace window: answer the same successor again.
-    GraceReplay,
-    /// Refuse it and revoke the family (the token may be in the wrong hands).
-    RevokeFamily(RevokeReason),
-    /// Refuse it; the family is left as it is.
-    Refuse(GrantRejection),
-}
-
 /// Why a family was revoked; stored with the family and written to the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevokeReason {
@@ -131,31 +104,6 @@ impl RevokeReason {
 }
 
 impl RefreshPolicy {
-    /// Decides what to do with a presented token. The order matters: a revoked family
-    /// stays revoked, a token shown by the wrong client burns the family, an expired
-    /// family is simply over, and only then is a consumed token a retry or a reuse.
-    pub fn decide(&self, client_id: &str, t: &PresentedToken, now: OffsetDateTime) -> Decision {
-        if t.family_revoked {
-            return Decision::Refuse(GrantRejection::Revoked);
-        }
-        if t.client_id != client_id {
-            return Decision::RevokeFamily(RevokeReason::ClientMismatch);
-        }
-        if now >= t.family_created_at + self.absolute_lifetime {
-            return Decision::Refuse(GrantRejection::Expired);
-        }
-        if now >= t.family_last_used_at + self.idle_timeout {
-            return Decision::Refuse(GrantRejection::IdleTimeout);
-        }
-        match t.consumed_at {
-            None => Decision::Rotate,
-            Some(consumed) if t.successor_unused && now < consumed + self.grace_period => {
-                Decision::GraceReplay
-            }
-            Some(_) => Decision::RevokeFamily(RevokeReason::Reuse),
-        }
-    }
-
     /// The oldest `last_used_at` and `created_at` a family may have to be rotated now.
     pub fn cutoffs(&self, now: OffsetDateTime) -> (OffsetDateTime, OffsetDateTime) {
         (now - self.idle_timeout, now - self.absolute_lifetime)
@@ -179,99 +127,5 @@ impl RefreshPolicy {
             absolute_lifetime: a.absolute_lifetime.max(b.absolute_lifetime),
             grace_period: a.grace_period.max(b.grace_period),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const POLICY: RefreshPolicy = RefreshPolicy {
-        idle_timeout: Duration::from_secs(14 * 86_400),
-        absolute_lifetime: Duration::from_secs(90 * 86_400),
-        grace_period: Duration::from_secs(10),
-    };
-
-    fn token(now: OffsetDateTime) -> PresentedToken {
-        PresentedToken {
-            client_id: "dev".into(),
-            family_created_at: now,
-            family_last_used_at: now,
-            family_revoked: false,
-            consumed_at: None,
-            successor_unused: false,
-        }
-    }
-
-    #[test]
-    fn fresh_token_rotates() {
-        let now = OffsetDateTime::now_utc();
-        assert_eq!(POLICY.decide("dev", &token(now), now), Decision::Rotate);
-    }
-
-    #[test]
-    fn consumed_token_within_grace_replays_until_successor_used() {
-        let now = OffsetDateTime::now_utc();
-        let mut t = token(now);
-        t.consumed_at = Some(now);
-        t.successor_unused = true;
-        let later = now + Duration::from_secs(9);
-        assert_eq!(POLICY.decide("dev", &t, later), Decision::GraceReplay);
-        let after = now + Duration::from_secs(10);
-        assert_eq!(
-            POLICY.decide("dev", &t, after),
-            Decision::RevokeFamily(RevokeReason::Reuse)
-        );
-        t.successor_unused = false;
-        assert_eq!(
-            POLICY.decide("dev", &t, later),
-            Decision::RevokeFamily(RevokeReason::Reuse)
-        );
-    }
-
-    #[test]
-    fn zero_grace_makes_every_second_use_a_reuse() {
-        let now = OffsetDateTime::now_utc();
-        let policy = RefreshPolicy {
-            grace_period: Duration::ZERO,
-            ..POLICY
-        };
-        let mut t = token(now);
-        t.consumed_at = Some(now);
-        t.successor_unused = true;
-        assert_eq!(
-            policy.decide("dev", &t, now),
-            Decision::RevokeFamily(RevokeReason::Reuse)
-        );
-    }
-
-    #[test]
-    fn lifetimes_and_revocation_and_client() {
-        let now = OffsetDateTime::now_utc();
-        let t = token(now);
-        let idle = now + Duration::from_secs(14 * 86_400);
-        assert_eq!(
-            POLICY.decide("dev", &t, idle),
-            Decision::Refuse(GrantRejection::IdleTimeout)
-        );
-        let mut used = t.clone();
-        used.family_last_used_at = now + Duration::from_secs(89 * 86_400);
-        let abs = now + Duration::from_secs(90 * 86_400);
-        assert_eq!(
-            POLICY.decide("dev", &used, abs),
-            Decision::Refuse(GrantRejection::Expired)
-        );
-        assert_eq!(
-            POLICY.decide("other", &t, now),
-            Decision::RevokeFamily(RevokeReason::ClientMismatch)
-        );
-        let revoked = PresentedToken {
-            family_revoked: true,
-            ..t
-        };
-        assert_eq!(
-            POLICY.decide("dev", &revoked, now),
-            Decision::Refuse(GrantRejection::Revoked)
-        );
     }
 }
