@@ -36,8 +36,9 @@ pub const MAX_TOKEN_LEN: usize = 512;
 /// The SHA-256 of a refresh token, as stored.
 pub type TokenHash = [u8; 32];
 
-/// A token of the earlier format: 256 random bits (the tests make them, to stand for
-/// sessions started before the upgrade).
+/// 256 random bits, base64url: a refresh token of the earlier format (the tests make
+/// them, for sessions started before the upgrade), and the material of client secrets
+/// and of the dummy password hash.
 pub fn generate() -> Result<Secret, Error> {
     let mut bytes = [0u8; 32];
     SystemRandom::new()

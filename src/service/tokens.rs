@@ -328,7 +328,7 @@ impl Issuer {
             }
         }
         if let Some(limit) = self.limits.refresh_per_family
-            && let Some(family) = self.store.family_of(presented).await?
+            && let Some(family) = self.family_of(presented).await?
         {
             self.shared
                 .hit(LimitKind::RefreshFamily, &family.to_string(), limit)
@@ -336,6 +336,15 @@ impl Issuer {
                 .map_err(|wait| self.rate_limited(wait))?;
         }
         Ok(())
+    }
+
+    /// The family of a presented token: a minted token names it (its MAC is checked,
+    /// so no lookup); one of the earlier format is looked up by its hash.
+    async fn family_of(&self, presented: &TokenRef) -> Result<Option<Uuid>, Error> {
+        Ok(match presented {
+            TokenRef::Minted { family, .. } => Some(*family),
+            TokenRef::Legacy(hash) => self.store.legacy_family(hash).await?,
+        })
     }
 
     /// Counts and logs a refused refresh token, and announces a revoked family.

@@ -315,8 +315,9 @@ pub trait Store: Sessions + Send + Sync + 'static {
         token: &TokenRef,
     ) -> Result<Option<RefreshTokenState>, StoreError>;
 
-    /// The family a refresh token belongs to (for the per-family rate limit), used or not.
-    async fn family_of(&self, token: &TokenRef) -> Result<Option<Uuid>, StoreError>;
+    /// The family a token of the earlier format belongs to (for the per-family rate
+    /// limit), used or not. A minted token names its family itself.
+    async fn legacy_family(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError>;
 
     /// The live sessions of a user (not revoked, idle or expired), most recently used
     /// first.

@@ -25,6 +25,7 @@ use super::{
     RotateRequest, Session, SessionSelector, Sessions, Store, StoreError, Ticket, TokenRef,
     UserWithHash,
 };
+use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{RefreshPolicy, RevokeReason};
 use crate::domain::user::User;
 use crate::metrics::Metrics;
@@ -212,8 +213,8 @@ impl Store for TimedStore {
         self.bounded(self.inner.refresh_token_state(token)).await
     }
 
-    async fn family_of(&self, token: &TokenRef) -> Result<Option<Uuid>, StoreError> {
-        self.bounded(self.inner.family_of(token)).await
+    async fn legacy_family(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {
+        self.bounded(self.inner.legacy_family(token)).await
     }
 
     async fn session_user(

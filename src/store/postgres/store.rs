@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::rows::{AuditRecord, FAMILY_COLUMNS, TokenStateRecord, UserRecord};
 use super::{PgStore, classify};
+use crate::crypto::refresh::TokenHash;
 use crate::domain::family::RefreshPolicy;
 use crate::domain::user::User;
 use crate::store::{
@@ -281,22 +282,13 @@ impl Store for PgStore {
         Ok(row.map(Into::into))
     }
 
-    async fn family_of(&self, token: &TokenRef) -> Result<Option<Uuid>, StoreError> {
-        let row: Option<(Uuid,)> = match token {
-            TokenRef::Minted { family, .. } => {
-                sqlx::query_as("SELECT id FROM refresh_families WHERE id = $1")
-                    .bind(*family)
-                    .fetch_optional(&self.pool)
-                    .await
-            }
-            TokenRef::Legacy(hash) => {
-                sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
-                    .bind(&hash[..])
-                    .fetch_optional(&self.pool)
-                    .await
-            }
-        }
-        .map_err(classify)?;
+    async fn legacy_family(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {
+        let row: Option<(Uuid,)> =
+            sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = $1")
+                .bind(&token[..])
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify)?;
         Ok(row.map(|(id,)| id))
     }
 

@@ -9,6 +9,7 @@ use super::rows::{
     AuditRecord, FAMILY_COLUMNS, TokenStateRecord, UserRecord, classify, from_ms, ms, uuid,
 };
 use super::{SWEEP_CHUNK, SqliteStore};
+use crate::crypto::refresh::TokenHash;
 use crate::domain::family::RefreshPolicy;
 use crate::domain::user::User;
 use crate::store::engine::Transactional as _;
@@ -277,22 +278,13 @@ impl Store for SqliteStore {
         row.map(TokenStateRecord::state).transpose()
     }
 
-    async fn family_of(&self, token: &TokenRef) -> Result<Option<Uuid>, StoreError> {
-        let row: Option<(String,)> = match token {
-            TokenRef::Minted { family, .. } => {
-                sqlx::query_as("SELECT id FROM refresh_families WHERE id = ?1")
-                    .bind(family.to_string())
-                    .fetch_optional(&self.reader)
-                    .await
-            }
-            TokenRef::Legacy(hash) => {
-                sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = ?1")
-                    .bind(&hash[..])
-                    .fetch_optional(&self.reader)
-                    .await
-            }
-        }
-        .map_err(classify)?;
+    async fn legacy_family(&self, token: &TokenHash) -> Result<Option<Uuid>, StoreError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT family_id FROM refresh_tokens WHERE token_hash = ?1")
+                .bind(&token[..])
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(classify)?;
         row.map(|(id,)| uuid(&id)).transpose()
     }
 
