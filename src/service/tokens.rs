@@ -202,12 +202,13 @@ impl Issuer {
         meta: &RequestMeta,
     ) -> Result<UserWithHash, Error> {
         // An unknown or malformed username runs the same hash as a wrong password.
-        let user = match normalize_email(username) {
-            Ok(email) => self.store.find_user_by_email(&email).await?,
+        let normalized = normalize_email(username);
+        let user = match &normalized {
+            Ok(email) => self.store.find_user_by_email(email).await?,
             Err(_) => None,
         }
         .filter(|u| !u.disabled);
-        let account = normalize_email(username).unwrap_or_else(|_| username.to_lowercase());
+        let account = normalized.unwrap_or_else(|_| username.to_lowercase());
         let (id, hash) = match &user {
             Some(u) => (Some(u.user.id), Some(u.password_hash.clone())),
             None => (None, None),
