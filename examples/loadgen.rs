@@ -8,6 +8,7 @@
 //! cargo run --release --example loadgen -- --backend postgres --out bench-postgres.md
 //! cargo run --release --example loadgen -- --only refresh   # healthz + the refresh scenarios
 //! cargo run --release --example loadgen -- --population 0      # on an empty database
+//! cargo run --release --example loadgen -- --only refresh --ended 500000  # + the sweep
 //! ```
 //!
 //! It builds the server binary first (`cargo build --release --bin token-issuer`). The
@@ -40,6 +41,10 @@ struct Args {
     only: Option<String>,
     /// Other users already in the database, each with one live session.
     population: u64,
+    /// Sessions that end before the sweep, spread among the live ones: with it, the
+    /// refresh scenarios end with one run while the server sweeps them
+    /// (`POST /v1/admin/sweep`).
+    ended: u64,
 }
 
 fn args() -> Args {
@@ -50,13 +55,14 @@ fn args() -> Args {
         out: None,
         only: None,
         population: 100_000,
+        ended: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--help" || flag == "-h" {
             println!(
                 "loadgen [--backend sqlite|postgres] [--seconds N] [--workers N] [--out FILE]\n        \
-                 [--only SCENARIO-PREFIX] [--population N]\n\n\
+                 [--only SCENARIO-PREFIX] [--population N] [--ended N]\n\n\
                  Defaults: sqlite, 10 s, 8 workers, 100000 other users; the table goes to stdout, and to FILE with --out."
             );
             std::process::exit(0);
@@ -69,12 +75,17 @@ fn args() -> Args {
             "--out" => a.out = Some(value.into()),
             "--only" => a.only = Some(value),
             "--population" => a.population = value.parse().expect("--population N"),
+            "--ended" => a.ended = value.parse().expect("--ended N"),
             other => panic!("unknown flag {other}"),
         }
     }
     assert!(
         matches!(a.backend.as_str(), "sqlite" | "postgres"),
         "--backend sqlite|postgres"
+    );
+    assert!(
+        a.ended == 0 || a.population > 0,
+        "--ended needs a --population to own the sessions"
     );
     a
 }
@@ -87,12 +98,26 @@ struct Outcome {
     latencies_us: Vec<u32>,
     errors: BTreeMap<u16, u64>,
     rss_kb: u64,
+    /// The server's CPU time (user + system) during the scenario.
+    server_cpu: Duration,
+    /// PostgreSQL's (every `postgres` process on the machine) during the scenario.
+    database_cpu: Duration,
     limit: Option<(&'static str, f64)>,
 }
 
 impl Outcome {
     fn rate(&self) -> f64 {
         self.requests as f64 / self.seconds
+    }
+
+    /// The server's CPU time per request, in µs.
+    fn cpu_per_request_us(&self) -> f64 {
+        self.server_cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64
+    }
+
+    /// PostgreSQL's CPU time per request, in µs.
+    fn database_cpu_per_request_us(&self) -> f64 {
+        self.database_cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64
     }
 
     fn pct(&self, p: f64) -> f64 {
@@ -116,7 +141,44 @@ impl Drop for Server {
     }
 }
 
+/// The CPU time so far, user + system, of every process whose command is `name`.
+fn processes_cpu(name: &str) -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| stat.contains(&format!("({name})")))
+        .map(|stat| cpu_of_stat(&stat))
+        .sum()
+}
+
+/// utime + stime of a `/proc/PID/stat` line.
+fn cpu_of_stat(stat: &str) -> Duration {
+    // The fields after the command name, which is in parentheses: utime and stime are
+    // the 12th and 13th, in clock ticks.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second())
+}
+
 impl Server {
+    /// The server's CPU time so far, user + system (`/proc/PID/stat`).
+    fn cpu(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        cpu_of_stat(&stat)
+    }
+
     fn rss_kb(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -126,6 +188,34 @@ impl Server {
             .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
             .unwrap_or(0)
     }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// The server binary with the environment of the benchmark's server: its config, data,
+/// keys and database.
+fn issuer_command(dir: &Path, database_url: &str) -> Command {
+    let mut cmd = Command::new("target/release/token-issuer");
+    cmd.env("ISSUER_CONFIG", dir.join("issuer.toml"))
+        .env("ISSUER_BIND", "127.0.0.1:0")
+        .env("ISSUER_LOG", "info")
+        .env("ISSUER_DATA_DIR", dir.join("data"))
+        .env("ISSUER_KEYS_DIR", dir.join("keys"))
+        .env("ISSUER_DATABASE_URL", database_url)
+        .env_remove("ISSUER_REDIS_URL")
+        .env("NO_COLOR", "1");
+    cmd
 }
 
 fn start_server(dir: &Path, database_url: &str, secret_hash: &str) -> Server {
@@ -141,17 +231,8 @@ fn start_server(dir: &Path, database_url: &str, secret_hash: &str) -> Server {
         ),
     )
     .unwrap();
-    let mut cmd = Command::new("target/release/token-issuer");
-    cmd.env("ISSUER_CONFIG", &config)
-        .env("ISSUER_BIND", "127.0.0.1:0")
-        .env("ISSUER_LOG", "info")
-        .env("ISSUER_DATA_DIR", dir.join("data"))
-        .env("ISSUER_KEYS_DIR", dir.join("keys"))
-        .env("ISSUER_DATABASE_URL", database_url)
-        .env_remove("ISSUER_REDIS_URL")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    let mut cmd = issuer_command(dir, database_url);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
     let mut child = cmd.spawn().expect("target/release/token-issuer runs");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -237,8 +318,12 @@ fn verify_limit(token: &str, n: &str, e: &str, seconds: f64) -> f64 {
 
 /// Adds `n` users to the database (migrated first), each with one live session of the
 /// `dev` client, so that every scenario runs against tables of a real size: a query
-/// that scans a table shows here, not on an empty database.
-async fn populate(database_url: &str, n: u64) {
+/// that scans a table shows here, not on an empty database. `ended` more sessions of
+/// those users, spread evenly among the others, are live too until `end_sessions`
+/// makes them 400 days old (the rows the sweep deletes). Then the statistics are
+/// brought up to date (and PostgreSQL's visibility map: `VACUUM ANALYZE`), as in a
+/// database that has been running.
+async fn populate(database_url: &str, n: u64, ended: u64) {
     use sqlx::{Connection as _, Executor as _};
     let mut settings = Settings::development().unwrap();
     settings.database_url = SecretUrl::new(database_url);
@@ -247,43 +332,119 @@ async fn populate(database_url: &str, n: u64) {
         .unwrap()
         .close()
         .await;
-    let n = i64::try_from(n).unwrap();
+    let (n, ended) = (i64::try_from(n).unwrap(), i64::try_from(ended).unwrap());
+    let now = time::OffsetDateTime::now_utc();
     if database_url.starts_with("sqlite:") {
         const ROWS: &str =
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)";
-        let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+        let ms = |t: time::OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64;
         let mut conn = sqlx::SqliteConnection::connect(database_url).await.unwrap();
         let mut tx = conn.begin().await.unwrap();
-        for sql in [
-            "INSERT INTO users (id, email, password_hash, created_at)
-             SELECT printf('00000000-0000-4000-8000-%012d', i),
-                    printf('population-%d@bench.example', i), '$argon2id$unused', ?2 FROM n",
-            "INSERT INTO refresh_families
-                 (id, user_id, client_id, created_at, last_used_at, generation_issued_at)
-             SELECT printf('00000000-0000-4000-9000-%012d', i),
-                    printf('00000000-0000-4000-8000-%012d', i), 'dev', ?2, ?2, ?2 FROM n",
-        ] {
-            tx.execute(sqlx::query(&format!("{ROWS} {sql}")).bind(n).bind(now))
-                .await
-                .unwrap();
-        }
+        tx.execute(
+            sqlx::query(&format!(
+                "{ROWS} INSERT INTO users (id, email, password_hash, created_at)
+                 SELECT printf('00000000-0000-4000-8000-%012d', i),
+                        printf('population-%d@bench.example', i), '$argon2id$unused', ?2 FROM n"
+            ))
+            .bind(n)
+            .bind(ms(now)),
+        )
+        .await
+        .unwrap();
+        tx.execute(
+            sqlx::query(&format!(
+                "{ROWS} INSERT INTO refresh_families
+                     (id, user_id, client_id, created_at, last_used_at, generation_issued_at)
+                 SELECT printf('00000000-0000-4000-9000-%012d', i),
+                        printf('00000000-0000-4000-8000-%012d', (i - 1) % ?3 + 1), 'dev', ?2, ?2, ?2
+                 FROM n"
+            ))
+            .bind(n + ended)
+            .bind(ms(now))
+            .bind(n.max(1)),
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
+        conn.execute("ANALYZE").await.unwrap();
     } else {
         let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
         let mut tx = conn.begin().await.unwrap();
-        for sql in [
-            "INSERT INTO users (id, email, password_hash, created_at)
-             SELECT ('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid,
-                    'population-' || i || '@bench.example', '$argon2id$unused', now()
-             FROM generate_series(1, $1) AS i",
-            "INSERT INTO refresh_families (id, user_id, client_id, created_at, last_used_at)
-             SELECT ('00000000-0000-4000-9000-' || lpad(i::text, 12, '0'))::uuid,
-                    ('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid, 'dev', now(), now()
-             FROM generate_series(1, $1) AS i",
-        ] {
-            tx.execute(sqlx::query(sql).bind(n)).await.unwrap();
-        }
+        tx.execute(
+            sqlx::query(
+                "INSERT INTO users (id, email, password_hash, created_at)
+                 SELECT ('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid,
+                        'population-' || i || '@bench.example', '$argon2id$unused', now()
+                 FROM generate_series(1, $1) AS i",
+            )
+            .bind(n),
+        )
+        .await
+        .unwrap();
+        tx.execute(
+            sqlx::query(
+                "INSERT INTO refresh_families
+                     (id, user_id, client_id, created_at, last_used_at, generation_issued_at)
+                 SELECT ('00000000-0000-4000-9000-' || lpad(i::text, 12, '0'))::uuid,
+                        ('00000000-0000-4000-8000-' || lpad(((i - 1) % $2 + 1)::text, 12, '0'))::uuid,
+                        'dev', now(), now(), now()
+                 FROM generate_series(1::bigint, $1) AS i",
+            )
+            .bind(n + ended)
+            .bind(n.max(1)),
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
+        conn.execute("VACUUM ANALYZE").await.unwrap();
+    }
+}
+
+/// Makes `ended` of the `n + ended` families of `populate` 400 days old, spread evenly
+/// (family i when `i * ended / (n + ended)` steps up at i), then brings the statistics
+/// up to date again.
+async fn end_sessions(database_url: &str, n: u64, ended: u64) {
+    use sqlx::{Connection as _, Executor as _};
+    let (total, ended) = (
+        i64::try_from(n + ended).unwrap(),
+        i64::try_from(ended).unwrap(),
+    );
+    let long_ago = time::OffsetDateTime::now_utc() - Duration::from_secs(400 * 86_400);
+    if database_url.starts_with("sqlite:") {
+        let long_ago = (long_ago.unix_timestamp_nanos() / 1_000_000) as i64;
+        let mut conn = sqlx::SqliteConnection::connect(database_url).await.unwrap();
+        conn.execute(
+            sqlx::query(
+                "UPDATE refresh_families SET created_at = ?3, last_used_at = ?3,
+                     generation_issued_at = ?3
+                 WHERE id LIKE '00000000-0000-4000-9000-%'
+                   AND CAST(substr(id, 25) AS INTEGER) * ?2 / ?1
+                       <> (CAST(substr(id, 25) AS INTEGER) - 1) * ?2 / ?1",
+            )
+            .bind(total)
+            .bind(ended)
+            .bind(long_ago),
+        )
+        .await
+        .unwrap();
+        conn.execute("ANALYZE").await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+        conn.execute(
+            sqlx::query(
+                "UPDATE refresh_families SET created_at = $3, last_used_at = $3,
+                     generation_issued_at = $3
+                 WHERE id::text LIKE '00000000-0000-4000-9000-%'
+                   AND substr(id::text, 25)::bigint * $2 / $1
+                       <> (substr(id::text, 25)::bigint - 1) * $2 / $1",
+            )
+            .bind(total)
+            .bind(ended)
+            .bind(long_ago),
+        )
+        .await
+        .unwrap();
+        conn.execute("VACUUM ANALYZE").await.unwrap();
     }
 }
 
@@ -395,14 +556,29 @@ async fn login(http: &reqwest::Client, base: &str, email: &str) -> Value {
 }
 
 async fn run(server: &Server, email: &str, plan: &Plan, seconds: f64, secret: &str) -> Outcome {
+    let window = || tokio::time::sleep(Duration::from_secs_f64(seconds));
+    run_while(server, email, plan, secret, window).await.0
+}
+
+/// Runs `plan` while the future `window` makes (it is made once every worker is
+/// ready), and what the future answered.
+async fn run_while<T, F: Future<Output = T>>(
+    server: &Server,
+    email: &str,
+    plan: &Plan,
+    secret: &str,
+    window: impl FnOnce() -> F,
+) -> (Outcome, T) {
     let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(tokio::sync::Barrier::new(plan.requests.len() + 1));
     let mut tasks = Vec::new();
     for request in plan.requests.iter().cloned() {
-        let (base, stop, email, secret) = (
+        let (base, stop, email, secret, ready) = (
             server.base.clone(),
             Arc::clone(&stop),
             email.to_owned(),
             secret.to_owned(),
+            Arc::clone(&ready),
         );
         let pace = plan.pace;
         tasks.push(tokio::spawn(async move {
@@ -418,6 +594,7 @@ async fn run(server: &Server, email: &str, plan: &Plan, seconds: f64, secret: &s
                     .to_owned(),
                 _ => String::new(),
             };
+            ready.wait().await;
             let (mut lat, mut errors, mut n) = (Vec::new(), BTreeMap::new(), 0u64);
             let started = Instant::now();
             while !stop.load(Ordering::Relaxed) {
@@ -487,8 +664,12 @@ async fn run(server: &Server, email: &str, plan: &Plan, seconds: f64, secret: &s
             (lat, errors, n, started.elapsed())
         }));
     }
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    ready.wait().await;
+    let (cpu_before, database_before) = (server.cpu(), processes_cpu("postgres"));
+    let answer = window().await;
     stop.store(true, Ordering::Relaxed);
+    let server_cpu = server.cpu().saturating_sub(cpu_before);
+    let database_cpu = processes_cpu("postgres").saturating_sub(database_before);
     let mut out = Outcome {
         name: plan.name.clone(),
         requests: 0,
@@ -496,6 +677,8 @@ async fn run(server: &Server, email: &str, plan: &Plan, seconds: f64, secret: &s
         latencies_us: Vec::new(),
         errors: BTreeMap::new(),
         rss_kb: 0,
+        server_cpu,
+        database_cpu,
         limit: plan.limit,
     };
     for t in tasks {
@@ -509,7 +692,7 @@ async fn run(server: &Server, email: &str, plan: &Plan, seconds: f64, secret: &s
     }
     out.latencies_us.sort_unstable();
     out.rss_kb = server.rss_kb();
-    out
+    (out, answer)
 }
 
 fn row(o: &Outcome) -> String {
@@ -526,13 +709,15 @@ fn row(o: &Outcome) -> String {
         format!("{:.2} × {name} ({limit:.0}/s)", o.rate() / limit)
     });
     format!(
-        "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {errors} | {} | {ratio} |",
+        "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {errors} | {} | {:.0} | {:.0} | {ratio} |",
         o.name,
         o.rate(),
         o.pct(0.50),
         o.pct(0.99),
         o.pct(0.999),
-        o.rss_kb / 1024
+        o.rss_kb / 1024,
+        o.cpu_per_request_us(),
+        o.database_cpu_per_request_us()
     )
 }
 
@@ -578,13 +763,16 @@ async fn main() {
         }
     };
     eprintln!("adding {} users, each with a live session…", a.population);
-    populate(&server_db, a.population).await;
+    eprintln!("and {} more that will end before the sweep…", a.ended);
+    populate(&server_db, a.population, a.ended).await;
     if limit_db != server_db {
-        populate(&limit_db, a.population).await;
+        populate(&limit_db, a.population, 0).await;
     }
 
     eprintln!("measuring limits…");
     let signing = signing_limit(seconds.min(5.0));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let signature_us = cores as f64 * 1e6 / signing;
     let mut store_settings = Settings::development().unwrap();
     store_settings.database_url = SecretUrl::new(limit_db);
     let store = store_limit(&store_settings, a.workers, seconds.min(5.0)).await;
@@ -708,26 +896,91 @@ async fn main() {
         outcomes.push(flood);
     }
 
+    // Refresh while the server sweeps the ended sessions (its hourly sweep, asked for
+    // now through the admin API): the window is the sweep's own duration.
+    let mut swept = None;
+    if a.ended > 0 && wanted("refresh during") {
+        eprintln!(
+            "ending {} sessions, then refresh during the sweep…",
+            a.ended
+        );
+        end_sessions(&server_db, a.population, a.ended).await;
+        let admin = format!("admin-{}@bench.example", uuid::Uuid::new_v4().simple());
+        let resp = http
+            .post(format!("{}/v1/users", server.base))
+            .json(&serde_json::json!({"email": admin, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let granted = issuer_command(dir.path(), &server_db)
+            .args(["admin", "grant", &admin])
+            .output()
+            .unwrap();
+        assert!(granted.status.success(), "{granted:?}");
+        let admin_access = login(&http, &server.base, &admin).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let plan = Plan {
+            name: "refresh during the sweep".into(),
+            requests: vec![Request::Refresh; w],
+            pace: None,
+            limit: None,
+        };
+        let (http, base) = (http.clone(), server.base.clone());
+        let sweep = || async move {
+            let started = Instant::now();
+            let resp = http
+                .post(format!("{base}/v1/admin/sweep"))
+                .bearer_auth(admin_access)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let said: Value = resp.json().await.unwrap();
+            (started.elapsed(), said)
+        };
+        let (o, (took, said)) = run_while(&server, &email, &plan, &secret, sweep).await;
+        outcomes.push(o);
+        swept = Some((took, said));
+    }
+
     let mut md = String::new();
     md.push_str(&format!(
         "Backend **{}**, {} workers, {} s per scenario, {} cores; {} other users in the database, \
-         each with a live session.\n\n\
+         each with a live session{}.\n\n\
          Limits measured in the same run: RSA-2048 signing **{signing:.0}/s** (all cores, pre-parsed key); \
          bare store rotation **{store:.0}/s** ({} workers, no HTTP); access-token verification \
          **{verification:.0}/s** (all cores); healthz **{trivial_rate:.0}/s**. \
          Server RSS idle: **{} MB**.\n\n\
-         | scenario | req/s | p50 ms | p99 ms | p99.9 ms | errors | RSS MB | vs limit |\n|---|---|---|---|---|---|---|---|\n",
+         One RSA-2048 signature costs **{signature_us:.0} µs** of CPU (from the signing limit).\n\n\
+         | scenario | req/s | p50 ms | p99 ms | p99.9 ms | errors | RSS MB | server CPU µs/req | PostgreSQL CPU µs/req | vs limit |\n|---|---|---|---|---|---|---|---|---|---|\n",
         a.backend,
         a.workers,
         a.seconds,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         a.population,
+        if a.ended > 0 {
+            format!(", and {} more live sessions that end before the sweep", a.ended)
+        } else {
+            String::new()
+        },
         a.workers,
         idle_rss / 1024
     ));
     for o in &outcomes {
         md.push_str(&row(o));
         md.push('\n');
+    }
+    if let Some((took, said)) = swept {
+        md.push_str(&format!(
+            "\nThe sweep (`POST /v1/admin/sweep`, {} ended sessions among {} live ones): \
+             **{:.2} s**; it answered {said}\n",
+            a.ended,
+            a.population,
+            took.as_secs_f64()
+        ));
     }
     println!("{md}");
     if let Some(out) = a.out {

@@ -1,5 +1,6 @@
 //! The `token-issuer` command line: `serve` (the default), `openapi`, `migrate`,
-//! `keys generate|rotate|list|retire`, `admin grant|revoke`, `client-secret`.
+//! `keys generate|rotate|list|retire`, `admin grant|revoke`, `sessions sweep`,
+//! `client-secret`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -38,6 +39,11 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Act on the sessions of the database.
+    Sessions {
+        #[command(subcommand)]
+        action: SessionsAction,
+    },
     /// Generate a secret for a `service` client: prints the secret (give it to the
     /// service, it is shown only once) and the `client_secret_hash` for the config.
     ClientSecret,
@@ -72,6 +78,13 @@ enum AdminAction {
     Grant { email: String },
     /// Take the admin role back.
     Revoke { email: String },
+}
+
+#[derive(Subcommand)]
+enum SessionsAction {
+    /// Delete what has ended, now: the sweep the server runs hourly (sessions ended
+    /// more than a day ago, old audit events, forgotten login sources).
+    Sweep,
 }
 
 /// Runs the command line of this process.
@@ -150,6 +163,29 @@ pub fn run() -> ExitCode {
                     }
                     Err(e) => Err(e.into()),
                 }
+            }
+            Some(Command::Sessions {
+                action: SessionsAction::Sweep,
+            }) => {
+                let store = open_store(&settings).await?;
+                let issuer = settings.issuer();
+                let started = std::time::Instant::now();
+                let swept = crate::service::sweep::run(
+                    store.as_ref(),
+                    &issuer.widest_policy(),
+                    issuer.audit_retention,
+                    time::OffsetDateTime::now_utc(),
+                )
+                .await;
+                store.close().await;
+                let swept = swept?;
+                println!(
+                    "deleted {} ended sessions and {} old audit events in {} ms",
+                    swept.sessions,
+                    swept.audit_events,
+                    started.elapsed().as_millis()
+                );
+                Ok(())
             }
             _ => serve(settings).await,
         }

@@ -53,7 +53,8 @@ pub struct AuditEventBody {
     pub at: OffsetDateTime,
     /// `login`, `login_failed` (`detail`: the client IP), `family_revoked` (`detail`:
     /// the reason), `user_disabled`, `user_enabled`, `admin_revoked_sessions`,
-    /// `key_rotated`.
+    /// `key_rotated`, `family_moved_forward` (`detail`: from which generation),
+    /// `admin_swept` (`detail`: what it deleted).
     pub kind: String,
     #[oai(skip_serializing_if_is_none)]
     pub user_id: Option<Uuid>,
@@ -104,6 +105,23 @@ pub enum RevokedOk {
     /// Done; the sessions' access tokens are refused at once.
     #[oai(status = 200)]
     Ok(Json<RevokedCount>),
+}
+
+/// What a sweep deleted.
+#[derive(Object)]
+pub struct SweptBody {
+    /// Sessions that had ended (revoked, idle or past their absolute lifetime) more
+    /// than a day before.
+    pub sessions: u64,
+    /// Audit events older than the retention.
+    pub audit_events: u64,
+}
+
+#[derive(ApiResponse)]
+pub enum SweptOk {
+    /// Done.
+    #[oai(status = 200)]
+    Ok(Json<SweptBody>),
 }
 
 #[derive(ApiResponse)]
@@ -240,6 +258,29 @@ impl AdminApi {
     ) -> Result<EnabledOk, ApiError> {
         issuer.admin_set_disabled(&auth.0, id.0, false).await?;
         Ok(EnabledOk::NoContent)
+    }
+
+    /// Sweep now
+    ///
+    /// Deletes what has ended, as the hourly sweep does: sessions that ended more than
+    /// a day ago, audit events past their retention, forgotten login sources. It runs
+    /// in this instance and deletes in small steps, so rotations go on meanwhile; one
+    /// sweep at a time (a second waits for the first). Recorded as `admin_swept`.
+    #[oai(
+        path = "/v1/admin/sweep",
+        method = "post",
+        operation_id = "admin_sweep"
+    )]
+    async fn sweep(
+        &self,
+        issuer: Data<&Arc<Issuer>>,
+        auth: BearerAuth,
+    ) -> Result<SweptOk, ApiError> {
+        let swept = issuer.admin_sweep(&auth.0).await?;
+        Ok(SweptOk::Ok(Json(SweptBody {
+            sessions: swept.sessions,
+            audit_events: swept.audit_events,
+        })))
     }
 
     /// Security events

@@ -27,10 +27,12 @@ pub enum AuditKind {
     /// A session's token was ahead of the database (restored from a backup, or commits
     /// lost): the family moved forward to it; `detail` says from which generation.
     FamilyMovedForward,
+    /// An admin ran the sweep; `detail` says what it deleted.
+    AdminSwept,
 }
 
 impl AuditKind {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Login,
         Self::LoginFailed,
         Self::FamilyRevoked,
@@ -39,6 +41,7 @@ impl AuditKind {
         Self::AdminRevokedSessions,
         Self::KeyRotated,
         Self::FamilyMovedForward,
+        Self::AdminSwept,
     ];
 
     /// The stored and published name.
@@ -52,6 +55,7 @@ impl AuditKind {
             Self::AdminRevokedSessions => "admin_revoked_sessions",
             Self::KeyRotated => "key_rotated",
             Self::FamilyMovedForward => "family_moved_forward",
+            Self::AdminSwept => "admin_swept",
         }
     }
 
@@ -190,6 +194,14 @@ impl AuditEvent {
     }
 
     /// The signing key was rotated `by` the CLI or the schedule.
+    pub fn admin_swept(at: OffsetDateTime, sessions: u64, audit_events: u64, actor: Uuid) -> Self {
+        Self {
+            detail: Some(format!("{sessions} sessions, {audit_events} audit events")),
+            actor_id: Some(actor),
+            ..Self::new(at, AuditKind::AdminSwept)
+        }
+    }
+
     pub fn key_rotated(
         at: OffsetDateTime,
         by: &str,

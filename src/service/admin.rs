@@ -45,6 +45,16 @@ impl Issuer {
         })
     }
 
+    /// `POST /v1/admin/sweep`: the hourly sweep, now, in this instance (see `sweep`).
+    pub async fn admin_sweep(&self, who: &Principal) -> Result<super::sweep::Swept, Error> {
+        self.require_admin(who).await?;
+        let swept = self.sweep_now().await?;
+        let event =
+            AuditEvent::admin_swept(self.now(), swept.sessions, swept.audit_events, who.user.id);
+        self.store.record_audit(&event).await?;
+        Ok(swept)
+    }
+
     /// `GET /v1/admin/users?email=`.
     pub async fn admin_find_user(&self, who: &Principal, email: &str) -> Result<AdminUser, Error> {
         self.require_admin(who).await?;

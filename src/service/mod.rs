@@ -6,6 +6,7 @@ pub mod attempts;
 pub mod introspect;
 pub mod keys;
 pub mod sessions;
+pub mod sweep;
 pub mod tokens;
 pub mod users;
 
@@ -58,8 +59,16 @@ pub struct IssuerSettings {
     pub audit_retention: std::time::Duration,
 }
 
-/// How long an ended session is kept before the sweeper deletes it.
-pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(86_400);
+impl IssuerSettings {
+    /// The widest rules of the defaults and of any client: a session ends for good
+    /// only when it has ended under every client's rules.
+    pub fn widest_policy(&self) -> RefreshPolicy {
+        RefreshPolicy::widest(
+            std::iter::once(&self.policy).chain(self.clients.iter().map(|c| &c.policy)),
+        )
+        .unwrap_or(self.policy)
+    }
+}
 
 /// The issuer: configuration, keys, store and clock.
 pub struct Issuer {
@@ -86,6 +95,8 @@ pub struct Issuer {
     /// The active-sessions gauge and when it was counted: a scrape counts at most
     /// every `GAUGE_TTL`, so `/metrics` cannot be used to load the database.
     active_families: tokio::sync::Mutex<Option<(std::time::Instant, Option<u64>)>>,
+    /// Held while a sweep runs.
+    sweeping: tokio::sync::Mutex<()>,
 }
 
 /// How long the active-sessions count is reused.
@@ -125,10 +136,7 @@ impl Issuer {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
-        let widest_policy = RefreshPolicy::widest(
-            std::iter::once(&settings.policy).chain(settings.clients.iter().map(|c| &c.policy)),
-        )
-        .unwrap_or(settings.policy);
+        let widest_policy = settings.widest_policy();
         Ok(Self {
             verifier: Verifier::new(
                 Arc::clone(&keys),
@@ -156,6 +164,7 @@ impl Issuer {
             key_rotation_interval: settings.key_rotation_interval,
             audit_retention: settings.audit_retention,
             active_families: tokio::sync::Mutex::new(None),
+            sweeping: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -189,30 +198,22 @@ impl Issuer {
         &self.issuer_url
     }
 
-    /// Deletes the sessions that ended more than `SWEEP_MARGIN` ago (revoked, idle or
-    /// past their absolute lifetime). Until then a token of theirs is still answered
-    /// with the precise reason (`revoked`, `idle_timeout`, `expired`); after, `unknown`.
-    /// Their access tokens are long expired by then.
-    ///
-    /// Old audit events go too, even when the session sweep failed or ran out of time
-    /// (a large backlog is deleted in chunks, and what was deleted stays deleted).
+    /// Deletes what has ended (`sweep::run`): sessions that ended more than
+    /// `SWEEP_MARGIN` ago, old audit events, forgotten login sources.
     pub async fn sweep(&self) -> Result<u64, Error> {
-        let cutoff = self.now() - SWEEP_MARGIN;
-        let sessions = self.store.sweep(&self.widest_policy, cutoff).await;
-        if let Ok(deleted @ 1..) = sessions {
-            tracing::info!(deleted, "swept ended sessions");
-        }
-        let audit = self
-            .store
-            .sweep_audit(self.now() - self.audit_retention)
-            .await?;
-        self.store
-            .sweep_login_sources(self.now() - attempts::KNOWN_SOURCE_FOR)
-            .await?;
-        if audit > 0 {
-            tracing::info!(deleted = audit, "swept old audit events");
-        }
-        Ok(sessions?)
+        Ok(self.sweep_now().await?.sessions)
+    }
+
+    /// One sweep at a time in this instance: the hourly one and the admin's.
+    pub(crate) async fn sweep_now(&self) -> Result<sweep::Swept, Error> {
+        let _one = self.sweeping.lock().await;
+        sweep::run(
+            self.store.as_ref(),
+            &self.widest_policy,
+            self.audit_retention,
+            self.now(),
+        )
+        .await
     }
 
     /// Readiness: the database answers.

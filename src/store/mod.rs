@@ -70,6 +70,19 @@ impl From<StoreError> for Error {
     }
 }
 
+/// Where the next step of a sweep starts: opaque, read only by the store that gave it;
+/// the default is the start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepCursor(pub(crate) String);
+
+/// What one step of a sweep did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepStep {
+    pub deleted: u64,
+    /// Where the next step starts; `None`: the whole table has been seen.
+    pub next: Option<SweepCursor>,
+}
+
 /// A user as stored, with the password hash.
 #[derive(Debug, Clone)]
 pub struct UserWithHash {
@@ -349,8 +362,9 @@ pub trait Store: Sessions + Send + Sync + 'static {
 
     async fn has_role(&self, user_id: Uuid, role: &str) -> Result<bool, StoreError>;
 
-    /// Deletes the audit events older than `before`; returns how many.
-    async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+    /// Deletes at most `at_most` of the audit events older than `before`; returns how
+    /// many (fewer than `at_most`: none is left).
+    async fn sweep_audit(&self, before: OffsetDateTime, at_most: u64) -> Result<u64, StoreError>;
 
     /// Whether the user signed in from `source` (see `NewFamily::login_source`) at or
     /// after `since`.
@@ -361,8 +375,13 @@ pub trait Store: Sessions + Send + Sync + 'static {
         since: OffsetDateTime,
     ) -> Result<bool, StoreError>;
 
-    /// Forgets the login sources last used before `before`; returns how many.
-    async fn sweep_login_sources(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+    /// Forgets at most `at_most` of the login sources last used before `before`; returns
+    /// how many (fewer than `at_most`: none is left).
+    async fn sweep_login_sources(
+        &self,
+        before: OffsetDateTime,
+        at_most: u64,
+    ) -> Result<u64, StoreError>;
 
     /// The newest `limit` events, of one user or of all.
     async fn audit_events(
@@ -379,11 +398,16 @@ pub trait Store: Sessions + Send + Sync + 'static {
         user_id: Uuid,
     ) -> Result<Option<User>, StoreError>;
 
-    /// Deletes the families (and their tokens) that ended before `cutoff`: revoked,
-    /// idle or past their absolute lifetime. Returns how many were deleted.
-    async fn sweep(
+    /// One step of the sweep: of the families after `from` in the store's own order (a
+    /// page of a few thousand), deletes those (and their tokens) that ended before
+    /// `cutoff`: revoked, idle or past their absolute lifetime. A family used in
+    /// between stays. A step's work is bounded by the page (tens of milliseconds at
+    /// most), so that no step holds the database long and each fits in the store's
+    /// time limit, whatever the size of the table.
+    async fn sweep_step(
         &self,
         policy: &RefreshPolicy,
         cutoff: OffsetDateTime,
-    ) -> Result<u64, StoreError>;
+        from: &SweepCursor,
+    ) -> Result<SweepStep, StoreError>;
 }

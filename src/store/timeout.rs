@@ -22,8 +22,8 @@ use uuid::Uuid;
 
 use super::{
     AuditEvent, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome, RotateOutcome,
-    RotateRequest, Session, SessionSelector, Sessions, Store, StoreError, Ticket, TokenRef,
-    UserWithHash,
+    RotateRequest, Session, SessionSelector, Sessions, Store, StoreError, SweepCursor, SweepStep,
+    Ticket, TokenRef, UserWithHash,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{RefreshPolicy, RevokeReason};
@@ -173,8 +173,8 @@ impl Store for TimedStore {
         self.bounded(self.inner.has_role(user_id, role)).await
     }
 
-    async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        self.bounded(self.inner.sweep_audit(before)).await
+    async fn sweep_audit(&self, before: OffsetDateTime, at_most: u64) -> Result<u64, StoreError> {
+        self.bounded(self.inner.sweep_audit(before, at_most)).await
     }
 
     async fn known_login_source(
@@ -187,8 +187,13 @@ impl Store for TimedStore {
             .await
     }
 
-    async fn sweep_login_sources(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        self.bounded(self.inner.sweep_login_sources(before)).await
+    async fn sweep_login_sources(
+        &self,
+        before: OffsetDateTime,
+        at_most: u64,
+    ) -> Result<u64, StoreError> {
+        self.bounded(self.inner.sweep_login_sources(before, at_most))
+            .await
     }
 
     async fn audit_events(
@@ -226,12 +231,14 @@ impl Store for TimedStore {
             .await
     }
 
-    async fn sweep(
+    async fn sweep_step(
         &self,
         policy: &RefreshPolicy,
         cutoff: OffsetDateTime,
-    ) -> Result<u64, StoreError> {
-        self.bounded(self.inner.sweep(policy, cutoff)).await
+        from: &SweepCursor,
+    ) -> Result<SweepStep, StoreError> {
+        self.bounded(self.inner.sweep_step(policy, cutoff, from))
+            .await
     }
 }
 

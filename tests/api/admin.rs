@@ -54,6 +54,7 @@ scenario! {
             (Method::GET, format!("/v1/admin/users?email={email}")),
             (Method::GET, "/v1/admin/audit".to_owned()),
             (Method::DELETE, format!("/v1/admin/users/{}/sessions", uuid::Uuid::new_v4())),
+            (Method::POST, "/v1/admin/sweep".to_owned()),
         ] {
             let resp = admin_call(&app, method, &path, &user.access).await;
             let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_owned();
@@ -227,5 +228,37 @@ scenario! {
         app.issuer.sweep().await.unwrap();
         assert!(store.audit_events(None, 500).await.unwrap().is_empty());
         store.close().await;
+    }
+}
+
+scenario! {
+    async fn an_admin_sweeps_now_what_ended_more_than_a_day_ago(backend) {
+        let app = spawn_app(backend).await;
+        let (admin_email, _) = app.signed_in().await;
+        app.set_admin(&admin_email, true).await;
+        let (target_email, ended) = app.signed_in().await;
+        let live = tokens(app.login(&target_email, PASSWORD).await).await;
+        let resp = app
+            .post_form("/oauth/revoke", &[("client_id", "dev"), ("token", &ended.refresh)])
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        // Within the margin nothing goes: the ended session still answers `revoked`.
+        let admin = tokens(app.login(&admin_email, PASSWORD).await).await;
+        let swept = json(admin_call(&app, Method::POST, "/v1/admin/sweep", &admin.access).await).await;
+        assert_eq!(swept, serde_json::json!({"sessions": 0, "audit_events": 0}));
+        assert_invalid_grant(app.refresh(&ended.refresh).await, "revoked").await;
+
+        app.advance(std::time::Duration::from_secs(2 * 86_400));
+        let admin = tokens(app.login(&admin_email, PASSWORD).await).await;
+        let swept = json(admin_call(&app, Method::POST, "/v1/admin/sweep", &admin.access).await).await;
+        assert_eq!(swept, serde_json::json!({"sessions": 1, "audit_events": 0}));
+        assert_invalid_grant(app.refresh(&ended.refresh).await, "unknown").await;
+        tokens(app.refresh(&live.refresh).await).await;
+        // Each sweep is in the audit log, with the admin as its actor.
+        let events = json(admin_call(&app, Method::GET, "/v1/admin/audit", &admin.access).await).await;
+        let swept: Vec<&Value> = events.as_array().unwrap().iter().filter(|e| e["kind"] == "admin_swept").collect();
+        assert_eq!(swept.len(), 2, "{events}");
+        assert_eq!(swept[0]["detail"], "1 sessions, 0 audit events");
+        assert!(swept[0]["actor_id"].is_string());
     }
 }

@@ -363,6 +363,45 @@ async fn the_cli_grants_the_admin_role_and_prints_client_secrets() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("nobody@example.com"), "{stderr}");
 
+    // `sessions sweep` deletes a session that ended long ago, from another process.
+    {
+        use sqlx::Connection as _;
+        let url = format!(
+            "sqlite://{}",
+            dir.path().join("data/token-issuer.db").display()
+        );
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let long_ago = (time::OffsetDateTime::now_utc().unix_timestamp() - 400 * 86_400) * 1000;
+        sqlx::query(
+            "INSERT INTO refresh_families
+                 (id, user_id, client_id, created_at, last_used_at, generation_issued_at)
+             SELECT ?1, id, 'dev', ?2, ?2, ?2 FROM users WHERE email = ?3",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(long_ago)
+        .bind(&email)
+        .execute(&mut db)
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+    }
+    let sweep = || {
+        binary(dir.path())
+            .args(["sessions", "sweep"])
+            .output()
+            .unwrap()
+    };
+    let out = sweep();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("deleted 1 ended sessions"), "{stdout}");
+    let stdout = String::from_utf8(sweep().stdout).unwrap();
+    assert!(stdout.contains("deleted 0 ended sessions"), "{stdout}");
+
     let out = binary(dir.path()).arg("client-secret").output().unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -538,7 +577,19 @@ async fn logs_are_plain_text_off_a_terminal_or_one_json_object_a_line() {
     let server = start_with(dir.path(), "info", &NO_LIMITS);
     let api = Api::new(format!("http://127.0.0.1:{}", server.port));
     register_and_login(&api, &unique_email(), 1).await;
-    let text = server.log.lock().unwrap().clone();
+    // The login's event is written after its response (it failed once, read at once
+    // under load): wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = server.log.lock().unwrap().clone();
+        if text.contains("event=\"login\"")
+            || text.contains("event=login")
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
         text.contains("event=\"login\"") || text.contains("event=login"),
         "{text}"

@@ -33,6 +33,8 @@ use crate::domain::family::GrantRejection;
 
 const MAX_CONNECTIONS: u32 = 16;
 const ATTEMPTS: usize = 3;
+/// Families one step of the sweep reads (and deletes those that ended).
+const SWEEP_PAGE: i64 = 4096;
 
 /// The PostgreSQL store.
 pub struct PgStore {

@@ -6,13 +6,13 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::rows::{AuditRecord, FAMILY_COLUMNS, TokenStateRecord, UserRecord};
-use super::{PgStore, classify};
+use super::{PgStore, SWEEP_PAGE, classify};
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::RefreshPolicy;
 use crate::domain::user::User;
 use crate::store::{
     AuditEvent, RefreshTokenState, RotateOutcome, RotateRequest, Session, Store, StoreError,
-    TokenRef, UserWithHash,
+    SweepCursor, SweepStep, TokenRef, UserWithHash,
 };
 
 #[async_trait]
@@ -172,13 +172,18 @@ impl Store for PgStore {
         Ok(found.is_some())
     }
 
-    async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        let deleted = sqlx::query("DELETE FROM audit_events WHERE at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?
-            .rows_affected();
+    async fn sweep_audit(&self, before: OffsetDateTime, at_most: u64) -> Result<u64, StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM audit_events
+             WHERE id IN (SELECT id FROM audit_events WHERE at < $1 ORDER BY at LIMIT $2)
+               AND at < $1",
+        )
+        .bind(before)
+        .bind(i64::try_from(at_most).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?
+        .rows_affected();
         Ok(deleted)
     }
 
@@ -201,13 +206,27 @@ impl Store for PgStore {
         Ok(found.is_some())
     }
 
-    async fn sweep_login_sources(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        let deleted = sqlx::query("DELETE FROM login_sources WHERE last_success_at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?
-            .rows_affected();
+    async fn sweep_login_sources(
+        &self,
+        before: OffsetDateTime,
+        at_most: u64,
+    ) -> Result<u64, StoreError> {
+        let deleted = sqlx::query(
+            // By key, and the condition again on the row deleted: a login that uses the
+            // source meanwhile (its upsert waits for the row, or makes the delete wait)
+            // keeps it.
+            "DELETE FROM login_sources
+             WHERE (user_id, source) IN (
+                       SELECT user_id, source FROM login_sources
+                       WHERE last_success_at < $1 ORDER BY last_success_at LIMIT $2)
+               AND last_success_at < $1",
+        )
+        .bind(before)
+        .bind(i64::try_from(at_most).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?
+        .rows_affected();
         Ok(deleted)
     }
 
@@ -310,23 +329,43 @@ impl Store for PgStore {
         Ok(record.map(|r| r.user()))
     }
 
-    async fn sweep(
+    async fn sweep_step(
         &self,
         policy: &RefreshPolicy,
         cutoff: OffsetDateTime,
-    ) -> Result<u64, StoreError> {
+        from: &SweepCursor,
+    ) -> Result<SweepStep, StoreError> {
         let (idle_cutoff, absolute_cutoff) = policy.cutoffs(cutoff);
-        let deleted = sqlx::query(
-            "DELETE FROM refresh_families
-             WHERE revoked_at <= $1 OR last_used_at <= $2 OR created_at <= $3",
+        let from = if from.0.is_empty() {
+            Uuid::nil()
+        } else {
+            Uuid::parse_str(&from.0)
+                .map_err(|e| StoreError::Other(sqlx::Error::Decode(e.into())))?
+        };
+        // A page in key order, and of it the families that ended, deleted in the same
+        // statement; the condition is checked again on the row it deletes (a family
+        // rotated meanwhile is live again).
+        let (last, deleted): (Option<Uuid>, i64) = sqlx::query_as(
+            "WITH page AS (
+                 SELECT id FROM refresh_families WHERE id > $4 ORDER BY id LIMIT $5),
+             gone AS (
+                 DELETE FROM refresh_families f USING page
+                 WHERE f.id = page.id
+                   AND (f.revoked_at <= $1 OR f.last_used_at <= $2 OR f.created_at <= $3)
+                 RETURNING 1)
+             SELECT (SELECT id FROM page ORDER BY id DESC LIMIT 1), (SELECT count(*) FROM gone)",
         )
         .bind(cutoff)
         .bind(idle_cutoff)
         .bind(absolute_cutoff)
-        .execute(&self.pool)
+        .bind(from)
+        .bind(SWEEP_PAGE)
+        .fetch_one(&self.pool)
         .await
-        .map_err(classify)?
-        .rows_affected();
-        Ok(deleted)
+        .map_err(classify)?;
+        Ok(SweepStep {
+            deleted: u64::try_from(deleted).unwrap_or(0),
+            next: last.map(|id| SweepCursor(id.to_string())),
+        })
     }
 }

@@ -45,7 +45,9 @@ use rows::{UserRecord, classify};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const READERS: u32 = 4;
 /// Families deleted per write transaction by the sweep.
-const SWEEP_CHUNK: i64 = 256;
+const SWEEP_CHUNK: usize = 256;
+/// Families the sweep reads per query, on a reader, to find the ended ones.
+const SWEEP_PAGE: i64 = 4096;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// The writer's own checkpoint, a backstop: 8192 pages of 4 KiB (32 MiB of WAL).
 const WRITER_CHECKPOINT_PAGES: &str = "8192";

@@ -8,14 +8,14 @@ use uuid::Uuid;
 use super::rows::{
     AuditRecord, FAMILY_COLUMNS, TokenStateRecord, UserRecord, classify, from_ms, ms, uuid,
 };
-use super::{SWEEP_CHUNK, SqliteStore};
+use super::{SWEEP_CHUNK, SWEEP_PAGE, SqliteStore};
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::RefreshPolicy;
 use crate::domain::user::User;
 use crate::store::engine::Transactional as _;
 use crate::store::{
     AuditEvent, RefreshTokenState, RotateOutcome, RotateRequest, Session, Store, StoreError,
-    TokenRef, UserWithHash,
+    SweepCursor, SweepStep, TokenRef, UserWithHash,
 };
 
 #[async_trait]
@@ -160,14 +160,18 @@ impl Store for SqliteStore {
         Ok(found.is_some())
     }
 
-    async fn sweep_audit(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+    async fn sweep_audit(&self, before: OffsetDateTime, at_most: u64) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
-        let deleted = sqlx::query("DELETE FROM audit_events WHERE at < ?1")
-            .bind(ms(before))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?
-            .rows_affected();
+        let deleted = sqlx::query(
+            "DELETE FROM audit_events WHERE rowid IN (
+                 SELECT rowid FROM audit_events WHERE at < ?1 LIMIT ?2)",
+        )
+        .bind(ms(before))
+        .bind(i64::try_from(at_most).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected();
         tx.commit().await.map_err(classify)?;
         Ok(deleted)
     }
@@ -191,14 +195,22 @@ impl Store for SqliteStore {
         Ok(found.is_some())
     }
 
-    async fn sweep_login_sources(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+    async fn sweep_login_sources(
+        &self,
+        before: OffsetDateTime,
+        at_most: u64,
+    ) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
-        let deleted = sqlx::query("DELETE FROM login_sources WHERE last_success_at < ?1")
-            .bind(ms(before))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?
-            .rows_affected();
+        let deleted = sqlx::query(
+            "DELETE FROM login_sources WHERE (user_id, source) IN (
+                 SELECT user_id, source FROM login_sources WHERE last_success_at < ?1 LIMIT ?2)",
+        )
+        .bind(ms(before))
+        .bind(i64::try_from(at_most).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?
+        .rows_affected();
         tx.commit().await.map_err(classify)?;
         Ok(deleted)
     }
@@ -306,37 +318,59 @@ impl Store for SqliteStore {
         record.map(|r| r.user()).transpose()
     }
 
-    async fn sweep(
+    async fn sweep_step(
         &self,
         policy: &RefreshPolicy,
         cutoff: OffsetDateTime,
-    ) -> Result<u64, StoreError> {
+        from: &SweepCursor,
+    ) -> Result<SweepStep, StoreError> {
         let (idle_cutoff, absolute_cutoff) = policy.cutoffs(cutoff);
-        // In chunks, each a write transaction of its own: one DELETE of a large backlog
-        // held the single writer, and every rotation queued behind it, for seconds
-        // (4-5 s for 70k families and their tokens).
-        let mut total = 0;
-        loop {
+        const ENDED: &str = "(revoked_at <= ?1 OR last_used_at <= ?2 OR created_at <= ?3)";
+        let after: i64 = if from.0.is_empty() {
+            0
+        } else {
+            from.0.parse().map_err(|e: std::num::ParseIntError| {
+                StoreError::Other(sqlx::Error::Decode(e.into()))
+            })?
+        };
+        // A page read on a reader in rowid order, and of it the families that ended
+        // deleted by rowid in write transactions of at most `SWEEP_CHUNK` that check the
+        // condition again (a family used in between stays). The single writer is held
+        // only for the deletes: scanning in it held every rotation behind the scan.
+        let page: Vec<(i64, bool)> = sqlx::query_as(&format!(
+            "SELECT rowid, IFNULL({ENDED}, 0) FROM refresh_families
+             WHERE rowid > ?4 ORDER BY rowid LIMIT ?5"
+        ))
+        .bind(ms(cutoff))
+        .bind(ms(idle_cutoff))
+        .bind(ms(absolute_cutoff))
+        .bind(after)
+        .bind(SWEEP_PAGE)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify)?;
+        let ended: Vec<i64> = page.iter().filter(|(_, e)| *e).map(|(r, _)| *r).collect();
+        let mut deleted = 0;
+        for chunk in ended.chunks(SWEEP_CHUNK) {
+            let rowids = chunk.iter().map(i64::to_string).collect::<Vec<_>>();
             let mut tx = self.begin_write().await?;
-            let deleted = sqlx::query(
-                "DELETE FROM refresh_families WHERE id IN (
-                     SELECT id FROM refresh_families
-                     WHERE revoked_at <= ?1 OR last_used_at <= ?2 OR created_at <= ?3
-                     LIMIT ?4)",
-            )
+            deleted += sqlx::query(&format!(
+                "DELETE FROM refresh_families
+                 WHERE rowid IN (SELECT value FROM json_each(?4)) AND {ENDED}"
+            ))
             .bind(ms(cutoff))
             .bind(ms(idle_cutoff))
             .bind(ms(absolute_cutoff))
-            .bind(SWEEP_CHUNK)
+            .bind(format!("[{}]", rowids.join(",")))
             .execute(&mut *tx)
             .await
             .map_err(classify)?
             .rows_affected();
             tx.commit().await.map_err(classify)?;
-            total += deleted;
-            if deleted < SWEEP_CHUNK as u64 {
-                return Ok(total);
-            }
         }
+        Ok(SweepStep {
+            deleted,
+            next: page.last().map(|(rowid, _)| SweepCursor(rowid.to_string())),
+        })
     }
 }
