@@ -1,5 +1,6 @@
 //! The `token-issuer` command line: `serve` (the default), `openapi`, `migrate`,
-//! `keys generate|rotate|list|retire`, `admin grant|revoke`, `sessions sweep`,
+//! `keys generate|rotate|roll|list|retire`, `admin grant|revoke`,
+//! `sessions sweep|revoke-all`,
 //! `client-secret`.
 
 use std::process::ExitCode;
@@ -66,6 +67,20 @@ enum KeysAction {
         #[arg(long, default_value_t = 2048)]
         bits: u32,
     },
+    /// Emergency: remove a compromised key from the ring and the JWKS now, with no
+    /// grace. If it signed, the next key signs from now on (a new key if there is
+    /// none); a new next key is published. Tokens it signed are refused at once.
+    Roll {
+        /// The kid of the compromised key.
+        #[arg(long)]
+        compromised: String,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: String,
+        /// RSA modulus size of the new keys.
+        #[arg(long, default_value_t = 2048)]
+        bits: u32,
+    },
     /// List the keys: kid, state, created, not-after.
     List,
     /// Drop a next key, or end a retired key's publication now.
@@ -85,6 +100,21 @@ enum SessionsAction {
     /// Delete what has ended, now: the sweep the server runs hourly (sessions ended
     /// more than a day ago, old audit events, forgotten login sources).
     Sweep,
+    /// Incident: end every session at once (of one client with --client, created
+    /// before an instant with --before), and refuse every access token issued before
+    /// it. Running instances refuse the refresh tokens at once, and the access tokens
+    /// within 2 s.
+    RevokeAll {
+        /// Only the sessions of this client.
+        #[arg(long)]
+        client: Option<String>,
+        /// Only the sessions created before this instant (RFC 3339, not in the future).
+        #[arg(long)]
+        before: Option<String>,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// Runs the command line of this process.
@@ -165,6 +195,55 @@ pub fn run() -> ExitCode {
                 }
             }
             Some(Command::Sessions {
+                action:
+                    SessionsAction::RevokeAll {
+                        client,
+                        before,
+                        reason,
+                    },
+            }) => {
+                let before = before
+                    .map(|t| {
+                        time::OffsetDateTime::parse(
+                            &t,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .map_err(|e| format!("--before {t}: not an RFC 3339 instant ({e})"))
+                    })
+                    .transpose()?;
+                let request = crate::service::incident::RevokeAll {
+                    client_id: client,
+                    before,
+                    reason,
+                };
+                let (epoch, event) = crate::service::incident::plan(
+                    request,
+                    |c| settings.clients.iter().any(|k| k.id == c),
+                    "cli",
+                    None,
+                    time::OffsetDateTime::now_utc(),
+                )?;
+                let store = open_store(&settings).await?;
+                let stored = store.set_epoch(&epoch, &event).await;
+                store.close().await;
+                let stored = stored?;
+                crate::service::incident::wait_until(
+                    stored.not_before - time::OffsetDateTime::now_utc(),
+                )
+                .await;
+                println!(
+                    "revoked every session of {} created before {}, and every access token \
+                     issued before it (reason: {})",
+                    stored.client_id.as_deref().unwrap_or("every client"),
+                    stored
+                        .not_before
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                    stored.reason
+                );
+                Ok(())
+            }
+            Some(Command::Sessions {
                 action: SessionsAction::Sweep,
             }) => {
                 let store = open_store(&settings).await?;
@@ -231,7 +310,42 @@ fn keys_command(
                 "retired {}\nactive  {}\nnext    {}",
                 r.retired, r.active, r.next
             );
-            record_cli_rotation(settings, &r);
+            let event = crate::domain::audit::AuditEvent::key_rotated(
+                time::OffsetDateTime::now_utc(),
+                "cli",
+                &r.retired,
+                &r.active,
+                &r.next,
+            );
+            record_cli_event(settings, &event);
+        }
+        KeysAction::Roll {
+            compromised,
+            reason,
+            bits,
+        } => {
+            let roll = keyring::roll_compromised(dir, compromised, now, size(*bits)?)?;
+            println!(
+                "removed {} ({})\nactive  {}\nnext    {}\n\
+                 every instance refuses its tokens within {} s; the JWKS is cached for {} s \
+                 during the next {} min",
+                roll.removed,
+                roll.removed_state.as_str(),
+                roll.active,
+                roll.next,
+                keyring::RELOAD_INTERVAL.as_secs(),
+                keyring::EMERGENCY_MAX_AGE.as_secs(),
+                keyring::EMERGENCY_WINDOW.as_secs() / 60,
+            );
+            let event = crate::domain::audit::AuditEvent::key_compromised(
+                time::OffsetDateTime::now_utc(),
+                "cli",
+                &format!("{} ({})", roll.removed, roll.removed_state.as_str()),
+                &roll.active,
+                &roll.next,
+                reason,
+            );
+            record_cli_event(settings, &event);
         }
         KeysAction::Retire { kid } => {
             keyring::retire(dir, kid, now)?;
@@ -262,9 +376,9 @@ fn keys_command(
     Ok(())
 }
 
-/// Writes a CLI rotation to the audit log; the rotation stands even when the database
-/// cannot be reached (a warning says so).
-fn record_cli_rotation(settings: &Settings, r: &crate::crypto::keyring::Rotation) {
+/// Writes a CLI change of the keys to the audit log; the change stands even when the
+/// database cannot be reached (a warning says so).
+fn record_cli_event(settings: &Settings, event: &crate::domain::audit::AuditEvent) {
     let recorded = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -272,20 +386,13 @@ fn record_cli_rotation(settings: &Settings, r: &crate::crypto::keyring::Rotation
         .and_then(|rt| {
             rt.block_on(async {
                 let store = open_store(settings).await.map_err(|e| e.to_string())?;
-                let event = crate::domain::audit::AuditEvent::key_rotated(
-                    time::OffsetDateTime::now_utc(),
-                    "cli",
-                    &r.retired,
-                    &r.active,
-                    &r.next,
-                );
-                let result = store.record_audit(&event).await.map_err(|e| e.to_string());
+                let result = store.record_audit(event).await.map_err(|e| e.to_string());
                 store.close().await;
                 result
             })
         });
     if let Err(e) = recorded {
-        eprintln!("token-issuer: warning: the rotation is done but not in the audit log: {e}");
+        eprintln!("token-issuer: warning: the keys changed but it is not in the audit log: {e}");
     }
 }
 

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub grace_replays: IntCounter,
     pub reuse_detections: IntCounter,
     pub families_moved_forward: IntCounter,
+    pub sessions_revoked_all: IntCounter,
     pub tokens_issued: IntCounter,
     pub rate_limited: IntCounter,
     pub db_errors: IntCounter,
@@ -143,6 +144,11 @@ impl Metrics {
                 &r,
                 "issuer_families_moved_forward_total",
                 "Sessions whose token was ahead of the database (restored from a backup, or commits lost), moved forward.",
+            )?,
+            sessions_revoked_all: counter(
+                &r,
+                "issuer_sessions_revoked_all_total",
+                "Revocation epochs set (`sessions revoke-all`, or the admin API): every session of a scope ended at once.",
             )?,
             rate_limited: counter(
                 &r,

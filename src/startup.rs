@@ -192,6 +192,15 @@ impl Application {
             clock,
             metrics,
         )?);
+        // The epochs in force before the first request (then re-read in the background).
+        let epochs = store
+            .epochs()
+            .await
+            .map_err(|source| StartupError::Database {
+                url: settings.database_url.to_string(),
+                source,
+            })?;
+        issuer.epochs.merge(&epochs);
         let bind_failed = |source| StartupError::Bind {
             addr: settings.bind.to_string(),
             source,
@@ -228,6 +237,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let mut background = self.shared.start();
         background.push(tokio::spawn(Arc::clone(&self.issuer).watch_keys()));
+        background.push(tokio::spawn(Arc::clone(&self.issuer).watch_epochs()));
         let issuer = Arc::clone(&self.issuer);
         let sweeper = tokio::spawn(async move {
             let mut every = tokio::time::interval(SWEEP_INTERVAL);

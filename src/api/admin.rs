@@ -54,7 +54,9 @@ pub struct AuditEventBody {
     /// `login`, `login_failed` (`detail`: the client IP), `family_revoked` (`detail`:
     /// the reason), `user_disabled`, `user_enabled`, `admin_revoked_sessions`,
     /// `key_rotated`, `family_moved_forward` (`detail`: from which generation),
-    /// `admin_swept` (`detail`: what it deleted).
+    /// `admin_swept` (`detail`: what it deleted), `key_compromised` (`detail`: the key
+    /// removed by an emergency roll, and why), `sessions_revoked_all` (`detail`: the
+    /// scope, the instant and the reason).
     pub kind: String,
     #[oai(skip_serializing_if_is_none)]
     pub user_id: Option<Uuid>,
@@ -105,6 +107,36 @@ pub enum RevokedOk {
     /// Done; the sessions' access tokens are refused at once.
     #[oai(status = 200)]
     Ok(Json<RevokedCount>),
+}
+
+/// What to revoke at once.
+#[derive(Object)]
+pub struct RevokeAllBody {
+    /// Only the sessions of this client (default: every client's).
+    pub client_id: Option<String>,
+    /// Only the sessions created before this instant, truncated to its second; not in
+    /// the future (default: now).
+    pub before: Option<OffsetDateTime>,
+    /// Why, for the audit log (1 to 200 characters).
+    pub reason: String,
+}
+
+/// The revocation epoch in force after the request.
+#[derive(Object)]
+pub struct EpochBody {
+    /// The client it covers; absent: every client.
+    #[oai(skip_serializing_if_is_none)]
+    pub client_id: Option<String>,
+    /// Sessions created, and access tokens issued, before this instant are revoked.
+    pub not_before: OffsetDateTime,
+    pub reason: String,
+}
+
+#[derive(ApiResponse)]
+pub enum EpochOk {
+    /// In force on every instance: refresh tokens at once, access tokens within 2 s.
+    #[oai(status = 200)]
+    Ok(Json<EpochBody>),
 }
 
 /// What a sweep deleted.
@@ -258,6 +290,43 @@ impl AdminApi {
     ) -> Result<EnabledOk, ApiError> {
         issuer.admin_set_disabled(&auth.0, id.0, false).await?;
         Ok(EnabledOk::NoContent)
+    }
+
+    /// End every session
+    ///
+    /// Incident response: every session of every client (or of `client_id`) created
+    /// before `before` (default: now) ends at once, and every access token of that
+    /// scope issued before it is refused. It costs the same however many sessions
+    /// there are (a revocation epoch, not an update of each session). Recorded as
+    /// `sessions_revoked_all` with the admin and the reason. The answer comes once the
+    /// instant has begun, so sessions started after it are not covered.
+    #[oai(
+        path = "/v1/admin/sessions/revoke-all",
+        method = "post",
+        operation_id = "admin_revoke_all"
+    )]
+    async fn revoke_all(
+        &self,
+        issuer: Data<&Arc<Issuer>>,
+        auth: BearerAuth,
+        body: Json<RevokeAllBody>,
+    ) -> Result<EpochOk, ApiError> {
+        let body = body.0;
+        let epoch = issuer
+            .admin_revoke_all(
+                &auth.0,
+                crate::service::incident::RevokeAll {
+                    client_id: body.client_id,
+                    before: body.before,
+                    reason: body.reason,
+                },
+            )
+            .await?;
+        Ok(EpochOk::Ok(Json(EpochBody {
+            client_id: epoch.client_id,
+            not_before: epoch.not_before,
+            reason: epoch.reason,
+        })))
     }
 
     /// Sweep now

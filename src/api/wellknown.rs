@@ -10,8 +10,6 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use crate::api::ApiTags;
 use crate::service::Issuer;
 
-use crate::crypto::keyring::JWKS_MAX_AGE;
-
 /// A public key (RFC 7517).
 #[derive(Object)]
 pub struct JwkBody {
@@ -105,8 +103,9 @@ impl DiscoveryApi {
     ) -> JwksResponse {
         let set = issuer.jwks();
         let (jwks, etag) = (set.jwks(), set.jwks_etag());
-        // A key is published as `next` for longer than this before it signs.
-        let cache = format!("public, max-age={}", JWKS_MAX_AGE.as_secs());
+        // A key is published as `next` for longer than this before it signs; after an
+        // emergency roll the JWKS is cached briefly for a while.
+        let cache = format!("public, max-age={}", set.jwks_max_age().as_secs());
         let matches = if_none_match
             .0
             .as_deref()

@@ -29,10 +29,16 @@ pub enum AuditKind {
     FamilyMovedForward,
     /// An admin ran the sweep; `detail` says what it deleted.
     AdminSwept,
+    /// Every session of a scope was revoked by an epoch (`sessions revoke-all`);
+    /// `detail` says which client (or all), before when, and why.
+    SessionsRevokedAll,
+    /// A signing key was removed as compromised (`keys roll --compromised`); `detail`
+    /// names it, the keys that sign and come next, and the reason given.
+    KeyCompromised,
 }
 
 impl AuditKind {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 11] = [
         Self::Login,
         Self::LoginFailed,
         Self::FamilyRevoked,
@@ -42,6 +48,8 @@ impl AuditKind {
         Self::KeyRotated,
         Self::FamilyMovedForward,
         Self::AdminSwept,
+        Self::KeyCompromised,
+        Self::SessionsRevokedAll,
     ];
 
     /// The stored and published name.
@@ -56,6 +64,8 @@ impl AuditKind {
             Self::KeyRotated => "key_rotated",
             Self::FamilyMovedForward => "family_moved_forward",
             Self::AdminSwept => "admin_swept",
+            Self::KeyCompromised => "key_compromised",
+            Self::SessionsRevokedAll => "sessions_revoked_all",
         }
     }
 
@@ -199,6 +209,41 @@ impl AuditEvent {
             detail: Some(format!("{sessions} sessions, {audit_events} audit events")),
             actor_id: Some(actor),
             ..Self::new(at, AuditKind::AdminSwept)
+        }
+    }
+
+    /// `client` is a client id or `all clients`; `actor` the admin, `None` from the CLI.
+    pub fn sessions_revoked_all(
+        at: OffsetDateTime,
+        client: &str,
+        not_before: &str,
+        reason: &str,
+        actor: Option<Uuid>,
+    ) -> Self {
+        Self {
+            client_id: None,
+            detail: Some(format!(
+                "{client}: sessions created and access tokens issued before {not_before}; reason: {reason}"
+            )),
+            actor_id: actor,
+            ..Self::new(at, AuditKind::SessionsRevokedAll)
+        }
+    }
+
+    /// `removed` names the key and the state it had (`kid (active)`).
+    pub fn key_compromised(
+        at: OffsetDateTime,
+        by: &str,
+        removed: &str,
+        active: &str,
+        next: &str,
+        reason: &str,
+    ) -> Self {
+        Self {
+            detail: Some(format!(
+                "by {by}: {removed} removed, {active} active, {next} next; reason: {reason}"
+            )),
+            ..Self::new(at, AuditKind::KeyCompromised)
         }
     }
 

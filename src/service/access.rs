@@ -33,6 +33,9 @@ impl Issuer {
         let claims = self
             .verifier
             .verify(token, audience, self.now().unix_timestamp())?;
+        if self.epoch_refuses(&claims) {
+            return Err(Error::InvalidToken("session revoked"));
+        }
         let sid =
             Uuid::parse_str(&claims.sid).map_err(|_| Error::InvalidToken("sid is not ours"))?;
         let sub =

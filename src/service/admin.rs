@@ -25,7 +25,7 @@ pub struct AdminUser {
 }
 
 impl Issuer {
-    async fn require_admin(&self, who: &Principal) -> Result<(), Error> {
+    pub(super) async fn require_admin(&self, who: &Principal) -> Result<(), Error> {
         if self.store.has_role(who.user.id, ADMIN_ROLE).await? {
             Ok(())
         } else {

@@ -3,6 +3,7 @@
 pub mod access;
 pub mod admin;
 pub mod attempts;
+pub mod incident;
 pub mod introspect;
 pub mod keys;
 pub mod sessions;
@@ -97,6 +98,8 @@ pub struct Issuer {
     active_families: tokio::sync::Mutex<Option<(std::time::Instant, Option<u64>)>>,
     /// Held while a sweep runs.
     sweeping: tokio::sync::Mutex<()>,
+    /// The revocation epochs in force (`incident`).
+    pub(crate) epochs: incident::Epochs,
 }
 
 /// How long the active-sessions count is reused.
@@ -165,6 +168,7 @@ impl Issuer {
             audit_retention: settings.audit_retention,
             active_families: tokio::sync::Mutex::new(None),
             sweeping: tokio::sync::Mutex::new(()),
+            epochs: incident::Epochs::default(),
         })
     }
 

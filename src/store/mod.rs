@@ -12,6 +12,21 @@
 //! - `shared/` and `redis` are the fast shared state: the deny-list, the session
 //!   cache and the rate limits.
 
+/// The SQL condition "a revocation epoch covers the family `$f`" (`session_epochs`:
+/// the family was created before the `not_before` of its client's epoch or of the
+/// epoch of every client), the same text on both backends. A literal, for `concat!`.
+macro_rules! epoch_revoked {
+    ($f:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM session_epochs se WHERE se.client_id IN ('*', ",
+            $f,
+            ".client_id) AND ",
+            $f,
+            ".created_at < se.not_before)"
+        )
+    };
+}
+
 pub mod engine;
 pub mod postgres;
 pub mod redis;
@@ -67,6 +82,30 @@ impl From<StoreError> for Error {
             | StoreError::Corrupt(_)
             | StoreError::Retry => Error::internal(e),
         }
+    }
+}
+
+/// A revocation epoch (`session_epochs`): the sessions of `client_id` (of every client
+/// when `None`) created before `not_before` are revoked, and the access tokens of those
+/// clients issued before it are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Epoch {
+    pub client_id: Option<String>,
+    pub not_before: OffsetDateTime,
+    pub reason: String,
+    /// `cli`, or the id of the admin who set it.
+    pub set_by: String,
+    pub set_at: OffsetDateTime,
+}
+
+impl Epoch {
+    /// How the scope is stored: the client id, or `*` for every client.
+    pub(crate) fn scope(&self) -> &str {
+        self.client_id.as_deref().unwrap_or("*")
+    }
+
+    pub(crate) fn client_of_scope(scope: String) -> Option<String> {
+        (scope != "*").then_some(scope)
     }
 }
 
@@ -296,6 +335,11 @@ pub trait Sessions: Send + Sync {
     ) -> Result<Option<Vec<Uuid>>, StoreError>;
 
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
+
+    /// Sets the epoch of its scope, with `event` in the audit log, in one transaction.
+    /// An epoch only moves forward: an earlier `not_before` leaves the stored one (and
+    /// its reason) as it is. Returns the epoch as stored.
+    async fn set_epoch(&self, epoch: &Epoch, event: &AuditEvent) -> Result<Epoch, StoreError>;
 }
 
 /// The persistence operations of the issuer. Each method is atomic.
@@ -303,6 +347,9 @@ pub trait Sessions: Send + Sync {
 pub trait Store: Sessions + Send + Sync + 'static {
     /// Answers when the database can be queried.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Every revocation epoch.
+    async fn epochs(&self) -> Result<Vec<Epoch>, StoreError>;
 
     /// Closes the connections (shutdown): waits for the ones in use to come back.
     async fn close(&self);

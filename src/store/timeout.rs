@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome, RotateOutcome,
+    AuditEvent, Epoch, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome, RotateOutcome,
     RotateRequest, Session, SessionSelector, Sessions, Store, StoreError, SweepCursor, SweepStep,
     Ticket, TokenRef, UserWithHash,
 };
@@ -84,6 +84,10 @@ impl Store for TimedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.bounded(self.inner.ping()).await
+    }
+
+    async fn epochs(&self) -> Result<Vec<Epoch>, StoreError> {
+        self.bounded(self.inner.epochs()).await
     }
 
     async fn create_user(&self, user: &User, password_hash: &str) -> Result<(), StoreError> {
@@ -299,6 +303,10 @@ impl Sessions for TimedStore {
     ) -> Result<Option<Vec<Uuid>>, StoreError> {
         self.bounded(self.inner.set_disabled(user_id, disabled, actor, now))
             .await
+    }
+
+    async fn set_epoch(&self, epoch: &Epoch, event: &AuditEvent) -> Result<Epoch, StoreError> {
+        self.bounded(self.inner.set_epoch(epoch, event)).await
     }
 
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {

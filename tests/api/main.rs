@@ -41,6 +41,7 @@ mod faults;
 mod files;
 mod forged_tokens;
 mod generations;
+mod incident;
 mod instances;
 mod introspection;
 mod keys;

@@ -669,3 +669,104 @@ async fn concurrent_rotations_run_as_one_batch_statement_without_falling_back() 
         "batches fell back to one job at a time:\n{log}"
     );
 }
+
+/// `keys roll --compromised`: the key leaves the JWKS at once, the running server
+/// refuses the access tokens it signed within a reload, signs with the published next
+/// key, serves the JWKS with a short `max-age`, and the audit log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emergency_key_roll_refuses_the_compromised_keys_tokens_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), "info", &NO_LIMITS);
+    let api = Api::new(format!("http://127.0.0.1:{}", server.port));
+    let email = unique_email();
+    register_and_login(&api, &email, 0).await;
+    let run = |args: &[&str]| binary(dir.path()).args(args).output().unwrap();
+    assert!(run(&["keys", "generate"]).status.success());
+    let old = tokens(api.login(&email, PASSWORD).await).await;
+    let compromised = crate::helpers::segment(&old.access, 0)["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(api.me(&old.access).await.status(), StatusCode::OK);
+    let next = String::from_utf8(run(&["keys", "list"]).stdout).unwrap();
+    let next = next
+        .lines()
+        .find(|l| l.contains(" next "))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let out = run(&[
+        "keys",
+        "roll",
+        "--compromised",
+        &compromised,
+        "--reason",
+        "laptop stolen",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout.lines().find_map(|l| l.strip_prefix("active  ")),
+        Some(next.as_str()),
+        "{stdout}"
+    );
+    assert!(!dir.path().join(format!("keys/{compromised}.pem")).exists());
+
+    // Within a reload interval: the old token is refused, the JWKS no longer has its
+    // key and is cached briefly, and a new login is signed by the next key.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while api.me(&old.access).await.status() != StatusCode::UNAUTHORIZED {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the compromised key's token still works"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let jwks = api.get("/.well-known/jwks.json").await;
+    assert_eq!(jwks.headers()["cache-control"], "public, max-age=30");
+    let jwks: Value = jwks.json().await.unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(!kids.contains(&compromised.as_str()), "{kids:?}");
+    assert!(kids.contains(&next.as_str()), "{kids:?}");
+    let fresh = tokens(api.login(&email, PASSWORD).await).await;
+    assert_eq!(
+        crate::helpers::segment(&fresh.access, 0)["kid"],
+        next.as_str()
+    );
+    assert_eq!(api.me(&fresh.access).await.status(), StatusCode::OK);
+    // The session itself was not ended: its refresh token still rotates.
+    tokens(api.refresh(&old.refresh).await).await;
+
+    // The audit log has the roll and its reason.
+    {
+        use sqlx::Connection as _;
+        let url = format!(
+            "sqlite://{}",
+            dir.path().join("data/token-issuer.db").display()
+        );
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let (detail,): (String,) =
+            sqlx::query_as("SELECT detail FROM audit_events WHERE kind = 'key_compromised'")
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        assert!(
+            detail.contains(&format!("{compromised} (active) removed")),
+            "{detail}"
+        );
+        assert!(detail.contains("reason: laptop stolen"), "{detail}");
+        db.close().await.unwrap();
+    }
+}

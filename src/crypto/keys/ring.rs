@@ -19,6 +19,15 @@
 //!   `key_rotation_interval` set, the instance that first finds the active key due
 //!   rotates it, under the lock, after checking again that it is still due: exactly one
 //!   rotation happens however many instances look.
+//! - `roll_compromised` is the emergency: the named key leaves the ring (and its file
+//!   is deleted) at once, without grace; if it was the active key, the published next
+//!   key signs from now on (verifiers have had it for a while; a new key signs when
+//!   there is none), and a new next key is published. Every instance stops accepting
+//!   tokens of the removed key at its next reload (`RELOAD_INTERVAL`), and a verifier
+//!   that refetches the JWKS no longer finds it. For `EMERGENCY_WINDOW` after a roll
+//!   the JWKS is cached for `EMERGENCY_MAX_AGE` only, so that a further change during
+//!   the incident reaches verifiers quickly. When the whole key directory may have
+//!   leaked, roll every key it holds (the next one too): one `keys roll` per key.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -39,6 +48,10 @@ pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
 /// (a shared cache in front of a verifier may add its own), plus two reload intervals
 /// for every instance to have published it.
 pub const PUBLISH_AHEAD: Duration = Duration::from_secs(2 * 300 + 2 * 2);
+/// How long verifiers may cache the JWKS during `EMERGENCY_WINDOW` after a roll.
+pub const EMERGENCY_MAX_AGE: Duration = Duration::from_secs(30);
+/// How long after an emergency roll the JWKS is cached briefly.
+pub const EMERGENCY_WINDOW: Duration = Duration::from_secs(3600);
 const RING_FILE: &str = "keyring.json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +92,9 @@ pub struct KeyEntry {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ring {
     pub keys: Vec<KeyEntry>,
+    /// After an emergency roll: until when the JWKS is cached briefly (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emergency_until: Option<i64>,
 }
 
 /// The timing rules of a ring.
@@ -114,13 +130,24 @@ impl Ring {
             .filter(move |k| k.state != KeyState::Retired || k.not_after.is_some_and(|t| t > now))
     }
 
-    /// The first moment after `now` when the published set shrinks.
+    /// The first moment after `now` when what the ring publishes changes: the set
+    /// shrinks, or the emergency window ends.
     pub fn next_expiry(&self, now: i64) -> Option<i64> {
         self.keys
             .iter()
             .filter_map(|k| k.not_after)
+            .chain(self.emergency_until)
             .filter(|t| *t > now)
             .min()
+    }
+
+    /// How long verifiers may cache the JWKS at `now`.
+    pub fn jwks_max_age(&self, now: i64) -> Duration {
+        if self.emergency_until.is_some_and(|t| t > now) {
+            EMERGENCY_MAX_AGE
+        } else {
+            JWKS_MAX_AGE
+        }
     }
 
     fn parse(raw: &[u8], path: &Path) -> Result<Self, KeyError> {
@@ -230,6 +257,7 @@ pub fn ensure(dir: &Path, now: i64) -> Result<(Ring, Vec<u8>, Option<PathBuf>), 
                     }
                 })
                 .collect(),
+            emergency_until: None,
         };
         if ring.count(KeyState::Next) > 1 {
             return Err(KeyError::Invalid {
@@ -349,6 +377,64 @@ pub fn rotate(
     locked(dir, || {
         let (mut ring, _) = read(dir)?.ok_or_else(|| no_ring(dir))?;
         rotate_locked(dir, &mut ring, now, lifetimes, force, size)
+    })
+}
+
+/// What an emergency roll did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roll {
+    /// The key removed, and the state it had.
+    pub removed: String,
+    pub removed_state: KeyState,
+    pub active: String,
+    pub next: String,
+}
+
+/// `keys roll --compromised <kid>`: the key leaves the ring now (see the module docs).
+pub fn roll_compromised(dir: &Path, kid: &str, now: i64, size: KeySize) -> Result<Roll, KeyError> {
+    locked(dir, || {
+        let (mut ring, _) = read(dir)?.ok_or_else(|| no_ring(dir))?;
+        let removed_state = ring
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .map(|k| k.state)
+            .ok_or_else(|| KeyError::Refused(format!("no key {kid} in the ring")))?;
+        prune(dir, &mut ring, now);
+        ring.keys.retain(|k| k.kid != kid);
+        let fresh = |state: KeyState| -> Result<KeyEntry, KeyError> {
+            let (kid, _) = generate_key_file(dir, size)?;
+            Ok(KeyEntry {
+                kid,
+                state,
+                created_at: now,
+                activated_at: (state == KeyState::Active).then_some(now),
+                not_after: None,
+            })
+        };
+        if removed_state == KeyState::Active {
+            match ring.keys.iter_mut().find(|k| k.state == KeyState::Next) {
+                Some(next) => {
+                    next.state = KeyState::Active;
+                    next.activated_at = Some(now);
+                }
+                None => ring.keys.push(fresh(KeyState::Active)?),
+            }
+        }
+        if ring.next().is_none() {
+            ring.keys.push(fresh(KeyState::Next)?);
+        }
+        ring.emergency_until = Some(now + secs(EMERGENCY_WINDOW));
+        write(dir, &ring)?;
+        // After the ring that no longer names it: an instance never looks for it again.
+        let _ = fs::remove_file(dir.join(format!("{kid}.pem")));
+        let name = |k: Option<&KeyEntry>| k.map(|k| k.kid.clone()).unwrap_or_default();
+        Ok(Roll {
+            removed: kid.to_owned(),
+            removed_state,
+            active: name(ring.active()),
+            next: name(ring.next()),
+        })
     })
 }
 
@@ -482,6 +568,47 @@ mod tests {
         generate(dir.path(), KeySize::Rsa2048, 1_400 + 931).unwrap();
         assert!(!states(dir.path()).iter().any(|(k, _)| *k == first));
         assert!(!dir.path().join(format!("{first}.pem")).exists());
+    }
+
+    #[test]
+    fn an_emergency_roll_removes_the_key_now_and_the_next_key_signs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ring, _, _) = ensure(dir.path(), 1_000).unwrap();
+        let first = ring.active().unwrap().kid.clone();
+        assert!(roll_compromised(dir.path(), "no-such-kid", 1_000, KeySize::Rsa2048).is_err());
+        // The active key, with no next key: a new key signs at once, and one is next.
+        let roll = roll_compromised(dir.path(), &first, 1_000, KeySize::Rsa2048).unwrap();
+        assert_eq!(
+            (roll.removed.as_str(), roll.removed_state),
+            (first.as_str(), KeyState::Active)
+        );
+        let (ring, _) = read(dir.path()).unwrap().unwrap();
+        assert!(!ring.published(1_000).any(|k| k.kid == first), "no grace");
+        assert!(!dir.path().join(format!("{first}.pem")).exists());
+        assert_eq!(ring.active().unwrap().kid, roll.active);
+        assert_eq!(ring.next().unwrap().kid, roll.next);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("active"))
+                .unwrap()
+                .trim(),
+            roll.active
+        );
+        // The JWKS is cached briefly during the window, then as usual again.
+        assert_eq!(ring.jwks_max_age(1_000), EMERGENCY_MAX_AGE);
+        let end = 1_000 + secs(EMERGENCY_WINDOW);
+        assert_eq!(ring.next_expiry(1_000), Some(end));
+        assert_eq!(ring.jwks_max_age(end), JWKS_MAX_AGE);
+        // The active key again, now with a published next key: that one signs.
+        let second = roll_compromised(dir.path(), &roll.active, 2_000, KeySize::Rsa2048).unwrap();
+        assert_eq!(second.active, roll.next);
+        assert_ne!(second.next, roll.next);
+        // A next key: dropped and replaced; the active key stays.
+        let third = roll_compromised(dir.path(), &second.next, 3_000, KeySize::Rsa2048).unwrap();
+        assert_eq!(
+            (third.removed_state, third.active.as_str()),
+            (KeyState::Next, second.active.as_str())
+        );
+        assert_eq!(states(dir.path()).len(), 2);
     }
 
     #[test]

@@ -22,8 +22,11 @@ pub struct KeySet {
     jwks: Vec<Jwk>,
     jwks_json: String,
     etag: String,
-    /// When the published set next shrinks (a retired key's `not_after`).
+    /// When what is published next changes (a retired key's `not_after`, the end of
+    /// an emergency window).
     next_expiry: Option<i64>,
+    /// How long verifiers may cache the JWKS.
+    max_age: std::time::Duration,
 }
 
 fn unix_now() -> i64 {
@@ -74,6 +77,7 @@ impl KeySet {
             jwks_json,
             etag,
             next_expiry: ring.next_expiry(now),
+            max_age: ring.jwks_max_age(now),
         })
     }
 
@@ -95,6 +99,12 @@ impl KeySet {
     /// The JWKS document, serialised once.
     pub fn jwks_json(&self) -> &str {
         &self.jwks_json
+    }
+
+    /// How long verifiers may cache the JWKS (`Cache-Control: max-age`): shorter for a
+    /// while after an emergency roll.
+    pub fn jwks_max_age(&self) -> std::time::Duration {
+        self.max_age
     }
 
     /// A strong validator of the JWKS document.

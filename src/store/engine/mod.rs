@@ -27,8 +27,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector, StoreError,
-    TokenRef,
+    AuditEvent, Epoch, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector,
+    StoreError, TokenRef,
 };
 use crate::domain::family::RevokeReason;
 use crate::domain::generation::FamilyState;
@@ -41,6 +41,8 @@ pub struct Presented {
     pub last_used_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
     pub user_disabled: bool,
+    /// A revocation epoch covers the family (`sessions revoke-all`).
+    pub epoch_revoked: bool,
     /// The family's current generation `c`, and when it was issued.
     pub generation: u64,
     pub generation_issued_at: OffsetDateTime,
@@ -57,8 +59,9 @@ impl Presented {
             client_id: self.family.client_id.clone(),
             created_at: self.family.created_at,
             last_used_at: self.last_used_at,
-            // A disabled user's sessions are as good as revoked.
-            revoked: self.revoked_at.is_some() || self.user_disabled,
+            // A disabled user's sessions, and those an epoch covers, are as good as
+            // revoked.
+            revoked: self.revoked_at.is_some() || self.user_disabled || self.epoch_revoked,
             generation: self.generation,
             generation_issued_at: self.generation_issued_at,
         }
@@ -174,4 +177,7 @@ pub trait Steps: Send {
     async fn replace_password(&mut self, change: &PasswordChange<'_>) -> Result<bool, StoreError>;
 
     async fn insert_audit(&mut self, event: &AuditEvent) -> Result<(), StoreError>;
+
+    /// Raises the epoch of its scope to `epoch` (never lowers it); returns it as stored.
+    async fn raise_epoch(&mut self, epoch: &Epoch) -> Result<Epoch, StoreError>;
 }

@@ -9,7 +9,8 @@ use uuid::Uuid;
 use super::{Steps, TokenRef, accounts};
 use crate::domain::family::RevokeReason;
 use crate::store::{
-    AuditEvent, NewFamily, PasswordChange, RevokeOutcome, SessionSelector, Sessions, StoreError,
+    AuditEvent, Epoch, NewFamily, PasswordChange, RevokeOutcome, SessionSelector, Sessions,
+    StoreError,
 };
 
 /// A backend's write transaction: how it begins (SQLite: `BEGIN IMMEDIATE` on the one
@@ -99,5 +100,13 @@ impl<T: Transactional> Sessions for T {
         let mut tx = self.begin_write().await?;
         tx.insert_audit(event).await?;
         T::commit(tx).await
+    }
+
+    async fn set_epoch(&self, epoch: &Epoch, event: &AuditEvent) -> Result<Epoch, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let stored = tx.raise_epoch(epoch).await?;
+        tx.insert_audit(event).await?;
+        T::commit(tx).await?;
+        Ok(stored)
     }
 }

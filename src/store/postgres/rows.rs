@@ -67,6 +67,7 @@ pub(super) struct PresentedRecord {
     pub(super) last_used_at: OffsetDateTime,
     pub(super) revoked_at: Option<OffsetDateTime>,
     pub(super) user_disabled: bool,
+    pub(super) epoch_revoked: bool,
     pub(super) generation: i64,
     pub(super) generation_issued_at: OffsetDateTime,
     pub(super) presented_generation: Option<i64>,
@@ -92,10 +93,13 @@ fn generation(stored: i64) -> Result<u64, StoreError> {
 }
 
 /// The family's state that a rotation decides on, after `FAMILY_COLUMNS`.
-pub(super) const STATE_COLUMNS: &str = "f.last_used_at, f.revoked_at,
+pub(super) const STATE_COLUMNS: &str = concat!(
+    "f.last_used_at, f.revoked_at,
     EXISTS (SELECT 1 FROM users u WHERE u.id = f.user_id AND u.disabled_at IS NOT NULL)
-        AS user_disabled,
-    f.generation, f.generation_issued_at";
+        AS user_disabled, ",
+    epoch_revoked!("f"),
+    " AS epoch_revoked, f.generation, f.generation_issued_at"
+);
 
 pub(super) const FAMILY_COLUMNS: &str = "f.id, f.user_id, f.client_id, f.scope, f.created_at";
 
@@ -106,6 +110,7 @@ impl PresentedRecord {
             last_used_at: self.last_used_at,
             revoked_at: self.revoked_at,
             user_disabled: self.user_disabled,
+            epoch_revoked: self.epoch_revoked,
             generation: generation(self.generation)?,
             generation_issued_at: self.generation_issued_at,
             presented_generation: self.presented_generation.map(generation).transpose()?,

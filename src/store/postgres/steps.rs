@@ -11,8 +11,8 @@ use super::rows::{FAMILY_COLUMNS, FamilyRecord, GenerationRecord, PresentedRecor
 use crate::domain::family::RevokeReason;
 use crate::store::engine::{Presented, Revoked, Steps, TokenOwner};
 use crate::store::{
-    AuditEvent, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector, StoreError,
-    TokenRef,
+    AuditEvent, Epoch, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector,
+    StoreError, TokenRef,
 };
 
 /// The common case in one statement, so one round trip, atomic on its own: the
@@ -32,7 +32,7 @@ pub(super) async fn rotate_fresh(
             let Ok(generation) = i64::try_from(generation) else {
                 return Ok(None);
             };
-            sqlx::query_as(
+            sqlx::query_as(concat!(
                 "UPDATE refresh_families f
                     SET generation = generation + 1, generation_issued_at = $1,
                         last_used_at = GREATEST(f.last_used_at, $1),
@@ -40,8 +40,11 @@ pub(super) async fn rotate_fresh(
                   WHERE id = $2 AND generation = $3 AND revoked_at IS NULL AND client_id = $4
                     AND last_used_at > $5 AND created_at > $6
                     AND user_id IN (SELECT id FROM users WHERE disabled_at IS NULL)
-                 RETURNING f.id, f.user_id, f.client_id, f.scope, f.created_at, f.generation",
-            )
+               AND NOT ",
+                epoch_revoked!("f"),
+                "
+                 RETURNING f.id, f.user_id, f.client_id, f.scope, f.created_at, f.generation"
+            ))
             .bind(r.now)
             .bind(family)
             .bind(generation)
@@ -54,7 +57,7 @@ pub(super) async fn rotate_fresh(
             .await
         }
         TokenRef::Legacy(hash) => {
-            sqlx::query_as(
+            sqlx::query_as(concat!(
                 "WITH consumed AS (
                      UPDATE refresh_tokens SET consumed_at = $1
                      WHERE token_hash = $2 AND consumed_at IS NULL
@@ -62,6 +65,9 @@ pub(super) async fn rotate_fresh(
                                          WHERE generation = 0 AND revoked_at IS NULL
                                            AND client_id = $3
                                            AND last_used_at > $4 AND created_at > $5
+               AND NOT ",
+                epoch_revoked!("refresh_families"),
+                "
                                            AND user_id IN (SELECT id FROM users
                                                            WHERE disabled_at IS NULL))
                      RETURNING family_id
@@ -72,8 +78,8 @@ pub(super) async fn rotate_fresh(
                         ip = COALESCE($6, f.ip), user_agent = COALESCE($7, f.user_agent)
                    FROM consumed
                   WHERE f.id = consumed.family_id AND f.revoked_at IS NULL
-                 RETURNING f.id, f.user_id, f.client_id, f.scope, f.created_at, f.generation",
-            )
+                 RETURNING f.id, f.user_id, f.client_id, f.scope, f.created_at, f.generation"
+            ))
             .bind(r.now)
             .bind(&hash[..])
             .bind(r.client_id)
@@ -136,14 +142,17 @@ impl Steps for Transaction<'_, Postgres> {
         family_id: Uuid,
         r: &RotateRequest<'_>,
     ) -> Result<Option<FamilyInfo>, StoreError> {
-        let record: Option<FamilyRecord> = sqlx::query_as(
+        let record: Option<FamilyRecord> = sqlx::query_as(concat!(
             "UPDATE refresh_families SET last_used_at = GREATEST(last_used_at, $1),
                     ip = COALESCE($3, ip), user_agent = COALESCE($4, user_agent)
              WHERE id = $2
                AND revoked_at IS NULL
                AND user_id IN (SELECT id FROM users WHERE disabled_at IS NULL)
-             RETURNING id, user_id, client_id, scope, created_at",
-        )
+               AND NOT ",
+            epoch_revoked!("refresh_families"),
+            "
+             RETURNING id, user_id, client_id, scope, created_at"
+        ))
         .bind(r.now)
         .bind(family_id)
         .bind(r.ip)
@@ -164,15 +173,18 @@ impl Steps for Transaction<'_, Postgres> {
         let (Ok(from), Ok(to)) = (i64::try_from(from), i64::try_from(to)) else {
             return Ok(None);
         };
-        let record: Option<FamilyRecord> = sqlx::query_as(
+        let record: Option<FamilyRecord> = sqlx::query_as(concat!(
             "UPDATE refresh_families SET generation = $3, generation_issued_at = $1,
                     last_used_at = GREATEST(last_used_at, $1),
                     ip = COALESCE($5, ip), user_agent = COALESCE($6, user_agent)
              WHERE id = $2 AND generation = $4
                AND revoked_at IS NULL
                AND user_id IN (SELECT id FROM users WHERE disabled_at IS NULL)
-             RETURNING id, user_id, client_id, scope, created_at",
-        )
+               AND NOT ",
+            epoch_revoked!("refresh_families"),
+            "
+             RETURNING id, user_id, client_id, scope, created_at"
+        ))
         .bind(r.now)
         .bind(family_id)
         .bind(to)
@@ -416,5 +428,45 @@ impl Steps for Transaction<'_, Postgres> {
         .await
         .map_err(classify)?;
         Ok(())
+    }
+
+    async fn raise_epoch(&mut self, epoch: &Epoch) -> Result<Epoch, StoreError> {
+        sqlx::query(
+            "INSERT INTO session_epochs (client_id, not_before, reason, set_by, set_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (client_id) DO UPDATE
+                SET not_before = excluded.not_before, reason = excluded.reason,
+                    set_by = excluded.set_by, set_at = excluded.set_at
+              WHERE excluded.not_before > session_epochs.not_before",
+        )
+        .bind(epoch.scope())
+        .bind(epoch.not_before)
+        .bind(&epoch.reason)
+        .bind(&epoch.set_by)
+        .bind(epoch.set_at)
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?;
+        let (scope, not_before, reason, set_by, set_at): (
+            String,
+            OffsetDateTime,
+            String,
+            String,
+            OffsetDateTime,
+        ) = sqlx::query_as(
+            "SELECT client_id, not_before, reason, set_by, set_at FROM session_epochs
+             WHERE client_id = $1",
+        )
+        .bind(epoch.scope())
+        .fetch_one(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(Epoch {
+            client_id: Epoch::client_of_scope(scope),
+            not_before,
+            reason,
+            set_by,
+            set_at,
+        })
     }
 }

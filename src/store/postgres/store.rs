@@ -11,7 +11,7 @@ use crate::crypto::refresh::TokenHash;
 use crate::domain::family::RefreshPolicy;
 use crate::domain::user::User;
 use crate::store::{
-    AuditEvent, RefreshTokenState, RotateOutcome, RotateRequest, Session, Store, StoreError,
+    AuditEvent, Epoch, RefreshTokenState, RotateOutcome, RotateRequest, Session, Store, StoreError,
     SweepCursor, SweepStep, TokenRef, UserWithHash,
 };
 
@@ -19,6 +19,25 @@ use crate::store::{
 impl Store for PgStore {
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    async fn epochs(&self) -> Result<Vec<Epoch>, StoreError> {
+        let rows: Vec<(String, OffsetDateTime, String, String, OffsetDateTime)> = sqlx::query_as(
+            "SELECT client_id, not_before, reason, set_by, set_at FROM session_epochs",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(|(scope, not_before, reason, set_by, set_at)| Epoch {
+                client_id: Epoch::client_of_scope(scope),
+                not_before,
+                reason,
+                set_by,
+                set_at,
+            })
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -72,13 +91,16 @@ impl Store for PgStore {
             OffsetDateTime,
             Option<String>,
             Option<String>,
-        )> = sqlx::query_as(
+        )> = sqlx::query_as(concat!(
             "SELECT id, client_id, created_at, last_used_at, ip, user_agent
                  FROM refresh_families
                  WHERE user_id = $1 AND revoked_at IS NULL
                    AND last_used_at > $2 AND created_at > $3
-                 ORDER BY last_used_at DESC, id",
-        )
+               AND NOT ",
+            epoch_revoked!("refresh_families"),
+            "
+                 ORDER BY last_used_at DESC, id"
+        ))
         .bind(user_id)
         .bind(idle_cutoff)
         .bind(absolute_cutoff)
@@ -106,10 +128,13 @@ impl Store for PgStore {
         now: OffsetDateTime,
     ) -> Result<u64, StoreError> {
         let (idle_cutoff, absolute_cutoff) = policy.cutoffs(now);
-        let (n,): (i64,) = sqlx::query_as(
+        let (n,): (i64,) = sqlx::query_as(concat!(
             "SELECT count(*) FROM refresh_families
-             WHERE revoked_at IS NULL AND last_used_at > $1 AND created_at > $2",
-        )
+             WHERE revoked_at IS NULL AND last_used_at > $1 AND created_at > $2
+               AND NOT ",
+            epoch_revoked!("refresh_families"),
+            ""
+        ))
         .bind(idle_cutoff)
         .bind(absolute_cutoff)
         .fetch_one(&self.pool)
@@ -316,11 +341,14 @@ impl Store for PgStore {
         family_id: Uuid,
         user_id: Uuid,
     ) -> Result<Option<User>, StoreError> {
-        let record: Option<UserRecord> = sqlx::query_as(
+        let record: Option<UserRecord> = sqlx::query_as(concat!(
             "SELECT u.id, u.email, u.password_hash, u.created_at, u.disabled_at
              FROM refresh_families f JOIN users u ON u.id = f.user_id
-             WHERE f.id = $1 AND f.user_id = $2 AND f.revoked_at IS NULL AND u.disabled_at IS NULL",
-        )
+             WHERE f.id = $1 AND f.user_id = $2 AND f.revoked_at IS NULL AND u.disabled_at IS NULL
+               AND NOT ",
+            epoch_revoked!("f"),
+            ""
+        ))
         .bind(family_id)
         .bind(user_id)
         .fetch_optional(&self.pool)
@@ -351,7 +379,10 @@ impl Store for PgStore {
              gone AS (
                  DELETE FROM refresh_families f USING page
                  WHERE f.id = page.id
-                   AND (f.revoked_at <= $1 OR f.last_used_at <= $2 OR f.created_at <= $3)
+                   AND (f.revoked_at <= $1 OR f.last_used_at <= $2 OR f.created_at <= $3
+                        OR EXISTS (SELECT 1 FROM session_epochs se
+                                   WHERE se.client_id IN ('*', f.client_id)
+                                     AND f.created_at < se.not_before AND se.set_at <= $1))
                  RETURNING 1)
              SELECT (SELECT id FROM page ORDER BY id DESC LIMIT 1), (SELECT count(*) FROM gone)",
         )

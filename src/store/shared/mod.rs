@@ -259,6 +259,11 @@ impl SharedState {
         );
     }
 
+    /// Empties the session cache: what it holds may have ended (a revocation epoch).
+    pub fn forget_cached_sessions(&self) {
+        self.forget_sessions();
+    }
+
     fn forget_sessions(&self) {
         let mut sessions = lock(&self.sessions);
         self.epoch.fetch_add(1, Ordering::AcqRel);

@@ -171,7 +171,7 @@ async fn rotate_fresh_batch(
     if jobs.is_empty() {
         return Ok(vec![None; batch.len()]);
     }
-    let advanced: Vec<GenerationRecord> = sqlx::query_as(
+    let advanced: Vec<GenerationRecord> = sqlx::query_as(concat!(
         "WITH j AS MATERIALIZED (
              SELECT value ->> 0 AS idx, value ->> 1 AS id, value ->> 2 AS generation,
                     value ->> 3 AS client_id, value ->> 4 AS now,
@@ -192,8 +192,11 @@ async fn rotate_fresh_batch(
            AND EXISTS (SELECT 1 FROM users u
                        WHERE u.id = refresh_families.user_id AND u.disabled_at IS NULL)
            AND NOT EXISTS (SELECT 1 FROM j AS e WHERE e.id = j.id AND e.idx < j.idx)
-         RETURNING id, user_id, client_id, scope, created_at, generation",
-    )
+           AND NOT ",
+        epoch_revoked!("refresh_families"),
+        "
+         RETURNING id, user_id, client_id, scope, created_at, generation"
+    ))
     .bind(serde_json::Value::Array(jobs).to_string())
     .fetch_all(&mut **tx)
     .await

@@ -7,14 +7,14 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::rows::{
-    FAMILY_COLUMNS, FamilyRecord, GenerationRecord, PresentedRecord, STATE_COLUMNS, classify, ms,
-    uuid,
+    FAMILY_COLUMNS, FamilyRecord, GenerationRecord, PresentedRecord, STATE_COLUMNS, classify,
+    from_ms, ms, uuid,
 };
 use crate::domain::family::RevokeReason;
 use crate::store::engine::{Presented, Revoked, Steps, TokenOwner};
 use crate::store::{
-    AuditEvent, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector, StoreError,
-    TokenRef,
+    AuditEvent, Epoch, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector,
+    StoreError, TokenRef,
 };
 
 #[async_trait]
@@ -35,7 +35,7 @@ impl Steps for Transaction<'_, Sqlite> {
             // A live token of the earlier format, at generation 0: consumed once, and
             // answered with the minted token of generation 1.
             TokenRef::Legacy(hash) => {
-                let consumed: Option<(String,)> = sqlx::query_as(
+                let consumed: Option<(String,)> = sqlx::query_as(concat!(
                     "UPDATE refresh_tokens SET consumed_at = ?1
                      WHERE token_hash = ?2 AND consumed_at IS NULL
                        AND EXISTS (SELECT 1 FROM refresh_families f
@@ -43,9 +43,11 @@ impl Steps for Transaction<'_, Sqlite> {
                                      AND f.revoked_at IS NULL AND f.client_id = ?3
                                      AND f.last_used_at > ?4 AND f.created_at > ?5
                                      AND EXISTS (SELECT 1 FROM users u
-                                                 WHERE u.id = f.user_id AND u.disabled_at IS NULL))
-                     RETURNING family_id",
-                )
+                                                 WHERE u.id = f.user_id AND u.disabled_at IS NULL)
+                                     AND NOT ",
+                    epoch_revoked!("f"),
+                    ") RETURNING family_id"
+                ))
                 .bind(now)
                 .bind(&hash[..])
                 .bind(r.client_id)
@@ -62,7 +64,7 @@ impl Steps for Transaction<'_, Sqlite> {
         };
         // Only the live generation of a live family of this client advances, and only
         // once. The checks are correlated `EXISTS`, looked up by primary key.
-        let record: Option<GenerationRecord> = sqlx::query_as(
+        let record: Option<GenerationRecord> = sqlx::query_as(concat!(
             "UPDATE refresh_families SET generation = generation + 1,
                     generation_issued_at = ?1, last_used_at = ?1,
                     ip = COALESCE(?7, ip), user_agent = COALESCE(?8, user_agent)
@@ -70,8 +72,10 @@ impl Steps for Transaction<'_, Sqlite> {
                AND last_used_at > ?5 AND created_at > ?6
                AND EXISTS (SELECT 1 FROM users u
                            WHERE u.id = refresh_families.user_id AND u.disabled_at IS NULL)
-             RETURNING id, user_id, client_id, scope, created_at, generation",
-        )
+               AND NOT ",
+            epoch_revoked!("refresh_families"),
+            " RETURNING id, user_id, client_id, scope, created_at, generation"
+        ))
         .bind(now)
         .bind(&family_id)
         .bind(from)
@@ -121,15 +125,17 @@ impl Steps for Transaction<'_, Sqlite> {
         family_id: Uuid,
         r: &RotateRequest<'_>,
     ) -> Result<Option<FamilyInfo>, StoreError> {
-        let record: Option<FamilyRecord> = sqlx::query_as(
+        let record: Option<FamilyRecord> = sqlx::query_as(concat!(
             "UPDATE refresh_families SET last_used_at = ?1,
                     ip = COALESCE(?3, ip), user_agent = COALESCE(?4, user_agent)
              WHERE id = ?2
                AND revoked_at IS NULL
                AND EXISTS (SELECT 1 FROM users u
                            WHERE u.id = refresh_families.user_id AND u.disabled_at IS NULL)
-             RETURNING id, user_id, client_id, scope, created_at",
-        )
+               AND NOT ",
+            epoch_revoked!("refresh_families"),
+            " RETURNING id, user_id, client_id, scope, created_at"
+        ))
         .bind(ms(r.now))
         .bind(family_id.to_string())
         .bind(r.ip)
@@ -150,7 +156,7 @@ impl Steps for Transaction<'_, Sqlite> {
         let (Ok(from), Ok(to)) = (i64::try_from(from), i64::try_from(to)) else {
             return Ok(None);
         };
-        let record: Option<FamilyRecord> = sqlx::query_as(
+        let record: Option<FamilyRecord> = sqlx::query_as(concat!(
             "UPDATE refresh_families SET generation = ?3, generation_issued_at = ?1,
                     last_used_at = ?1,
                     ip = COALESCE(?5, ip), user_agent = COALESCE(?6, user_agent)
@@ -158,8 +164,10 @@ impl Steps for Transaction<'_, Sqlite> {
                AND revoked_at IS NULL
                AND EXISTS (SELECT 1 FROM users u
                            WHERE u.id = refresh_families.user_id AND u.disabled_at IS NULL)
-             RETURNING id, user_id, client_id, scope, created_at",
-        )
+               AND NOT ",
+            epoch_revoked!("refresh_families"),
+            " RETURNING id, user_id, client_id, scope, created_at"
+        ))
         .bind(ms(r.now))
         .bind(family_id.to_string())
         .bind(to)
@@ -390,5 +398,40 @@ impl Steps for Transaction<'_, Sqlite> {
         .await
         .map_err(classify)?;
         Ok(())
+    }
+
+    async fn raise_epoch(&mut self, epoch: &Epoch) -> Result<Epoch, StoreError> {
+        sqlx::query(
+            "INSERT INTO session_epochs (client_id, not_before, reason, set_by, set_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (client_id) DO UPDATE
+                SET not_before = excluded.not_before, reason = excluded.reason,
+                    set_by = excluded.set_by, set_at = excluded.set_at
+              WHERE excluded.not_before > session_epochs.not_before",
+        )
+        .bind(epoch.scope())
+        .bind(ms(epoch.not_before))
+        .bind(&epoch.reason)
+        .bind(&epoch.set_by)
+        .bind(ms(epoch.set_at))
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?;
+        let (scope, not_before, reason, set_by, set_at): (String, i64, String, String, i64) =
+            sqlx::query_as(
+                "SELECT client_id, not_before, reason, set_by, set_at FROM session_epochs
+                 WHERE client_id = ?1",
+            )
+            .bind(epoch.scope())
+            .fetch_one(&mut **self)
+            .await
+            .map_err(classify)?;
+        Ok(Epoch {
+            client_id: Epoch::client_of_scope(scope),
+            not_before: from_ms(not_before)?,
+            reason,
+            set_by,
+            set_at: from_ms(set_at)?,
+        })
     }
 }

@@ -14,7 +14,7 @@ use crate::domain::family::RefreshPolicy;
 use crate::domain::user::User;
 use crate::store::engine::Transactional as _;
 use crate::store::{
-    AuditEvent, RefreshTokenState, RotateOutcome, RotateRequest, Session, Store, StoreError,
+    AuditEvent, Epoch, RefreshTokenState, RotateOutcome, RotateRequest, Session, Store, StoreError,
     SweepCursor, SweepStep, TokenRef, UserWithHash,
 };
 
@@ -24,6 +24,26 @@ impl Store for SqliteStore {
         self.checkpointer.close().await;
         self.writer.close().await;
         self.reader.close().await;
+    }
+
+    async fn epochs(&self) -> Result<Vec<Epoch>, StoreError> {
+        let rows: Vec<(String, i64, String, String, i64)> = sqlx::query_as(
+            "SELECT client_id, not_before, reason, set_by, set_at FROM session_epochs",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(classify)?;
+        rows.into_iter()
+            .map(|(scope, not_before, reason, set_by, set_at)| {
+                Ok(Epoch {
+                    client_id: Epoch::client_of_scope(scope),
+                    not_before: from_ms(not_before)?,
+                    reason,
+                    set_by,
+                    set_at: from_ms(set_at)?,
+                })
+            })
+            .collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -64,19 +84,23 @@ impl Store for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Vec<Session>, StoreError> {
         let (idle_cutoff, absolute_cutoff) = policy.cutoffs(now);
-        let rows: Vec<(String, String, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT id, client_id, created_at, last_used_at, ip, user_agent
+        let rows: Vec<(String, String, i64, i64, Option<String>, Option<String>)> =
+            sqlx::query_as(concat!(
+                "SELECT id, client_id, created_at, last_used_at, ip, user_agent
                  FROM refresh_families
                  WHERE user_id = ?1 AND revoked_at IS NULL
                    AND last_used_at > ?2 AND created_at > ?3
-                 ORDER BY last_used_at DESC, id",
-        )
-        .bind(user_id.to_string())
-        .bind(ms(idle_cutoff))
-        .bind(ms(absolute_cutoff))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(classify)?;
+               AND NOT ",
+                epoch_revoked!("refresh_families"),
+                "
+                 ORDER BY last_used_at DESC, id"
+            ))
+            .bind(user_id.to_string())
+            .bind(ms(idle_cutoff))
+            .bind(ms(absolute_cutoff))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(classify)?;
         rows.into_iter()
             .map(
                 |(id, client_id, created_at, last_used_at, ip, user_agent)| {
@@ -99,10 +123,13 @@ impl Store for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<u64, StoreError> {
         let (idle_cutoff, absolute_cutoff) = policy.cutoffs(now);
-        let (n,): (i64,) = sqlx::query_as(
+        let (n,): (i64,) = sqlx::query_as(concat!(
             "SELECT count(*) FROM refresh_families
-             WHERE revoked_at IS NULL AND last_used_at > ?1 AND created_at > ?2",
-        )
+             WHERE revoked_at IS NULL AND last_used_at > ?1 AND created_at > ?2
+               AND NOT ",
+            epoch_revoked!("refresh_families"),
+            ""
+        ))
         .bind(ms(idle_cutoff))
         .bind(ms(absolute_cutoff))
         .fetch_one(&self.reader)
@@ -305,11 +332,14 @@ impl Store for SqliteStore {
         family_id: Uuid,
         user_id: Uuid,
     ) -> Result<Option<User>, StoreError> {
-        let record: Option<UserRecord> = sqlx::query_as(
+        let record: Option<UserRecord> = sqlx::query_as(concat!(
             "SELECT u.id, u.email, u.password_hash, u.created_at, u.disabled_at
              FROM refresh_families f JOIN users u ON u.id = f.user_id
-             WHERE f.id = ?1 AND f.user_id = ?2 AND f.revoked_at IS NULL AND u.disabled_at IS NULL",
-        )
+             WHERE f.id = ?1 AND f.user_id = ?2 AND f.revoked_at IS NULL AND u.disabled_at IS NULL
+               AND NOT ",
+            epoch_revoked!("f"),
+            ""
+        ))
         .bind(family_id.to_string())
         .bind(user_id.to_string())
         .fetch_optional(&self.reader)
@@ -325,7 +355,11 @@ impl Store for SqliteStore {
         from: &SweepCursor,
     ) -> Result<SweepStep, StoreError> {
         let (idle_cutoff, absolute_cutoff) = policy.cutoffs(cutoff);
-        const ENDED: &str = "(revoked_at <= ?1 OR last_used_at <= ?2 OR created_at <= ?3)";
+        // Revoked, idle, past its lifetime, or covered by an epoch set before the cutoff.
+        const ENDED: &str = "(revoked_at <= ?1 OR last_used_at <= ?2 OR created_at <= ?3
+            OR EXISTS (SELECT 1 FROM session_epochs se
+                       WHERE se.client_id IN ('*', refresh_families.client_id)
+                         AND refresh_families.created_at < se.not_before AND se.set_at <= ?1))";
         let after: i64 = if from.0.is_empty() {
             0
         } else {

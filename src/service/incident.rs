@@ -1,0 +1,194 @@
+//! Incident response: every session of every client, or of one client, created before
+//! an instant ends at once, and every access token of that scope issued before it is
+//! refused (`token-issuer sessions revoke-all`, `POST /v1/admin/sessions/revoke-all`).
+//!
+//! Decisions taken here:
+//! - It is a **revocation epoch**, one row per scope (`session_epochs`), not an
+//!   `UPDATE` of the sessions: the command costs the same with ten sessions or ten
+//!   million. Every statement that finds a session live also asks "does no epoch of
+//!   its client, or of every client, begin after the session was created" (a lookup
+//!   by primary key in a table of a few rows), so refresh tokens are refused by the
+//!   database itself, on every instance, from the command's commit on; the sweep
+//!   deletes the covered sessions a day after the epoch was set.
+//! - Access tokens are refused by `iat`: an instance keeps the epochs in memory, set
+//!   at once by the instance that writes one and re-read from the database every
+//!   `EPOCH_RELOAD` by the others. A session covered by an epoch is also no longer
+//!   live in the database, which the access-token checks fall back to.
+//! - The instant is whole seconds (`iat` is): `--before` is truncated to its second;
+//!   without it, the epoch begins at the next whole second after now, and the command
+//!   answers once that second has begun, so a session started after the answer is
+//!   never covered (one started in the command's last fraction of a second is: its
+//!   user signs in again).
+//! - An epoch only moves forward: a `--before` earlier than the epoch in force
+//!   changes nothing (the answer shows the epoch in force).
+//! - A covered refresh token is answered `invalid_grant` with `error_reason`
+//!   `revoked`; the audit log holds the epoch with its reason and actor
+//!   (`sessions_revoked_all`), and `issuer_sessions_revoked_all_total` counts them.
+
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::Issuer;
+use super::access::Principal;
+use crate::domain::audit::AuditEvent;
+use crate::domain::claims::AccessClaims;
+use crate::domain::error::Error;
+use crate::store::Epoch;
+
+/// How often an instance re-reads the epochs from the database.
+pub const EPOCH_RELOAD: Duration = Duration::from_secs(2);
+/// The longest reason accepted.
+const REASON_MAX: usize = 200;
+
+/// What to revoke.
+#[derive(Debug, Clone)]
+pub struct RevokeAll {
+    /// One client's sessions; `None`: every client's.
+    pub client_id: Option<String>,
+    /// Sessions created before this instant (truncated to its second); `None`: now.
+    pub before: Option<OffsetDateTime>,
+    pub reason: String,
+}
+
+/// The epochs in force, as this instance knows them: the scope (a client id, or `*`)
+/// and its `not_before` in unix seconds.
+#[derive(Debug, Default)]
+pub struct Epochs(RwLock<HashMap<String, i64>>);
+
+impl Epochs {
+    /// Takes `epochs` in, keeping for each scope the later instant.
+    pub fn merge(&self, epochs: &[Epoch]) {
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        for e in epochs {
+            let t = e.not_before.unix_timestamp();
+            let entry = map.entry(e.scope().to_owned()).or_insert(t);
+            *entry = (*entry).max(t);
+        }
+    }
+
+    /// Whether an access token of `client_id` issued at `iat` is refused.
+    pub fn refuses(&self, client_id: &str, iat: i64) -> bool {
+        let map = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        ["*", client_id]
+            .iter()
+            .filter_map(|scope| map.get(*scope))
+            .any(|not_before| iat < *not_before)
+    }
+}
+
+/// The epoch a `revoke-all` sets, and its audit row, as of `now`; `known_client` says
+/// whether a client id is configured.
+pub fn plan(
+    r: RevokeAll,
+    known_client: impl Fn(&str) -> bool,
+    set_by: &str,
+    actor: Option<Uuid>,
+    now: OffsetDateTime,
+) -> Result<(Epoch, AuditEvent), Error> {
+    let reason = r.reason.trim();
+    if reason.is_empty()
+        || reason.chars().count() > REASON_MAX
+        || reason.chars().any(char::is_control)
+    {
+        return Err(Error::InvalidRequest(format!(
+            "reason: 1 to {REASON_MAX} characters, no control characters"
+        )));
+    }
+    if let Some(client) = &r.client_id
+        && !known_client(client)
+    {
+        return Err(Error::InvalidRequest(format!("no client {client}")));
+    }
+    let not_before = match r.before {
+        Some(t) if t > now => {
+            return Err(Error::InvalidRequest("before: not in the future".into()));
+        }
+        Some(t) => t.replace_nanosecond(0).unwrap_or(t),
+        None => OffsetDateTime::from_unix_timestamp(now.unix_timestamp() + 1).unwrap_or(now),
+    };
+    let instant = not_before
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let scope = r.client_id.as_deref().unwrap_or("all clients").to_owned();
+    let event = AuditEvent::sessions_revoked_all(now, &scope, &instant, reason, actor);
+    let epoch = Epoch {
+        client_id: r.client_id,
+        not_before,
+        reason: reason.to_owned(),
+        set_by: set_by.to_owned(),
+        set_at: now,
+    };
+    Ok((epoch, event))
+}
+
+/// Waits until the epoch's instant has begun (at most a second): a session started
+/// after the caller answers is not covered.
+pub async fn wait_until(left: time::Duration) {
+    if let Ok(wait) = Duration::try_from(left) {
+        tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
+    }
+}
+
+impl Issuer {
+    /// Sets a revocation epoch (see the module docs); `set_by` is `cli` or the admin's
+    /// id, `actor` the admin.
+    pub async fn revoke_all(
+        &self,
+        set_by: &str,
+        actor: Option<Uuid>,
+        r: RevokeAll,
+    ) -> Result<Epoch, Error> {
+        let (epoch, event) = plan(
+            r,
+            |c| self.clients.contains_key(c),
+            set_by,
+            actor,
+            self.now(),
+        )?;
+        let stored = self.store.set_epoch(&epoch, &event).await?;
+        self.epochs.merge(std::slice::from_ref(&stored));
+        self.shared.forget_cached_sessions();
+        self.metrics.sessions_revoked_all.inc();
+        tracing::warn!(
+            target: "security",
+            event = "sessions_revoked_all",
+            client = stored.client_id.as_deref().unwrap_or("*"),
+            not_before = stored.not_before.unix_timestamp(),
+            reason = %stored.reason,
+            set_by,
+            "every session of the scope created before the instant is revoked"
+        );
+        wait_until(stored.not_before - self.now()).await;
+        Ok(stored)
+    }
+
+    /// `POST /v1/admin/sessions/revoke-all`.
+    pub async fn admin_revoke_all(&self, who: &Principal, r: RevokeAll) -> Result<Epoch, Error> {
+        self.require_admin(who).await?;
+        self.revoke_all(&who.user.id.to_string(), Some(who.user.id), r)
+            .await
+    }
+
+    /// Whether an epoch refuses this access token (by `iat`).
+    pub(crate) fn epoch_refuses(&self, claims: &AccessClaims) -> bool {
+        self.epochs.refuses(&claims.client_id, claims.iat)
+    }
+
+    /// Re-reads the epochs from the database every `EPOCH_RELOAD` (the epochs other
+    /// instances set), until the task is dropped.
+    pub async fn watch_epochs(self: std::sync::Arc<Self>) {
+        let mut tick = tokio::time::interval(EPOCH_RELOAD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.store.epochs().await {
+                Ok(epochs) => self.epochs.merge(&epochs),
+                Err(e) => tracing::warn!(error = %e, "reading the revocation epochs failed"),
+            }
+        }
+    }
+}

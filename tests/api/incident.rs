@@ -1,0 +1,226 @@
+//! Incident response over HTTP: `revoke-all` through the admin API (every client, one
+//! client, before an instant; on a second instance too), and its bad input.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    PASSWORD, TestApp, Tokens, assert_error, assert_invalid_grant, spawn_app, spawn_instance_like,
+    tokens,
+};
+
+/// A signed-in admin (granted as the CLI does).
+async fn admin(app: &TestApp) -> (String, Tokens) {
+    let (email, t) = app.signed_in().await;
+    app.set_admin(&email, true).await;
+    (email, t)
+}
+
+async fn revoke_all(app: &TestApp, access: &str, body: Value) -> reqwest::Response {
+    app.http
+        .post(app.url("/v1/admin/sessions/revoke-all"))
+        .bearer_auth(access)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A password grant of `client`.
+async fn login_as(app: &TestApp, client: &str, email: &str) -> Tokens {
+    tokens(
+        app.post_form(
+            "/oauth/token",
+            &[
+                ("grant_type", "password"),
+                ("client_id", client),
+                ("username", email),
+                ("password", PASSWORD),
+            ],
+        )
+        .await,
+    )
+    .await
+}
+
+scenario! {
+    async fn revoke_all_ends_every_session_and_refuses_every_earlier_access_token(backend) {
+        let app = spawn_app(backend).await;
+        let (admin_email, admin_tokens) = admin(&app).await;
+        let (email, user) = app.signed_in().await;
+        let other = login_as(&app, "other", &email).await;
+        let resp = revoke_all(&app, &admin_tokens.access, json!({"reason": "database leaked"})).await;
+        let status = resp.status();
+        let epoch: Value = resp.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{epoch}");
+        assert_eq!(epoch["reason"], "database leaked");
+        assert!(epoch.get("client_id").is_none(), "{epoch}");
+
+        // Every session, the admin's own too, of every client.
+        assert_invalid_grant(app.refresh(&user.refresh).await, "revoked").await;
+        assert_invalid_grant(app.refresh_as("other", &other.refresh).await, "revoked").await;
+        assert_invalid_grant(app.refresh(&admin_tokens.refresh).await, "revoked").await;
+        for access in [&user.access, &other.access, &admin_tokens.access] {
+            assert_eq!(app.me(access).await.status(), StatusCode::UNAUTHORIZED);
+        }
+        // Refused again and again: nothing was consumed into a live state.
+        assert_invalid_grant(app.refresh(&user.refresh).await, "revoked").await;
+
+        // The epoch begins at the next whole second: sign-ins after it work.
+        app.advance(Duration::from_secs(1));
+        let fresh = tokens(app.login(&email, PASSWORD).await).await;
+        assert_eq!(app.me(&fresh.access).await.status(), StatusCode::OK);
+        let fresh = tokens(app.refresh(&fresh.refresh).await).await;
+        assert_eq!(app.me(&fresh.access).await.status(), StatusCode::OK);
+
+        // The audit log and the metrics say so.
+        let admin_again = tokens(app.login(&admin_email, PASSWORD).await).await;
+        let events: Value = app
+            .http
+            .get(app.url("/v1/admin/audit"))
+            .bearer_auth(&admin_again.access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let event = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "sessions_revoked_all")
+            .unwrap_or_else(|| panic!("{events}"));
+        assert!(event["detail"].as_str().unwrap().starts_with("all clients: "), "{event}");
+        assert!(event["detail"].as_str().unwrap().ends_with("reason: database leaked"), "{event}");
+        assert!(event["actor_id"].is_string(), "{event}");
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        assert!(metrics.contains("issuer_sessions_revoked_all_total 1"), "{metrics}");
+    }
+}
+
+scenario! {
+    async fn revoke_all_of_one_client_or_before_an_instant_revokes_exactly_that(backend) {
+        let app = spawn_app(backend).await;
+        let (_, admin_tokens) = admin(&app).await;
+        let (email, early_dev) = app.signed_in().await;
+        let early_other = login_as(&app, "other", &email).await;
+        app.advance(Duration::from_secs(10));
+        let late_dev = tokens(app.login(&email, PASSWORD).await).await;
+        let admin_tokens = tokens(app.refresh(&admin_tokens.refresh).await).await;
+
+        // Before an instant between the two sign-ins, of the `dev` client only.
+        let between = crate::helpers::now(&app) - 5;
+        let before = time::OffsetDateTime::from_unix_timestamp(between)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let resp = revoke_all(
+            &app,
+            &admin_tokens.access,
+            json!({"client_id": "dev", "before": before, "reason": "a dev build leaked tokens"}),
+        )
+        .await;
+        let status = resp.status();
+        let epoch: Value = resp.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{epoch}");
+        assert_eq!(epoch["client_id"], "dev");
+
+        assert_invalid_grant(app.refresh(&early_dev.refresh).await, "revoked").await;
+        assert_eq!(app.me(&early_dev.access).await.status(), StatusCode::UNAUTHORIZED);
+        // Created after the instant, or of another client: untouched.
+        assert_eq!(app.me(&late_dev.access).await.status(), StatusCode::OK);
+        tokens(app.refresh(&late_dev.refresh).await).await;
+        assert_eq!(app.me(&early_other.access).await.status(), StatusCode::OK);
+        tokens(app.refresh_as("other", &early_other.refresh).await).await;
+        // The admin's session (of `dev`) was refreshed after the instant... but created
+        // before it: covered.
+        assert_invalid_grant(app.refresh(&admin_tokens.refresh).await, "revoked").await;
+
+        // An epoch only moves forward: an earlier instant changes nothing.
+        let (_, admin2) = admin(&app).await;
+        let resp = revoke_all(
+            &app,
+            &admin2.access,
+            json!({"client_id": "dev", "before": "2020-01-01T00:00:00Z", "reason": "late"}),
+        )
+        .await;
+        let epoch: Value = resp.json().await.unwrap();
+        assert_eq!(epoch["reason"], "a dev build leaked tokens", "{epoch}");
+        tokens(app.refresh(&late_dev.refresh).await).await;
+    }
+}
+
+scenario! {
+    async fn revoke_all_refuses_bad_input_and_needs_the_admin_role(backend) {
+        let app = spawn_app(backend).await;
+        let (_, admin_tokens) = admin(&app).await;
+        let (_, user) = app.signed_in().await;
+        let future = (time::OffsetDateTime::from_unix_timestamp(crate::helpers::now(&app)).unwrap()
+            + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+        for body in [
+            json!({"reason": ""}),
+            json!({"reason": "   "}),
+            json!({"reason": "x".repeat(201)}),
+            json!({"reason": "line\nbreak"}),
+            json!({"reason": "r", "client_id": "no-such-client"}),
+            json!({"reason": "r", "before": future}),
+            json!({"reason": "r", "before": "yesterday"}),
+            json!({}),
+        ] {
+            let resp = revoke_all(&app, &admin_tokens.access, body.clone()).await;
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
+        }
+        let resp = revoke_all(&app, &user.access, json!({"reason": "not an admin"})).await;
+        assert_error(resp, StatusCode::FORBIDDEN, "insufficient_scope", None).await;
+        // Nothing was revoked.
+        tokens(app.refresh(&user.refresh).await).await;
+        tokens(app.refresh(&admin_tokens.refresh).await).await;
+    }
+}
+
+/// Two instances sharing the database (and Redis): a `revoke-all` on one is in force
+/// on the other, refresh tokens at once, access tokens within the epoch reload (2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revoke_all_on_one_instance_holds_on_another() {
+    let first = spawn_app(crate::helpers::Backend::Postgres).await;
+    let second = spawn_instance_like(&first).await;
+    let (_, admin_tokens) = admin(&first).await;
+    let (_, user) = second.signed_in().await;
+    assert_eq!(second.me(&user.access).await.status(), StatusCode::OK);
+    let resp = revoke_all(&first, &admin_tokens.access, json!({"reason": "incident"})).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_invalid_grant(second.refresh(&user.refresh).await, "revoked").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while second.me(&user.access).await.status() != StatusCode::UNAUTHORIZED {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second instance still accepts the access token"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+scenario! {
+    /// The sessions an epoch covers are deleted by the sweep a day after the epoch was
+    /// set, like every ended session; the others stay.
+    async fn the_sweep_deletes_the_sessions_an_epoch_covers_a_day_later(backend) {
+        let app = spawn_app(backend).await;
+        let (_, admin_tokens) = admin(&app).await;
+        let (email, _) = app.signed_in().await;
+        login_as(&app, "other", &email).await;
+        let resp = revoke_all(&app, &admin_tokens.access, json!({"client_id": "dev", "reason": "r"})).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        app.advance(Duration::from_secs(3600));
+        assert_eq!(app.issuer.sweep().await.unwrap(), 0, "kept for a day");
+        app.advance(Duration::from_secs(86_400));
+        let other = login_as(&app, "other", &email).await;
+        // The admin's and the user's `dev` sessions; not the `other` ones.
+        assert_eq!(app.issuer.sweep().await.unwrap(), 2);
+        tokens(app.refresh_as("other", &other.refresh).await).await;
+    }
+}
