@@ -225,6 +225,16 @@ pub fn run() -> ExitCode {
                 )?;
                 let store = open_store(&settings).await?;
                 let stored = store.set_epoch(&epoch, &event).await;
+                // Through Redis when configured, so that every instance refuses the
+                // access tokens at once (else within the epoch reload).
+                if let Ok(stored) = &stored {
+                    let metrics = Arc::new(crate::metrics::Metrics::new()?);
+                    let shared =
+                        crate::startup::open_shared(&settings, Arc::clone(&store), metrics)?;
+                    shared
+                        .announce_epoch(stored.scope(), stored.not_before.unix_timestamp())
+                        .await;
+                }
                 store.close().await;
                 let stored = stored?;
                 crate::service::incident::wait_until(
@@ -324,6 +334,7 @@ fn keys_command(
             reason,
             bits,
         } => {
+            let reason = crate::service::incident::checked_reason(reason)?;
             let roll = keyring::roll_compromised(dir, compromised, now, size(*bits)?)?;
             println!(
                 "removed {} ({})\nactive  {}\nnext    {}\n\
@@ -343,7 +354,7 @@ fn keys_command(
                 &format!("{} ({})", roll.removed, roll.removed_state.as_str()),
                 &roll.active,
                 &roll.next,
-                reason,
+                &reason,
             );
             record_cli_event(settings, &event);
         }

@@ -200,7 +200,7 @@ impl Application {
                 url: settings.database_url.to_string(),
                 source,
             })?;
-        issuer.epochs.merge(&epochs);
+        shared.merge_epochs(&epochs);
         let bind_failed = |source| StartupError::Bind {
             addr: settings.bind.to_string(),
             source,

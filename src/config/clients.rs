@@ -80,6 +80,13 @@ fn client_from_file(
             "must be 1 to 128 characters",
         ));
     }
+    // `*` names every client in a revocation epoch (`sessions revoke-all`).
+    if c.client_id == "*" {
+        return Err(invalid(
+            &format!("{setting}.client_id"),
+            "`*` is reserved (it means every client)",
+        ));
+    }
     let delivery = c.delivery.unwrap_or(match c.kind {
         ClientKind::Spa => Delivery::Cookie,
         ClientKind::Mobile | ClientKind::Service => Delivery::Body,

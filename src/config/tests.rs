@@ -309,3 +309,14 @@ fn durations_parse() {
     assert_eq!(parse_duration("m"), None);
     assert_eq!(parse_duration("1w"), None);
 }
+
+#[test]
+fn a_client_may_not_be_named_star_which_means_every_client() {
+    let err = load(
+        Some("[[clients]]\nclient_id = \"*\"\nkind = \"mobile\"\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.setting.ends_with("client_id"), "{err}");
+    assert!(err.message.contains("reserved"), "{err}");
+}

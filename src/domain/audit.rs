@@ -221,7 +221,7 @@ impl AuditEvent {
         actor: Option<Uuid>,
     ) -> Self {
         Self {
-            client_id: None,
+            client_id: (client != "all clients").then(|| client.to_owned()),
             detail: Some(format!(
                 "{client}: sessions created and access tokens issued before {not_before}; reason: {reason}"
             )),

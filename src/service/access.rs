@@ -40,7 +40,7 @@ impl Issuer {
             Uuid::parse_str(&claims.sid).map_err(|_| Error::InvalidToken("sid is not ours"))?;
         let sub =
             Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken("sub is not ours"))?;
-        match self.live_session(sid, sub).await? {
+        match self.live_session(sid, sub, &claims).await? {
             Some(user) => Ok(Principal { claims, sid, user }),
             None => Err(Error::InvalidToken("session revoked")),
         }
@@ -48,11 +48,20 @@ impl Issuer {
 
     /// The user of session `sid` if it is live: the local deny-list, the Redis
     /// deny-list, the session cache, then the database (see `store::shared`).
-    async fn live_session(&self, sid: Uuid, sub: Uuid) -> Result<Option<User>, Error> {
+    async fn live_session(
+        &self,
+        sid: Uuid,
+        sub: Uuid,
+        claims: &AccessClaims,
+    ) -> Result<Option<User>, Error> {
         if self.shared.denied_locally(sid) {
             return Ok(None);
         }
-        match self.shared.denied_in_redis(sid).await {
+        match self
+            .shared
+            .refused_in_redis(sid, &claims.client_id, claims.iat)
+            .await
+        {
             Some(true) => return Ok(None),
             Some(false) => {
                 if let Some(user) = self.shared.cached_session(sid).filter(|u| u.id == sub) {

@@ -10,10 +10,17 @@
 //!   by primary key in a table of a few rows), so refresh tokens are refused by the
 //!   database itself, on every instance, from the command's commit on; the sweep
 //!   deletes the covered sessions a day after the epoch was set.
-//! - Access tokens are refused by `iat`: an instance keeps the epochs in memory, set
-//!   at once by the instance that writes one and re-read from the database every
-//!   `EPOCH_RELOAD` by the others. A session covered by an epoch is also no longer
-//!   live in the database, which the access-token checks fall back to.
+//! - Access tokens are refused by `iat`. The epochs are written to Redis too (as the
+//!   deny-list is: `epoch:<scope>`, read in the same round trip as the deny-list by
+//!   every access-token check, and announced on the revocation channel), so with Redis
+//!   every instance refuses at its next request; each instance also keeps them in
+//!   memory and re-reads them from the database every `EPOCH_RELOAD` (without Redis,
+//!   or while it is down, that is the delay). A session covered by an epoch is also no
+//!   longer live in the database, which the access-token checks fall back to; a rising
+//!   epoch empties the session cache.
+//! - The instant comes from the clock of the process that runs the command (the CLI's
+//!   host, or the instance of the admin request): keep the clocks in sync (NTP). A
+//!   clock ahead covers the sessions started in the gap too.
 //! - The instant is whole seconds (`iat` is): `--before` is truncated to its second;
 //!   without it, the epoch begins at the next whole second after now, and the command
 //!   answers once that second has begun, so a session started after the answer is
@@ -25,8 +32,6 @@
 //!   `revoked`; the audit log holds the epoch with its reason and actor
 //!   (`sessions_revoked_all`), and `issuer_sessions_revoked_all_total` counts them.
 
-use std::collections::HashMap;
-use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -54,32 +59,6 @@ pub struct RevokeAll {
     pub reason: String,
 }
 
-/// The epochs in force, as this instance knows them: the scope (a client id, or `*`)
-/// and its `not_before` in unix seconds.
-#[derive(Debug, Default)]
-pub struct Epochs(RwLock<HashMap<String, i64>>);
-
-impl Epochs {
-    /// Takes `epochs` in, keeping for each scope the later instant.
-    pub fn merge(&self, epochs: &[Epoch]) {
-        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        for e in epochs {
-            let t = e.not_before.unix_timestamp();
-            let entry = map.entry(e.scope().to_owned()).or_insert(t);
-            *entry = (*entry).max(t);
-        }
-    }
-
-    /// Whether an access token of `client_id` issued at `iat` is refused.
-    pub fn refuses(&self, client_id: &str, iat: i64) -> bool {
-        let map = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        ["*", client_id]
-            .iter()
-            .filter_map(|scope| map.get(*scope))
-            .any(|not_before| iat < *not_before)
-    }
-}
-
 /// The epoch a `revoke-all` sets, and its audit row, as of `now`; `known_client` says
 /// whether a client id is configured.
 pub fn plan(
@@ -89,15 +68,8 @@ pub fn plan(
     actor: Option<Uuid>,
     now: OffsetDateTime,
 ) -> Result<(Epoch, AuditEvent), Error> {
-    let reason = r.reason.trim();
-    if reason.is_empty()
-        || reason.chars().count() > REASON_MAX
-        || reason.chars().any(char::is_control)
-    {
-        return Err(Error::InvalidRequest(format!(
-            "reason: 1 to {REASON_MAX} characters, no control characters"
-        )));
-    }
+    let reason = checked_reason(&r.reason)?;
+    let reason = reason.as_str();
     if let Some(client) = &r.client_id
         && !known_client(client)
     {
@@ -125,6 +97,21 @@ pub fn plan(
     Ok((epoch, event))
 }
 
+/// A reason for the audit log: 1 to `REASON_MAX` characters, no control characters
+/// (one line), trimmed.
+pub fn checked_reason(reason: &str) -> Result<String, Error> {
+    let reason = reason.trim();
+    if reason.is_empty()
+        || reason.chars().count() > REASON_MAX
+        || reason.chars().any(char::is_control)
+    {
+        return Err(Error::InvalidRequest(format!(
+            "reason: 1 to {REASON_MAX} characters, no control characters"
+        )));
+    }
+    Ok(reason.to_owned())
+}
+
 /// Waits until the epoch's instant has begun (at most a second): a session started
 /// after the caller answers is not covered.
 pub async fn wait_until(left: time::Duration) {
@@ -150,8 +137,9 @@ impl Issuer {
             self.now(),
         )?;
         let stored = self.store.set_epoch(&epoch, &event).await?;
-        self.epochs.merge(std::slice::from_ref(&stored));
-        self.shared.forget_cached_sessions();
+        self.shared
+            .announce_epoch(stored.scope(), stored.not_before.unix_timestamp())
+            .await;
         self.metrics.sessions_revoked_all.inc();
         tracing::warn!(
             target: "security",
@@ -175,7 +163,7 @@ impl Issuer {
 
     /// Whether an epoch refuses this access token (by `iat`).
     pub(crate) fn epoch_refuses(&self, claims: &AccessClaims) -> bool {
-        self.epochs.refuses(&claims.client_id, claims.iat)
+        self.shared.epochs().refuses(&claims.client_id, claims.iat)
     }
 
     /// Re-reads the epochs from the database every `EPOCH_RELOAD` (the epochs other
@@ -186,7 +174,7 @@ impl Issuer {
         loop {
             tick.tick().await;
             match self.store.epochs().await {
-                Ok(epochs) => self.epochs.merge(&epochs),
+                Ok(epochs) => self.shared.merge_epochs(&epochs),
                 Err(e) => tracing::warn!(error = %e, "reading the revocation epochs failed"),
             }
         }

@@ -98,8 +98,6 @@ pub struct Issuer {
     active_families: tokio::sync::Mutex<Option<(std::time::Instant, Option<u64>)>>,
     /// Held while a sweep runs.
     sweeping: tokio::sync::Mutex<()>,
-    /// The revocation epochs in force (`incident`).
-    pub(crate) epochs: incident::Epochs,
 }
 
 /// How long the active-sessions count is reused.
@@ -168,7 +166,6 @@ impl Issuer {
             audit_retention: settings.audit_retention,
             active_families: tokio::sync::Mutex::new(None),
             sweeping: tokio::sync::Mutex::new(()),
-            epochs: incident::Epochs::default(),
         })
     }
 

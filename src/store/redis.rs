@@ -211,16 +211,45 @@ impl RedisLink {
             .is_some()
     }
 
-    /// Whether `sid` is on the deny-list; `None` when Redis did not answer.
-    pub async fn is_denied(&self, sid: Uuid) -> Option<bool> {
+    /// Whether `sid` is on the deny-list, and the epochs (unix seconds) of every client
+    /// and of `client_id`, in one round trip; `None` when Redis did not answer.
+    pub async fn check(
+        &self,
+        sid: Uuid,
+        client_id: &str,
+    ) -> Option<(bool, Option<i64>, Option<i64>)> {
         let mut conn = self.conn();
-        self.bounded(
-            redis::cmd("EXISTS")
-                .arg(self.key(&format!("deny:{sid}")))
-                .query_async::<bool>(&mut conn),
-            "is_denied",
-        )
-        .await
+        let mut pipe = redis::pipe();
+        pipe.cmd("EXISTS")
+            .arg(self.key(&format!("deny:{sid}")))
+            .cmd("GET")
+            .arg(self.key("epoch:*"))
+            .cmd("GET")
+            .arg(self.key(&format!("epoch:{client_id}")));
+        self.bounded(pipe.query_async(&mut conn), "check").await
+    }
+
+    /// Writes an epoch of `scope` (its `not_before`, unix seconds) for `ttl` and
+    /// announces it on the revocation channel. Two epochs of one scope written at once
+    /// may leave the earlier here: each instance keeps the later one it has seen, and
+    /// the database, re-read every few seconds, has the later one.
+    pub async fn set_epoch(&self, scope: &str, not_before: i64, ttl: Duration) -> bool {
+        let mut conn = self.conn();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.key(&format!("epoch:{scope}")))
+            .arg(not_before)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(format!("epoch {not_before} {scope}"))
+            .ignore();
+        self.bounded(pipe.query_async::<()>(&mut conn), "set_epoch")
+            .await
+            .is_some()
     }
 
     /// Counts a hit on `key` in a window of `window` allowing `max`: the count (`max +

@@ -427,7 +427,17 @@ pub fn roll_compromised(dir: &Path, kid: &str, now: i64, size: KeySize) -> Resul
         ring.emergency_until = Some(now + secs(EMERGENCY_WINDOW));
         write(dir, &ring)?;
         // After the ring that no longer names it: an instance never looks for it again.
-        let _ = fs::remove_file(dir.join(format!("{kid}.pem")));
+        let pem = dir.join(format!("{kid}.pem"));
+        match fs::remove_file(&pem) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(KeyError::Io {
+                    path: pem,
+                    source: e,
+                });
+            }
+        }
         let name = |k: Option<&KeyEntry>| k.map(|k| k.kid.clone()).unwrap_or_default();
         Ok(Roll {
             removed: kid.to_owned(),

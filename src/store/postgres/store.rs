@@ -15,6 +15,9 @@ use crate::store::{
     SweepCursor, SweepStep, TokenRef, UserWithHash,
 };
 
+/// A revocation epoch covers the family `f` (introspection counts it as revoked).
+const EPOCH_REVOKED_F: &str = epoch_revoked!("f");
+
 #[async_trait]
 impl Store for PgStore {
     async fn close(&self) {
@@ -297,7 +300,7 @@ impl Store for PgStore {
         let row: Option<TokenStateRecord> = match token {
             // Used once the family's generation is past it.
             TokenRef::Minted { family, generation } => sqlx::query_as(&format!(
-                "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at IS NOT NULL AS family_revoked,
+                "SELECT {FAMILY_COLUMNS}, f.last_used_at, (f.revoked_at IS NOT NULL OR {EPOCH_REVOKED_F}) AS family_revoked,
                         f.generation > $2 AS consumed,
                         f.generation_issued_at AS issued_at,
                         u.disabled_at IS NOT NULL AS user_disabled
@@ -310,7 +313,7 @@ impl Store for PgStore {
             .await
             .map_err(classify)?,
             TokenRef::Legacy(hash) => sqlx::query_as(&format!(
-                "SELECT {FAMILY_COLUMNS}, f.last_used_at, f.revoked_at IS NOT NULL AS family_revoked,
+                "SELECT {FAMILY_COLUMNS}, f.last_used_at, (f.revoked_at IS NOT NULL OR {EPOCH_REVOKED_F}) AS family_revoked,
                         t.consumed_at IS NOT NULL AS consumed, t.created_at AS issued_at,
                         u.disabled_at IS NOT NULL AS user_disabled
                  FROM refresh_tokens t

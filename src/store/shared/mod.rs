@@ -4,8 +4,10 @@
 //!
 //! How an access token's session is checked (`Issuer::authenticate`):
 //! 1. the local deny-list (families revoked by this instance or announced on the
-//!    revocation channel): refused;
-//! 2. the Redis deny-list (one `EXISTS`): refused. The revoking instance writes it
+//!    revocation channel) and the local revocation epochs (`epochs`: an access token
+//!    issued before the epoch of its client, or of every client): refused;
+//! 2. the Redis deny-list and epochs (`EXISTS deny:<sid>`, `GET epoch:*`, `GET
+//!    epoch:<client>`, one round trip): refused. The revoking instance writes them
 //!    before it answers, so every instance refuses at once;
 //! 3. the session cache, only when step 2 answered: a session the database found live
 //!    in the last `SESSION_CACHE_TTL` (5 s) is live. It is used only while this
@@ -45,8 +47,10 @@ use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+mod epochs;
 mod limits;
 
+pub use epochs::Epochs;
 use limits::{Counted, LocalLimits, limit_key, over};
 pub use limits::{LimitKind, RateLimit, Taken};
 
@@ -106,6 +110,8 @@ pub struct SharedState {
     epoch: AtomicU64,
     /// The Redis deny-list may miss a revocation: rebuild it from the database.
     rebuild_pending: AtomicBool,
+    /// The revocation epochs in force.
+    epochs: Epochs,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -127,6 +133,7 @@ impl SharedState {
             local: LocalLimits::new(),
             epoch: AtomicU64::new(0),
             rebuild_pending: AtomicBool::new(true),
+            epochs: Epochs::default(),
         }
     }
 
@@ -211,14 +218,58 @@ impl SharedState {
             .is_some_and(|until| *until > Instant::now())
     }
 
-    /// Whether Redis has `sid` on its deny-list (step 2); `None` when Redis is down:
-    /// then the session cache is not trusted either, and the database decides. Without
-    /// Redis, `Some(false)`: the local deny-list (step 1) was the whole list.
-    pub async fn denied_in_redis(&self, sid: Uuid) -> Option<bool> {
+    /// Whether Redis has `sid` on its deny-list, or an epoch of Redis refuses a token
+    /// of `client_id` issued at `iat` (step 2, one round trip; the epochs read are kept
+    /// locally too); `None` when Redis is down: then the session cache is not trusted
+    /// either, and the database decides. Without Redis, `Some(false)`: the local
+    /// deny-list and epochs (step 1) were the whole lists.
+    pub async fn refused_in_redis(&self, sid: Uuid, client_id: &str, iat: i64) -> Option<bool> {
         match (&self.redis, self.live_redis()) {
             (None, _) => Some(false),
-            (Some(_), Some(link)) => link.is_denied(sid).await,
+            (Some(_), Some(link)) => {
+                let (denied, every, own) = link.check(sid, client_id).await?;
+                for (scope, not_before) in [("*", every), (client_id, own)] {
+                    if let Some(t) = not_before
+                        && self.epochs.merge_one(scope, t)
+                    {
+                        self.forget_sessions();
+                    }
+                }
+                Some(denied || self.epochs.refuses(client_id, iat))
+            }
             (Some(_), None) => None,
+        }
+    }
+
+    /// The revocation epochs this instance knows.
+    pub fn epochs(&self) -> &Epochs {
+        &self.epochs
+    }
+
+    /// Takes in the epochs read from the database; a session cached as live may have
+    /// ended when one rose.
+    pub fn merge_epochs(&self, epochs: &[crate::store::Epoch]) {
+        if self.epochs.merge(epochs) {
+            self.forget_sessions();
+        }
+    }
+
+    /// Takes in an epoch just written to the database, empties the session cache, and
+    /// announces it through Redis (`epoch:<scope>`, kept as long as an access token it
+    /// refuses can live, and a message on the revocation channel), in a task of its
+    /// own. Without Redis, or when it fails, other instances read it from the database
+    /// within `incident::EPOCH_RELOAD`.
+    pub async fn announce_epoch(&self, scope: &str, not_before: i64) {
+        self.epochs.merge_one(scope, not_before);
+        self.forget_sessions();
+        let Some(link) = &self.redis else { return };
+        let (link, scope, ttl) = (Arc::clone(link), scope.to_owned(), self.deny_ttl);
+        let announced =
+            tokio::spawn(async move { link.set_epoch(&scope, not_before, ttl).await }).await;
+        if !matches!(announced, Ok(true)) {
+            tracing::warn!(
+                "revocation epoch not written to redis; other instances read it from the database within seconds"
+            );
         }
     }
 
@@ -257,11 +308,6 @@ impl SharedState {
                 until: Instant::now() + SESSION_CACHE_TTL,
             },
         );
-    }
-
-    /// Empties the session cache: what it holds may have ended (a revocation epoch).
-    pub fn forget_cached_sessions(&self) {
-        self.forget_sessions();
     }
 
     fn forget_sessions(&self) {
@@ -394,8 +440,12 @@ impl SharedState {
                     tokio::select! {
                         message = messages.next() => match message {
                             Some(message) => {
-                                if let Some((sid, ttl)) = parse_announcement(message.get_payload_bytes()) {
+                                let payload = message.get_payload_bytes();
+                                if let Some((sid, ttl)) = parse_announcement(payload) {
                                     self.deny_locally(sid, ttl);
+                                } else if let Some((scope, not_before)) = parse_epoch(payload) {
+                                    self.epochs.merge_one(&scope, not_before);
+                                    self.forget_sessions();
                                 }
                             }
                             None => break,
@@ -414,6 +464,13 @@ impl SharedState {
             tokio::time::sleep(HEALTH_INTERVAL).await;
         }
     }
+}
+
+/// `epoch <not_before> <scope>`.
+fn parse_epoch(payload: &[u8]) -> Option<(String, i64)> {
+    let rest = std::str::from_utf8(payload).ok()?.strip_prefix("epoch ")?;
+    let (not_before, scope) = rest.split_once(' ')?;
+    Some((scope.to_owned(), not_before.parse().ok()?))
 }
 
 /// `<sid>:<ttl ms>`.

@@ -153,7 +153,7 @@ async fn without_redis_sessions_are_cached_until_revoked_here() {
     };
     shared.remember_session(sid, &user, shared.cache_epoch());
     assert_eq!(shared.cached_session(sid), Some(user));
-    assert_eq!(shared.denied_in_redis(sid).await, Some(false));
+    assert_eq!(shared.refused_in_redis(sid, "dev", 0).await, Some(false));
     assert!(!shared.denied_locally(sid));
     shared.revoked(sid).await;
     assert!(shared.denied_locally(sid));

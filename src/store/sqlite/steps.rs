@@ -365,12 +365,15 @@ impl Steps for Transaction<'_, Sqlite> {
     }
 
     async fn replace_password(&mut self, change: &PasswordChange<'_>) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
+        let updated = sqlx::query(concat!(
             "UPDATE users SET password_hash = ?1
              WHERE id = ?2 AND password_hash = ?3 AND disabled_at IS NULL
                AND EXISTS (SELECT 1 FROM refresh_families
-                           WHERE id = ?4 AND user_id = ?2 AND revoked_at IS NULL)",
-        )
+                           WHERE id = ?4 AND user_id = ?2 AND revoked_at IS NULL
+               AND NOT ",
+            epoch_revoked!("refresh_families"),
+            ")"
+        ))
         .bind(change.new_hash)
         .bind(change.user_id.to_string())
         .bind(change.checked_hash)
