@@ -81,6 +81,19 @@ enum KeysAction {
         #[arg(long, default_value_t = 2048)]
         bits: u32,
     },
+    /// Change the refresh-token key (`refresh-hmac.key`). Calm: the current key becomes
+    /// the previous one, and outstanding tokens verify until their session's next
+    /// rotation. With --compromised: the previous key is dropped as well, and every
+    /// outstanding refresh token is refused (everyone signs in again). Running
+    /// instances pick it up within 2 s.
+    RotateRefresh {
+        /// Drop the previous key too: every outstanding refresh token is refused.
+        #[arg(long)]
+        compromised: bool,
+        /// Why, for the audit log.
+        #[arg(long)]
+        reason: String,
+    },
     /// List the keys: kid, state, created, not-after.
     List,
     /// Drop a next key, or end a retired key's publication now.
@@ -354,6 +367,36 @@ fn keys_command(
                 &format!("{} ({})", roll.removed, roll.removed_state.as_str()),
                 &roll.active,
                 &roll.next,
+                &reason,
+            );
+            record_cli_event(settings, &event);
+        }
+        KeysAction::RotateRefresh {
+            compromised,
+            reason,
+        } => {
+            use crate::crypto::refresh::{KeyChange, rotate_files};
+            let reason = crate::service::incident::checked_reason(reason)?;
+            let change = if *compromised {
+                KeyChange::Emergency
+            } else {
+                KeyChange::Calm
+            };
+            rotate_files(dir, change)?;
+            println!(
+                "{}; running instances pick the new key up within {} s",
+                match change {
+                    KeyChange::Emergency =>
+                        "new refresh-token key; the previous one is dropped: every outstanding refresh token is refused",
+                    KeyChange::Calm =>
+                        "new refresh-token key; the previous one verifies outstanding tokens until their next rotation",
+                },
+                keyring::RELOAD_INTERVAL.as_secs()
+            );
+            let event = crate::domain::audit::AuditEvent::refresh_key_rotated(
+                time::OffsetDateTime::now_utc(),
+                "cli",
+                *compromised,
                 &reason,
             );
             record_cli_event(settings, &event);

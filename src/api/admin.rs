@@ -56,7 +56,8 @@ pub struct AuditEventBody {
     /// `key_rotated`, `family_moved_forward` (`detail`: from which generation),
     /// `admin_swept` (`detail`: what it deleted), `key_compromised` (`detail`: the key
     /// removed by an emergency roll, and why), `sessions_revoked_all` (`detail`: the
-    /// scope, the instant and the reason).
+    /// scope, the instant and the reason), `refresh_key_rotated` (`detail`: calm or
+    /// emergency, and why).
     pub kind: String,
     #[oai(skip_serializing_if_is_none)]
     pub user_id: Option<Uuid>,

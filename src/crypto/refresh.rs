@@ -14,9 +14,17 @@
 //!   characters is of the earlier format (256 random bits, stored as its SHA-256 in
 //!   `refresh_tokens`): `Opened::Legacy`, looked up by its hash until its session
 //!   upgrades. Anything else that does not verify is `Opened::Invalid`, refused
-//!   without a lookup.
+//!   without a lookup; a well-formed token of a key we no longer hold is
+//!   `Opened::UnknownKey` (refused the same way, and not taken for a forgery).
+//! - `rotate_files` changes the key (`token-issuer keys rotate-refresh`): calmly, the
+//!   current key becomes the previous one, so every outstanding token still verifies
+//!   and each session's next rotation mints under the new key; in an emergency
+//!   (`--compromised`), the previous key is dropped and the current one replaced, so
+//!   every outstanding refresh token is refused. Instances re-read the two files with
+//!   the signing keys (`RELOAD_INTERVAL`) and swap them in when they changed.
 
 use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{digest, hmac};
@@ -26,7 +34,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::crypto::b64url;
-use crate::crypto::keys::{KeyError, read_or_create_secret_file};
+use crate::crypto::keys::{KeyError, locked, read_or_create_secret_file, replace_file};
 use crate::domain::error::Error;
 use crate::domain::secret::Secret;
 
@@ -81,10 +89,16 @@ pub enum Opened {
     Minted(Minted),
     /// A token of the earlier, random format: known to the store by its hash, if at all.
     Legacy(TokenHash),
-    /// Not ours: malformed, another version, an unknown key, or a MAC that does not
-    /// verify.
+    /// Not ours: malformed, another version, or a MAC that does not verify under the
+    /// key it names.
     Invalid,
+    /// Well formed, of a key id we no longer hold (a key rotated away in an emergency,
+    /// or another deployment's).
+    UnknownKey,
 }
+
+const CURRENT_FILE: &str = "refresh-hmac.key";
+const PREVIOUS_FILE: &str = "refresh-hmac.previous.key";
 
 struct MacKey {
     kid: [u8; KID_LEN],
@@ -105,30 +119,124 @@ impl MacKey {
     }
 }
 
-/// The keys that mint and verify refresh tokens of the minted format.
-pub struct RefreshKeys {
+/// The two keys at one moment.
+struct KeyPair {
     current: MacKey,
     previous: Option<MacKey>,
+    /// The secrets as read, to notice a change.
+    read: (Vec<u8>, Option<Vec<u8>>),
+}
+
+/// The keys that mint and verify refresh tokens of the minted format, swapped in when
+/// the files change (`reload`).
+pub struct RefreshKeys {
+    keys: RwLock<Arc<KeyPair>>,
+}
+
+/// What `rotate_files` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChange {
+    /// The current key became the previous one: outstanding tokens still verify.
+    Calm,
+    /// The previous key was dropped and the current one replaced: every outstanding
+    /// refresh token is refused.
+    Emergency,
+}
+
+/// Reads the two secrets of `keys_dir`: the current one (created on first start when
+/// `create`), and the previous one when it is there.
+fn read_secrets(keys_dir: &Path) -> Result<(Vec<u8>, Option<Vec<u8>>), KeyError> {
+    let current = read_or_create_secret_file(&keys_dir.join(CURRENT_FILE))?;
+    let previous_path = keys_dir.join(PREVIOUS_FILE);
+    let previous = if previous_path.exists() {
+        Some(read_or_create_secret_file(&previous_path)?)
+    } else {
+        None
+    };
+    Ok((current, previous))
+}
+
+/// Changes the refresh-token key of `keys_dir` (see the module docs), under the key
+/// directory's lock. The files are replaced whole, in an order where a reader between
+/// two steps sees a pair that verifies what the old one did (calm) or no more (an
+/// emergency).
+pub fn rotate_files(keys_dir: &Path, change: KeyChange) -> Result<(), KeyError> {
+    locked(keys_dir, || {
+        let (current, _) = read_secrets(keys_dir)?;
+        let mut fresh = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut fresh)
+            .map_err(|_| KeyError::Generate)?;
+        let encode = |secret: &[u8]| {
+            format!(
+                "{}\n",
+                base64::engine::general_purpose::STANDARD.encode(secret)
+            )
+        };
+        match change {
+            KeyChange::Calm => replace_file(keys_dir, PREVIOUS_FILE, encode(&current).as_bytes())?,
+            KeyChange::Emergency => match std::fs::remove_file(keys_dir.join(PREVIOUS_FILE)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(KeyError::Io {
+                        path: keys_dir.join(PREVIOUS_FILE),
+                        source,
+                    });
+                }
+            },
+        }
+        replace_file(keys_dir, CURRENT_FILE, encode(&fresh).as_bytes())
+    })
 }
 
 impl RefreshKeys {
     /// Reads `refresh-hmac.key` from the key directory (creating it on first start)
     /// and `refresh-hmac.previous.key` when it is there.
     pub fn load_or_create(keys_dir: &Path) -> Result<Self, KeyError> {
-        let current = read_or_create_secret_file(&keys_dir.join("refresh-hmac.key"))?;
-        let previous_path = keys_dir.join("refresh-hmac.previous.key");
-        let previous = if previous_path.exists() {
-            Some(read_or_create_secret_file(&previous_path)?)
-        } else {
-            None
-        };
+        let (current, previous) = read_secrets(keys_dir)?;
         Ok(Self::from_secrets(&current, previous.as_deref()))
     }
 
     pub fn from_secrets(current: &[u8], previous: Option<&[u8]>) -> Self {
         Self {
+            keys: RwLock::new(Arc::new(KeyPair::new(current, previous))),
+        }
+    }
+
+    /// Re-reads the files of `keys_dir`; swaps the keys in when they changed. Returns
+    /// whether they did.
+    pub fn reload(&self, keys_dir: &Path) -> Result<bool, KeyError> {
+        let (current, previous) = read_secrets(keys_dir)?;
+        if self.pair().read == (current.clone(), previous.clone()) {
+            return Ok(false);
+        }
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) =
+            Arc::new(KeyPair::new(&current, previous.as_deref()));
+        Ok(true)
+    }
+
+    fn pair(&self) -> Arc<KeyPair> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The token of `generation` of `family`, under the current key.
+    pub fn mint(&self, family: Uuid, generation: u64) -> Secret {
+        self.pair().mint(family, generation)
+    }
+
+    /// What `token` is: minted by one of our keys, of the earlier format, or not ours.
+    pub fn open(&self, token: &Secret) -> Opened {
+        self.pair().open(token)
+    }
+}
+
+impl KeyPair {
+    fn new(current: &[u8], previous: Option<&[u8]>) -> Self {
+        Self {
             current: MacKey::new(current),
             previous: previous.map(MacKey::new),
+            read: (current.to_vec(), previous.map(<[u8]>::to_vec)),
         }
     }
 
@@ -163,7 +271,7 @@ impl RefreshKeys {
             .flatten()
             .find(|k| k.kid[..] == *kid);
         let Some(key) = key else {
-            return Opened::Invalid;
+            return Opened::UnknownKey;
         };
         if hmac::verify(&key.key, body, mac).is_err() {
             return Opened::Invalid;
@@ -223,9 +331,15 @@ mod tests {
             let mut changed = bytes.clone();
             changed[i] ^= 0x01;
             let forged = Secret::new(b64url(&changed));
-            assert_eq!(k.open(&forged), Opened::Invalid, "byte {i}");
+            // A changed key id names a key we do not hold; any other byte fails the MAC.
+            let want = if (1..=KID_LEN).contains(&i) {
+                Opened::UnknownKey
+            } else {
+                Opened::Invalid
+            };
+            assert_eq!(k.open(&forged), want, "byte {i}");
         }
-        assert_eq!(keys(2, None).open(&token), Opened::Invalid);
+        assert_eq!(keys(2, None).open(&token), Opened::UnknownKey);
         assert_eq!(
             k.open(&Secret::new(format!("{}A", token.expose()))),
             Opened::Invalid
@@ -251,8 +365,8 @@ mod tests {
             })
         );
         let after = changing.mint(family, 4);
-        assert_eq!(old.open(&after), Opened::Invalid);
-        assert_eq!(keys(2, None).open(&before), Opened::Invalid);
+        assert_eq!(old.open(&after), Opened::UnknownKey);
+        assert_eq!(keys(2, None).open(&before), Opened::UnknownKey);
     }
 
     #[test]
@@ -283,5 +397,40 @@ mod tests {
                 generation: 1
             })
         );
+    }
+
+    #[test]
+    fn a_calm_rotation_keeps_tokens_valid_and_an_emergency_one_drops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = RefreshKeys::load_or_create(dir.path()).unwrap();
+        let family = Uuid::new_v4();
+        let first = keys.mint(family, 0);
+        assert!(!keys.reload(dir.path()).unwrap(), "nothing changed");
+        rotate_files(dir.path(), KeyChange::Calm).unwrap();
+        assert!(keys.reload(dir.path()).unwrap());
+        assert!(
+            matches!(keys.open(&first), Opened::Minted(_)),
+            "still verifies"
+        );
+        let second = keys.mint(family, 1);
+        assert_ne!(second.expose()[..8], first.expose()[..8], "another key id");
+        rotate_files(dir.path(), KeyChange::Emergency).unwrap();
+        assert!(keys.reload(dir.path()).unwrap());
+        assert_eq!(keys.open(&first), Opened::UnknownKey);
+        assert_eq!(keys.open(&second), Opened::UnknownKey);
+        assert!(matches!(
+            keys.open(&keys.mint(family, 2)),
+            Opened::Minted(_)
+        ));
+        assert!(!dir.path().join(PREVIOUS_FILE).exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.path().join(CURRENT_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 }

@@ -29,6 +29,9 @@ pub enum AuditKind {
     FamilyMovedForward,
     /// An admin ran the sweep; `detail` says what it deleted.
     AdminSwept,
+    /// The refresh-token key was changed (`keys rotate-refresh`); `detail` says whether
+    /// outstanding refresh tokens still verify, and why.
+    RefreshKeyRotated,
     /// Every session of a scope was revoked by an epoch (`sessions revoke-all`);
     /// `detail` says which client (or all), before when, and why.
     SessionsRevokedAll,
@@ -38,7 +41,7 @@ pub enum AuditKind {
 }
 
 impl AuditKind {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 12] = [
         Self::Login,
         Self::LoginFailed,
         Self::FamilyRevoked,
@@ -50,6 +53,7 @@ impl AuditKind {
         Self::AdminSwept,
         Self::KeyCompromised,
         Self::SessionsRevokedAll,
+        Self::RefreshKeyRotated,
     ];
 
     /// The stored and published name.
@@ -66,6 +70,7 @@ impl AuditKind {
             Self::AdminSwept => "admin_swept",
             Self::KeyCompromised => "key_compromised",
             Self::SessionsRevokedAll => "sessions_revoked_all",
+            Self::RefreshKeyRotated => "refresh_key_rotated",
         }
     }
 
@@ -227,6 +232,23 @@ impl AuditEvent {
             )),
             actor_id: actor,
             ..Self::new(at, AuditKind::SessionsRevokedAll)
+        }
+    }
+
+    pub fn refresh_key_rotated(
+        at: OffsetDateTime,
+        by: &str,
+        emergency: bool,
+        reason: &str,
+    ) -> Self {
+        let what = if emergency {
+            "emergency: the previous key dropped, every outstanding refresh token is refused"
+        } else {
+            "calm: outstanding refresh tokens still verify until their next rotation"
+        };
+        Self {
+            detail: Some(format!("by {by}: {what}; reason: {reason}")),
+            ..Self::new(at, AuditKind::RefreshKeyRotated)
         }
     }
 

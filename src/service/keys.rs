@@ -73,6 +73,12 @@ impl Issuer {
         if let Some(kid) = changed {
             tracing::info!(target: "security", event = "signing_key_changed", kid = %kid);
         }
+        let dir = self.keys.dir().to_owned();
+        // Two files of a few bytes: read in place.
+        let refresh = self.refresh_keys.reload(&dir)?;
+        if refresh {
+            tracing::warn!(target: "security", event = "refresh_key_changed", "the refresh-token key changed: tokens are minted under the new key");
+        }
         Ok(())
     }
 

@@ -125,6 +125,10 @@ impl Issuer {
                 }
                 None
             }
+            Opened::UnknownKey => {
+                tracing::info!(target: "security", event = "refresh_token_of_unknown_key", "a refresh token of a key this instance does not hold (rotated away, or another deployment's)");
+                None
+            }
         }
     }
 

@@ -770,3 +770,92 @@ async fn an_emergency_key_roll_refuses_the_compromised_keys_tokens_at_once() {
         db.close().await.unwrap();
     }
 }
+
+/// `keys rotate-refresh`: calmly, outstanding refresh tokens keep working and new ones
+/// are minted under the new key; with `--compromised`, every outstanding refresh token
+/// is refused, and new sign-ins work. The running server picks both up by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_key_rotates_calmly_or_in_an_emergency() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), "info", &NO_LIMITS);
+    let api = Api::new(format!("http://127.0.0.1:{}", server.port));
+    let email = unique_email();
+    register_and_login(&api, &email, 0).await;
+    let run = |args: &[&str]| binary(dir.path()).args(args).output().unwrap();
+    let key_id = |token: &str| token[..7].to_owned();
+    let mut current = tokens(api.login(&email, PASSWORD).await).await.refresh;
+    let first_key = key_id(&current);
+
+    let out = run(&["keys", "rotate-refresh", "--reason", "scheduled"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The outstanding token still works; within the reload, new ones carry the new key.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        current = tokens(api.refresh(&current).await).await.refresh;
+        if key_id(&current) != first_key {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still minted under the old key"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let out = run(&[
+        "keys",
+        "rotate-refresh",
+        "--compromised",
+        "--reason",
+        "key file leaked",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let resp = api.refresh(&current).await;
+        if resp.status() == StatusCode::BAD_REQUEST {
+            break resp;
+        }
+        current = tokens(resp).await.refresh;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "outstanding tokens still work"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    crate::helpers::assert_invalid_grant(refused, "unknown").await;
+    assert!(!dir.path().join("keys/refresh-hmac.previous.key").exists());
+    let fresh = tokens(api.login(&email, PASSWORD).await).await;
+    tokens(api.refresh(&fresh.refresh).await).await;
+
+    use sqlx::Connection as _;
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("data/token-issuer.db").display()
+    );
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let details: Vec<(String,)> = sqlx::query_as(
+        "SELECT detail FROM audit_events WHERE kind = 'refresh_key_rotated' ORDER BY id",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(details.len(), 2, "{details:?}");
+    assert!(
+        details[0].0.contains("calm") && details[0].0.ends_with("reason: scheduled"),
+        "{details:?}"
+    );
+    assert!(
+        details[1].0.contains("emergency") && details[1].0.ends_with("reason: key file leaked"),
+        "{details:?}"
+    );
+    db.close().await.unwrap();
+}

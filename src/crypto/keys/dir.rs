@@ -124,8 +124,8 @@ fn pem_decode(text: &str, label: &str) -> Option<Vec<u8>> {
     STANDARD.decode(body).ok()
 }
 
-/// Writes `bytes` to a temporary file of a random name, syncs it, and renames it over
-/// `name`: readers see the old file or the new one, never a part.
+/// Writes `bytes` to a private (0600) temporary file of a random name, syncs it, and
+/// renames it over `name`: readers see the old file or the new one, never a part.
 pub(crate) fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), KeyError> {
     use std::io::Write as _;
     let path = dir.join(name);
@@ -133,7 +133,11 @@ pub(crate) fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), K
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
         .map_err(|_| KeyError::Generate)?;
     let tmp = dir.join(format!(".{name}.{}", crate::crypto::b64url(&nonce)));
-    let written = fs::File::create(&tmp).and_then(|mut file| {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options.open(&tmp).and_then(|mut file| {
         file.write_all(bytes)?;
         file.sync_all()
     });
