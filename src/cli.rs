@@ -240,13 +240,31 @@ pub fn run() -> ExitCode {
                 let stored = store.set_epoch(&epoch, &event).await;
                 // Through Redis when configured, so that every instance refuses the
                 // access tokens at once (else within the epoch reload).
+                // The epoch is in force already: a failure here is a warning.
                 if let Ok(stored) = &stored {
-                    let metrics = Arc::new(crate::metrics::Metrics::new()?);
-                    let shared =
-                        crate::startup::open_shared(&settings, Arc::clone(&store), metrics)?;
-                    shared
-                        .announce_epoch(stored.scope(), stored.not_before.unix_timestamp())
-                        .await;
+                    let shared = crate::metrics::Metrics::new()
+                        .map_err(|e| e.to_string())
+                        .and_then(|metrics| {
+                            crate::startup::open_shared(
+                                &settings,
+                                Arc::clone(&store),
+                                Arc::new(metrics),
+                            )
+                            .map_err(|e| e.to_string())
+                        });
+                    match shared {
+                        Ok(shared) => {
+                            shared
+                                .announce_epoch(
+                                    stored.scope(),
+                                    stored.not_before.unix_timestamp(),
+                                )
+                                .await;
+                        }
+                        Err(e) => eprintln!(
+                            "token-issuer: warning: the epoch is in force, but not announced through redis ({e}): instances refuse the access tokens within 2 s"
+                        ),
+                    }
                 }
                 store.close().await;
                 let stored = stored?;
@@ -318,6 +336,7 @@ fn keys_command(
     use crate::crypto::keyring;
     use crate::service::keys::{LIFETIMES, key_size};
     let dir = &settings.keys_dir;
+    owner_only(dir)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let size = |bits: u32| {
         key_size(bits).ok_or_else(|| format!("--bits {bits}: expected 2048, 3072 or 4096"))
@@ -425,6 +444,25 @@ fn keys_command(
                     when(k.not_after)
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// The key commands write files that only their owner can read (0600): run by another
+/// user (root, say), they would leave keys the service cannot read. Refused then.
+fn owner_only(dir: &std::path::Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        if let (Ok(d), Ok(me)) = (std::fs::metadata(dir), std::fs::metadata("/proc/self"))
+            && d.uid() != me.uid()
+        {
+            return Err(format!(
+                "run the key commands as the owner of {} (uid {}), the user the service runs as: the files they write are readable by their owner only",
+                dir.display(),
+                d.uid()
+            ));
         }
     }
     Ok(())

@@ -131,7 +131,16 @@ struct KeyPair {
 /// the files change (`reload`).
 pub struct RefreshKeys {
     keys: RwLock<Arc<KeyPair>>,
+    /// The key directory, when the keys came from one: a token of an unknown key id
+    /// makes `open` re-read it first (at most every `UNKNOWN_KEY_RELOAD`), so that an
+    /// instance that has not reloaded yet accepts a token another instance minted
+    /// under a new key.
+    dir: Option<std::path::PathBuf>,
+    last_reload: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a token of an unknown key id may make `open` re-read the key files.
+const UNKNOWN_KEY_RELOAD: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What `rotate_files` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,16 +153,40 @@ pub enum KeyChange {
 }
 
 /// Reads the two secrets of `keys_dir`: the current one (created on first start when
-/// `create`), and the previous one when it is there.
-fn read_secrets(keys_dir: &Path) -> Result<(Vec<u8>, Option<Vec<u8>>), KeyError> {
-    let current = read_or_create_secret_file(&keys_dir.join(CURRENT_FILE))?;
-    let previous_path = keys_dir.join(PREVIOUS_FILE);
-    let previous = if previous_path.exists() {
-        Some(read_or_create_secret_file(&previous_path)?)
+/// `create`; else it must be there), and the previous one when it is there. Nothing is
+/// written unless `create`.
+fn read_secrets(keys_dir: &Path, create: bool) -> Result<(Vec<u8>, Option<Vec<u8>>), KeyError> {
+    let current_path = keys_dir.join(CURRENT_FILE);
+    let current = if create {
+        read_or_create_secret_file(&current_path)?
     } else {
-        None
+        read_secret_file(&current_path)?.ok_or_else(|| KeyError::Io {
+            path: current_path.clone(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?
     };
+    let previous = read_secret_file(&keys_dir.join(PREVIOUS_FILE))?;
     Ok((current, previous))
+}
+
+/// A secret file's bytes; `None` when there is no such file.
+fn read_secret_file(path: &Path) -> Result<Option<Vec<u8>>, KeyError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .ok()
+            .filter(|bytes| bytes.len() >= 32)
+            .map(Some)
+            .ok_or_else(|| KeyError::Invalid {
+                path: path.to_owned(),
+                reason: "expected at least 32 bytes, base64".into(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(KeyError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Changes the refresh-token key of `keys_dir` (see the module docs), under the key
@@ -162,7 +195,7 @@ fn read_secrets(keys_dir: &Path) -> Result<(Vec<u8>, Option<Vec<u8>>), KeyError>
 /// emergency).
 pub fn rotate_files(keys_dir: &Path, change: KeyChange) -> Result<(), KeyError> {
     locked(keys_dir, || {
-        let (current, _) = read_secrets(keys_dir)?;
+        let (current, _) = read_secrets(keys_dir, false)?;
         let mut fresh = [0u8; 32];
         SystemRandom::new()
             .fill(&mut fresh)
@@ -194,20 +227,24 @@ impl RefreshKeys {
     /// Reads `refresh-hmac.key` from the key directory (creating it on first start)
     /// and `refresh-hmac.previous.key` when it is there.
     pub fn load_or_create(keys_dir: &Path) -> Result<Self, KeyError> {
-        let (current, previous) = read_secrets(keys_dir)?;
-        Ok(Self::from_secrets(&current, previous.as_deref()))
+        let (current, previous) = read_secrets(keys_dir, true)?;
+        let mut keys = Self::from_secrets(&current, previous.as_deref());
+        keys.dir = Some(keys_dir.to_owned());
+        Ok(keys)
     }
 
     pub fn from_secrets(current: &[u8], previous: Option<&[u8]>) -> Self {
         Self {
             keys: RwLock::new(Arc::new(KeyPair::new(current, previous))),
+            dir: None,
+            last_reload: std::sync::Mutex::new(None),
         }
     }
 
-    /// Re-reads the files of `keys_dir`; swaps the keys in when they changed. Returns
-    /// whether they did.
+    /// Re-reads the files of `keys_dir` (never writing them); swaps the keys in when
+    /// they changed. Returns whether they did.
     pub fn reload(&self, keys_dir: &Path) -> Result<bool, KeyError> {
-        let (current, previous) = read_secrets(keys_dir)?;
+        let (current, previous) = read_secrets(keys_dir, false)?;
         if self.pair().read == (current.clone(), previous.clone()) {
             return Ok(false);
         }
@@ -226,8 +263,34 @@ impl RefreshKeys {
     }
 
     /// What `token` is: minted by one of our keys, of the earlier format, or not ours.
+    /// A token of a key id this instance does not hold makes it re-read the key files
+    /// first (another instance may have rotated, and minted, already).
     pub fn open(&self, token: &Secret) -> Opened {
-        self.pair().open(token)
+        let opened = self.pair().open(token);
+        if opened != Opened::UnknownKey {
+            return opened;
+        }
+        let Some(dir) = &self.dir else {
+            return opened;
+        };
+        {
+            let mut last = self
+                .last_reload
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < UNKNOWN_KEY_RELOAD) {
+                return opened;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        match self.reload(dir) {
+            Ok(true) => self.pair().open(token),
+            Ok(false) => opened,
+            Err(e) => {
+                tracing::error!(error = %e, "re-reading the refresh-token key failed");
+                opened
+            }
+        }
     }
 }
 
@@ -432,5 +495,27 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn an_instance_that_has_not_reloaded_yet_accepts_a_token_of_the_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = RefreshKeys::load_or_create(dir.path()).unwrap();
+        let second = RefreshKeys::load_or_create(dir.path()).unwrap();
+        rotate_files(dir.path(), KeyChange::Calm).unwrap();
+        assert!(first.reload(dir.path()).unwrap());
+        let family = Uuid::new_v4();
+        let token = first.mint(family, 5);
+        assert_eq!(
+            second.open(&token),
+            Opened::Minted(Minted {
+                family,
+                generation: 5
+            })
+        );
+        // A key id nobody holds stays unknown, and re-reading is rate-limited.
+        let stranger = keys(9, None).mint(family, 5);
+        assert_eq!(second.open(&stranger), Opened::UnknownKey);
+        assert_eq!(second.open(&stranger), Opened::UnknownKey);
     }
 }

@@ -47,8 +47,20 @@ impl Issuer {
         }
     }
 
-    /// One check: rotate if due, then pick up whatever the ring says now.
+    /// One check: the refresh-token key, then rotate the signing keys if due and pick
+    /// up whatever the ring says now.
     pub async fn refresh_keys(&self) -> Result<(), KeyError> {
+        // First, and whatever happens to the signing keys: after an emergency rotation
+        // an instance must not go on with the old key unnoticed.
+        match self.refresh_keys.reload(self.keys.dir()) {
+            Ok(true) => {
+                tracing::warn!(target: "security", event = "refresh_key_changed", "the refresh-token key changed: tokens are minted under the new key");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(target: "security", event = "refresh_key_reload_failed", error = %e, "the refresh-token key could not be re-read: this instance keeps the key it has");
+            }
+        }
         let now = self.now().unix_timestamp();
         let dir = self.keys.dir().to_owned();
         if let Some(interval) = self.key_rotation_interval {
@@ -72,12 +84,6 @@ impl Issuer {
             .map_err(|_| KeyError::Generate)??;
         if let Some(kid) = changed {
             tracing::info!(target: "security", event = "signing_key_changed", kid = %kid);
-        }
-        let dir = self.keys.dir().to_owned();
-        // Two files of a few bytes: read in place.
-        let refresh = self.refresh_keys.reload(&dir)?;
-        if refresh {
-            tracing::warn!(target: "security", event = "refresh_key_changed", "the refresh-token key changed: tokens are minted under the new key");
         }
         Ok(())
     }

@@ -226,7 +226,12 @@ impl RedisLink {
             .arg(self.key("epoch:*"))
             .cmd("GET")
             .arg(self.key(&format!("epoch:{client_id}")));
-        self.bounded(pipe.query_async(&mut conn), "check").await
+        // Read as text: a value that is not a number (written by hand) is ignored,
+        // not taken for Redis failing.
+        let (denied, every, own): (bool, Option<String>, Option<String>) =
+            self.bounded(pipe.query_async(&mut conn), "check").await?;
+        let number = |v: Option<String>| v.and_then(|v| v.parse().ok());
+        Some((denied, number(every), number(own)))
     }
 
     /// Writes an epoch of `scope` (its `not_before`, unix seconds) for `ttl` and
