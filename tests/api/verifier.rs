@@ -364,3 +364,36 @@ async fn the_verifier_revalidates_by_etag_and_rides_out_an_issuer_outage() {
     }
     verifier.verify(&t.access).await.unwrap();
 }
+
+/// After `keys roll --compromised`, a running verifier accepts the removed key's tokens
+/// only until its next JWKS fetch (the window the README documents); the first token
+/// of the key that signs now (an unknown `kid`) makes it fetch, and from then on the
+/// removed key's tokens are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_an_emergency_roll_the_verifier_refuses_the_removed_key_from_its_next_fetch() {
+    let app = issuer_at_its_own_url(Backend::Sqlite).await;
+    let mut cfg = config(&app);
+    cfg.max_cache_age = Duration::from_secs(3600);
+    cfg.unknown_kid_interval = Duration::from_secs(1);
+    let verifier = Verifier::discover(cfg).await.unwrap();
+    let (_, old) = app.signed_in().await;
+    verifier.verify(&old.access).await.unwrap();
+    let compromised = segment(&old.access, 0)["kid"].as_str().unwrap().to_owned();
+
+    let roll =
+        keyring::roll_compromised(&app.keys_dir(), &compromised, now(&app), KeySize::Rsa2048)
+            .unwrap();
+    // Until the verifier fetches the JWKS again, its cached copy still has the key.
+    verifier.verify(&old.access).await.unwrap();
+    eventually("the issuer signs with the key that replaced it", || async {
+        let t = app.signed_in().await.1;
+        segment(&t.access, 0)["kid"] == roll.active.as_str()
+    })
+    .await;
+    let fresh = app.signed_in().await.1;
+    verifier.verify(&fresh.access).await.unwrap();
+    refused(
+        verifier.verify(&old.access).await,
+        "a token of the removed key",
+    );
+}
