@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::domain::user::User;
 use crate::store::engine::Presented;
 use crate::store::{
-    AuditEvent, FamilyInfo, RefreshTokenState, StoreError, UserWithHash, audit_kind,
+    AuditEvent, Epoch, FamilyInfo, RefreshTokenState, StoreError, UserWithHash, audit_kind,
 };
 
 #[derive(FromRow)]
@@ -164,5 +164,21 @@ impl AuditRecord {
             detail: self.detail,
             actor_id: self.actor_id,
         })
+    }
+}
+
+/// A `session_epochs` row: scope, `not_before`, reason, set by, set at.
+pub(super) type EpochRow = (String, OffsetDateTime, String, String, OffsetDateTime);
+
+/// The columns of an `EpochRow`.
+pub(super) const EPOCH_COLUMNS: &str = "client_id, not_before, reason, set_by, set_at";
+
+pub(super) fn epoch((scope, not_before, reason, set_by, set_at): EpochRow) -> Epoch {
+    Epoch {
+        client_id: Epoch::client_of_scope(scope),
+        not_before,
+        reason,
+        set_by,
+        set_at,
     }
 }

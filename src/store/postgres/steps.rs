@@ -450,26 +450,14 @@ impl Steps for Transaction<'_, Postgres> {
         .execute(&mut **self)
         .await
         .map_err(classify)?;
-        let (scope, not_before, reason, set_by, set_at): (
-            String,
-            OffsetDateTime,
-            String,
-            String,
-            OffsetDateTime,
-        ) = sqlx::query_as(
-            "SELECT client_id, not_before, reason, set_by, set_at FROM session_epochs
-             WHERE client_id = $1",
-        )
+        let row: super::rows::EpochRow = sqlx::query_as(&format!(
+            "SELECT {} FROM session_epochs WHERE client_id = $1",
+            super::rows::EPOCH_COLUMNS
+        ))
         .bind(epoch.scope())
         .fetch_one(&mut **self)
         .await
         .map_err(classify)?;
-        Ok(Epoch {
-            client_id: Epoch::client_of_scope(scope),
-            not_before,
-            reason,
-            set_by,
-            set_at,
-        })
+        Ok(super::rows::epoch(row))
     }
 }

@@ -25,22 +25,14 @@ impl Store for PgStore {
     }
 
     async fn epochs(&self) -> Result<Vec<Epoch>, StoreError> {
-        let rows: Vec<(String, OffsetDateTime, String, String, OffsetDateTime)> = sqlx::query_as(
-            "SELECT client_id, not_before, reason, set_by, set_at FROM session_epochs",
-        )
+        let rows: Vec<super::rows::EpochRow> = sqlx::query_as(&format!(
+            "SELECT {} FROM session_epochs",
+            super::rows::EPOCH_COLUMNS
+        ))
         .fetch_all(&self.pool)
         .await
         .map_err(classify)?;
-        Ok(rows
-            .into_iter()
-            .map(|(scope, not_before, reason, set_by, set_at)| Epoch {
-                client_id: Epoch::client_of_scope(scope),
-                not_before,
-                reason,
-                set_by,
-                set_at,
-            })
-            .collect())
+        Ok(rows.into_iter().map(super::rows::epoch).collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::domain::user::User;
 use crate::store::engine::Presented;
 use crate::store::{
-    AuditEvent, FamilyInfo, RefreshTokenState, StoreError, UserWithHash, audit_kind,
+    AuditEvent, Epoch, FamilyInfo, RefreshTokenState, StoreError, UserWithHash, audit_kind,
 };
 
 pub(super) fn classify(e: sqlx::Error) -> StoreError {
@@ -201,4 +201,22 @@ impl AuditRecord {
             actor_id: id(self.actor_id)?,
         })
     }
+}
+
+/// A `session_epochs` row: scope, `not_before`, reason, set by, set at.
+pub(super) type EpochRow = (String, i64, String, String, i64);
+
+/// The columns of an `EpochRow`.
+pub(super) const EPOCH_COLUMNS: &str = "client_id, not_before, reason, set_by, set_at";
+
+pub(super) fn epoch(
+    (scope, not_before, reason, set_by, set_at): EpochRow,
+) -> Result<Epoch, StoreError> {
+    Ok(Epoch {
+        client_id: Epoch::client_of_scope(scope),
+        not_before: from_ms(not_before)?,
+        reason,
+        set_by,
+        set_at: from_ms(set_at)?,
+    })
 }

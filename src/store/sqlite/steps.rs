@@ -7,8 +7,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::rows::{
-    FAMILY_COLUMNS, FamilyRecord, GenerationRecord, PresentedRecord, STATE_COLUMNS, classify,
-    from_ms, ms, uuid,
+    self, EPOCH_COLUMNS, EpochRow, FAMILY_COLUMNS, FamilyRecord, GenerationRecord, PresentedRecord,
+    STATE_COLUMNS, classify, ms, uuid,
 };
 use crate::domain::family::RevokeReason;
 use crate::store::engine::{Presented, Revoked, Steps, TokenOwner};
@@ -420,21 +420,13 @@ impl Steps for Transaction<'_, Sqlite> {
         .execute(&mut **self)
         .await
         .map_err(classify)?;
-        let (scope, not_before, reason, set_by, set_at): (String, i64, String, String, i64) =
-            sqlx::query_as(
-                "SELECT client_id, not_before, reason, set_by, set_at FROM session_epochs
-                 WHERE client_id = ?1",
-            )
-            .bind(epoch.scope())
-            .fetch_one(&mut **self)
-            .await
-            .map_err(classify)?;
-        Ok(Epoch {
-            client_id: Epoch::client_of_scope(scope),
-            not_before: from_ms(not_before)?,
-            reason,
-            set_by,
-            set_at: from_ms(set_at)?,
-        })
+        let row: EpochRow = sqlx::query_as(&format!(
+            "SELECT {EPOCH_COLUMNS} FROM session_epochs WHERE client_id = ?1"
+        ))
+        .bind(epoch.scope())
+        .fetch_one(&mut **self)
+        .await
+        .map_err(classify)?;
+        rows::epoch(row)
     }
 }

@@ -6,7 +6,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::rows::{
-    AuditRecord, FAMILY_COLUMNS, TokenStateRecord, UserRecord, classify, from_ms, ms, uuid,
+    AuditRecord, EPOCH_COLUMNS, EpochRow, FAMILY_COLUMNS, TokenStateRecord, UserRecord, classify,
+    from_ms, ms, uuid,
 };
 use super::{SWEEP_CHUNK, SWEEP_PAGE, SqliteStore};
 use crate::crypto::refresh::TokenHash;
@@ -30,23 +31,12 @@ impl Store for SqliteStore {
     }
 
     async fn epochs(&self) -> Result<Vec<Epoch>, StoreError> {
-        let rows: Vec<(String, i64, String, String, i64)> = sqlx::query_as(
-            "SELECT client_id, not_before, reason, set_by, set_at FROM session_epochs",
-        )
-        .fetch_all(&self.reader)
-        .await
-        .map_err(classify)?;
-        rows.into_iter()
-            .map(|(scope, not_before, reason, set_by, set_at)| {
-                Ok(Epoch {
-                    client_id: Epoch::client_of_scope(scope),
-                    not_before: from_ms(not_before)?,
-                    reason,
-                    set_by,
-                    set_at: from_ms(set_at)?,
-                })
-            })
-            .collect()
+        let rows: Vec<EpochRow> =
+            sqlx::query_as(&format!("SELECT {EPOCH_COLUMNS} FROM session_epochs"))
+                .fetch_all(&self.reader)
+                .await
+                .map_err(classify)?;
+        rows.into_iter().map(super::rows::epoch).collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
