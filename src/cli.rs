@@ -68,11 +68,12 @@ enum KeysAction {
         bits: u32,
     },
     /// Emergency: remove a compromised key from the ring and the JWKS now, with no
-    /// grace. If it signed, the next key signs from now on (a new key if there is
-    /// none); a new next key is published. Tokens it signed are refused at once.
+    /// grace. If it signed, a new key signs from now on (a `kid` no verifier has
+    /// cached, so verifiers refetch the JWKS); if it was the next key, a new next key
+    /// is published. Tokens it signed are refused within 2 s.
     Roll {
-        /// The kid of the compromised key.
-        #[arg(long)]
+        /// The kid of the compromised key (a kid may begin with `-`: base64url).
+        #[arg(long, allow_hyphen_values = true)]
         compromised: String,
         /// Why, for the audit log.
         #[arg(long)]
@@ -97,7 +98,11 @@ enum KeysAction {
     /// List the keys: kid, state, created, not-after.
     List,
     /// Drop a next key, or end a retired key's publication now.
-    Retire { kid: String },
+    Retire {
+        /// The kid (it may begin with `-`: base64url).
+        #[arg(allow_hyphen_values = true)]
+        kid: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -229,15 +234,18 @@ pub fn run() -> ExitCode {
                     before,
                     reason,
                 };
-                let (epoch, event) = crate::service::incident::plan(
+                // The store first (it may run migrations): the default instant is
+                // taken just before the write.
+                let store = open_store(&settings).await?;
+                let stored = crate::service::incident::commit(
+                    store.as_ref(),
                     request,
                     |c| settings.clients.iter().any(|k| k.id == c),
                     "cli",
                     None,
-                    time::OffsetDateTime::now_utc(),
-                )?;
-                let store = open_store(&settings).await?;
-                let stored = store.set_epoch(&epoch, &event).await;
+                    time::OffsetDateTime::now_utc,
+                )
+                .await;
                 // Through Redis when configured, so that every instance refuses the
                 // access tokens at once (else within the epoch reload).
                 // The epoch is in force already: a failure here is a warning.
@@ -368,6 +376,12 @@ fn keys_command(
         } => {
             let reason = crate::service::incident::checked_reason(reason)?;
             let roll = keyring::roll_compromised(dir, compromised, now, size(*bits)?)?;
+            if let Some((path, e)) = &roll.left_behind {
+                eprintln!(
+                    "token-issuer: warning: {} could not be deleted ({e}): no instance uses it any more; delete it by hand",
+                    path.display()
+                );
+            }
             println!(
                 "removed {} ({})\nactive  {}\nnext    {}\n\
                  every instance refuses its tokens within {} s; the JWKS is cached for {} s \
@@ -470,25 +484,95 @@ fn owner_only(dir: &std::path::Path) -> Result<(), String> {
 
 /// Writes a CLI change of the keys to the audit log; the change stands even when the
 /// database cannot be reached (a warning says so).
+/// After a key command changed the key files: its audit row, and with Redis an
+/// announcement, so that running instances re-read the files at once rather than at
+/// their next reload. Either failing is a warning: the change is made.
 fn record_cli_event(settings: &Settings, event: &crate::domain::audit::AuditEvent) {
-    let recorded = tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| {
-            rt.block_on(async {
-                let store = open_store(settings).await.map_err(|e| e.to_string())?;
-                let result = store.record_audit(event).await.map_err(|e| e.to_string());
-                store.close().await;
-                result
-            })
-        });
-    if let Err(e) = recorded {
-        eprintln!("token-issuer: warning: the keys changed but it is not in the audit log: {e}");
-    }
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!(
+                "token-issuer: warning: the keys changed but it is not in the audit log: {e}"
+            );
+            return;
+        }
+    };
+    runtime.block_on(async {
+        let store = match open_store(settings).await {
+            Ok(store) => store,
+            Err(e) => {
+                eprintln!("token-issuer: warning: the keys changed but it is not in the audit log: {e}");
+                return;
+            }
+        };
+        if let Err(e) = store.record_audit(event).await {
+            eprintln!("token-issuer: warning: the keys changed but it is not in the audit log: {e}");
+        }
+        if settings.redis_url.is_some() {
+            let announced = match crate::metrics::Metrics::new() {
+                Ok(metrics) => {
+                    match crate::startup::open_shared(settings, Arc::clone(&store), Arc::new(metrics)) {
+                        Ok(shared) => shared.announce_keys().await,
+                        Err(_) => false,
+                    }
+                }
+                Err(_) => false,
+            };
+            if !announced {
+                eprintln!(
+                    "token-issuer: warning: the change was not announced through redis: instances pick it up within {} s",
+                    crate::crypto::keyring::RELOAD_INTERVAL.as_secs()
+                );
+            }
+        }
+        store.close().await;
+    });
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("token-issuer: {e}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::{Cli, Command, KeysAction};
+
+    /// A kid is base64url: about one in 64 begins with `-`, and must not be taken for
+    /// a flag (an operator rolling such a key at 3 a.m. got "unexpected argument").
+    #[test]
+    fn a_kid_that_begins_with_a_hyphen_is_a_kid() {
+        let kid = "-DbIuu2PEALREfyD5n6uSXdc7920Rm8mS9KbYgKIuhM";
+        let roll = Cli::try_parse_from([
+            "token-issuer",
+            "keys",
+            "roll",
+            "--compromised",
+            kid,
+            "--reason",
+            "r",
+        ]);
+        assert!(
+            matches!(
+                roll.as_ref().map(|c| &c.command),
+                Ok(Some(Command::Keys { action: KeysAction::Roll { compromised, .. } })) if compromised == kid
+            ),
+            "{:?}",
+            roll.err()
+        );
+        let retire = Cli::try_parse_from(["token-issuer", "keys", "retire", kid]);
+        assert!(
+            matches!(
+                retire.as_ref().map(|c| &c.command),
+                Ok(Some(Command::Keys { action: KeysAction::Retire { kid: k } })) if k == kid
+            ),
+            "{:?}",
+            retire.err()
+        );
+    }
 }

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use prometheus::core::Collector;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::domain::family::{GrantRejection, RevokeReason};
@@ -43,14 +44,19 @@ pub struct Metrics {
     pub reuse_detections: IntCounter,
     pub families_moved_forward: IntCounter,
     pub sessions_revoked_all: IntCounter,
+    key_changes: IntCounterVec,
+    key_reload_failures: IntCounterVec,
     pub tokens_issued: IntCounter,
     pub rate_limited: IntCounter,
     pub db_errors: IntCounter,
     pub redis_errors: IntCounter,
 }
 
+/// The keys an instance re-reads: the signing key ring, and the refresh-token MAC key.
+pub const KEYS: [&str; 2] = ["signing", "refresh"];
+
 /// Values read at scrape time.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Gauges {
     /// Live sessions, or `None` when the database did not answer.
     pub active_families: Option<u64>,
@@ -59,6 +65,14 @@ pub struct Gauges {
     pub argon2_queue_capacity: u64,
     /// 1 when Redis answers, 0 when configured and not, `None` when not configured.
     pub redis_up: Option<u64>,
+    /// Each revocation epoch this instance enforces: its scope (a client id, `*` for
+    /// all) and `not_before` in unix seconds.
+    pub epochs: Vec<(String, i64)>,
+    /// The JWKS `Cache-Control: max-age` served now (short after an emergency roll).
+    pub jwks_max_age: u64,
+    /// 1 while the last re-read of the key files failed (this instance may not follow
+    /// a key change made elsewhere).
+    pub keys_stale: u64,
 }
 
 /// Registers `metric` with `registry` and hands it back.
@@ -148,7 +162,19 @@ impl Metrics {
             sessions_revoked_all: counter(
                 &r,
                 "issuer_sessions_revoked_all_total",
-                "Revocation epochs set (`sessions revoke-all`, or the admin API): every session of a scope ended at once.",
+                "Revocation epochs set through the admin API on this instance (the CLI's are audited, and seen in issuer_revocation_epoch_seconds).",
+            )?,
+            key_changes: counter_vec(
+                &r,
+                "issuer_key_changes_total",
+                "Key changes this instance took in when it re-read the key files (a rotation, a roll, a refresh-key change, wherever it was made), by key.",
+                &["key"],
+            )?,
+            key_reload_failures: counter_vec(
+                &r,
+                "issuer_key_reload_failures_total",
+                "Re-reads of the key files that failed, by key (the instance keeps the keys it has).",
+                &["key"],
             )?,
             rate_limited: counter(
                 &r,
@@ -175,6 +201,10 @@ impl Metrics {
         for reason in GrantRejection::OF_REFRESH {
             metrics.refresh_refused.with_label_values(&[reason.code()]);
         }
+        for key in KEYS {
+            metrics.key_changes.with_label_values(&[key]);
+            metrics.key_reload_failures.with_label_values(&[key]);
+        }
         Ok(metrics)
     }
 
@@ -195,6 +225,16 @@ impl Metrics {
     /// A refresh token refused, and why (`reused`, `revoked`, `expired`, ...).
     pub fn refresh_refused(&self, reason: &str) {
         self.refresh_refused.with_label_values(&[reason]).inc();
+    }
+
+    /// This instance took in a change of `key` (one of `KEYS`).
+    pub fn key_changed(&self, key: &str) {
+        self.key_changes.with_label_values(&[key]).inc();
+    }
+
+    /// This instance could not re-read `key` (one of `KEYS`).
+    pub fn key_reload_failed(&self, key: &str) {
+        self.key_reload_failures.with_label_values(&[key]).inc();
     }
 
     /// The text exposition format: the counters, and `gauges` as read now (a gauge
@@ -225,6 +265,17 @@ impl Metrics {
                 Some(gauges.argon2_queue_capacity),
             ),
             gauge("issuer_redis_up", "1 when Redis answers.", gauges.redis_up),
+            gauge(
+                "issuer_jwks_max_age_seconds",
+                "The JWKS Cache-Control max-age served now (30 for an hour after an emergency key roll).",
+                Some(gauges.jwks_max_age),
+            ),
+            gauge(
+                "issuer_keys_stale",
+                "1 while the last re-read of the key files failed: this instance may miss a key change (and is not ready).",
+                Some(gauges.keys_stale),
+            ),
+            epoch_gauges(&now, &gauges.epochs),
         ];
         if let Some(Err(e)) = read.into_iter().find(Result::is_err) {
             tracing::error!(error = %e, "a gauge could not be registered");
@@ -237,6 +288,24 @@ impl Metrics {
         }
         out
     }
+}
+
+/// `issuer_revocation_epoch_seconds{client_id}`: one series per epoch in force.
+fn epoch_gauges(registry: &Registry, epochs: &[(String, i64)]) -> prometheus::Result<()> {
+    let vec = registered(
+        registry,
+        IntGaugeVec::new(
+            Opts::new(
+                "issuer_revocation_epoch_seconds",
+                "The revocation epochs this instance enforces: sessions of the client (`*`: every client) created before this unix time are refused.",
+            ),
+            &["client_id"],
+        ),
+    )?;
+    for (scope, not_before) in epochs {
+        vec.with_label_values(&[scope]).set(*not_before);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -258,6 +327,9 @@ mod tests {
             argon2_queue_depth: 2,
             argon2_queue_capacity: 256,
             redis_up: None,
+            epochs: vec![("*".into(), 1_700_000_000), ("dev".into(), 1_700_000_100)],
+            jwks_max_age: 30,
+            keys_stale: 0,
         });
         let has = |line: &str| assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
         has("issuer_http_requests_total{operation=\"token\",status=\"200\"} 2");
@@ -271,6 +343,10 @@ mod tests {
         has("issuer_logins_total 0");
         has("issuer_argon2_queue_capacity 256");
         has("issuer_active_families 7");
+        has("issuer_revocation_epoch_seconds{client_id=\"*\"} 1700000000");
+        has("issuer_revocation_epoch_seconds{client_id=\"dev\"} 1700000100");
+        has("issuer_jwks_max_age_seconds 30");
+        has("issuer_key_changes_total{key=\"refresh\"} 0");
         assert!(!text.contains("issuer_redis_up"));
     }
 }

@@ -22,14 +22,19 @@ pub struct Health {
     /// Readiness only; never makes the service unready.
     #[oai(skip_serializing_if_is_none)]
     pub redis: Option<String>,
+    /// The key files: `ok`, or `stale` (the last re-read of the signing key ring or
+    /// of the refresh-token key failed: this instance keeps the keys it has, and is
+    /// not ready). Readiness only.
+    #[oai(skip_serializing_if_is_none)]
+    pub keys: Option<String>,
 }
 
 #[derive(ApiResponse)]
 pub enum ReadyResponse {
-    /// The database answers (Redis may be degraded).
+    /// The database answers and the key files were read (Redis may be degraded).
     #[oai(status = 200)]
     Ready(Json<Health>),
-    /// The database does not answer.
+    /// The database does not answer, or the key files could not be re-read.
     #[oai(status = 503)]
     Unavailable(Json<Health>, #[oai(header = "Retry-After")] u32),
 }
@@ -58,34 +63,47 @@ impl HealthApi {
             status: "ok".into(),
             database: None,
             redis: None,
+            keys: None,
         })
     }
 
     /// Readiness
     ///
-    /// The database answers a query (503 with `Retry-After` when not). Redis is
-    /// reported (`ok`, `degraded`, `disabled`), but a Redis that is down does not make
-    /// the service unready: it works on without it.
+    /// The database answers a query, and the last re-read of the key files worked
+    /// (503 with `Retry-After` when not: an instance that cannot read the key files
+    /// would miss an emergency key change made elsewhere). Redis is reported (`ok`,
+    /// `degraded`, `disabled`), but a Redis that is down does not make the service
+    /// unready: it works on without it.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, issuer: Data<&Arc<Issuer>>) -> ReadyResponse {
         let redis = Some(issuer.redis_status().as_str().to_owned());
-        match issuer.ready().await {
-            Ok(()) => ReadyResponse::Ready(Json(Health {
-                status: "ready".into(),
-                database: Some("ok".into()),
-                redis,
-            })),
-            Err(e) => {
-                tracing::warn!(error = %e, "readiness check failed");
-                ReadyResponse::Unavailable(
-                    Json(Health {
-                        status: "unavailable".into(),
-                        database: Some("unreachable".into()),
-                        redis,
-                    }),
-                    2,
-                )
+        let database = issuer.ready().await;
+        if let Err(e) = &database {
+            tracing::warn!(error = %e, "readiness check failed");
+        }
+        let stale = issuer.key_reads.stale();
+        let health = Health {
+            status: if database.is_ok() && !stale {
+                "ready"
+            } else {
+                "unavailable"
             }
+            .into(),
+            database: Some(
+                if database.is_ok() {
+                    "ok"
+                } else {
+                    "unreachable"
+                }
+                .into(),
+            ),
+            redis,
+            keys: Some(if stale { "stale" } else { "ok" }.into()),
+        };
+        if database.is_ok() && !stale {
+            ReadyResponse::Ready(Json(health))
+        } else {
+            ReadyResponse::Unavailable(Json(health), 2)
         }
     }
 
@@ -94,7 +112,8 @@ impl HealthApi {
     /// Prometheus text format: requests by operation and status, latency histograms,
     /// logins, tokens issued, rotations, grace replays, reuse detections, revocations
     /// by reason, rate-limited requests, active sessions, the argon2 queue, database
-    /// and Redis errors. Unauthenticated and free of personal data; expose it to your
+    /// and Redis errors, the revocation epochs in force, key changes taken in and
+    /// failed key re-reads, the JWKS max-age. Unauthenticated and free of personal data; expose it to your
     /// scraper only.
     #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
     async fn metrics(&self, issuer: Data<&Arc<Issuer>>) -> MetricsOk {

@@ -137,6 +137,8 @@ pub struct RefreshKeys {
     /// under a new key.
     dir: Option<std::path::PathBuf>,
     last_reload: std::sync::Mutex<Option<std::time::Instant>>,
+    /// How many times the keys were swapped (by `reload`, or by `open`'s re-read).
+    swaps: std::sync::atomic::AtomicU64,
 }
 
 /// How often a token of an unknown key id may make `open` re-read the key files.
@@ -238,6 +240,7 @@ impl RefreshKeys {
             keys: RwLock::new(Arc::new(KeyPair::new(current, previous))),
             dir: None,
             last_reload: std::sync::Mutex::new(None),
+            swaps: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -250,7 +253,15 @@ impl RefreshKeys {
         }
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) =
             Arc::new(KeyPair::new(&current, previous.as_deref()));
+        self.swaps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// How many times the keys changed since they were loaded (whichever path
+    /// re-read them).
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn pair(&self) -> Arc<KeyPair> {

@@ -218,17 +218,19 @@ impl AuditEvent {
     }
 
     /// `client` is a client id or `all clients`; `actor` the admin, `None` from the CLI.
+    /// `by`: `cli`, or the admin's id (who is also the actor).
     pub fn sessions_revoked_all(
         at: OffsetDateTime,
         client: &str,
         not_before: &str,
+        by: &str,
         reason: &str,
         actor: Option<Uuid>,
     ) -> Self {
         Self {
             client_id: (client != "all clients").then(|| client.to_owned()),
             detail: Some(format!(
-                "{client}: sessions created and access tokens issued before {not_before}; reason: {reason}"
+                "{client}: sessions created and access tokens issued before {not_before}; by {by}; reason: {reason}"
             )),
             actor_id: actor,
             ..Self::new(at, AuditKind::SessionsRevokedAll)

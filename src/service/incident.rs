@@ -25,12 +25,19 @@
 //!   without it, the epoch begins at the next whole second after now, and the command
 //!   answers once that second has begun, so a session started after the answer is
 //!   never covered (one started in the command's last fraction of a second is: its
-//!   user signs in again).
+//!   user signs in again). Should the commit end after that second (a database slow
+//!   to answer), the epoch is written again with the next second (`commit`, a few
+//!   times at most): no session started between the instant and the commit escapes.
 //! - An epoch only moves forward: a `--before` earlier than the epoch in force
 //!   changes nothing (the answer shows the epoch in force).
 //! - A covered refresh token is answered `invalid_grant` with `error_reason`
-//!   `revoked`; the audit log holds the epoch with its reason and actor
-//!   (`sessions_revoked_all`), and `issuer_sessions_revoked_all_total` counts them.
+//!   `revoked`; the audit log holds the epoch with its reason and who set it (`cli`,
+//!   or the admin, also its actor) (`sessions_revoked_all`);
+//!   `issuer_sessions_revoked_all_total` counts those set through an instance's admin
+//!   API, and every instance shows the epochs it enforces as
+//!   `issuer_revocation_epoch_seconds{client_id}`.
+//! - A refused refresh of a session an epoch covers is not announced on the deny-list
+//!   (`Issuer::refused`): the epoch refuses its tokens everywhere already.
 
 use std::time::Duration;
 
@@ -86,7 +93,7 @@ pub fn plan(
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
     let scope = r.client_id.as_deref().unwrap_or("all clients").to_owned();
-    let event = AuditEvent::sessions_revoked_all(now, &scope, &instant, reason, actor);
+    let event = AuditEvent::sessions_revoked_all(now, &scope, &instant, set_by, reason, actor);
     let epoch = Epoch {
         client_id: r.client_id,
         not_before,
@@ -95,6 +102,38 @@ pub fn plan(
         set_at: now,
     };
     Ok((epoch, event))
+}
+
+/// How often `commit` writes an epoch of the default instant again after a commit
+/// that ended past it.
+const LATE_COMMIT_TRIES: usize = 3;
+
+/// Plans (see `plan`) and writes an epoch as of `now()`. With the default instant, a
+/// commit that ended at or after it is written again with an instant after the
+/// commit, up to `LATE_COMMIT_TRIES` times: sessions started between the first
+/// instant and its commit are covered too. Each write is audited.
+pub async fn commit(
+    store: &dyn crate::store::Store,
+    r: RevokeAll,
+    known_client: impl Fn(&str) -> bool,
+    set_by: &str,
+    actor: Option<Uuid>,
+    now: impl Fn() -> OffsetDateTime,
+) -> Result<Epoch, Error> {
+    let default_instant = r.before.is_none();
+    let mut tries = 0;
+    loop {
+        let (epoch, event) = plan(r.clone(), &known_client, set_by, actor, now())?;
+        let stored = store.set_epoch(&epoch, &event).await?;
+        tries += 1;
+        if !default_instant || now() < stored.not_before || tries >= LATE_COMMIT_TRIES {
+            return Ok(stored);
+        }
+        tracing::warn!(
+            not_before = stored.not_before.unix_timestamp(),
+            "the revocation epoch committed after its instant: written again with a later one"
+        );
+    }
 }
 
 /// A reason for the audit log: 1 to `REASON_MAX` characters, no control characters
@@ -129,14 +168,15 @@ impl Issuer {
         actor: Option<Uuid>,
         r: RevokeAll,
     ) -> Result<Epoch, Error> {
-        let (epoch, event) = plan(
+        let stored = commit(
+            self.store.as_ref(),
             r,
             |c| self.clients.contains_key(c),
             set_by,
             actor,
-            self.now(),
-        )?;
-        let stored = self.store.set_epoch(&epoch, &event).await?;
+            || self.now(),
+        )
+        .await?;
         self.shared
             .announce_epoch(stored.scope(), stored.not_before.unix_timestamp())
             .await;
@@ -173,10 +213,15 @@ impl Issuer {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match self.store.epochs().await {
-                Ok(epochs) => self.shared.merge_epochs(&epochs),
-                Err(e) => tracing::warn!(error = %e, "reading the revocation epochs failed"),
-            }
+            self.watch_epochs_once().await;
+        }
+    }
+
+    /// One re-read of the epochs from the database.
+    pub async fn watch_epochs_once(&self) {
+        match self.store.epochs().await {
+            Ok(epochs) => self.shared.merge_epochs(&epochs),
+            Err(e) => tracing::warn!(error = %e, "reading the revocation epochs failed"),
         }
     }
 }

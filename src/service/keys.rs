@@ -1,15 +1,40 @@
 //! Keeping the signing keys current: every instance re-reads the key ring every
 //! `RELOAD_INTERVAL`, and with `key_rotation_interval` set, rotates it when due (see
 //! `crypto::keyring` for why exactly one instance does).
+//!
+//! Each change an instance takes in is counted (`issuer_key_changes_total{key}`), each
+//! failed re-read too (`issuer_key_reload_failures_total{key}`); while the last re-read
+//! of either key failed, the instance is not ready (`/readyz` answers 503 with `keys:
+//! "stale"`): after an emergency roll made elsewhere, an instance that cannot read the
+//! new files would go on accepting what the roll was meant to refuse. It keeps the keys
+//! it has meanwhile, so a load balancer that keeps it in rotation gets a working, if
+//! stale, instance.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use aws_lc_rs::rsa::KeySize;
 
 use super::Issuer;
 use crate::crypto::keyring::{self, Lifetimes, PUBLISH_AHEAD, RELOAD_INTERVAL, Rotation};
-use crate::crypto::keys::KeyError;
+use crate::crypto::keys::{KeyError, Reload};
 use crate::store::AuditEvent;
+
+/// Whether the last re-read of each key failed.
+#[derive(Debug, Default)]
+pub(crate) struct KeyReads {
+    signing: AtomicBool,
+    refresh: AtomicBool,
+    /// The refresh-key swaps counted so far (`RefreshKeys::swaps`).
+    refresh_swaps_counted: AtomicU64,
+}
+
+impl KeyReads {
+    /// Whether the last re-read of either key failed.
+    pub(crate) fn stale(&self) -> bool {
+        self.signing.load(Ordering::Relaxed) || self.refresh.load(Ordering::Relaxed)
+    }
+}
 
 /// The longest an access token can live, plus the largest clock leeway: how long a
 /// retired key must stay published.
@@ -35,12 +60,18 @@ pub fn key_size(bits: u32) -> Option<KeySize> {
 }
 
 impl Issuer {
-    /// Runs until the process stops.
+    /// Runs until the process stops: every `RELOAD_INTERVAL`, and at once when a key
+    /// command announced a change through Redis.
     pub async fn watch_keys(self: Arc<Self>) {
         let mut every = tokio::time::interval(RELOAD_INTERVAL);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            every.tick().await;
+            tokio::select! {
+                _ = every.tick() => {}
+                () = self.shared.keys_announced() => {
+                    tracing::info!(event = "keys_announced", "a key command announced a change: re-reading the key files now");
+                }
+            }
             if let Err(e) = self.refresh_keys().await {
                 tracing::warn!(error = %e, "key ring check failed");
             }
@@ -52,13 +83,28 @@ impl Issuer {
     pub async fn refresh_keys(&self) -> Result<(), KeyError> {
         // First, and whatever happens to the signing keys: after an emergency rotation
         // an instance must not go on with the old key unnoticed.
-        match self.refresh_keys.reload(self.keys.dir()) {
+        let refresh = self.refresh_keys.reload(self.keys.dir());
+        self.key_reads
+            .refresh
+            .store(refresh.is_err(), Ordering::Relaxed);
+        // Counted here whichever path swapped the keys (a token of an unknown key
+        // makes `RefreshKeys::open` re-read them too).
+        let swaps = self.refresh_keys.swaps();
+        let counted = self
+            .key_reads
+            .refresh_swaps_counted
+            .swap(swaps, Ordering::Relaxed);
+        for _ in counted..swaps {
+            self.metrics.key_changed("refresh");
+        }
+        match refresh {
             Ok(true) => {
                 tracing::warn!(target: "security", event = "refresh_key_changed", "the refresh-token key changed: tokens are minted under the new key");
             }
             Ok(false) => {}
             Err(e) => {
-                tracing::error!(target: "security", event = "refresh_key_reload_failed", error = %e, "the refresh-token key could not be re-read: this instance keeps the key it has");
+                self.metrics.key_reload_failed("refresh");
+                tracing::error!(target: "security", event = "refresh_key_reload_failed", error = %e, "the refresh-token key could not be re-read: this instance keeps the key it has, and is not ready");
             }
         }
         let now = self.now().unix_timestamp();
@@ -79,11 +125,25 @@ impl Issuer {
             }
         }
         let keys = Arc::clone(&self.keys);
-        let changed = tokio::task::spawn_blocking(move || keys.reload(now))
+        let reloaded = tokio::task::spawn_blocking(move || keys.reload(now))
             .await
-            .map_err(|_| KeyError::Generate)??;
-        if let Some(kid) = changed {
-            tracing::info!(target: "security", event = "signing_key_changed", kid = %kid);
+            .map_err(|_| KeyError::Generate)
+            .and_then(|r| r);
+        self.key_reads
+            .signing
+            .store(reloaded.is_err(), Ordering::Relaxed);
+        match reloaded {
+            Ok(Reload::Same) => {}
+            Ok(Reload::Swapped { new_active }) => {
+                self.metrics.key_changed("signing");
+                if let Some(kid) = new_active {
+                    tracing::info!(target: "security", event = "signing_key_changed", kid = %kid);
+                }
+            }
+            Err(e) => {
+                self.metrics.key_reload_failed("signing");
+                return Err(e);
+            }
         }
         Ok(())
     }

@@ -98,6 +98,8 @@ pub struct Issuer {
     active_families: tokio::sync::Mutex<Option<(std::time::Instant, Option<u64>)>>,
     /// Held while a sweep runs.
     sweeping: tokio::sync::Mutex<()>,
+    /// Whether the last re-read of the key files failed.
+    pub(crate) key_reads: keys::KeyReads,
 }
 
 /// How long the active-sessions count is reused.
@@ -170,6 +172,7 @@ impl Issuer {
             audit_retention: settings.audit_retention,
             active_families: tokio::sync::Mutex::new(None),
             sweeping: tokio::sync::Mutex::new(()),
+            key_reads: keys::KeyReads::default(),
         })
     }
 
@@ -283,6 +286,9 @@ impl Issuer {
             argon2_queue_depth: self.hasher.queue_depth() as u64,
             argon2_queue_capacity: self.hasher.queue_capacity() as u64,
             redis_up,
+            epochs: self.shared.epochs().snapshot(),
+            jwks_max_age: self.keys.current().jwks_max_age().as_secs(),
+            keys_stale: u64::from(self.key_reads.stale()),
         })
     }
 

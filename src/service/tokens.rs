@@ -377,9 +377,16 @@ impl Issuer {
             );
         }
         // Revoked by this request or an earlier one (whose announcement may have been
-        // cut short): announcing again is harmless.
+        // cut short): announcing again is harmless. Not a session a revocation epoch
+        // ended: the epoch itself refuses its tokens everywhere, and after a
+        // `revoke-all` of millions of sessions one announcement per refused refresh
+        // would flood Redis and every instance's deny-list.
         if let Some(f) = family
             && matches!(rejection, GrantRejection::Revoked | GrantRejection::Reused)
+            && !self
+                .shared
+                .epochs()
+                .refuses(&f.client_id, f.created_at.unix_timestamp())
         {
             self.shared.revoked(f.id).await;
         }

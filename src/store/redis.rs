@@ -9,7 +9,9 @@
 //! - `rl:<kind>:<hash>`: a fixed-window counter (the IP, e-mail or family is hashed, so
 //!   no personal data sits in Redis);
 //! - channel `revocations`: `<sid>:<ttl in ms>` for every family revoked, for the
-//!   other instances' in-process deny-lists and session caches.
+//!   other instances' in-process deny-lists and session caches; `epoch <not_before>
+//!   <scope>` for a revocation epoch; `keys` after a key command changed the key
+//!   files (instances re-read them at once).
 //!
 //! The connection is rebuilt after `REBUILD_AFTER` failed health checks in a row: a
 //! Redis that vanished without closing the connection (a dead host, a fail-over behind
@@ -24,6 +26,8 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 
+/// The revocation-channel message that says the key files changed.
+pub const KEYS_CHANGED: &str = "keys";
 /// The longest a Redis call may take before it counts as failed.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(300);
 /// Failed health checks in a row after which the connection is dialled afresh.
@@ -253,6 +257,16 @@ impl RedisLink {
             .arg(format!("epoch {not_before} {scope}"))
             .ignore();
         self.bounded(pipe.query_async::<()>(&mut conn), "set_epoch")
+            .await
+            .is_some()
+    }
+
+    /// Announces on the revocation channel that the key files changed.
+    pub async fn announce_keys(&self) -> bool {
+        let mut conn = self.conn();
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.channel()).arg(KEYS_CHANGED);
+        self.bounded(cmd.query_async::<i64>(&mut conn), "announce_keys")
             .await
             .is_some()
     }

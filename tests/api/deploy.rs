@@ -47,6 +47,19 @@ async fn alerts_and_dashboard_name_only_metrics_that_exist() {
     wait_for_redis(&app, "ok").await;
     let (_, t) = app.signed_in().await;
     tokens(app.refresh(&t.refresh).await).await;
+    // A revocation epoch: its gauge has a series only once one is in force.
+    app.issuer
+        .revoke_all(
+            "test",
+            None,
+            token_issuer::service::incident::RevokeAll {
+                client_id: None,
+                before: None,
+                reason: "names of the epoch gauge".into(),
+            },
+        )
+        .await
+        .unwrap();
     let exposed: BTreeSet<String> = app
         .get("/metrics")
         .await

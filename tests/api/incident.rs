@@ -157,11 +157,13 @@ scenario! {
         assert_eq!(app.me(&early_dev.access).await.status(), StatusCode::UNAUTHORIZED);
         // Created after the instant, or of another client: untouched.
         assert_eq!(app.me(&late_dev.access).await.status(), StatusCode::OK);
-        tokens(app.refresh(&late_dev.refresh).await).await;
+        let late_dev = tokens(app.refresh(&late_dev.refresh).await).await;
         assert_eq!(app.me(&early_other.access).await.status(), StatusCode::OK);
         tokens(app.refresh_as("other", &early_other.refresh).await).await;
         // The admin's session (of `dev`) was refreshed after the instant... but created
-        // before it: covered.
+        // before it: covered, its access token issued after the instant too.
+        assert_eq!(app.me(&admin_tokens.access).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(introspect(&app, &admin_tokens.access).await, json!({"active": false}));
         assert_invalid_grant(app.refresh(&admin_tokens.refresh).await, "revoked").await;
 
         // An epoch only moves forward: an earlier instant changes nothing.
@@ -174,7 +176,22 @@ scenario! {
         .await;
         let epoch: Value = resp.json().await.unwrap();
         assert_eq!(epoch["reason"], "a dev build leaked tokens", "{epoch}");
-        tokens(app.refresh(&late_dev.refresh).await).await;
+        let late_dev = tokens(app.refresh(&late_dev.refresh).await).await;
+
+        // Ending the user's sessions counts the live ones only: the epoch ended
+        // `early_dev` already.
+        let user_id = crate::helpers::segment(&late_dev.access, 1)["sub"].as_str().unwrap().to_owned();
+        let ended: Value = app
+            .http
+            .delete(app.url(&format!("/v1/admin/users/{user_id}/sessions")))
+            .bearer_auth(&admin2.access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(ended["revoked"], 2, "late_dev and early_other: {ended}");
     }
 }
 
@@ -228,10 +245,23 @@ async fn revoke_all_on_one_instance_holds_on_another_at_once() {
     assert_eq!(second.me(&user.access).await.status(), StatusCode::OK);
     // An instant after the sign-ins, given explicitly: the command answers at once.
     first.advance(Duration::from_secs(10));
-    let before = time::OffsetDateTime::from_unix_timestamp(crate::helpers::now(&first))
+    second.advance(Duration::from_secs(10));
+    let at = crate::helpers::now(&first).min(crate::helpers::now(&second));
+    let before = time::OffsetDateTime::from_unix_timestamp(at)
         .unwrap()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
+    // A session started before the instant whose access token was issued at it (its
+    // `iat` alone does not refuse it), cached as live on the second instance.
+    let kept = tokens(second.refresh(&kept.refresh).await).await;
+    assert!(
+        crate::helpers::segment(&kept.access, 1)["iat"]
+            .as_i64()
+            .unwrap()
+            >= at
+    );
+    assert_eq!(second.me(&kept.access).await.status(), StatusCode::OK);
+    assert_eq!(second.me(&kept.access).await.status(), StatusCode::OK);
     let admin_tokens = tokens(first.refresh(&admin_tokens.refresh).await).await;
     let resp = revoke_all(
         &first,
@@ -240,12 +270,50 @@ async fn revoke_all_on_one_instance_holds_on_another_at_once() {
     )
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
+    let epoch: Value = resp.json().await.unwrap();
     assert_eq!(
         second.me(&user.access).await.status(),
         StatusCode::UNAUTHORIZED
     );
+    assert_eq!(
+        second.me(&kept.access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     assert_invalid_grant(second.refresh(&user.refresh).await, "revoked").await;
     assert_invalid_grant(second.refresh(&kept.refresh).await, "revoked").await;
+    // A refused refresh of a session the epoch covers is not put on the deny-list:
+    // after a `revoke-all` of millions of sessions, that would be millions of writes.
+    let redis_url = crate::helpers::test_redis_url().await;
+    let mut conn = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for t in [&user, &kept] {
+        let sid = crate::helpers::segment(&t.access, 1)["sid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let listed: bool = redis::cmd("EXISTS")
+            .arg(format!("{}deny:{sid}", first.settings.redis_key_prefix))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!listed, "{sid} on the deny-list");
+    }
+    // Each instance's metrics show the epoch it enforces: how an operator checks
+    // that every instance took it in.
+    let not_before = time::OffsetDateTime::parse(
+        epoch["not_before"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+    .unix_timestamp();
+    for app in [&first, &second] {
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        let line = format!("issuer_revocation_epoch_seconds{{client_id=\"*\"}} {not_before}");
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
 }
 
 scenario! {
@@ -265,5 +333,40 @@ scenario! {
         // The admin's and the user's `dev` sessions; not the `other` ones.
         assert_eq!(app.issuer.sweep().await.unwrap(), 2);
         tokens(app.refresh_as("other", &other.refresh).await).await;
+    }
+}
+
+scenario! {
+    /// With the default instant (the next second), a commit that ends after that
+    /// instant (a slow database) is written again with a later one: a session started
+    /// between the first instant and the commit is covered too.
+    async fn an_epoch_committed_after_its_instant_is_written_again_with_a_later_one(backend) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use token_issuer::service::incident::{RevokeAll, commit};
+        let app = spawn_app(backend).await;
+        let store = token_issuer::startup::open_store(&app.settings).await.unwrap();
+        let start = time::OffsetDateTime::from_unix_timestamp(crate::helpers::now(&app)).unwrap();
+        // The instant is planned at `start`; the clock reads 5 s later from then on,
+        // as if the write had taken that long.
+        let readings = AtomicUsize::new(0);
+        let now = || {
+            if readings.fetch_add(1, Ordering::SeqCst) == 0 {
+                start
+            } else {
+                start + time::Duration::seconds(5)
+            }
+        };
+        let request = RevokeAll { client_id: None, before: None, reason: "slow".into() };
+        let stored = commit(store.as_ref(), request, |_| true, "test", None, now).await.unwrap();
+        assert_eq!(stored.not_before.unix_timestamp(), start.unix_timestamp() + 6);
+        store.close().await;
+        // The later instant is the one in force.
+        app.issuer.watch_epochs_once().await;
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        let line = format!(
+            "issuer_revocation_epoch_seconds{{client_id=\"*\"}} {}",
+            start.unix_timestamp() + 6
+        );
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     }
 }

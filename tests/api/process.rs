@@ -174,6 +174,47 @@ const NO_LIMITS: [(&str, &str); 3] = [
     ("ISSUER_RATE_LIMIT_REFRESH_PER_FAMILY", "off"),
 ];
 
+/// Runs the binary in `dir` with `args` and expects it to succeed; its stderr (and
+/// stdout) in the failure message.
+fn run_ok(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = binary(dir).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} exited with {}:\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The value of the `/metrics` line that starts with `series` (a name and its labels).
+async fn metric(api: &Api, series: &str) -> f64 {
+    let text = api.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{series} ")))
+        .unwrap_or_else(|| panic!("{series} in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits up to 10 s for `/readyz` to answer `status`; its body.
+async fn wait_for_readiness(api: &Api, status: StatusCode) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = api.get("/readyz").await;
+        if resp.status() == status {
+            return resp.json().await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz still {}",
+            resp.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Registers `email` and logs in `logins` times with the `dev` client; the refresh
 /// tokens.
 async fn register_and_login(api: &Api, email: &str, logins: usize) -> Vec<String> {
@@ -674,21 +715,20 @@ async fn concurrent_rotations_run_as_one_batch_statement_without_falling_back() 
 /// refuses the access tokens it signed within a reload, signs with the published next
 /// key, serves the JWKS with a short `max-age`, and the audit log says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_emergency_key_roll_refuses_the_compromised_keys_tokens_at_once() {
+async fn an_emergency_key_roll_refuses_the_compromised_keys_tokens_within_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_with(dir.path(), "info", &NO_LIMITS);
     let api = Api::new(format!("http://127.0.0.1:{}", server.port));
     let email = unique_email();
     register_and_login(&api, &email, 0).await;
-    let run = |args: &[&str]| binary(dir.path()).args(args).output().unwrap();
-    assert!(run(&["keys", "generate"]).status.success());
+    run_ok(dir.path(), &["keys", "generate"]);
     let old = tokens(api.login(&email, PASSWORD).await).await;
     let compromised = crate::helpers::segment(&old.access, 0)["kid"]
         .as_str()
         .unwrap()
         .to_owned();
     assert_eq!(api.me(&old.access).await.status(), StatusCode::OK);
-    let next = String::from_utf8(run(&["keys", "list"]).stdout).unwrap();
+    let next = run_ok(dir.path(), &["keys", "list"]);
     let next = next
         .lines()
         .find(|l| l.contains(" next "))
@@ -697,23 +737,30 @@ async fn an_emergency_key_roll_refuses_the_compromised_keys_tokens_at_once() {
         .next()
         .unwrap()
         .to_owned();
+    let signing_changes = r#"issuer_key_changes_total{key="signing"}"#;
+    let changes_before = metric(&api, signing_changes).await;
+    assert_eq!(metric(&api, "issuer_jwks_max_age_seconds").await, 300.0);
 
-    let out = run(&[
-        "keys",
-        "roll",
-        "--compromised",
-        &compromised,
-        "--reason",
-        "laptop stolen",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = run_ok(
+        dir.path(),
+        &[
+            "keys",
+            "roll",
+            "--compromised",
+            &compromised,
+            "--reason",
+            "laptop stolen",
+        ],
     );
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    // A key no verifier has cached signs now; the published next key stays next.
+    let active = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("active  "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_owned();
+    assert!(active != next && active != compromised, "{stdout}");
     assert_eq!(
-        stdout.lines().find_map(|l| l.strip_prefix("active  ")),
+        stdout.lines().find_map(|l| l.strip_prefix("next    ")),
         Some(next.as_str()),
         "{stdout}"
     );
@@ -740,14 +787,18 @@ async fn an_emergency_key_roll_refuses_the_compromised_keys_tokens_at_once() {
         .collect();
     assert!(!kids.contains(&compromised.as_str()), "{kids:?}");
     assert!(kids.contains(&next.as_str()), "{kids:?}");
+    assert!(kids.contains(&active.as_str()), "{kids:?}");
     let fresh = tokens(api.login(&email, PASSWORD).await).await;
     assert_eq!(
         crate::helpers::segment(&fresh.access, 0)["kid"],
-        next.as_str()
+        active.as_str()
     );
     assert_eq!(api.me(&fresh.access).await.status(), StatusCode::OK);
     // The session itself was not ended: its refresh token still rotates.
     tokens(api.refresh(&old.refresh).await).await;
+    // The metrics say the instance took the roll in.
+    assert!(metric(&api, signing_changes).await > changes_before);
+    assert_eq!(metric(&api, "issuer_jwks_max_age_seconds").await, 30.0);
 
     // The audit log has the roll and its reason.
     {
@@ -781,16 +832,15 @@ async fn the_refresh_key_rotates_calmly_or_in_an_emergency() {
     let api = Api::new(format!("http://127.0.0.1:{}", server.port));
     let email = unique_email();
     register_and_login(&api, &email, 0).await;
-    let run = |args: &[&str]| binary(dir.path()).args(args).output().unwrap();
     let key_id = |token: &str| token[..7].to_owned();
     let mut current = tokens(api.login(&email, PASSWORD).await).await.refresh;
     let first_key = key_id(&current);
 
-    let out = run(&["keys", "rotate-refresh", "--reason", "scheduled"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let refresh_changes = r#"issuer_key_changes_total{key="refresh"}"#;
+    assert_eq!(metric(&api, refresh_changes).await, 0.0);
+    run_ok(
+        dir.path(),
+        &["keys", "rotate-refresh", "--reason", "scheduled"],
     );
     // The outstanding token still works; within the reload, new ones carry the new key.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -806,35 +856,50 @@ async fn the_refresh_key_rotates_calmly_or_in_an_emergency() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let out = run(&[
-        "keys",
-        "rotate-refresh",
-        "--compromised",
-        "--reason",
-        "key file leaked",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(metric(&api, refresh_changes).await, 1.0);
+    run_ok(
+        dir.path(),
+        &[
+            "keys",
+            "rotate-refresh",
+            "--compromised",
+            "--reason",
+            "key file leaked",
+        ],
     );
+    // Once the server took the change in (not by refreshing meanwhile: a refresh
+    // that straddles the swap is answered with a token of the new key), the
+    // outstanding token is refused.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let refused = loop {
-        let resp = api.refresh(&current).await;
-        if resp.status() == StatusCode::BAD_REQUEST {
-            break resp;
-        }
-        current = tokens(resp).await.refresh;
+    while metric(&api, refresh_changes).await < 2.0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "outstanding tokens still work"
+            "the change was not taken in:\n{}",
+            server.log.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    crate::helpers::assert_invalid_grant(refused, "unknown").await;
+    }
+    crate::helpers::assert_invalid_grant(api.refresh(&current).await, "unknown").await;
     assert!(!dir.path().join("keys/refresh-hmac.previous.key").exists());
     let fresh = tokens(api.login(&email, PASSWORD).await).await;
+    let fresh = tokens(api.refresh(&fresh.refresh).await).await;
+    assert_eq!(metric(&api, refresh_changes).await, 2.0);
+
+    // A key file the instance cannot read makes it unready (it would miss the next
+    // change) until the file is whole again; it keeps serving with the key it has.
+    let key_file = dir.path().join("keys/refresh-hmac.key");
+    let whole = std::fs::read(&key_file).unwrap();
+    std::fs::write(&key_file, "not base64\n").unwrap();
+    let body = wait_for_readiness(&api, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["keys"], "stale", "{body}");
+    assert_eq!(body["database"], "ok", "{body}");
+    assert_eq!(metric(&api, "issuer_keys_stale").await, 1.0);
+    assert!(metric(&api, r#"issuer_key_reload_failures_total{key="refresh"}"#).await >= 1.0);
     tokens(api.refresh(&fresh.refresh).await).await;
+    std::fs::write(&key_file, &whole).unwrap();
+    let body = wait_for_readiness(&api, StatusCode::OK).await;
+    assert_eq!(body["keys"], "ok", "{body}");
+    assert_eq!(metric(&api, "issuer_keys_stale").await, 0.0);
 
     use sqlx::Connection as _;
     let url = format!(
@@ -857,5 +922,120 @@ async fn the_refresh_key_rotates_calmly_or_in_an_emergency() {
         details[1].0.contains("emergency") && details[1].0.ends_with("reason: key file leaked"),
         "{details:?}"
     );
+    db.close().await.unwrap();
+}
+
+/// With Redis, a key command announces its change: the running server re-reads the
+/// key files on the announcement, not at its next reload, and the CLI's `sessions
+/// revoke-all` is in force at the server's next request (the epoch is in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_key_commands_and_revoke_all_reach_the_running_server_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("ti-test-{}:", uuid::Uuid::new_v4().simple());
+    let redis_url =
+        std::env::var("ISSUER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mut env = NO_LIMITS.to_vec();
+    env.push(("ISSUER_REDIS_URL", redis_url.as_str()));
+    env.push(("ISSUER_REDIS_KEY_PREFIX", prefix.as_str()));
+    let server = start_with(dir.path(), "info", &env);
+    let api = Api::new(format!("http://127.0.0.1:{}", server.port));
+    let email = unique_email();
+    register_and_login(&api, &email, 0).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready: Value = api.get("/readyz").await.json().await.unwrap();
+        if ready["redis"] == "ok" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis not up: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The subscriber is up once the session cache is: give it a moment.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let run = |args: &[&str]| {
+        let out = binary(dir.path())
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let t = tokens(api.login(&email, PASSWORD).await).await;
+    run(&[
+        "keys",
+        "rotate-refresh",
+        "--compromised",
+        "--reason",
+        "leak",
+    ]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.log.lock().unwrap().contains("keys_announced") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            server.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let resp = api.refresh(&t.refresh).await;
+        if resp.status() == StatusCode::BAD_REQUEST {
+            break resp;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old refresh key still works"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    crate::helpers::assert_invalid_grant(refused, "unknown").await;
+
+    // revoke-all from the CLI: the access token is refused at the next request.
+    let t = tokens(api.login(&email, PASSWORD).await).await;
+    assert_eq!(api.me(&t.access).await.status(), StatusCode::OK);
+    let out = run(&["sessions", "revoke-all", "--reason", "database copy leaked"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("revoked every session of every client")),
+        "{out}"
+    );
+    assert_eq!(api.me(&t.access).await.status(), StatusCode::UNAUTHORIZED);
+    crate::helpers::assert_invalid_grant(api.refresh(&t.refresh).await, "revoked").await;
+    let metrics = api.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("issuer_revocation_epoch_seconds{client_id=\"*\"}"),
+        "{metrics}"
+    );
+    // New sign-ins work; the audit row says who set it.
+    let fresh = tokens(api.login(&email, PASSWORD).await).await;
+    assert_eq!(api.me(&fresh.access).await.status(), StatusCode::OK);
+    use sqlx::Connection as _;
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join("data/token-issuer.db").display()
+    );
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let (detail,): (String,) =
+        sqlx::query_as("SELECT detail FROM audit_events WHERE kind = 'sessions_revoked_all'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert!(detail.ends_with("reason: database copy leaked"), "{detail}");
+    assert!(detail.contains("by cli"), "{detail}");
     db.close().await.unwrap();
 }

@@ -375,6 +375,10 @@ async fn after_an_emergency_roll_the_verifier_refuses_the_removed_key_from_its_n
     let mut cfg = config(&app);
     cfg.max_cache_age = Duration::from_secs(3600);
     cfg.unknown_kid_interval = Duration::from_secs(1);
+    // A next key published before the verifier fetches the JWKS, as on any day after
+    // the first rotation: it is in the verifier's cache.
+    let next = keyring::generate(&app.keys_dir(), KeySize::Rsa2048, now(&app)).unwrap();
+    app.issuer.refresh_keys().await.unwrap();
     let verifier = Verifier::discover(cfg).await.unwrap();
     let (_, old) = app.signed_in().await;
     verifier.verify(&old.access).await.unwrap();
@@ -383,6 +387,8 @@ async fn after_an_emergency_roll_the_verifier_refuses_the_removed_key_from_its_n
     let roll =
         keyring::roll_compromised(&app.keys_dir(), &compromised, now(&app), KeySize::Rsa2048)
             .unwrap();
+    // Not the cached next key: a token it signed would not make the verifier fetch.
+    assert_ne!(roll.active, next.kid);
     // Until the verifier fetches the JWKS again, its cached copy still has the key.
     verifier.verify(&old.access).await.unwrap();
     eventually("the issuer signs with the key that replaced it", || async {

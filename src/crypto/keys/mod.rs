@@ -29,4 +29,4 @@ pub use dir::read_or_create_secret_file;
 pub(crate) use dir::{locked, replace_file};
 pub use error::KeyError;
 pub use key::{Jwk, SigningKey};
-pub use set::{KeySet, Keys};
+pub use set::{KeySet, Keys, Reload};

@@ -20,9 +20,15 @@
 //!   rotates it, under the lock, after checking again that it is still due: exactly one
 //!   rotation happens however many instances look.
 //! - `roll_compromised` is the emergency: the named key leaves the ring (and its file
-//!   is deleted) at once, without grace; if it was the active key, the published next
-//!   key signs from now on (verifiers have had it for a while; a new key signs when
-//!   there is none), and a new next key is published. Every instance stops accepting
+//!   is deleted) at once, without grace; if it was the active key, a key generated now
+//!   signs from now on, and the published next key stays next. Not the next key: a
+//!   verifier has that one cached already, so a token it signs would not make the
+//!   verifier refetch the JWKS, and the verifier would go on accepting the removed key
+//!   until its cache expires. A new `kid` is unknown to every verifier: the first
+//!   token it signs makes each verifier that refetches on an unknown `kid` (as ours
+//!   does) fetch the JWKS without the removed key. The price: a verifier that does not
+//!   refetch refuses new tokens until its cache expires. A next key is published when
+//!   there is none (a next key rolled is replaced). Every instance stops accepting
 //!   tokens of the removed key at its next reload (`RELOAD_INTERVAL`), and a verifier
 //!   that refetches the JWKS no longer finds it. For `EMERGENCY_WINDOW` after a roll
 //!   the JWKS is cached for `EMERGENCY_MAX_AGE` only, so that a further change during
@@ -388,6 +394,9 @@ pub struct Roll {
     pub removed_state: KeyState,
     pub active: String,
     pub next: String,
+    /// The removed key's file, when it could not be deleted (the ring no longer
+    /// names it: no instance uses it; delete it by hand).
+    pub left_behind: Option<(PathBuf, String)>,
 }
 
 /// `keys roll --compromised <kid>`: the key leaves the ring now (see the module docs).
@@ -413,13 +422,7 @@ pub fn roll_compromised(dir: &Path, kid: &str, now: i64, size: KeySize) -> Resul
             })
         };
         if removed_state == KeyState::Active {
-            match ring.keys.iter_mut().find(|k| k.state == KeyState::Next) {
-                Some(next) => {
-                    next.state = KeyState::Active;
-                    next.activated_at = Some(now);
-                }
-                None => ring.keys.push(fresh(KeyState::Active)?),
-            }
+            ring.keys.push(fresh(KeyState::Active)?);
         }
         if ring.next().is_none() {
             ring.keys.push(fresh(KeyState::Next)?);
@@ -428,22 +431,18 @@ pub fn roll_compromised(dir: &Path, kid: &str, now: i64, size: KeySize) -> Resul
         write(dir, &ring)?;
         // After the ring that no longer names it: an instance never looks for it again.
         let pem = dir.join(format!("{kid}.pem"));
-        match fs::remove_file(&pem) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(KeyError::Io {
-                    path: pem,
-                    source: e,
-                });
-            }
-        }
+        let left_behind = match fs::remove_file(&pem) {
+            Ok(()) => None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some((pem, e.to_string())),
+        };
         let name = |k: Option<&KeyEntry>| k.map(|k| k.kid.clone()).unwrap_or_default();
         Ok(Roll {
             removed: kid.to_owned(),
             removed_state,
             active: name(ring.active()),
             next: name(ring.next()),
+            left_behind,
         })
     })
 }

@@ -58,7 +58,7 @@ fn generate_rotate_retire_follow_the_lifecycle() {
 }
 
 #[test]
-fn an_emergency_roll_removes_the_key_now_and_the_next_key_signs() {
+fn an_emergency_roll_removes_the_key_now_and_a_new_key_signs() {
     let dir = tempfile::tempdir().unwrap();
     let (ring, _, _) = ensure(dir.path(), 1_000).unwrap();
     let first = ring.active().unwrap().kid.clone();
@@ -85,10 +85,13 @@ fn an_emergency_roll_removes_the_key_now_and_the_next_key_signs() {
     let end = 1_000 + secs(EMERGENCY_WINDOW);
     assert_eq!(ring.next_expiry(1_000), Some(end));
     assert_eq!(ring.jwks_max_age(end), JWKS_MAX_AGE);
-    // The active key again, now with a published next key: that one signs.
+    // The active key again, now with a published next key: a key no verifier has
+    // cached signs (its `kid` makes them refetch), and the next key stays next.
     let second = roll_compromised(dir.path(), &roll.active, 2_000, KeySize::Rsa2048).unwrap();
-    assert_eq!(second.active, roll.next);
-    assert_ne!(second.next, roll.next);
+    assert_ne!(second.active, roll.next);
+    assert_ne!(second.active, roll.active);
+    assert_eq!(second.next, roll.next);
+    assert_eq!(states(dir.path()).len(), 2);
     // A next key: dropped and replaced; the active key stays.
     let third = roll_compromised(dir.path(), &second.next, 3_000, KeySize::Rsa2048).unwrap();
     assert_eq!(

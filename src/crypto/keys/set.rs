@@ -113,6 +113,15 @@ impl KeySet {
     }
 }
 
+/// What a re-read of the ring did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// Nothing changed.
+    Same,
+    /// A new set is in use; `new_active` is the active `kid` when that changed.
+    Swapped { new_active: Option<String> },
+}
+
 /// The current key set of a key directory, swapped when the ring changes.
 pub struct Keys {
     dir: PathBuf,
@@ -149,22 +158,21 @@ impl Keys {
     }
 
     /// Re-reads the ring; swaps in a new set when it changed or a retired key expired.
-    /// Returns the new active `kid` when it changed.
-    pub fn reload(&self, now: i64) -> Result<Option<String>, KeyError> {
+    pub fn reload(&self, now: i64) -> Result<Reload, KeyError> {
         let Some((ring, raw)) = keyring::read(&self.dir)? else {
-            return Ok(None);
+            return Ok(Reload::Same);
         };
         let current = self.current();
         let changed = *self.raw.lock().unwrap_or_else(PoisonError::into_inner) != raw;
         let expired = current.next_expiry.is_some_and(|t| t <= now);
         if !changed && !expired {
-            return Ok(None);
+            return Ok(Reload::Same);
         }
         let set = KeySet::from_ring(&self.dir, &ring, now)?;
         let new_active = (set.active.kid != current.active.kid).then(|| set.active.kid.clone());
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
         *self.raw.lock().unwrap_or_else(PoisonError::into_inner) = raw;
-        Ok(new_active)
+        Ok(Reload::Swapped { new_active })
     }
 
     pub fn dir(&self) -> &Path {

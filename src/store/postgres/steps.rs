@@ -246,9 +246,14 @@ impl Steps for Transaction<'_, Postgres> {
             SessionSelector::All => ("$4::uuid IS NULL", None),
         };
         let revoked: Vec<(Uuid, String)> = sqlx::query_as(&format!(
-            "UPDATE refresh_families SET revoked_at = $1, revoked_reason = $2
-             WHERE user_id = $3 AND revoked_at IS NULL AND {filter}
+            concat!(
+                "UPDATE refresh_families SET revoked_at = $1, revoked_reason = $2
+             WHERE user_id = $3 AND revoked_at IS NULL AND {filter} AND NOT ",
+                epoch_revoked!("refresh_families"),
+                "
              RETURNING id, client_id"
+            ),
+            filter = filter
         ))
         .bind(now)
         .bind(reason.code())

@@ -40,6 +40,14 @@ impl Epochs {
         }
     }
 
+    /// Every scope and its `not_before`, sorted by scope.
+    pub fn snapshot(&self) -> Vec<(String, i64)> {
+        let map = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<(String, i64)> = map.iter().map(|(s, t)| (s.clone(), *t)).collect();
+        all.sort();
+        all
+    }
+
     /// Whether an access token of `client_id` issued at `iat` is refused.
     pub fn refuses(&self, client_id: &str, iat: i64) -> bool {
         let map = self.0.read().unwrap_or_else(PoisonError::into_inner);

@@ -112,6 +112,8 @@ pub struct SharedState {
     rebuild_pending: AtomicBool,
     /// The revocation epochs in force.
     epochs: Epochs,
+    /// Another process announced a change of the key files.
+    keys_changed: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -134,6 +136,7 @@ impl SharedState {
             epoch: AtomicU64::new(0),
             rebuild_pending: AtomicBool::new(true),
             epochs: Epochs::default(),
+            keys_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -203,12 +206,25 @@ impl SharedState {
         let now = Instant::now();
         let until = now + ttl.min(self.deny_ttl);
         let mut denied = lock(&self.denied);
+        let mut cleared = false;
         if denied.len() >= CACHE_MAX {
             denied.retain(|_, until| *until > now);
+            // Still full of live entries: start over rather than scan on every insert.
+            // The sessions cached as live go too (and a database read in flight is not
+            // cached), so nothing forgotten here is served from the cache; Redis or
+            // the database answer for the rest.
+            if denied.len() >= CACHE_MAX / 2 {
+                denied.clear();
+                cleared = true;
+            }
         }
         denied.entry(sid).or_insert(until);
         drop(denied);
-        lock(&self.sessions).remove(&sid);
+        if cleared {
+            self.forget_sessions();
+        } else {
+            lock(&self.sessions).remove(&sid);
+        }
     }
 
     /// Whether this instance knows `sid` is revoked (step 1).
@@ -271,6 +287,21 @@ impl SharedState {
                 "revocation epoch not written to redis; other instances read it from the database within seconds"
             );
         }
+    }
+
+    /// Announces through Redis that the key files changed (a key command): running
+    /// instances re-read them at once. Whether Redis took it (false without Redis).
+    pub async fn announce_keys(&self) -> bool {
+        match &self.redis {
+            Some(link) => link.announce_keys().await,
+            None => false,
+        }
+    }
+
+    /// Resolves when another process announced a change of the key files (never
+    /// without Redis).
+    pub async fn keys_announced(&self) {
+        self.keys_changed.notified().await;
     }
 
     /// A live session read from the database a moment ago (step 3).
@@ -446,6 +477,8 @@ impl SharedState {
                                 } else if let Some((scope, not_before)) = parse_epoch(payload) {
                                     self.epochs.merge_one(&scope, not_before);
                                     self.forget_sessions();
+                                } else if payload == crate::store::redis::KEYS_CHANGED.as_bytes() {
+                                    self.keys_changed.notify_one();
                                 }
                             }
                             None => break,

@@ -161,6 +161,36 @@ async fn without_redis_sessions_are_cached_until_revoked_here() {
     assert_eq!(shared.redis_status(), RedisStatus::Disabled);
 }
 
+/// A deny-list full of live entries starts over instead of scanning itself on every
+/// revocation (a `revoke-all`-sized wave would make each insert cost the whole list),
+/// and the sessions cached as live go with it.
+#[tokio::test]
+async fn a_full_local_deny_list_starts_over_with_the_session_cache() {
+    let (shared, _dir) = in_process().await;
+    let first = Uuid::new_v4();
+    shared.revoked(first).await;
+    for _ in 1..CACHE_MAX {
+        shared.revoked(Uuid::new_v4()).await;
+    }
+    assert!(shared.denied_locally(first), "not full yet");
+    let cached = Uuid::new_v4();
+    let user = User {
+        id: Uuid::new_v4(),
+        email: "a@example.com".into(),
+        created_at: time::OffsetDateTime::UNIX_EPOCH,
+    };
+    shared.remember_session(cached, &user, shared.cache_epoch());
+    assert!(shared.cached_session(cached).is_some());
+    let last = Uuid::new_v4();
+    shared.revoked(last).await;
+    assert!(shared.denied_locally(last));
+    assert!(!shared.denied_locally(first), "started over");
+    assert!(
+        shared.cached_session(cached).is_none(),
+        "the cache went too"
+    );
+}
+
 #[test]
 fn announcements_parse() {
     let sid = Uuid::new_v4();

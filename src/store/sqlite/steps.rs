@@ -231,9 +231,14 @@ impl Steps for Transaction<'_, Sqlite> {
             SessionSelector::All => ("?4 IS NULL", None),
         };
         let revoked: Vec<(String, String)> = sqlx::query_as(&format!(
-            "UPDATE refresh_families SET revoked_at = ?1, revoked_reason = ?2
-             WHERE user_id = ?3 AND revoked_at IS NULL AND {filter}
+            concat!(
+                "UPDATE refresh_families SET revoked_at = ?1, revoked_reason = ?2
+             WHERE user_id = ?3 AND revoked_at IS NULL AND {filter} AND NOT ",
+                epoch_revoked!("refresh_families"),
+                "
              RETURNING id, client_id"
+            ),
+            filter = filter
         ))
         .bind(ms(now))
         .bind(reason.code())
