@@ -234,13 +234,22 @@ pub fn run() -> ExitCode {
                     before,
                     reason,
                 };
-                // The store first (it may run migrations): the default instant is
-                // taken just before the write.
+                // Bad input is refused before anything is opened; then the store (it
+                // may run migrations), so that the default instant is taken just
+                // before the write.
+                let known = |c: &str| settings.clients.iter().any(|k| k.id == c);
+                crate::service::incident::plan(
+                    request.clone(),
+                    known,
+                    "cli",
+                    None,
+                    time::OffsetDateTime::now_utc(),
+                )?;
                 let store = open_store(&settings).await?;
                 let stored = crate::service::incident::commit(
                     store.as_ref(),
                     request,
-                    |c| settings.clients.iter().any(|k| k.id == c),
+                    known,
                     "cli",
                     None,
                     time::OffsetDateTime::now_utc,
@@ -484,9 +493,10 @@ fn owner_only(dir: &std::path::Path) -> Result<(), String> {
 
 /// Writes a CLI change of the keys to the audit log; the change stands even when the
 /// database cannot be reached (a warning says so).
-/// After a key command changed the key files: its audit row, and with Redis an
-/// announcement, so that running instances re-read the files at once rather than at
-/// their next reload. Either failing is a warning: the change is made.
+/// After a key command changed the key files: with Redis an announcement first (so
+/// that running instances re-read the files at once rather than at their next
+/// reload, whatever the database does), then its audit row. Either failing is a
+/// warning: the change is made.
 fn record_cli_event(settings: &Settings, event: &crate::domain::audit::AuditEvent) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -501,25 +511,15 @@ fn record_cli_event(settings: &Settings, event: &crate::domain::audit::AuditEven
         }
     };
     runtime.block_on(async {
-        let store = match open_store(settings).await {
-            Ok(store) => store,
-            Err(e) => {
-                eprintln!("token-issuer: warning: the keys changed but it is not in the audit log: {e}");
-                return;
-            }
-        };
-        if let Err(e) = store.record_audit(event).await {
-            eprintln!("token-issuer: warning: the keys changed but it is not in the audit log: {e}");
-        }
         if settings.redis_url.is_some() {
-            let announced = match crate::metrics::Metrics::new() {
-                Ok(metrics) => {
-                    match crate::startup::open_shared(settings, Arc::clone(&store), Arc::new(metrics)) {
-                        Ok(shared) => shared.announce_keys().await,
-                        Err(_) => false,
-                    }
-                }
-                Err(_) => false,
+            let link = crate::metrics::Metrics::new()
+                .map_err(|e| e.to_string())
+                .and_then(|m| {
+                    crate::startup::open_redis(settings, Arc::new(m)).map_err(|e| e.to_string())
+                });
+            let announced = match link {
+                Ok(Some(link)) => link.announce_keys().await,
+                _ => false,
             };
             if !announced {
                 eprintln!(
@@ -528,7 +528,17 @@ fn record_cli_event(settings: &Settings, event: &crate::domain::audit::AuditEven
                 );
             }
         }
-        store.close().await;
+        let recorded = match open_store(settings).await {
+            Ok(store) => {
+                let result = store.record_audit(event).await.map_err(|e| e.to_string());
+                store.close().await;
+                result
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = recorded {
+            eprintln!("token-issuer: warning: the keys changed but it is not in the audit log: {e}");
+        }
     });
 }
 

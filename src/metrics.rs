@@ -272,7 +272,7 @@ impl Metrics {
             ),
             gauge(
                 "issuer_keys_stale",
-                "1 while the last re-read of the key files failed: this instance may miss a key change (and is not ready).",
+                "1 while the last re-read of the key files failed: this instance may miss a key change made elsewhere.",
                 Some(gauges.keys_stale),
             ),
             epoch_gauges(&now, &gauges.epochs),

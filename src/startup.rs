@@ -73,29 +73,7 @@ pub fn open_shared(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
 ) -> Result<Arc<SharedState>, StartupError> {
-    let redis = match &settings.redis_url {
-        Some(url) => {
-            tracing::info!(%url, prefix = %settings.redis_key_prefix, "using redis for the deny-list, revocation events and rate limits");
-            let ca = match &settings.redis_ca_file {
-                Some(path) => {
-                    Some(std::fs::read(path).map_err(|source| StartupError::RedisCa {
-                        path: path.display().to_string(),
-                        source,
-                    })?)
-                }
-                None => None,
-            };
-            Some(
-                RedisLink::new(url.expose(), &settings.redis_key_prefix, ca, metrics).map_err(
-                    |source| StartupError::Redis {
-                        url: url.to_string(),
-                        source,
-                    },
-                )?,
-            )
-        }
-        None => None,
-    };
+    let redis = open_redis(settings, metrics)?;
     // The longest any access token may still be presented: the longest lifetime of any
     // client, plus the leeway.
     let longest = settings
@@ -107,6 +85,30 @@ pub fn open_shared(
         .unwrap_or(settings.tokens.access_token_lifetime);
     let deny_ttl = longest + settings.tokens.clock_leeway;
     Ok(Arc::new(SharedState::new(redis, store, deny_ttl)))
+}
+
+/// The Redis link `redis_url` names (not connected yet), or `None` without one.
+pub fn open_redis(
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+) -> Result<Option<RedisLink>, StartupError> {
+    let Some(url) = &settings.redis_url else {
+        return Ok(None);
+    };
+    tracing::info!(%url, prefix = %settings.redis_key_prefix, "using redis for the deny-list, revocation events and rate limits");
+    let ca = match &settings.redis_ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|source| StartupError::RedisCa {
+            path: path.display().to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    RedisLink::new(url.expose(), &settings.redis_key_prefix, ca, metrics)
+        .map(Some)
+        .map_err(|source| StartupError::Redis {
+            url: url.to_string(),
+            source,
+        })
 }
 
 /// Opens the store the database URL names (`sqlite:` or `postgres://`), creating the

@@ -23,18 +23,19 @@ pub struct Health {
     #[oai(skip_serializing_if_is_none)]
     pub redis: Option<String>,
     /// The key files: `ok`, or `stale` (the last re-read of the signing key ring or
-    /// of the refresh-token key failed: this instance keeps the keys it has, and is
-    /// not ready). Readiness only.
+    /// of the refresh-token key failed: this instance keeps the keys it has, and may
+    /// miss a key change made elsewhere). Readiness only; never makes the service
+    /// unready.
     #[oai(skip_serializing_if_is_none)]
     pub keys: Option<String>,
 }
 
 #[derive(ApiResponse)]
 pub enum ReadyResponse {
-    /// The database answers and the key files were read (Redis may be degraded).
+    /// The database answers (Redis may be degraded, the key files stale).
     #[oai(status = 200)]
     Ready(Json<Health>),
-    /// The database does not answer, or the key files could not be re-read.
+    /// The database does not answer.
     #[oai(status = 503)]
     Unavailable(Json<Health>, #[oai(header = "Retry-After")] u32),
 }
@@ -69,41 +70,43 @@ impl HealthApi {
 
     /// Readiness
     ///
-    /// The database answers a query, and the last re-read of the key files worked
-    /// (503 with `Retry-After` when not: an instance that cannot read the key files
-    /// would miss an emergency key change made elsewhere). Redis is reported (`ok`,
-    /// `degraded`, `disabled`), but a Redis that is down does not make the service
-    /// unready: it works on without it.
+    /// The database answers a query (503 with `Retry-After` when not). Redis is
+    /// reported (`ok`, `degraded`, `disabled`), and so are the key files (`ok`, or
+    /// `stale` when the last re-read failed), but neither makes the service unready:
+    /// it works on without Redis, and with the keys it holds. The key directory is
+    /// shared by every instance, so a failure there (a network file system's hiccup, a
+    /// permission change) would take every instance out at once; `issuer_keys_stale`
+    /// and its alert say so instead.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, issuer: Data<&Arc<Issuer>>) -> ReadyResponse {
         let redis = Some(issuer.redis_status().as_str().to_owned());
-        let database = issuer.ready().await;
-        if let Err(e) = &database {
-            tracing::warn!(error = %e, "readiness check failed");
-        }
-        let stale = issuer.key_reads.stale();
-        let health = Health {
-            status: if database.is_ok() && !stale {
-                "ready"
+        let keys = Some(
+            if issuer.key_reads.stale() {
+                "stale"
             } else {
-                "unavailable"
+                "ok"
             }
-            .into(),
-            database: Some(
-                if database.is_ok() {
-                    "ok"
-                } else {
-                    "unreachable"
-                }
-                .into(),
-            ),
-            redis,
-            keys: Some(if stale { "stale" } else { "ok" }.into()),
-        };
-        if database.is_ok() && !stale {
-            ReadyResponse::Ready(Json(health))
-        } else {
-            ReadyResponse::Unavailable(Json(health), 2)
+            .to_owned(),
+        );
+        match issuer.ready().await {
+            Ok(()) => ReadyResponse::Ready(Json(Health {
+                status: "ready".into(),
+                database: Some("ok".into()),
+                redis,
+                keys,
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness check failed");
+                ReadyResponse::Unavailable(
+                    Json(Health {
+                        status: "unavailable".into(),
+                        database: Some("unreachable".into()),
+                        redis,
+                        keys,
+                    }),
+                    2,
+                )
+            }
         }
     }
 

@@ -103,8 +103,9 @@ impl DiscoveryApi {
     ) -> JwksResponse {
         let set = issuer.jwks();
         let (jwks, etag) = (set.jwks(), set.jwks_etag());
-        // A key is published as `next` for longer than this before it signs; after an
-        // emergency roll the JWKS is cached briefly for a while.
+        // A rotation publishes a key as `next` for longer than this before it signs;
+        // an emergency roll signs with a new key at once (verifiers refetch on its
+        // unknown `kid`), and the JWKS is cached briefly for a while after it.
         let cache = format!("public, max-age={}", set.jwks_max_age().as_secs());
         let matches = if_none_match
             .0

@@ -184,14 +184,22 @@ impl Verifier {
         audience: Option<&str>,
         now: i64,
     ) -> Result<AccessClaims, Error> {
-        let set = self.keys.current();
         let expect = Expect {
             issuer: &self.issuer,
             audience,
             leeway: self.leeway,
             now,
         };
-        check(token, |kid| set.decoding_key(kid), expect).map_err(|e| match e {
+        let set = self.keys.current();
+        let mut checked = check(token, |kid| set.decoding_key(kid), expect);
+        // A key this instance has not loaded yet (another instance or the CLI changed
+        // the ring a moment ago, an emergency roll): the ring is re-read first, at most
+        // every `RELOAD_SOON`.
+        if matches!(checked, Err(Rejected::UnknownKid)) && self.keys.reload_soon(now) {
+            let set = self.keys.current();
+            checked = check(token, |kid| set.decoding_key(kid), expect);
+        }
+        checked.map_err(|e| match e {
             Rejected::UnknownKid => Error::InvalidToken("unknown kid"),
             Rejected::Invalid(why) => Error::InvalidToken(why),
         })

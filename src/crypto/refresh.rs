@@ -137,7 +137,7 @@ pub struct RefreshKeys {
     /// under a new key.
     dir: Option<std::path::PathBuf>,
     last_reload: std::sync::Mutex<Option<std::time::Instant>>,
-    /// How many times the keys were swapped (by `reload`, or by `open`'s re-read).
+    /// How many times the minting key changed (by `reload`, or by `open`'s re-read).
     swaps: std::sync::atomic::AtomicU64,
 }
 
@@ -248,18 +248,23 @@ impl RefreshKeys {
     /// they changed. Returns whether they did.
     pub fn reload(&self, keys_dir: &Path) -> Result<bool, KeyError> {
         let (current, previous) = read_secrets(keys_dir, false)?;
-        if self.pair().read == (current.clone(), previous.clone()) {
+        let before = self.pair();
+        if before.read == (current.clone(), previous.clone()) {
             return Ok(false);
         }
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) =
             Arc::new(KeyPair::new(&current, previous.as_deref()));
-        self.swaps
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A change of the minting key; not a reload that landed between the two file
+        // writes of one rotation (the previous key written, the current not yet).
+        if before.read.0 != current {
+            self.swaps
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(true)
     }
 
-    /// How many times the keys changed since they were loaded (whichever path
-    /// re-read them).
+    /// How many times the minting key changed since the keys were loaded (whichever
+    /// path re-read them).
     pub fn swaps(&self) -> u64 {
         self.swaps.load(std::sync::atomic::Ordering::Relaxed)
     }

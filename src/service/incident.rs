@@ -126,7 +126,14 @@ pub async fn commit(
         let (epoch, event) = plan(r.clone(), &known_client, set_by, actor, now())?;
         let stored = store.set_epoch(&epoch, &event).await?;
         tries += 1;
-        if !default_instant || now() < stored.not_before || tries >= LATE_COMMIT_TRIES {
+        if !default_instant || now() < stored.not_before {
+            return Ok(stored);
+        }
+        if tries >= LATE_COMMIT_TRIES {
+            tracing::warn!(
+                not_before = stored.not_before.unix_timestamp(),
+                "the revocation epoch committed after its instant again: sessions started during the last write may not be covered; run the command again"
+            );
             return Ok(stored);
         }
         tracing::warn!(

@@ -4,11 +4,11 @@
 //!
 //! Each change an instance takes in is counted (`issuer_key_changes_total{key}`), each
 //! failed re-read too (`issuer_key_reload_failures_total{key}`); while the last re-read
-//! of either key failed, the instance is not ready (`/readyz` answers 503 with `keys:
-//! "stale"`): after an emergency roll made elsewhere, an instance that cannot read the
-//! new files would go on accepting what the roll was meant to refuse. It keeps the keys
-//! it has meanwhile, so a load balancer that keeps it in rotation gets a working, if
-//! stale, instance.
+//! of either key failed, `issuer_keys_stale` is 1 and `/readyz` says `keys: "stale"`:
+//! after an emergency roll made elsewhere, such an instance would go on accepting what
+//! the roll was meant to refuse. It is not made unready for it: every instance reads
+//! the same key directory, and a failure there would take them all out at once; the
+//! alert `TokenIssuerKeysStale` calls someone instead.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +27,8 @@ pub(crate) struct KeyReads {
     refresh: AtomicBool,
     /// The refresh-key swaps counted so far (`RefreshKeys::swaps`).
     refresh_swaps_counted: AtomicU64,
+    /// The signing-key changes counted so far (`Keys::changes`).
+    signing_changes_counted: AtomicU64,
 }
 
 impl KeyReads {
@@ -87,16 +89,7 @@ impl Issuer {
         self.key_reads
             .refresh
             .store(refresh.is_err(), Ordering::Relaxed);
-        // Counted here whichever path swapped the keys (a token of an unknown key
-        // makes `RefreshKeys::open` re-read them too).
-        let swaps = self.refresh_keys.swaps();
-        let counted = self
-            .key_reads
-            .refresh_swaps_counted
-            .swap(swaps, Ordering::Relaxed);
-        for _ in counted..swaps {
-            self.metrics.key_changed("refresh");
-        }
+        self.count_key_changes();
         match refresh {
             Ok(true) => {
                 tracing::warn!(target: "security", event = "refresh_key_changed", "the refresh-token key changed: tokens are minted under the new key");
@@ -104,7 +97,7 @@ impl Issuer {
             Ok(false) => {}
             Err(e) => {
                 self.metrics.key_reload_failed("refresh");
-                tracing::error!(target: "security", event = "refresh_key_reload_failed", error = %e, "the refresh-token key could not be re-read: this instance keeps the key it has, and is not ready");
+                tracing::error!(target: "security", event = "refresh_key_reload_failed", error = %e, "the refresh-token key could not be re-read: this instance keeps the key it has");
             }
         }
         let now = self.now().unix_timestamp();
@@ -132,10 +125,10 @@ impl Issuer {
         self.key_reads
             .signing
             .store(reloaded.is_err(), Ordering::Relaxed);
+        self.count_key_changes();
         match reloaded {
             Ok(Reload::Same) => {}
             Ok(Reload::Swapped { new_active }) => {
-                self.metrics.key_changed("signing");
                 if let Some(kid) = new_active {
                     tracing::info!(target: "security", event = "signing_key_changed", kid = %kid);
                 }
@@ -146,6 +139,31 @@ impl Issuer {
             }
         }
         Ok(())
+    }
+
+    /// Counts the key changes taken in since the last count, whichever path re-read
+    /// the files (this reload; an unknown `kid` or a JWKS request for the ring; a
+    /// refresh token of an unknown key for the refresh key). Also run at each scrape.
+    pub(crate) fn count_key_changes(&self) {
+        let counts = [
+            (
+                "signing",
+                self.keys.changes(),
+                &self.key_reads.signing_changes_counted,
+            ),
+            (
+                "refresh",
+                self.refresh_keys.swaps(),
+                &self.key_reads.refresh_swaps_counted,
+            ),
+        ];
+        for (key, now, counted) in counts {
+            // `fetch_max`: two scrapes at once count each change once.
+            let before = counted.fetch_max(now, Ordering::Relaxed);
+            for _ in before..now {
+                self.metrics.key_changed(key);
+            }
+        }
     }
 
     async fn record_rotation(&self, rotation: &Rotation, by: &str) {

@@ -184,8 +184,11 @@ impl Issuer {
             .unwrap_or(now)
     }
 
-    /// The published keys (with the set's ETag) as of now.
+    /// The published keys (with the set's ETag) as of now: the ring is re-read first
+    /// (at most every `RELOAD_SOON`), so that a verifier refetching on the `kid` of a
+    /// key made a moment ago elsewhere (an emergency roll) gets it from any instance.
     pub fn jwks(&self) -> Arc<KeySet> {
+        self.keys.reload_soon(self.now().unix_timestamp());
         self.keys.current()
     }
 
@@ -281,6 +284,7 @@ impl Issuer {
             RedisStatus::Ok => Some(1),
             RedisStatus::Degraded => Some(0),
         };
+        self.count_key_changes();
         self.metrics.render(Gauges {
             active_families,
             argon2_queue_depth: self.hasher.queue_depth() as u64,

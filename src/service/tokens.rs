@@ -475,7 +475,14 @@ impl Issuer {
                 RevokeOutcome::Revoked(f) => {
                     tracing::info!(target: "security", event = "family_revoked", reason = "logout", sid = %f.id, user_id = %f.user_id, client_id = %client.id);
                     self.count_revoked(RevokeReason::Logout, 1);
-                    self.shared.revoked(f.id).await;
+                    // Not a session an epoch ended already (see `refused`).
+                    if !self
+                        .shared
+                        .epochs()
+                        .refuses(&f.client_id, f.created_at.unix_timestamp())
+                    {
+                        self.shared.revoked(f.id).await;
+                    }
                 }
                 RevokeOutcome::OtherClient => {
                     return Err(Error::UnauthorizedClient(
@@ -503,8 +510,11 @@ impl Issuer {
                     tracing::info!(target: "security", event = "family_revoked", reason = "logout", sid = %sid, client_id = %client.id);
                     self.count_revoked(RevokeReason::Logout, 1);
                 }
-                // Revoked now or before (a retry): announced either way.
-                self.shared.revoked(sid).await;
+                // Revoked now or before (a retry): announced either way, unless an
+                // epoch refuses the token already (see `refused`).
+                if !self.epoch_refuses(&claims) {
+                    self.shared.revoked(sid).await;
+                }
             }
         }
         Ok(Revoked { clear_cookie })

@@ -240,7 +240,7 @@ async fn revoke_all_on_one_instance_holds_on_another_at_once() {
     // then), and the session cached as live on the second instance.
     crate::helpers::wait_for_redis(&first, "ok").await;
     crate::helpers::wait_for_redis(&second, "ok").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    crate::helpers::wait_for_subscribers(&first.settings.redis_key_prefix, 2).await;
     assert_eq!(second.me(&user.access).await.status(), StatusCode::OK);
     assert_eq!(second.me(&user.access).await.status(), StatusCode::OK);
     // An instant after the sign-ins, given explicitly: the command answers at once.
@@ -281,8 +281,16 @@ async fn revoke_all_on_one_instance_holds_on_another_at_once() {
     );
     assert_invalid_grant(second.refresh(&user.refresh).await, "revoked").await;
     assert_invalid_grant(second.refresh(&kept.refresh).await, "revoked").await;
-    // A refused refresh of a session the epoch covers is not put on the deny-list:
-    // after a `revoke-all` of millions of sessions, that would be millions of writes.
+    // Neither a refused refresh nor a logout of a session the epoch covers puts it on
+    // the deny-list: after a `revoke-all` of millions of sessions, that would be
+    // millions of writes (clients often log out after an `invalid_grant`).
+    let logout = second
+        .post_form(
+            "/oauth/revoke",
+            &[("token", user.refresh.as_str()), ("client_id", "dev")],
+        )
+        .await;
+    assert_eq!(logout.status(), StatusCode::OK);
     let redis_url = crate::helpers::test_redis_url().await;
     let mut conn = redis::Client::open(redis_url.as_str())
         .unwrap()
@@ -369,4 +377,53 @@ scenario! {
         );
         assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     }
+}
+
+/// After an emergency roll (on disk, by the CLI or another instance), an instance
+/// that has not reloaded yet accepts the new key's tokens and serves the new key in
+/// its JWKS at once: it re-reads the ring on an unknown `kid` and before a JWKS answer,
+/// rather than refusing until its next reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_an_emergency_roll_every_instance_knows_the_new_key_at_once() {
+    use aws_lc_rs::rsa::KeySize;
+    use token_issuer::crypto::keyring;
+    let first = spawn_app(crate::helpers::Backend::Sqlite).await;
+    let second = spawn_instance_like(&first).await;
+    let (_, t) = first.signed_in().await;
+    let compromised = crate::helpers::segment(&t.access, 0)["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let roll = keyring::roll_compromised(
+        &first.keys_dir(),
+        &compromised,
+        crate::helpers::now(&first),
+        KeySize::Rsa2048,
+    )
+    .unwrap();
+    first.issuer.refresh_keys().await.unwrap();
+    let (_, fresh) = first.signed_in().await;
+    assert_eq!(
+        crate::helpers::segment(&fresh.access, 0)["kid"],
+        roll.active.as_str()
+    );
+    assert_eq!(second.me(&fresh.access).await.status(), StatusCode::OK);
+    let jwks: Value = second
+        .get("/.well-known/jwks.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(kids.contains(&roll.active.as_str()), "{kids:?}");
+    assert!(!kids.contains(&compromised.as_str()), "{kids:?}");
+    assert_eq!(
+        second.me(&t.access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }

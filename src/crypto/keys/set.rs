@@ -122,12 +122,22 @@ pub enum Reload {
     Swapped { new_active: Option<String> },
 }
 
+/// How often `Keys::reload_soon` may re-read the ring (an unknown `kid`, a JWKS
+/// request): a new key another instance or the CLI made is served and accepted at
+/// once, and a flood of made-up `kid`s costs at most this many file reads.
+pub const RELOAD_SOON: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The current key set of a key directory, swapped when the ring changes.
 pub struct Keys {
     dir: PathBuf,
     current: RwLock<Arc<KeySet>>,
     /// The ring as last read, to notice a change.
     raw: Mutex<Vec<u8>>,
+    /// When `reload_soon` last re-read the ring.
+    last_soon: Mutex<Option<std::time::Instant>>,
+    /// How many times the published keys or the active key changed (whichever path
+    /// re-read the ring).
+    changes: std::sync::atomic::AtomicU64,
 }
 
 impl Keys {
@@ -148,6 +158,8 @@ impl Keys {
         Self {
             dir: dir.to_owned(),
             current: RwLock::new(Arc::new(set)),
+            last_soon: Mutex::new(None),
+            changes: std::sync::atomic::AtomicU64::new(0),
             raw: Mutex::new(raw),
         }
     }
@@ -170,9 +182,47 @@ impl Keys {
         }
         let set = KeySet::from_ring(&self.dir, &ring, now)?;
         let new_active = (set.active.kid != current.active.kid).then(|| set.active.kid.clone());
+        let kids = |s: &KeySet| {
+            let mut kids: Vec<String> = s.decoding.keys().cloned().collect();
+            kids.sort();
+            kids
+        };
+        if new_active.is_some() || kids(&set) != kids(&current) {
+            self.changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
         *self.raw.lock().unwrap_or_else(PoisonError::into_inner) = raw;
         Ok(Reload::Swapped { new_active })
+    }
+
+    /// `reload`, unless this was done within `RELOAD_SOON`; whether a new set is in use.
+    /// A failure is logged and leaves the set as it is (the periodic reload reports it).
+    pub fn reload_soon(&self, now: i64) -> bool {
+        {
+            let mut last = self
+                .last_soon
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < RELOAD_SOON) {
+                return false;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        match self.reload(now) {
+            Ok(Reload::Swapped { .. }) => true,
+            Ok(Reload::Same) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "re-reading the key ring failed");
+                false
+            }
+        }
+    }
+
+    /// How many times the published keys or the active key changed since they were
+    /// loaded (a retired key leaving counts; the end of an emergency window does not).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn dir(&self) -> &Path {

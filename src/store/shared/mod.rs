@@ -289,15 +289,6 @@ impl SharedState {
         }
     }
 
-    /// Announces through Redis that the key files changed (a key command): running
-    /// instances re-read them at once. Whether Redis took it (false without Redis).
-    pub async fn announce_keys(&self) -> bool {
-        match &self.redis {
-            Some(link) => link.announce_keys().await,
-            None => false,
-        }
-    }
-
     /// Resolves when another process announced a change of the key files (never
     /// without Redis).
     pub async fn keys_announced(&self) {

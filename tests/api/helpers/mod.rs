@@ -41,7 +41,7 @@ pub use databases::{TestDatabase, family_generation, generations, stored_family}
 pub use forging::{
     b64, jwks, pem_body, segment, sign_rs256, sign_rs256_raw, token_generation, token_position,
 };
-pub use redis::{test_redis_url, unique_redis_prefix, wait_for_redis};
+pub use redis::{test_redis_url, unique_redis_prefix, wait_for_redis, wait_for_subscribers};
 
 /// A spawned issuer; its requests are those of its `Api` (`Deref`).
 pub struct TestApp {

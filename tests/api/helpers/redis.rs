@@ -53,3 +53,32 @@ pub async fn wait_for_redis(app: &TestApp, want: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until `n` instances of the key prefix `prefix` listen on the revocation
+/// channel (a message published before an instance subscribed is lost to it).
+pub async fn wait_for_subscribers(prefix: &str, n: i64) {
+    let url = test_redis_url().await;
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let channel = format!("{prefix}revocations");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, listening): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if listening >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{listening} of {n} instances subscribed to {channel}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
