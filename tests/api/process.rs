@@ -214,6 +214,22 @@ async fn wait_for_keys(api: &Api, keys: &str) -> Value {
     }
 }
 
+/// The `detail` of every audit event of `kind` in the binary's default SQLite
+/// database under `dir`, oldest first.
+async fn audit_details(dir: &std::path::Path, kind: &str) -> Vec<String> {
+    use sqlx::Connection as _;
+    let url = format!("sqlite://{}", dir.join("data/token-issuer.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let details: Vec<(String,)> =
+        sqlx::query_as("SELECT detail FROM audit_events WHERE kind = ?1 ORDER BY id")
+            .bind(kind)
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    db.close().await.unwrap();
+    details.into_iter().map(|(d,)| d).collect()
+}
+
 /// Registers `email` and logs in `logins` times with the `dev` client; the refresh
 /// tokens.
 async fn register_and_login(api: &Api, email: &str, logins: usize) -> Vec<String> {
@@ -810,25 +826,13 @@ async fn an_emergency_key_roll_refuses_the_compromised_keys_tokens_within_a_relo
     assert_eq!(metric(&api, "issuer_jwks_max_age_seconds").await, 30.0);
 
     // The audit log has the roll and its reason.
-    {
-        use sqlx::Connection as _;
-        let url = format!(
-            "sqlite://{}",
-            dir.path().join("data/token-issuer.db").display()
-        );
-        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        let (detail,): (String,) =
-            sqlx::query_as("SELECT detail FROM audit_events WHERE kind = 'key_compromised'")
-                .fetch_one(&mut db)
-                .await
-                .unwrap();
-        assert!(
-            detail.contains(&format!("{compromised} (active) removed")),
-            "{detail}"
-        );
-        assert!(detail.contains("reason: laptop stolen"), "{detail}");
-        db.close().await.unwrap();
-    }
+    let details = audit_details(dir.path(), "key_compromised").await;
+    assert_eq!(details.len(), 1, "{details:?}");
+    assert!(
+        details[0].contains(&format!("{compromised} (active) removed")),
+        "{details:?}"
+    );
+    assert!(details[0].contains("reason: laptop stolen"), "{details:?}");
 }
 
 /// `keys rotate-refresh`: calmly, outstanding refresh tokens keep working and new ones
@@ -909,28 +913,16 @@ async fn the_refresh_key_rotates_calmly_or_in_an_emergency() {
     wait_for_keys(&api, "ok").await;
     assert_eq!(metric(&api, "issuer_keys_stale").await, 0.0);
 
-    use sqlx::Connection as _;
-    let url = format!(
-        "sqlite://{}",
-        dir.path().join("data/token-issuer.db").display()
-    );
-    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let details: Vec<(String,)> = sqlx::query_as(
-        "SELECT detail FROM audit_events WHERE kind = 'refresh_key_rotated' ORDER BY id",
-    )
-    .fetch_all(&mut db)
-    .await
-    .unwrap();
+    let details = audit_details(dir.path(), "refresh_key_rotated").await;
     assert_eq!(details.len(), 2, "{details:?}");
     assert!(
-        details[0].0.contains("calm") && details[0].0.ends_with("reason: scheduled"),
+        details[0].contains("calm") && details[0].ends_with("reason: scheduled"),
         "{details:?}"
     );
     assert!(
-        details[1].0.contains("emergency") && details[1].0.ends_with("reason: key file leaked"),
+        details[1].contains("emergency") && details[1].ends_with("reason: key file leaked"),
         "{details:?}"
     );
-    db.close().await.unwrap();
 }
 
 /// With Redis, a key command announces its change: the running server re-reads the
@@ -1032,18 +1024,11 @@ async fn with_redis_key_commands_and_revoke_all_reach_the_running_server_at_once
     // New sign-ins work; the audit row says who set it.
     let fresh = tokens(api.login(&email, PASSWORD).await).await;
     assert_eq!(api.me(&fresh.access).await.status(), StatusCode::OK);
-    use sqlx::Connection as _;
-    let url = format!(
-        "sqlite://{}",
-        dir.path().join("data/token-issuer.db").display()
+    let details = audit_details(dir.path(), "sessions_revoked_all").await;
+    assert_eq!(details.len(), 1, "{details:?}");
+    assert!(
+        details[0].ends_with("reason: database copy leaked"),
+        "{details:?}"
     );
-    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let (detail,): (String,) =
-        sqlx::query_as("SELECT detail FROM audit_events WHERE kind = 'sessions_revoked_all'")
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
-    assert!(detail.ends_with("reason: database copy leaked"), "{detail}");
-    assert!(detail.contains("by cli"), "{detail}");
-    db.close().await.unwrap();
+    assert!(details[0].contains("by cli"), "{details:?}");
 }
