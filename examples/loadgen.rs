@@ -478,6 +478,7 @@ async fn store_limit(settings: &Settings, workers: usize, seconds: f64) -> f64 {
             ip: None,
             checked_password_hash: None,
             login_source: None,
+            dpop_jkt: None,
         };
         store.create_family(&family).await.unwrap();
         tasks.push(tokio::spawn(async move {
@@ -494,6 +495,7 @@ async fn store_limit(settings: &Settings, workers: usize, seconds: f64) -> f64 {
                         policy,
                         ip: None,
                         user_agent: None,
+                        dpop_jkt: None,
                         ticket: Default::default(),
                     })
                     .await

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub grace_replays: IntCounter,
     pub reuse_detections: IntCounter,
     pub families_moved_forward: IntCounter,
+    pub dpop_foreign_keys: IntCounter,
+    dpop_proofs_refused: IntCounter,
     pub sessions_revoked_all: IntCounter,
     key_changes: IntCounterVec,
     key_reload_failures: IntCounterVec,
@@ -159,6 +161,16 @@ impl Metrics {
                 "issuer_families_moved_forward_total",
                 "Sessions whose token was ahead of the database (restored from a backup, or commits lost), moved forward.",
             )?,
+            dpop_foreign_keys: counter(
+                &r,
+                "issuer_dpop_foreign_keys_total",
+                "Refresh tokens bound to a DPoP key presented with a proof of another key (stolen tokens).",
+            )?,
+            dpop_proofs_refused: counter(
+                &r,
+                "issuer_dpop_proofs_refused_total",
+                "DPoP proofs refused (invalid_dpop_proof): malformed, for another request, too old, replayed.",
+            )?,
             sessions_revoked_all: counter(
                 &r,
                 "issuer_sessions_revoked_all_total",
@@ -220,6 +232,11 @@ impl Metrics {
     /// A session ended, and why (`reuse`, `logout`, `admin_revoke`, ...).
     pub fn revoked(&self, reason: &str) {
         self.revocations.with_label_values(&[reason]).inc();
+    }
+
+    /// A DPoP proof refused (`invalid_dpop_proof`).
+    pub fn dpop_proof_refused(&self) {
+        self.dpop_proofs_refused.inc();
     }
 
     /// A refresh token refused, and why (`reused`, `revoked`, `expired`, ...).

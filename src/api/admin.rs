@@ -57,7 +57,8 @@ pub struct AuditEventBody {
     /// `admin_swept` (`detail`: what it deleted), `key_compromised` (`detail`: the key
     /// removed by an emergency roll, and why), `sessions_revoked_all` (`detail`: the
     /// scope, the instant and the reason), `refresh_key_rotated` (`detail`: calm or
-    /// emergency, and why).
+    /// emergency, and why), `dpop_foreign_key` (`detail`: the DPoP key a bound
+    /// session's refresh token came with, and whether the session was revoked).
     pub kind: String,
     #[oai(skip_serializing_if_is_none)]
     pub user_id: Option<Uuid>,

@@ -83,6 +83,8 @@ fn cors(origins: &BTreeSet<String>, credentials: bool) -> Option<Cors> {
                 "content-type",
                 "x-requested-with",
                 "if-none-match",
+                // RFC 9449: a browser client's proof.
+                "dpop",
             ])
             .expose_headers(["x-request-id", "www-authenticate", "retry-after", "etag"])
             .allow_credentials(credentials)

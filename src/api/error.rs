@@ -45,6 +45,10 @@ pub enum ErrorCode {
     UnsupportedGrantType,
     /// A scope was requested; no scopes are defined yet.
     InvalidScope,
+    /// The `DPoP` proof (RFC 9449) is missing, malformed, of an unsupported
+    /// algorithm, for another request, too old or replayed; the description says
+    /// which. Nothing was consumed.
+    InvalidDpopProof,
     /// The bearer access token is missing its mark (RFC 6750).
     InvalidToken,
     /// No bearer access token was sent.
@@ -95,6 +99,9 @@ pub enum ErrorReason {
     InvalidCredentials,
     /// A cookie-mode request failed the CSRF defence; nothing was consumed.
     Csrf,
+    /// The session is bound to a DPoP key (RFC 9449) and the request did not prove
+    /// it (no `DPoP` proof, or one of another key); nothing was consumed.
+    DpopKeyMismatch,
 }
 
 impl From<GrantRejection> for ErrorReason {
@@ -106,6 +113,7 @@ impl From<GrantRejection> for ErrorReason {
             GrantRejection::Unknown => Self::Unknown,
             GrantRejection::IdleTimeout => Self::IdleTimeout,
             GrantRejection::InvalidCredentials => Self::InvalidCredentials,
+            GrantRejection::DpopKeyMismatch => Self::DpopKeyMismatch,
         }
     }
 }
@@ -287,12 +295,16 @@ impl From<Error> for Problem {
                         "refresh token reuse detected; the session is revoked"
                     }
                     GrantRejection::Unknown => "unknown refresh token",
+                    GrantRejection::DpopKeyMismatch => {
+                        "the refresh token is bound to a DPoP key: send a DPoP proof of that key"
+                    }
                 };
                 Self::new(Kind::BadRequest, C::InvalidGrant, description).with_reason(r.into())
             }
             Error::CsrfRejected(m) => {
                 Self::new(Kind::BadRequest, C::InvalidRequest, m).with_reason(ErrorReason::Csrf)
             }
+            Error::InvalidDpopProof(m) => Self::new(Kind::BadRequest, C::InvalidDpopProof, m),
             Error::InvalidToken(why) => {
                 tracing::debug!(reason = why, "access token refused");
                 Self::new(

@@ -23,6 +23,7 @@ use poem_openapi::{OpenApiService, Tags};
 use crate::domain::client::BrowserContext;
 use crate::domain::error::Error;
 use crate::domain::secret::Secret;
+use crate::service::dpop::DpopHeader;
 use crate::service::tokens::RequestMeta;
 
 /// Operation groups in the docs.
@@ -114,6 +115,18 @@ fn request_meta(req: &Request, refresh_cookie: Option<String>, csrf_header: bool
             csrf_header,
         },
         refresh_cookie: refresh_cookie.map(Secret::new),
+        dpop: dpop_header(req),
+    }
+}
+
+/// The request's `DPoP` headers: none, one (not UTF-8: an empty proof, refused as
+/// malformed), or several (refused: RFC 9449 §4.3 allows exactly one).
+pub(crate) fn dpop_header(req: &Request) -> DpopHeader {
+    let mut values = req.headers().get_all("dpop").iter();
+    match (values.next(), values.next()) {
+        (None, _) => DpopHeader::Absent,
+        (Some(one), None) => DpopHeader::One(one.to_str().unwrap_or_default().to_owned()),
+        (Some(_), Some(_)) => DpopHeader::Several,
     }
 }
 

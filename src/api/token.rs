@@ -69,9 +69,10 @@ impl TokenRequestBody {
 #[derive(Object)]
 #[oai(rename = "TokenResponse")]
 pub struct TokenResponseBody {
-    /// An RS256 JWT (`typ: at+jwt`, RFC 9068), to send as `Authorization: Bearer`.
+    /// An RS256 JWT (`typ: at+jwt`, RFC 9068), to send as `Authorization: Bearer`; with
+    /// a DPoP proof (RFC 9449), bound to its key (`cnf.jkt`).
     access_token: String,
-    /// Always `Bearer`.
+    /// `Bearer`, or `DPoP` when the request came with a DPoP proof.
     token_type: String,
     /// Seconds until the access token expires (300 to 900).
     expires_in: u64,
@@ -111,7 +112,7 @@ impl From<Issued> for TokenOk {
         Self::Ok(
             Json(TokenResponseBody {
                 access_token: issued.access_token,
-                token_type: "Bearer".into(),
+                token_type: if issued.dpop_bound { "DPoP" } else { "Bearer" }.into(),
                 expires_in: issued.expires_in,
                 refresh_token,
                 scope: issued.scope,
@@ -195,7 +196,13 @@ impl TokenApi {
     /// `Origin` among their allowed origins on every request, and the refresh token
     /// only in the `__Host-refresh` cookie; a request that fails this check is refused
     /// without using the token.
+    ///
+    /// With a `DPoP` proof (RFC 9449), the access token is bound to the proof's key and
+    /// a login binds the session: its refresh tokens then need a proof of that key
+    /// (`invalid_grant`, `error_reason: dpop_key_mismatch` otherwise, nothing used up).
     #[oai(path = "/oauth/token", method = "post", operation_id = "token")]
+    // Each header is a parameter so that the OpenAPI document lists it.
+    #[allow(clippy::too_many_arguments)]
     async fn token(
         &self,
         issuer: Data<&Arc<Issuer>>,
@@ -207,6 +214,11 @@ impl TokenApi {
         /// the body: a public client sends `client_id:` with an empty password.
         #[oai(name = "Authorization")]
         authorization: Header<Option<String>>,
+        /// A DPoP proof (RFC 9449 §4) for `POST` on this endpoint's URL under the
+        /// issuer's `issuer_url`: the tokens are then bound to its key (`token_type:
+        /// DPoP`). Exactly one; required for clients with `dpop = "required"`.
+        #[oai(name = "DPoP")]
+        _dpop: Header<Option<String>>,
     ) -> Result<TokenOk, OAuthError> {
         let meta = request_meta(req, refresh.0, requested_with.0.is_some());
         let basic = basic_client(authorization.0.as_deref())?;

@@ -75,6 +75,8 @@ pub struct ServerMetadata {
     pub access_token_signing_alg_values_supported: Vec<String>,
     /// Every scope some client may request (per-client `scopes`).
     pub scopes_supported: Vec<String>,
+    /// The DPoP proof algorithms accepted (RFC 9449 §5.1).
+    pub dpop_signing_alg_values_supported: Vec<String>,
     pub service_documentation: String,
 }
 
@@ -175,6 +177,7 @@ fn server_metadata(issuer: &Issuer) -> MetadataResponse {
             ]),
             access_token_signing_alg_values_supported: list(&["RS256"]),
             scopes_supported: issuer.scopes_supported(),
+            dpop_signing_alg_values_supported: list(&crate::crypto::dpop::ALGORITHMS),
             service_documentation: format!("{base}/docs"),
         }),
         "public, max-age=3600".into(),

@@ -8,7 +8,7 @@ use super::tokens::TokenSettings;
 use super::units::duration;
 use super::urls::validate_origin;
 use super::{ConfigError, invalid};
-use crate::domain::client::{Client, ClientKind, Delivery};
+use crate::domain::client::{Client, ClientKind, Delivery, DpopPolicy, ForeignKeyPolicy};
 
 /// Every client: those of the file (which must list one at least), or the development
 /// clients when there is no file; ids unique, one cookie-mode client at most.
@@ -125,6 +125,8 @@ fn client_from_file(
         access_lifetime: tokens.access_token_lifetime,
         policy: tokens.policy(),
         introspection_audiences,
+        dpop: c.dpop,
+        dpop_foreign_key: c.dpop_foreign_key,
     })
 }
 
@@ -252,6 +254,8 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             access_lifetime: tokens.access_token_lifetime,
             policy: tokens.policy(),
             introspection_audiences: Vec::new(),
+            dpop: DpopPolicy::Allowed,
+            dpop_foreign_key: ForeignKeyPolicy::Refuse,
         },
         Client {
             id: "dev-spa".to_owned(),
@@ -264,6 +268,8 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             access_lifetime: tokens.access_token_lifetime,
             policy: tokens.policy(),
             introspection_audiences: Vec::new(),
+            dpop: DpopPolicy::Allowed,
+            dpop_foreign_key: ForeignKeyPolicy::Refuse,
         },
     ]
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{ConfigError, LogFormat, invalid};
-use crate::domain::client::{ClientKind, Delivery};
+use crate::domain::client::{ClientKind, Delivery, DpopPolicy, ForeignKeyPolicy};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +57,12 @@ pub(super) struct ClientFile {
     /// Service clients: the audiences (besides their `client_id`) whose tokens they may
     /// introspect; `["*"]` for all.
     pub(super) introspection_audiences: Option<Vec<String>>,
+    /// DPoP: `off`, `allowed` (the default) or `required`.
+    #[serde(default)]
+    pub(super) dpop: DpopPolicy,
+    /// A refresh with a DPoP proof of a foreign key: `refuse` (the default) or `revoke`.
+    #[serde(default)]
+    pub(super) dpop_foreign_key: ForeignKeyPolicy,
     #[serde(default)]
     pub(super) scopes: Vec<String>,
     pub(super) access_token_lifetime: Option<String>,

@@ -7,6 +7,8 @@
 
 #[cfg(feature = "server")]
 pub mod client_secret;
+#[cfg(any(feature = "server", feature = "verifier"))]
+pub mod dpop;
 pub mod jwt;
 #[cfg(feature = "server")]
 pub mod keys;

@@ -38,10 +38,13 @@ pub enum AuditKind {
     /// A signing key was removed as compromised (`keys roll --compromised`); `detail`
     /// names it, the keys that sign and come next, and the reason given.
     KeyCompromised,
+    /// A session bound to a DPoP key was presented with a proof of another key (a
+    /// stolen refresh token); `detail` names the key and what was done.
+    DpopForeignKey,
 }
 
 impl AuditKind {
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 13] = [
         Self::Login,
         Self::LoginFailed,
         Self::FamilyRevoked,
@@ -54,6 +57,7 @@ impl AuditKind {
         Self::KeyCompromised,
         Self::SessionsRevokedAll,
         Self::RefreshKeyRotated,
+        Self::DpopForeignKey,
     ];
 
     /// The stored and published name.
@@ -71,6 +75,7 @@ impl AuditKind {
             Self::KeyCompromised => "key_compromised",
             Self::SessionsRevokedAll => "sessions_revoked_all",
             Self::RefreshKeyRotated => "refresh_key_rotated",
+            Self::DpopForeignKey => "dpop_foreign_key",
         }
     }
 
@@ -205,6 +210,34 @@ impl AuditEvent {
                 "generation {from} -> {to}: the database was behind"
             )),
             ..Self::new(at, AuditKind::FamilyMovedForward)
+        }
+    }
+
+    /// Session `family_id`, bound to a DPoP key, was presented with a proof of the key
+    /// `jkt` (a thumbprint: public), from `ip`; `revoked` when the session was ended
+    /// for it.
+    pub fn dpop_foreign_key(
+        at: OffsetDateTime,
+        family: (Uuid, Uuid, &str),
+        jkt: &str,
+        ip: Option<&str>,
+        revoked: bool,
+    ) -> Self {
+        let (user_id, family_id, client_id) = family;
+        let done = if revoked {
+            "the session is revoked"
+        } else {
+            "refused"
+        };
+        Self {
+            user_id: Some(user_id),
+            family_id: Some(family_id),
+            client_id: Some(client_id.to_owned()),
+            detail: Some(format!(
+                "a proof of key {jkt} from {}: {done}",
+                ip.unwrap_or("an unknown address")
+            )),
+            ..Self::new(at, AuditKind::DpopForeignKey)
         }
     }
 

@@ -52,4 +52,15 @@ pub struct AccessClaims {
     pub sid: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// RFC 9449 §6.1: the DPoP key the token is bound to (its RFC 7638 thumbprint).
+    /// Absent on bearer tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The `cnf` (confirmation) claim of a DPoP-bound access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// The SHA-256 thumbprint (RFC 7638, base64url) of the DPoP public key.
+    pub jkt: String,
 }

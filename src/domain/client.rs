@@ -27,6 +27,31 @@ pub enum Delivery {
     Cookie,
 }
 
+/// Whether a client's tokens are bound to its DPoP key (RFC 9449).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DpopPolicy {
+    /// `DPoP` headers are ignored: bearer tokens only.
+    Off,
+    /// A request with a proof gets bound tokens; one without gets bearer tokens.
+    #[default]
+    Allowed,
+    /// Every token request needs a proof (`invalid_dpop_proof` without one).
+    Required,
+}
+
+/// What a refresh with a proof of another key than the session's does (besides the
+/// refusal, the audit row, the log line and the metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForeignKeyPolicy {
+    /// Refuse it; the session goes on for its holder of the key.
+    #[default]
+    Refuse,
+    /// Revoke the session too.
+    Revoke,
+}
+
 /// A registered application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
@@ -49,6 +74,10 @@ pub struct Client {
     /// `service` clients: the audiences whose tokens introspection answers them about,
     /// besides their own `client_id`; `*` for every token.
     pub introspection_audiences: Vec<String>,
+    /// DPoP at the token endpoint.
+    pub dpop: DpopPolicy,
+    /// A refresh with a proof of a foreign key: refused, or the session revoked too.
+    pub dpop_foreign_key: ForeignKeyPolicy,
 }
 
 /// What a browser request tells about where it comes from.
@@ -134,6 +163,8 @@ mod tests {
             scopes: Vec::new(),
             access_lifetime: Duration::from_secs(600),
             introspection_audiences: Vec::new(),
+            dpop: DpopPolicy::Allowed,
+            dpop_foreign_key: ForeignKeyPolicy::Refuse,
             policy: RefreshPolicy {
                 idle_timeout: Duration::from_secs(86_400),
                 absolute_lifetime: Duration::from_secs(86_400),

@@ -26,6 +26,9 @@ pub enum Error {
     /// A cookie-mode request failed the CSRF defence; nothing was consumed.
     #[error("csrf check failed: {0}")]
     CsrfRejected(&'static str),
+    /// The DPoP proof is refused (RFC 9449 `invalid_dpop_proof`); nothing was consumed.
+    #[error("invalid DPoP proof: {0}")]
+    InvalidDpopProof(&'static str),
     /// The access token is missing its mark; the reason is for logs only.
     #[error("invalid access token: {0}")]
     InvalidToken(&'static str),

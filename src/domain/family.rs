@@ -31,16 +31,20 @@ pub enum GrantRejection {
     IdleTimeout,
     /// Wrong username or password (password grant).
     InvalidCredentials,
+    /// The session is bound to a DPoP key and the request came without a proof of it
+    /// (no proof, or a proof of another key). Nothing was consumed.
+    DpopKeyMismatch,
 }
 
 impl GrantRejection {
     /// The reasons a refresh token can be refused for.
-    pub const OF_REFRESH: [Self; 5] = [
+    pub const OF_REFRESH: [Self; 6] = [
         Self::Expired,
         Self::Revoked,
         Self::Reused,
         Self::Unknown,
         Self::IdleTimeout,
+        Self::DpopKeyMismatch,
     ];
 
     pub fn code(self) -> &'static str {
@@ -51,6 +55,7 @@ impl GrantRejection {
             Self::Unknown => "unknown",
             Self::IdleTimeout => "idle_timeout",
             Self::InvalidCredentials => "invalid_credentials",
+            Self::DpopKeyMismatch => "dpop_key_mismatch",
         }
     }
 }
@@ -73,10 +78,13 @@ pub enum RevokeReason {
     AdminRevoke,
     /// An admin disabled the user.
     UserDisabled,
+    /// Its refresh token came with a DPoP proof of another key than the session's
+    /// (a stolen token), and the client's `dpop_foreign_key` is `revoke`.
+    DpopForeignKey,
 }
 
 impl RevokeReason {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Reuse,
         Self::ClientMismatch,
         Self::Logout,
@@ -86,6 +94,7 @@ impl RevokeReason {
         Self::PasswordChange,
         Self::AdminRevoke,
         Self::UserDisabled,
+        Self::DpopForeignKey,
     ];
 
     pub fn code(self) -> &'static str {
@@ -99,6 +108,7 @@ impl RevokeReason {
             Self::PasswordChange => "password_change",
             Self::AdminRevoke => "admin_revoke",
             Self::UserDisabled => "user_disabled",
+            Self::DpopForeignKey => "dpop_foreign_key",
         }
     }
 }

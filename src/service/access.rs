@@ -20,8 +20,16 @@ pub struct Principal {
 impl Issuer {
     /// Verifies a bearer token for our own audience and checks that its family is still
     /// live, so the access tokens of a revoked family are refused at once.
+    /// A token bound to a DPoP key (`cnf.jkt`) is refused here (RFC 9449 §7.2: it is
+    /// not a bearer token).
     pub async fn authenticate(&self, token: &str) -> Result<Principal, Error> {
-        self.check_access_token(token, Some(&self.audience)).await
+        let principal = self.check_access_token(token, Some(&self.audience)).await?;
+        if principal.claims.cnf.is_some() {
+            return Err(Error::InvalidToken(
+                "the token is bound to a DPoP key; it is not a bearer token",
+            ));
+        }
+        Ok(principal)
     }
 
     /// An access token of ours, for any audience, whose session is live.

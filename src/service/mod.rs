@@ -3,6 +3,7 @@
 pub mod access;
 pub mod admin;
 pub mod attempts;
+pub mod dpop;
 pub mod incident;
 pub mod introspect;
 pub mod keys;
@@ -89,6 +90,8 @@ pub struct Issuer {
     pub(crate) widest_policy: RefreshPolicy,
     pub(crate) issuer_url: String,
     pub(crate) audience: String,
+    /// The clock leeway (DPoP proofs' `iat`).
+    pub(crate) clock_leeway: std::time::Duration,
     pub(crate) allow_registration: bool,
     pub(crate) key_rotation_interval: Option<std::time::Duration>,
     /// How long audit events are kept.
@@ -167,6 +170,7 @@ impl Issuer {
             widest_policy,
             issuer_url: settings.issuer_url,
             audience: settings.audience,
+            clock_leeway: settings.clock_leeway,
             allow_registration: settings.allow_registration,
             key_rotation_interval: settings.key_rotation_interval,
             audit_retention: settings.audit_retention,

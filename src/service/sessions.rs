@@ -171,6 +171,8 @@ impl Issuer {
             ip: meta.ip,
             checked_password_hash: None,
             login_source: None,
+            // The session goes on under the same DPoP key, if it had one.
+            dpop_jkt: who.claims.cnf.as_ref().map(|c| c.jkt.clone()),
         };
         let change = PasswordChange {
             user_id: who.user.id,
@@ -187,7 +189,15 @@ impl Issuer {
         tracing::info!(target: "security", event = "password_changed", user_id = %who.user.id, sid = %family.id);
         self.announce(&revoked, RevokeReason::PasswordChange, who)
             .await;
-        self.issue(client, &FamilyInfo::from(family), token, now, None)
-            .await
+        let jkt = family.dpop_jkt.clone();
+        self.issue(
+            client,
+            &FamilyInfo::from(family),
+            token,
+            now,
+            None,
+            jkt.as_deref(),
+        )
+        .await
     }
 }

@@ -8,9 +8,10 @@ use uuid::Uuid;
 
 use super::Issuer;
 use super::attempts::Credentials;
+use crate::crypto::dpop::Proof;
 use crate::crypto::{jwt, refresh};
 use crate::domain::address;
-use crate::domain::claims::{AccessClaims, Audience};
+use crate::domain::claims::{AccessClaims, Audience, Confirmation};
 use crate::domain::client::{BrowserContext, Client, ClientKind, Delivery};
 use crate::domain::error::Error;
 use crate::domain::family::{GrantRejection, RevokeReason};
@@ -44,6 +45,8 @@ pub struct RequestMeta {
     pub browser: BrowserContext,
     /// The `__Host-refresh` cookie, when the request carried one.
     pub refresh_cookie: Option<Secret>,
+    /// The request's `DPoP` header(s).
+    pub dpop: super::dpop::DpopHeader,
 }
 
 /// Tokens to hand to the client.
@@ -57,6 +60,8 @@ pub struct Issued {
     /// How long the refresh cookie may live: the family's remaining absolute lifetime.
     pub refresh_max_age: Duration,
     pub scope: Option<String>,
+    /// The access token is bound to a DPoP key (`token_type: DPoP`).
+    pub dpop_bound: bool,
 }
 
 /// What a revocation did to the refresh cookie.
@@ -124,9 +129,10 @@ impl Issuer {
         // Before anything is looked up or consumed.
         client.check_browser_request(&meta.browser)?;
         client.check_scope(params.scope.as_deref())?;
+        let proof = self.token_request_proof(client, &meta).await?;
         match grant_type.as_str() {
-            "password" => self.password_grant(client, params, meta).await,
-            _ => self.refresh_grant(client, params, meta).await,
+            "password" => self.password_grant(client, params, meta, proof).await,
+            _ => self.refresh_grant(client, params, meta, proof).await,
         }
     }
 
@@ -135,6 +141,7 @@ impl Issuer {
         client: &Client,
         params: TokenParams,
         meta: RequestMeta,
+        proof: Option<Proof>,
     ) -> Result<Issued, Error> {
         let scope = client.check_scope(params.scope.as_deref())?;
         let username = present(params.username)
@@ -180,6 +187,7 @@ impl Issuer {
             ip: meta.ip,
             checked_password_hash: Some(user.password_hash.clone()),
             login_source: source,
+            dpop_jkt: proof.map(|p| p.jkt),
         };
         // A disable or a password change that committed during the hash wins.
         if !self.store.create_family(&family).await? {
@@ -187,8 +195,16 @@ impl Issuer {
         }
         tracing::info!(target: "security", event = "login", user_id = %user.user.id, sid = %family.id, client_id = %client.id);
         self.metrics.logins.inc();
-        self.issue(client, &FamilyInfo::from(family), token, now, None)
-            .await
+        let jkt = family.dpop_jkt.clone();
+        self.issue(
+            client,
+            &FamilyInfo::from(family),
+            token,
+            now,
+            None,
+            jkt.as_deref(),
+        )
+        .await
     }
 
     /// The user a username and password name, or `invalid_credentials`; the check is
@@ -240,6 +256,7 @@ impl Issuer {
         client: &Client,
         params: TokenParams,
         mut meta: RequestMeta,
+        proof: Option<Proof>,
     ) -> Result<Issued, Error> {
         let presented =
             presented_refresh_token(client, params.refresh_token, meta.refresh_cookie.take())?;
@@ -266,6 +283,7 @@ impl Issuer {
                 policy: client.policy,
                 ip: meta.ip.as_deref(),
                 user_agent: user_agent.as_deref(),
+                dpop_jkt: proof.as_ref().map(|p| p.jkt.as_str()),
                 ticket: Ticket::default(),
             })
             .await?;
@@ -294,7 +312,8 @@ impl Issuer {
                 } else {
                     self.metrics.rotations.inc();
                 }
-                self.issue(client, &family, successor, now, requested_scope)
+                let jkt = proof.as_ref().map(|p| p.jkt.as_str());
+                self.issue(client, &family, successor, now, requested_scope, jkt)
                     .await
             }
             RotateOutcome::Refused {
@@ -304,6 +323,11 @@ impl Issuer {
             } => {
                 self.refused(client, &meta, rejection, family.as_ref(), revoked)
                     .await;
+                if let (GrantRejection::DpopKeyMismatch, Some(family), Some(proof)) =
+                    (rejection, &family, &proof)
+                {
+                    self.foreign_dpop_key(client, family, proof, &meta).await;
+                }
                 Err(Error::InvalidGrant(rejection))
             }
         }
@@ -392,8 +416,8 @@ impl Issuer {
         }
     }
 
-    /// Mints the access token for `family` (with `scope`, or the family's own) and hands
-    /// out `refresh_token`.
+    /// Mints the access token for `family` (with `scope`, or the family's own), bound
+    /// to the DPoP key `jkt` when given, and hands out `refresh_token`.
     pub(crate) async fn issue(
         &self,
         client: &Client,
@@ -401,6 +425,7 @@ impl Issuer {
         refresh_token: Secret,
         now: OffsetDateTime,
         scope: Option<String>,
+        jkt: Option<&str>,
     ) -> Result<Issued, Error> {
         // A scope the client may no longer request (the configuration changed) is not
         // minted again.
@@ -424,6 +449,9 @@ impl Issuer {
             client_id: client.id.clone(),
             sid: family.id.to_string(),
             scope: scope.clone(),
+            cnf: jkt.map(|jkt| Confirmation {
+                jkt: jkt.to_owned(),
+            }),
         };
         // ~0.9 ms of RSA: off the async workers, so the single SQLite writer's next
         // statement is never left waiting behind a signature.
@@ -441,6 +469,7 @@ impl Issuer {
             delivery: client.delivery,
             refresh_max_age,
             scope,
+            dpop_bound: jkt.is_some(),
         })
     }
 

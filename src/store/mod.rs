@@ -147,6 +147,9 @@ pub struct NewFamily {
     /// A login: where from (an IPv4 address or an IPv6 /64), remembered as a source
     /// this user signed in from (`known_login_source`).
     pub login_source: Option<String>,
+    /// The DPoP key (RFC 7638 thumbprint) the session's refresh tokens are bound to,
+    /// for the whole life of the session.
+    pub dpop_jkt: Option<String>,
 }
 
 /// A presented refresh token, as the store finds it: a minted token by its family and
@@ -166,6 +169,7 @@ impl From<NewFamily> for FamilyInfo {
             client_id: f.client_id,
             scope: f.scope,
             created_at: f.created_at,
+            dpop_jkt: f.dpop_jkt,
         }
     }
 }
@@ -178,6 +182,8 @@ pub struct FamilyInfo {
     pub client_id: String,
     pub scope: Option<String>,
     pub created_at: OffsetDateTime,
+    /// The DPoP key (RFC 7638 thumbprint) its refresh tokens are bound to.
+    pub dpop_jkt: Option<String>,
 }
 
 /// One rotation attempt.
@@ -190,6 +196,9 @@ pub struct RotateRequest<'a> {
     /// Where the request came from: kept as the session's last IP and user agent.
     pub ip: Option<&'a str>,
     pub user_agent: Option<&'a str>,
+    /// The key of the request's DPoP proof (its thumbprint), if it came with one: a
+    /// bound session rotates only with a proof of its key.
+    pub dpop_jkt: Option<&'a str>,
     /// Claimed by the store before the rotation's point of no return; abandoned by a
     /// caller that stops waiting (see `ticket`). `Ticket::default()` for a caller that
     /// always waits.

@@ -8,6 +8,8 @@
 //!   its access tokens;
 //! - `rl:<kind>:<hash>`: a fixed-window counter (the IP, e-mail or family is hashed, so
 //!   no personal data sits in Redis);
+//! - `dpop:<hash>`: a DPoP proof seen (its key and `jti`, hashed), for as long as its
+//!   `iat` is accepted: a replay on any instance is refused;
 //! - channel `revocations`: `<sid>:<ttl in ms>` for every family revoked, for the
 //!   other instances' in-process deny-lists and session caches; `epoch <not_before>
 //!   <scope>` for a revocation epoch; `keys` after a key command changed the key
@@ -259,6 +261,21 @@ impl RedisLink {
         self.bounded(pipe.query_async::<()>(&mut conn), "set_epoch")
             .await
             .is_some()
+    }
+
+    /// Sets `key` for `ttl` unless it exists (`SET NX`): whether this call set it;
+    /// `None` when Redis did not answer.
+    pub async fn set_once(&self, key: &str, ttl: Duration) -> Option<bool> {
+        let mut conn = self.conn();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms);
+        let set: Option<String> = self.bounded(cmd.query_async(&mut conn), "set_once").await?;
+        Some(set.is_some())
     }
 
     /// Announces on the revocation channel that the key files changed.

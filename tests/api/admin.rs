@@ -208,6 +208,7 @@ scenario! {
             ip: None,
             checked_password_hash: checked.map(str::to_owned),
             login_source: None,
+            dpop_jkt: None,
         };
         assert!(!store.create_family(&family(Some("$argon2id$stale"))).await.unwrap());
         assert!(store.create_family(&family(None)).await.unwrap());

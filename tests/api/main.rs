@@ -37,6 +37,7 @@ mod cookie_mode;
 mod credential_races;
 mod deploy;
 mod discovery;
+mod dpop;
 mod faults;
 mod files;
 mod forged_tokens;

@@ -1,6 +1,8 @@
 //! The rotation rules applied inside a transaction: the conditional update first, and
 //! when it did not rotate, the lookup, the decision (`domain::generation`) and its
-//! settlement.
+//! settlement. A session bound to a DPoP key (`FamilyInfo::dpop_jkt`) rotates only
+//! for a request that proved that key: the conditional update requires it, and the
+//! lookup refuses anything else first (`dpop_key_mismatch`), consuming nothing.
 
 use super::Steps;
 use crate::domain::audit::AuditEvent;
@@ -51,6 +53,17 @@ pub async fn settle<S: Steps + ?Sized>(
             revoked: None,
         }));
     };
+    // A session bound to a DPoP key answers nothing else (its state, a grace replay)
+    // to a request without a proof of that key, and consumes nothing.
+    if let Some(bound) = p.family.dpop_jkt.as_deref()
+        && r.dpop_jkt != Some(bound)
+    {
+        return Ok(Settled::Done(RotateOutcome::Refused {
+            rejection: GrantRejection::DpopKeyMismatch,
+            family: Some(p.family),
+            revoked: None,
+        }));
+    }
     let family_id = p.family.id;
     let step = r
         .policy

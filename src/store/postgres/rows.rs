@@ -46,6 +46,7 @@ pub(super) struct FamilyRecord {
     pub(super) client_id: String,
     pub(super) scope: Option<String>,
     pub(super) created_at: OffsetDateTime,
+    pub(super) dpop_jkt: Option<String>,
 }
 
 impl From<FamilyRecord> for FamilyInfo {
@@ -56,6 +57,7 @@ impl From<FamilyRecord> for FamilyInfo {
             client_id: r.client_id,
             scope: r.scope,
             created_at: r.created_at,
+            dpop_jkt: r.dpop_jkt,
         }
     }
 }
@@ -101,7 +103,8 @@ pub(super) const STATE_COLUMNS: &str = concat!(
     " AS epoch_revoked, f.generation, f.generation_issued_at"
 );
 
-pub(super) const FAMILY_COLUMNS: &str = "f.id, f.user_id, f.client_id, f.scope, f.created_at";
+pub(super) const FAMILY_COLUMNS: &str =
+    "f.id, f.user_id, f.client_id, f.scope, f.created_at, f.dpop_jkt";
 
 impl PresentedRecord {
     pub(super) fn presented(self) -> Result<Presented, StoreError> {

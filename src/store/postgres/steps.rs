@@ -40,10 +40,11 @@ pub(super) async fn rotate_fresh(
                   WHERE id = $2 AND generation = $3 AND revoked_at IS NULL AND client_id = $4
                     AND last_used_at > $5 AND created_at > $6
                     AND user_id IN (SELECT id FROM users WHERE disabled_at IS NULL)
+                    AND (f.dpop_jkt IS NULL OR f.dpop_jkt = $9)
                AND NOT ",
                 epoch_revoked!("f"),
                 "
-                 RETURNING f.id, f.user_id, f.client_id, f.scope, f.created_at, f.generation"
+                 RETURNING f.id, f.user_id, f.client_id, f.scope, f.created_at, f.dpop_jkt, f.generation"
             ))
             .bind(r.now)
             .bind(family)
@@ -53,6 +54,7 @@ pub(super) async fn rotate_fresh(
             .bind(absolute_cutoff)
             .bind(r.ip)
             .bind(r.user_agent)
+            .bind(r.dpop_jkt)
             .fetch_optional(&mut *conn)
             .await
         }
@@ -78,7 +80,7 @@ pub(super) async fn rotate_fresh(
                         ip = COALESCE($6, f.ip), user_agent = COALESCE($7, f.user_agent)
                    FROM consumed
                   WHERE f.id = consumed.family_id AND f.revoked_at IS NULL
-                 RETURNING f.id, f.user_id, f.client_id, f.scope, f.created_at, f.generation"
+                 RETURNING f.id, f.user_id, f.client_id, f.scope, f.created_at, f.dpop_jkt, f.generation"
             ))
             .bind(r.now)
             .bind(&hash[..])
@@ -151,7 +153,7 @@ impl Steps for Transaction<'_, Postgres> {
                AND NOT ",
             epoch_revoked!("refresh_families"),
             "
-             RETURNING id, user_id, client_id, scope, created_at"
+             RETURNING id, user_id, client_id, scope, created_at, dpop_jkt"
         ))
         .bind(r.now)
         .bind(family_id)
@@ -183,7 +185,7 @@ impl Steps for Transaction<'_, Postgres> {
                AND NOT ",
             epoch_revoked!("refresh_families"),
             "
-             RETURNING id, user_id, client_id, scope, created_at"
+             RETURNING id, user_id, client_id, scope, created_at, dpop_jkt"
         ))
         .bind(r.now)
         .bind(family_id)
@@ -342,8 +344,8 @@ impl Steps for Transaction<'_, Postgres> {
         sqlx::query(
             "INSERT INTO refresh_families
                  (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip,
-                  generation, generation_issued_at)
-             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, 0, $5)",
+                  generation, generation_issued_at, dpop_jkt)
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, 0, $5, $8)",
         )
         .bind(f.id)
         .bind(f.user_id)
@@ -352,6 +354,7 @@ impl Steps for Transaction<'_, Postgres> {
         .bind(f.created_at)
         .bind(&f.user_agent)
         .bind(&f.ip)
+        .bind(&f.dpop_jkt)
         .execute(&mut **self)
         .await
         .map_err(classify)?;

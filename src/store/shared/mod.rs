@@ -63,6 +63,9 @@ pub const SESSION_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Most sessions cached, and most revoked sessions remembered locally; past that the
 /// cache is emptied (it refills from the database) and expired denials are dropped.
 const CACHE_MAX: usize = 100_000;
+/// The most DPoP proofs one process remembers without Redis (each for about a
+/// minute): 200,000 is over 3,000 proofs a second.
+const PROOFS_MAX: usize = 200_000;
 /// How often Redis is pinged (and a lost subscription retried).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -114,6 +117,9 @@ pub struct SharedState {
     epochs: Epochs,
     /// Another process announced a change of the key files.
     keys_changed: tokio::sync::Notify,
+    /// DPoP proofs seen by this process (without Redis, or while it is down), until
+    /// when.
+    proofs: Mutex<HashMap<String, Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,6 +143,7 @@ impl SharedState {
             rebuild_pending: AtomicBool::new(true),
             epochs: Epochs::default(),
             keys_changed: tokio::sync::Notify::new(),
+            proofs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -286,6 +293,34 @@ impl SharedState {
             tracing::warn!(
                 "revocation epoch not written to redis; other instances read it from the database within seconds"
             );
+        }
+    }
+
+    /// Records the DPoP proof `id` (a hash of its key and `jti`) as used for `ttl`:
+    /// `Some(true)` the first time, `Some(false)` for a replay; across instances
+    /// through Redis (`SET NX`), in this process without it or while it is down (a
+    /// replay on another instance then goes unseen). `None` when this process has
+    /// `PROOFS_MAX` live proofs already: refused rather than forgotten.
+    pub async fn first_use_of_proof(&self, id: &str, ttl: Duration) -> Option<bool> {
+        if let Some(link) = self.live_redis()
+            && let Some(first) = link.set_once(&format!("dpop:{id}"), ttl).await
+        {
+            return Some(first);
+        }
+        let now = Instant::now();
+        let mut proofs = lock(&self.proofs);
+        if proofs.len() >= PROOFS_MAX {
+            proofs.retain(|_, until| *until > now);
+            if proofs.len() >= PROOFS_MAX {
+                return None;
+            }
+        }
+        match proofs.get(id) {
+            Some(until) if *until > now => Some(false),
+            _ => {
+                proofs.insert(id.to_owned(), now + ttl);
+                Some(true)
+            }
         }
     }
 

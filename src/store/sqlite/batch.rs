@@ -16,6 +16,7 @@ struct RotationJob {
     policy: RefreshPolicy,
     ip: Option<String>,
     user_agent: Option<String>,
+    dpop_jkt: Option<String>,
     ticket: Ticket,
     reply: tokio::sync::oneshot::Sender<Result<RotateOutcome, StoreError>>,
 }
@@ -29,6 +30,7 @@ impl RotationJob {
             policy: self.policy,
             ip: self.ip.as_deref(),
             user_agent: self.user_agent.as_deref(),
+            dpop_jkt: self.dpop_jkt.as_deref(),
             ticket: self.ticket.clone(),
         }
     }
@@ -77,6 +79,7 @@ impl Rotations {
             policy: r.policy,
             ip: r.ip.map(str::to_owned),
             user_agent: r.user_agent.map(str::to_owned),
+            dpop_jkt: r.dpop_jkt.map(str::to_owned),
             ticket: r.ticket.clone(),
             reply,
         };
@@ -164,7 +167,8 @@ async fn rotate_fresh_batch(
                 ms(idle_cutoff),
                 ms(absolute_cutoff),
                 job.ip,
-                job.user_agent
+                job.user_agent,
+                job.dpop_jkt
             ]))
         })
         .collect();
@@ -176,7 +180,8 @@ async fn rotate_fresh_batch(
              SELECT value ->> 0 AS idx, value ->> 1 AS id, value ->> 2 AS generation,
                     value ->> 3 AS client_id, value ->> 4 AS now,
                     value ->> 5 AS idle_cutoff, value ->> 6 AS absolute_cutoff,
-                    value ->> 7 AS ip, value ->> 8 AS user_agent
+                    value ->> 7 AS ip, value ->> 8 AS user_agent,
+                    value ->> 9 AS dpop_jkt
              FROM json_each(?1))
          UPDATE refresh_families
             SET generation = refresh_families.generation + 1, generation_issued_at = j.now,
@@ -191,11 +196,12 @@ async fn rotate_fresh_batch(
            AND refresh_families.created_at > j.absolute_cutoff
            AND EXISTS (SELECT 1 FROM users u
                        WHERE u.id = refresh_families.user_id AND u.disabled_at IS NULL)
+           AND (refresh_families.dpop_jkt IS NULL OR refresh_families.dpop_jkt = j.dpop_jkt)
            AND NOT EXISTS (SELECT 1 FROM j AS e WHERE e.id = j.id AND e.idx < j.idx)
            AND NOT ",
         epoch_revoked!("refresh_families"),
         "
-         RETURNING id, user_id, client_id, scope, created_at, generation"
+         RETURNING id, user_id, client_id, scope, created_at, dpop_jkt, generation"
     ))
     .bind(serde_json::Value::Array(jobs).to_string())
     .fetch_all(&mut **tx)

@@ -70,6 +70,7 @@ pub(super) struct FamilyRecord {
     pub(super) client_id: String,
     pub(super) scope: Option<String>,
     pub(super) created_at: i64,
+    pub(super) dpop_jkt: Option<String>,
 }
 
 impl FamilyRecord {
@@ -80,6 +81,7 @@ impl FamilyRecord {
             client_id: self.client_id,
             scope: self.scope,
             created_at: from_ms(self.created_at)?,
+            dpop_jkt: self.dpop_jkt,
         })
     }
 }
@@ -126,7 +128,8 @@ pub(super) const STATE_COLUMNS: &str = concat!(
     " AS epoch_revoked, f.generation, f.generation_issued_at"
 );
 
-pub(super) const FAMILY_COLUMNS: &str = "f.id, f.user_id, f.client_id, f.scope, f.created_at";
+pub(super) const FAMILY_COLUMNS: &str =
+    "f.id, f.user_id, f.client_id, f.scope, f.created_at, f.dpop_jkt";
 
 impl PresentedRecord {
     pub(super) fn presented(self) -> Result<Presented, StoreError> {

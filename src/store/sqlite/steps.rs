@@ -72,9 +72,10 @@ impl Steps for Transaction<'_, Sqlite> {
                AND last_used_at > ?5 AND created_at > ?6
                AND EXISTS (SELECT 1 FROM users u
                            WHERE u.id = refresh_families.user_id AND u.disabled_at IS NULL)
+               AND (dpop_jkt IS NULL OR dpop_jkt = ?9)
                AND NOT ",
             epoch_revoked!("refresh_families"),
-            " RETURNING id, user_id, client_id, scope, created_at, generation"
+            " RETURNING id, user_id, client_id, scope, created_at, dpop_jkt, generation"
         ))
         .bind(now)
         .bind(&family_id)
@@ -84,6 +85,7 @@ impl Steps for Transaction<'_, Sqlite> {
         .bind(ms(absolute_cutoff))
         .bind(r.ip)
         .bind(r.user_agent)
+        .bind(r.dpop_jkt)
         .fetch_optional(&mut **self)
         .await
         .map_err(classify)?;
@@ -134,7 +136,7 @@ impl Steps for Transaction<'_, Sqlite> {
                            WHERE u.id = refresh_families.user_id AND u.disabled_at IS NULL)
                AND NOT ",
             epoch_revoked!("refresh_families"),
-            " RETURNING id, user_id, client_id, scope, created_at"
+            " RETURNING id, user_id, client_id, scope, created_at, dpop_jkt"
         ))
         .bind(ms(r.now))
         .bind(family_id.to_string())
@@ -166,7 +168,7 @@ impl Steps for Transaction<'_, Sqlite> {
                            WHERE u.id = refresh_families.user_id AND u.disabled_at IS NULL)
                AND NOT ",
             epoch_revoked!("refresh_families"),
-            " RETURNING id, user_id, client_id, scope, created_at"
+            " RETURNING id, user_id, client_id, scope, created_at, dpop_jkt"
         ))
         .bind(ms(r.now))
         .bind(family_id.to_string())
@@ -309,8 +311,8 @@ impl Steps for Transaction<'_, Sqlite> {
         let inserted = sqlx::query(
             "INSERT INTO refresh_families
                  (id, user_id, client_id, scope, created_at, last_used_at, user_agent, ip,
-                  generation, generation_issued_at)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, 0, ?5
+                  generation, generation_issued_at, dpop_jkt)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, 0, ?5, ?9
              WHERE ?8 IS NULL OR EXISTS (SELECT 1 FROM users
                                          WHERE id = ?2 AND disabled_at IS NULL
                                            AND password_hash = ?8)",
@@ -323,6 +325,7 @@ impl Steps for Transaction<'_, Sqlite> {
         .bind(&f.user_agent)
         .bind(&f.ip)
         .bind(&f.checked_password_hash)
+        .bind(&f.dpop_jkt)
         .execute(&mut **self)
         .await
         .map_err(classify)?

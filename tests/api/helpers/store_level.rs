@@ -47,6 +47,7 @@ pub async fn family(
         ip: None,
         checked_password_hash: None,
         login_source: None,
+        dpop_jkt: None,
     };
     assert!(store.create_family(&family).await.unwrap());
     TokenRef::Minted {
@@ -69,6 +70,7 @@ pub async fn rotate(
             policy: POLICY,
             ip: None,
             user_agent: None,
+            dpop_jkt: None,
             ticket: Default::default(),
         })
         .await

@@ -1,0 +1,248 @@
+//! DPoP proofs (RFC 9449 §4): what a client sends in the `DPoP` header to show it
+//! holds the private key its tokens are bound to. The issuer checks them at its token
+//! endpoint and protected endpoints; the `verifier` module at resource servers.
+//!
+//! A proof is accepted when all of these hold (anything else is `invalid_dpop_proof`,
+//! with a description naming the first rule broken):
+//! - at most `MAX_PROOF_LEN` bytes, a JWS compact serialization (three segments);
+//! - header `typ` exactly `dpop+jwt`; `alg` in `ALGORITHMS` (asymmetric only: never
+//!   `none`, never HMAC); `jwk` a public key of the type the `alg` needs (`EC` P-256
+//!   for `ES256`, `OKP` Ed25519 for `EdDSA`, `RSA` of at least `MIN_RSA_BITS` for
+//!   `RS256`/`PS256`), with no private member (`d`, `p`, `q`, `dp`, `dq`, `qi`, `oth`,
+//!   `k`); the signature verifies under that `jwk`;
+//! - claims: `jti` a string of 1 to `MAX_JTI_LEN` characters; `htm` equal to the
+//!   request method; `htu` the request's URL as the public base URL names it
+//!   (scheme, host and port compared after RFC 3986 normalisation, the path exactly),
+//!   with no query or fragment (§4.2 says the proof's `htu` has none); `iat` an
+//!   integer no older than `IAT_WINDOW` plus the leeway and no further ahead than the
+//!   leeway; `ath` the base64url SHA-256 of the access token where one is presented
+//!   (protected endpoints), and absent there is refused; `nonce`, when present, is
+//!   returned for the caller to check (nonces are the issuer's: `Nonces`).
+//! - What this module does not do: the replay check (a `jti` seen within
+//!   `replay_ttl` is refused: the caller keeps the set, in Redis across instances),
+//!   and the binding (the caller compares `Proof::jkt`, the RFC 7638 SHA-256
+//!   thumbprint of the `jwk`, with the token's `cnf.jkt` or the session's key).
+//!
+//! jsonwebtoken parses the `jwk`, computes its thumbprint and verifies the signature
+//! (with the `alg` pinned to the header's, which must be on the allow-list first); the
+//! header is also read here as plain JSON, because jsonwebtoken's `Jwk` drops the
+//! members it does not know, private ones included.
+
+use std::collections::HashSet;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, ThumbprintHash};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+/// Longest proof accepted, in bytes.
+pub const MAX_PROOF_LEN: usize = 4096;
+/// Longest `jti` accepted, in characters.
+pub const MAX_JTI_LEN: usize = 256;
+/// How old a proof's `iat` may be, before the leeway (RFC 9449 §11.1 leaves it to
+/// the server; a proof is made just before its request).
+pub const IAT_WINDOW: i64 = 60;
+/// The smallest RSA modulus accepted.
+pub const MIN_RSA_BITS: usize = 2048;
+/// The proof algorithms accepted, as `dpop_signing_alg_values_supported` lists them.
+pub const ALGORITHMS: [&str; 4] = ["ES256", "EdDSA", "RS256", "PS256"];
+
+/// Members of a JWK that only a private key has.
+const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+
+/// What the request says, for the proof to match.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    /// `POST`, `GET`, ... as received.
+    pub method: &'a str,
+    /// The request's URL as the public base URL names it, without query.
+    pub url: &'a str,
+    /// Now, unix seconds.
+    pub now: i64,
+    /// Clock leeway, seconds.
+    pub leeway: i64,
+    /// The access token presented with the proof (protected endpoints): `ath` must be
+    /// its hash. `None` at the token endpoint.
+    pub access_token: Option<&'a str>,
+}
+
+/// A proof that passed every check of this module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proof {
+    /// The RFC 7638 SHA-256 thumbprint of the proof's key, base64url.
+    pub jkt: String,
+    pub jti: String,
+    pub iat: i64,
+    pub nonce: Option<String>,
+}
+
+/// Why a proof was refused (the `error_description` of `invalid_dpop_proof`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidProof(pub &'static str);
+
+/// How long a proof's `jti` must be remembered to refuse its replay: as long as its
+/// `iat` is accepted.
+pub fn replay_ttl(leeway: i64) -> i64 {
+    IAT_WINDOW + 2 * leeway
+}
+
+/// The base64url SHA-256 of an access token (`ath`).
+pub fn access_token_hash(token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
+/// Checks `proof` against `expected` (see the module docs).
+pub fn check(proof: &str, expected: &Expected<'_>) -> Result<Proof, InvalidProof> {
+    if proof.len() > MAX_PROOF_LEN {
+        return Err(InvalidProof("the proof is too long"));
+    }
+    let mut segments = proof.split('.');
+    let (Some(header), Some(_), Some(_), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return Err(InvalidProof("the proof is not a JWS"));
+    };
+    let header = json_object(header).ok_or(InvalidProof("the proof header is not JSON"))?;
+    if header.get("typ").and_then(Value::as_str) != Some("dpop+jwt") {
+        return Err(InvalidProof("typ must be dpop+jwt"));
+    }
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .filter(|a| ALGORITHMS.contains(a))
+        .ok_or(InvalidProof("alg is not one of the supported algorithms"))?;
+    let jwk_value = header
+        .get("jwk")
+        .and_then(Value::as_object)
+        .ok_or(InvalidProof("the header has no jwk"))?;
+    if PRIVATE_MEMBERS.iter().any(|m| jwk_value.contains_key(*m)) {
+        return Err(InvalidProof("the jwk holds a private key"));
+    }
+    let jwk: Jwk = serde_json::from_value(Value::Object(jwk_value.clone()))
+        .map_err(|_| InvalidProof("the jwk is not a public key we support"))?;
+    let algorithm = key_fits(alg, &jwk)?;
+    let jkt = jwk
+        .thumbprint(ThumbprintHash::SHA256)
+        .map_err(|_| InvalidProof("the jwk is not a public key we support"))?;
+    let key = DecodingKey::from_jwk(&jwk)
+        .map_err(|_| InvalidProof("the jwk is not a public key we support"))?;
+
+    let mut validation = Validation::new(algorithm);
+    validation.algorithms = vec![algorithm];
+    validation.required_spec_claims = HashSet::new();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    let claims = jsonwebtoken::decode::<Map<String, Value>>(proof, &key, &validation)
+        .map_err(|_| InvalidProof("the signature does not verify with the jwk"))?
+        .claims;
+
+    let jti = claims
+        .get("jti")
+        .and_then(Value::as_str)
+        .filter(|j| !j.is_empty() && j.chars().count() <= MAX_JTI_LEN)
+        .ok_or(InvalidProof("jti is missing or too long"))?;
+    if claims.get("htm").and_then(Value::as_str) != Some(expected.method) {
+        return Err(InvalidProof("htm is not the request method"));
+    }
+    let htu = claims
+        .get("htu")
+        .and_then(Value::as_str)
+        .ok_or(InvalidProof("htu is missing"))?;
+    if !same_target(htu, expected.url) {
+        return Err(InvalidProof("htu is not the URL of this request"));
+    }
+    let iat = claims
+        .get("iat")
+        .and_then(Value::as_i64)
+        .ok_or(InvalidProof("iat is missing or not an integer"))?;
+    if iat > expected.now + expected.leeway {
+        return Err(InvalidProof("iat is in the future"));
+    }
+    if iat < expected.now - IAT_WINDOW - expected.leeway {
+        return Err(InvalidProof("the proof is too old"));
+    }
+    if let Some(token) = expected.access_token {
+        let ath = claims
+            .get("ath")
+            .and_then(Value::as_str)
+            .ok_or(InvalidProof("ath is missing"))?;
+        if ath != access_token_hash(token) {
+            return Err(InvalidProof("ath is not the hash of this access token"));
+        }
+    }
+    let nonce = match claims.get("nonce") {
+        None => None,
+        Some(Value::String(n)) => Some(n.clone()),
+        Some(_) => return Err(InvalidProof("nonce is not a string")),
+    };
+    Ok(Proof {
+        jkt,
+        jti: jti.to_owned(),
+        iat,
+        nonce,
+    })
+}
+
+/// A base64url segment that decodes to a JSON object.
+fn json_object(segment: &str) -> Option<Map<String, Value>> {
+    let bytes = URL_SAFE_NO_PAD.decode(segment).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+/// The algorithm to verify with, when the key is of the type `alg` needs.
+fn key_fits(alg: &str, jwk: &Jwk) -> Result<Algorithm, InvalidProof> {
+    let wrong = InvalidProof("the jwk does not fit alg");
+    match (alg, &jwk.algorithm) {
+        ("ES256", AlgorithmParameters::EllipticCurve(p)) if p.curve == EllipticCurve::P256 => {
+            Ok(Algorithm::ES256)
+        }
+        ("EdDSA", AlgorithmParameters::OctetKeyPair(p)) if p.curve == EllipticCurve::Ed25519 => {
+            Ok(Algorithm::EdDSA)
+        }
+        ("RS256" | "PS256", AlgorithmParameters::RSA(p)) => {
+            let n = URL_SAFE_NO_PAD
+                .decode(&p.n)
+                .map_err(|_| InvalidProof("the jwk is not a public key we support"))?;
+            let bits = n.iter().position(|b| *b != 0).map_or(0, |first| {
+                (n.len() - first) * 8 - n[first].leading_zeros() as usize
+            });
+            if bits < MIN_RSA_BITS {
+                return Err(InvalidProof("the RSA key is too small"));
+            }
+            Ok(if alg == "RS256" {
+                Algorithm::RS256
+            } else {
+                Algorithm::PS256
+            })
+        }
+        _ => Err(wrong),
+    }
+}
+
+/// Whether `htu` names `expected` (both absolute URLs): scheme, host and port after
+/// RFC 3986 normalisation, the path as is; `htu` may carry no query or fragment.
+fn same_target(htu: &str, expected: &str) -> bool {
+    let (Ok(htu), Ok(expected)) = (url::Url::parse(htu), url::Url::parse(expected)) else {
+        return false;
+    };
+    htu.query().is_none()
+        && htu.fragment().is_none()
+        && htu.scheme() == expected.scheme()
+        && htu.host_str() == expected.host_str()
+        && htu.port_or_known_default() == expected.port_or_known_default()
+        && htu.path() == expected.path()
+}
+
+#[cfg(test)]
+#[path = "dpop_tests.rs"]
+mod tests;

@@ -1,0 +1,306 @@
+//! The proof checks, one rule at a time: each bad proof is refused with its reason.
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
+};
+use serde_json::json;
+
+use super::*;
+
+const URL: &str = "https://issuer.example/oauth/token";
+const NOW: i64 = 1_700_000_000;
+
+enum Key {
+    Ec(EcdsaKeyPair),
+    Ed(Ed25519KeyPair),
+}
+
+impl Key {
+    fn ec() -> Self {
+        Self::Ec(EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap())
+    }
+
+    fn ed() -> Self {
+        Self::Ed(Ed25519KeyPair::generate().unwrap())
+    }
+
+    fn alg(&self) -> &'static str {
+        match self {
+            Self::Ec(_) => "ES256",
+            Self::Ed(_) => "EdDSA",
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        match self {
+            Self::Ec(k) => {
+                let point = k.public_key().as_ref();
+                json!({
+                    "kty": "EC",
+                    "crv": "P-256",
+                    "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+                    "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+                })
+            }
+            Self::Ed(k) => json!({
+                "kty": "OKP",
+                "crv": "Ed25519",
+                "x": URL_SAFE_NO_PAD.encode(k.public_key().as_ref()),
+            }),
+        }
+    }
+
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        match self {
+            Self::Ec(k) => k
+                .sign(&SystemRandom::new(), message)
+                .unwrap()
+                .as_ref()
+                .to_vec(),
+            Self::Ed(k) => k.sign(message).as_ref().to_vec(),
+        }
+    }
+}
+
+fn b64_json(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
+}
+
+/// A proof of `header` and `claims`, signed by `key`.
+fn signed(key: &Key, header: &Value, claims: &Value) -> String {
+    let input = format!("{}.{}", b64_json(header), b64_json(claims));
+    let signature = key.sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+fn header(key: &Key) -> Value {
+    json!({"typ": "dpop+jwt", "alg": key.alg(), "jwk": key.jwk()})
+}
+
+fn claims() -> Value {
+    json!({"jti": "a-unique-id", "htm": "POST", "htu": URL, "iat": NOW})
+}
+
+fn expected() -> Expected<'static> {
+    Expected {
+        method: "POST",
+        url: URL,
+        now: NOW,
+        leeway: 5,
+        access_token: None,
+    }
+}
+
+/// `claims()` with `changes` merged in (`null` removes a claim).
+fn claims_with(changes: &Value) -> Value {
+    let mut c = claims();
+    for (k, v) in changes.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    c
+}
+
+fn refused(proof: &str, expected: &Expected<'_>) -> &'static str {
+    match check(proof, expected) {
+        Err(InvalidProof(why)) => why,
+        Ok(p) => panic!("accepted: {p:?}"),
+    }
+}
+
+#[test]
+fn a_good_proof_of_each_key_type_gives_its_thumbprint() {
+    for key in [Key::ec(), Key::ed()] {
+        let proof = check(&signed(&key, &header(&key), &claims()), &expected()).unwrap();
+        let jwk: Jwk = serde_json::from_value(key.jwk()).unwrap();
+        assert_eq!(proof.jkt, jwk.thumbprint(ThumbprintHash::SHA256).unwrap());
+        assert_eq!((proof.jti.as_str(), proof.iat), ("a-unique-id", NOW));
+        assert_eq!(proof.nonce, None);
+    }
+}
+
+#[test]
+fn the_thumbprint_is_rfc_7638s() {
+    // The example key of panva/jose's documentation and its published thumbprint.
+    let jwk: Jwk = serde_json::from_value(json!({
+        "kty": "EC",
+        "crv": "P-256",
+        "x": "jJ6Flys3zK9jUhnOHf6G49Dyp5hah6CNP84-gY-n9eo",
+        "y": "nhI6iD5eFXgBTLt_1p3aip-5VbZeMhxeFSpjfEAf7Ww",
+    }))
+    .unwrap();
+    assert_eq!(
+        jwk.thumbprint(ThumbprintHash::SHA256).unwrap(),
+        "w9eYdC6_s_tLQ8lH6PUpc0mddazaqtPgeC2IgWDiqY8"
+    );
+}
+
+#[test]
+fn bad_headers_are_refused() {
+    let key = Key::ec();
+    let good = header(&key);
+    let with = |k: &str, v: Value| {
+        let mut h = good.clone();
+        h[k] = v;
+        h
+    };
+    let without = |k: &str| {
+        let mut h = good.clone();
+        h.as_object_mut().unwrap().remove(k);
+        h
+    };
+    let mut private = key.jwk();
+    private["d"] = json!("AAAA");
+    let other = Key::ec();
+    for (h, why) in [
+        (
+            with("alg", json!("none")),
+            "alg is not one of the supported algorithms",
+        ),
+        (
+            with("alg", json!("HS256")),
+            "alg is not one of the supported algorithms",
+        ),
+        (
+            with("alg", json!("ES384")),
+            "alg is not one of the supported algorithms",
+        ),
+        (with("typ", json!("JWT")), "typ must be dpop+jwt"),
+        (without("typ"), "typ must be dpop+jwt"),
+        (without("jwk"), "the header has no jwk"),
+        (with("jwk", private), "the jwk holds a private key"),
+        (
+            with("jwk", json!({"kty": "oct", "k": "c2VjcmV0"})),
+            "the jwk holds a private key",
+        ),
+        (with("alg", json!("EdDSA")), "the jwk does not fit alg"),
+        (
+            with("jwk", other.jwk()),
+            "the signature does not verify with the jwk",
+        ),
+    ] {
+        assert_eq!(
+            refused(&signed(&key, &h, &claims()), &expected()),
+            why,
+            "{h}"
+        );
+    }
+}
+
+#[test]
+fn a_small_rsa_key_is_refused_before_its_signature_is_looked_at() {
+    let mut n = vec![0u8; 128];
+    n[0] = 0xc1;
+    n[127] = 1;
+    let h = json!({"typ": "dpop+jwt", "alg": "RS256", "jwk": {
+        "kty": "RSA", "e": "AQAB", "n": URL_SAFE_NO_PAD.encode(&n),
+    }});
+    let proof = format!("{}.{}.AAAA", b64_json(&h), b64_json(&claims()));
+    assert_eq!(refused(&proof, &expected()), "the RSA key is too small");
+}
+
+#[test]
+fn bad_claims_are_refused() {
+    let key = Key::ec();
+    for (changes, why) in [
+        (json!({"jti": null}), "jti is missing or too long"),
+        (json!({"jti": ""}), "jti is missing or too long"),
+        (
+            json!({"jti": "x".repeat(257)}),
+            "jti is missing or too long",
+        ),
+        (json!({"htm": "GET"}), "htm is not the request method"),
+        (
+            json!({"htu": "https://other.example/oauth/token"}),
+            "htu is not the URL of this request",
+        ),
+        (
+            json!({"htu": "https://issuer.example/oauth/revoke"}),
+            "htu is not the URL of this request",
+        ),
+        (
+            json!({"htu": "https://issuer.example/oauth/token?x=1"}),
+            "htu is not the URL of this request",
+        ),
+        (
+            json!({"htu": "https://issuer.example/oauth/token#f"}),
+            "htu is not the URL of this request",
+        ),
+        (
+            json!({"htu": "http://issuer.example/oauth/token"}),
+            "htu is not the URL of this request",
+        ),
+        (json!({"htu": null}), "htu is missing"),
+        (json!({"iat": NOW - 300}), "the proof is too old"),
+        (json!({"iat": NOW + 300}), "iat is in the future"),
+        (
+            json!({"iat": "1700000000"}),
+            "iat is missing or not an integer",
+        ),
+        (json!({"nonce": 7}), "nonce is not a string"),
+    ] {
+        let proof = signed(&key, &header(&key), &claims_with(&changes));
+        assert_eq!(refused(&proof, &expected()), why, "{changes}");
+    }
+    // Within the window and the leeway: accepted; a default port and the host's case
+    // are normalised away.
+    for changes in [
+        json!({"iat": NOW - IAT_WINDOW - 5}),
+        json!({"iat": NOW + 5}),
+        json!({"htu": "https://ISSUER.example:443/oauth/token"}),
+    ] {
+        let proof = signed(&key, &header(&key), &claims_with(&changes));
+        check(&proof, &expected()).unwrap();
+    }
+}
+
+#[test]
+fn ath_must_be_the_hash_of_the_access_token_presented() {
+    let key = Key::ec();
+    let at = Expected {
+        access_token: Some("the.access.token"),
+        ..expected()
+    };
+    let proof = signed(&key, &header(&key), &claims());
+    assert_eq!(refused(&proof, &at), "ath is missing");
+    let other = claims_with(&json!({"ath": access_token_hash("another.token")}));
+    assert_eq!(
+        refused(&signed(&key, &header(&key), &other), &at),
+        "ath is not the hash of this access token"
+    );
+    let good = claims_with(&json!({"ath": access_token_hash("the.access.token")}));
+    check(&signed(&key, &header(&key), &good), &at).unwrap();
+}
+
+#[test]
+fn malformed_proofs_are_refused() {
+    let key = Key::ec();
+    let good = signed(&key, &header(&key), &claims());
+    let mut tampered = good.clone();
+    tampered.pop();
+    tampered.push(if good.ends_with('A') { 'B' } else { 'A' });
+    for (proof, why) in [
+        (String::new(), "the proof is not a JWS"),
+        ("a.b".to_owned(), "the proof is not a JWS"),
+        (format!("{good}.x"), "the proof is not a JWS"),
+        ("!!.e30.AA".to_owned(), "the proof header is not JSON"),
+        (
+            format!("{}.e30.AA", URL_SAFE_NO_PAD.encode("[1]")),
+            "the proof header is not JSON",
+        ),
+        ("x".repeat(MAX_PROOF_LEN + 1), "the proof is too long"),
+        (tampered, "the signature does not verify with the jwk"),
+    ] {
+        assert_eq!(refused(&proof, &expected()), why, "{proof}");
+    }
+    // The nonce is handed back.
+    let with_nonce = claims_with(&json!({"nonce": "n-1"}));
+    let proof = check(&signed(&key, &header(&key), &with_nonce), &expected()).unwrap();
+    assert_eq!(proof.nonce.as_deref(), Some("n-1"));
+}

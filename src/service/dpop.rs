@@ -1,0 +1,156 @@
+//! DPoP at the token endpoint (RFC 9449 §5): a token request with a valid proof gets
+//! `token_type: DPoP` and an access token with `cnf.jkt`; a password grant with a
+//! proof starts a session whose refresh tokens are bound to that key for its whole
+//! life; a refresh of a bound session needs a proof of that key.
+//!
+//! Decisions taken here (the proof rules themselves are `crypto::dpop`'s):
+//! - Per client, `dpop = "off" | "allowed" | "required"` (default `allowed`): `off`
+//!   ignores the header (bearer tokens), `allowed` binds when a proof comes, `required`
+//!   refuses a request without one (`invalid_dpop_proof`).
+//! - The proof is checked, and its `jti` recorded (single use, across instances through
+//!   Redis, `dpop:<hash>`), before anything is looked up or consumed: a bad or replayed
+//!   proof is `invalid_dpop_proof` (400) and leaves the refresh token as it was.
+//! - Every session that starts with a proof is bound, whatever the client's kind (the
+//!   RFC requires it of public clients; every client that gets refresh tokens here is
+//!   one). A session that started without a proof stays unbound: a later refresh with a
+//!   proof gets a bound access token, and its refresh token stays a bearer one.
+//! - A bound session presented without a proof of its key is `invalid_grant` with
+//!   `error_reason: dpop_key_mismatch`, consuming nothing (the grace replay included).
+//!   With a proof of another key it is a theft signal besides: an audit row
+//!   (`dpop_foreign_key`), a `security` log event, `issuer_dpop_foreign_keys_total`,
+//!   and with `dpop_foreign_key = "revoke"` the session is revoked.
+//! - `htu` is the issuer's public URL (`issuer_url`) plus the path: behind a proxy, the
+//!   URL the client used, not the one the server was reached at.
+
+use std::time::Duration;
+
+use super::Issuer;
+use super::tokens::RequestMeta;
+use crate::crypto::dpop::{self, Expected, Proof};
+use crate::domain::audit::AuditEvent;
+use crate::domain::client::{Client, DpopPolicy, ForeignKeyPolicy};
+use crate::domain::error::Error;
+use crate::domain::family::RevokeReason;
+use crate::store::FamilyInfo;
+
+/// The `DPoP` header(s) of a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DpopHeader {
+    #[default]
+    Absent,
+    One(String),
+    /// More than one: refused (RFC 9449 §4.3).
+    Several,
+}
+
+/// The token endpoint's path, for `htu`.
+const TOKEN_PATH: &str = "/oauth/token";
+
+impl Issuer {
+    /// The request's proof for the token endpoint, checked and recorded as used (see
+    /// the module docs); `None` when there is none and the client may go without, or
+    /// the client's DPoP is off.
+    pub(crate) async fn token_request_proof(
+        &self,
+        client: &Client,
+        meta: &RequestMeta,
+    ) -> Result<Option<Proof>, Error> {
+        let proof = match (&meta.dpop, client.dpop) {
+            (_, DpopPolicy::Off) => return Ok(None),
+            (DpopHeader::Absent, DpopPolicy::Allowed) => return Ok(None),
+            (DpopHeader::Absent, DpopPolicy::Required) => {
+                return Err(self.proof_refused("this client must send a DPoP proof"));
+            }
+            (DpopHeader::Several, _) => {
+                return Err(self.proof_refused("send exactly one DPoP header"));
+            }
+            (DpopHeader::One(proof), _) => proof,
+        };
+        let url = format!("{}{TOKEN_PATH}", self.issuer_url);
+        let leeway = i64::try_from(self.clock_leeway.as_secs()).unwrap_or(30);
+        let expected = Expected {
+            method: "POST",
+            url: &url,
+            now: self.now().unix_timestamp(),
+            leeway,
+            access_token: None,
+        };
+        let proof = dpop::check(proof, &expected).map_err(|e| self.proof_refused(e.0))?;
+        self.record_proof(&proof, leeway).await?;
+        Ok(Some(proof))
+    }
+
+    /// Records the proof's `jti` (with its key) as used; a replay is refused.
+    async fn record_proof(&self, proof: &Proof, leeway: i64) -> Result<(), Error> {
+        let id = crate::crypto::dpop::access_token_hash(&format!("{}:{}", proof.jkt, proof.jti));
+        let ttl = Duration::from_secs(u64::try_from(dpop::replay_ttl(leeway)).unwrap_or(120));
+        match self.shared.first_use_of_proof(&id, ttl).await {
+            Some(true) => Ok(()),
+            Some(false) => Err(self.proof_refused("the proof was used before (jti)")),
+            None => {
+                Err(self.proof_refused("too many proofs at once; make a new proof and try again"))
+            }
+        }
+    }
+
+    fn proof_refused(&self, why: &'static str) -> Error {
+        self.metrics.dpop_proof_refused();
+        Error::InvalidDpopProof(why)
+    }
+
+    /// A bound session presented with a proof of another key: audited, logged,
+    /// counted, and revoked when the client says so.
+    pub(crate) async fn foreign_dpop_key(
+        &self,
+        client: &Client,
+        family: &FamilyInfo,
+        proof: &Proof,
+        meta: &RequestMeta,
+    ) {
+        self.metrics.dpop_foreign_keys.inc();
+        let now = self.now();
+        let revoke = client.dpop_foreign_key == ForeignKeyPolicy::Revoke;
+        let revoked = revoke
+            && match self
+                .store
+                .revoke_family(
+                    family.id,
+                    &family.client_id,
+                    RevokeReason::DpopForeignKey,
+                    now,
+                )
+                .await
+            {
+                Ok(revoked) => revoked,
+                Err(e) => {
+                    tracing::warn!(error = %e, sid = %family.id, "could not revoke a session shown with a foreign DPoP key");
+                    false
+                }
+            };
+        if revoked {
+            self.count_revoked(RevokeReason::DpopForeignKey, 1);
+            self.shared.revoked(family.id).await;
+        }
+        tracing::warn!(
+            target: "security",
+            event = "dpop_foreign_key",
+            sid = %family.id,
+            user_id = %family.user_id,
+            client_id = %client.id,
+            jkt = %proof.jkt,
+            ip = ?meta.ip,
+            revoked,
+            "a refresh token bound to a DPoP key came with a proof of another key: a stolen token"
+        );
+        let event = AuditEvent::dpop_foreign_key(
+            now,
+            (family.user_id, family.id, &family.client_id),
+            &proof.jkt,
+            meta.ip.as_deref(),
+            revoked,
+        );
+        if let Err(e) = self.store.record_audit(&event).await {
+            tracing::warn!(error = %e, "could not record a foreign DPoP key");
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! DPoP at the token endpoint (RFC 9449): sessions bound to the client's key, refused
+//! and not consumed without a proof of it, bad proofs refused with
+//! `invalid_dpop_proof`, replays refused across instances.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    DpopKey, PASSWORD, TestApp, Tokens, assert_error, assert_invalid_grant, segment, spawn_app,
+    spawn_app_with, spawn_instance_like, tokens, unique_email,
+};
+
+/// The token endpoint's URL as the issuer names it (`htu`).
+fn token_url(app: &TestApp) -> String {
+    format!("{}/oauth/token", app.settings.issuer_url)
+}
+
+/// A token request of the `dev` client with `proofs` as `DPoP` headers.
+async fn token_request(app: &TestApp, form: &[(&str, &str)], proofs: &[&str]) -> reqwest::Response {
+    let mut request = app.http.post(app.url("/oauth/token")).form(form);
+    for proof in proofs {
+        request = request.header("DPoP", *proof);
+    }
+    request.send().await.unwrap()
+}
+
+async fn login(app: &TestApp, email: &str, proofs: &[&str]) -> reqwest::Response {
+    let form = [
+        ("grant_type", "password"),
+        ("client_id", "dev"),
+        ("username", email),
+        ("password", PASSWORD),
+    ];
+    token_request(app, &form, proofs).await
+}
+
+async fn refresh(app: &TestApp, refresh_token: &str, proofs: &[&str]) -> reqwest::Response {
+    let form = [
+        ("grant_type", "refresh_token"),
+        ("client_id", "dev"),
+        ("refresh_token", refresh_token),
+    ];
+    token_request(app, &form, proofs).await
+}
+
+/// A fresh proof of `key` for the token endpoint, now.
+fn proof(app: &TestApp, key: &DpopKey) -> String {
+    key.proof("POST", &token_url(app), crate::helpers::now(app))
+}
+
+/// Tokens of a DPoP response: `token_type: DPoP`, the access token bound to `key`.
+async fn bound_tokens(resp: reqwest::Response, key: &DpopKey) -> Tokens {
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["token_type"], "DPoP", "{body}");
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(segment(&access, 1)["cnf"], json!({"jkt": key.thumbprint()}));
+    Tokens {
+        access,
+        refresh: body["refresh_token"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// A registered user signed in with `key`: a session bound to it.
+async fn bound_session(app: &TestApp, key: &DpopKey) -> Tokens {
+    let email = unique_email();
+    assert_eq!(
+        app.register(&email, PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
+    bound_tokens(login(app, &email, &[&proof(app, key)]).await, key).await
+}
+
+async fn metric(app: &TestApp, name: &str) -> String {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+        .to_owned()
+}
+
+scenario! {
+    /// A login with a proof gets a DPoP-bound access token and a session bound to the
+    /// key: every refresh with a proof of it rotates, and stays bound; a login without
+    /// a proof still gets bearer tokens.
+    async fn a_login_with_a_proof_binds_the_session_to_the_key(backend) {
+        let app = spawn_app(backend).await;
+        let key = DpopKey::new();
+        let mut t = bound_session(&app, &key).await;
+        for _ in 0..3 {
+            t = bound_tokens(refresh(&app, &t.refresh, &[&proof(&app, &key)]).await, &key).await;
+        }
+        let (_, bearer) = app.signed_in().await;
+        assert!(segment(&bearer.access, 1).get("cnf").is_none());
+        assert_eq!(app.me(&bearer.access).await.status(), StatusCode::OK);
+        // A bound access token is not a bearer token (RFC 9449 §7.2).
+        assert_eq!(app.me(&t.access).await.status(), StatusCode::UNAUTHORIZED);
+        let metadata: Value = app
+            .get("/.well-known/oauth-authorization-server")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            metadata["dpop_signing_alg_values_supported"],
+            json!(["ES256", "EdDSA", "RS256", "PS256"])
+        );
+    }
+}
+
+scenario! {
+    /// A bound refresh token without a proof, or with a proof of another key, is
+    /// refused and not consumed; the grace replay needs the key too. The other key is a
+    /// theft signal: audited and counted.
+    async fn a_bound_refresh_token_is_refused_without_its_key_and_not_consumed(backend) {
+        let app = spawn_app(backend).await;
+        let key = DpopKey::new();
+        let thief = DpopKey::new();
+        let t = bound_session(&app, &key).await;
+        assert_invalid_grant(refresh(&app, &t.refresh, &[]).await, "dpop_key_mismatch").await;
+        assert_invalid_grant(
+            refresh(&app, &t.refresh, &[&proof(&app, &thief)]).await,
+            "dpop_key_mismatch",
+        )
+        .await;
+        assert_eq!(metric(&app, "issuer_dpop_foreign_keys_total").await, "1");
+        assert_eq!(
+            metric(&app, r#"issuer_refresh_refused_total{reason="dpop_key_mismatch"}"#).await,
+            "2"
+        );
+        // Nothing was consumed: the holder of the key rotates, once.
+        let next = bound_tokens(refresh(&app, &t.refresh, &[&proof(&app, &key)]).await, &key).await;
+        // Within the grace window, the used token again: without the key, refused...
+        assert_invalid_grant(refresh(&app, &t.refresh, &[]).await, "dpop_key_mismatch").await;
+        // ...with it, the same successor.
+        let again = bound_tokens(refresh(&app, &t.refresh, &[&proof(&app, &key)]).await, &key).await;
+        assert_eq!(again.refresh, next.refresh);
+
+        // The audit log has the theft signal.
+        let admin_email = unique_email();
+        assert_eq!(app.register(&admin_email, PASSWORD).await.status(), StatusCode::CREATED);
+        app.set_admin(&admin_email, true).await;
+        let admin = tokens(app.login(&admin_email, PASSWORD).await).await;
+        let events: Value = app
+            .http
+            .get(app.url("/v1/admin/audit"))
+            .bearer_auth(&admin.access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let event = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "dpop_foreign_key")
+            .unwrap_or_else(|| panic!("{events}"));
+        let detail = event["detail"].as_str().unwrap();
+        assert!(detail.contains(&thief.thumbprint()), "{detail}");
+        assert!(detail.ends_with("refused"), "{detail}");
+    }
+}
+
+scenario! {
+    /// Every malformed, misdirected, stale or replayed proof is `invalid_dpop_proof`
+    /// (400), and the session's refresh token is still good afterwards.
+    async fn bad_proofs_are_refused_and_consume_nothing(backend) {
+        let app = spawn_app(backend).await;
+        let key = DpopKey::new();
+        let t = bound_session(&app, &key).await;
+        let now = crate::helpers::now(&app);
+        let url = token_url(&app);
+        let claims = |changes: Value| {
+            let mut c = json!({"jti": uuid::Uuid::new_v4().to_string(), "htm": "POST", "htu": url, "iat": now});
+            for (k, v) in changes.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            c
+        };
+        let mut private = key.jwk();
+        private["d"] = json!("c2VjcmV0");
+        let header_with = |k: &str, v: Value| {
+            let mut h = key.header();
+            h[k] = v;
+            h
+        };
+        let replayed = proof(&app, &key);
+        let used = bound_tokens(refresh(&app, &t.refresh, &[&replayed]).await, &key).await;
+        let bad: Vec<(String, &str)> = vec![
+            (key.signed(&header_with("alg", json!("none")), &claims(json!({}))), "alg"),
+            (key.signed(&header_with("alg", json!("HS256")), &claims(json!({}))), "alg"),
+            (key.signed(&header_with("typ", json!("JWT")), &claims(json!({}))), "typ"),
+            (key.signed(&header_with("jwk", private), &claims(json!({}))), "private"),
+            (key.signed(&key.header(), &claims(json!({"htm": "GET"}))), "htm"),
+            (key.signed(&key.header(), &claims(json!({"htu": "https://elsewhere.example/oauth/token"}))), "htu"),
+            (key.signed(&key.header(), &claims(json!({"htu": format!("{url}?x=1")}))), "htu"),
+            (key.signed(&key.header(), &claims(json!({"iat": now - 300}))), "old"),
+            (key.signed(&key.header(), &claims(json!({"iat": now + 300}))), "future"),
+            (replayed, "replay"),
+            ("not.a.proof".to_owned(), "malformed"),
+        ];
+        for (bad_proof, what) in &bad {
+            let resp = refresh(&app, &used.refresh, &[bad_proof]).await;
+            let body = assert_error(resp, StatusCode::BAD_REQUEST, "invalid_dpop_proof", None).await;
+            assert!(body["error_description"].is_string(), "{what}: {body}");
+        }
+        // Two DPoP headers, even good ones.
+        let resp = refresh(&app, &used.refresh, &[&proof(&app, &key), &proof(&app, &key)]).await;
+        assert_error(resp, StatusCode::BAD_REQUEST, "invalid_dpop_proof", None).await;
+        assert_eq!(metric(&app, "issuer_dpop_proofs_refused_total").await, (bad.len() + 1).to_string());
+        // None of them consumed the token.
+        bound_tokens(refresh(&app, &used.refresh, &[&proof(&app, &key)]).await, &key).await;
+    }
+}
+
+scenario! {
+    /// `dpop = "required"`: a token request without a proof is refused; with
+    /// `dpop_foreign_key = "revoke"`, a proof of another key ends the session; with
+    /// `dpop = "off"`, the header is ignored.
+    async fn the_client_policies_require_revoke_or_ignore(backend) {
+        use token_issuer::domain::client::{DpopPolicy, ForeignKeyPolicy};
+        let app = spawn_app_with(backend, |s| {
+            let dev = &mut s.clients[0];
+            dev.dpop = DpopPolicy::Required;
+            dev.dpop_foreign_key = ForeignKeyPolicy::Revoke;
+            let other = s.clients.iter_mut().find(|c| c.id == "other").unwrap();
+            other.dpop = DpopPolicy::Off;
+        })
+        .await;
+        let email = unique_email();
+        assert_eq!(app.register(&email, PASSWORD).await.status(), StatusCode::CREATED);
+        let resp = login(&app, &email, &[]).await;
+        assert_error(resp, StatusCode::BAD_REQUEST, "invalid_dpop_proof", None).await;
+        let key = DpopKey::new();
+        let t = bound_tokens(login(&app, &email, &[&proof(&app, &key)]).await, &key).await;
+        assert_invalid_grant(
+            refresh(&app, &t.refresh, &[&proof(&app, &DpopKey::new())]).await,
+            "dpop_key_mismatch",
+        )
+        .await;
+        assert_invalid_grant(refresh(&app, &t.refresh, &[&proof(&app, &key)]).await, "revoked").await;
+        assert_eq!(metric(&app, r#"issuer_revocations_total{reason="dpop_foreign_key"}"#).await, "1");
+
+        // `other` ignores the header: bearer tokens.
+        let form = [
+            ("grant_type", "password"),
+            ("client_id", "other"),
+            ("username", email.as_str()),
+            ("password", PASSWORD),
+        ];
+        let resp = token_request(&app, &form, &[&proof(&app, &key)]).await;
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["token_type"], "Bearer", "{body}");
+    }
+}
+
+/// Two instances sharing PostgreSQL and Redis: a proof used on one is refused on the
+/// other (its `jti` is recorded in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proof_replayed_on_another_instance_is_refused() {
+    let first = spawn_app(crate::helpers::Backend::Postgres).await;
+    let second = spawn_instance_like(&first).await;
+    crate::helpers::wait_for_redis(&first, "ok").await;
+    crate::helpers::wait_for_redis(&second, "ok").await;
+    let key = DpopKey::new();
+    let t = bound_session(&first, &key).await;
+    let once = proof(&first, &key);
+    let next = bound_tokens(refresh(&first, &t.refresh, &[&once]).await, &key).await;
+    let resp = refresh(&second, &next.refresh, &[&once]).await;
+    assert_error(resp, StatusCode::BAD_REQUEST, "invalid_dpop_proof", None).await;
+    bound_tokens(
+        refresh(&second, &next.refresh, &[&proof(&second, &key)]).await,
+        &key,
+    )
+    .await;
+}
