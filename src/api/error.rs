@@ -344,7 +344,7 @@ impl From<Error> for Problem {
             Error::Overloaded => Self::new(
                 Kind::Unavailable,
                 C::TemporarilyUnavailable,
-                "too many logins in progress; retry shortly",
+                "too many requests in progress (logins, or DPoP proofs); retry shortly",
             ),
             Error::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "storage unavailable");

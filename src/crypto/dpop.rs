@@ -5,7 +5,7 @@
 //! A proof is accepted when all of these hold (anything else is `invalid_dpop_proof`,
 //! with a description naming the first rule broken):
 //! - at most `MAX_PROOF_LEN` bytes, a JWS compact serialization (three segments);
-//! - header `typ` exactly `dpop+jwt`; `alg` in `ALGORITHMS` (asymmetric only: never
+//! - header `typ` exactly `dpop+jwt`, no `crit`; `alg` in `ALGORITHMS` (asymmetric only: never
 //!   `none`, never HMAC); `jwk` a public key of the type the `alg` needs (`EC` P-256
 //!   for `ES256`, `OKP` Ed25519 for `EdDSA`, `RSA` of at least `MIN_RSA_BITS` for
 //!   `RS256`/`PS256`), with no private member (`d`, `p`, `q`, `dp`, `dq`, `qi`, `oth`,
@@ -111,6 +111,10 @@ pub fn check(proof: &str, expected: &Expected<'_>) -> Result<Proof, InvalidProof
     let header = json_object(header).ok_or(InvalidProof("the proof header is not JSON"))?;
     if header.get("typ").and_then(Value::as_str) != Some("dpop+jwt") {
         return Err(InvalidProof("typ must be dpop+jwt"));
+    }
+    // RFC 7515 §4.1.11: an extension we do not understand is refused.
+    if header.contains_key("crit") {
+        return Err(InvalidProof("crit is not supported"));
     }
     let alg = header
         .get("alg")

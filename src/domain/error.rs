@@ -50,7 +50,8 @@ pub enum Error {
     /// A rate limit is reached; try again after the duration.
     #[error("rate limited")]
     RateLimited(std::time::Duration),
-    /// Too many requests wait for a password hash; try again shortly.
+    /// Too many requests wait for a password hash, or this process remembers as many
+    /// DPoP proofs as it may; try again shortly.
     #[error("overloaded")]
     Overloaded,
     /// The database cannot be reached or answered too slowly.

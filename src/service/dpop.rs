@@ -7,15 +7,21 @@
 //! - Per client, `dpop = "off" | "allowed" | "required"` (default `allowed`): `off`
 //!   ignores the header (bearer tokens), `allowed` binds when a proof comes, `required`
 //!   refuses a request without one (`invalid_dpop_proof`).
-//! - The proof is checked, and its `jti` recorded (single use, across instances through
-//!   Redis, `dpop:<hash>`), before anything is looked up or consumed: a bad or replayed
-//!   proof is `invalid_dpop_proof` (400) and leaves the refresh token as it was.
+//! - The proof is checked, and its `jti` recorded (single use: in this process always,
+//!   across instances through Redis, `dpop:<hash>`), before anything is looked up or
+//!   consumed: a bad or replayed proof is `invalid_dpop_proof` (400) and leaves the
+//!   refresh token as it was. While Redis is down, a proof replayed on another
+//!   instance within its minute goes unseen (as the rate limits count per instance
+//!   then); what it could get is bound to the key anyway. A process that remembers
+//!   `PROOFS_MAX` live proofs answers 503 until some expire.
 //! - Every session that starts with a proof is bound, whatever the client's kind (the
 //!   RFC requires it of public clients; every client that gets refresh tokens here is
 //!   one). A session that started without a proof stays unbound: a later refresh with a
 //!   proof gets a bound access token, and its refresh token stays a bearer one.
 //! - A bound session presented without a proof of its key is `invalid_grant` with
-//!   `error_reason: dpop_key_mismatch`, consuming nothing (the grace replay included).
+//!   `error_reason: dpop_key_mismatch`, consuming nothing (the grace replay included;
+//!   the session's refresh rate-limit budget is given back). Presented by another
+//!   client, it is the client mismatch it always was (the session is revoked).
 //!   With a proof of another key it is a theft signal besides: an audit row
 //!   (`dpop_foreign_key`), a `security` log event, `issuer_dpop_foreign_keys_total`,
 //!   and with `dpop_foreign_key = "revoke"` the session is revoked.
@@ -87,9 +93,9 @@ impl Issuer {
         match self.shared.first_use_of_proof(&id, ttl).await {
             Some(true) => Ok(()),
             Some(false) => Err(self.proof_refused("the proof was used before (jti)")),
-            None => {
-                Err(self.proof_refused("too many proofs at once; make a new proof and try again"))
-            }
+            // This process remembers as many proofs as it may: a capacity problem, not
+            // the client's (503, retry shortly).
+            None => Err(Error::Overloaded),
         }
     }
 
@@ -99,17 +105,19 @@ impl Issuer {
     }
 
     /// A bound session presented with a proof of another key: audited, logged,
-    /// counted, and revoked when the client says so.
+    /// counted, and revoked when the session's client says so.
     pub(crate) async fn foreign_dpop_key(
         &self,
-        client: &Client,
         family: &FamilyInfo,
         proof: &Proof,
         meta: &RequestMeta,
     ) {
         self.metrics.dpop_foreign_keys.inc();
         let now = self.now();
-        let revoke = client.dpop_foreign_key == ForeignKeyPolicy::Revoke;
+        let revoke = self
+            .clients
+            .get(&family.client_id)
+            .is_some_and(|c| c.dpop_foreign_key == ForeignKeyPolicy::Revoke);
         let revoked = revoke
             && match self
                 .store
@@ -136,7 +144,7 @@ impl Issuer {
             event = "dpop_foreign_key",
             sid = %family.id,
             user_id = %family.user_id,
-            client_id = %client.id,
+            client_id = %family.client_id,
             jkt = %proof.jkt,
             ip = ?meta.ip,
             revoked,

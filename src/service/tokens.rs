@@ -17,7 +17,7 @@ use crate::domain::error::Error;
 use crate::domain::family::{GrantRejection, RevokeReason};
 use crate::domain::secret::Secret;
 use crate::domain::user::{check_password_size, normalize_email};
-use crate::store::shared::LimitKind;
+use crate::store::shared::{LimitKind, Taken};
 use crate::store::{
     AuditEvent, FamilyInfo, NewFamily, RevokeOutcome, RotateOutcome, RotateRequest, Ticket,
     TokenRef, UserWithHash,
@@ -267,7 +267,8 @@ impl Issuer {
             self.refused(client, &meta, rejection, None, None).await;
             return Err(Error::InvalidGrant(rejection));
         };
-        self.check_before_rotation(&presented, requested_scope.as_deref())
+        let taken = self
+            .check_before_rotation(&presented, requested_scope.as_deref())
             .await?;
         let user_agent: Option<String> = meta
             .user_agent
@@ -323,10 +324,15 @@ impl Issuer {
             } => {
                 self.refused(client, &meta, rejection, family.as_ref(), revoked)
                     .await;
-                if let (GrantRejection::DpopKeyMismatch, Some(family), Some(proof)) =
-                    (rejection, &family, &proof)
-                {
-                    self.foreign_dpop_key(client, family, proof, &meta).await;
+                if rejection == GrantRejection::DpopKeyMismatch {
+                    // Not the session's holder: its budget is given back, or whoever
+                    // has a copy of the token could keep its holder at 429.
+                    if let Some(taken) = taken {
+                        self.shared.give_back(taken).await;
+                    }
+                    if let (Some(family), Some(proof)) = (&family, &proof) {
+                        self.foreign_dpop_key(family, proof, &meta).await;
+                    }
                 }
                 Err(Error::InvalidGrant(rejection))
             }
@@ -340,7 +346,7 @@ impl Issuer {
         &self,
         presented: &TokenRef,
         requested_scope: Option<&str>,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<Taken>, Error> {
         if let Some(requested) = requested_scope
             && let Some(state) = self.store.refresh_token_state(presented).await?
         {
@@ -355,12 +361,14 @@ impl Issuer {
         if let Some(limit) = self.limits.refresh_per_family
             && let Some(family) = self.family_of(presented).await?
         {
-            self.shared
-                .hit(LimitKind::RefreshFamily, &family.to_string(), limit)
+            return self
+                .shared
+                .take(LimitKind::RefreshFamily, &family.to_string(), limit)
                 .await
-                .map_err(|wait| self.rate_limited(wait))?;
+                .map(Some)
+                .map_err(|wait| self.rate_limited(wait));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The family of a presented token: a minted token names it (its MAC is checked,

@@ -91,6 +91,8 @@ scenario! {
         for _ in 0..3 {
             t = bound_tokens(refresh(&app, &t.refresh, &[&proof(&app, &key)]).await, &key).await;
         }
+        // Still bound after every rotation: the latest token without a proof is refused.
+        assert_invalid_grant(refresh(&app, &t.refresh, &[]).await, "dpop_key_mismatch").await;
         let (_, bearer) = app.signed_in().await;
         assert!(segment(&bearer.access, 1).get("cnf").is_none());
         assert_eq!(app.me(&bearer.access).await.status(), StatusCode::OK);
@@ -189,23 +191,26 @@ scenario! {
         };
         let replayed = proof(&app, &key);
         let used = bound_tokens(refresh(&app, &t.refresh, &[&replayed]).await, &key).await;
+        // Each with the description it must get.
         let bad: Vec<(String, &str)> = vec![
-            (key.signed(&header_with("alg", json!("none")), &claims(json!({}))), "alg"),
-            (key.signed(&header_with("alg", json!("HS256")), &claims(json!({}))), "alg"),
-            (key.signed(&header_with("typ", json!("JWT")), &claims(json!({}))), "typ"),
-            (key.signed(&header_with("jwk", private), &claims(json!({}))), "private"),
-            (key.signed(&key.header(), &claims(json!({"htm": "GET"}))), "htm"),
-            (key.signed(&key.header(), &claims(json!({"htu": "https://elsewhere.example/oauth/token"}))), "htu"),
-            (key.signed(&key.header(), &claims(json!({"htu": format!("{url}?x=1")}))), "htu"),
-            (key.signed(&key.header(), &claims(json!({"iat": now - 300}))), "old"),
-            (key.signed(&key.header(), &claims(json!({"iat": now + 300}))), "future"),
-            (replayed, "replay"),
-            ("not.a.proof".to_owned(), "malformed"),
+            (key.signed(&header_with("alg", json!("none")), &claims(json!({}))), "alg is not one of"),
+            (key.signed(&header_with("alg", json!("HS256")), &claims(json!({}))), "alg is not one of"),
+            (key.signed(&header_with("typ", json!("JWT")), &claims(json!({}))), "typ must be dpop+jwt"),
+            (key.signed(&header_with("jwk", private), &claims(json!({}))), "private key"),
+            (key.signed(&DpopKey::new().header(), &claims(json!({}))), "signature does not verify"),
+            (key.signed(&key.header(), &claims(json!({"htm": "GET"}))), "htm is not"),
+            (key.signed(&key.header(), &claims(json!({"htu": "https://elsewhere.example/oauth/token"}))), "htu is not"),
+            (key.signed(&key.header(), &claims(json!({"htu": format!("{url}?x=1")}))), "htu is not"),
+            (key.signed(&key.header(), &claims(json!({"iat": now - 300}))), "too old"),
+            (key.signed(&key.header(), &claims(json!({"iat": now + 300}))), "in the future"),
+            (replayed, "used before"),
+            ("not.a.proof".to_owned(), "header is not JSON"),
         ];
-        for (bad_proof, what) in &bad {
+        for (bad_proof, want) in &bad {
             let resp = refresh(&app, &used.refresh, &[bad_proof]).await;
             let body = assert_error(resp, StatusCode::BAD_REQUEST, "invalid_dpop_proof", None).await;
-            assert!(body["error_description"].is_string(), "{what}: {body}");
+            let description = body["error_description"].as_str().unwrap();
+            assert!(description.contains(want), "{want}: {body}");
         }
         // Two DPoP headers, even good ones.
         let resp = refresh(&app, &used.refresh, &[&proof(&app, &key), &proof(&app, &key)]).await;
@@ -276,4 +281,48 @@ async fn a_proof_replayed_on_another_instance_is_refused() {
         &key,
     )
     .await;
+}
+
+scenario! {
+    /// Whoever holds a copy of a bound refresh token but not the key cannot spend the
+    /// session's refresh budget: the holder of the key still refreshes.
+    async fn refusals_for_the_key_leave_the_sessions_rate_limit_alone(backend) {
+        use token_issuer::config::RateLimit;
+        let app = spawn_app_with(backend, |s| {
+            s.limits.refresh_per_family = Some(RateLimit {
+                max: 2,
+                window: std::time::Duration::from_secs(60),
+            });
+        })
+        .await;
+        let key = DpopKey::new();
+        let t = bound_session(&app, &key).await;
+        for _ in 0..5 {
+            assert_invalid_grant(refresh(&app, &t.refresh, &[]).await, "dpop_key_mismatch").await;
+            assert_invalid_grant(
+                refresh(&app, &t.refresh, &[&proof(&app, &DpopKey::new())]).await,
+                "dpop_key_mismatch",
+            )
+            .await;
+        }
+        bound_tokens(refresh(&app, &t.refresh, &[&proof(&app, &key)]).await, &key).await;
+    }
+}
+
+scenario! {
+    /// A bound token presented by another client is the client mismatch it always was:
+    /// the session is revoked, whatever key came with it.
+    async fn a_bound_token_at_another_client_revokes_the_session(backend) {
+        let app = spawn_app(backend).await;
+        let key = DpopKey::new();
+        let t = bound_session(&app, &key).await;
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("client_id", "other"),
+            ("refresh_token", t.refresh.as_str()),
+        ];
+        let resp = token_request(&app, &form, &[&proof(&app, &DpopKey::new())]).await;
+        assert_invalid_grant(resp, "revoked").await;
+        assert_invalid_grant(refresh(&app, &t.refresh, &[&proof(&app, &key)]).await, "revoked").await;
+    }
 }

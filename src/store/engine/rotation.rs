@@ -55,8 +55,10 @@ pub async fn settle<S: Steps + ?Sized>(
     };
     // A session bound to a DPoP key answers nothing else (its state, a grace replay)
     // to a request without a proof of that key, and consumes nothing.
+    // (Another client's presentation is the client mismatch the rules revoke for.)
     if let Some(bound) = p.family.dpop_jkt.as_deref()
         && r.dpop_jkt != Some(bound)
+        && p.family.client_id == r.client_id
     {
         return Ok(Settled::Done(RotateOutcome::Refused {
             rejection: GrantRejection::DpopKeyMismatch,

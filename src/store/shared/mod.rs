@@ -120,6 +120,8 @@ pub struct SharedState {
     /// DPoP proofs seen by this process (without Redis, or while it is down), until
     /// when.
     proofs: Mutex<HashMap<String, Instant>>,
+    /// When the full list of proofs was last scanned for expired ones.
+    proofs_pruned: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -144,6 +146,7 @@ impl SharedState {
             epochs: Epochs::default(),
             keys_changed: tokio::sync::Notify::new(),
             proofs: Mutex::new(HashMap::new()),
+            proofs_pruned: Mutex::new(None),
         }
     }
 
@@ -297,30 +300,39 @@ impl SharedState {
     }
 
     /// Records the DPoP proof `id` (a hash of its key and `jti`) as used for `ttl`:
-    /// `Some(true)` the first time, `Some(false)` for a replay; across instances
-    /// through Redis (`SET NX`), in this process without it or while it is down (a
-    /// replay on another instance then goes unseen). `None` when this process has
+    /// `Some(true)` the first time, `Some(false)` for a replay; in this process, and
+    /// across instances through Redis (`SET NX`) when it answers (while it does not,
+    /// a replay on another instance goes unseen). `None` when this process holds
     /// `PROOFS_MAX` live proofs already: refused rather than forgotten.
     pub async fn first_use_of_proof(&self, id: &str, ttl: Duration) -> Option<bool> {
-        if let Some(link) = self.live_redis()
-            && let Some(first) = link.set_once(&format!("dpop:{id}"), ttl).await
+        // In this process always (a proof Redis took stays refused here if Redis goes
+        // away), then in Redis.
         {
-            return Some(first);
-        }
-        let now = Instant::now();
-        let mut proofs = lock(&self.proofs);
-        if proofs.len() >= PROOFS_MAX {
-            proofs.retain(|_, until| *until > now);
+            let now = Instant::now();
+            let mut proofs = lock(&self.proofs);
             if proofs.len() >= PROOFS_MAX {
-                return None;
+                // At most one scan a second, however many requests find it full.
+                let mut pruned = lock(&self.proofs_pruned);
+                if pruned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    proofs.retain(|_, until| *until > now);
+                    *pruned = Some(now);
+                }
+                if proofs.len() >= PROOFS_MAX {
+                    return None;
+                }
             }
+            if proofs.get(id).is_some_and(|until| *until > now) {
+                return Some(false);
+            }
+            proofs.insert(id.to_owned(), now + ttl);
         }
-        match proofs.get(id) {
-            Some(until) if *until > now => Some(false),
-            _ => {
-                proofs.insert(id.to_owned(), now + ttl);
-                Some(true)
-            }
+        match self.live_redis() {
+            Some(link) => Some(
+                link.set_once(&format!("dpop:{id}"), ttl)
+                    .await
+                    .unwrap_or(true),
+            ),
+            None => Some(true),
         }
     }
 
