@@ -20,10 +20,9 @@ use base64::engine::general_purpose::STANDARD;
 use poem::Request;
 use poem_openapi::{OpenApiService, Tags};
 
-use crate::domain::client::BrowserContext;
+use crate::domain::client::{BrowserContext, DpopHeader};
 use crate::domain::error::Error;
 use crate::domain::secret::Secret;
-use crate::service::dpop::DpopHeader;
 use crate::service::tokens::RequestMeta;
 
 /// Operation groups in the docs.

@@ -80,6 +80,16 @@ pub struct Client {
     pub dpop_foreign_key: ForeignKeyPolicy,
 }
 
+/// The `DPoP` header(s) of a request (RFC 9449).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DpopHeader {
+    #[default]
+    Absent,
+    One(String),
+    /// More than one: refused (RFC 9449 §4.3).
+    Several,
+}
+
 /// What a browser request tells about where it comes from.
 #[derive(Debug, Clone, Default)]
 pub struct BrowserContext {

@@ -34,20 +34,10 @@ use super::Issuer;
 use super::tokens::RequestMeta;
 use crate::crypto::dpop::{self, Expected, Proof};
 use crate::domain::audit::AuditEvent;
-use crate::domain::client::{Client, DpopPolicy, ForeignKeyPolicy};
+use crate::domain::client::{Client, DpopHeader, DpopPolicy, ForeignKeyPolicy};
 use crate::domain::error::Error;
 use crate::domain::family::RevokeReason;
 use crate::store::FamilyInfo;
-
-/// The `DPoP` header(s) of a request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum DpopHeader {
-    #[default]
-    Absent,
-    One(String),
-    /// More than one: refused (RFC 9449 §4.3).
-    Several,
-}
 
 /// The token endpoint's path, for `htu`.
 const TOKEN_PATH: &str = "/oauth/token";

@@ -15,7 +15,7 @@ use crate::domain::family::RevokeReason;
 use crate::domain::secret::Secret;
 use crate::domain::user::{check_new_password, check_password_size};
 
-use crate::store::{FamilyInfo, NewFamily, PasswordChange, Session, SessionSelector};
+use crate::store::{NewFamily, PasswordChange, Session, SessionSelector};
 
 /// Which sessions `POST /v1/logout` ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,15 +189,6 @@ impl Issuer {
         tracing::info!(target: "security", event = "password_changed", user_id = %who.user.id, sid = %family.id);
         self.announce(&revoked, RevokeReason::PasswordChange, who)
             .await;
-        let jkt = family.dpop_jkt.clone();
-        self.issue(
-            client,
-            &FamilyInfo::from(family),
-            token,
-            now,
-            None,
-            jkt.as_deref(),
-        )
-        .await
+        self.issue_new(client, family, token, now).await
     }
 }

@@ -46,7 +46,7 @@ pub struct RequestMeta {
     /// The `__Host-refresh` cookie, when the request carried one.
     pub refresh_cookie: Option<Secret>,
     /// The request's `DPoP` header(s).
-    pub dpop: super::dpop::DpopHeader,
+    pub dpop: crate::domain::client::DpopHeader,
 }
 
 /// Tokens to hand to the client.
@@ -195,16 +195,21 @@ impl Issuer {
         }
         tracing::info!(target: "security", event = "login", user_id = %user.user.id, sid = %family.id, client_id = %client.id);
         self.metrics.logins.inc();
+        self.issue_new(client, family, token, now).await
+    }
+
+    /// The first tokens of a session just created, bound as it is.
+    pub(crate) async fn issue_new(
+        &self,
+        client: &Client,
+        family: NewFamily,
+        token: Secret,
+        now: OffsetDateTime,
+    ) -> Result<Issued, Error> {
         let jkt = family.dpop_jkt.clone();
-        self.issue(
-            client,
-            &FamilyInfo::from(family),
-            token,
-            now,
-            None,
-            jkt.as_deref(),
-        )
-        .await
+        let family = FamilyInfo::from(family);
+        self.issue(client, &family, token, now, None, jkt.as_deref())
+            .await
     }
 
     /// The user a username and password name, or `invalid_credentials`; the check is

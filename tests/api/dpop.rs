@@ -72,14 +72,6 @@ async fn bound_session(app: &TestApp, key: &DpopKey) -> Tokens {
     bound_tokens(login(app, &email, &[&proof(app, key)]).await, key).await
 }
 
-async fn metric(app: &TestApp, name: &str) -> String {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} in {text}"))
-        .to_owned()
-}
-
 scenario! {
     /// A login with a proof gets a DPoP-bound access token and a session bound to the
     /// key: every refresh with a proof of it rotates, and stays bound; a login without
@@ -126,9 +118,9 @@ scenario! {
             "dpop_key_mismatch",
         )
         .await;
-        assert_eq!(metric(&app, "issuer_dpop_foreign_keys_total").await, "1");
+        assert_eq!(app.metric("issuer_dpop_foreign_keys_total").await, "1");
         assert_eq!(
-            metric(&app, r#"issuer_refresh_refused_total{reason="dpop_key_mismatch"}"#).await,
+            app.metric(r#"issuer_refresh_refused_total{reason="dpop_key_mismatch"}"#).await,
             "2"
         );
         // Nothing was consumed: the holder of the key rotates, once.
@@ -144,22 +136,11 @@ scenario! {
         assert_eq!(app.register(&admin_email, PASSWORD).await.status(), StatusCode::CREATED);
         app.set_admin(&admin_email, true).await;
         let admin = tokens(app.login(&admin_email, PASSWORD).await).await;
-        let events: Value = app
-            .http
-            .get(app.url("/v1/admin/audit"))
-            .bearer_auth(&admin.access)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let events = app.audit_events(&admin.access).await;
         let event = events
-            .as_array()
-            .unwrap()
             .iter()
             .find(|e| e["kind"] == "dpop_foreign_key")
-            .unwrap_or_else(|| panic!("{events}"));
+            .unwrap_or_else(|| panic!("{events:?}"));
         let detail = event["detail"].as_str().unwrap();
         assert!(detail.contains(&thief.thumbprint()), "{detail}");
         assert!(detail.ends_with("refused"), "{detail}");
@@ -215,7 +196,7 @@ scenario! {
         // Two DPoP headers, even good ones.
         let resp = refresh(&app, &used.refresh, &[&proof(&app, &key), &proof(&app, &key)]).await;
         assert_error(resp, StatusCode::BAD_REQUEST, "invalid_dpop_proof", None).await;
-        assert_eq!(metric(&app, "issuer_dpop_proofs_refused_total").await, (bad.len() + 1).to_string());
+        assert_eq!(app.metric("issuer_dpop_proofs_refused_total").await, (bad.len() + 1).to_string());
         // None of them consumed the token.
         bound_tokens(refresh(&app, &used.refresh, &[&proof(&app, &key)]).await, &key).await;
     }
@@ -247,7 +228,7 @@ scenario! {
         )
         .await;
         assert_invalid_grant(refresh(&app, &t.refresh, &[&proof(&app, &key)]).await, "revoked").await;
-        assert_eq!(metric(&app, r#"issuer_revocations_total{reason="dpop_foreign_key"}"#).await, "1");
+        assert_eq!(app.metric(r#"issuer_revocations_total{reason="dpop_foreign_key"}"#).await, "1");
 
         // `other` ignores the header: bearer tokens.
         let form = [

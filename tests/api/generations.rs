@@ -27,15 +27,6 @@ async fn rows(app: &TestApp, table: &str) -> i64 {
     n
 }
 
-/// The value of a metric line of `/metrics`.
-async fn metric(app: &TestApp, name: &str) -> String {
-    let text = app.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} in {text}"))
-        .to_owned()
-}
-
 scenario! {
     /// A thousand rotations later the session is still one row, and no token row was
     /// ever written.
@@ -82,7 +73,7 @@ scenario! {
         assert_eq!(token_position(&moved.refresh), (sid.clone(), 6));
         let url = app.settings.database_url.expose();
         assert_eq!(stored_family(url, &sid).await, (false, 6));
-        assert_eq!(metric(&app, "issuer_families_moved_forward_total").await, "1");
+        assert_eq!(app.metric("issuer_families_moved_forward_total").await, "1");
         let store = token_issuer::startup::open_store(&app.settings).await.unwrap();
         let events = store.audit_events(None, 50).await.unwrap();
         let event = events
@@ -222,7 +213,7 @@ async fn an_instance_on_an_older_copy_of_the_database_moves_the_session_forward(
     let moved = tokens(restored.refresh(&current).await).await;
     assert_eq!(token_position(&moved.refresh), (sid.clone(), 6));
     assert_eq!(
-        metric(&restored, "issuer_families_moved_forward_total").await,
+        restored.metric("issuer_families_moved_forward_total").await,
         "1"
     );
     let url = restored.settings.database_url.expose();

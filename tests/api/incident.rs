@@ -102,22 +102,11 @@ scenario! {
 
         // The audit log and the metrics say so.
         let admin_again = tokens(app.login(&admin_email, PASSWORD).await).await;
-        let events: Value = app
-            .http
-            .get(app.url("/v1/admin/audit"))
-            .bearer_auth(&admin_again.access)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let events = app.audit_events(&admin_again.access).await;
         let event = events
-            .as_array()
-            .unwrap()
             .iter()
             .find(|e| e["kind"] == "sessions_revoked_all")
-            .unwrap_or_else(|| panic!("{events}"));
+            .unwrap_or_else(|| panic!("{events:?}"));
         assert!(event["detail"].as_str().unwrap().starts_with("all clients: "), "{event}");
         assert!(event["detail"].as_str().unwrap().ends_with("reason: database leaked"), "{event}");
         assert!(event["actor_id"].is_string(), "{event}");

@@ -188,14 +188,9 @@ fn run_ok(dir: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The value of the `/metrics` line that starts with `series` (a name and its labels).
+/// The value of the `/metrics` line that starts with `series`, as a number.
 async fn metric(api: &Api, series: &str) -> f64 {
-    let text = api.get("/metrics").await.text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{series} ")))
-        .unwrap_or_else(|| panic!("{series} in {text}"))
-        .parse()
-        .unwrap()
+    api.metric(series).await.parse().unwrap()
 }
 
 /// Waits up to 10 s for `/readyz` to report the key files as `keys`; its body (the

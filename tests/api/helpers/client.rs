@@ -122,6 +122,31 @@ impl Api {
             .unwrap()
     }
 
+    /// The audit events an admin (its access token) reads, newest first (500 at most).
+    pub async fn audit_events(&self, admin_access: &str) -> Vec<serde_json::Value> {
+        let events: serde_json::Value = self
+            .http
+            .get(self.url("/v1/admin/audit?limit=500"))
+            .bearer_auth(admin_access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        events.as_array().unwrap().clone()
+    }
+
+    /// The value of the `/metrics` line that starts with `series` (a name and its
+    /// labels).
+    pub async fn metric(&self, series: &str) -> String {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{series} ")))
+            .unwrap_or_else(|| panic!("{series} in {text}"))
+            .to_owned()
+    }
+
     /// Registers a fresh user and logs in with the body-mode `dev` client.
     pub async fn signed_in(&self) -> (String, Tokens) {
         let email = unique_email();
