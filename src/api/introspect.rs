@@ -47,7 +47,8 @@ pub struct IntrospectionResponseBody {
     /// Whether the token is live: an access token of ours, unexpired, of a live
     /// session; or an unused refresh token of a live session.
     active: bool,
-    /// `access_token` or `refresh_token`.
+    /// `access_token` or `refresh_token`; `DPoP` for an access token bound to a DPoP
+    /// key (RFC 9449 §6.2).
     #[oai(skip_serializing_if_is_none)]
     token_type: Option<String>,
     /// The client the token was issued to.
@@ -76,6 +77,19 @@ pub struct IntrospectionResponseBody {
     nbf: Option<i64>,
     #[oai(skip_serializing_if_is_none)]
     jti: Option<String>,
+    /// The DPoP key the token is bound to (RFC 9449 §6.2): an access token's `cnf`, or
+    /// the key of a bound session's refresh token. A resource server that gets it
+    /// must see a proof of that key with the token.
+    #[oai(skip_serializing_if_is_none)]
+    cnf: Option<ConfirmationBody>,
+}
+
+/// `cnf` (RFC 7800): the key a token is bound to.
+#[derive(Object)]
+#[oai(rename = "Confirmation")]
+pub struct ConfirmationBody {
+    /// The RFC 7638 SHA-256 thumbprint of the DPoP public key, base64url.
+    jkt: String,
 }
 
 impl From<Introspection> for IntrospectionResponseBody {
@@ -84,7 +98,15 @@ impl From<Introspection> for IntrospectionResponseBody {
             Introspection::Inactive => Self::default(),
             Introspection::Access(c) => Self {
                 active: true,
-                token_type: Some("access_token".into()),
+                token_type: Some(
+                    if c.cnf.is_some() {
+                        "DPoP"
+                    } else {
+                        "access_token"
+                    }
+                    .into(),
+                ),
+                cnf: c.cnf.map(|c| ConfirmationBody { jkt: c.jkt }),
                 client_id: Some(c.client_id),
                 sub: Some(c.sub),
                 sid: Some(c.sid),
@@ -106,6 +128,7 @@ impl From<Introspection> for IntrospectionResponseBody {
                 sub: Some(state.family.user_id.to_string()),
                 sid: Some(state.family.id.to_string()),
                 scope: state.family.scope,
+                cnf: state.family.dpop_jkt.map(|jkt| ConfirmationBody { jkt }),
                 exp: Some(expires_at.unix_timestamp()),
                 iat: Some(state.issued_at.unix_timestamp()),
                 ..Self::default()

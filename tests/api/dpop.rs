@@ -83,6 +83,26 @@ scenario! {
         for _ in 0..3 {
             t = bound_tokens(refresh(&app, &t.refresh, &[&proof(&app, &key)]).await, &key).await;
         }
+        // Introspection says what both tokens are bound to (RFC 9449 §6.2).
+        for (token, token_type) in [(&t.access, "DPoP"), (&t.refresh, "refresh_token")] {
+            let answer: Value = app
+                .http
+                .post(app.url("/oauth/introspect"))
+                .basic_auth(
+                    crate::helpers::SERVICE_CLIENT,
+                    Some(crate::helpers::SERVICE_SECRET),
+                )
+                .form(&[("token", token.as_str())])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(answer["active"], true, "{answer}");
+            assert_eq!(answer["token_type"], token_type, "{answer}");
+            assert_eq!(answer["cnf"], json!({"jkt": key.thumbprint()}), "{answer}");
+        }
         // Still bound after every rotation: the latest token without a proof is refused.
         assert_invalid_grant(refresh(&app, &t.refresh, &[]).await, "dpop_key_mismatch").await;
         let (_, bearer) = app.signed_in().await;
