@@ -90,8 +90,20 @@ pub fn replay_ttl(leeway: i64) -> i64 {
 
 /// The base64url SHA-256 of an access token (`ath`).
 pub fn access_token_hash(token: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    sha256_b64url(token.as_bytes())
+}
+
+fn sha256_b64url(bytes: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
     URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
+impl Proof {
+    /// What the replay check remembers of the proof: its key and `jti`, hashed (a
+    /// `jti` is the client's choice of up to `MAX_JTI_LEN` characters; the id is 43).
+    pub fn replay_id(&self) -> String {
+        sha256_b64url(format!("{}:{}", self.jkt, self.jti).as_bytes())
+    }
 }
 
 /// Checks `proof` against `expected` (see the module docs).

@@ -35,6 +35,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::crypto::b64url;
 use crate::crypto::keys::{KeyError, locked, read_or_create_secret_file, replace_file};
+use crate::domain::clock::Throttle;
 use crate::domain::error::Error;
 use crate::domain::secret::Secret;
 
@@ -136,7 +137,7 @@ pub struct RefreshKeys {
     /// instance that has not reloaded yet accepts a token another instance minted
     /// under a new key.
     dir: Option<std::path::PathBuf>,
-    last_reload: std::sync::Mutex<Option<std::time::Instant>>,
+    reload: Throttle,
     /// How many times the minting key changed (by `reload`, or by `open`'s re-read).
     swaps: std::sync::atomic::AtomicU64,
 }
@@ -239,7 +240,7 @@ impl RefreshKeys {
         Self {
             keys: RwLock::new(Arc::new(KeyPair::new(current, previous))),
             dir: None,
-            last_reload: std::sync::Mutex::new(None),
+            reload: Throttle::new(UNKNOWN_KEY_RELOAD),
             swaps: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -289,15 +290,8 @@ impl RefreshKeys {
         let Some(dir) = &self.dir else {
             return opened;
         };
-        {
-            let mut last = self
-                .last_reload
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if last.is_some_and(|t| t.elapsed() < UNKNOWN_KEY_RELOAD) {
-                return opened;
-            }
-            *last = Some(std::time::Instant::now());
+        if !self.reload.ready() {
+            return opened;
         }
         match self.reload(dir) {
             Ok(true) => self.pair().open(token),

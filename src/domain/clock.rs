@@ -58,3 +58,49 @@ impl Clock for ManualClock {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
+
+/// Lets something costly happen at most once per `every` (a re-read of the key files
+/// on an unknown key id, a scan of a full list), however many callers ask: the first
+/// caller after the interval gets `true`. Monotonic time, not the `Clock`: it bounds
+/// work, it does not decide validity.
+#[derive(Debug)]
+pub struct Throttle {
+    every: Duration,
+    last: Mutex<Option<std::time::Instant>>,
+}
+
+impl Throttle {
+    pub const fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Whether the caller may go ahead now (and the interval starts again).
+    pub fn ready(&self) -> bool {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < self.every) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_lets_one_caller_through_per_interval() {
+        let t = Throttle::new(Duration::from_millis(50));
+        assert!(t.ready());
+        assert!(!t.ready());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(t.ready());
+    }
+}

@@ -78,7 +78,7 @@ impl Issuer {
 
     /// Records the proof's `jti` (with its key) as used; a replay is refused.
     async fn record_proof(&self, proof: &Proof, leeway: i64) -> Result<(), Error> {
-        let id = crate::crypto::dpop::access_token_hash(&format!("{}:{}", proof.jkt, proof.jti));
+        let id = proof.replay_id();
         let ttl = Duration::from_secs(u64::try_from(dpop::replay_ttl(leeway)).unwrap_or(120));
         match self.shared.first_use_of_proof(&id, ttl).await {
             Some(true) => Ok(()),

@@ -85,20 +85,7 @@ scenario! {
         }
         // Introspection says what both tokens are bound to (RFC 9449 §6.2).
         for (token, token_type) in [(&t.access, "DPoP"), (&t.refresh, "refresh_token")] {
-            let answer: Value = app
-                .http
-                .post(app.url("/oauth/introspect"))
-                .basic_auth(
-                    crate::helpers::SERVICE_CLIENT,
-                    Some(crate::helpers::SERVICE_SECRET),
-                )
-                .form(&[("token", token.as_str())])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let answer = app.introspect(token).await;
             assert_eq!(answer["active"], true, "{answer}");
             assert_eq!(answer["token_type"], token_type, "{answer}");
             assert_eq!(answer["cnf"], json!({"jkt": key.thumbprint()}), "{answer}");

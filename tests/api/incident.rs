@@ -28,23 +28,6 @@ async fn revoke_all(app: &TestApp, access: &str, body: Value) -> reqwest::Respon
         .unwrap()
 }
 
-/// What introspection says of `token` to the tests' resource server.
-async fn introspect(app: &TestApp, token: &str) -> Value {
-    app.http
-        .post(app.url("/oauth/introspect"))
-        .basic_auth(
-            crate::helpers::SERVICE_CLIENT,
-            Some(crate::helpers::SERVICE_SECRET),
-        )
-        .form(&[("token", token)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// A password grant of `client`.
 async fn login_as(app: &TestApp, client: &str, email: &str) -> Tokens {
     tokens(
@@ -69,7 +52,7 @@ scenario! {
         let (email, user) = app.signed_in().await;
         let other = login_as(&app, "other", &email).await;
         for token in [&user.refresh, &user.access] {
-            assert_eq!(introspect(&app, token).await["active"], true);
+            assert_eq!(app.introspect(token).await["active"], true);
         }
         let resp = revoke_all(&app, &admin_tokens.access, json!({"reason": "database leaked"})).await;
         let status = resp.status();
@@ -81,7 +64,7 @@ scenario! {
         // Introspection agrees at once (before any refresh attempt), for the refresh
         // and the access token.
         for token in [&user.refresh, &user.access] {
-            assert_eq!(introspect(&app, token).await, json!({"active": false}));
+            assert_eq!(app.introspect(token).await, json!({"active": false}));
         }
         // Every session, the admin's own too, of every client.
         assert_invalid_grant(app.refresh(&user.refresh).await, "revoked").await;
@@ -152,7 +135,7 @@ scenario! {
         // The admin's session (of `dev`) was refreshed after the instant... but created
         // before it: covered, its access token issued after the instant too.
         assert_eq!(app.me(&admin_tokens.access).await.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(introspect(&app, &admin_tokens.access).await, json!({"active": false}));
+        assert_eq!(app.introspect(&admin_tokens.access).await, json!({"active": false}));
         assert_invalid_grant(app.refresh(&admin_tokens.refresh).await, "revoked").await;
 
         // An epoch only moves forward: an earlier instant changes nothing.
@@ -397,20 +380,9 @@ async fn after_an_emergency_roll_every_instance_knows_the_new_key_at_once() {
         roll.active.as_str()
     );
     assert_eq!(second.me(&fresh.access).await.status(), StatusCode::OK);
-    let jwks: Value = second
-        .get("/.well-known/jwks.json")
-        .await
-        .json()
-        .await
-        .unwrap();
-    let kids: Vec<&str> = jwks["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap())
-        .collect();
-    assert!(kids.contains(&roll.active.as_str()), "{kids:?}");
-    assert!(!kids.contains(&compromised.as_str()), "{kids:?}");
+    let kids = second.jwks_kids().await;
+    assert!(kids.contains(&roll.active), "{kids:?}");
+    assert!(!kids.contains(&compromised), "{kids:?}");
     assert_eq!(
         second.me(&t.access).await.status(),
         StatusCode::UNAUTHORIZED

@@ -13,6 +13,7 @@ use super::dir::read_signing_key;
 use super::ring::{self as keyring, Ring};
 use super::{Jwk, KeyError, SigningKey};
 use crate::crypto::b64url;
+use crate::domain::clock::Throttle;
 
 /// The keys of this issuer at one moment: the one that signs, and every published one,
 /// which verify.
@@ -133,8 +134,8 @@ pub struct Keys {
     current: RwLock<Arc<KeySet>>,
     /// The ring as last read, to notice a change.
     raw: Mutex<Vec<u8>>,
-    /// When `reload_soon` last re-read the ring.
-    last_soon: Mutex<Option<std::time::Instant>>,
+    /// How often `reload_soon` may re-read the ring.
+    soon: Throttle,
     /// How many times the published keys or the active key changed (whichever path
     /// re-read the ring).
     changes: std::sync::atomic::AtomicU64,
@@ -158,7 +159,7 @@ impl Keys {
         Self {
             dir: dir.to_owned(),
             current: RwLock::new(Arc::new(set)),
-            last_soon: Mutex::new(None),
+            soon: Throttle::new(RELOAD_SOON),
             changes: std::sync::atomic::AtomicU64::new(0),
             raw: Mutex::new(raw),
         }
@@ -199,15 +200,8 @@ impl Keys {
     /// `reload`, unless this was done within `RELOAD_SOON`; whether a new set is in use.
     /// A failure is logged and leaves the set as it is (the periodic reload reports it).
     pub fn reload_soon(&self, now: i64) -> bool {
-        {
-            let mut last = self
-                .last_soon
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if last.is_some_and(|t| t.elapsed() < RELOAD_SOON) {
-                return false;
-            }
-            *last = Some(std::time::Instant::now());
+        if !self.soon.ready() {
+            return false;
         }
         match self.reload(now) {
             Ok(Reload::Swapped { .. }) => true,

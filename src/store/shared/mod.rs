@@ -56,6 +56,7 @@ pub use limits::{LimitKind, RateLimit, Taken};
 
 use super::Store;
 use super::redis::RedisLink;
+use crate::domain::clock::Throttle;
 use crate::domain::user::User;
 
 /// How long a session read from the database is trusted without asking it again.
@@ -120,8 +121,8 @@ pub struct SharedState {
     /// DPoP proofs seen by this process (without Redis, or while it is down), until
     /// when.
     proofs: Mutex<HashMap<String, Instant>>,
-    /// When the full list of proofs was last scanned for expired ones.
-    proofs_pruned: Mutex<Option<Instant>>,
+    /// How often a full list of proofs may be scanned for expired ones.
+    proofs_prune: Throttle,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -146,7 +147,7 @@ impl SharedState {
             epochs: Epochs::default(),
             keys_changed: tokio::sync::Notify::new(),
             proofs: Mutex::new(HashMap::new()),
-            proofs_pruned: Mutex::new(None),
+            proofs_prune: Throttle::new(Duration::from_secs(1)),
         }
     }
 
@@ -312,10 +313,8 @@ impl SharedState {
             let mut proofs = lock(&self.proofs);
             if proofs.len() >= PROOFS_MAX {
                 // At most one scan a second, however many requests find it full.
-                let mut pruned = lock(&self.proofs_pruned);
-                if pruned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                if self.proofs_prune.ready() {
                     proofs.retain(|_, until| *until > now);
-                    *pruned = Some(now);
                 }
                 if proofs.len() >= PROOFS_MAX {
                     return None;

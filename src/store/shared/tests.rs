@@ -191,6 +191,24 @@ async fn a_full_local_deny_list_starts_over_with_the_session_cache() {
     );
 }
 
+/// Without Redis a proof is used once in this process; a process holding as many live
+/// proofs as it may refuses (`None`, answered 503) rather than forgets one.
+#[tokio::test]
+async fn a_proof_is_used_once_and_a_full_list_refuses_rather_than_forgets() {
+    let (shared, _dir) = in_process().await;
+    let minute = Duration::from_secs(60);
+    assert_eq!(shared.first_use_of_proof("p-1", minute).await, Some(true));
+    assert_eq!(shared.first_use_of_proof("p-1", minute).await, Some(false));
+    for i in 1..PROOFS_MAX {
+        assert_eq!(
+            shared.first_use_of_proof(&format!("q-{i}"), minute).await,
+            Some(true)
+        );
+    }
+    assert_eq!(shared.first_use_of_proof("one-more", minute).await, None);
+    assert_eq!(shared.first_use_of_proof("p-1", minute).await, None);
+}
+
 #[test]
 fn announcements_parse() {
     let sid = Uuid::new_v4();

@@ -122,6 +122,36 @@ impl Api {
             .unwrap()
     }
 
+    /// What introspection says of `token` to the tests' resource server.
+    pub async fn introspect(&self, token: &str) -> serde_json::Value {
+        self.http
+            .post(self.url("/oauth/introspect"))
+            .basic_auth(super::SERVICE_CLIENT, Some(super::SERVICE_SECRET))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The `kid`s the JWKS publishes now.
+    pub async fn jwks_kids(&self) -> Vec<String> {
+        let jwks: serde_json::Value = self
+            .get("/.well-known/jwks.json")
+            .await
+            .json()
+            .await
+            .unwrap();
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// The audit events an admin (its access token) reads, newest first (500 at most).
     pub async fn audit_events(&self, admin_access: &str) -> Vec<serde_json::Value> {
         let events: serde_json::Value = self
