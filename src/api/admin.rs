@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::api::ApiTags;
 use crate::api::error::ApiError;
-use crate::api::security::BearerAuth;
+use crate::api::security::AccessAuth;
 use crate::api::sessions::SessionBody;
 use crate::service::Issuer;
 use crate::service::admin::AdminUser;
@@ -194,7 +194,7 @@ impl AdminApi {
     async fn find_user(
         &self,
         issuer: Data<&Arc<Issuer>>,
-        auth: BearerAuth,
+        auth: AccessAuth,
         /// The e-mail address.
         email: Query<String>,
     ) -> Result<UserOk, ApiError> {
@@ -214,7 +214,7 @@ impl AdminApi {
     async fn sessions(
         &self,
         issuer: Data<&Arc<Issuer>>,
-        auth: BearerAuth,
+        auth: AccessAuth,
         /// The user id.
         id: Path<Uuid>,
     ) -> Result<AdminSessionsOk, ApiError> {
@@ -242,7 +242,7 @@ impl AdminApi {
     async fn revoke_sessions(
         &self,
         issuer: Data<&Arc<Issuer>>,
-        auth: BearerAuth,
+        auth: AccessAuth,
         /// The user id.
         id: Path<Uuid>,
     ) -> Result<RevokedOk, ApiError> {
@@ -264,7 +264,7 @@ impl AdminApi {
     async fn disable(
         &self,
         issuer: Data<&Arc<Issuer>>,
-        auth: BearerAuth,
+        auth: AccessAuth,
         /// The user id.
         id: Path<Uuid>,
     ) -> Result<RevokedOk, ApiError> {
@@ -286,7 +286,7 @@ impl AdminApi {
     async fn enable(
         &self,
         issuer: Data<&Arc<Issuer>>,
-        auth: BearerAuth,
+        auth: AccessAuth,
         /// The user id.
         id: Path<Uuid>,
     ) -> Result<EnabledOk, ApiError> {
@@ -310,7 +310,7 @@ impl AdminApi {
     async fn revoke_all(
         &self,
         issuer: Data<&Arc<Issuer>>,
-        auth: BearerAuth,
+        auth: AccessAuth,
         body: Json<RevokeAllBody>,
     ) -> Result<EpochOk, ApiError> {
         let body = body.0;
@@ -345,7 +345,7 @@ impl AdminApi {
     async fn sweep(
         &self,
         issuer: Data<&Arc<Issuer>>,
-        auth: BearerAuth,
+        auth: AccessAuth,
     ) -> Result<SweptOk, ApiError> {
         let swept = issuer.admin_sweep(&auth.0).await?;
         Ok(SweptOk::Ok(Json(SweptBody {
@@ -362,7 +362,7 @@ impl AdminApi {
     async fn audit(
         &self,
         issuer: Data<&Arc<Issuer>>,
-        auth: BearerAuth,
+        auth: AccessAuth,
         /// Only this user's events.
         user_id: Query<Option<Uuid>>,
         /// How many events (1 to 500, default 100).

@@ -484,14 +484,45 @@ pub enum ApiError {
     Internal(Json<ErrorBody>),
 }
 
-/// `WWW-Authenticate` for a 401 (RFC 6750 §3): no error code when no token was sent.
-pub fn www_authenticate(body: &ErrorBody) -> String {
-    match body.error {
-        ErrorCode::InvalidToken => format!(
-            "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
-            body.error_description
-        ),
-        _ => format!("Bearer realm=\"{REALM}\""),
+/// The scheme a request's `Authorization` header used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    Dpop,
+}
+
+/// `WWW-Authenticate` for a 401 (RFC 6750 §3, RFC 9449 §7.1): the scheme that was used
+/// carries the error (none when no token was sent); both schemes are offered, the
+/// DPoP one with the proof algorithms we accept (`algs`).
+pub fn www_authenticate(body: &ErrorBody, scheme: Option<Scheme>) -> String {
+    let error = match body.error {
+        ErrorCode::InvalidToken => Some("invalid_token"),
+        ErrorCode::InvalidDpopProof => Some("invalid_dpop_proof"),
+        _ => None,
+    };
+    let detail = error
+        .map(|e| {
+            format!(
+                ", error=\"{e}\", error_description=\"{}\"",
+                body.error_description
+            )
+        })
+        .unwrap_or_default();
+    let algs = crate::crypto::dpop::ALGORITHMS.join(" ");
+    match scheme {
+        Some(Scheme::Dpop) => format!("DPoP realm=\"{REALM}\"{detail}, algs=\"{algs}\""),
+        Some(Scheme::Bearer) => {
+            format!("Bearer realm=\"{REALM}\"{detail}, DPoP realm=\"{REALM}\", algs=\"{algs}\"")
+        }
+        None => format!("Bearer realm=\"{REALM}\", DPoP realm=\"{REALM}\", algs=\"{algs}\""),
+    }
+}
+
+impl ApiError {
+    /// A 401 for a request that used `scheme` (`None`: no credentials).
+    pub fn unauthorized(p: Problem, scheme: Option<Scheme>) -> Self {
+        let header = www_authenticate(&p.body, scheme);
+        Self::Unauthorized(Json(p.body), header)
     }
 }
 
@@ -501,7 +532,9 @@ impl From<Problem> for ApiError {
         match p.kind {
             Kind::BadRequest => Self::BadRequest(body),
             Kind::Unauthorized => {
-                let header = www_authenticate(&body);
+                let scheme =
+                    (body.error != ErrorCode::AuthenticationRequired).then_some(Scheme::Bearer);
+                let header = www_authenticate(&body, scheme);
                 Self::Unauthorized(body, header)
             }
             Kind::Forbidden => {

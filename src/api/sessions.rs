@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::api::error::ApiError;
 use crate::api::payload::{OptionalBody, StrictJson};
-use crate::api::security::BearerAuth;
+use crate::api::security::AccessAuth;
 use crate::api::token::{TokenOk, clear_refresh_cookie};
 use crate::api::{ApiTags, request_meta};
 use crate::domain::error::Error;
@@ -125,7 +125,7 @@ impl SessionsApi {
     async fn list(
         &self,
         issuer: Data<&Arc<Issuer>>,
-        auth: BearerAuth,
+        auth: AccessAuth,
     ) -> Result<SessionsOk, ApiError> {
         let sessions = issuer.sessions(&auth.0).await?;
         Ok(SessionsOk::Ok(
@@ -146,7 +146,7 @@ impl SessionsApi {
     async fn end(
         &self,
         issuer: Data<&Arc<Issuer>>,
-        auth: BearerAuth,
+        auth: AccessAuth,
         /// The session id.
         id: Path<Uuid>,
     ) -> Result<Ended, ApiError> {
@@ -167,7 +167,7 @@ impl SessionsApi {
     async fn logout(
         &self,
         issuer: Data<&Arc<Issuer>>,
-        auth: BearerAuth,
+        auth: AccessAuth,
         /// Which sessions to end.
         scope: Query<Option<LogoutScopeParam>>,
         body: OptionalBody<LogoutParams>,
@@ -209,7 +209,7 @@ impl SessionsApi {
         &self,
         issuer: Data<&Arc<Issuer>>,
         req: &Request,
-        auth: BearerAuth,
+        auth: AccessAuth,
         body: PasswordChangeBody,
     ) -> Result<TokenOk, ApiError> {
         let PasswordChangeBody::Json(StrictJson(p)) = body;

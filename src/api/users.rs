@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::api::error::ApiError;
 use crate::api::payload::StrictJson;
-use crate::api::security::BearerAuth;
+use crate::api::security::AccessAuth;
 use crate::api::{ApiTags, client_ip};
 use crate::domain::secret::Secret;
 use crate::domain::user::User;
@@ -99,7 +99,7 @@ impl UsersApi {
     /// Requires an access token whose `aud` is this issuer's audience and whose session
     /// is still live: the access tokens of a revoked session are refused at once.
     #[oai(path = "/v1/me", method = "get", operation_id = "me")]
-    async fn me(&self, auth: BearerAuth) -> Result<MeOk, ApiError> {
+    async fn me(&self, auth: AccessAuth) -> Result<MeOk, ApiError> {
         Ok(MeOk::Ok(Json(auth.0.user.into()), "no-store".into()))
     }
 }

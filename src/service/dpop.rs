@@ -1,7 +1,8 @@
-//! DPoP at the token endpoint (RFC 9449 §5): a token request with a valid proof gets
-//! `token_type: DPoP` and an access token with `cnf.jkt`; a password grant with a
-//! proof starts a session whose refresh tokens are bound to that key for its whole
-//! life; a refresh of a bound session needs a proof of that key.
+//! DPoP at the token endpoint (RFC 9449 §5) and the protected endpoints (§7): a token
+//! request with a valid proof gets `token_type: DPoP` and an access token with
+//! `cnf.jkt`; a password grant with a proof starts a session whose refresh tokens are
+//! bound to that key for its whole life; a refresh of a bound session needs a proof of
+//! that key.
 //!
 //! Decisions taken here (the proof rules themselves are `crypto::dpop`'s):
 //! - Per client, `dpop = "off" | "allowed" | "required"` (default `allowed`): `off`
@@ -27,10 +28,19 @@
 //!   and with `dpop_foreign_key = "revoke"` the session is revoked.
 //! - `htu` is the issuer's public URL (`issuer_url`) plus the path: behind a proxy, the
 //!   URL the client used, not the one the server was reached at.
+//! - At the protected endpoints (`/v1/...`, RFC 9449 §7), a bound access token is sent
+//!   as `Authorization: DPoP <token>` with a proof of its key for that request and
+//!   `ath` its hash (`authenticate_dpop`). The proof is checked before the token, its
+//!   `jti` recorded after both passed. A proof that fails is `invalid_dpop_proof`; a
+//!   proof of another key than `cnf.jkt`, an unbound token under the DPoP scheme, or a
+//!   bound one under `Bearer` is `invalid_token` (the token, not the proof, is wrong
+//!   for the request, as node-oidc-provider answers too). Each is a 401 whose
+//!   `WWW-Authenticate` names the scheme used and offers `DPoP algs="..."`.
 
 use std::time::Duration;
 
 use super::Issuer;
+use super::access::Principal;
 use super::tokens::RequestMeta;
 use crate::crypto::dpop::{self, Expected, Proof};
 use crate::domain::audit::AuditEvent;
@@ -63,7 +73,7 @@ impl Issuer {
             (DpopHeader::One(proof), _) => proof,
         };
         let url = format!("{}{TOKEN_PATH}", self.issuer_url);
-        let leeway = i64::try_from(self.clock_leeway.as_secs()).unwrap_or(30);
+        let leeway = self.leeway_secs();
         let expected = Expected {
             method: "POST",
             url: &url,
@@ -74,6 +84,59 @@ impl Issuer {
         let proof = dpop::check(proof, &expected).map_err(|e| self.proof_refused(e.0))?;
         self.record_proof(&proof, leeway).await?;
         Ok(Some(proof))
+    }
+
+    /// A protected endpoint's caller that sent `Authorization: DPoP <token>` (RFC 9449
+    /// §7.1): exactly one proof, for this request (`method`, the issuer URL plus
+    /// `path`), with `ath` the hash of `token`, of the key the token is bound to
+    /// (`cnf.jkt`), not seen before. A token with no `cnf` is a bearer token and is
+    /// refused under this scheme (`invalid_token`), as a bound one is under `Bearer`.
+    pub async fn authenticate_dpop(
+        &self,
+        token: &str,
+        proof: &DpopHeader,
+        method: &str,
+        path: &str,
+    ) -> Result<Principal, Error> {
+        let proof = match proof {
+            DpopHeader::Absent => {
+                return Err(self.proof_refused("the DPoP scheme needs a DPoP proof"));
+            }
+            DpopHeader::Several => {
+                return Err(self.proof_refused("send exactly one DPoP header"));
+            }
+            DpopHeader::One(proof) => proof,
+        };
+        let url = format!("{}{path}", self.issuer_url);
+        let leeway = self.leeway_secs();
+        let expected = Expected {
+            method,
+            url: &url,
+            now: self.now().unix_timestamp(),
+            leeway,
+            access_token: Some(token),
+        };
+        let proof = dpop::check(proof, &expected).map_err(|e| self.proof_refused(e.0))?;
+        let principal = self.check_access_token(token, Some(&self.audience)).await?;
+        match &principal.claims.cnf {
+            None => {
+                return Err(Error::InvalidToken(
+                    "the token is not bound to a DPoP key; send it as Bearer",
+                ));
+            }
+            Some(cnf) if cnf.jkt != proof.jkt => {
+                return Err(Error::InvalidToken(
+                    "the proof is not of the key the token is bound to",
+                ));
+            }
+            Some(_) => {}
+        }
+        self.record_proof(&proof, leeway).await?;
+        Ok(principal)
+    }
+
+    fn leeway_secs(&self) -> i64 {
+        i64::try_from(self.clock_leeway.as_secs()).unwrap_or(30)
     }
 
     /// Records the proof's `jti` (with its key) as used; a replay is refused.

@@ -314,3 +314,130 @@ scenario! {
         assert_invalid_grant(refresh(&app, &t.refresh, &[&proof(&app, &key)]).await, "revoked").await;
     }
 }
+
+/// `GET /v1/me` with `Authorization: <scheme> <token>` and `proofs` as `DPoP` headers.
+async fn me_with(app: &TestApp, scheme: &str, token: &str, proofs: &[&str]) -> reqwest::Response {
+    let mut request = app
+        .http
+        .get(app.url("/v1/me"))
+        .header("Authorization", format!("{scheme} {token}"));
+    for proof in proofs {
+        request = request.header("DPoP", *proof);
+    }
+    request.send().await.unwrap()
+}
+
+/// A proof of `key` for `method` at `path` of the issuer's URL, presenting `token`.
+fn resource_proof(app: &TestApp, key: &DpopKey, method: &str, path: &str, token: &str) -> String {
+    let url = format!("{}{path}", app.settings.issuer_url);
+    key.proof_with_token(method, &url, crate::helpers::now(app), token)
+}
+
+/// A 401 with `code`, whose `WWW-Authenticate` starts with `challenge` and offers
+/// the DPoP scheme with its algorithms.
+async fn refused_at_resource(resp: reqwest::Response, code: &str, challenge: &str) -> Value {
+    let header = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(header.starts_with(challenge), "{header}");
+    assert!(header.contains(&format!("error=\"{code}\"")), "{header}");
+    assert!(header.contains("DPoP realm=\"token-issuer\""), "{header}");
+    assert!(
+        header.contains("algs=\"ES256 EdDSA RS256 PS256\""),
+        "{header}"
+    );
+    assert_error(resp, StatusCode::UNAUTHORIZED, code, None).await
+}
+
+scenario! {
+    /// A bound access token works at `/v1` under the DPoP scheme with a proof of its
+    /// key for this request (RFC 9449 §7.1), and nowhere else: not as Bearer, not
+    /// with another key's proof, not with a proof of another request or token, not
+    /// twice with one proof. An unbound token is not accepted under the DPoP scheme.
+    async fn protected_endpoints_take_a_bound_token_with_a_proof_of_its_key(backend) {
+        let app = spawn_app(backend).await;
+        let key = DpopKey::new();
+        let t = bound_session(&app, &key).await;
+        let good = resource_proof(&app, &key, "GET", "/v1/me", &t.access);
+        let resp = me_with(&app, "DPoP", &t.access, &[&good]).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        // The scheme name is case-insensitive (RFC 9110 §11.1).
+        let resp = me_with(&app, "dpop", &t.access, &[&resource_proof(&app, &key, "GET", "/v1/me", &t.access)]).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        // Other endpoints, other methods, a path with an id.
+        let sessions: Value = app
+            .http
+            .get(app.url("/v1/sessions"))
+            .header("Authorization", format!("DPoP {}", t.access))
+            .header("DPoP", resource_proof(&app, &key, "GET", "/v1/sessions", &t.access))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(sessions.as_array().map(Vec::len), Some(1), "{sessions}");
+
+        // Replayed: refused.
+        let body = refused_at_resource(me_with(&app, "DPoP", &t.access, &[&good]).await, "invalid_dpop_proof", "DPoP ").await;
+        assert!(body["error_description"].as_str().unwrap().contains("used before"), "{body}");
+        // As a bearer token: refused, and the challenge offers DPoP.
+        refused_at_resource(me_with(&app, "Bearer", &t.access, &[]).await, "invalid_token", "Bearer ").await;
+        refused_at_resource(app.me(&t.access).await, "invalid_token", "Bearer ").await;
+
+        let (_, bearer) = app.signed_in().await;
+        let other = bound_session(&app, &key).await;
+        let now = crate::helpers::now(&app);
+        let me_url = format!("{}/v1/me", app.settings.issuer_url);
+        let with_claims = |claims: Value| key.signed(&key.header(), &claims);
+        let base = |token: &str| json!({
+            "jti": uuid::Uuid::new_v4().to_string(), "htm": "GET", "htu": me_url, "iat": now,
+            "ath": crate::helpers::ath(token),
+        });
+        let without_ath = {
+            let mut c = base(&t.access);
+            c.as_object_mut().unwrap().remove("ath");
+            with_claims(c)
+        };
+        let mut wrong_method = base(&t.access);
+        wrong_method["htm"] = json!("POST");
+        let mut wrong_path = base(&t.access);
+        wrong_path["htu"] = json!(format!("{}/v1/sessions", app.settings.issuer_url));
+        let mut with_query = base(&t.access);
+        with_query["htu"] = json!(format!("{me_url}?a=b"));
+        let mut old = base(&t.access);
+        old["iat"] = json!(now - 300);
+        let proofs: Vec<(String, &str)> = vec![
+            (without_ath, "ath is missing"),
+            (with_claims(base(&other.access)), "ath is not"),
+            (with_claims(wrong_method), "htm is not"),
+            (with_claims(wrong_path), "htu is not"),
+            (with_claims(with_query), "htu is not"),
+            (with_claims(old), "too old"),
+            ("garbage".to_owned(), "not a JWS"),
+        ];
+        for (proof, want) in &proofs {
+            let body = refused_at_resource(me_with(&app, "DPoP", &t.access, &[proof]).await, "invalid_dpop_proof", "DPoP ").await;
+            assert!(body["error_description"].as_str().unwrap().contains(want), "{want}: {body}");
+        }
+        // No proof, two proofs.
+        refused_at_resource(me_with(&app, "DPoP", &t.access, &[]).await, "invalid_dpop_proof", "DPoP ").await;
+        let two = [
+            resource_proof(&app, &key, "GET", "/v1/me", &t.access),
+            resource_proof(&app, &key, "GET", "/v1/me", &t.access),
+        ];
+        refused_at_resource(me_with(&app, "DPoP", &t.access, &[&two[0], &two[1]]).await, "invalid_dpop_proof", "DPoP ").await;
+        // A good proof of another key: the token is not bound to it.
+        let thief = DpopKey::new();
+        let stolen = resource_proof(&app, &thief, "GET", "/v1/me", &t.access);
+        refused_at_resource(me_with(&app, "DPoP", &t.access, &[&stolen]).await, "invalid_token", "DPoP ").await;
+        // A bearer token under the DPoP scheme, even with a good proof for it.
+        let unbound = resource_proof(&app, &key, "GET", "/v1/me", &bearer.access);
+        refused_at_resource(me_with(&app, "DPoP", &bearer.access, &[&unbound]).await, "invalid_token", "DPoP ").await;
+
+        // None of it touched the session: a fresh proof still works.
+        let resp = me_with(&app, "DPoP", &t.access, &[&resource_proof(&app, &key, "GET", "/v1/me", &t.access)]).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+}

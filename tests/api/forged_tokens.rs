@@ -358,13 +358,15 @@ scenario! {
 }
 
 scenario! {
-    async fn no_credentials_is_a_bare_bearer_challenge(backend) {
+    /// Without credentials, both schemes are offered, without an error (RFC 6750 §3,
+    /// RFC 9449 §7.1).
+    async fn no_credentials_is_a_bare_challenge_of_both_schemes(backend) {
         let app = spawn_app(backend).await;
         let resp = app.get("/v1/me").await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
             resp.headers()["www-authenticate"],
-            "Bearer realm=\"token-issuer\""
+            "Bearer realm=\"token-issuer\", DPoP realm=\"token-issuer\", algs=\"ES256 EdDSA RS256 PS256\""
         );
         assert_error(
             resp,

@@ -61,6 +61,27 @@ impl DpopKey {
         )
     }
 
+    /// A fresh proof for `method` `url` at unix time `iat`, presenting `access_token`
+    /// (`ath`), as a protected endpoint needs.
+    pub fn proof_with_token(
+        &self,
+        method: &str,
+        url: &str,
+        iat: i64,
+        access_token: &str,
+    ) -> String {
+        self.signed(
+            &self.header(),
+            &json!({
+                "jti": uuid::Uuid::new_v4().to_string(),
+                "htm": method,
+                "htu": url,
+                "iat": iat,
+                "ath": ath(access_token),
+            }),
+        )
+    }
+
     /// The header of a good proof of this key.
     pub fn header(&self) -> Value {
         json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk()})
@@ -76,4 +97,10 @@ impl DpopKey {
             .unwrap();
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
     }
+}
+
+/// The `ath` of an access token: its base64url SHA-256.
+pub fn ath(access_token: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, access_token.as_bytes());
+    URL_SAFE_NO_PAD.encode(digest.as_ref())
 }

@@ -39,7 +39,7 @@ pub enum Backend {
 pub use assertions::{assert_error, assert_invalid_grant, eventually, set_cookie_headers, tokens};
 pub use client::{Api, client_from};
 pub use databases::{TestDatabase, family_generation, generations, stored_family};
-pub use dpop::DpopKey;
+pub use dpop::{DpopKey, ath};
 pub use forging::{
     b64, jwks, pem_body, segment, sign_rs256, sign_rs256_raw, token_generation, token_position,
 };
