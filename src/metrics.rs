@@ -44,6 +44,7 @@ pub struct Metrics {
     pub reuse_detections: IntCounter,
     pub families_moved_forward: IntCounter,
     pub dpop_foreign_keys: IntCounter,
+    pub dpop_nonces_asked: IntCounter,
     dpop_proofs_refused: IntCounter,
     pub sessions_revoked_all: IntCounter,
     key_changes: IntCounterVec,
@@ -165,6 +166,11 @@ impl Metrics {
                 &r,
                 "issuer_dpop_foreign_keys_total",
                 "Refresh tokens bound to a DPoP key presented with a proof of another key (stolen tokens).",
+            )?,
+            dpop_nonces_asked: counter(
+                &r,
+                "issuer_dpop_nonces_asked_total",
+                "DPoP proofs answered use_dpop_nonce (no nonce, or a stale one): a retry each, in the normal course.",
             )?,
             dpop_proofs_refused: counter(
                 &r,

@@ -9,14 +9,15 @@ use tokio::net::TcpListener;
 
 use crate::api::app::{HttpOptions, app};
 use crate::config::Settings;
-use crate::crypto::keys::{KeyError, Keys};
+use crate::crypto::dpop::{NONCE_KEY_FILE, Nonces};
+use crate::crypto::keys::{KeyError, Keys, read_or_create_secret_file};
 use crate::crypto::refresh::RefreshKeys;
 use crate::domain::client::Delivery;
 use crate::domain::clock::Clock;
 use crate::files;
 use crate::metrics::Metrics;
 use crate::server::{self, HttpTimeouts};
-use crate::service::Issuer;
+use crate::service::{Issuer, MacKeys};
 use crate::store::postgres::PgStore;
 use crate::store::redis::RedisLink;
 use crate::store::shared::SharedState;
@@ -183,14 +184,19 @@ impl Application {
         } else {
             tracing::info!(dir = %settings.keys_dir.display(), %kid, "loaded signing keys");
         }
-        let refresh_keys = RefreshKeys::load_or_create(&settings.keys_dir)?;
+        let secrets = MacKeys {
+            refresh: RefreshKeys::load_or_create(&settings.keys_dir)?,
+            dpop_nonces: Nonces::new(&read_or_create_secret_file(
+                &settings.keys_dir.join(NONCE_KEY_FILE),
+            )?),
+        };
         let shared = open_shared(settings, Arc::clone(&store), Arc::clone(&metrics))?;
         let issuer = Arc::new(Issuer::new(
             settings.issuer(),
             Arc::clone(&store),
             Arc::clone(&shared),
             Arc::new(keys),
-            refresh_keys,
+            secrets,
             clock,
             metrics,
         )?);

@@ -11,7 +11,9 @@ use poem::middleware::{CookieJarManager, Cors};
 use poem::{Endpoint, EndpointExt, Response, Route};
 
 use crate::api::methods::{AllowedMethods, method_not_allowed};
-use crate::api::middleware::{client_ip, limit_body, oauth_no_store, observe, render_error};
+use crate::api::middleware::{
+    client_ip, dpop_nonce, limit_body, oauth_no_store, observe, render_error,
+};
 use crate::api::{ClientIp, make_openapi_service};
 use crate::domain::address::Cidr;
 use crate::service::Issuer;
@@ -32,6 +34,7 @@ pub struct HttpOptions {
 /// The whole HTTP application around an issuer.
 pub fn app(issuer: Arc<Issuer>, options: HttpOptions) -> BoxEndpoint<'static, Response> {
     let issuer_metrics = issuer.metrics();
+    let nonces = Arc::clone(&issuer);
     let body_timeout = options.body_timeout;
     let api = make_openapi_service();
     let spec = api.spec_endpoint();
@@ -64,6 +67,7 @@ pub fn app(issuer: Arc<Issuer>, options: HttpOptions) -> BoxEndpoint<'static, Re
             }
         })
         .around(oauth_no_store)
+        .around(move |ep, req| dpop_nonce(ep, req, Arc::clone(&nonces)))
         .around(move |ep, req| observe(ep, req, Arc::clone(&metrics)))
         .boxed()
 }
@@ -86,7 +90,13 @@ fn cors(origins: &BTreeSet<String>, credentials: bool) -> Option<Cors> {
                 // RFC 9449: a browser client's proof.
                 "dpop",
             ])
-            .expose_headers(["x-request-id", "www-authenticate", "retry-after", "etag"])
+            .expose_headers([
+                "x-request-id",
+                "www-authenticate",
+                "retry-after",
+                "etag",
+                "dpop-nonce",
+            ])
             .allow_credentials(credentials)
             .max_age(600),
     )

@@ -49,6 +49,10 @@ pub enum ErrorCode {
     /// algorithm, for another request, too old or replayed; the description says
     /// which. Nothing was consumed.
     InvalidDpopProof,
+    /// The client's DPoP proofs must carry the server's nonce (RFC 9449 §8): retry
+    /// with a proof whose `nonce` is the `DPoP-Nonce` header of this answer. Nothing
+    /// was consumed.
+    UseDpopNonce,
     /// The bearer access token is missing its mark (RFC 6750).
     InvalidToken,
     /// No bearer access token was sent.
@@ -305,6 +309,11 @@ impl From<Error> for Problem {
                 Self::new(Kind::BadRequest, C::InvalidRequest, m).with_reason(ErrorReason::Csrf)
             }
             Error::InvalidDpopProof(m) => Self::new(Kind::BadRequest, C::InvalidDpopProof, m),
+            Error::UseDpopNonce => Self::new(
+                Kind::BadRequest,
+                C::UseDpopNonce,
+                "make the DPoP proof again with the nonce of the DPoP-Nonce header",
+            ),
             Error::InvalidToken(why) => {
                 tracing::debug!(reason = why, "access token refused");
                 Self::new(
@@ -498,6 +507,7 @@ pub fn www_authenticate(body: &ErrorBody, scheme: Option<Scheme>) -> String {
     let error = match body.error {
         ErrorCode::InvalidToken => Some("invalid_token"),
         ErrorCode::InvalidDpopProof => Some("invalid_dpop_proof"),
+        ErrorCode::UseDpopNonce => Some("use_dpop_nonce"),
         _ => None,
     };
     let detail = error

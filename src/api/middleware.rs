@@ -1,6 +1,7 @@
 //! The HTTP layers around the API: request ids, logs and metrics (`observe`), the
 //! client's address behind trusted proxies (`client_ip`), `no-store` on every OAuth
-//! answer, the body limit and timeout (`limit_body`), and the one JSON shape of every
+//! answer, a DPoP nonce on every answer to a request with a proof (`dpop_nonce`), the
+//! body limit and timeout (`limit_body`), and the one JSON shape of every
 //! error poem itself raises (`render_error`).
 
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use tracing::Instrument as _;
 use crate::api::error::{ApiError, Problem, REQUEST_ID};
 use crate::domain::address::{self, Cidr};
 use crate::metrics::Metrics;
+use crate::service::Issuer;
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -33,6 +35,23 @@ pub(crate) async fn oauth_no_store<E: Endpoint>(
         let headers = resp.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    }
+    Ok(resp)
+}
+
+/// A fresh DPoP nonce (RFC 9449 §8.2) on every answer to a request that carried a
+/// `DPoP` proof, refusals included: a client that must send nonces always holds a
+/// current one, and retries at most once when its nonce went stale. A client that
+/// needs none may put it in its proofs; it is not checked then.
+pub(crate) async fn dpop_nonce<E: Endpoint>(
+    ep: Arc<E>,
+    req: Request,
+    issuer: Arc<Issuer>,
+) -> poem::Result<Response> {
+    let proof = req.headers().contains_key("dpop");
+    let mut resp = ep.call(req).await?.into_response();
+    if proof && let Ok(nonce) = HeaderValue::from_str(&issuer.dpop_nonce()) {
+        resp.headers_mut().insert("dpop-nonce", nonce);
     }
     Ok(resp)
 }

@@ -104,7 +104,10 @@ impl<'a> ApiExtractor<'a> for AccessAuth {
 /// scheme (a proof refused here is a 401 too, not the token endpoint's 400).
 fn refusal(e: Error, scheme: Option<Scheme>) -> ApiError {
     let mut problem = Problem::from(e);
-    if problem.body.error == ErrorCode::InvalidDpopProof {
+    if matches!(
+        problem.body.error,
+        ErrorCode::InvalidDpopProof | ErrorCode::UseDpopNonce
+    ) {
         problem.kind = crate::api::error::Kind::Unauthorized;
     }
     match problem.kind {

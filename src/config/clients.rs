@@ -8,7 +8,9 @@ use super::tokens::TokenSettings;
 use super::units::duration;
 use super::urls::validate_origin;
 use super::{ConfigError, invalid};
-use crate::domain::client::{Client, ClientKind, Delivery, DpopPolicy, ForeignKeyPolicy};
+use crate::domain::client::{
+    Client, ClientKind, Delivery, DpopPolicy, ForeignKeyPolicy, NoncePolicy,
+};
 
 /// Every client: those of the file (which must list one at least), or the development
 /// clients when there is no file; ids unique, one cookie-mode client at most.
@@ -127,6 +129,7 @@ fn client_from_file(
         introspection_audiences,
         dpop: c.dpop,
         dpop_foreign_key: c.dpop_foreign_key,
+        dpop_nonce: c.dpop_nonce,
     })
 }
 
@@ -256,6 +259,7 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             introspection_audiences: Vec::new(),
             dpop: DpopPolicy::Allowed,
             dpop_foreign_key: ForeignKeyPolicy::Refuse,
+            dpop_nonce: NoncePolicy::Off,
         },
         Client {
             id: "dev-spa".to_owned(),
@@ -270,6 +274,7 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             introspection_audiences: Vec::new(),
             dpop: DpopPolicy::Allowed,
             dpop_foreign_key: ForeignKeyPolicy::Refuse,
+            dpop_nonce: NoncePolicy::Off,
         },
     ]
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{ConfigError, LogFormat, invalid};
-use crate::domain::client::{ClientKind, Delivery, DpopPolicy, ForeignKeyPolicy};
+use crate::domain::client::{ClientKind, Delivery, DpopPolicy, ForeignKeyPolicy, NoncePolicy};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +63,9 @@ pub(super) struct ClientFile {
     /// A refresh with a DPoP proof of a foreign key: `refuse` (the default) or `revoke`.
     #[serde(default)]
     pub(super) dpop_foreign_key: ForeignKeyPolicy,
+    /// DPoP proofs must carry a server nonce: `off` (the default) or `required`.
+    #[serde(default)]
+    pub(super) dpop_nonce: NoncePolicy,
     #[serde(default)]
     pub(super) scopes: Vec<String>,
     pub(super) access_token_lifetime: Option<String>,

@@ -17,7 +17,7 @@
 //!   integer no older than `IAT_WINDOW` plus the leeway and no further ahead than the
 //!   leeway; `ath` the base64url SHA-256 of the access token where one is presented
 //!   (protected endpoints), and absent there is refused; `nonce`, when present, is
-//!   returned for the caller to check (nonces are the issuer's: `Nonces`).
+//!   returned for the caller to check against `Nonces`.
 //! - What this module does not do: the replay check (a `jti` seen within
 //!   `replay_ttl` is refused: the caller keeps the set, in Redis across instances),
 //!   and the binding (the caller compares `Proof::jkt`, the RFC 7638 SHA-256
@@ -257,6 +257,67 @@ fn same_target(htu: &str, expected: &str) -> bool {
         && htu.host_str() == expected.host_str()
         && htu.port_or_known_default() == expected.port_or_known_default()
         && htu.path() == expected.path()
+}
+
+/// Server nonces (RFC 9449 §8), derived without storage: `base64url(step ‖
+/// HMAC-SHA256(key, "token-issuer dpop nonce" ‖ step)[..16])`, where `step` is the
+/// unix time divided by `NONCE_STEP` (8 bytes, big-endian). A nonce is accepted in its
+/// own step and the next, so it lives between one and two steps; every instance that
+/// shares the key (`dpop-nonce.key` in the key directory) mints and accepts the same
+/// nonces. A nonce says nothing secret: it only proves that a proof was made after the
+/// server handed the nonce out, which bounds what a key stolen for a while can
+/// pre-compute.
+pub struct Nonces {
+    key: aws_lc_rs::hmac::Key,
+}
+
+/// The nonce key's file in the key directory (32 random bytes, base64, created on
+/// first start like the refresh-token key).
+pub const NONCE_KEY_FILE: &str = "dpop-nonce.key";
+/// Seconds per nonce step.
+pub const NONCE_STEP: i64 = 60;
+const NONCE_MAC_LEN: usize = 16;
+
+impl Nonces {
+    pub fn new(secret: &[u8]) -> Self {
+        Self {
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret),
+        }
+    }
+
+    /// The nonce of the step `now` falls in.
+    pub fn current(&self, now: i64) -> String {
+        URL_SAFE_NO_PAD.encode(self.of_step(now.div_euclid(NONCE_STEP)))
+    }
+
+    /// Whether `nonce` is one of ours of the current or the previous step.
+    pub fn accepts(&self, nonce: &str, now: i64) -> bool {
+        let Ok(bytes) = URL_SAFE_NO_PAD.decode(nonce) else {
+            return false;
+        };
+        let Ok(step) = <[u8; 8]>::try_from(bytes.get(..8).unwrap_or_default()) else {
+            return false;
+        };
+        let step = i64::from_be_bytes(step);
+        let current = now.div_euclid(NONCE_STEP);
+        if step != current && step != current - 1 {
+            return false;
+        }
+        let expected = self.of_step(step);
+        bytes.len() == expected.len()
+            && aws_lc_rs::constant_time::verify_slices_are_equal(&bytes, &expected).is_ok()
+    }
+
+    fn of_step(&self, step: i64) -> [u8; 8 + NONCE_MAC_LEN] {
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(&self.key);
+        ctx.update(b"token-issuer dpop nonce");
+        ctx.update(&step.to_be_bytes());
+        let tag = ctx.sign();
+        let mut out = [0u8; 8 + NONCE_MAC_LEN];
+        out[..8].copy_from_slice(&step.to_be_bytes());
+        out[8..].copy_from_slice(&tag.as_ref()[..NONCE_MAC_LEN]);
+        out
+    }
 }
 
 #[cfg(test)]

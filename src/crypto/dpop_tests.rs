@@ -308,3 +308,27 @@ fn malformed_proofs_are_refused() {
     let proof = check(&signed(&key, &header(&key), &with_nonce), &expected()).unwrap();
     assert_eq!(proof.nonce.as_deref(), Some("n-1"));
 }
+
+#[test]
+fn nonces_live_for_their_step_and_the_next() {
+    let nonces = Nonces::new(&[7u8; 32]);
+    let start = 1_800_000_000 - 1_800_000_000 % NONCE_STEP;
+    let nonce = nonces.current(start + 5);
+    assert_eq!(nonce.len(), 32);
+    assert_eq!(nonces.current(start + NONCE_STEP - 1), nonce);
+    assert!(nonces.accepts(&nonce, start));
+    assert!(nonces.accepts(&nonce, start + 2 * NONCE_STEP - 1));
+    // From the past: two steps ago.
+    assert!(!nonces.accepts(&nonce, start + 2 * NONCE_STEP));
+    // From the future (a clock ahead): not ours yet.
+    assert!(!nonces.accepts(&nonce, start - 1));
+    // Another key's, a tampered one, garbage.
+    assert!(!Nonces::new(&[8u8; 32]).accepts(&nonce, start));
+    let mut tampered = nonce.clone();
+    let swapped = if &nonce[20..21] == "A" { "B" } else { "A" };
+    tampered.replace_range(20..21, swapped);
+    assert!(!nonces.accepts(&tampered, start));
+    for bad in ["", "n-1", "!!!", &nonce[..20]] {
+        assert!(!nonces.accepts(bad, start), "{bad}");
+    }
+}

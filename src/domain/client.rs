@@ -52,6 +52,18 @@ pub enum ForeignKeyPolicy {
     Revoke,
 }
 
+/// Whether a client's DPoP proofs must carry a server nonce (RFC 9449 §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoncePolicy {
+    /// Proofs need no nonce (one that comes is not checked).
+    #[default]
+    Off,
+    /// Every proof must carry a current nonce; a proof without one, or with a stale
+    /// one, is answered `use_dpop_nonce` with a fresh nonce in `DPoP-Nonce`.
+    Required,
+}
+
 /// A registered application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
@@ -78,6 +90,8 @@ pub struct Client {
     pub dpop: DpopPolicy,
     /// A refresh with a proof of a foreign key: refused, or the session revoked too.
     pub dpop_foreign_key: ForeignKeyPolicy,
+    /// Whether its proofs must carry a server nonce.
+    pub dpop_nonce: NoncePolicy,
 }
 
 /// The `DPoP` header(s) of a request (RFC 9449).
@@ -175,6 +189,7 @@ mod tests {
             introspection_audiences: Vec::new(),
             dpop: DpopPolicy::Allowed,
             dpop_foreign_key: ForeignKeyPolicy::Refuse,
+            dpop_nonce: NoncePolicy::Off,
             policy: RefreshPolicy {
                 idle_timeout: Duration::from_secs(86_400),
                 absolute_lifetime: Duration::from_secs(86_400),

@@ -29,6 +29,10 @@ pub enum Error {
     /// The DPoP proof is refused (RFC 9449 `invalid_dpop_proof`); nothing was consumed.
     #[error("invalid DPoP proof: {0}")]
     InvalidDpopProof(&'static str),
+    /// The client's DPoP proofs must carry a current server nonce, and this one did not
+    /// (RFC 9449 §8 `use_dpop_nonce`); nothing was consumed.
+    #[error("the DPoP proof needs a current server nonce")]
+    UseDpopNonce,
     /// The access token is missing its mark; the reason is for logs only.
     #[error("invalid access token: {0}")]
     InvalidToken(&'static str),

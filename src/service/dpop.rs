@@ -18,7 +18,13 @@
 //! - Every session that starts with a proof is bound, whatever the client's kind (the
 //!   RFC requires it of public clients; every client that gets refresh tokens here is
 //!   one). A session that started without a proof stays unbound: a later refresh with a
-//!   proof gets a bound access token, and its refresh token stays a bearer one.
+//!   proof gets a bound access token, and its refresh token stays a bearer one. This
+//!   departs from RFC 9449 §5 ("the refresh token MUST be bound") on purpose: binding
+//!   a live bearer session at a refresh would let whoever holds a copy of its refresh
+//!   token bind it to *their* key first, and the rightful client's next refresh would
+//!   then be a key mismatch (refused, the session left to the thief) instead of the
+//!   reuse that revokes the session today. A client that wants bound refresh tokens
+//!   signs in with a proof; `dpop = "required"` makes sure it does.
 //! - A bound session presented without a proof of its key is `invalid_grant` with
 //!   `error_reason: dpop_key_mismatch`, consuming nothing (the grace replay included;
 //!   the session's refresh rate-limit budget is given back). Presented by another
@@ -44,7 +50,7 @@ use super::access::Principal;
 use super::tokens::RequestMeta;
 use crate::crypto::dpop::{self, Expected, Proof};
 use crate::domain::audit::AuditEvent;
-use crate::domain::client::{Client, DpopHeader, DpopPolicy, ForeignKeyPolicy};
+use crate::domain::client::{Client, DpopHeader, DpopPolicy, ForeignKeyPolicy, NoncePolicy};
 use crate::domain::error::Error;
 use crate::domain::family::RevokeReason;
 use crate::store::FamilyInfo;
@@ -82,6 +88,7 @@ impl Issuer {
             access_token: None,
         };
         let proof = dpop::check(proof, &expected).map_err(|e| self.proof_refused(e.0))?;
+        self.check_nonce(client, &proof)?;
         self.record_proof(&proof, leeway).await?;
         Ok(Some(proof))
     }
@@ -131,8 +138,31 @@ impl Issuer {
             }
             Some(_) => {}
         }
+        if let Some(client) = self.clients.get(&principal.claims.client_id) {
+            self.check_nonce(client, &proof)?;
+        }
         self.record_proof(&proof, leeway).await?;
         Ok(principal)
+    }
+
+    /// The nonce to hand out now (`DPoP-Nonce`).
+    pub fn dpop_nonce(&self) -> String {
+        self.dpop_nonces.current(self.now().unix_timestamp())
+    }
+
+    /// A client with `dpop_nonce = "required"` needs a current nonce in every proof.
+    fn check_nonce(&self, client: &Client, proof: &Proof) -> Result<(), Error> {
+        if client.dpop_nonce == NoncePolicy::Off {
+            return Ok(());
+        }
+        let now = self.now().unix_timestamp();
+        match &proof.nonce {
+            Some(nonce) if self.dpop_nonces.accepts(nonce, now) => Ok(()),
+            _ => {
+                self.metrics.dpop_nonces_asked.inc();
+                Err(Error::UseDpopNonce)
+            }
+        }
     }
 
     fn leeway_secs(&self) -> i64 {

@@ -15,6 +15,7 @@ pub mod users;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::crypto::dpop::Nonces;
 use crate::crypto::jwt::Verifier;
 use crate::crypto::keys::{KeySet, Keys};
 use crate::crypto::password::{HashingSettings, PasswordHasher};
@@ -72,6 +73,14 @@ impl IssuerSettings {
     }
 }
 
+/// The server's MAC keys, shared by every instance through the key directory.
+pub struct MacKeys {
+    /// What mints and opens refresh tokens.
+    pub refresh: RefreshKeys,
+    /// What mints and checks DPoP nonces (`dpop-nonce.key`).
+    pub dpop_nonces: Nonces,
+}
+
 /// The issuer: configuration, keys, store and clock.
 pub struct Issuer {
     pub(crate) store: Arc<dyn Store>,
@@ -82,6 +91,8 @@ pub struct Issuer {
     pub(crate) verifier: Verifier,
     pub(crate) hasher: PasswordHasher,
     pub(crate) refresh_keys: RefreshKeys,
+    /// The DPoP nonces (RFC 9449 §8) of clients that require them.
+    pub(crate) dpop_nonces: Nonces,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) clients: HashMap<String, Client>,
     /// The default session rules (clients may override them).
@@ -142,7 +153,7 @@ impl Issuer {
         store: Arc<dyn Store>,
         shared: Arc<SharedState>,
         keys: Arc<Keys>,
-        refresh_keys: RefreshKeys,
+        secrets: MacKeys,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
@@ -159,7 +170,8 @@ impl Issuer {
             shared,
             limits: settings.limits,
             keys,
-            refresh_keys,
+            refresh_keys: secrets.refresh,
+            dpop_nonces: secrets.dpop_nonces,
             clock,
             clients: settings
                 .clients

@@ -441,3 +441,103 @@ scenario! {
         assert_eq!(resp.status(), StatusCode::OK);
     }
 }
+
+/// A proof of `key` for the token endpoint carrying `nonce`.
+fn proof_with_nonce(app: &TestApp, key: &DpopKey, nonce: &str) -> String {
+    let claims = json!({
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "htm": "POST",
+        "htu": token_url(app),
+        "iat": crate::helpers::now(app),
+        "nonce": nonce,
+    });
+    key.signed(&key.header(), &claims)
+}
+
+/// The `DPoP-Nonce` header of an answer.
+fn nonce_of(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("dpop-nonce")
+        .unwrap_or_else(|| panic!("no DPoP-Nonce: {:?}", resp.headers()))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+scenario! {
+    /// `dpop_nonce = "required"` (RFC 9449 §8): a proof without the server's nonce, or
+    /// with a stale or forged one, is answered `use_dpop_nonce` with a fresh nonce in
+    /// `DPoP-Nonce`, and consumes nothing; the retry with it succeeds. At `/v1` the
+    /// answer is a 401 with `DPoP error="use_dpop_nonce"`.
+    async fn clients_that_require_nonces_get_one_and_retry(backend) {
+        use token_issuer::domain::client::NoncePolicy;
+        let app = spawn_app_with(backend, |s| s.clients[0].dpop_nonce = NoncePolicy::Required).await;
+        let email = unique_email();
+        assert_eq!(app.register(&email, PASSWORD).await.status(), StatusCode::CREATED);
+        let key = DpopKey::new();
+        let resp = login(&app, &email, &[&proof(&app, &key)]).await;
+        let nonce = nonce_of(&resp);
+        let body = assert_error(resp, StatusCode::BAD_REQUEST, "use_dpop_nonce", None).await;
+        assert!(body["error_description"].as_str().unwrap().contains("DPoP-Nonce"), "{body}");
+        let resp = login(&app, &email, &[&proof_with_nonce(&app, &key, &nonce)]).await;
+        let next_nonce = nonce_of(&resp);
+        let t = bound_tokens(resp, &key).await;
+
+        // A refresh whose nonce is missing, forged or from the past consumes nothing.
+        let mut forged = nonce.clone();
+        forged.replace_range(nonce.len() - 1.., if nonce.ends_with('A') { "B" } else { "A" });
+        for bad in [None, Some(forged.as_str()), Some("n-1")] {
+            let p = match bad {
+                None => proof(&app, &key),
+                Some(n) => proof_with_nonce(&app, &key, n),
+            };
+            let resp = refresh(&app, &t.refresh, &[&p]).await;
+            assert!(!nonce_of(&resp).is_empty());
+            assert_error(resp, StatusCode::BAD_REQUEST, "use_dpop_nonce", None).await;
+        }
+        app.advance(std::time::Duration::from_secs(125));
+        let resp = refresh(&app, &t.refresh, &[&proof_with_nonce(&app, &key, &next_nonce)]).await;
+        let fresh = nonce_of(&resp);
+        assert_ne!(fresh, next_nonce);
+        assert_error(resp, StatusCode::BAD_REQUEST, "use_dpop_nonce", None).await;
+        let t = bound_tokens(refresh(&app, &t.refresh, &[&proof_with_nonce(&app, &key, &fresh)]).await, &key).await;
+        assert_eq!(app.metric("issuer_dpop_nonces_asked_total").await, "5");
+
+        // At a protected endpoint: a 401 naming the DPoP scheme, then the retry.
+        let resp = me_with(&app, "DPoP", &t.access, &[&resource_proof(&app, &key, "GET", "/v1/me", &t.access)]).await;
+        let nonce = nonce_of(&resp);
+        refused_at_resource(resp, "use_dpop_nonce", "DPoP ").await;
+        let claims = json!({
+            "jti": uuid::Uuid::new_v4().to_string(), "htm": "GET",
+            "htu": format!("{}/v1/me", app.settings.issuer_url),
+            "iat": crate::helpers::now(&app), "ath": crate::helpers::ath(&t.access), "nonce": nonce,
+        });
+        let resp = me_with(&app, "DPoP", &t.access, &[&key.signed(&key.header(), &claims)]).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(!nonce_of(&resp).is_empty());
+    }
+}
+
+/// Instances that share the key directory accept each other's nonces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nonce_of_one_instance_is_good_at_another() {
+    use token_issuer::domain::client::NoncePolicy;
+    let first = spawn_app_with(crate::helpers::Backend::Postgres, |s| {
+        s.clients[0].dpop_nonce = NoncePolicy::Required;
+    })
+    .await;
+    let second = spawn_instance_like(&first).await;
+    let email = unique_email();
+    assert_eq!(
+        first.register(&email, PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
+    let key = DpopKey::new();
+    let nonce = nonce_of(&login(&first, &email, &[&proof(&first, &key)]).await);
+    let t = bound_tokens(
+        login(&second, &email, &[&proof_with_nonce(&second, &key, &nonce)]).await,
+        &key,
+    )
+    .await;
+    assert!(!t.refresh.is_empty());
+}

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Independent-client interoperability suites, against a live token-issuer (real HTTP):
 #   python  PyJWT (PyJWKClient via the RFC 8414 metadata) and oauthlib/requests-oauthlib
-#   node    npm `jose` (createRemoteJWKSet + jwtVerify)
+#           (clients.py); and a DPoP client (RFC 9449) of its own, keys from
+#           `cryptography`, proofs signed by PyJWT (dpop_clients.py, reported as
+#           `python-dpop`)
+#   node    npm `jose` (createRemoteJWKSet + jwtVerify) (jose.mjs); and openid-client 6
+#           (on oauth4webapi 3) as a DPoP client with the library's own DPoP handle,
+#           oauth4webapi's validateJwtAccessToken as its resource server (dpop.mjs,
+#           reported as `node-dpop`)
 #   schemathesis  every operation of /openapi.json: no 5xx, status codes, content
 #           types, response headers and bodies as the document says
 #
@@ -26,7 +32,8 @@
 # account; with the limits on, the run would measure the limiter (a documented 429)
 # instead of the operations. Nothing else differs from the defaults.
 #
-# Each suite prints its own `<suite>: N passed, N failed`; the last line sums them.
+# Each suite's script prints its own `<name>: N passed, N failed` (python, python-dpop,
+# node, node-dpop, schemathesis); the last line sums them.
 # Exit status: 0 when every suite passed, 1 otherwise (the server log tail is printed).
 set -euo pipefail
 
@@ -180,9 +187,11 @@ for suite in $SUITES; do
   case $suite in
     python)
       run_suite python "$PY" "$HERE/python/clients.py"
+      run_suite python-dpop "$PY" "$HERE/python/dpop_clients.py"
       ;;
     node)
       run_suite node node "$HERE/node/jose.mjs"
+      run_suite node-dpop node "$HERE/node/dpop.mjs"
       ;;
     schemathesis)
       # The hooks register their own user and make it admin with the server's CLI (it
