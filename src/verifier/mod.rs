@@ -42,6 +42,20 @@
 //! - **Transport.** The issuer must be `https://` (plain `http` only on loopback), and
 //!   the introspection endpoint must be on the issuer's origin: the service's secret and
 //!   the bearer tokens go nowhere else. Redirects are not followed.
+//! - **DPoP (RFC 9449 §7).** A token with `cnf.jkt` is bound to its client's key:
+//!   [`Verifier::verify`] (the `Bearer` scheme) refuses it, and
+//!   [`Verifier::verify_dpop`] (the `DPoP` scheme) accepts it with exactly one proof
+//!   that [`crate::crypto::dpop::check`] accepts for this request: `htm` the method,
+//!   `htu` the service's public URL ([`VerifierConfig::dpop`]) plus the path (behind a
+//!   proxy, the URL the client used), `iat` within 60 s plus the leeway, `ath` the
+//!   token's hash, the key's thumbprint equal to `cnf.jkt`; then its `jti` is
+//!   remembered for as long as the proof could be accepted (in memory, at most
+//!   `max_proofs`; when that many live proofs are remembered, requests are
+//!   `Unavailable` until some expire: fail closed, never forget one). A refused proof is
+//!   [`VerifyError::InvalidProof`] (401 `DPoP error="invalid_dpop_proof"`); a proof of
+//!   another key, or an unbound token under `DPoP`, is `Unauthorized`. Several
+//!   replicas of a service each remember their own proofs: a proof replayed to another
+//!   replica within its minute is not seen, and what it gets is that one request.
 //! - **Revocation (optional).** Access tokens are stateless until they expire (5–15
 //!   min). A service that must refuse a revoked session at once configures a `service`
 //!   client ([`VerifierConfig::introspection`]): each token is then also checked at the
@@ -81,6 +95,11 @@ pub struct VerifierConfig {
     pub http_timeout: Duration,
     /// Check every token with RFC 7662 introspection as well (revocation at once).
     pub introspection: Option<Introspection>,
+    /// DPoP: the service's public base URL (`https://api.example.com`, a path prefix
+    /// allowed), which proofs' `htu` must name. `None`: `verify_dpop` is refused.
+    pub public_url: Option<String>,
+    /// The most DPoP proofs remembered at once (for the replay check).
+    pub max_proofs: usize,
 }
 
 /// Credentials of a `service` client for introspection, and how long an answer is kept.
@@ -119,7 +138,16 @@ impl VerifierConfig {
             max_cache_age: Duration::from_secs(300),
             http_timeout: Duration::from_secs(5),
             introspection: None,
+            public_url: None,
+            max_proofs: 100_000,
         }
+    }
+
+    /// Accepts DPoP-bound tokens ([`Verifier::verify_dpop`]) with proofs for
+    /// `public_url` (this service's public base URL) plus the request's path.
+    pub fn dpop(mut self, public_url: impl Into<String>) -> Self {
+        self.public_url = Some(public_url.into().trim_end_matches('/').to_owned());
+        self
     }
 
     /// Also asks the issuer whether each token is still active, keeping each answer
@@ -146,6 +174,9 @@ pub enum VerifyError {
     /// `invalid_token`). The reason is for logs.
     #[error("invalid token: {0}")]
     Unauthorized(&'static str),
+    /// The DPoP proof is refused (`invalid_dpop_proof`).
+    #[error("invalid DPoP proof: {0}")]
+    InvalidProof(&'static str),
     /// The issuer could not be asked (discovery, JWKS or introspection): answer 503.
     #[error("issuer unavailable: {0}")]
     Unavailable(String),
@@ -185,6 +216,8 @@ struct Inner {
     /// Introspection answers by `jti`: active or not, until when.
     answers: Mutex<HashMap<String, (bool, Instant)>>,
     fetches: AtomicU64,
+    /// The DPoP proofs seen, by replay id, until when (unix seconds) they are kept.
+    proofs: Mutex<HashMap<String, i64>>,
 }
 
 /// The part of the RFC 8414 metadata we read.
@@ -267,6 +300,7 @@ impl Verifier {
             fetching: Arc::new(tokio::sync::Mutex::new(())),
             answers: Mutex::new(HashMap::new()),
             fetches: AtomicU64::new(0),
+            proofs: Mutex::new(HashMap::new()),
             config,
         });
         let first = inner.fetch(&inner.snapshot()).await?;
@@ -274,8 +308,78 @@ impl Verifier {
         Ok(Self { inner })
     }
 
-    /// Verifies a bearer token; the claims when it is valid for our audience now.
+    /// Verifies a token sent as `Authorization: Bearer <token>`; the claims when it is
+    /// valid for our audience now. A DPoP-bound token is refused
+    /// here (RFC 9449 §7.2): it needs [`Verifier::verify_dpop`].
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, VerifyError> {
+        let claims = self.verify_token(token).await?;
+        if claims.cnf.is_some() {
+            return Err(VerifyError::Unauthorized(
+                "the token is bound to a DPoP key: it needs the DPoP scheme and a proof",
+            ));
+        }
+        Ok(claims)
+    }
+
+    /// A token sent as `Authorization: DPoP <token>`, with `proofs` the request's
+    /// `DPoP` header values (exactly one is accepted), `method` its method and `path`
+    /// its path (a query is ignored). See the module docs for the checks.
+    pub async fn verify_dpop(
+        &self,
+        token: &str,
+        proofs: &[&str],
+        method: &str,
+        path: &str,
+    ) -> Result<AccessClaims, VerifyError> {
+        let inner = &self.inner;
+        let base = inner.config.public_url.as_deref().ok_or_else(|| {
+            VerifyError::Config("DPoP needs the service's public URL (VerifierConfig::dpop)".into())
+        })?;
+        let [proof] = proofs else {
+            return Err(VerifyError::InvalidProof("send exactly one DPoP header"));
+        };
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let url = format!("{base}{path}");
+        let now = unix_now();
+        let expected = crate::crypto::dpop::Expected {
+            method,
+            url: &url,
+            now,
+            leeway: inner.leeway,
+            access_token: Some(token),
+        };
+        let proof = crate::crypto::dpop::check(proof, &expected)
+            .map_err(|e| VerifyError::InvalidProof(e.0))?;
+        let claims = self.verify_token(token).await?;
+        match &claims.cnf {
+            None => {
+                return Err(VerifyError::Unauthorized(
+                    "the token is not bound to a DPoP key; send it as Bearer",
+                ));
+            }
+            Some(cnf) if cnf.jkt != proof.jkt => {
+                return Err(VerifyError::Unauthorized(
+                    "the proof is not of the key the token is bound to",
+                ));
+            }
+            Some(_) => {}
+        }
+        inner.first_use(&proof, now)?;
+        Ok(claims)
+    }
+
+    /// How many DPoP proofs are remembered now (expired ones included until a sweep).
+    pub fn proofs_remembered(&self) -> usize {
+        self.inner
+            .proofs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// The token's claims when it is ours, for our audience, now (and, with
+    /// introspection, of a live session), whatever its binding.
+    async fn verify_token(&self, token: &str) -> Result<AccessClaims, VerifyError> {
         let inner = &self.inner;
         let keys = inner.snapshot();
         if Instant::now() >= keys.fresh_until {
@@ -353,6 +457,28 @@ impl Verifier {
 }
 
 impl Inner {
+    /// Remembers a proof until it could no longer be accepted; a replay is refused.
+    /// When `max_proofs` live proofs are remembered, the expired ones are dropped; if
+    /// none has expired, the request is refused as `Unavailable` (retry shortly), so
+    /// that a flood cannot make the verifier forget a proof it must refuse again.
+    fn first_use(&self, proof: &crate::crypto::dpop::Proof, now: i64) -> Result<(), VerifyError> {
+        let mut seen = self.proofs.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = proof.replay_id();
+        if seen.get(&id).is_some_and(|until| *until >= now) {
+            return Err(VerifyError::InvalidProof("the proof was used before (jti)"));
+        }
+        if seen.len() >= self.config.max_proofs {
+            seen.retain(|_, until| *until >= now);
+            if seen.len() >= self.config.max_proofs {
+                return Err(VerifyError::Unavailable(
+                    "too many DPoP proofs remembered; retry shortly".into(),
+                ));
+            }
+        }
+        seen.insert(id, now + crate::crypto::dpop::replay_ttl(self.leeway));
+        Ok(())
+    }
+
     fn check(&self, keys: &KeyCache, token: &str) -> Result<AccessClaims, Rejected> {
         let expect = Expect {
             issuer: &self.config.issuer,

@@ -13,8 +13,8 @@ use token_issuer::service::keys::LIFETIMES;
 use token_issuer::verifier::{Verifier, VerifierConfig, VerifyError};
 
 use crate::helpers::{
-    Backend, SERVICE_CLIENT, SERVICE_SECRET, TestApp, eventually, jwks, now, segment, sign_rs256,
-    spawn_app_with, tokens,
+    Backend, DpopKey, PASSWORD, SERVICE_CLIENT, SERVICE_SECRET, TestApp, eventually, jwks, now,
+    segment, sign_rs256, spawn_app_with, tokens, unique_email,
 };
 
 /// An issuer whose `issuer_url` is its real address, so that the metadata's `jwks_uri`
@@ -404,4 +404,97 @@ async fn after_an_emergency_roll_the_verifier_refuses_the_removed_key_from_its_n
         verifier.verify(&old.access).await,
         "a token of the removed key",
     );
+}
+
+/// A DPoP-bound access token of a new user, bound to `key`.
+async fn bound_access_token(app: &TestApp, key: &DpopKey) -> String {
+    let email = unique_email();
+    assert_eq!(
+        app.register(&email, PASSWORD).await.status(),
+        reqwest::StatusCode::CREATED
+    );
+    let htu = format!("{}/oauth/token", app.settings.issuer_url);
+    let body: serde_json::Value = app
+        .http
+        .post(app.url("/oauth/token"))
+        .header("DPoP", key.proof("POST", &htu, now(app)))
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", "dev"),
+            ("username", email.as_str()),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["token_type"], "DPoP", "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+scenario! {
+    /// RFC 9449 §7 at a resource server: a bound token is taken with one proof of its
+    /// key for this request at the service's own public URL, once; never as Bearer,
+    /// never with another key's proof or a proof for another request.
+    async fn the_verifier_takes_a_bound_token_with_a_proof_for_its_own_url(backend) {
+        let app = issuer_at_its_own_url(backend).await;
+        let mut dpop_config = config(&app).dpop("https://api.example.com/");
+        dpop_config.max_proofs = 3;
+        let verifier = Verifier::discover(dpop_config).await.unwrap();
+        let key = DpopKey::new();
+        let access = bound_access_token(&app, &key).await;
+        let orders = "https://api.example.com/orders";
+        let proof = key.proof_with_token("GET", orders, now(&app), &access);
+        // The query of the request is not part of htu.
+        let claims = verifier.verify_dpop(&access, &[&proof], "GET", "/orders?page=2").await.unwrap();
+        assert_eq!(claims.cnf.unwrap().jkt, key.thumbprint());
+        let invalid_proof = |r: Result<_, VerifyError>, case: &str| {
+            assert!(matches!(r, Err(VerifyError::InvalidProof(_))), "{case}: {r:?}");
+        };
+        invalid_proof(verifier.verify_dpop(&access, &[&proof], "GET", "/orders").await, "replayed");
+        refused(verifier.verify(&access).await, "a bound token as Bearer");
+        let thief = key_proof(&DpopKey::new(), "GET", orders, &app, &access);
+        refused(verifier.verify_dpop(&access, &[&thief], "GET", "/orders").await, "another key");
+        let issuer_url = format!("{}/orders", app.settings.issuer_url);
+        for (p, method, path, case) in [
+            (key_proof(&key, "GET", &issuer_url, &app, &access), "GET", "/orders", "the issuer's URL"),
+            (key_proof(&key, "GET", orders, &app, &access), "POST", "/orders", "another method"),
+            (key_proof(&key, "GET", orders, &app, &access), "GET", "/invoices", "another path"),
+            (key_proof(&key, "GET", orders, &app, "another token"), "GET", "/orders", "ath of another token"),
+        ] {
+            invalid_proof(verifier.verify_dpop(&access, &[&p], method, path).await, case);
+        }
+        invalid_proof(verifier.verify_dpop(&access, &[], "GET", "/orders").await, "no proof");
+        let two = key_proof(&key, "GET", orders, &app, &access);
+        invalid_proof(verifier.verify_dpop(&access, &[&two, &two], "GET", "/orders").await, "two proofs");
+        // An unbound token under the DPoP scheme.
+        let (_, bearer) = app.signed_in().await;
+        let p = key_proof(&key, "GET", orders, &app, &bearer.access);
+        refused(verifier.verify_dpop(&bearer.access, &[&p], "GET", "/orders").await, "unbound under DPoP");
+        assert!(verifier.verify(&bearer.access).await.is_ok());
+
+        // The replay cache is bounded and fails closed: the first proof and two more
+        // are remembered (refused ones never are); a fourth good proof must wait for
+        // one of them to expire.
+        for _ in 0..2 {
+            let p = key_proof(&key, "GET", orders, &app, &access);
+            assert!(verifier.verify_dpop(&access, &[&p], "GET", "/orders").await.is_ok());
+        }
+        assert_eq!(verifier.proofs_remembered(), 3);
+        let p = key_proof(&key, "GET", orders, &app, &access);
+        let r = verifier.verify_dpop(&access, &[&p], "GET", "/orders").await;
+        assert!(matches!(r, Err(VerifyError::Unavailable(_))), "{r:?}");
+
+        // Without a public URL, DPoP is not configured.
+        let plain = Verifier::discover(config(&app)).await.unwrap();
+        let p = key_proof(&key, "GET", orders, &app, &access);
+        let r = plain.verify_dpop(&access, &[&p], "GET", "/orders").await;
+        assert!(matches!(r, Err(VerifyError::Config(_))), "{r:?}");
+    }
+}
+
+fn key_proof(key: &DpopKey, method: &str, url: &str, app: &TestApp, token: &str) -> String {
+    key.proof_with_token(method, url, now(app), token)
 }

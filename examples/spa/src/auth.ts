@@ -18,7 +18,13 @@
  * - Refresh tokens rotate on every use. Two tabs share the one cookie and may refresh at
  *   the same moment: the issuer's grace window (10 s by default) answers the second
  *   with the same successor, so no tab coordination is needed here.
+ * - DPoP (RFC 9449, `dpop.ts`): every token request and every `/v1` call carries a
+ *   fresh proof of this browser's non-extractable key, so the session (its refresh
+ *   token) and each access token are bound to that key: a copied cookie or access token
+ *   is refused anywhere the key is not. The key is made at login, shared by the tabs
+ *   through IndexedDB, and deleted at sign-out.
  */
+import { DpopKey, discardKey } from './dpop';
 
 /** The issuer's token response (RFC 6749 §5.1); cookie-mode clients get no refresh_token. */
 interface TokenResponse {
@@ -89,11 +95,17 @@ const REFRESH_MARGIN_S = 60;
 const RETRY_S = 15;
 /** Tells the other tabs of this origin that this one signed out. */
 const CHANNEL = 'token-issuer-auth';
+/** The token endpoint's path (also the proofs' `htu` there). */
+const TOKEN_PATH = '/oauth/token';
 
 export class TokenClient {
   readonly issuer: string;
   readonly clientId: string;
   #accessToken: string | null = null;
+  /** `DPoP` when the issuer bound the access token to our key, else `Bearer` (RFC 9449 §5). */
+  #tokenType = 'Bearer';
+  /** This browser's DPoP key, once read from (or made in) IndexedDB. */
+  #key: DpopKey | null = null;
   #expiresAt = 0;
   #refreshAt = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
@@ -105,8 +117,11 @@ export class TokenClient {
     this.issuer = issuer;
     this.clientId = clientId;
     // Logging out in one tab signs every tab out (the cookie is gone for all of them).
+    // That tab deleted the key too: forget ours even when already signed out here.
     this.#channel.onmessage = (msg) => {
-      if (msg.data === 'signed-out' && this.signedIn) this.#signOut(undefined, false);
+      if (msg.data !== 'signed-out') return;
+      this.#key = null;
+      if (this.signedIn) void this.#signOut(undefined, false);
     };
     // Timers are throttled in background tabs and stop while the machine sleeps: when
     // the tab is seen again, refresh at once if the planned moment has passed.
@@ -119,6 +134,11 @@ export class TokenClient {
 
   get signedIn(): boolean {
     return this.#accessToken !== null;
+  }
+
+  /** The thumbprint (`cnf.jkt`) of the key the access token is bound to; null for a bearer token. */
+  get boundTo(): string | null {
+    return this.signedIn && this.#tokenType === 'DPoP' ? (this.#key?.thumbprint ?? null) : null;
   }
 
   /** When the access token expires, and when the next silent refresh is planned (ms). */
@@ -140,8 +160,13 @@ export class TokenClient {
     return (await resp.json()) as User;
   }
 
-  /** The password grant: the issuer answers with an access token and sets the cookie. */
+  /**
+   * The password grant: the issuer answers with an access token and sets the cookie. The
+   * proof that comes with it binds the new session to this browser's key (made now if
+   * there is none).
+   */
   async login(email: string, password: string): Promise<void> {
+    this.#key ??= await DpopKey.load(true);
     const tokens = await this.#tokenRequest({ grant_type: 'password', username: email, password });
     this.#accept(tokens);
     this.#emit({ type: 'signed-in' });
@@ -166,12 +191,20 @@ export class TokenClient {
    * The refresh grant, with the refresh token only in the cookie. One at a time per tab:
    * callers arriving while one runs share its result (a second request would present the
    * token the first one just used).
+   *
+   * With the key from IndexedDB when there is one. Without one (after a sign-out, or the
+   * browser evicted the site's storage) no key is made here: a new key could not be the
+   * one a bound session needs, so the request goes without a proof and a bound session
+   * answers `dpop_key_mismatch` (signed out; the next login makes a key).
    */
   refresh(): Promise<void> {
-    this.#refreshing ??= this.#tokenRequest({ grant_type: 'refresh_token' })
+    this.#refreshing ??= (async () => {
+      this.#key ??= await DpopKey.load(false);
+      return this.#tokenRequest({ grant_type: 'refresh_token' });
+    })()
       .then((tokens) => this.#accept(tokens))
-      .catch((err: unknown) => {
-        if (err instanceof IssuerError && err.sessionEnded && this.signedIn) this.#signOut(err);
+      .catch(async (err: unknown) => {
+        if (err instanceof IssuerError && err.sessionEnded && this.signedIn) await this.#signOut(err);
         throw err;
       })
       .finally(() => {
@@ -181,16 +214,17 @@ export class TokenClient {
   }
 
   /**
-   * A call to the issuer's `/v1` API with the access token. A 401 (expired, or the session
-   * was revoked) gets one refresh and one retry; if the refresh fails too, the user is
-   * signed out.
+   * A call to the issuer's `/v1` API with the access token: `Authorization: DPoP` and a
+   * proof for this request (or `Bearer` if the issuer did not bind the token). A 401
+   * (expired, or the session was revoked) gets one refresh and one retry; if the refresh
+   * fails too, the user is signed out.
    */
   async api(path: string, init: RequestInit = {}): Promise<Response> {
     if (!this.signedIn || Date.now() >= this.#expiresAt) await this.refresh();
-    let resp = await this.#fetch(path, this.#withBearer(init), false);
+    let resp = await this.#fetch(path, init, false, this.#accessToken ?? '');
     if (resp.status === 401) {
       await this.refresh();
-      resp = await this.#fetch(path, this.#withBearer(init), false);
+      resp = await this.#fetch(path, init, false, this.#accessToken ?? '');
     }
     if (!resp.ok) throw await errorFrom(resp);
     return resp;
@@ -204,35 +238,29 @@ export class TokenClient {
     return (await (await this.api('/v1/sessions')).json()) as Session[];
   }
 
-  /** `DELETE /v1/sessions/{id}`; ending our own session also clears our cookie. */
+  /** `DELETE /v1/sessions/{id}`; ending our own session also clears our cookie (and the key). */
   async endSession(session: Session): Promise<void> {
     await this.api(`/v1/sessions/${encodeURIComponent(session.id)}`, { method: 'DELETE' });
-    if (session.current) this.#signOut();
+    if (session.current) await this.#signOut();
   }
 
   /**
    * `POST /v1/logout`: ends this session; the answer clears the cookie. We forget the
-   * access token even when the call fails, and tell the other tabs.
+   * access token and delete the DPoP key even when the call fails, and tell the other tabs.
    */
   async logout(): Promise<void> {
     try {
       await this.api('/v1/logout', { method: 'POST' });
     } finally {
-      if (this.signedIn) this.#signOut();
+      if (this.signedIn) await this.#signOut();
     }
   }
 
   // ------------------------------------------------------------------------- internals
 
-  #withBearer(init: RequestInit): RequestInit {
-    const headers = new Headers(init.headers);
-    headers.set('Authorization', `Bearer ${this.#accessToken ?? ''}`);
-    return { ...init, headers };
-  }
-
   /** `POST /oauth/token`, form-encoded as RFC 6749 says, with the CSRF header. */
   async #tokenRequest(params: Record<string, string>): Promise<TokenResponse> {
-    const resp = await this.#fetch('/oauth/token', {
+    const resp = await this.#fetch(TOKEN_PATH, {
       method: 'POST',
       headers: { 'X-Requested-With': 'XMLHttpRequest' },
       body: new URLSearchParams({ ...params, client_id: this.clientId }),
@@ -240,11 +268,33 @@ export class TokenClient {
     return (await resp.json()) as TokenResponse;
   }
 
-  /** fetch() against the issuer, always with credentials (the cookie); errors become IssuerError. */
-  async #fetch(path: string, init: RequestInit, throwOnError = true): Promise<Response> {
+  /**
+   * fetch() against the issuer, always with credentials (the cookie); errors become
+   * IssuerError. A token request gets a fresh DPoP proof of our key (when there is one);
+   * a `/v1` call gets `accessToken` in the Authorization header of the token's type, with
+   * a fresh proof for this very request when that type is DPoP.
+   *
+   * Every request to the issuer goes through here: this is the one place a server nonce
+   * (RFC 9449 §8-9) would be handled: remember the `DPoP-Nonce` response header (CORS
+   * exposes it), put it in the proofs, and on a `use_dpop_nonce` error (400 here, 401
+   * with `WWW-Authenticate` at `/v1`) send once more with a new proof.
+   */
+  async #fetch(path: string, init: RequestInit, throwOnError = true, accessToken?: string): Promise<Response> {
+    const url = new URL(this.issuer + path);
+    const headers = new Headers(init.headers);
+    const key = (accessToken === undefined ? path === TOKEN_PATH : this.#tokenType === 'DPoP') ? this.#key : null;
+    if (key) {
+      const proof = await key.proof({
+        method: (init.method ?? 'GET').toUpperCase(),
+        url: url.origin + url.pathname,
+        accessToken,
+      });
+      headers.set('DPoP', proof);
+    }
+    if (accessToken !== undefined) headers.set('Authorization', `${key ? 'DPoP' : 'Bearer'} ${accessToken}`);
     let resp: Response;
     try {
-      resp = await fetch(this.issuer + path, { ...init, credentials: 'include' });
+      resp = await fetch(url, { ...init, headers, credentials: 'include' });
     } catch {
       // The browser hides why (down, wrong URL, or CORS refused this origin).
       throw new IssuerError(
@@ -259,6 +309,8 @@ export class TokenClient {
 
   #accept(tokens: TokenResponse): void {
     this.#accessToken = tokens.access_token;
+    // Case-insensitive (RFC 6749 §5.1); anything but DPoP is used as a bearer token.
+    this.#tokenType = tokens.token_type.toLowerCase() === 'dpop' ? 'DPoP' : 'Bearer';
     const now = Date.now();
     this.#expiresAt = now + tokens.expires_in * 1000;
     // A minute early; never later than half-way for short lifetimes.
@@ -283,12 +335,22 @@ export class TokenClient {
     }
   }
 
-  #signOut(error?: IssuerError, tellOtherTabs = true): void {
+  /**
+   * Forgets the access token; when this tab is the one signing out, also deletes the
+   * DPoP key (a next login makes a new one) before telling the other tabs.
+   */
+  async #signOut(error?: IssuerError, tellOtherTabs = true): Promise<void> {
     clearTimeout(this.#timer);
     this.#accessToken = null;
+    this.#tokenType = 'Bearer';
     this.#expiresAt = 0;
     this.#refreshAt = 0;
-    if (tellOtherTabs) this.#channel.postMessage('signed-out');
+    this.#key = null;
+    if (tellOtherTabs) {
+      // Signed out all the same if IndexedDB fails: the key then waits for the next login.
+      await discardKey().catch(() => {});
+      this.#channel.postMessage('signed-out');
+    }
     this.#emit({ type: 'signed-out', error });
   }
 

@@ -74,6 +74,9 @@ async function main(): Promise<void> {
     el('token-status').textContent =
       `Access token (in memory only) valid until ${time(expiresAt)}; ` +
       `silent refresh planned at ${time(refreshAt)}.`;
+    const jkt = auth.boundTo;
+    el('dpop-jkt').textContent = jkt ?? '';
+    el('dpop-status').hidden = jkt === null;
   };
 
   const renderSessions = (sessions: Session[]): void => {
