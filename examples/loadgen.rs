@@ -6,7 +6,7 @@
 //! ```sh
 //! cargo run --release --example loadgen -- --backend sqlite --seconds 10 --workers 8
 //! cargo run --release --example loadgen -- --backend postgres --out bench-postgres.md
-//! cargo run --release --example loadgen -- --only refresh   # healthz + the refresh scenarios
+//! cargo run --release --example loadgen -- --only refresh   # healthz + the refresh scenarios (bearer and DPoP)
 //! cargo run --release --example loadgen -- --population 0      # on an empty database
 //! cargo run --release --example loadgen -- --only refresh --ended 500000  # + the sweep
 //! ```
@@ -526,6 +526,85 @@ enum Request {
     Login,
     Refresh,
     Introspect(String),
+    /// A refresh with a DPoP proof, of a session bound to the worker's key (the
+    /// issuer's URL, which proofs name).
+    RefreshDpop(String),
+    /// `/v1/me` under the DPoP scheme with a bound token (the issuer's URL).
+    MeDpop(String),
+}
+
+/// A client's DPoP key (ES256), making proofs as a client library does: a fresh `jti`
+/// and `iat` for each request.
+struct DpopKey {
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+    header: String,
+}
+
+impl DpopKey {
+    fn new() -> Self {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+        let point = pair.public_key().as_ref().to_vec();
+        let b64 =
+            |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+        let header = serde_json::json!({
+            "typ": "dpop+jwt",
+            "alg": "ES256",
+            "jwk": {"kty": "EC", "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65])},
+        });
+        Self {
+            pair,
+            header: b64(header.to_string().as_bytes()),
+        }
+    }
+
+    fn proof(&self, method: &str, url: &str, access_token: Option<&str>) -> String {
+        let b64 =
+            |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+        let iat = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut claims = serde_json::json!({
+            "jti": uuid::Uuid::new_v4().to_string(), "htm": method, "htu": url, "iat": iat,
+        });
+        if let Some(token) = access_token {
+            claims["ath"] = token_issuer::crypto::dpop::access_token_hash(token).into();
+        }
+        let input = format!("{}.{}", self.header, b64(claims.to_string().as_bytes()));
+        let signature = self
+            .pair
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!("{input}.{}", b64(signature.as_ref()))
+    }
+}
+
+/// CPU time of one proof check at the token endpoint (`dpop::check`: parse, key,
+/// ES256 signature, claims), on one thread, in µs.
+fn proof_check_us(issuer: &str) -> f64 {
+    let key = DpopKey::new();
+    let url = format!("{issuer}/oauth/token");
+    let proofs: Vec<String> = (0..2000).map(|_| key.proof("POST", &url, None)).collect();
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    let expected = token_issuer::crypto::dpop::Expected {
+        method: "POST",
+        url: &url,
+        now,
+        leeway: 30,
+        access_token: None,
+    };
+    let started = Instant::now();
+    for p in &proofs {
+        token_issuer::crypto::dpop::check(p, &expected).unwrap();
+    }
+    started.elapsed().as_secs_f64() * 1e6 / proofs.len() as f64
 }
 
 struct Plan {
@@ -555,6 +634,31 @@ async fn login(http: &reqwest::Client, base: &str, email: &str) -> Value {
     .json()
     .await
     .unwrap()
+}
+
+/// A login of the `dev` client with a proof of `key`: a session bound to it.
+async fn login_bound(
+    http: &reqwest::Client,
+    base: &str,
+    issuer: &str,
+    email: &str,
+    key: &DpopKey,
+) -> Value {
+    let proof = key.proof("POST", &format!("{issuer}/oauth/token"), None);
+    http.post(format!("{base}/oauth/token"))
+        .header("dpop", proof)
+        .form(&[
+            ("grant_type", "password"),
+            ("client_id", "dev"),
+            ("username", email),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 async fn run(server: &Server, email: &str, plan: &Plan, seconds: f64, secret: &str) -> Outcome {
@@ -589,11 +693,23 @@ async fn run_while<T, F: Future<Output = T>>(
                 .pool_max_idle_per_host(1)
                 .build()
                 .unwrap();
+            let key = DpopKey::new();
             let mut chain = match &request {
                 Request::Refresh => login(&http, &base, &email).await["refresh_token"]
                     .as_str()
                     .unwrap()
                     .to_owned(),
+                Request::RefreshDpop(issuer) => login_bound(&http, &base, issuer, &email, &key)
+                    .await["refresh_token"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                Request::MeDpop(issuer) => {
+                    login_bound(&http, &base, issuer, &email, &key).await["access_token"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                }
                 _ => String::new(),
             };
             ready.wait().await;
@@ -644,6 +760,30 @@ async fn run_while<T, F: Future<Output = T>>(
                         )
                         .await
                     }
+                    Request::RefreshDpop(issuer) => http
+                        .post(format!("{base}/oauth/token"))
+                        .header(
+                            "dpop",
+                            key.proof("POST", &format!("{issuer}/oauth/token"), None),
+                        )
+                        .form(&[
+                            ("grant_type", "refresh_token"),
+                            ("client_id", "dev"),
+                            ("refresh_token", &chain),
+                        ])
+                        .send()
+                        .await
+                        .unwrap(),
+                    Request::MeDpop(issuer) => http
+                        .get(format!("{base}/v1/me"))
+                        .header("authorization", format!("DPoP {chain}"))
+                        .header(
+                            "dpop",
+                            key.proof("GET", &format!("{issuer}/v1/me"), Some(&chain)),
+                        )
+                        .send()
+                        .await
+                        .unwrap(),
                     Request::Introspect(token) => http
                         .post(format!("{base}/oauth/introspect"))
                         .basic_auth("bench-rs", Some(&secret))
@@ -658,7 +798,7 @@ async fn run_while<T, F: Future<Output = T>>(
                 n += 1;
                 if status >= 400 {
                     *errors.entry(status).or_insert(0) += 1;
-                } else if matches!(request, Request::Refresh) {
+                } else if matches!(request, Request::Refresh | Request::RefreshDpop(_)) {
                     let v: Value = serde_json::from_slice(&body).unwrap();
                     chain = v["refresh_token"].as_str().unwrap().to_owned();
                 }
@@ -808,6 +948,22 @@ async fn main() {
         seconds.min(5.0),
     );
 
+    let issuer = http
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["issuer"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let proof_us = proof_check_us(&issuer);
+
     let w = a.workers;
     let trivial = Plan {
         name: "healthz (trivial route)".into(),
@@ -822,6 +978,12 @@ async fn main() {
         Plan {
             name: "refresh".into(),
             requests: vec![Request::Refresh; w],
+            pace: None,
+            limit: Some(("min(signing, store)", signing.min(store))),
+        },
+        Plan {
+            name: "refresh with DPoP".into(),
+            requests: vec![Request::RefreshDpop(issuer.clone()); w],
             pace: None,
             limit: Some(("min(signing, store)", signing.min(store))),
         },
@@ -846,6 +1008,12 @@ async fn main() {
         Plan {
             name: "me (bearer verification)".into(),
             requests: vec![Request::Me(access.clone()); w],
+            pace: None,
+            limit: Some(("verification", verification)),
+        },
+        Plan {
+            name: "me with DPoP".into(),
+            requests: vec![Request::MeDpop(issuer.clone()); w],
             pace: None,
             limit: Some(("verification", verification)),
         },
@@ -956,7 +1124,9 @@ async fn main() {
          bare store rotation **{store:.0}/s** ({} workers, no HTTP); access-token verification \
          **{verification:.0}/s** (all cores); healthz **{trivial_rate:.0}/s**. \
          Server RSS idle: **{} MB**.\n\n\
-         One RSA-2048 signature costs **{signature_us:.0} µs** of CPU (from the signing limit).\n\n\
+         One RSA-2048 signature costs **{signature_us:.0} µs** of CPU (from the signing limit); \
+         one DPoP proof check (ES256) **{proof_us:.0} µs** (one thread). DPoP scenarios: each \
+         worker also makes a proof (one ES256 signature) per request, on the same cores.\n\n\
          | scenario | req/s | p50 ms | p99 ms | p99.9 ms | errors | RSS MB | server CPU µs/req | PostgreSQL CPU µs/req | vs limit |\n|---|---|---|---|---|---|---|---|---|---|\n",
         a.backend,
         a.workers,
