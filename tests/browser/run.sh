@@ -5,6 +5,15 @@
 # refresh cookie hidden from JavaScript, a reload and the scheduled silent refresh, two
 # tabs refreshing at once, another origin refused without using the token, ending a
 # session from the list, logout.
+# DPoP (RFC 9449), on every one of those token answers and /v1 calls: token_type DPoP, a
+# fresh proof checked here (typ, alg, public-only jwk, htm, htu, ath, new jti, signature),
+# cnf.jkt = the thumbprint of the key in IndexedDB (computed in the page); the same key
+# after a reload; the private key non-extractable (exportKey throws); the refresh cookie
+# and the access token copied out of the browser and replayed from Node, without a proof
+# or with another key's, refused (400 dpop_key_mismatch, 401 invalid_token /
+# invalid_dpop_proof) without using up the session (the page refreshes past the grace
+# window); the key deleted at logout and on a device signed out, the old cookie refused
+# even with the old key put back (revoked), and the next login on a new key.
 #
 # Usage: tests/browser/run.sh   (from anywhere; CI calls it after `cargo test`)
 # Needs: node 20.19+ with npm, and Chromium at /usr/bin/chromium (installed with apt-get

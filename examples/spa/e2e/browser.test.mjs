@@ -24,6 +24,12 @@ const PASSWORD = 'plum kettle orbit 7 lantern';
 const COOKIE = '__Host-refresh';
 /** The issuer's refresh grace window, plus a margin. */
 const PAST_GRACE_MS = 11_500;
+/** Where the SPA keeps its DPoP key pair (src/dpop.ts): IndexedDB database, store, record. */
+const KEY_DB = ['token-issuer-dpop', 'keys', 'current'];
+/** A database of this test's own, on the SPA's origin, to keep a key aside. */
+const STASH_DB = ['e2e-stash', 'keys', 'current'];
+const ES256 = { name: 'ECDSA', namedCurve: 'P-256' };
+const ES256_SIGN = { name: 'ECDSA', hash: 'SHA-256' };
 
 let passed = 0;
 let failed = 0;
@@ -55,6 +61,143 @@ function assertEq(actual, expected, what) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const cookieIn = (header) => (header ?? '').match(/__Host-refresh=([^;\s]*)/)?.[1];
 
+// ------------------------------------------------------------------------------ DPoP
+
+const b64url = (bytes) => Buffer.from(bytes).toString('base64url');
+const sha256 = async (text) => b64url(await crypto.subtle.digest('SHA-256', Buffer.from(text)));
+const jsonSegment = (segment) => JSON.parse(Buffer.from(segment, 'base64url').toString('utf8'));
+/** The claims of a JWT (an access token), unverified: the issuer's own tests verify them. */
+const jwtClaims = (token) => jsonSegment(token.split('.')[1]);
+
+/** RFC 7638 thumbprint of an EC public JWK, computed here in Node (the page computes its own). */
+const thumbprint = ({ crv, kty, x, y }) => sha256(JSON.stringify({ crv, kty, x, y }));
+
+/** Every proof `jti` seen: each proof the SPA makes must be new. */
+const seenJtis = new Set();
+
+/**
+ * Checks a DPoP proof the SPA sent for one request (RFC 9449 §4.2), signature included,
+ * and returns its key's thumbprint and its claims.
+ */
+async function checkProof(proof, { method, url, accessToken }, what) {
+  assert(typeof proof === 'string', `${what}: no DPoP header`);
+  const parts = proof.split('.');
+  assertEq(parts.length, 3, `${what}: proof segments`);
+  const header = jsonSegment(parts[0]);
+  const claims = jsonSegment(parts[1]);
+  assertEq(header.typ, 'dpop+jwt', `${what}: proof typ`);
+  assertEq(header.alg, 'ES256', `${what}: proof alg`);
+  assertEq(Object.keys(header.jwk ?? {}).sort().join(','), 'crv,kty,x,y', `${what}: the proof jwk's members`);
+  assertEq(`${header.jwk.kty} ${header.jwk.crv}`, 'EC P-256', `${what}: the proof key`);
+  assertEq(claims.htm, method, `${what}: htm`);
+  assertEq(claims.htu, url, `${what}: htu`);
+  assert(Number.isInteger(claims.iat), `${what}: iat ${claims.iat} is not an integer`);
+  assert(typeof claims.jti === 'string' && claims.jti.length >= 16, `${what}: jti ${claims.jti}`);
+  assert(!seenJtis.has(claims.jti), `${what}: jti ${claims.jti} was used before`);
+  seenJtis.add(claims.jti);
+  assertEq(claims.ath, accessToken === undefined ? undefined : await sha256(accessToken), `${what}: ath`);
+  const key = await crypto.subtle.importKey('jwk', header.jwk, ES256, false, ['verify']);
+  const signed = await crypto.subtle.verify(ES256_SIGN, key, Buffer.from(parts[2], 'base64url'), Buffer.from(`${parts[0]}.${parts[1]}`));
+  assert(signed, `${what}: the proof's signature does not verify under its jwk`);
+  return { jkt: await thumbprint(header.jwk), claims };
+}
+
+/** A DPoP proof made here, outside the browser, with a key of our own. */
+async function makeProof(keyPair, { method, url, accessToken }) {
+  const { crv, kty, x, y } = await crypto.subtle.exportKey('jwk', keyPair.publicKey);
+  const claims = { jti: crypto.randomUUID(), htm: method, htu: url, iat: Math.floor(Date.now() / 1000) };
+  if (accessToken !== undefined) claims.ath = await sha256(accessToken);
+  const input = `${b64url(JSON.stringify({ typ: 'dpop+jwt', alg: 'ES256', jwk: { crv, kty, x, y } }))}.${b64url(JSON.stringify(claims))}`;
+  return `${input}.${b64url(await crypto.subtle.sign(ES256_SIGN, keyPair.privateKey, Buffer.from(input)))}`;
+}
+
+/**
+ * The SPA's key pair in the page's IndexedDB, described from inside the page: its public
+ * JWK, the RFC 7638 thumbprint computed there, and whether the private key can be
+ * exported. `null` when there is none.
+ */
+function idbKey(page) {
+  return page.evaluate(async ([dbName, storeName, id]) => {
+    const db = await new Promise((resolve, reject) => {
+      const open = indexedDB.open(dbName);
+      // Never create the SPA's database here (it would lack the SPA's store).
+      open.onupgradeneeded = () => open.transaction.abort();
+      open.onsuccess = () => resolve(open.result);
+      open.onerror = () => (open.error?.name === 'AbortError' ? resolve(null) : reject(open.error));
+    });
+    if (!db) return null;
+    try {
+      if (!db.objectStoreNames.contains(storeName)) return null;
+      const pair = await new Promise((resolve, reject) => {
+        const get = db.transaction(storeName).objectStore(storeName).get(id);
+        get.onsuccess = () => resolve(get.result);
+        get.onerror = () => reject(get.error);
+      });
+      if (!pair) return null;
+      const { crv, kty, x, y } = await crypto.subtle.exportKey('jwk', pair.publicKey);
+      const canonical = JSON.stringify({ crv, kty, x, y });
+      const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(canonical)));
+      const jkt = btoa(String.fromCharCode(...digest)).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+      const exportAttempts = {};
+      for (const format of ['jwk', 'pkcs8']) {
+        try {
+          await crypto.subtle.exportKey(format, pair.privateKey);
+          exportAttempts[format] = 'exported';
+        } catch (err) {
+          exportAttempts[format] = err.name;
+        }
+      }
+      return {
+        jkt,
+        publicJwk: { crv, kty, x, y },
+        privateIsCryptoKey: pair.privateKey instanceof CryptoKey,
+        extractable: pair.privateKey.extractable,
+        algorithm: `${pair.privateKey.algorithm.name} ${pair.privateKey.algorithm.namedCurve}`,
+        usages: [...pair.privateKey.usages].sort().join(','),
+        exportAttempts,
+      };
+    } finally {
+      db.close();
+    }
+  }, KEY_DB);
+}
+
+/**
+ * Copies the record `[db, store, id]` of `from` to `to` in the page's IndexedDB (CryptoKey
+ * objects clone as they are, non-extractable ones included), creating `to` if needed;
+ * with `move`, deletes it from `from` then. Resolves to whether there was a record.
+ */
+function copyIdbRecord(page, from, to, { move = false } = {}) {
+  return page.evaluate(async ([from, to, move]) => {
+    const open = (name, store) =>
+      new Promise((resolve, reject) => {
+        const req = indexedDB.open(name, 1);
+        req.onupgradeneeded = () => req.result.createObjectStore(store);
+        req.onsuccess = () => resolve(req.result);
+        req.onerror = () => reject(req.error);
+      });
+    const run = (db, store, mode, use) =>
+      new Promise((resolve, reject) => {
+        const tx = db.transaction(store, mode);
+        const req = use(tx.objectStore(store));
+        tx.oncomplete = () => resolve(req.result);
+        tx.onabort = () => reject(tx.error);
+      });
+    const src = await open(from[0], from[1]);
+    try {
+      const record = await run(src, from[1], 'readonly', (s) => s.get(from[2]));
+      if (record === undefined) return false;
+      const dst = await open(to[0], to[1]);
+      await run(dst, to[1], 'readwrite', (s) => s.put(record, to[2]));
+      dst.close();
+      if (move) await run(src, from[1], 'readwrite', (s) => s.delete(from[2]));
+      return true;
+    } finally {
+      src.close();
+    }
+  }, [from, to, move]);
+}
+
 /** The parts of an /oauth/token exchange that the checks look at, as the browser saw them. */
 async function exchange(response) {
   const request = response.request();
@@ -72,6 +215,7 @@ async function exchange(response) {
     origin: sent.origin,
     csrfHeader: sent['x-requested-with'],
     sentCookie: cookieIn(sent.cookie),
+    proof: sent.dpop,
     setCookie: got['set-cookie'] ?? '',
     newCookie: cookieIn(got['set-cookie']),
   };
@@ -116,8 +260,13 @@ async function assertHiddenFromJs(page, context) {
   assertEq(seen.session, 0, 'sessionStorage entries');
 }
 
-/** A cookie-mode token answer: 200, an access token, no refresh token, a rotated cookie. */
-function assertCookieModeTokens(x, what) {
+/**
+ * A cookie-mode token answer: 200, an access token, no refresh token, a rotated cookie;
+ * and DPoP-bound: the request carried a fresh proof for it, the answer is token_type DPoP
+ * and the access token's cnf.jkt is the proof's key (`jkt`, when given, must be that
+ * key). Returns the key's thumbprint.
+ */
+async function assertCookieModeTokens(x, what, jkt) {
   assertEq(x.status, 200, `${what} status (body ${JSON.stringify(x.body)})`);
   assert(typeof x.body?.access_token === 'string', `${what}: no access_token`);
   assert(!('refresh_token' in x.body), `${what}: refresh_token in the body`);
@@ -127,6 +276,37 @@ function assertCookieModeTokens(x, what) {
   for (const attr of ['HttpOnly', 'Secure', 'SameSite=Strict', 'Path=/']) {
     assert(x.setCookie.includes(attr), `${what}: Set-Cookie lacks ${attr}: ${x.setCookie}`);
   }
+  const proof = await checkProof(x.proof, { method: 'POST', url: `${ISSUER}/oauth/token` }, what);
+  if (jkt !== undefined) assertEq(proof.jkt, jkt, `${what}: the proof's key (thumbprint)`);
+  assertEq(x.body.token_type, 'DPoP', `${what}: token_type`);
+  assertEq(jwtClaims(x.body.access_token).cnf?.jkt, proof.jkt, `${what}: the access token's cnf.jkt`);
+  return proof.jkt;
+}
+
+/**
+ * The /v1 calls (but registration, which needs no token) that the pages of `context`
+ * make, with the headers they sent.
+ */
+function apiCalls(context) {
+  let calls = [];
+  context.on('request', (r) => {
+    const url = new URL(r.url());
+    if (url.origin !== ISSUER || !url.pathname.startsWith('/v1/') || r.method() === 'OPTIONS') return;
+    if (r.method() === 'POST' && url.pathname === '/v1/users') return;
+    const call = { method: r.method(), url: url.origin + url.pathname };
+    calls.push(
+      r.allHeaders().then(
+        (h) => ({ ...call, authorization: h.authorization, proof: h.dpop }),
+        (err) => ({ ...call, error: String(err) }),
+      ),
+    );
+  });
+  return {
+    all: () => Promise.all(calls),
+    clear: () => {
+      calls = [];
+    },
+  };
 }
 
 /**
@@ -252,6 +432,7 @@ async function main() {
     // The page's clock (Date, setTimeout) is Playwright's, flowing in real time until a
     // check jumps it forward to the planned silent refresh. The issuer's clock is real.
     await laptop.clock.install();
+    const laptopApi = apiCalls(laptop);
     const tab = await openSpa(laptop);
     current = tab;
 
@@ -287,9 +468,10 @@ async function main() {
     });
 
     let loginX;
+    let loginJkt;
     await check('login (password grant, form-encoded, CSRF header) shows the user from /v1/me', async () => {
       loginX = await login(tab, email);
-      assertCookieModeTokens(loginX, 'login');
+      loginJkt = await assertCookieModeTokens(loginX, 'login');
       assertEq(await tab.textContent('#user-email'), email, 'e-mail shown');
       assert(/^[0-9a-f-]{36}$/.test(await tab.textContent('#user-id')), 'user id shown');
       await shot(tab, '2-signed-in');
@@ -310,10 +492,36 @@ async function main() {
       assertHiddenFromJs(tab, laptop),
     );
 
+    /** The thumbprint of this browser's DPoP key, as the page computes it from IndexedDB. */
+    let laptopJkt;
+    await check('DPoP: the login answer is token_type DPoP and cnf.jkt is the thumbprint of the key in IndexedDB', async () => {
+      const key = await idbKey(tab);
+      assert(key, 'no DPoP key in IndexedDB after login');
+      laptopJkt = key.jkt;
+      assertEq(loginX.body?.token_type, 'DPoP', 'token_type');
+      assertEq(jwtClaims(loginX.body.access_token).cnf?.jkt, key.jkt, 'cnf.jkt of the access token');
+      assertEq(loginJkt, key.jkt, 'thumbprint of the login proof\'s jwk');
+      assertEq(await thumbprint(key.publicJwk), key.jkt, 'the page\'s thumbprint, computed again here');
+      assertEq(await tab.textContent('#dpop-jkt'), key.jkt, 'the thumbprint the SPA shows');
+    });
+
+    await check('DPoP: the private key in IndexedDB is a non-extractable ES256 CryptoKey (exportKey throws)', async () => {
+      const key = await idbKey(tab);
+      assert(key, 'no DPoP key in IndexedDB');
+      assertEq(key.privateIsCryptoKey, true, 'stored as a CryptoKey');
+      assertEq(key.algorithm, 'ECDSA P-256', 'algorithm');
+      assertEq(key.usages, 'sign', 'usages of the private key');
+      assertEq(key.extractable, false, 'extractable');
+      assertEq(key.exportAttempts.jwk, 'InvalidAccessError', 'exportKey(\'jwk\')');
+      assertEq(key.exportAttempts.pkcs8, 'InvalidAccessError', 'exportKey(\'pkcs8\')');
+    });
+
+    let reloadX;
     await check('a reload keeps the user signed in through a silent refresh with the cookie', async () => {
       const before = (await jarCookie(laptop)).value;
       const x = await tokenExchange(tab, 'refresh_token', () => tab.reload());
-      assertCookieModeTokens(x, 'refresh on load');
+      reloadX = x;
+      await assertCookieModeTokens(x, 'refresh on load');
       assertEq(x.sentCookie, before, 'the cookie the browser sent');
       assert(x.newCookie !== before, 'the refresh token rotated');
       await waitState(tab, 'signed-in');
@@ -323,21 +531,36 @@ async function main() {
 
     await check('after a reload, JavaScript sees no refresh token', () => assertHiddenFromJs(tab, laptop));
 
+    await check('DPoP: after a reload the same key, from IndexedDB, proved the refresh (same jkt)', async () => {
+      assert(laptopJkt, 'no key thumbprint from the login');
+      const key = await idbKey(tab);
+      assertEq(key?.jkt, laptopJkt, 'the key in IndexedDB');
+      const proof = jsonSegment(reloadX.proof.split('.')[0]);
+      assertEq(await thumbprint(proof.jwk), laptopJkt, 'the key of the refresh proof');
+      assertEq(jwtClaims(reloadX.body.access_token).cnf?.jkt, laptopJkt, 'cnf.jkt of the new access token');
+      assertEq(await tab.textContent('#dpop-jkt'), laptopJkt, 'the thumbprint the SPA shows');
+    });
+
     await check('the silent refresh runs a minute before expiry, planned from expires_in', async () => {
       const expiresIn = loginX.body.expires_in;
       assert(expiresIn >= 300 && expiresIn <= 900, `expires_in ${expiresIn}`);
       // The page was reloaded just now, with a fresh token of the same lifetime.
+      // The jumps run the page's timers, but its wall clock must end where the issuer's
+      // is: a DPoP proof's iat is read from it, and the issuer refuses one from the
+      // future. So the wall clock is first set back by the sum of the jumps.
+      const jumps = [(expiresIn - 70) * 1000, 15_000];
+      await tab.clock.setSystemTime(Date.now() - jumps[0] - jumps[1]);
       let early = null;
       const spy = (r) => {
         if (r.url() === `${ISSUER}/oauth/token`) early = r;
       };
       tab.on('request', spy);
-      await tab.clock.fastForward((expiresIn - 70) * 1000);
+      await tab.clock.fastForward(jumps[0]);
       await sleep(500);
       tab.off('request', spy);
       assertEq(early, null, 'a refresh 70 s before expiry (too early)');
-      const x = await tokenExchange(tab, 'refresh_token', () => tab.clock.fastForward(15_000));
-      assertCookieModeTokens(x, 'scheduled refresh');
+      const x = await tokenExchange(tab, 'refresh_token', () => tab.clock.fastForward(jumps[1]));
+      await assertCookieModeTokens(x, 'scheduled refresh', laptopJkt);
       assertEq(await state(tab), 'signed-in', 'state');
     });
 
@@ -367,7 +590,7 @@ async function main() {
         await sleep(200);
       }
       assertEq(xs[0].sentCookie, xs[1].sentCookie, 'both tabs sent the same refresh token');
-      xs.forEach((x, i) => assertCookieModeTokens(x, `tab ${i + 1}`));
+      for (const [i, x] of xs.entries()) await assertCookieModeTokens(x, `tab ${i + 1}`, laptopJkt);
       assertEq(xs[0].newCookie, xs[1].newCookie, 'the same successor for both');
       for (const p of [tab, tab2]) {
         await p.waitForSelector('#notice:has-text("Access token refreshed.")');
@@ -379,11 +602,11 @@ async function main() {
     await check('a lost answer (a tab presenting the just-used token again) gets that same successor', async () => {
       const used = (await jarCookie(laptop)).value;
       const first = await tokenExchange(tab, 'refresh_token', () => tab.click('#refresh'));
-      assertCookieModeTokens(first, 'first');
+      await assertCookieModeTokens(first, 'first', laptopJkt);
       // As if tab 2's request had left before tab 1's answer arrived.
       await putCookieBack(tab2, used);
       const again = await tokenExchange(tab2, 'refresh_token', () => tab2.click('#refresh'));
-      assertCookieModeTokens(again, 'replay');
+      await assertCookieModeTokens(again, 'replay', laptopJkt);
       assertEq(again.sentCookie, used, 'the replay sent the used token');
       assertEq(again.newCookie, first.newCookie, 'the same successor');
       assertEq(await state(tab2), 'signed-in', 'state of the second tab');
@@ -471,16 +694,92 @@ async function main() {
       // Had any of those requests used the token, presenting it now would be a reuse.
       await sleep(PAST_GRACE_MS);
       const x = await tokenExchange(tab, 'refresh_token', () => tab.click('#refresh'));
-      assertCookieModeTokens(x, 'refresh');
+      await assertCookieModeTokens(x, 'refresh', laptopJkt);
       assertEq(x.sentCookie, cookieBefore, 'the cookie sent');
     });
 
     await check('after the two-tab race the session is intact: a later refresh works, the list shows it', async () => {
       const x = await tokenExchange(tab, 'refresh_token', () => tab.reload());
-      assertCookieModeTokens(x, 'refresh on load');
+      await assertCookieModeTokens(x, 'refresh on load', laptopJkt);
       await waitState(tab, 'signed-in');
       const rows = await tab.$$eval('#sessions tbody tr', (trs) => trs.map((tr) => tr.className));
       assertEq(JSON.stringify(rows), JSON.stringify(['current']), 'session rows');
+    });
+
+    // Tokens copied out of the browser (by malware, or a script that sent them away) and
+    // replayed from here, Node, with the headers a browser would send. The key cannot be
+    // copied (non-extractable): the thief proves a key of its own, or none.
+    const thiefKey = await crypto.subtle.generateKey(ES256, false, ['sign', 'verify']);
+    /** A 4xx answer's status, body and WWW-Authenticate, for the checks below. */
+    const outcome = async (resp) => ({
+      status: resp.status,
+      body: await resp.json().catch(() => null),
+      challenge: resp.headers.get('www-authenticate') ?? '',
+      setCookie: resp.headers.get('set-cookie'),
+    });
+
+    await check('outside the browser: the access token as Bearer, as DPoP without a proof, or with another key\'s proof gets 401', async () => {
+      const x = await tokenExchange(tab, 'refresh_token', () => tab.click('#refresh'));
+      await assertCookieModeTokens(x, 'refresh', laptopJkt);
+      await tab.waitForSelector('#notice:has-text("Access token refreshed.")');
+      const token = x.body.access_token;
+      const me = `${ISSUER}/v1/me`;
+      const thiefProof = await makeProof(thiefKey, { method: 'GET', url: me, accessToken: token });
+      const cases = [
+        ['as Bearer', { authorization: `Bearer ${token}` }, 'invalid_token'],
+        ['as DPoP without a proof', { authorization: `DPoP ${token}` }, 'invalid_dpop_proof'],
+        ['as DPoP with a proof of another key', { authorization: `DPoP ${token}`, dpop: thiefProof }, 'invalid_token'],
+      ];
+      for (const [what, headers, error] of cases) {
+        const got = await outcome(await fetch(me, { headers: { origin: new URL(SPA_URL).origin, ...headers } }));
+        assertEq(got.status, 401, `${what}: status (body ${JSON.stringify(got.body)})`);
+        assertEq(got.body?.error, error, `${what}: error`);
+        assert(got.challenge.includes(`error="${error}"`), `${what}: WWW-Authenticate ${got.challenge}`);
+      }
+      // The page goes on with that same token, each call with a proof of its own.
+      const [resp] = await Promise.all([
+        tab.waitForResponse((r) => r.url() === `${ISSUER}/v1/sessions`),
+        tab.click('#reload-sessions'),
+      ]);
+      assertEq(resp.status(), 200, 'the page\'s /v1/sessions status');
+      assertEq((await resp.request().allHeaders()).authorization, `DPoP ${token}`, 'the page\'s Authorization');
+    });
+
+    const copiedCookie = (await jarCookie(laptop)).value;
+    await check('outside the browser: the refresh cookie without a proof, or with another key\'s proof, gets 400 dpop_key_mismatch', async () => {
+      const refreshWith = async (proof) =>
+        outcome(
+          await fetch(`${ISSUER}/oauth/token`, {
+            method: 'POST',
+            headers: {
+              origin: new URL(SPA_URL).origin,
+              'x-requested-with': 'XMLHttpRequest',
+              cookie: `${COOKIE}=${copiedCookie}`,
+              ...(proof ? { dpop: proof } : {}),
+            },
+            body: new URLSearchParams({ grant_type: 'refresh_token', client_id: 'dev-spa' }),
+          }),
+        );
+      const thiefProof = await makeProof(thiefKey, { method: 'POST', url: `${ISSUER}/oauth/token` });
+      for (const [what, proof] of [['no proof', undefined], ['a proof of another key', thiefProof]]) {
+        const got = await refreshWith(proof);
+        assertEq(got.status, 400, `${what}: status (body ${JSON.stringify(got.body)})`);
+        assertEq(got.body?.error, 'invalid_grant', `${what}: error`);
+        assertEq(got.body?.error_reason, 'dpop_key_mismatch', `${what}: error_reason`);
+        assertEq(got.setCookie, null, `${what}: Set-Cookie`);
+      }
+    });
+
+    await check('after those replays the session is intact: past the grace window the page refreshes with the same cookie', async () => {
+      assertEq((await jarCookie(laptop)).value, copiedCookie, 'the cookie in the jar');
+      // Had a replay used the token, presenting it now would be a reuse (and revoke).
+      await sleep(PAST_GRACE_MS);
+      const x = await tokenExchange(tab, 'refresh_token', () => tab.click('#refresh'));
+      await assertCookieModeTokens(x, 'refresh', laptopJkt);
+      assertEq(x.sentCookie, copiedCookie, 'the cookie sent');
+      await tab.waitForSelector('#notice:has-text("Access token refreshed.")');
+      assertEq(await state(tab), 'signed-in', 'state');
+      await shot(tab, '6-dpop-replays-refused');
     });
 
     // -------------------------------------------------------------- context B: "phone"
@@ -514,6 +813,7 @@ async function main() {
       await waitState(phoneTab, 'signed-out');
       const text = await phoneTab.textContent('#error');
       assert(text.includes('invalid_grant, revoked'), `the phone shows why: ${text}`);
+      assertEq(await idbKey(phoneTab), null, 'the phone\'s DPoP key left in IndexedDB');
       await shot(phoneTab, '5-other-device-ended');
     });
     await phone.close();
@@ -533,6 +833,7 @@ async function main() {
       assertEq(del.status(), 204, 'DELETE status');
       await waitState(tabletTab, 'signed-out');
       assertEq(await jarCookie(tablet), undefined, 'cookie left in the jar');
+      assertEq(await idbKey(tabletTab), null, 'the DPoP key left in IndexedDB');
       await tabletTab.reload();
       await tabletTab.waitForFunction(() => document.body.dataset.state !== 'loading');
       assertEq(await state(tabletTab), 'signed-out', 'state after reload');
@@ -540,30 +841,89 @@ async function main() {
     await tablet.close();
     current = tab;
 
+    await check('DPoP: every /v1 call of this browser sent Authorization: DPoP and a proof of its key for that call (htm, htu, ath)', async () => {
+      const calls = await laptopApi.all();
+      laptopApi.clear();
+      assert(calls.length >= 8, `only ${calls.length} /v1 calls seen`);
+      const methods = [...new Set(calls.map((c) => c.method))].sort().join(',');
+      assertEq(methods, 'DELETE,GET', 'methods seen');
+      for (const [i, c] of calls.entries()) {
+        const what = `call ${i + 1}, ${c.method} ${c.url}`;
+        assertEq(c.error, undefined, `${what}: its headers`);
+        assert(c.authorization?.startsWith('DPoP '), `${what}: Authorization ${c.authorization}`);
+        const token = c.authorization.slice('DPoP '.length);
+        const proof = await checkProof(c.proof, { method: c.method, url: c.url, accessToken: token }, what);
+        assertEq(proof.jkt, laptopJkt, `${what}: the proof's key`);
+        assertEq(jwtClaims(token).cnf?.jkt, laptopJkt, `${what}: the token's cnf.jkt`);
+      }
+    });
+
+    let last;
     await check('logout ends the session, clears the cookie, and a reload shows signed out', async () => {
-      const last = (await jarCookie(laptop)).value;
+      last = (await jarCookie(laptop)).value;
+      // Kept aside to show below that even the key cannot revive the ended session.
+      assert(await copyIdbRecord(tab, KEY_DB, STASH_DB), 'no DPoP key to keep aside');
       const [resp] = await Promise.all([
         tab.waitForResponse((r) => r.url() === `${ISSUER}/v1/logout`),
         tab.click('#logout'),
       ]);
       assertEq(resp.status(), 204, 'logout status');
+      const sent = await resp.request().allHeaders();
+      assert(sent.authorization?.startsWith('DPoP '), `logout Authorization ${sent.authorization}`);
+      const accessToken = sent.authorization.slice('DPoP '.length);
+      const proof = await checkProof(sent.dpop, { method: 'POST', url: `${ISSUER}/v1/logout`, accessToken }, 'logout');
+      assertEq(proof.jkt, laptopJkt, 'the logout proof\'s key');
       await waitState(tab, 'signed-out');
       await tab.waitForSelector('#notice:has-text("Logged out.")');
       await shot(tab, '4-after-logout');
       assertEq(await jarCookie(laptop), undefined, 'cookie left in the jar');
+      assertEq(await idbKey(tab), null, 'the DPoP key left in IndexedDB');
       await tab.reload();
       await tab.waitForFunction(() => document.body.dataset.state !== 'loading');
       assertEq(await state(tab), 'signed-out', 'state after reload');
+    });
 
-      // The old cookie, put back (as if copied away before), cannot refresh.
+    await check('after logout the old cookie cannot refresh: without the key dpop_key_mismatch, with the old key put back revoked', async () => {
+      assert(last, 'no cookie from before the logout');
+      // As if copied away before; the app has no key any more and sends no proof.
       await putCookieBack(tab, last);
       const x = await tokenExchange(tab, 'refresh_token', () => tab.reload());
       assertEq(x.sentCookie, last, 'the old cookie was sent');
+      assertEq(x.proof, undefined, 'a DPoP proof, with no key');
       assertEq(x.status, 400, 'status');
       assertEq(x.body?.error, 'invalid_grant', 'error');
-      assertEq(x.body?.error_reason, 'revoked', 'error_reason');
+      assertEq(x.body?.error_reason, 'dpop_key_mismatch', 'error_reason');
       await tab.waitForFunction(() => document.body.dataset.state !== 'loading');
       assertEq(await state(tab), 'signed-out', 'state');
+
+      // The cookie and the key both back: the session itself is over.
+      assert(await copyIdbRecord(tab, STASH_DB, KEY_DB), 'the kept key is gone');
+      await putCookieBack(tab, last);
+      const y = await tokenExchange(tab, 'refresh_token', () => tab.reload());
+      assertEq(y.sentCookie, last, 'the old cookie was sent');
+      const proof = await checkProof(y.proof, { method: 'POST', url: `${ISSUER}/oauth/token` }, 'refresh with the old key');
+      assertEq(proof.jkt, laptopJkt, 'the proof\'s key');
+      assertEq(y.status, 400, 'status');
+      assertEq(y.body?.error, 'invalid_grant', 'error');
+      assertEq(y.body?.error_reason, 'revoked', 'error_reason');
+      await tab.waitForFunction(() => document.body.dataset.state !== 'loading');
+      assertEq(await state(tab), 'signed-out', 'state');
+      // Back as the logout left it: no key.
+      await copyIdbRecord(tab, KEY_DB, STASH_DB, { move: true });
+      assertEq(await idbKey(tab), null, 'the DPoP key left in IndexedDB');
+    });
+
+    await check('DPoP: the next login makes a new key, and binds the new session to it', async () => {
+      assert(laptopJkt, 'no key thumbprint from the first login');
+      const x = await login(tab, email);
+      const jkt = await assertCookieModeTokens(x, 'login');
+      const key = await idbKey(tab);
+      assert(key, 'no DPoP key in IndexedDB after login');
+      assertEq(key.jkt, jkt, 'the key in IndexedDB proved the login');
+      assert(key.jkt !== laptopJkt, 'the login reused the key of the logged-out session');
+      assertEq(key.extractable, false, 'extractable');
+      assertEq(await tab.textContent('#dpop-jkt'), key.jkt, 'the thumbprint the SPA shows');
+      await shot(tab, '7-new-key-after-logout');
     });
 
     await check('no uncaught errors in the SPA', async () => {

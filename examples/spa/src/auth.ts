@@ -163,10 +163,11 @@ export class TokenClient {
   /**
    * The password grant: the issuer answers with an access token and sets the cookie. The
    * proof that comes with it binds the new session to this browser's key (made now if
-   * there is none).
+   * there is none). Read from IndexedDB afresh, not from memory: the stored key is the
+   * one every tab and the next reload will prove.
    */
   async login(email: string, password: string): Promise<void> {
-    this.#key ??= await DpopKey.load(true);
+    this.#key = await DpopKey.load(true);
     const tokens = await this.#tokenRequest({ grant_type: 'password', username: email, password });
     this.#accept(tokens);
     this.#emit({ type: 'signed-in' });
