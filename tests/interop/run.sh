@@ -23,8 +23,11 @@
 #   INTEROP_SEED            schemathesis seed (default fixed, so CI runs are repeatable)
 #   INTEROP_SUITES          which suites to run (default "python node schemathesis")
 #
-# The server gets a free loopback port, a fresh temporary data and key directory and the
-# built-in development configuration (clients `dev` and `dev-spa`). The per-IP and
+# The server gets a free loopback port, a fresh temporary data and key directory and a
+# configuration file ($TMP/issuer.toml, below) that is the built-in development
+# configuration (clients `dev` and `dev-spa`, self-registration on) plus one client,
+# `dev-nonce`, that requires DPoP nonces (RFC 9449 §8): the built-in configuration has
+# none, and clients come from a file only. The per-IP and
 # per-account login rate limits are off (ISSUER_RATE_LIMIT_LOGIN_PER_IP=off,
 # ISSUER_RATE_LIMIT_LOGIN_PER_ACCOUNT=off): the schemathesis auth provider logs in
 # again after every 401 (schemathesis logs its own session out and disables its own
@@ -87,6 +90,38 @@ SERVER_PID=
 LOG=$TMP/server.log
 failed_any=0
 
+# The built-in development clients as src/config/clients.rs (`dev_clients`) makes them,
+# written out: every setting a file leaves out defaults to what they have there
+# (audiences: the issuer URL; lifetimes: the global ones; dpop "allowed",
+# dpop_foreign_key "refuse", dpop_nonce "off"; no scopes). A file must list its own
+# clients, and `allow_registration` defaults to true with or without one. Plus
+# `dev-nonce`, a mobile client whose proofs must carry our nonce (python-dpop and
+# node-dpop use it), without a refresh grace window: a refresh token used twice is
+# reuse at once, so "a use_dpop_nonce refusal uses nothing up" shows in the retry
+# (within the window, a used token presented again gets its successor once more).
+CONFIG=$TMP/issuer.toml
+cat >"$CONFIG" <<'TOML'
+allow_registration = true
+
+[[clients]]
+client_id = "dev"
+kind = "mobile"
+delivery = "body"
+
+[[clients]]
+client_id = "dev-spa"
+kind = "spa"
+delivery = "cookie"
+allowed_origins = ["http://localhost:5173"]
+
+[[clients]]
+client_id = "dev-nonce"
+kind = "mobile"
+delivery = "body"
+dpop_nonce = "required"
+refresh_grace_period = "0"
+TOML
+
 log_printed=0
 print_log() {
   if [[ $log_printed == 0 && -f $LOG ]]; then
@@ -125,7 +160,7 @@ for attempt in 1 2 3; do
   BASE=http://127.0.0.1:$PORT
   say "starting $BIN on $BASE (data and keys in $TMP)"
   # `env` execs the server: $! is the server's own pid, which cleanup stops.
-  env ISSUER_BIND="127.0.0.1:$PORT" ISSUER_URL="$BASE" \
+  env ISSUER_CONFIG="$CONFIG" ISSUER_BIND="127.0.0.1:$PORT" ISSUER_URL="$BASE" \
     ISSUER_DATA_DIR="$TMP/data" ISSUER_KEYS_DIR="$TMP/keys" ISSUER_LOG=info \
     ISSUER_RATE_LIMIT_LOGIN_PER_IP=off ISSUER_RATE_LIMIT_LOGIN_PER_ACCOUNT=off \
     "$BIN" serve >"$LOG" 2>&1 &
@@ -200,7 +235,7 @@ for suite in $SUITES; do
       export INTEROP_ADMIN_GRANT=$TMP/admin-grant
       {
         echo '#!/usr/bin/env bash'
-        printf 'exec env %q %q %q %q %q admin grant "$@"\n' "ISSUER_BIND=127.0.0.1:$PORT" \
+        printf 'exec env %q %q %q %q %q %q admin grant "$@"\n' "ISSUER_CONFIG=$CONFIG" "ISSUER_BIND=127.0.0.1:$PORT" \
           "ISSUER_URL=$BASE" "ISSUER_DATA_DIR=$TMP/data" "ISSUER_KEYS_DIR=$TMP/keys" "$BIN"
       } >"$INTEROP_ADMIN_GRANT"
       chmod +x "$INTEROP_ADMIN_GRANT"

@@ -10,9 +10,12 @@
 // RFC 7009 revocation. openid-client checks every response the way it would with any
 // server (issuer byte for byte, token_type, content types, WWW-Authenticate syntax),
 // and, given a DPoP handle, retries once by itself when a server asks for a nonce
-// (`use_dpop_nonce`, RFC 9449 §8 and §9), so nothing here handles nonces. Besides the
-// client's view, oauth4webapi's validateJwtAccessToken checks the bound access token
-// and the library's own proof the way a resource server would (RFC 9068 and §7.1).
+// (`use_dpop_nonce`, RFC 9449 §8 and §9), so nothing here handles nonces: with the
+// client `dev-nonce` (run.sh's configuration: `dpop_nonce = "required"`) the tests only
+// watch, through a custom fetch, that the library's retry is what made the call work.
+// Besides the client's view, oauth4webapi's validateJwtAccessToken checks the bound
+// access token and the library's own proof the way a resource server would (RFC 9068
+// and §7.1).
 //
 // Prints one line per test and ends with `node-dpop: N passed, N failed`; exits 1 on
 // failure.
@@ -25,6 +28,7 @@ import * as client from 'openid-client';
 
 const BASE = process.env.INTEROP_BASE_URL.replace(/\/+$/, '');
 const CLIENT_ID = 'dev'; // the built-in development config's body-mode (mobile) client, public
+const NONCE_CLIENT_ID = 'dev-nonce'; // run.sh's third client: mobile, body, dpop_nonce = "required"
 const TIMEOUT_S = 10;
 
 // ----------------------------------------------------------------------------- harness
@@ -97,13 +101,62 @@ function assertBound(tokens, key) {
 }
 
 // Runs `fn` with the configuration's fetch replaced (openid-client's customFetch).
-async function withFetch(fetchImpl, fn) {
-  ctx.config[client.customFetch] = fetchImpl;
+async function withFetch(fetchImpl, fn, config = ctx.config) {
+  config[client.customFetch] = fetchImpl;
   try {
     return await fn();
   } finally {
-    ctx.config[client.customFetch] = undefined;
+    config[client.customFetch] = undefined;
   }
+}
+
+// Runs `fn` with every exchange of `config` recorded: [{ proof (its claims, or
+// undefined), status, nonce (the answer's DPoP-Nonce), challenge (WWW-Authenticate) }].
+async function recorded(config, fn) {
+  const sent = [];
+  const recorder = async (input, init) => {
+    const proof = new Request(input, init).headers.get('dpop');
+    const res = await fetch(input, init);
+    sent.push({
+      proof: proof ? decodeJwt(proof) : undefined,
+      status: res.status,
+      nonce: res.headers.get('dpop-nonce'),
+      challenge: res.headers.get('www-authenticate'),
+    });
+    return res;
+  };
+  const result = await withFetch(recorder, fn, config);
+  return { result, sent };
+}
+
+// RFC 9449 §8.1: DPoP-Nonce = *nchar; nchar = %x21 / %x23-5B / %x5D-7E (we want one).
+const NONCE_SYNTAX = /^[\x21\x23-\x5b\x5d-\x7e]+$/;
+
+// The library's nonce retry, as recorded: two exchanges, the first refused with
+// `refusal` (status) and a DPoP-Nonce, its proof without a nonce (or with `firstNonce`),
+// the second's proof carrying exactly that DPoP-Nonce.
+function assertNonceRetry(sent, refusal, firstNonce = undefined) {
+  const what = JSON.stringify(sent);
+  assert(sent.length === 2, `expected the refused request and the library's retry: ${what}`);
+  const [first, second] = sent;
+  assert(first.status === refusal, `first answer ${first.status}, expected ${refusal}: ${what}`);
+  assert(first.proof.nonce === firstNonce, `first proof's nonce: ${what}`);
+  assert(NONCE_SYNTAX.test(first.nonce ?? ''), `the refusal's DPoP-Nonce: ${what}`);
+  assert(second.proof.nonce === first.nonce, `the retry's proof must carry the DPoP-Nonce: ${what}`);
+  assert(second.proof.jti !== first.proof.jti, `the retry is a new proof: ${what}`);
+  assert(NONCE_SYNTAX.test(second.nonce ?? ''), `the retry's answer has a DPoP-Nonce too: ${what}`);
+}
+
+// A handle whose first proof carries `nonce` instead of the library's own (none, or the
+// cached one), through oauth4webapi's modifyAssertion hook; later proofs are untouched.
+function handleWithFirstNonce(keyPair, nonce) {
+  let first = true;
+  return client.getDPoPHandle(ctx.nonceConfig, keyPair, {
+    [client.modifyAssertion]: (_header, payload) => {
+      if (first) payload.nonce = nonce;
+      first = false;
+    },
+  });
 }
 
 // -------------------------------------------------------------------------------- tests
@@ -246,6 +299,147 @@ test('rfc7009_revocation_ends_a_bound_session', async () => {
   await client.tokenRevocation(ctx.config, tokens.refresh_token, { token_type_hint: 'refresh_token' });
   await tokenRefusal(refresh(tokens.refresh_token, key.dpop), 'invalid_grant', 'revoked');
   await resourceRefusal(call(tokens.access_token, 'GET', '/v1/me', key.dpop), 'invalid_token');
+});
+
+// --------------------------------------------------------- server nonces (§8 and §9)
+//
+// openid-client's grant functions and fetchProtectedResource catch the library's
+// isDPoPNonceError (a ResponseBodyError `use_dpop_nonce` from the token endpoint, a
+// WWWAuthenticateChallengeError whose DPoP challenge has error="use_dpop_nonce" from a
+// resource) and call themselves once more (flag `retry`); the handle caches the last
+// DPoP-Nonce per origin (cacheNonce, after every response) and puts it in its next
+// proof (addProof).
+
+// The configuration of `dev-nonce`, found like `dev`'s.
+async function nonceConfig() {
+  ctx.nonceConfig ??= await client.discovery(url('/'), NONCE_CLIENT_ID, undefined, client.None(), {
+    algorithm: 'oauth2',
+    execute: [client.allowInsecureRequests],
+    timeout: TIMEOUT_S,
+  });
+  return ctx.nonceConfig;
+}
+
+// `dev-nonce`'s key and bound tokens: those the test before left, or (when it failed
+// before that) a login of its own, so each test fails for what it checks itself.
+async function nonceSession() {
+  await nonceConfig();
+  if (!ctx.nonceKey) {
+    const keyPair = await client.randomDPoPKeyPair('ES256');
+    const jkt = await calculateJwkThumbprint(await exportJWK(keyPair.publicKey), 'sha256');
+    const dpop = client.getDPoPHandle(ctx.nonceConfig, keyPair);
+    ctx.nonceTokens = await client.genericGrantRequest(
+      ctx.nonceConfig,
+      'password',
+      { username: ctx.email, password: ctx.password },
+      { DPoP: dpop },
+    );
+    ctx.nonceKey = { keyPair, jkt, dpop };
+  }
+  return ctx.nonceKey;
+}
+
+test('nonce_client_password_grant_is_retried_with_the_servers_nonce', async () => {
+  await nonceConfig();
+  const keyPair = await client.randomDPoPKeyPair('ES256');
+  const jkt = await calculateJwkThumbprint(await exportJWK(keyPair.publicKey), 'sha256');
+  const dpop = client.getDPoPHandle(ctx.nonceConfig, keyPair);
+  const { result: tokens, sent } = await recorded(ctx.nonceConfig, () =>
+    client.genericGrantRequest(
+      ctx.nonceConfig,
+      'password',
+      { username: ctx.email, password: ctx.password },
+      { DPoP: dpop },
+    ),
+  );
+  assertNonceRetry(sent, 400);
+  const claims = assertBound(tokens, { jkt });
+  assert(claims.client_id === NONCE_CLIENT_ID && claims.sub === ctx.userId, JSON.stringify(claims));
+  ctx.nonceKey = { keyPair, jkt, dpop };
+  ctx.nonceTokens = tokens;
+});
+
+test('nonce_client_refresh_uses_the_nonce_of_the_last_answer', async () => {
+  await nonceSession();
+  const rt = ctx.nonceTokens.refresh_token;
+  const { result: tokens, sent } = await recorded(ctx.nonceConfig, () =>
+    client.refreshTokenGrant(ctx.nonceConfig, rt, undefined, { DPoP: ctx.nonceKey.dpop }),
+  );
+  // The handle kept the DPoP-Nonce of the password grant's answer: no refusal this time.
+  assert(sent.length === 1 && sent[0].status === 200, JSON.stringify(sent));
+  assert(NONCE_SYNTAX.test(sent[0].proof.nonce ?? ''), `the proof's nonce: ${JSON.stringify(sent)}`);
+  assert(NONCE_SYNTAX.test(sent[0].nonce ?? ''), `the answer's DPoP-Nonce: ${JSON.stringify(sent)}`);
+  assertBound(tokens, ctx.nonceKey);
+  assert(tokens.refresh_token !== rt, 'the refresh token did not rotate');
+  ctx.nonceTokens = tokens;
+});
+
+test('nonce_client_resource_challenge_is_retried_with_the_servers_nonce', async () => {
+  // A new handle of the same key has no nonce yet (the cache is the handle's): its first
+  // call is answered 401 `WWW-Authenticate: DPoP error="use_dpop_nonce"`.
+  const { keyPair } = await nonceSession();
+  const dpop = client.getDPoPHandle(ctx.nonceConfig, keyPair);
+  const at = ctx.nonceTokens.access_token;
+  const { result: res, sent } = await recorded(ctx.nonceConfig, () =>
+    client.fetchProtectedResource(ctx.nonceConfig, at, url('/v1/me'), 'GET', undefined, undefined, { DPoP: dpop }),
+  );
+  assertNonceRetry(sent, 401);
+  assert(/^DPoP\b.*\berror="use_dpop_nonce"/.test(sent[0].challenge ?? ''), `challenge: ${sent[0].challenge}`);
+  const body = await res.text();
+  assert(res.status === 200 && JSON.parse(body).id === ctx.userId, `GET /v1/me: ${res.status} ${body}`);
+  // The handle now has a nonce: the next call goes through at once.
+  const again = await recorded(ctx.nonceConfig, () =>
+    client.fetchProtectedResource(ctx.nonceConfig, at, url('/v1/sessions'), 'GET', undefined, undefined, {
+      DPoP: dpop,
+    }),
+  );
+  assert(again.sent.length === 1 && again.result.status === 200, JSON.stringify(again.sent));
+});
+
+test('nonce_client_stale_nonce_is_answered_use_dpop_nonce_and_retried', async () => {
+  // A nonce the server never gave (it stands in for a stale one: the server's clock
+  // cannot be moved from here) is a request for a fresh nonce, not a bad proof: the
+  // library retries with the DPoP-Nonce and the call works.
+  const stale = 'stale-nonce-stand-in';
+  const { keyPair } = await nonceSession();
+  const rt = ctx.nonceTokens.refresh_token;
+  const refreshed = await recorded(ctx.nonceConfig, () =>
+    client.refreshTokenGrant(ctx.nonceConfig, rt, undefined, { DPoP: handleWithFirstNonce(keyPair, stale) }),
+  );
+  // The retry presented the same refresh token: `dev-nonce` has no grace window in
+  // run.sh, so had the refused attempt used it up, the retry would be reuse.
+  assertNonceRetry(refreshed.sent, 400, stale);
+  assertBound(refreshed.result, ctx.nonceKey);
+  assert(refreshed.result.refresh_token !== rt, 'the retry rotated the refresh token');
+  ctx.nonceTokens = refreshed.result;
+
+  const at = ctx.nonceTokens.access_token;
+  const dpop = handleWithFirstNonce(keyPair, stale);
+  const fetched = await recorded(ctx.nonceConfig, () =>
+    client.fetchProtectedResource(ctx.nonceConfig, at, url('/v1/me'), 'GET', undefined, undefined, { DPoP: dpop }),
+  );
+  assertNonceRetry(fetched.sent, 401, stale);
+  assert(fetched.result.status === 200, `GET /v1/me: ${fetched.result.status}`);
+
+  // Always stale: the library retries once, then reports the server's use_dpop_nonce
+  // (isDPoPNonceError), and nothing was used up (the token refreshes afterwards).
+  const alwaysStale = client.getDPoPHandle(ctx.nonceConfig, keyPair, {
+    [client.modifyAssertion]: (_header, payload) => {
+      payload.nonce = stale;
+    },
+  });
+  const rt2 = ctx.nonceTokens.refresh_token;
+  const refused = await recorded(ctx.nonceConfig, () =>
+    tokenRefusal(
+      client.refreshTokenGrant(ctx.nonceConfig, rt2, undefined, { DPoP: alwaysStale }),
+      'use_dpop_nonce',
+    ),
+  );
+  assert(refused.sent.length === 2 && refused.sent.every((x) => x.status === 400), JSON.stringify(refused.sent));
+  assert(oauth.isDPoPNonceError(refused.result), 'the library sees a nonce error');
+  const tokens = await client.refreshTokenGrant(ctx.nonceConfig, rt2, undefined, { DPoP: ctx.nonceKey.dpop });
+  assertBound(tokens, ctx.nonceKey);
+  ctx.nonceTokens = tokens;
 });
 
 // --------------------------------------------------------------------------------- main

@@ -11,6 +11,10 @@ header). It logs in and refreshes with proofs, calls `/v1` with `Authorization: 
 and checks that the server refuses what RFC 9449 says a server must refuse: replayed
 proofs, proofs for another request or of another key, a bound token without its proof
 (without using the token up), and the session after logout and RFC 7009 revocation.
+With the client `dev-nonce` (run.sh's configuration: `dpop_nonce = "required"`) it
+does the server-nonce dance of RFC 9449 §8 and §9 by hand: a proof without a nonce
+is answered `use_dpop_nonce` with a `DPoP-Nonce` header and uses nothing up, the
+retry with that nonce goes through.
 
 Prints one line per test and ends with `python-dpop: N passed, N failed`; exits 1 on
 any failure.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -39,6 +44,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 BASE = os.environ["INTEROP_BASE_URL"].rstrip("/")
 CLIENT_ID = "dev"  # the built-in development config's body-mode (mobile) client, public
+NONCE_CLIENT_ID = "dev-nonce"  # run.sh's third client: mobile, body, dpop_nonce = "required"
+KEYS_DIR = os.environ.get("INTEROP_KEYS_DIR")  # the server's key directory (dpop-nonce.key)
 TIMEOUT = 10
 ALGS = {"ES256", "EdDSA", "RS256", "PS256"}  # what the README says the server accepts
 
@@ -63,6 +70,9 @@ class Ctx:
     user_id: str
     key: Key
     tokens: dict
+    nonce_key: Key  # dev-nonce: its key, bound tokens and the last DPoP-Nonce received
+    nonce_tokens: dict
+    nonce: str
 
 
 ctx = Ctx()
@@ -146,11 +156,11 @@ class Key:
         return jwt.encode(payload, self.private_key, algorithm=self.alg, headers=headers)
 
 
-def token_request(params: dict, proof: str | None) -> requests.Response:
+def token_request(params: dict, proof: str | None, client_id: str = CLIENT_ID) -> requests.Response:
     headers = {"Accept": "application/json"}
     if proof is not None:
         headers["DPoP"] = proof
-    return requests.post(ctx.token_url, data={"client_id": CLIENT_ID, **params}, headers=headers, timeout=TIMEOUT)
+    return requests.post(ctx.token_url, data={"client_id": client_id, **params}, headers=headers, timeout=TIMEOUT)
 
 
 def login(key: Key | None) -> dict:
@@ -543,6 +553,189 @@ def rfc7009_revocation_ends_a_bound_session():
     proof = key.proof("POST", ctx.token_url)
     assert_oauth_error(refresh(tokens["refresh_token"], proof), 400, "invalid_grant", "revoked")
     assert_resource_refused(call("GET", "/v1/me", tokens["access_token"], key), "invalid_token")
+
+
+# ------------------------------------------------------------ server nonces (§8, §9)
+
+# RFC 9449 §8.1: DPoP-Nonce = *nchar; nchar = %x21 / %x23-5B / %x5D-7E (we want one).
+NONCE_SYNTAX = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def dpop_nonce_of(r: requests.Response) -> str:
+    """The `DPoP-Nonce` of an answer: there must be one, of RFC 9449 §8.1's syntax."""
+    nonce = r.headers.get("DPoP-Nonce")
+    assert nonce, f"no DPoP-Nonce header in the {r.status_code} answer: {dict(r.headers)}"
+    assert NONCE_SYNTAX.fullmatch(nonce), f"DPoP-Nonce {nonce!r} is not *nchar (RFC 9449 §8.1)"
+    return nonce
+
+
+def nonce_session() -> Key:
+    """`dev-nonce`'s key, with its bound tokens and last nonce in ctx: those the test
+    before left, or (when it failed before that) a login of its own, so each test fails
+    for what it checks itself."""
+    if not hasattr(ctx, "nonce_key"):
+        key = Key.es256()
+        params = {"grant_type": "password", "username": ctx.email, "password": ctx.password}
+        nonce = dpop_nonce_of(token_request(params, key.proof("POST", ctx.token_url), NONCE_CLIENT_ID))
+        r = token_request(params, key.proof("POST", ctx.token_url, claims={"nonce": nonce}), NONCE_CLIENT_ID)
+        assert r.status_code == 200, f"password grant with the nonce: {r.status_code} {r.text}"
+        ctx.nonce_key, ctx.nonce_tokens, ctx.nonce = key, r.json(), dpop_nonce_of(r)
+    return ctx.nonce_key
+
+
+def nonce_refresh(refresh_token: str, key: Key, nonce: str | None) -> requests.Response:
+    claims = {"nonce": nonce} if nonce is not None else {}
+    params = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    return token_request(params, key.proof("POST", ctx.token_url, claims=claims), NONCE_CLIENT_ID)
+
+
+def assert_use_dpop_nonce_at_token_endpoint(r: requests.Response) -> str:
+    """RFC 9449 §8: 400, error use_dpop_nonce, a DPoP-Nonce to retry with; no-store."""
+    assert_oauth_error(r, 400, "use_dpop_nonce")
+    assert "no-store" in r.headers.get("Cache-Control", ""), r.headers
+    return dpop_nonce_of(r)
+
+
+def assert_use_dpop_nonce_at_resource(r: requests.Response) -> str:
+    """RFC 9449 §9: 401 with `WWW-Authenticate: DPoP error="use_dpop_nonce"` (the scheme
+    the request used) and a DPoP-Nonce to retry with."""
+    found = assert_resource_refused(r, "use_dpop_nonce")
+    assert found["dpop"].get("realm") == "token-issuer", r.headers.get("WWW-Authenticate")
+    assert found["dpop"].get("error_description"), r.headers.get("WWW-Authenticate")
+    return dpop_nonce_of(r)
+
+
+@test
+def nonce_client_password_grant_asks_for_a_nonce_then_binds():
+    key = Key.es256()
+    params = {"grant_type": "password", "username": ctx.email, "password": ctx.password}
+    proof = key.proof("POST", ctx.token_url)
+    nonce = assert_use_dpop_nonce_at_token_endpoint(token_request(params, proof, NONCE_CLIENT_ID))
+    # Nothing used up, the refused proof's jti neither (README: use_dpop_nonce "nothing
+    # used up"): the retry may even reuse it, with the nonce added.
+    jti = jwt.decode(proof, options={"verify_signature": False})["jti"]
+    retry = key.proof("POST", ctx.token_url, claims={"jti": jti, "nonce": nonce})
+    r = token_request(params, retry, NONCE_CLIENT_ID)
+    assert r.status_code == 200, f"the retry with the nonce: {r.status_code} {r.text}"
+    fresh = dpop_nonce_of(r)  # a success answers a DPoP-Nonce too (§8.2)
+    claims = assert_bound(r.json(), key)
+    assert claims["client_id"] == NONCE_CLIENT_ID and claims["sub"] == ctx.user_id, claims
+    # The nonce given with the success is good for the next request.
+    r = nonce_refresh(r.json()["refresh_token"], key, fresh)
+    assert r.status_code == 200, f"refresh with the nonce of the last answer: {r.status_code} {r.text}"
+    ctx.nonce_key, ctx.nonce_tokens, ctx.nonce = key, r.json(), dpop_nonce_of(r)
+
+
+@test
+def nonce_client_refresh_without_a_nonce_is_refused_and_the_token_kept():
+    key, rt = nonce_session(), ctx.nonce_tokens["refresh_token"]
+    nonce = assert_use_dpop_nonce_at_token_endpoint(nonce_refresh(rt, key, None))
+    # The refresh token presented with the refused proof still works: not used up
+    # (`dev-nonce` has no grace window in run.sh: a used one would be reuse here).
+    r = nonce_refresh(rt, key, nonce)
+    assert r.status_code == 200, f"the retry with the nonce: {r.status_code} {r.text}"
+    assert r.json()["refresh_token"] != rt, "the refresh token did not rotate"
+    assert_bound(r.json(), key)
+    ctx.nonce_tokens, ctx.nonce = r.json(), dpop_nonce_of(r)
+
+
+@test
+def nonce_client_resource_asks_for_a_nonce_then_answers():
+    key, at = nonce_session(), ctx.nonce_tokens["access_token"]
+    r = call("GET", "/v1/me", at, key)  # a proof without a nonce
+    nonce = assert_use_dpop_nonce_at_resource(r)
+    r = call("GET", "/v1/me", at, proof=key.proof("GET", f"{BASE}/v1/me", access_token=at, claims={"nonce": nonce}))
+    assert r.status_code == 200, f"GET /v1/me with the nonce: {r.status_code} {r.text}"
+    assert r.json()["id"] == ctx.user_id, r.text
+    dpop_nonce_of(r)
+
+
+@test
+def nonce_client_garbage_nonces_are_answered_use_dpop_nonce():
+    # A nonce the server never handed out stands in for a stale one (its clock cannot
+    # be moved from here; see the next test for a truly stale one): not a malformed
+    # proof (invalid_dpop_proof) but a request to retry with a current nonce.
+    key, tokens = nonce_session(), ctx.nonce_tokens
+    at, rt = tokens["access_token"], tokens["refresh_token"]
+    current = ctx.nonce
+    flipped = current[:-2] + ("AA" if current[-2:] != "AA" else "BB")
+    for why, nonce in [("garbage", "not-a-nonce"), ("empty", ""), ("one of ours, altered", flipped)]:
+        try:
+            assert_use_dpop_nonce_at_token_endpoint(nonce_refresh(rt, key, nonce))
+            proof = key.proof("GET", f"{BASE}/v1/me", access_token=at, claims={"nonce": nonce})
+            assert_use_dpop_nonce_at_resource(call("GET", "/v1/me", at, proof=proof))
+        except AssertionError as e:
+            raise AssertionError(f"{why} nonce {nonce!r}: {e}") from e
+    # None of them used the refresh token up (no grace window: it would be reuse).
+    r = nonce_refresh(rt, key, current)
+    assert r.status_code == 200, f"refresh with a current nonce: {r.status_code} {r.text}"
+    ctx.nonce_tokens, ctx.nonce = r.json(), dpop_nonce_of(r)
+
+
+def minted_nonce(step: int) -> str:
+    """A nonce of the server's own making for `step` (white box, like clients.py's
+    tokens signed with the server's key): base64url(step as 8 bytes big-endian ‖
+    HMAC-SHA256(dpop-nonce.key, "token-issuer dpop nonce" ‖ step)[:16]), the format of
+    src/crypto/dpop.rs; the test checks it against the header before relying on it."""
+    with open(os.path.join(KEYS_DIR, "dpop-nonce.key")) as f:
+        secret = base64.b64decode(f.read().strip())
+    raw = step.to_bytes(8, "big")
+    mac = hmac.new(secret, b"token-issuer dpop nonce" + raw, hashlib.sha256).digest()[:16]
+    return b64url(raw + mac)
+
+
+@test
+def nonce_client_stale_nonce_is_answered_use_dpop_nonce():
+    # README: nonces are "good for one to two minutes": a nonce of the minute before is
+    # accepted, one of two minutes before is stale. Minted with the server's nonce key.
+    assert KEYS_DIR, "INTEROP_KEYS_DIR is not set"
+    key = nonce_session()
+    if time.time() % 60 > 55:  # the control below wants its request and answer in one minute
+        time.sleep(60.5 - time.time() % 60)
+    step = int(time.time()) // 60
+    r = nonce_refresh(ctx.nonce_tokens["refresh_token"], key, minted_nonce(step))
+    assert r.status_code == 200, f"refresh with our own minting of this minute's nonce: {r.status_code} {r.text}"
+    assert dpop_nonce_of(r) == minted_nonce(step), "the nonce format is not what minted_nonce makes"
+    tokens = r.json()
+    rt = tokens["refresh_token"]
+    assert_use_dpop_nonce_at_token_endpoint(nonce_refresh(rt, key, minted_nonce(step - 2)))
+    at = tokens["access_token"]
+    stale = key.proof("GET", f"{BASE}/v1/me", access_token=at, claims={"nonce": minted_nonce(step - 2)})
+    assert_use_dpop_nonce_at_resource(call("GET", "/v1/me", at, proof=stale))
+    # Last minute's is still good (and the stale tries used nothing up).
+    r = nonce_refresh(rt, key, minted_nonce(int(time.time()) // 60 - 1))
+    assert r.status_code == 200, f"refresh with last minute's nonce: {r.status_code} {r.text}"
+    ctx.nonce_tokens, ctx.nonce = r.json(), dpop_nonce_of(r)
+
+
+@test
+def nonces_off_client_ignores_the_nonce_claim_and_still_gets_nonces():
+    # `dev` requires no nonce: one in a proof, even one the server never made, is not
+    # checked (README), and every answer to a request with a proof has a DPoP-Nonce.
+    key = Key.es256()
+    params = {"grant_type": "password", "username": ctx.email, "password": ctx.password}
+    r = token_request(params, key.proof("POST", ctx.token_url, claims={"nonce": "anything at all"}))
+    assert r.status_code == 200, f"password grant, proof with a nonce: {r.status_code} {r.text}"
+    assert_bound(r.json(), key)
+    dpop_nonce_of(r)
+    tokens = r.json()
+    r = refresh(tokens["refresh_token"], key.proof("POST", ctx.token_url, claims={"nonce": "x"}))
+    assert r.status_code == 200, f"refresh, proof with a nonce: {r.status_code} {r.text}"
+    dpop_nonce_of(r)
+    tokens = r.json()
+    at = tokens["access_token"]
+    r = call("GET", "/v1/me", at, proof=key.proof("GET", f"{BASE}/v1/me", access_token=at, claims={"nonce": "y"}))
+    assert r.status_code == 200, f"GET /v1/me, proof with a nonce: {r.status_code} {r.text}"
+    dpop_nonce_of(r)
+    r = call("GET", "/v1/me", at, key)  # and without one, as ever
+    assert r.status_code == 200, r.text
+    dpop_nonce_of(r)
+    # Refusals of a request with a proof carry one too; a request without a proof none.
+    r = refresh(tokens["refresh_token"], key.proof("GET", ctx.token_url))
+    assert_oauth_error(r, 400, "invalid_dpop_proof")
+    dpop_nonce_of(r)
+    r = requests.get(f"{BASE}/v1/me", headers={"Authorization": f"Bearer {at}"}, timeout=TIMEOUT)
+    assert r.status_code == 401 and "DPoP-Nonce" not in r.headers, (r.status_code, dict(r.headers))
 
 
 # --------------------------------------------------------------------------- main
