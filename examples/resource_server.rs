@@ -66,7 +66,8 @@ async fn authenticate(verifier: &Verifier, req: &Request) -> Result<AccessClaims
                 .iter()
                 .map(|v| v.to_str().unwrap_or_default())
                 .collect();
-            let path = req.uri().path();
+            // The path as the client sent it, also under a `Route::nest`.
+            let path = req.original_uri().path();
             (
                 "DPoP",
                 verifier

@@ -5,11 +5,11 @@
 //! A proof is accepted when all of these hold (anything else is `invalid_dpop_proof`,
 //! with a description naming the first rule broken):
 //! - at most `MAX_PROOF_LEN` bytes, a JWS compact serialization (three segments);
-//! - header `typ` exactly `dpop+jwt`, no `crit`; `alg` in `ALGORITHMS` (asymmetric only: never
-//!   `none`, never HMAC); `jwk` a public key of the type the `alg` needs (`EC` P-256
-//!   for `ES256`, `OKP` Ed25519 for `EdDSA`, `RSA` of at least `MIN_RSA_BITS` for
-//!   `RS256`/`PS256`), with no private member (`d`, `p`, `q`, `dp`, `dq`, `qi`, `oth`,
-//!   `k`); the signature verifies under that `jwk`;
+//! - header `typ` exactly `dpop+jwt`, no `crit`; `alg` in `ALGORITHMS` (asymmetric
+//!   only: never `none`, never HMAC); `jwk` a public key of the type the `alg` needs
+//!   (`EC` P-256 for `ES256`, `OKP` Ed25519 for `EdDSA`, `RSA` of `MIN_RSA_BITS` to
+//!   `MAX_RSA_BITS` for `RS256`/`PS256`), with no private member (`d`, `p`, `q`, `dp`,
+//!   `dq`, `qi`, `oth`, `k`); the signature verifies under that `jwk`;
 //! - claims: `jti` a string of 1 to `MAX_JTI_LEN` characters; `htm` equal to the
 //!   request method; `htu` the request's URL as the public base URL names it
 //!   (scheme, host and port compared after RFC 3986 normalisation, the path exactly),
@@ -23,17 +23,17 @@
 //!   and the binding (the caller compares `Proof::jkt`, the RFC 7638 SHA-256
 //!   thumbprint of the `jwk`, with the token's `cnf.jkt` or the session's key).
 //!
-//! jsonwebtoken parses the `jwk`, computes its thumbprint and verifies the signature
-//! (with the `alg` pinned to the header's, which must be on the allow-list first); the
-//! header is also read here as plain JSON, because jsonwebtoken's `Jwk` drops the
-//! members it does not know, private ones included.
-
-use std::collections::HashSet;
+//! The proof is read here, not by jsonwebtoken: its `decode` would parse the header a
+//! second time and build its own key from the `jwk`, and a proof is checked on every
+//! DPoP request (its cost is the issue's speed target; see BENCHMARKS.md). The
+//! cryptography is aws-lc's (`UnparsedPublicKey::verify` with the algorithm pinned by
+//! the allow-listed `alg`, the key of the type that `alg` needs); what is written out
+//! here is the JOSE around it: the three segments, the `jwk` members, the RFC 7638
+//! thumbprint. The header is read as plain JSON, so that private members and `crit`
+//! are seen (a typed `Jwk` would drop what it does not know).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, ThumbprintHash};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 /// Longest proof accepted, in bytes.
@@ -45,6 +45,8 @@ pub const MAX_JTI_LEN: usize = 256;
 pub const IAT_WINDOW: i64 = 60;
 /// The smallest RSA modulus accepted.
 pub const MIN_RSA_BITS: usize = 2048;
+/// The largest RSA modulus accepted.
+pub const MAX_RSA_BITS: usize = 4096;
 /// The proof algorithms accepted, as `dpop_signing_alg_values_supported` lists them.
 pub const ALGORITHMS: [&str; 4] = ["ES256", "EdDSA", "RS256", "PS256"];
 
@@ -83,9 +85,9 @@ pub struct Proof {
 pub struct InvalidProof(pub &'static str);
 
 /// How long a proof's `jti` must be remembered to refuse its replay: as long as its
-/// `iat` is accepted.
+/// `iat` is accepted (one second more: `iat` is whole seconds, the clock is not).
 pub fn replay_ttl(leeway: i64) -> i64 {
-    IAT_WINDOW + 2 * leeway
+    IAT_WINDOW + 2 * leeway + 1
 }
 
 /// The base64url SHA-256 of an access token (`ath`).
@@ -99,10 +101,43 @@ fn sha256_b64url(bytes: &[u8]) -> String {
 }
 
 impl Proof {
+    /// Whether an access token with this `cnf` may be used with this proof (RFC 9449
+    /// §7.1): it must be bound to the proof's key. The error says how it is not (an
+    /// `invalid_token`: the token, not the proof, is wrong for the request).
+    pub fn matches(
+        &self,
+        cnf: Option<&crate::domain::claims::Confirmation>,
+    ) -> Result<(), &'static str> {
+        match cnf {
+            None => Err("the token is not bound to a DPoP key; send it as Bearer"),
+            Some(cnf) if cnf.jkt != self.jkt => {
+                Err("the proof is not of the key the token is bound to")
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
     /// What the replay check remembers of the proof: its key and `jti`, hashed (a
     /// `jti` is the client's choice of up to `MAX_JTI_LEN` characters; the id is 43).
     pub fn replay_id(&self) -> String {
-        sha256_b64url(format!("{}:{}", self.jkt, self.jti).as_bytes())
+        URL_SAFE_NO_PAD.encode(self.replay_digest())
+    }
+
+    /// The first 128 bits of the replay id, for an in-memory list.
+    pub fn replay_key(&self) -> u128 {
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&self.replay_digest()[..16]);
+        u128::from_le_bytes(first)
+    }
+
+    fn replay_digest(&self) -> [u8; 32] {
+        let digest = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            format!("{}:{}", self.jkt, self.jti).as_bytes(),
+        );
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
     }
 }
 
@@ -112,7 +147,7 @@ pub fn check(proof: &str, expected: &Expected<'_>) -> Result<Proof, InvalidProof
         return Err(InvalidProof("the proof is too long"));
     }
     let mut segments = proof.split('.');
-    let (Some(header), Some(_), Some(_), None) = (
+    let (Some(header), Some(payload), Some(signature), None) = (
         segments.next(),
         segments.next(),
         segments.next(),
@@ -120,6 +155,7 @@ pub fn check(proof: &str, expected: &Expected<'_>) -> Result<Proof, InvalidProof
     ) else {
         return Err(InvalidProof("the proof is not a JWS"));
     };
+    let signing_input = &proof[..header.len() + 1 + payload.len()];
     let header = json_object(header).ok_or(InvalidProof("the proof header is not JSON"))?;
     if header.get("typ").and_then(Value::as_str) != Some("dpop+jwt") {
         return Err(InvalidProof("typ must be dpop+jwt"));
@@ -140,24 +176,15 @@ pub fn check(proof: &str, expected: &Expected<'_>) -> Result<Proof, InvalidProof
     if PRIVATE_MEMBERS.iter().any(|m| jwk_value.contains_key(*m)) {
         return Err(InvalidProof("the jwk holds a private key"));
     }
-    let jwk: Jwk = serde_json::from_value(Value::Object(jwk_value.clone()))
-        .map_err(|_| InvalidProof("the jwk is not a public key we support"))?;
-    let algorithm = key_fits(alg, &jwk)?;
-    let jkt = jwk
-        .thumbprint(ThumbprintHash::SHA256)
-        .map_err(|_| InvalidProof("the jwk is not a public key we support"))?;
-    let key = DecodingKey::from_jwk(&jwk)
-        .map_err(|_| InvalidProof("the jwk is not a public key we support"))?;
-
-    let mut validation = Validation::new(algorithm);
-    validation.algorithms = vec![algorithm];
-    validation.required_spec_claims = HashSet::new();
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    let claims = jsonwebtoken::decode::<Map<String, Value>>(proof, &key, &validation)
-        .map_err(|_| InvalidProof("the signature does not verify with the jwk"))?
-        .claims;
+    let (key, jkt) = public_key(alg, jwk_value)?;
+    let verified = URL_SAFE_NO_PAD
+        .decode(signature)
+        .is_ok_and(|signature| key.verifies(signing_input.as_bytes(), &signature));
+    if !verified {
+        return Err(InvalidProof("the signature does not verify with the jwk"));
+    }
+    let claims =
+        json_object(payload).ok_or(InvalidProof("the proof's claims are not a JSON object"))?;
 
     let jti = claims
         .get("jti")
@@ -215,33 +242,109 @@ fn json_object(segment: &str) -> Option<Map<String, Value>> {
     }
 }
 
-/// The algorithm to verify with, when the key is of the type `alg` needs.
-fn key_fits(alg: &str, jwk: &Jwk) -> Result<Algorithm, InvalidProof> {
+/// A proof's public key, of the type its `alg` needs.
+enum ProofKey {
+    /// The uncompressed point `0x04 ‖ x ‖ y`.
+    Es256(Vec<u8>),
+    Ed25519(Vec<u8>),
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+        pss: bool,
+    },
+}
+
+impl ProofKey {
+    fn verifies(&self, input: &[u8], signature: &[u8]) -> bool {
+        use aws_lc_rs::signature::{
+            ECDSA_P256_SHA256_FIXED, ED25519, RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256,
+            RsaPublicKeyComponents, UnparsedPublicKey,
+        };
+        match self {
+            Self::Es256(point) => UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+                .verify(input, signature)
+                .is_ok(),
+            Self::Ed25519(x) => UnparsedPublicKey::new(&ED25519, x)
+                .verify(input, signature)
+                .is_ok(),
+            Self::Rsa { n, e, pss } => {
+                let params = if *pss {
+                    &RSA_PSS_2048_8192_SHA256
+                } else {
+                    &RSA_PKCS1_2048_8192_SHA256
+                };
+                RsaPublicKeyComponents { n, e }
+                    .verify(params, input, signature)
+                    .is_ok()
+            }
+        }
+    }
+}
+
+/// The key of `jwk` for `alg`, and its RFC 7638 SHA-256 thumbprint: the required
+/// members, in lexicographic order, as the JWK spells them (each was decoded as
+/// canonical base64url here, so none needs escaping).
+fn public_key(alg: &str, jwk: &Map<String, Value>) -> Result<(ProofKey, String), InvalidProof> {
+    let unsupported = InvalidProof("the jwk is not a public key we support");
+    let member = |name: &str| jwk.get(name).and_then(Value::as_str).ok_or(unsupported);
+    let bytes = |name: &str| -> Result<(&str, Vec<u8>), InvalidProof> {
+        let text = member(name)?;
+        let decoded = URL_SAFE_NO_PAD.decode(text).map_err(|_| unsupported)?;
+        Ok((text, decoded))
+    };
     let wrong = InvalidProof("the jwk does not fit alg");
-    match (alg, &jwk.algorithm) {
-        ("ES256", AlgorithmParameters::EllipticCurve(p)) if p.curve == EllipticCurve::P256 => {
-            Ok(Algorithm::ES256)
+    match (alg, member("kty")?) {
+        ("ES256", "EC") => {
+            if member("crv")? != "P-256" {
+                return Err(wrong);
+            }
+            let (x_text, x) = bytes("x")?;
+            let (y_text, y) = bytes("y")?;
+            if x.len() != 32 || y.len() != 32 {
+                return Err(unsupported);
+            }
+            let mut point = Vec::with_capacity(65);
+            point.push(4);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            let canonical =
+                format!(r#"{{"crv":"P-256","kty":"EC","x":"{x_text}","y":"{y_text}"}}"#);
+            Ok((ProofKey::Es256(point), sha256_b64url(canonical.as_bytes())))
         }
-        ("EdDSA", AlgorithmParameters::OctetKeyPair(p)) if p.curve == EllipticCurve::Ed25519 => {
-            Ok(Algorithm::EdDSA)
+        ("EdDSA", "OKP") => {
+            if member("crv")? != "Ed25519" {
+                return Err(wrong);
+            }
+            let (x_text, x) = bytes("x")?;
+            if x.len() != 32 {
+                return Err(unsupported);
+            }
+            let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x_text}"}}"#);
+            Ok((ProofKey::Ed25519(x), sha256_b64url(canonical.as_bytes())))
         }
-        ("RS256" | "PS256", AlgorithmParameters::RSA(p)) => {
-            let n = URL_SAFE_NO_PAD
-                .decode(&p.n)
-                .map_err(|_| InvalidProof("the jwk is not a public key we support"))?;
+        ("RS256" | "PS256", "RSA") => {
+            let (n_text, n) = bytes("n")?;
+            let (e_text, e) = bytes("e")?;
             let bits = n.iter().position(|b| *b != 0).map_or(0, |first| {
                 (n.len() - first) * 8 - n[first].leading_zeros() as usize
             });
             if bits < MIN_RSA_BITS {
                 return Err(InvalidProof("the RSA key is too small"));
             }
-            Ok(if alg == "RS256" {
-                Algorithm::RS256
-            } else {
-                Algorithm::PS256
-            })
+            // A larger key only makes each check dearer for whoever sends it.
+            if bits > MAX_RSA_BITS {
+                return Err(InvalidProof("the RSA key is too large"));
+            }
+            let canonical = format!(r#"{{"e":"{e_text}","kty":"RSA","n":"{n_text}"}}"#);
+            let key = ProofKey::Rsa {
+                n,
+                e,
+                pss: alg == "PS256",
+            };
+            Ok((key, sha256_b64url(canonical.as_bytes())))
         }
-        _ => Err(wrong),
+        (_, "EC" | "OKP" | "RSA") => Err(wrong),
+        _ => Err(unsupported),
     }
 }
 

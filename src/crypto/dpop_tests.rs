@@ -6,6 +6,7 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
 };
+use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
 use serde_json::json;
 
 use super::*;
@@ -16,6 +17,8 @@ const NOW: i64 = 1_700_000_000;
 enum Key {
     Ec(EcdsaKeyPair),
     Ed(Ed25519KeyPair),
+    /// RSA-2048, signing `RS256` or (`true`) `PS256`.
+    Rsa(aws_lc_rs::rsa::KeyPair, bool),
 }
 
 impl Key {
@@ -27,10 +30,17 @@ impl Key {
         Self::Ed(Ed25519KeyPair::generate().unwrap())
     }
 
+    fn rsa(pss: bool) -> Self {
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        Self::Rsa(pair, pss)
+    }
+
     fn alg(&self) -> &'static str {
         match self {
             Self::Ec(_) => "ES256",
             Self::Ed(_) => "EdDSA",
+            Self::Rsa(_, false) => "RS256",
+            Self::Rsa(_, true) => "PS256",
         }
     }
 
@@ -50,6 +60,14 @@ impl Key {
                 "crv": "Ed25519",
                 "x": URL_SAFE_NO_PAD.encode(k.public_key().as_ref()),
             }),
+            Self::Rsa(k, _) => {
+                let public = k.public_key();
+                json!({
+                    "kty": "RSA",
+                    "n": URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
+                    "e": URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
+                })
+            }
         }
     }
 
@@ -61,6 +79,17 @@ impl Key {
                 .as_ref()
                 .to_vec(),
             Self::Ed(k) => k.sign(message).as_ref().to_vec(),
+            Self::Rsa(k, pss) => {
+                let padding = if *pss {
+                    &aws_lc_rs::signature::RSA_PSS_SHA256
+                } else {
+                    &aws_lc_rs::signature::RSA_PKCS1_SHA256
+                };
+                let mut signature = vec![0u8; k.public_modulus_len()];
+                k.sign(padding, &SystemRandom::new(), message, &mut signature)
+                    .unwrap();
+                signature
+            }
         }
     }
 }
@@ -116,7 +145,7 @@ fn refused(proof: &str, expected: &Expected<'_>) -> &'static str {
 
 #[test]
 fn a_good_proof_of_each_key_type_gives_its_thumbprint() {
-    for key in [Key::ec(), Key::ed()] {
+    for key in [Key::ec(), Key::ed(), Key::rsa(false), Key::rsa(true)] {
         let proof = check(&signed(&key, &header(&key), &claims()), &expected()).unwrap();
         let jwk: Jwk = serde_json::from_value(key.jwk()).unwrap();
         assert_eq!(proof.jkt, jwk.thumbprint(ThumbprintHash::SHA256).unwrap());
@@ -125,19 +154,38 @@ fn a_good_proof_of_each_key_type_gives_its_thumbprint() {
     }
 }
 
+/// The thumbprint of `jwk` for `alg`, as the proof check computes it.
+fn thumbprint_of(alg: &str, jwk: &serde_json::Value) -> String {
+    match public_key(alg, jwk.as_object().unwrap()) {
+        Ok((_, jkt)) => jkt,
+        Err(e) => panic!("{e}"),
+    }
+}
+
 #[test]
 fn the_thumbprint_is_rfc_7638s() {
     // The example key of panva/jose's documentation and its published thumbprint.
-    let jwk: Jwk = serde_json::from_value(json!({
+    let ec = json!({
         "kty": "EC",
         "crv": "P-256",
         "x": "jJ6Flys3zK9jUhnOHf6G49Dyp5hah6CNP84-gY-n9eo",
         "y": "nhI6iD5eFXgBTLt_1p3aip-5VbZeMhxeFSpjfEAf7Ww",
-    }))
-    .unwrap();
+    });
     assert_eq!(
-        jwk.thumbprint(ThumbprintHash::SHA256).unwrap(),
+        thumbprint_of("ES256", &ec),
         "w9eYdC6_s_tLQ8lH6PUpc0mddazaqtPgeC2IgWDiqY8"
+    );
+    // RFC 7638 §3.1's own example (with members it does not hash).
+    let rsa = json!({
+        "kty": "RSA",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+        "e": "AQAB",
+        "alg": "RS256",
+        "kid": "2011-04-29",
+    });
+    assert_eq!(
+        thumbprint_of("RS256", &rsa),
+        "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
     );
 }
 
@@ -195,15 +243,29 @@ fn bad_headers_are_refused() {
 }
 
 #[test]
-fn a_small_rsa_key_is_refused_before_its_signature_is_looked_at() {
-    let mut n = vec![0u8; 128];
-    n[0] = 0xc1;
-    n[127] = 1;
-    let h = json!({"typ": "dpop+jwt", "alg": "RS256", "jwk": {
-        "kty": "RSA", "e": "AQAB", "n": URL_SAFE_NO_PAD.encode(&n),
-    }});
-    let proof = format!("{}.{}.AAAA", b64_json(&h), b64_json(&claims()));
-    assert_eq!(refused(&proof, &expected()), "the RSA key is too small");
+fn rsa_keys_out_of_range_are_refused_before_their_signature_is_looked_at() {
+    let proof_with_modulus = |bytes: usize| {
+        let mut n = vec![0u8; bytes];
+        n[0] = 0xc1;
+        n[bytes - 1] = 1;
+        let h = json!({"typ": "dpop+jwt", "alg": "RS256", "jwk": {
+            "kty": "RSA", "e": "AQAB", "n": URL_SAFE_NO_PAD.encode(&n),
+        }});
+        format!("{}.{}.AAAA", b64_json(&h), b64_json(&claims()))
+    };
+    assert_eq!(
+        refused(&proof_with_modulus(128), &expected()),
+        "the RSA key is too small"
+    );
+    assert_eq!(
+        refused(&proof_with_modulus(1024), &expected()),
+        "the RSA key is too large"
+    );
+    // 4096 bits is in range: refused for its (made-up) signature only.
+    assert_eq!(
+        refused(&proof_with_modulus(512), &expected()),
+        "the signature does not verify with the jwk"
+    );
 }
 
 #[test]

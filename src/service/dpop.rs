@@ -59,8 +59,8 @@ use crate::store::FamilyInfo;
 const TOKEN_PATH: &str = "/oauth/token";
 
 impl Issuer {
-    /// The request's proof for the token endpoint, checked and recorded as used (see
-    /// the module docs); `None` when there is none and the client may go without, or
+    /// The request's proof for the token endpoint, checked (see the module docs; the
+    /// caller records it as used with `record_proof`); `None` when there is none and the client may go without, or
     /// the client's DPoP is off.
     pub(crate) async fn token_request_proof(
         &self,
@@ -89,7 +89,6 @@ impl Issuer {
         };
         let proof = dpop::check(proof, &expected).map_err(|e| self.proof_refused(e.0))?;
         self.check_nonce(client, &proof)?;
-        self.record_proof(&proof, leeway).await?;
         Ok(Some(proof))
     }
 
@@ -125,23 +124,13 @@ impl Issuer {
         };
         let proof = dpop::check(proof, &expected).map_err(|e| self.proof_refused(e.0))?;
         let principal = self.check_access_token(token, Some(&self.audience)).await?;
-        match &principal.claims.cnf {
-            None => {
-                return Err(Error::InvalidToken(
-                    "the token is not bound to a DPoP key; send it as Bearer",
-                ));
-            }
-            Some(cnf) if cnf.jkt != proof.jkt => {
-                return Err(Error::InvalidToken(
-                    "the proof is not of the key the token is bound to",
-                ));
-            }
-            Some(_) => {}
-        }
+        proof
+            .matches(principal.claims.cnf.as_ref())
+            .map_err(Error::InvalidToken)?;
         if let Some(client) = self.clients.get(&principal.claims.client_id) {
             self.check_nonce(client, &proof)?;
         }
-        self.record_proof(&proof, leeway).await?;
+        self.record_proof(&proof).await?;
         Ok(principal)
     }
 
@@ -169,10 +158,14 @@ impl Issuer {
         i64::try_from(self.clock_leeway.as_secs()).unwrap_or(30)
     }
 
-    /// Records the proof's `jti` (with its key) as used; a replay is refused.
-    async fn record_proof(&self, proof: &Proof, leeway: i64) -> Result<(), Error> {
+    /// Records the proof's `jti` (with its key) as used; a replay is refused. The
+    /// token endpoint calls it once the request's cheap checks passed (the login
+    /// limit per address; a refresh token of ours within its session's limit), so
+    /// that a stranger cannot fill the list, and always before anything is consumed.
+    pub(crate) async fn record_proof(&self, proof: &Proof) -> Result<(), Error> {
         let id = proof.replay_id();
-        let ttl = Duration::from_secs(u64::try_from(dpop::replay_ttl(leeway)).unwrap_or(120));
+        let ttl =
+            Duration::from_secs(u64::try_from(dpop::replay_ttl(self.leeway_secs())).unwrap_or(121));
         match self.shared.first_use_of_proof(&id, ttl).await {
             Some(true) => Ok(()),
             Some(false) => Err(self.proof_refused("the proof was used before (jti)")),

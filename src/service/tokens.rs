@@ -157,6 +157,9 @@ impl Issuer {
                 .await
                 .map_err(|wait| self.rate_limited(wait))?;
         }
+        if let Some(proof) = &proof {
+            self.record_proof(proof).await?;
+        }
         let source = meta
             .ip
             .as_deref()
@@ -275,6 +278,17 @@ impl Issuer {
         let taken = self
             .check_before_rotation(&presented, requested_scope.as_deref())
             .await?;
+        // Recorded once the token is known to be ours and within its session's
+        // limit: a stranger cannot fill the list of proofs with requests that carry
+        // no refresh token of ours.
+        if let Some(proof) = &proof
+            && let Err(e) = self.record_proof(proof).await
+        {
+            if let Some(taken) = taken {
+                self.shared.give_back(taken).await;
+            }
+            return Err(e);
+        }
         let user_agent: Option<String> = meta
             .user_agent
             .as_deref()

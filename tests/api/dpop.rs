@@ -541,3 +541,17 @@ async fn a_nonce_of_one_instance_is_good_at_another() {
     .await;
     assert!(!t.refresh.is_empty());
 }
+
+scenario! {
+    /// A proof is recorded as used only once the request shows a refresh token of ours:
+    /// requests with made-up tokens cannot fill the list of proofs (which, full,
+    /// answers every DPoP request 503). The proof of such a request stays usable.
+    async fn a_request_without_a_token_of_ours_records_no_proof(backend) {
+        let app = spawn_app(backend).await;
+        let key = DpopKey::new();
+        let t = bound_session(&app, &key).await;
+        let p = proof(&app, &key);
+        assert_invalid_grant(refresh(&app, "not-a-token-of-ours", &[&p]).await, "unknown").await;
+        bound_tokens(refresh(&app, &t.refresh, &[&p]).await, &key).await;
+    }
+}

@@ -50,15 +50,7 @@ impl DpopKey {
 
     /// A fresh proof for `method` `url` at unix time `iat`.
     pub fn proof(&self, method: &str, url: &str, iat: i64) -> String {
-        self.signed(
-            &self.header(),
-            &json!({
-                "jti": uuid::Uuid::new_v4().to_string(),
-                "htm": method,
-                "htu": url,
-                "iat": iat,
-            }),
-        )
+        self.signed(&self.header(), &fresh_claims(method, url, iat))
     }
 
     /// A fresh proof for `method` `url` at unix time `iat`, presenting `access_token`
@@ -70,16 +62,9 @@ impl DpopKey {
         iat: i64,
         access_token: &str,
     ) -> String {
-        self.signed(
-            &self.header(),
-            &json!({
-                "jti": uuid::Uuid::new_v4().to_string(),
-                "htm": method,
-                "htu": url,
-                "iat": iat,
-                "ath": ath(access_token),
-            }),
-        )
+        let mut claims = fresh_claims(method, url, iat);
+        claims["ath"] = json!(ath(access_token));
+        self.signed(&self.header(), &claims)
     }
 
     /// The header of a good proof of this key.
@@ -103,4 +88,14 @@ impl DpopKey {
 pub fn ath(access_token: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, access_token.as_bytes());
     URL_SAFE_NO_PAD.encode(digest.as_ref())
+}
+
+/// The claims of a proof with a new `jti`.
+fn fresh_claims(method: &str, url: &str, iat: i64) -> Value {
+    json!({
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "htm": method,
+        "htu": url,
+        "iat": iat,
+    })
 }
