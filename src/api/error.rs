@@ -159,12 +159,16 @@ pub enum Kind {
 pub struct Problem {
     pub kind: Kind,
     pub body: ErrorBody,
+    /// The scheme the request's access token came under, where the use case knows it
+    /// (`insufficient_scope` names it in its challenge).
+    pub scheme: Option<Scheme>,
 }
 
 impl Problem {
     pub fn new(kind: Kind, error: ErrorCode, description: impl Into<String>) -> Self {
         Self {
             kind,
+            scheme: None,
             body: ErrorBody {
                 error,
                 error_description: description.into(),
@@ -339,7 +343,10 @@ impl From<Error> for Problem {
                 "self-registration is disabled",
             ),
             Error::NotFound => Self::new(Kind::NotFound, C::NotFound, "not found"),
-            Error::InsufficientScope(m) => Self::new(Kind::Forbidden, C::InsufficientScope, m),
+            Error::InsufficientScope { why, dpop } => Self {
+                scheme: Some(if dpop { Scheme::Dpop } else { Scheme::Bearer }),
+                ..Self::new(Kind::Forbidden, C::InsufficientScope, why)
+            },
             Error::RateLimited(wait) => {
                 let secs = u32::try_from(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
                     .unwrap_or(u32::MAX)
@@ -549,8 +556,12 @@ impl From<Problem> for ApiError {
             }
             Kind::Forbidden => {
                 let header = (body.error == ErrorCode::InsufficientScope).then(|| {
+                    let scheme = match p.scheme {
+                        Some(Scheme::Dpop) => "DPoP",
+                        _ => "Bearer",
+                    };
                     format!(
-                        "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\"",
+                        "{scheme} realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{}\"",
                         body.error_description
                     )
                 });

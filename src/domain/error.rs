@@ -45,8 +45,12 @@ pub enum Error {
     WeakPassword(String),
     /// The access token is fine but its user may not do this (RFC 6750
     /// `insufficient_scope`).
-    #[error("insufficient scope: {0}")]
-    InsufficientScope(&'static str),
+    #[error("insufficient scope: {why}")]
+    InsufficientScope {
+        why: &'static str,
+        /// Whether the caller's token is DPoP-bound (its challenge names that scheme).
+        dpop: bool,
+    },
     #[error("self-registration is disabled")]
     RegistrationDisabled,
     #[error("not found")]

@@ -29,7 +29,10 @@ impl Issuer {
         if self.store.has_role(who.user.id, ADMIN_ROLE).await? {
             Ok(())
         } else {
-            Err(Error::InsufficientScope("the admin role is required"))
+            Err(Error::InsufficientScope {
+                why: "the admin role is required",
+                dpop: who.claims.cnf.is_some(),
+            })
         }
     }
 

@@ -96,7 +96,8 @@ pub struct VerifierConfig {
     /// Check every token with RFC 7662 introspection as well (revocation at once).
     pub introspection: Option<Introspection>,
     /// DPoP: the service's public base URL (`https://api.example.com`, a path prefix
-    /// allowed), which proofs' `htu` must name. `None`: `verify_dpop` is refused.
+    /// allowed), which proofs' `htu` must name. `None`: `verify_dpop` refuses every
+    /// token (`Unauthorized`).
     pub public_url: Option<String>,
     /// The most DPoP proofs remembered at once (for the replay check): 16 bytes of
     /// hash and 8 of time each. A proof is kept two minutes (with a 30 s leeway), so
@@ -337,9 +338,11 @@ impl Verifier {
         path: &str,
     ) -> Result<AccessClaims, VerifyError> {
         let inner = &self.inner;
-        let base = inner.config.public_url.as_deref().ok_or_else(|| {
-            VerifyError::Config("DPoP needs the service's public URL (VerifierConfig::dpop)".into())
-        })?;
+        // Not configured: the request is refused (401), not the service (a 503 would
+        // let anyone raise this service's error rate with one header).
+        let base = inner.config.public_url.as_deref().ok_or(VerifyError::Unauthorized(
+            "DPoP is not accepted here: the service's public URL is not set (VerifierConfig::dpop)",
+        ))?;
         let [proof] = proofs else {
             return Err(VerifyError::InvalidProof("send exactly one DPoP header"));
         };

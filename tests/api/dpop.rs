@@ -555,3 +555,24 @@ scenario! {
         bound_tokens(refresh(&app, &t.refresh, &[&p]).await, &key).await;
     }
 }
+
+scenario! {
+    /// A DPoP-bound caller without the admin role: the 403's challenge names the DPoP
+    /// scheme it used (RFC 6750 §3 / RFC 9449 §7.1), not Bearer.
+    async fn insufficient_scope_names_the_dpop_scheme(backend) {
+        let app = spawn_app(backend).await;
+        let key = DpopKey::new();
+        let t = bound_session(&app, &key).await;
+        let resp = app
+            .http
+            .get(app.url("/v1/admin/audit"))
+            .header("Authorization", format!("DPoP {}", t.access))
+            .header("DPoP", resource_proof(&app, &key, "GET", "/v1/admin/audit", &t.access))
+            .send()
+            .await
+            .unwrap();
+        let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(challenge.starts_with("DPoP realm=\"token-issuer\", error=\"insufficient_scope\""), "{challenge}");
+        assert_error(resp, StatusCode::FORBIDDEN, "insufficient_scope", None).await;
+    }
+}
