@@ -30,7 +30,12 @@
 //! the allow-listed `alg`, the key of the type that `alg` needs); what is written out
 //! here is the JOSE around it: the three segments, the `jwk` members, the RFC 7638
 //! thumbprint. The header is read as plain JSON, so that private members and `crit`
-//! are seen (a typed `Jwk` would drop what it does not know).
+//! are seen (a typed `Jwk` would drop what it does not know); a member given twice
+//! counts once, the last (serde_json's map), for every check and the key alike. Each
+//! key has one spelling, so one thumbprint: base64url without padding or stray bits,
+//! P-256 coordinates and Ed25519 keys of exactly 32 bytes, RSA `n` and `e` without
+//! leading zeros; Ed25519 keys of small order (whose signatures verify over many
+//! messages) are refused.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -242,6 +247,45 @@ fn json_object(segment: &str) -> Option<Map<String, Value>> {
     }
 }
 
+/// The encodings of the Ed25519 points of small order (with the sign bit cleared; the
+/// non-canonical `p` and `p + 1` too), as libsodium lists them: a signature of such a
+/// key verifies over many messages, so anyone could make proofs for its thumbprint.
+const ED25519_SMALL_ORDER: [[u8; 32]; 7] = [
+    [0; 32],
+    {
+        let mut one = [0; 32];
+        one[0] = 1;
+        one
+    },
+    [
+        0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef, 0x98,
+        0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88, 0x6d, 0x53,
+        0xfc, 0x05,
+    ],
+    [
+        0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10, 0x67,
+        0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77, 0x92, 0xac,
+        0x03, 0x7a,
+    ],
+    top_with(0xec),
+    top_with(0xed),
+    top_with(0xee),
+];
+
+/// `first ‖ 0xff × 30 ‖ 0x7f`: p − 1, p and p + 1 little-endian.
+const fn top_with(first: u8) -> [u8; 32] {
+    let mut v = [0xff; 32];
+    v[0] = first;
+    v[31] = 0x7f;
+    v
+}
+
+fn small_order_ed25519(x: &[u8]) -> bool {
+    ED25519_SMALL_ORDER
+        .iter()
+        .any(|bad| bad[..31] == x[..31] && bad[31] == x[31] & 0x7f)
+}
+
 /// A proof's public key, of the type its `alg` needs.
 enum ProofKey {
     /// The uncompressed point `0x04 ‖ x ‖ y`.
@@ -316,7 +360,7 @@ fn public_key(alg: &str, jwk: &Map<String, Value>) -> Result<(ProofKey, String),
                 return Err(wrong);
             }
             let (x_text, x) = bytes("x")?;
-            if x.len() != 32 {
+            if x.len() != 32 || small_order_ed25519(&x) {
                 return Err(unsupported);
             }
             let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x_text}"}}"#);
@@ -325,6 +369,11 @@ fn public_key(alg: &str, jwk: &Map<String, Value>) -> Result<(ProofKey, String),
         ("RS256" | "PS256", "RSA") => {
             let (n_text, n) = bytes("n")?;
             let (e_text, e) = bytes("e")?;
+            // RFC 7518 §6.3.1: unsigned big-endian without leading zeros, so that one
+            // key has one thumbprint.
+            if n.first().is_none_or(|b| *b == 0) || e.first().is_none_or(|b| *b == 0) {
+                return Err(unsupported);
+            }
             let bits = n.iter().position(|b| *b != 0).map_or(0, |first| {
                 (n.len() - first) * 8 - n[first].leading_zeros() as usize
             });

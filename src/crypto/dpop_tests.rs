@@ -394,3 +394,77 @@ fn nonces_live_for_their_step_and_the_next() {
         assert!(!nonces.accepts(bad, start), "{bad}");
     }
 }
+
+#[test]
+fn weak_or_non_canonical_keys_and_mismatched_padding_are_refused() {
+    let unsupported = "the jwk is not a public key we support";
+    let proof_with = |alg: &str, jwk: Value| {
+        let h = json!({"typ": "dpop+jwt", "alg": alg, "jwk": jwk});
+        format!("{}.{}.AAAA", b64_json(&h), b64_json(&claims()))
+    };
+    // Ed25519 points of small order, with and without the sign bit.
+    for hex_point in [
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    ] {
+        let x: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&hex_point[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(&x)});
+        assert_eq!(
+            refused(&proof_with("EdDSA", jwk), &expected()),
+            unsupported,
+            "{hex_point}"
+        );
+    }
+    // The neutral point with a signature that would verify over anything.
+    let neutral = json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode([1u8].iter().chain([0u8; 31].iter()).copied().collect::<Vec<u8>>())});
+    let h = json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": neutral});
+    let mut signature = vec![0u8; 64];
+    signature[0] = 1;
+    let forged = format!(
+        "{}.{}.{}",
+        b64_json(&h),
+        b64_json(&claims()),
+        URL_SAFE_NO_PAD.encode(&signature)
+    );
+    assert_eq!(refused(&forged, &expected()), unsupported);
+
+    // An RSA modulus with a leading zero byte: another spelling, another thumbprint.
+    let rsa = Key::rsa(false);
+    let mut jwk = rsa.jwk();
+    let n = URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap();
+    jwk["n"] =
+        json!(URL_SAFE_NO_PAD.encode([0u8].iter().chain(n.iter()).copied().collect::<Vec<u8>>()));
+    let h = json!({"typ": "dpop+jwt", "alg": "RS256", "jwk": jwk});
+    assert_eq!(
+        refused(&signed(&rsa, &h, &claims()), &expected()),
+        unsupported
+    );
+    // A padded or non-canonical coordinate.
+    let ec = Key::ec();
+    let mut padded = ec.jwk();
+    padded["x"] = json!(format!("{}=", padded["x"].as_str().unwrap()));
+    let h = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": padded});
+    assert_eq!(
+        refused(&signed(&ec, &h, &claims()), &expected()),
+        unsupported
+    );
+
+    // PS256 named, PKCS#1 v1.5 signed (and the reverse); RS256 named, an EC key.
+    for (key, alg) in [(Key::rsa(false), "PS256"), (Key::rsa(true), "RS256")] {
+        let h = json!({"typ": "dpop+jwt", "alg": alg, "jwk": key.jwk()});
+        assert_eq!(
+            refused(&signed(&key, &h, &claims()), &expected()),
+            "the signature does not verify with the jwk"
+        );
+    }
+    let h = json!({"typ": "dpop+jwt", "alg": "RS256", "jwk": ec.jwk()});
+    assert_eq!(
+        refused(&signed(&ec, &h, &claims()), &expected()),
+        "the jwk does not fit alg"
+    );
+}

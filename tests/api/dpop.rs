@@ -15,23 +15,13 @@ fn token_url(app: &TestApp) -> String {
     format!("{}/oauth/token", app.settings.issuer_url)
 }
 
-/// A token request of the `dev` client with `proofs` as `DPoP` headers.
+/// A token request with `proofs` as `DPoP` headers.
 async fn token_request(app: &TestApp, form: &[(&str, &str)], proofs: &[&str]) -> reqwest::Response {
-    let mut request = app.http.post(app.url("/oauth/token")).form(form);
-    for proof in proofs {
-        request = request.header("DPoP", *proof);
-    }
-    request.send().await.unwrap()
+    app.token_with_proofs(form, proofs).await
 }
 
 async fn login(app: &TestApp, email: &str, proofs: &[&str]) -> reqwest::Response {
-    let form = [
-        ("grant_type", "password"),
-        ("client_id", "dev"),
-        ("username", email),
-        ("password", PASSWORD),
-    ];
-    token_request(app, &form, proofs).await
+    app.login_with_proofs(email, proofs).await
 }
 
 async fn refresh(app: &TestApp, refresh_token: &str, proofs: &[&str]) -> reqwest::Response {

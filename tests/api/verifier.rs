@@ -415,18 +415,8 @@ async fn bound_access_token(app: &TestApp, key: &DpopKey) -> String {
     );
     let htu = format!("{}/oauth/token", app.settings.issuer_url);
     let body: serde_json::Value = app
-        .http
-        .post(app.url("/oauth/token"))
-        .header("DPoP", key.proof("POST", &htu, now(app)))
-        .form(&[
-            ("grant_type", "password"),
-            ("client_id", "dev"),
-            ("username", email.as_str()),
-            ("password", PASSWORD),
-        ])
-        .send()
+        .login_with_proofs(&email, &[&key.proof("POST", &htu, now(app))])
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -42,6 +42,27 @@ impl Api {
         self.try_post_form(path, form).await.unwrap()
     }
 
+    /// A token request with `proofs` as its `DPoP` headers (none, one, or several).
+    pub async fn token_with_proofs(&self, form: &[(&str, &str)], proofs: &[&str]) -> Response {
+        let mut request = self.http.post(self.url("/oauth/token")).form(form);
+        for proof in proofs {
+            request = request.header("DPoP", *proof);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// A password grant of the `dev` client for `email` with `proofs` as its `DPoP`
+    /// headers.
+    pub async fn login_with_proofs(&self, email: &str, proofs: &[&str]) -> Response {
+        let form = [
+            ("grant_type", "password"),
+            ("client_id", "dev"),
+            ("username", email),
+            ("password", super::PASSWORD),
+        ];
+        self.token_with_proofs(&form, proofs).await
+    }
+
     /// `post_form`, for a caller that expects the server to go away.
     pub async fn try_post_form(
         &self,
