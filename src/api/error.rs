@@ -41,10 +41,13 @@ pub enum ErrorCode {
     InvalidGrant,
     /// The client may not use this token.
     UnauthorizedClient,
-    /// `grant_type` is neither `password` nor `refresh_token`.
+    /// `grant_type` is not `password`, `refresh_token` or `client_credentials`.
     UnsupportedGrantType,
-    /// A scope was requested; no scopes are defined yet.
+    /// A scope the client may not request (or, refreshing, one the session lacks).
     InvalidScope,
+    /// Client credentials: `resource` (RFC 8707) or `audience` names none of the
+    /// client's audiences.
+    InvalidTarget,
     /// The `DPoP` proof (RFC 9449) is missing, malformed, of an unsupported
     /// algorithm, for another request, too old or replayed; the description says
     /// which. Nothing was consumed.
@@ -288,11 +291,18 @@ impl From<Error> for Problem {
             Error::UnsupportedGrantType => Self::new(
                 Kind::BadRequest,
                 C::UnsupportedGrantType,
-                "grant_type must be password or refresh_token",
+                "grant_type must be password, refresh_token or client_credentials",
             ),
-            Error::InvalidScope => {
-                Self::new(Kind::BadRequest, C::InvalidScope, "no scopes are defined")
-            }
+            Error::InvalidScope => Self::new(
+                Kind::BadRequest,
+                C::InvalidScope,
+                "a scope the client may not request, or the session was not granted",
+            ),
+            Error::InvalidTarget => Self::new(
+                Kind::BadRequest,
+                C::InvalidTarget,
+                "resource (or audience) is not one of the client's audiences",
+            ),
             Error::InvalidGrant(r) => {
                 let description = match r {
                     GrantRejection::InvalidCredentials => "wrong e-mail or password",

@@ -109,7 +109,7 @@ impl From<Introspection> for IntrospectionResponseBody {
                 cnf: c.cnf.map(|c| ConfirmationBody { jkt: c.jkt }),
                 client_id: Some(c.client_id),
                 sub: Some(c.sub),
-                sid: Some(c.sid),
+                sid: c.sid,
                 scope: c.scope,
                 aud: Some(match c.aud {
                     Audience::One(one) => vec![one],

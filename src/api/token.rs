@@ -26,7 +26,7 @@ pub const REFRESH_COOKIE: &str = "__Host-refresh";
 #[derive(Object, Deserialize)]
 #[oai(rename = "TokenRequest")]
 pub struct TokenRequestParams {
-    /// `password` or `refresh_token`.
+    /// `password`, `refresh_token`, or (service clients) `client_credentials`.
     grant_type: Option<String>,
     /// A registered client, e.g. `dev` or `dev-spa`.
     client_id: Option<String>,
@@ -37,8 +37,17 @@ pub struct TokenRequestParams {
     /// Refresh grant, body-mode clients only: the refresh token (at most 512 bytes).
     /// Cookie-mode clients send it in the `__Host-refresh` cookie instead.
     refresh_token: Option<String>,
-    /// Not supported yet: any non-empty value is `invalid_scope`.
+    /// Space-separated scopes, among those the client may request (`invalid_scope`
+    /// otherwise). Client credentials: omitted, every scope of the client.
     scope: Option<String>,
+    /// Client credentials with `client_secret_post`: the client's secret (instead of
+    /// HTTP Basic).
+    client_secret: Option<String>,
+    /// Client credentials (RFC 8707): the one audience the token is for, among the
+    /// client's; another is `invalid_target`. Omitted: all the client's audiences.
+    resource: Option<String>,
+    /// The same as `resource`, by the name some libraries use.
+    audience: Option<String>,
 }
 
 /// RFC 6749 uses form encoding; the same parameters are accepted as JSON.
@@ -61,6 +70,9 @@ impl TokenRequestBody {
             refresh_token: p.refresh_token.map(Secret::new),
             scope: p.scope,
             basic,
+            client_secret: p.client_secret.map(Secret::new),
+            resource: p.resource,
+            audience: p.audience,
         }
     }
 }
@@ -99,12 +111,13 @@ pub enum TokenOk {
 
 impl From<Issued> for TokenOk {
     fn from(issued: Issued) -> Self {
-        let (refresh_token, cookie) = match issued.delivery {
-            Delivery::Body => (Some(issued.refresh_token.expose().to_owned()), None),
-            Delivery::Cookie => (
+        let (refresh_token, cookie) = match (&issued.refresh_token, issued.delivery) {
+            (None, _) => (None, None),
+            (Some(token), Delivery::Body) => (Some(token.expose().to_owned()), None),
+            (Some(token), Delivery::Cookie) => (
                 None,
                 Some(refresh_cookie(
-                    issued.refresh_token.expose(),
+                    token.expose(),
                     issued.refresh_max_age.as_secs(),
                 )),
             ),

@@ -64,9 +64,10 @@ pub struct ServerMetadata {
     pub introspection_endpoint: String,
     /// Empty: there is no authorization endpoint.
     pub response_types_supported: Vec<String>,
-    /// `password` and `refresh_token`.
+    /// `password`, `refresh_token` and `client_credentials`.
     pub grant_types_supported: Vec<String>,
-    /// `none`: the token endpoint serves public (first-party) clients.
+    /// `none` for public (first-party) clients; `client_secret_basic` and
+    /// `client_secret_post` for `service` clients (client credentials).
     pub token_endpoint_auth_methods_supported: Vec<String>,
     pub revocation_endpoint_auth_methods_supported: Vec<String>,
     /// `client_secret_basic` and `client_secret_post`, for `service` clients.
@@ -168,8 +169,12 @@ fn server_metadata(issuer: &Issuer) -> MetadataResponse {
             revocation_endpoint: format!("{base}/oauth/revoke"),
             introspection_endpoint: format!("{base}/oauth/introspect"),
             response_types_supported: Vec::new(),
-            grant_types_supported: list(&["password", "refresh_token"]),
-            token_endpoint_auth_methods_supported: list(&["none"]),
+            grant_types_supported: list(&["password", "refresh_token", "client_credentials"]),
+            token_endpoint_auth_methods_supported: list(&[
+                "none",
+                "client_secret_basic",
+                "client_secret_post",
+            ]),
             revocation_endpoint_auth_methods_supported: list(&["none"]),
             introspection_endpoint_auth_methods_supported: list(&[
                 "client_secret_basic",

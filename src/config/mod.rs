@@ -152,6 +152,7 @@ impl Settings {
             f.rate_limit_login_per_account,
             f.rate_limit_refresh_per_family,
             f.rate_limit_register_per_ip,
+            f.rate_limit_client_credentials,
         )?;
         let tokens = TokenSettings::from_file(TokenFile {
             access_token_lifetime: f.access_token_lifetime,

@@ -66,6 +66,7 @@ pub(super) fn rate_limits(
     login_per_account: Option<String>,
     refresh_per_family: Option<String>,
     register_per_ip: Option<String>,
+    client_credentials: Option<String>,
 ) -> Result<RateLimits, ConfigError> {
     Ok(RateLimits {
         login_per_ip: rate_limit("rate_limit_login_per_ip", login_per_ip, "30/1m")?,
@@ -76,6 +77,11 @@ pub(super) fn rate_limits(
             "30/1m",
         )?,
         register_per_ip: rate_limit("rate_limit_register_per_ip", register_per_ip, "20/1h")?,
+        client_credentials: rate_limit(
+            "rate_limit_client_credentials",
+            client_credentials,
+            "600/1m",
+        )?,
     })
 }
 

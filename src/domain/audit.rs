@@ -41,10 +41,13 @@ pub enum AuditKind {
     /// A session bound to a DPoP key was presented with a proof of another key (a
     /// stolen refresh token); `detail` names the key and what was done.
     DpopForeignKey,
+    /// A client failed to authenticate at the token endpoint (client credentials);
+    /// `detail` says from where.
+    ClientAuthFailed,
 }
 
 impl AuditKind {
-    const ALL: [Self; 13] = [
+    const ALL: [Self; 14] = [
         Self::Login,
         Self::LoginFailed,
         Self::FamilyRevoked,
@@ -58,6 +61,7 @@ impl AuditKind {
         Self::SessionsRevokedAll,
         Self::RefreshKeyRotated,
         Self::DpopForeignKey,
+        Self::ClientAuthFailed,
     ];
 
     /// The stored and published name.
@@ -76,6 +80,7 @@ impl AuditKind {
             Self::SessionsRevokedAll => "sessions_revoked_all",
             Self::RefreshKeyRotated => "refresh_key_rotated",
             Self::DpopForeignKey => "dpop_foreign_key",
+            Self::ClientAuthFailed => "client_auth_failed",
         }
     }
 
@@ -111,6 +116,15 @@ impl AuditEvent {
             client_id: None,
             detail: None,
             actor_id: None,
+        }
+    }
+
+    /// Client `client_id` failed to authenticate, from `ip`.
+    pub fn client_auth_failed(at: OffsetDateTime, client_id: &str, ip: Option<&str>) -> Self {
+        Self {
+            client_id: Some(client_id.to_owned()),
+            detail: ip.map(|ip| format!("ip {ip}")),
+            ..Self::new(at, AuditKind::ClientAuthFailed)
         }
     }
 

@@ -40,7 +40,7 @@ impl Audience {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
     pub iss: String,
-    /// The user id.
+    /// The user id; a client's own token (client credentials): its `client_id`.
     pub sub: String,
     pub aud: Audience,
     pub exp: i64,
@@ -48,8 +48,10 @@ pub struct AccessClaims {
     pub nbf: i64,
     pub jti: String,
     pub client_id: String,
-    /// The refresh-token family (session) this token was minted for.
-    pub sid: String,
+    /// The refresh-token family (session) this token was minted for; absent on a
+    /// client's own token (client credentials), which has no user and no session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     /// RFC 9449 §6.1: the DPoP key the token is bound to (its RFC 7638 thumbprint).

@@ -15,9 +15,12 @@ pub enum Error {
     /// The client may not do this (e.g. revoke another client's token).
     #[error("unauthorized client: {0}")]
     UnauthorizedClient(&'static str),
-    /// A scope was requested; no scopes are configured for any client yet.
+    /// A scope the client may not request (or, refreshing, one the session lacks).
     #[error("invalid scope")]
     InvalidScope,
+    /// `resource` / `audience` names none of the client's audiences (RFC 8707).
+    #[error("invalid target")]
+    InvalidTarget,
     #[error("unsupported grant type")]
     UnsupportedGrantType,
     /// The grant (password or refresh token) is refused.

@@ -5,6 +5,7 @@ use uuid::Uuid;
 
 use super::Issuer;
 use crate::domain::claims::AccessClaims;
+use crate::domain::client::ClientKind;
 use crate::domain::error::Error;
 use crate::domain::user::User;
 
@@ -38,14 +39,55 @@ impl Issuer {
         token: &str,
         audience: Option<&str>,
     ) -> Result<Principal, Error> {
+        let claims = self.verified_claims(token, audience)?;
+        self.principal(claims).await
+    }
+
+    /// An access token of ours, for any audience, that is live: a user's whose session
+    /// is live, or a client's own (client credentials: no `sid`, `sub` its
+    /// `client_id`) whose client is still a registered `service` client.
+    pub(crate) async fn live_access_claims(&self, token: &str) -> Result<AccessClaims, Error> {
+        let claims = self.verified_claims(token, None)?;
+        if claims.sid.is_some() {
+            return Ok(self.principal(claims).await?.claims);
+        }
+        let registered = claims.sub == claims.client_id
+            && self
+                .clients
+                .get(&claims.client_id)
+                .is_some_and(|c| c.kind == ClientKind::Service);
+        if registered {
+            Ok(claims)
+        } else {
+            Err(Error::InvalidToken(
+                "a client token of no registered service client",
+            ))
+        }
+    }
+
+    /// The claims of a token signed by a key of ours, for `audience` (any: `None`),
+    /// valid now, and not refused by a revocation epoch.
+    fn verified_claims(&self, token: &str, audience: Option<&str>) -> Result<AccessClaims, Error> {
         let claims = self
             .verifier
             .verify(token, audience, self.now().unix_timestamp())?;
         if self.epoch_refuses(&claims) {
             return Err(Error::InvalidToken("session revoked"));
         }
-        let sid =
-            Uuid::parse_str(&claims.sid).map_err(|_| Error::InvalidToken("sid is not ours"))?;
+        Ok(claims)
+    }
+
+    /// The caller behind a user's token: its session must be live.
+    async fn principal(&self, claims: AccessClaims) -> Result<Principal, Error> {
+        let sid = claims
+            .sid
+            .as_deref()
+            .ok_or(Error::InvalidToken(
+                "a client's own token: no user, no session",
+            ))
+            .and_then(|sid| {
+                Uuid::parse_str(sid).map_err(|_| Error::InvalidToken("sid is not ours"))
+            })?;
         let sub =
             Uuid::parse_str(&claims.sub).map_err(|_| Error::InvalidToken("sub is not ours"))?;
         match self.live_session(sid, sub, &claims).await? {

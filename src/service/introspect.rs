@@ -83,9 +83,9 @@ impl Issuer {
             .ok_or_else(|| Error::InvalidRequest("token is required".into()))?;
         let token = token.expose();
         if token.contains('.') {
-            return match self.check_access_token(token, None).await {
-                Ok(principal) if caller.may_introspect(&principal.claims.aud.to_vec()) => {
-                    Ok(Introspection::Access(principal.claims))
+            return match self.live_access_claims(token).await {
+                Ok(claims) if caller.may_introspect(&claims.aud.to_vec()) => {
+                    Ok(Introspection::Access(claims))
                 }
                 Ok(_) | Err(Error::InvalidToken(_)) => Ok(Introspection::Inactive),
                 Err(e) => Err(e),

@@ -3,6 +3,7 @@
 pub mod access;
 pub mod admin;
 pub mod attempts;
+mod client_credentials;
 pub mod dpop;
 pub mod incident;
 pub mod introspect;
@@ -42,6 +43,8 @@ pub struct RateLimits {
     /// answers 409, so registration is an oracle of who has an account; and each one
     /// costs a password hash.
     pub register_per_ip: Option<RateLimit>,
+    /// Client-credentials grants per `service` client.
+    pub client_credentials: Option<RateLimit>,
 }
 
 /// What the issuer is configured with (`config` builds it from the settings).

@@ -12,7 +12,7 @@
 //! .await?;
 //! // Per request: `Unauthorized` → 401 invalid_token, `Unavailable` → 503.
 //! let claims = verifier.verify(bearer).await?;
-//! println!("user {} in session {}", claims.sub, claims.sid);
+//! println!("user {} in session {:?}", claims.sub, claims.sid);
 //! # Ok(()) }
 //! ```
 //!

@@ -56,7 +56,11 @@ scenario! {
         assert_eq!(meta["response_types_supported"], serde_json::json!([]));
         assert_eq!(
             meta["grant_types_supported"],
-            serde_json::json!(["password", "refresh_token"])
+            serde_json::json!(["password", "refresh_token", "client_credentials"])
+        );
+        assert_eq!(
+            meta["token_endpoint_auth_methods_supported"],
+            serde_json::json!(["none", "client_secret_basic", "client_secret_post"])
         );
     }
 }

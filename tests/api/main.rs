@@ -31,6 +31,7 @@ mod helpers;
 mod addresses;
 mod admin;
 mod bad_input;
+mod client_credentials;
 mod clients;
 mod concurrency;
 mod cookie_mode;

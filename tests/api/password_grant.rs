@@ -144,9 +144,17 @@ scenario! {
         )
         .await;
         assert_error(
-            t(&[("grant_type", "client_credentials"), ("client_id", "dev")]).await,
+            t(&[("grant_type", "urn:ietf:params:oauth:grant-type:device_code"), ("client_id", "dev")]).await,
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
+            None,
+        )
+        .await;
+        // A grant we have, for a client that may not use it (RFC 6749 §5.2).
+        assert_error(
+            t(&[("grant_type", "client_credentials"), ("client_id", "dev")]).await,
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
             None,
         )
         .await;

@@ -29,10 +29,12 @@ pub enum LimitKind {
     LoginAccountTrusted,
     RefreshFamily,
     Registration,
+    /// Client-credentials grants per `service` client.
+    ClientCredentials,
 }
 
 impl LimitKind {
-    const COUNT: usize = 5;
+    const COUNT: usize = 6;
 
     /// Its in-process table: one per kind, so that one kind's subjects (cheap to make,
     /// such as addresses) can never push another's (accounts) out.
@@ -43,6 +45,7 @@ impl LimitKind {
             Self::LoginAccountTrusted => 2,
             Self::RefreshFamily => 3,
             Self::Registration => 4,
+            Self::ClientCredentials => 5,
         }
     }
 
@@ -53,6 +56,7 @@ impl LimitKind {
             Self::LoginAccountTrusted => "login-account-trusted",
             Self::RefreshFamily => "refresh-family",
             Self::Registration => "registration",
+            Self::ClientCredentials => "client-credentials",
         }
     }
 }

@@ -1,0 +1,141 @@
+//! The client credentials grant (RFC 6749 §4.4): a `service` client gets an access
+//! token of its own, to call other services.
+//!
+//! Decisions taken here:
+//! - Only `service` clients (confidential, with a `client_secret_hash`) use it; any
+//!   other client is `unauthorized_client`. They authenticate with
+//!   `client_secret_basic` or `client_secret_post`, one of the two, not both
+//!   (`invalid_request`). `private_key_jwt` (RFC 7523) is not offered yet.
+//! - A failed authentication is `invalid_client` (401, `WWW-Authenticate: Basic`), a
+//!   `security` log event and an audit row `client_auth_failed` (the client and the
+//!   address). The secret check is one SHA-256 and a constant-time compare, so a
+//!   flood of wrong secrets costs little; it is not rate-limited per client, which
+//!   would let anyone use up the client's budget.
+//! - An authenticated client is limited to `rate_limit_client_credentials` grants
+//!   (default `600/1m`): a service that asks for a token per call is told so (429)
+//!   before it loads the signing key.
+//! - The token: `sub` and `client_id` the client, no `sid` (no user, no session), no
+//!   refresh token; `aud` the client's `audiences`, or the one of them named by
+//!   `resource` (RFC 8707) or `audience` (another is `invalid_target`; the two must
+//!   agree when both are sent); `scope` the requested scopes among the client's
+//!   (`invalid_scope` otherwise), all of them when none is requested; the lifetime is
+//!   the client's `access_token_lifetime` (5 to 15 minutes). With a DPoP proof the
+//!   token is bound to its key.
+//! - Such a token is refused by our own `/v1` endpoints (they are about a user); the
+//!   verifier module accepts it like any other, and introspection answers it active
+//!   while it has not expired, its client is still a registered `service` client and no
+//!   revocation epoch of that client covers it (`sessions revoke-all --client`).
+
+use uuid::Uuid;
+
+use super::Issuer;
+use super::introspect::ClientCredentials;
+use super::tokens::{Issued, RequestMeta, TokenParams};
+use crate::domain::audit::AuditEvent;
+use crate::domain::claims::{AccessClaims, Audience, Confirmation};
+use crate::domain::client::Client;
+use crate::domain::error::Error;
+use crate::store::shared::LimitKind;
+
+impl Issuer {
+    /// `grant_type=client_credentials` of `named`, the client the request names.
+    pub(super) async fn client_credentials_grant(
+        &self,
+        named: &Client,
+        params: TokenParams,
+        meta: RequestMeta,
+    ) -> Result<Issued, Error> {
+        // With Basic, the body's `client_id` (if any) was checked to name the same
+        // client already.
+        let credentials = match params.basic {
+            Some(basic) => ClientCredentials {
+                basic: Some(basic),
+                client_id: None,
+                client_secret: params.client_secret,
+            },
+            None => ClientCredentials {
+                basic: None,
+                client_id: Some(named.id.clone()),
+                client_secret: params.client_secret,
+            },
+        };
+        let client = match self.authenticate_client(credentials) {
+            Ok(client) => client,
+            Err(Error::InvalidClient) => {
+                let event =
+                    AuditEvent::client_auth_failed(self.now(), &named.id, meta.ip.as_deref());
+                if let Err(e) = self.store.record_audit(&event).await {
+                    tracing::warn!(error = %e, "could not record a failed client authentication");
+                }
+                return Err(Error::InvalidClient);
+            }
+            Err(e) => return Err(e),
+        };
+        let scope = match client.check_scope(params.scope.as_deref())? {
+            Some(requested) => Some(requested),
+            None => {
+                let mut all: Vec<&str> = client.scopes.iter().map(String::as_str).collect();
+                all.sort_unstable();
+                all.dedup();
+                (!all.is_empty()).then(|| all.join(" "))
+            }
+        };
+        let audiences = audiences_for(client, params.resource, params.audience)?;
+        if let Some(limit) = self.limits.client_credentials {
+            self.shared
+                .hit(LimitKind::ClientCredentials, &client.id, limit)
+                .await
+                .map_err(|wait| self.rate_limited(wait))?;
+        }
+        let proof = self.token_request_proof(client, &meta).await?;
+        if let Some(proof) = &proof {
+            self.record_proof(proof).await?;
+        }
+        let iat = self.now().unix_timestamp();
+        let lifetime = client.access_lifetime.as_secs();
+        let claims = AccessClaims {
+            iss: self.issuer_url.clone(),
+            sub: client.id.clone(),
+            aud: Audience::from_list(&audiences),
+            exp: iat + i64::try_from(lifetime).unwrap_or(900),
+            iat,
+            nbf: iat,
+            jti: Uuid::new_v4().to_string(),
+            client_id: client.id.clone(),
+            sid: None,
+            scope: scope.clone(),
+            cnf: proof.as_ref().map(|p| Confirmation { jkt: p.jkt.clone() }),
+        };
+        let access_token = self.sign_access_token(claims).await?;
+        tracing::info!(client_id = %client.id, "client credentials granted");
+        Ok(Issued {
+            access_token,
+            expires_in: lifetime,
+            refresh_token: None,
+            delivery: client.delivery,
+            refresh_max_age: std::time::Duration::ZERO,
+            scope,
+            dpop_bound: proof.is_some(),
+        })
+    }
+}
+
+/// The audiences of a client-credentials token: the client's, or the one of them that
+/// `resource` / `audience` names.
+fn audiences_for(
+    client: &Client,
+    resource: Option<String>,
+    audience: Option<String>,
+) -> Result<Vec<String>, Error> {
+    let present = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let wanted = match (present(resource), present(audience)) {
+        (None, None) => return Ok(client.audiences.clone()),
+        (Some(r), Some(a)) if r != a => return Err(Error::InvalidTarget),
+        (Some(one), _) | (None, Some(one)) => one,
+    };
+    if client.audiences.contains(&wanted) {
+        Ok(vec![wanted])
+    } else {
+        Err(Error::InvalidTarget)
+    }
+}

@@ -1,0 +1,190 @@
+//! The client credentials grant (RFC 6749 §4.4) for `service` clients: a token of the
+//! client's own, no refresh token, no session; refused where a user is needed, answered
+//! by introspection and accepted by the verifier; bad secrets refused and audited.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    SERVICE_CLIENT, SERVICE_SECRET, TestApp, assert_error, segment, spawn_app_with,
+};
+
+const ORDERS: &str = "https://orders.example";
+const BILLING: &str = "https://billing.example";
+
+/// An app whose service client may call two APIs with two scopes, and introspect
+/// anything.
+async fn app_with_service(backend: crate::helpers::Backend) -> TestApp {
+    spawn_app_with(backend, |s| {
+        let service = s
+            .clients
+            .iter_mut()
+            .find(|c| c.id == SERVICE_CLIENT)
+            .unwrap();
+        service.audiences = vec![ORDERS.into(), BILLING.into()];
+        service.scopes = vec!["orders:read".into(), "billing:read".into()];
+        service.introspection_audiences = vec!["*".into()];
+    })
+    .await
+}
+
+/// A client-credentials request with `form` (besides the grant type), authenticated
+/// with HTTP Basic when `basic` is given.
+async fn grant(
+    app: &TestApp,
+    form: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+) -> reqwest::Response {
+    let mut body = vec![("grant_type", "client_credentials")];
+    body.extend_from_slice(form);
+    let mut request = app.http.post(app.url("/oauth/token")).form(&body);
+    if let Some((id, secret)) = basic {
+        request = request.basic_auth(id, Some(secret));
+    }
+    request.send().await.unwrap()
+}
+
+/// A signed-in admin's tokens (granted as the CLI does).
+async fn signed_in_admin(app: &TestApp) -> crate::helpers::Tokens {
+    let (email, t) = app.signed_in().await;
+    app.set_admin(&email, true).await;
+    t
+}
+
+async fn granted(resp: reqwest::Response) -> Value {
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+scenario! {
+    /// With client_secret_basic and client_secret_post: an access token whose `sub`
+    /// is the client, without `sid` and without a refresh token, for the client's
+    /// audiences and scopes, narrowed by `resource` / `audience` and `scope`.
+    async fn a_service_client_gets_a_token_of_its_own(backend) {
+        let app = app_with_service(backend).await;
+        let body = granted(grant(&app, &[], Some((SERVICE_CLIENT, SERVICE_SECRET))).await).await;
+        assert_eq!(body["token_type"], "Bearer");
+        assert!(body.get("refresh_token").is_none(), "{body}");
+        assert_eq!(body["scope"], "billing:read orders:read");
+        let lifetime = body["expires_in"].as_u64().unwrap();
+        assert!((300..=900).contains(&lifetime), "{body}");
+        let claims = segment(body["access_token"].as_str().unwrap(), 1);
+        assert_eq!(claims["sub"], SERVICE_CLIENT);
+        assert_eq!(claims["client_id"], SERVICE_CLIENT);
+        assert!(claims.get("sid").is_none(), "{claims}");
+        assert_eq!(claims["aud"], json!([ORDERS, BILLING]));
+        assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), lifetime as i64);
+
+        // client_secret_post, narrowed to one audience and one scope.
+        let body = granted(grant(&app, &[
+            ("client_id", SERVICE_CLIENT),
+            ("client_secret", SERVICE_SECRET),
+            ("resource", ORDERS),
+            ("scope", "orders:read"),
+        ], None).await).await;
+        let claims = segment(body["access_token"].as_str().unwrap(), 1);
+        assert_eq!(claims["aud"], ORDERS);
+        assert_eq!(claims["scope"], "orders:read");
+        let body = granted(grant(&app, &[("audience", BILLING)], Some((SERVICE_CLIENT, SERVICE_SECRET))).await).await;
+        assert_eq!(segment(body["access_token"].as_str().unwrap(), 1)["aud"], BILLING);
+
+        // The metadata says so.
+        let meta: Value = app.get("/.well-known/oauth-authorization-server").await.json().await.unwrap();
+        let grants = meta["grant_types_supported"].as_array().unwrap();
+        assert!(grants.contains(&json!("client_credentials")), "{meta}");
+    }
+}
+
+scenario! {
+    /// Not a user's token: `/v1` refuses it; introspection answers it active (with its
+    /// client as `sub`, no `sid`), until a revocation epoch of its client covers it.
+    async fn the_token_is_introspected_but_never_a_user(backend) {
+        let app = app_with_service(backend).await;
+        let body = granted(grant(&app, &[], Some((SERVICE_CLIENT, SERVICE_SECRET))).await).await;
+        let access = body["access_token"].as_str().unwrap();
+        assert_error(app.me(access).await, StatusCode::UNAUTHORIZED, "invalid_token", None).await;
+        let answer = app.introspect(access).await;
+        assert_eq!(answer["active"], true, "{answer}");
+        assert_eq!(answer["sub"], SERVICE_CLIENT, "{answer}");
+        assert_eq!(answer["client_id"], SERVICE_CLIENT, "{answer}");
+        assert!(answer.get("sid").is_none(), "{answer}");
+        // Revoked with every token of the client.
+        app.advance(std::time::Duration::from_secs(1));
+        let admin = signed_in_admin(&app).await;
+        let resp = app
+            .http
+            .post(app.url("/v1/admin/sessions/revoke-all"))
+            .bearer_auth(&admin.access)
+            .json(&json!({"client_id": SERVICE_CLIENT, "reason": "test"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{:?}", resp.text().await);
+        app.advance(std::time::Duration::from_secs(1));
+        assert_eq!(app.introspect(access).await["active"], false);
+    }
+}
+
+scenario! {
+    /// Wrong secrets, both ways at once, a public client, an audience or scope the
+    /// client does not have: refused with their codes, and a failed authentication is
+    /// audited.
+    async fn bad_client_credentials_are_refused(backend) {
+        let app = app_with_service(backend).await;
+        let resp = grant(&app, &[], Some((SERVICE_CLIENT, "not-the-secret"))).await;
+        assert!(resp.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"));
+        assert_error(resp, StatusCode::UNAUTHORIZED, "invalid_client", None).await;
+        let resp = grant(&app, &[("client_id", SERVICE_CLIENT), ("client_secret", "nope")], None).await;
+        assert_error(resp, StatusCode::UNAUTHORIZED, "invalid_client", None).await;
+        let resp = grant(&app, &[("client_id", SERVICE_CLIENT)], None).await;
+        assert_error(resp, StatusCode::UNAUTHORIZED, "invalid_client", None).await;
+        let resp = grant(&app, &[("client_secret", SERVICE_SECRET)], Some((SERVICE_CLIENT, SERVICE_SECRET))).await;
+        assert_error(resp, StatusCode::BAD_REQUEST, "invalid_request", None).await;
+        let resp = grant(&app, &[("client_id", "dev")], None).await;
+        assert_error(resp, StatusCode::BAD_REQUEST, "unauthorized_client", None).await;
+        let basic = Some((SERVICE_CLIENT, SERVICE_SECRET));
+        for (form, code) in [
+            (vec![("resource", "https://elsewhere.example")], "invalid_target"),
+            (vec![("resource", ORDERS), ("audience", BILLING)], "invalid_target"),
+            (vec![("scope", "orders:write")], "invalid_scope"),
+        ] {
+            assert_error(grant(&app, &form, basic).await, StatusCode::BAD_REQUEST, code, None).await;
+        }
+        let admin = signed_in_admin(&app).await;
+        let failures: Vec<Value> = app
+            .audit_events(&admin.access)
+            .await
+            .into_iter()
+            .filter(|e| e["kind"] == "client_auth_failed")
+            .collect();
+        assert_eq!(failures.len(), 3, "{failures:?}");
+        assert!(failures.iter().all(|e| e["client_id"] == SERVICE_CLIENT), "{failures:?}");
+    }
+}
+
+scenario! {
+    /// `rate_limit_client_credentials`: an authenticated client past its budget gets
+    /// 429; wrong secrets do not use the budget up.
+    async fn the_grant_is_limited_per_client(backend) {
+        use token_issuer::config::RateLimit;
+        let app = spawn_app_with(backend, |s| {
+            s.limits.client_credentials = Some(RateLimit {
+                max: 2,
+                window: std::time::Duration::from_secs(60),
+            });
+        })
+        .await;
+        for _ in 0..5 {
+            let resp = grant(&app, &[], Some((SERVICE_CLIENT, "wrong"))).await;
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        }
+        let basic = Some((SERVICE_CLIENT, SERVICE_SECRET));
+        granted(grant(&app, &[], basic).await).await;
+        granted(grant(&app, &[], basic).await).await;
+        let resp = grant(&app, &[], basic).await;
+        assert!(resp.headers().contains_key("retry-after"));
+        assert_error(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited", None).await;
+    }
+}
