@@ -224,7 +224,8 @@ fn start_server(dir: &Path, database_url: &str, secret_hash: &str) -> Server {
         &config,
         format!(
             "rate_limit_login_per_ip = \"off\"\nrate_limit_login_per_account = \"off\"\n\
-             rate_limit_refresh_per_family = \"off\"\npassword_hash_queue = 4096\n\
+             rate_limit_refresh_per_family = \"off\"\nrate_limit_client_credentials = \"off\"\n\
+             password_hash_queue = 4096\n\
              [[clients]]\nclient_id = \"dev\"\nkind = \"mobile\"\n\
              [[clients]]\nclient_id = \"bench-rs\"\nkind = \"service\"\nclient_secret_hash = \"{secret_hash}\"\n\
              introspection_audiences = [\"*\"]\n"
@@ -531,6 +532,8 @@ enum Request {
     RefreshDpop(String),
     /// `/v1/me` under the DPoP scheme with a bound token (the issuer's URL).
     MeDpop(String),
+    /// A client-credentials grant of the service client (HTTP Basic).
+    ClientCredentials,
 }
 
 /// A client's DPoP key (ES256), making proofs as a client library does: a fresh `jti`
@@ -806,6 +809,13 @@ async fn run_while<T, F: Future<Output = T>>(
                         .send()
                         .await
                         .unwrap(),
+                    Request::ClientCredentials => http
+                        .post(format!("{base}/oauth/token"))
+                        .basic_auth("bench-rs", Some(&secret))
+                        .form(&[("grant_type", "client_credentials")])
+                        .send()
+                        .await
+                        .unwrap(),
                     Request::Introspect(token) => http
                         .post(format!("{base}/oauth/introspect"))
                         .basic_auth("bench-rs", Some(&secret))
@@ -1049,6 +1059,13 @@ async fn main() {
             prepared: prepared_proofs,
             pace: None,
             limit: Some(("verification", verification)),
+        },
+        Plan {
+            name: "client credentials".into(),
+            requests: vec![Request::ClientCredentials; w],
+            prepared: 0,
+            pace: None,
+            limit: Some(("signing", signing)),
         },
         Plan {
             name: "introspect (access token)".into(),

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub families_moved_forward: IntCounter,
     pub dpop_foreign_keys: IntCounter,
     pub dpop_nonces_asked: IntCounter,
+    pub client_auth_failures: IntCounter,
     dpop_proofs_refused: IntCounter,
     pub sessions_revoked_all: IntCounter,
     key_changes: IntCounterVec,
@@ -166,6 +167,11 @@ impl Metrics {
                 &r,
                 "issuer_dpop_foreign_keys_total",
                 "Refresh tokens bound to a DPoP key presented with a proof of another key (stolen tokens).",
+            )?,
+            client_auth_failures: counter(
+                &r,
+                "issuer_client_auth_failures_total",
+                "Service clients that failed to authenticate at the token endpoint (client credentials).",
             )?,
             dpop_nonces_asked: counter(
                 &r,

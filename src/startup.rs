@@ -12,7 +12,7 @@ use crate::config::Settings;
 use crate::crypto::dpop::{NONCE_KEY_FILE, Nonces};
 use crate::crypto::keys::{KeyError, Keys, read_or_create_secret_file};
 use crate::crypto::refresh::RefreshKeys;
-use crate::domain::client::Delivery;
+use crate::domain::client::{Client, Delivery};
 use crate::domain::clock::Clock;
 use crate::files;
 use crate::metrics::Metrics;
@@ -191,8 +191,10 @@ impl Application {
             )?),
         };
         let shared = open_shared(settings, Arc::clone(&store), Arc::clone(&metrics))?;
+        let mut issuer_settings = settings.issuer();
+        dev_service_secret(&settings.keys_dir, &mut issuer_settings.clients)?;
         let issuer = Arc::new(Issuer::new(
-            settings.issuer(),
+            issuer_settings,
             Arc::clone(&store),
             Arc::clone(&shared),
             Arc::new(keys),
@@ -310,4 +312,24 @@ fn http_options(settings: &Settings) -> HttpOptions {
             .iter()
             .any(|c| c.delivery == Delivery::Cookie),
     }
+}
+
+/// The built-in `dev-service` client (registered without a secret) gets the one in
+/// `keys/dev-service.secret`, made on first start. Only the path is logged.
+fn dev_service_secret(keys_dir: &Path, clients: &mut [Client]) -> Result<(), KeyError> {
+    let Some(client) = clients
+        .iter_mut()
+        .find(|c| c.id == crate::config::DEV_SERVICE && c.secret_hash.is_none())
+    else {
+        return Ok(());
+    };
+    crate::files::create_private_dir(keys_dir).map_err(|source| KeyError::Io {
+        path: keys_dir.to_owned(),
+        source,
+    })?;
+    let path = keys_dir.join(crate::crypto::client_secret::DEV_SERVICE_SECRET_FILE);
+    let (_, hash) = crate::crypto::client_secret::read_or_create_file(&path)?;
+    client.secret_hash = Some(hash);
+    tracing::info!(client_id = %client.id, path = %path.display(), "the development service client's secret is in this file");
+    Ok(())
 }

@@ -43,6 +43,9 @@ pub enum ErrorCode {
     UnauthorizedClient,
     /// `grant_type` is not `password`, `refresh_token` or `client_credentials`.
     UnsupportedGrantType,
+    /// Revocation (RFC 7009 §2.2.1) of a client's own access token (client
+    /// credentials): it has no session to end and lives until `exp`.
+    UnsupportedTokenType,
     /// A scope the client may not request (or, refreshing, one the session lacks).
     InvalidScope,
     /// Client credentials: `resource` (RFC 8707) or `audience` names none of the
@@ -292,6 +295,11 @@ impl From<Error> for Problem {
                 Kind::BadRequest,
                 C::UnsupportedGrantType,
                 "grant_type must be password, refresh_token or client_credentials",
+            ),
+            Error::UnsupportedTokenType => Self::new(
+                Kind::BadRequest,
+                C::UnsupportedTokenType,
+                "a client's own access token cannot be revoked; it expires within minutes",
             ),
             Error::InvalidScope => Self::new(
                 Kind::BadRequest,

@@ -104,6 +104,7 @@ fn client_from_file(
             "a cookie-delivery client needs at least one allowed origin (the CSRF defence checks it)",
         ));
     }
+    let audiences_listed = c.audiences.is_some();
     let audiences = c
         .audiences
         .unwrap_or_else(|| vec![default_audience.to_owned()]);
@@ -114,6 +115,23 @@ fn client_from_file(
         ));
     }
     let secret_hash = secret_hash(&setting, c.kind, c.client_secret_hash.as_deref())?;
+    // Opt-in, and only with audiences of its own: a service client of an earlier
+    // configuration (introspection only, audiences left to the default) must not start
+    // minting tokens for the issuer's own audience.
+    if c.client_credentials {
+        if c.kind != ClientKind::Service {
+            return Err(invalid(
+                &format!("{setting}.client_credentials"),
+                "only service clients get tokens of their own",
+            ));
+        }
+        if !audiences_listed {
+            return Err(invalid(
+                &format!("{setting}.audiences"),
+                "a client with client_credentials must list the audiences of its tokens",
+            ));
+        }
+    }
     let introspection_audiences =
         introspection_audiences(&setting, c.kind, c.introspection_audiences)?;
     Ok(Client {
@@ -130,6 +148,7 @@ fn client_from_file(
         dpop: c.dpop,
         dpop_foreign_key: c.dpop_foreign_key,
         dpop_nonce: c.dpop_nonce,
+        client_credentials: c.client_credentials,
     })
 }
 
@@ -260,6 +279,7 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             dpop: DpopPolicy::Allowed,
             dpop_foreign_key: ForeignKeyPolicy::Refuse,
             dpop_nonce: NoncePolicy::Off,
+            client_credentials: false,
         },
         Client {
             id: "dev-spa".to_owned(),
@@ -275,6 +295,28 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             dpop: DpopPolicy::Allowed,
             dpop_foreign_key: ForeignKeyPolicy::Refuse,
             dpop_nonce: NoncePolicy::Off,
+            client_credentials: false,
+        },
+        // Its secret is made on first start, in the key directory (`startup`).
+        Client {
+            id: DEV_SERVICE.to_owned(),
+            kind: ClientKind::Service,
+            delivery: Delivery::Body,
+            allowed_origins: Vec::new(),
+            audiences: vec![audience.to_owned()],
+            secret_hash: None,
+            scopes: Vec::new(),
+            access_lifetime: tokens.access_token_lifetime,
+            policy: tokens.policy(),
+            introspection_audiences: vec![audience.to_owned()],
+            dpop: DpopPolicy::Allowed,
+            dpop_foreign_key: ForeignKeyPolicy::Refuse,
+            dpop_nonce: NoncePolicy::Off,
+            client_credentials: true,
         },
     ]
 }
+
+/// The built-in development configuration's confidential client (client credentials,
+/// introspection); its secret is `keys/dev-service.secret`.
+pub const DEV_SERVICE: &str = "dev-service";

@@ -67,6 +67,10 @@ pub(super) struct ClientFile {
     /// DPoP proofs must carry a server nonce: `off` (the default) or `required`.
     #[serde(default)]
     pub(super) dpop_nonce: NoncePolicy,
+    /// Service clients: may get tokens of their own (client credentials); needs
+    /// `audiences`. Default false.
+    #[serde(default)]
+    pub(super) client_credentials: bool,
     #[serde(default)]
     pub(super) scopes: Vec<String>,
     pub(super) access_token_lifetime: Option<String>,

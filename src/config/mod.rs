@@ -13,7 +13,10 @@
 //!   `"14d"` (`"0"` for zero).
 //! - Without `ISSUER_CONFIG`, the built-in development configuration registers the
 //!   `dev` (body delivery) and `dev-spa` (cookie delivery, origin
-//!   `http://localhost:5173`) clients and allows self-registration. A configuration
+//!   `http://localhost:5173`) clients, and the confidential `dev-service` (client
+//!   credentials and introspection of the issuer's audience; its secret is written to
+//!   `keys/dev-service.secret` on first start, mode 0600, never logged), and allows
+//!   self-registration. A configuration
 //!   file must list its own clients.
 //! - Every scalar setting can be overridden by `ISSUER_<NAME>` (`ISSUER_BIND`,
 //!   `ISSUER_URL` for `issuer_url`, `ISSUER_DATABASE_URL`, ...). Clients come from the
@@ -24,6 +27,7 @@
 //!   sites for `SameSite=Strict` cookies).
 
 mod clients;
+pub use clients::DEV_SERVICE;
 mod file;
 mod sections;
 mod tokens;

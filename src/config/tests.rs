@@ -28,7 +28,7 @@ fn defaults_are_the_development_configuration() {
     assert_eq!(s.tokens.access_token_lifetime, Duration::from_secs(600));
     assert_eq!(s.tokens.refresh_grace_period, Duration::from_secs(10));
     let ids: Vec<_> = s.clients.iter().map(|c| c.id.as_str()).collect();
-    assert_eq!(ids, ["dev", "dev-spa"]);
+    assert_eq!(ids, ["dev", "dev-spa", "dev-service"]);
     assert!(s.allow_registration);
     assert_eq!(
         s.limits.register_per_ip,
@@ -263,6 +263,33 @@ fn only_service_clients_list_introspection_audiences() {
     )
     .unwrap_err();
     assert_eq!(err.setting, "clients[0].introspection_audiences");
+}
+
+#[test]
+fn client_credentials_are_opt_in_for_service_clients_with_their_own_audiences() {
+    let hash = format!("sha256:{}", "0".repeat(64));
+    let service = |extra: &str| {
+        format!(
+            "[[clients]]\nclient_id = \"rs\"\nkind = \"service\"\nclient_secret_hash = \"{hash}\"\n{extra}"
+        )
+    };
+    // An earlier configuration's service client: introspection only.
+    let s = load(Some(&service("")), &[]).unwrap();
+    assert!(!s.clients[0].client_credentials);
+    let s = load(
+        Some(&service("client_credentials = true\naudiences = [\"https://orders.example\"]\n")),
+        &[],
+    )
+    .unwrap();
+    assert!(s.clients[0].client_credentials);
+    let err = load(Some(&service("client_credentials = true\n")), &[]).unwrap_err();
+    assert_eq!(err.setting, "clients[0].audiences");
+    let err = load(
+        Some("[[clients]]\nclient_id = \"m\"\nkind = \"mobile\"\nclient_credentials = true\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.setting, "clients[0].client_credentials");
 }
 
 #[test]

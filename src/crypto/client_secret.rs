@@ -11,6 +11,36 @@ use crate::crypto::refresh;
 use crate::domain::error::Error;
 use crate::domain::secret::Secret;
 
+/// The built-in `dev-service` client's secret file in the key directory.
+pub const DEV_SERVICE_SECRET_FILE: &str = "dev-service.secret";
+
+/// The secret in `path` (created on first use: 256 random bits, base64url, mode 0600,
+/// exclusively, so that instances starting together agree), and its hash. The secret
+/// is never logged; the caller may say where it is.
+pub fn read_or_create_file(
+    path: &std::path::Path,
+) -> Result<(Secret, SecretHash), crate::crypto::keys::KeyError> {
+    use crate::crypto::keys::KeyError;
+    let (fresh, _) = generate().map_err(|_| KeyError::Generate)?;
+    crate::crypto::keys::create_exclusive(path, format!("{}\n", fresh.expose()).as_bytes())?;
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let secret = text.trim();
+    if secret.len() < 43
+        || !secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(KeyError::Invalid {
+            path: path.to_owned(),
+            reason: "expected a base64url secret of at least 256 bits".into(),
+        });
+    }
+    Ok((Secret::new(secret.to_owned()), hash_of(secret)))
+}
+
 /// The stored form: the SHA-256 of the secret.
 pub type SecretHash = [u8; 32];
 

@@ -92,6 +92,8 @@ pub struct Client {
     pub dpop_foreign_key: ForeignKeyPolicy,
     /// Whether its proofs must carry a server nonce.
     pub dpop_nonce: NoncePolicy,
+    /// `service` clients: whether it may get tokens of its own (client credentials).
+    pub client_credentials: bool,
 }
 
 /// The `DPoP` header(s) of a request (RFC 9449).
@@ -190,6 +192,7 @@ mod tests {
             dpop: DpopPolicy::Allowed,
             dpop_foreign_key: ForeignKeyPolicy::Refuse,
             dpop_nonce: NoncePolicy::Off,
+            client_credentials: false,
             policy: RefreshPolicy {
                 idle_timeout: Duration::from_secs(86_400),
                 absolute_lifetime: Duration::from_secs(86_400),

@@ -23,6 +23,9 @@ pub enum Error {
     InvalidTarget,
     #[error("unsupported grant type")]
     UnsupportedGrantType,
+    /// Revocation of a token that cannot be revoked (a client's own token: no session).
+    #[error("unsupported token type")]
+    UnsupportedTokenType,
     /// The grant (password or refresh token) is refused.
     #[error("invalid grant: {}", .0.code())]
     InvalidGrant(GrantRejection),

@@ -6,14 +6,23 @@
 //!   other client is `unauthorized_client`. They authenticate with
 //!   `client_secret_basic` or `client_secret_post`, one of the two, not both
 //!   (`invalid_request`). `private_key_jwt` (RFC 7523) is not offered yet.
+//! - Only clients configured with `client_credentials = true` (and their own
+//!   `audiences`): a service client of an earlier configuration introspects only, and
+//!   does not start minting tokens for the issuer's audience.
 //! - A failed authentication is `invalid_client` (401, `WWW-Authenticate: Basic`), a
-//!   `security` log event and an audit row `client_auth_failed` (the client and the
-//!   address). The secret check is one SHA-256 and a constant-time compare, so a
-//!   flood of wrong secrets costs little; it is not rate-limited per client, which
-//!   would let anyone use up the client's budget.
+//!   `security` log event, `issuer_client_auth_failures_total` and an audit row
+//!   `client_auth_failed` (the client and the address). Failures count against the
+//!   address's login limit (`rate_limit_login_per_ip`): past it, 429 and no more audit
+//!   rows, so a stream of wrong secrets cannot fill the audit table. They do not count
+//!   against the client's own budget, which anyone could then use up.
 //! - An authenticated client is limited to `rate_limit_client_credentials` grants
 //!   (default `600/1m`): a service that asks for a token per call is told so (429)
-//!   before it loads the signing key.
+//!   before it loads the signing key. A DPoP proof is checked before the budget is
+//!   used.
+//! - Revocation (RFC 7009) of such a token is `unsupported_token_type`: it has no
+//!   session to end; it lives until `exp` (5–15 minutes), or until `sessions
+//!   revoke-all --client` covers it (at our endpoints and introspection; other
+//!   instances see the epoch within 2 s).
 //! - The token: `sub` and `client_id` the client, no `sid` (no user, no session), no
 //!   refresh token; `aud` the client's `audiences`, or the one of them named by
 //!   `resource` (RFC 8707) or `audience` (another is `invalid_target`; the two must
@@ -61,14 +70,7 @@ impl Issuer {
         };
         let client = match self.authenticate_client(credentials) {
             Ok(client) => client,
-            Err(Error::InvalidClient) => {
-                let event =
-                    AuditEvent::client_auth_failed(self.now(), &named.id, meta.ip.as_deref());
-                if let Err(e) = self.store.record_audit(&event).await {
-                    tracing::warn!(error = %e, "could not record a failed client authentication");
-                }
-                return Err(Error::InvalidClient);
-            }
+            Err(Error::InvalidClient) => return Err(self.client_auth_failed(named, &meta).await),
             Err(e) => return Err(e),
         };
         let scope = match client.check_scope(params.scope.as_deref())? {
@@ -81,13 +83,15 @@ impl Issuer {
             }
         };
         let audiences = audiences_for(client, params.resource, params.audience)?;
+        // Checked before the client's budget is used: a proof refused, or sent again
+        // with the nonce asked for, costs none of it.
+        let proof = self.token_request_proof(client, &meta).await?;
         if let Some(limit) = self.limits.client_credentials {
             self.shared
                 .hit(LimitKind::ClientCredentials, &client.id, limit)
                 .await
                 .map_err(|wait| self.rate_limited(wait))?;
         }
-        let proof = self.token_request_proof(client, &meta).await?;
         if let Some(proof) = &proof {
             self.record_proof(proof).await?;
         }
@@ -117,6 +121,27 @@ impl Issuer {
             scope,
             dpop_bound: proof.is_some(),
         })
+    }
+}
+
+impl Issuer {
+    /// A failed client authentication: a `security` log event and a metric every
+    /// time; an audit row unless this address failed more than the per-address login
+    /// limit allows in its window (then the answer is 429), so that a stream of wrong
+    /// secrets cannot fill the audit table or occupy the database writer.
+    async fn client_auth_failed(&self, named: &Client, meta: &RequestMeta) -> Error {
+        tracing::info!(target: "security", event = "client_auth_failed", client_id = %named.id, ip = ?meta.ip);
+        self.metrics.client_auth_failures.inc();
+        if let (Some(limit), Some(ip)) = (self.limits.login_per_ip, meta.ip.as_deref())
+            && let Err(wait) = self.shared.hit(LimitKind::LoginIp, ip, limit).await
+        {
+            return self.rate_limited(wait);
+        }
+        let event = AuditEvent::client_auth_failed(self.now(), &named.id, meta.ip.as_deref());
+        if let Err(e) = self.store.record_audit(&event).await {
+            tracing::warn!(error = %e, "could not record a failed client authentication");
+        }
+        Error::InvalidClient
     }
 }
 

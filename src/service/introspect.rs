@@ -59,7 +59,10 @@ impl Issuer {
                 ));
             }
             (None, Some(id), Some(secret)) => (id, secret),
-            (None, _, _) => return Err(Error::InvalidClient),
+            (None, id, _) => {
+                tracing::info!(target: "security", event = "client_auth_failed", client_id = ?id, "no client secret");
+                return Err(Error::InvalidClient);
+            }
         };
         let client = self.clients.get(&id).ok_or(Error::InvalidClient)?;
         let expected = client.secret_hash.as_ref().ok_or(Error::InvalidClient)?;

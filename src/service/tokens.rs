@@ -142,9 +142,9 @@ impl Issuer {
         // A service client's secret is checked (and a failure audited) by the grant.
         if params.grant_type.as_deref() == Some("client_credentials") {
             let named = self.named_client(&params)?;
-            if named.kind != ClientKind::Service {
+            if named.kind != ClientKind::Service || !named.client_credentials {
                 return Err(Error::UnauthorizedClient(
-                    "only service clients use the client_credentials grant",
+                    "this client may not use the client_credentials grant",
                 ));
             }
             return self.client_credentials_grant(named, params, meta).await;
@@ -599,6 +599,11 @@ impl Issuer {
                 return Err(Error::UnauthorizedClient(
                     "the token was issued to another client",
                 ));
+            }
+            // A client's own token (client credentials) has no session to end: it
+            // lives until `exp` (RFC 7009 §2.2.1).
+            if claims.sid.is_none() {
+                return Err(Error::UnsupportedTokenType);
             }
             if let Some(Ok(sid)) = claims.sid.as_deref().map(Uuid::parse_str) {
                 if self

@@ -110,6 +110,17 @@ scenario! {
         assert_eq!(answer["sub"], SERVICE_CLIENT, "{answer}");
         assert_eq!(answer["client_id"], SERVICE_CLIENT, "{answer}");
         assert!(answer.get("sid").is_none(), "{answer}");
+        // RFC 7009 §2.2.1: nothing to revoke, and it says so.
+        let resp = app
+            .http
+            .post(app.url("/oauth/revoke"))
+            .basic_auth(SERVICE_CLIENT, Some(SERVICE_SECRET))
+            .form(&[("token", access)])
+            .send()
+            .await
+            .unwrap();
+        assert_error(resp, StatusCode::BAD_REQUEST, "unsupported_token_type", None).await;
+        assert_eq!(app.introspect(access).await["active"], true);
         // Revoked with every token of the client.
         app.advance(std::time::Duration::from_secs(1));
         let admin = signed_in_admin(&app).await;
@@ -186,5 +197,63 @@ scenario! {
         let resp = grant(&app, &[], basic).await;
         assert!(resp.headers().contains_key("retry-after"));
         assert_error(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited", None).await;
+    }
+}
+
+/// The built-in `dev-service` client: its secret is made once in the key directory
+/// and shared by every instance that shares the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dev_service_secret_is_made_once_and_shared() {
+    let first = crate::helpers::spawn_app(crate::helpers::Backend::Sqlite).await;
+    let path = first.settings.keys_dir.join("dev-service.secret");
+    let secret = std::fs::read_to_string(&path).unwrap().trim().to_owned();
+    let second = crate::helpers::spawn_instance_like(&first).await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), secret);
+    for app in [&first, &second] {
+        granted(grant(app, &[], Some(("dev-service", &secret))).await).await;
+        let resp = grant(app, &[], Some(("dev-service", "a guess"))).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+}
+
+scenario! {
+    /// A service client must be configured for the grant: one of an earlier
+    /// configuration (introspection only) gets no token; failures past the address's
+    /// limit are answered 429 and stop adding audit rows.
+    async fn the_grant_is_opt_in_and_failures_are_limited_per_address(backend) {
+        use token_issuer::config::RateLimit;
+        let app = spawn_app_with(backend, |s| {
+            let service = s.clients.iter_mut().find(|c| c.id == SERVICE_CLIENT).unwrap();
+            service.client_credentials = false;
+            s.limits.login_per_ip = Some(RateLimit {
+                max: 3,
+                window: std::time::Duration::from_secs(60),
+            });
+        })
+        .await;
+        let resp = grant(&app, &[], Some((SERVICE_CLIENT, SERVICE_SECRET))).await;
+        assert_error(resp, StatusCode::BAD_REQUEST, "unauthorized_client", None).await;
+        let secret = std::fs::read_to_string(app.settings.keys_dir.join("dev-service.secret")).unwrap();
+        for _ in 0..3 {
+            let resp = grant(&app, &[], Some(("dev-service", "a guess"))).await;
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        }
+        let resp = grant(&app, &[], Some(("dev-service", "a guess"))).await;
+        assert_error(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited", None).await;
+        assert_eq!(app.metric("issuer_client_auth_failures_total").await, "4");
+        // The right secret is not held up by the failures.
+        granted(grant(&app, &[], Some(("dev-service", secret.trim()))).await).await;
+        // Three audit rows, not four: read through a store of our own (this address
+        // is past its login limit, so no admin signs in over HTTP).
+        let store = token_issuer::startup::open_store(&app.settings).await.unwrap();
+        let failures = store
+            .audit_events(None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind.code() == "client_auth_failed")
+            .count();
+        store.close().await;
+        assert_eq!(failures, 3);
     }
 }

@@ -114,6 +114,34 @@ async fn first_start_generates_a_key_and_trace_logs_hold_no_secret() {
         .await;
     assert_eq!(revoke.status(), StatusCode::OK);
 
+    // The built-in dev-service client's secret was written once, 0600, and works.
+    let secret_file = dir.path().join("keys/dev-service.secret");
+    let service_secret = std::fs::read_to_string(&secret_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_eq!(service_secret.len(), 43, "256 bits, base64url");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&secret_file)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let granted: Value = api
+        .http
+        .post(api.url("/oauth/token"))
+        .basic_auth("dev-service", Some(&service_secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let service_token = granted["access_token"].as_str().unwrap().to_owned();
+
     // The key was generated under ./keys and the database under ./data.
     assert!(dir.path().join("keys/active").exists());
     assert!(dir.path().join("data/token-issuer.db").exists());
@@ -124,6 +152,10 @@ async fn first_start_generates_a_key_and_trace_logs_hold_no_secret() {
         "{log}"
     );
     assert!(log.contains("keys/"), "the log says where the key is");
+    assert!(
+        log.contains("dev-service.secret"),
+        "the log says where the dev-service secret is"
+    );
     assert!(log.lines().count() > 20, "trace logging was on");
     let signature = access.rsplit('.').next().unwrap();
     for (what, secret) in [
@@ -132,6 +164,11 @@ async fn first_start_generates_a_key_and_trace_logs_hold_no_secret() {
         ("refresh token", first_refresh.as_str()),
         ("rotated refresh token", second_refresh.as_str()),
         ("access token signature", signature),
+        ("dev-service secret", service_secret.as_str()),
+        (
+            "client token signature",
+            service_token.rsplit('.').next().unwrap(),
+        ),
     ] {
         assert!(!log.contains(secret), "the {what} appears in the trace log");
     }

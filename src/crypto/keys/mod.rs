@@ -26,7 +26,7 @@ pub mod ring;
 mod set;
 
 pub use dir::read_or_create_secret_file;
-pub(crate) use dir::{locked, replace_file};
+pub(crate) use dir::{create_exclusive, locked, replace_file};
 pub use error::KeyError;
 pub use key::{Jwk, SigningKey};
 pub use set::{KeySet, Keys, Reload};

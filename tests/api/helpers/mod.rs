@@ -113,6 +113,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Settin
         // The resource server of the tests' tokens: they are meant for the issuer's
         // audience.
         introspection_audiences: vec![settings.audience.clone()],
+        client_credentials: true,
         ..dev
     });
     settings.limits.refresh_per_family = None;
