@@ -228,7 +228,7 @@ fn start_server(dir: &Path, database_url: &str, secret_hash: &str) -> Server {
              password_hash_queue = 4096\n\
              [[clients]]\nclient_id = \"dev\"\nkind = \"mobile\"\n\
              [[clients]]\nclient_id = \"bench-rs\"\nkind = \"service\"\nclient_secret_hash = \"{secret_hash}\"\n\
-             introspection_audiences = [\"*\"]\n"
+             introspection_audiences = [\"*\"]\nclient_credentials = true\naudiences = [\"https://orders.example\"]\n"
         ),
     )
     .unwrap();
