@@ -277,7 +277,9 @@ fn client_credentials_are_opt_in_for_service_clients_with_their_own_audiences() 
     let s = load(Some(&service("")), &[]).unwrap();
     assert!(!s.clients[0].client_credentials);
     let s = load(
-        Some(&service("client_credentials = true\naudiences = [\"https://orders.example\"]\n")),
+        Some(&service(
+            "client_credentials = true\naudiences = [\"https://orders.example\"]\n",
+        )),
         &[],
     )
     .unwrap();
