@@ -29,19 +29,18 @@ async fn app_with_service(backend: crate::helpers::Backend) -> TestApp {
 }
 
 /// A client-credentials request with `form` (besides the grant type), authenticated
-/// with HTTP Basic when `basic` is given.
+/// with HTTP Basic when `basic` is given (else the form carries the client).
 async fn grant(
     app: &TestApp,
     form: &[(&str, &str)],
     basic: Option<(&str, &str)>,
 ) -> reqwest::Response {
+    if let Some((id, secret)) = basic {
+        return app.client_credentials(id, secret, form).await;
+    }
     let mut body = vec![("grant_type", "client_credentials")];
     body.extend_from_slice(form);
-    let mut request = app.http.post(app.url("/oauth/token")).form(&body);
-    if let Some((id, secret)) = basic {
-        request = request.basic_auth(id, Some(secret));
-    }
-    request.send().await.unwrap()
+    app.post_form("/oauth/token", &body).await
 }
 
 /// A signed-in admin's tokens (granted as the CLI does).

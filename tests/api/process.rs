@@ -130,13 +130,8 @@ async fn first_start_generates_a_key_and_trace_logs_hold_no_secret() {
         assert_eq!(mode & 0o777, 0o600);
     }
     let granted: Value = api
-        .http
-        .post(api.url("/oauth/token"))
-        .basic_auth("dev-service", Some(&service_secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
+        .client_credentials("dev-service", &service_secret, &[])
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -502,13 +502,8 @@ scenario! {
         .await
         .unwrap();
         let body: serde_json::Value = app
-            .http
-            .post(app.url("/oauth/token"))
-            .basic_auth(SERVICE_CLIENT, Some(SERVICE_SECRET))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
+            .client_credentials(SERVICE_CLIENT, SERVICE_SECRET, &[])
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();

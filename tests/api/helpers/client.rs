@@ -63,6 +63,24 @@ impl Api {
         self.token_with_proofs(&form, proofs).await
     }
 
+    /// A client-credentials grant of `client` with HTTP Basic, and `form` besides.
+    pub async fn client_credentials(
+        &self,
+        client: &str,
+        secret: &str,
+        form: &[(&str, &str)],
+    ) -> Response {
+        let mut body = vec![("grant_type", "client_credentials")];
+        body.extend_from_slice(form);
+        self.http
+            .post(self.url("/oauth/token"))
+            .basic_auth(client, Some(secret))
+            .form(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// `post_form`, for a caller that expects the server to go away.
     pub async fn try_post_form(
         &self,
