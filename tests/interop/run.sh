@@ -3,11 +3,15 @@
 #   python  PyJWT (PyJWKClient via the RFC 8414 metadata) and oauthlib/requests-oauthlib
 #           (clients.py); and a DPoP client (RFC 9449) of its own, keys from
 #           `cryptography`, proofs signed by PyJWT (dpop_clients.py, reported as
-#           `python-dpop`)
+#           `python-dpop`); the client credentials grant with requests-oauthlib's
+#           BackendApplicationClient, tokens checked by PyJWT (client_credentials.py,
+#           reported as `python-cc`)
 #   node    npm `jose` (createRemoteJWKSet + jwtVerify) (jose.mjs); and openid-client 6
 #           (on oauth4webapi 3) as a DPoP client with the library's own DPoP handle,
 #           oauth4webapi's validateJwtAccessToken as its resource server (dpop.mjs,
-#           reported as `node-dpop`)
+#           reported as `node-dpop`); openid-client 6's clientCredentialsGrant with
+#           ClientSecretBasic / ClientSecretPost and tokenIntrospection
+#           (client_credentials.mjs, reported as `node-cc`)
 #   schemathesis  every operation of /openapi.json: no 5xx, status codes, content
 #           types, response headers and bodies as the document says
 #
@@ -27,7 +31,9 @@
 # configuration file ($TMP/issuer.toml, below) that is the built-in development
 # configuration (clients `dev` and `dev-spa`, self-registration on) plus one client,
 # `dev-nonce`, that requires DPoP nonces (RFC 9449 §8): the built-in configuration has
-# none, and clients come from a file only. The per-IP and
+# none, and clients come from a file only; and one service client, `interop-service`,
+# with the client credentials grant, whose secret `token-issuer client-secret` makes
+# afresh each run (INTEROP_CC_CLIENT_ID, INTEROP_CC_CLIENT_SECRET). The per-IP and
 # per-account login rate limits are off (ISSUER_RATE_LIMIT_LOGIN_PER_IP=off,
 # ISSUER_RATE_LIMIT_LOGIN_PER_ACCOUNT=off): the schemathesis auth provider logs in
 # again after every 401 (schemathesis logs its own session out and disables its own
@@ -36,7 +42,7 @@
 # instead of the operations. Nothing else differs from the defaults.
 #
 # Each suite's script prints its own `<name>: N passed, N failed` (python, python-dpop,
-# node, node-dpop, schemathesis); the last line sums them.
+# python-cc, node, node-dpop, node-cc, schemathesis); the last line sums them.
 # Exit status: 0 when every suite passed, 1 otherwise (the server log tail is printed).
 set -euo pipefail
 
@@ -122,6 +128,30 @@ dpop_nonce = "required"
 refresh_grace_period = "0"
 TOML
 
+# Plus `interop-service`, a service client with the client credentials grant (RFC 6749
+# §4.4; python-cc and node-cc use it), its secret fresh from the server's own CLI
+# (`client-secret` prints `client_secret = ...` and the `client_secret_hash = "..."`
+# line for the file). The clients get the id and secret from the environment (below).
+CC_CLIENT_ID=interop-service
+secret_out=$("$BIN" client-secret)
+CC_CLIENT_SECRET=$(sed -n -E 's/^client_secret = (.+)$/\1/p' <<<"$secret_out")
+CC_HASH_LINE=$(grep -E '^client_secret_hash = "sha256:[0-9a-f]{64}"$' <<<"$secret_out" || true)
+if [[ -z $CC_CLIENT_SECRET || -z $CC_HASH_LINE ]]; then
+  echo "interop: unexpected output of \`$BIN client-secret\`: $secret_out" >&2
+  exit 1
+fi
+cat >>"$CONFIG" <<TOML
+
+[[clients]]
+client_id = "$CC_CLIENT_ID"
+kind = "service"
+$CC_HASH_LINE
+client_credentials = true
+audiences = ["https://orders.example", "https://billing.example"]
+scopes = ["orders:read", "billing:read"]
+introspection_audiences = ["*"]
+TOML
+
 log_printed=0
 print_log() {
   if [[ $log_printed == 0 && -f $LOG ]]; then
@@ -185,6 +215,7 @@ if [[ -z $SERVER_PID ]]; then
 fi
 
 export INTEROP_BASE_URL=$BASE INTEROP_KEYS_DIR=$TMP/keys
+export INTEROP_CC_CLIENT_ID=$CC_CLIENT_ID INTEROP_CC_CLIENT_SECRET=$CC_CLIENT_SECRET
 
 # ------------------------------------------------------------------------------ suites
 
@@ -223,10 +254,12 @@ for suite in $SUITES; do
     python)
       run_suite python "$PY" "$HERE/python/clients.py"
       run_suite python-dpop "$PY" "$HERE/python/dpop_clients.py"
+      run_suite python-cc "$PY" "$HERE/python/client_credentials.py"
       ;;
     node)
       run_suite node node "$HERE/node/jose.mjs"
       run_suite node-dpop node "$HERE/node/dpop.mjs"
+      run_suite node-cc node "$HERE/node/client_credentials.mjs"
       ;;
     schemathesis)
       # The hooks register their own user and make it admin with the server's CLI (it
