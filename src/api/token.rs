@@ -43,6 +43,13 @@ pub struct TokenRequestParams {
     /// Client credentials with `client_secret_post`: the client's secret (instead of
     /// HTTP Basic).
     client_secret: Option<String>,
+    /// Client credentials with `private_key_jwt` (RFC 7523):
+    /// `urn:ietf:params:oauth:client-assertion-type:jwt-bearer`.
+    client_assertion_type: Option<String>,
+    /// Client credentials with `private_key_jwt`: a JWT signed by one of the client's
+    /// configured keys (`iss` = `sub` = its `client_id`, `aud` the token endpoint or the
+    /// issuer, `exp` within 5 minutes, a `jti` used once).
+    client_assertion: Option<String>,
     /// Client credentials (RFC 8707): the one audience the token is for, among the
     /// client's; another is `invalid_target`. Omitted: all the client's audiences.
     resource: Option<String>,
@@ -71,6 +78,8 @@ impl TokenRequestBody {
             scope: p.scope,
             basic,
             client_secret: p.client_secret.map(Secret::new),
+            client_assertion_type: p.client_assertion_type,
+            client_assertion: p.client_assertion.map(Secret::new),
             resource: p.resource,
             audience: p.audience,
         }

@@ -66,9 +66,12 @@ pub struct ServerMetadata {
     pub response_types_supported: Vec<String>,
     /// `password`, `refresh_token` and `client_credentials`.
     pub grant_types_supported: Vec<String>,
-    /// `none` for public (first-party) clients; `client_secret_basic` and
-    /// `client_secret_post` for `service` clients (client credentials).
+    /// `none` for public (first-party) clients; `client_secret_basic`,
+    /// `client_secret_post` and `private_key_jwt` for `service` clients (client
+    /// credentials).
     pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// The `alg`s of `private_key_jwt` assertions.
+    pub token_endpoint_auth_signing_alg_values_supported: Vec<String>,
     pub revocation_endpoint_auth_methods_supported: Vec<String>,
     /// `client_secret_basic` and `client_secret_post`, for `service` clients.
     pub introspection_endpoint_auth_methods_supported: Vec<String>,
@@ -174,7 +177,11 @@ fn server_metadata(issuer: &Issuer) -> MetadataResponse {
                 "none",
                 "client_secret_basic",
                 "client_secret_post",
+                "private_key_jwt",
             ]),
+            token_endpoint_auth_signing_alg_values_supported: list(
+                &crate::crypto::dpop::ALGORITHMS,
+            ),
             revocation_endpoint_auth_methods_supported: list(&["none"]),
             introspection_endpoint_auth_methods_supported: list(&[
                 "client_secret_basic",

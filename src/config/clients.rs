@@ -114,7 +114,24 @@ fn client_from_file(
             "must list at least one non-empty audience",
         ));
     }
-    let secret_hash = secret_hash(&setting, c.kind, c.client_secret_hash.as_deref())?;
+
+    let assertion_keys = match &c.jwks {
+        None => Vec::new(),
+        Some(_) if c.kind != ClientKind::Service => {
+            return Err(invalid(
+                &format!("{setting}.jwks"),
+                "only service clients authenticate with private_key_jwt",
+            ));
+        }
+        Some(jwks) => crate::crypto::client_assertion::public_keys(jwks)
+            .map_err(|why| invalid(&format!("{setting}.jwks"), why))?,
+    };
+    let secret_hash = secret_hash(
+        &setting,
+        c.kind,
+        c.client_secret_hash.as_deref(),
+        !assertion_keys.is_empty(),
+    )?;
     // Opt-in, and only with audiences of its own: a service client of an earlier
     // configuration (introspection only, audiences left to the default) must not start
     // minting tokens for the issuer's own audience.
@@ -149,6 +166,7 @@ fn client_from_file(
         dpop_foreign_key: c.dpop_foreign_key,
         dpop_nonce: c.dpop_nonce,
         client_credentials: c.client_credentials,
+        assertion_keys,
     })
 }
 
@@ -209,6 +227,7 @@ fn secret_hash(
     setting: &str,
     kind: ClientKind,
     raw: Option<&str>,
+    has_keys: bool,
 ) -> Result<Option<crate::crypto::client_secret::SecretHash>, ConfigError> {
     Ok(match (kind, raw) {
         (ClientKind::Service, Some(raw)) => Some(
@@ -219,10 +238,12 @@ fn secret_hash(
                 )
             })?,
         ),
+        // A client that signs assertions (`jwks`) needs no secret.
+        (ClientKind::Service, None) if has_keys => None,
         (ClientKind::Service, None) => {
             return Err(invalid(
                 &format!("{setting}.client_secret_hash"),
-                "a service client needs a secret: run `token-issuer client-secret`",
+                "a service client needs a secret (run `token-issuer client-secret`) or a jwks",
             ));
         }
         (_, Some(_)) => {
@@ -280,6 +301,7 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             dpop_foreign_key: ForeignKeyPolicy::Refuse,
             dpop_nonce: NoncePolicy::Off,
             client_credentials: false,
+            assertion_keys: Vec::new(),
         },
         Client {
             id: "dev-spa".to_owned(),
@@ -296,6 +318,7 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             dpop_foreign_key: ForeignKeyPolicy::Refuse,
             dpop_nonce: NoncePolicy::Off,
             client_credentials: false,
+            assertion_keys: Vec::new(),
         },
         // Its secret is made on first start, in the key directory (`startup`).
         Client {
@@ -313,6 +336,7 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             dpop_foreign_key: ForeignKeyPolicy::Refuse,
             dpop_nonce: NoncePolicy::Off,
             client_credentials: true,
+            assertion_keys: Vec::new(),
         },
     ]
 }

@@ -71,6 +71,9 @@ pub(super) struct ClientFile {
     /// `audiences`. Default false.
     #[serde(default)]
     pub(super) client_credentials: bool,
+    /// Service clients: the JWK Set of their `private_key_jwt` public keys,
+    /// `{keys = [{kty = "EC", crv = "P-256", x = "...", y = "...", kid = "..."}]}`.
+    pub(super) jwks: Option<serde_json::Value>,
     #[serde(default)]
     pub(super) scopes: Vec<String>,
     pub(super) access_token_lifetime: Option<String>,

@@ -295,6 +295,48 @@ fn client_credentials_are_opt_in_for_service_clients_with_their_own_audiences() 
 }
 
 #[test]
+fn a_service_client_may_sign_assertions_instead_of_holding_a_secret() {
+    // jose's documented example P-256 key (public half).
+    let key = "{ kty = \"EC\", crv = \"P-256\", kid = \"k1\", \
+               x = \"jJ6Flys3zK9jUhnOHf6G49Dyp5hah6CNP84-gY-n9eo\", \
+               y = \"nhI6iD5eFXgBTLt_1p3aip-5VbZeMhxeFSpjfEAf7Ww\" }";
+    let client = |kind: &str, jwks: &str| {
+        format!("[[clients]]\nclient_id = \"c\"\nkind = \"{kind}\"\njwks = {jwks}\n")
+    };
+    let s = load(
+        Some(&client("service", &format!("{{ keys = [{key}] }}"))),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(s.clients[0].assertion_keys.len(), 1);
+    assert!(s.clients[0].secret_hash.is_none());
+    for (toml_text, why) in [
+        (
+            client("mobile", &format!("{{ keys = [{key}] }}")),
+            "a public client",
+        ),
+        (client("service", "{ keys = [] }"), "no key"),
+        (
+            client(
+                "service",
+                "{ keys = [{ kty = \"oct\", k = \"c2VjcmV0\" }] }",
+            ),
+            "a secret key",
+        ),
+        (
+            client(
+                "service",
+                &format!("{{ keys = [{}] }}", key.replace(" }", ", d = \"x\" }")),
+            ),
+            "a private key",
+        ),
+    ] {
+        let err = load(Some(&toml_text), &[]).unwrap_err();
+        assert_eq!(err.setting, "clients[0].jwks", "{why}");
+    }
+}
+
+#[test]
 fn trusted_proxies_are_ranges() {
     let s = load(
         None,

@@ -239,7 +239,7 @@ pub fn check(proof: &str, expected: &Expected<'_>) -> Result<Proof, InvalidProof
 }
 
 /// A base64url segment that decodes to a JSON object.
-fn json_object(segment: &str) -> Option<Map<String, Value>> {
+pub(crate) fn json_object(segment: &str) -> Option<Map<String, Value>> {
     let bytes = URL_SAFE_NO_PAD.decode(segment).ok()?;
     match serde_json::from_slice(&bytes).ok()? {
         Value::Object(map) => Some(map),
@@ -287,7 +287,7 @@ fn small_order_ed25519(x: &[u8]) -> bool {
 }
 
 /// A proof's public key, of the type its `alg` needs.
-enum ProofKey {
+pub(crate) enum ProofKey {
     /// The uncompressed point `0x04 ‖ x ‖ y`.
     Es256(Vec<u8>),
     Ed25519(Vec<u8>),
@@ -299,7 +299,7 @@ enum ProofKey {
 }
 
 impl ProofKey {
-    fn verifies(&self, input: &[u8], signature: &[u8]) -> bool {
+    pub(crate) fn verifies(&self, input: &[u8], signature: &[u8]) -> bool {
         use aws_lc_rs::signature::{
             ECDSA_P256_SHA256_FIXED, ED25519, RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256,
             RsaPublicKeyComponents, UnparsedPublicKey,
@@ -328,7 +328,10 @@ impl ProofKey {
 /// The key of `jwk` for `alg`, and its RFC 7638 SHA-256 thumbprint: the required
 /// members, in lexicographic order, as the JWK spells them (each was decoded as
 /// canonical base64url here, so none needs escaping).
-fn public_key(alg: &str, jwk: &Map<String, Value>) -> Result<(ProofKey, String), InvalidProof> {
+pub(crate) fn public_key(
+    alg: &str,
+    jwk: &Map<String, Value>,
+) -> Result<(ProofKey, String), InvalidProof> {
     let unsupported = InvalidProof("the jwk is not a public key we support");
     let member = |name: &str| jwk.get(name).and_then(Value::as_str).ok_or(unsupported);
     let bytes = |name: &str| -> Result<(&str, Vec<u8>), InvalidProof> {

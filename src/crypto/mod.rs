@@ -6,6 +6,8 @@
 //! for refresh tokens; argon2id hashes passwords on a bounded pool.
 
 #[cfg(feature = "server")]
+pub mod client_assertion;
+#[cfg(feature = "server")]
 pub mod client_secret;
 #[cfg(any(feature = "server", feature = "verifier"))]
 pub mod dpop;

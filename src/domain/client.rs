@@ -94,6 +94,9 @@ pub struct Client {
     pub dpop_nonce: NoncePolicy,
     /// `service` clients: whether it may get tokens of its own (client credentials).
     pub client_credentials: bool,
+    /// `service` clients: the public keys of its `private_key_jwt` assertions (its
+    /// JWK Set's `keys`); empty: secrets only.
+    pub assertion_keys: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The `DPoP` header(s) of a request (RFC 9449).
@@ -193,6 +196,7 @@ mod tests {
             dpop_foreign_key: ForeignKeyPolicy::Refuse,
             dpop_nonce: NoncePolicy::Off,
             client_credentials: false,
+            assertion_keys: Vec::new(),
             policy: RefreshPolicy {
                 idle_timeout: Duration::from_secs(86_400),
                 absolute_lifetime: Duration::from_secs(86_400),

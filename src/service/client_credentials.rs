@@ -4,8 +4,10 @@
 //! Decisions taken here:
 //! - Only `service` clients (confidential, with a `client_secret_hash`) use it; any
 //!   other client is `unauthorized_client`. They authenticate with
-//!   `client_secret_basic` or `client_secret_post`, one of the two, not both
-//!   (`invalid_request`). `private_key_jwt` (RFC 7523) is not offered yet.
+//!   `client_secret_basic`, `client_secret_post` or `private_key_jwt` (RFC 7523, a
+//!   JWT signed by a key of the client's configured `jwks`; its rules are
+//!   `crypto::client_assertion`'s, its `jti` is remembered until its `exp`, across
+//!   instances through Redis), exactly one of them (`invalid_request`).
 //! - Only clients configured with `client_credentials = true` (and their own
 //!   `audiences`): a service client of an earlier configuration introspects only, and
 //!   does not start minting tokens for the issuer's audience.
@@ -54,25 +56,112 @@ impl Issuer {
         params: TokenParams,
         meta: RequestMeta,
     ) -> Result<Issued, Error> {
+        let client = if params.client_assertion.is_some() || params.client_assertion_type.is_some()
+        {
+            self.authenticate_by_assertion(named, &params, &meta)
+                .await?
+        } else {
+            self.authenticate_by_secret(named, &params, &meta).await?
+        };
+        self.grant_client_token(client, params, meta).await
+    }
+
+    /// `client_secret_basic` or `client_secret_post`.
+    async fn authenticate_by_secret<'c>(
+        &'c self,
+        named: &'c Client,
+        params: &TokenParams,
+        meta: &RequestMeta,
+    ) -> Result<&'c Client, Error> {
         // With Basic, the body's `client_id` (if any) was checked to name the same
         // client already.
-        let credentials = match params.basic {
+        let (basic, client_secret) = (params.basic.clone(), params.client_secret.clone());
+        let credentials = match basic {
             Some(basic) => ClientCredentials {
                 basic: Some(basic),
                 client_id: None,
-                client_secret: params.client_secret,
+                client_secret,
             },
             None => ClientCredentials {
                 basic: None,
                 client_id: Some(named.id.clone()),
-                client_secret: params.client_secret,
+                client_secret,
             },
         };
-        let client = match self.authenticate_client(credentials) {
-            Ok(client) => client,
-            Err(Error::InvalidClient) => return Err(self.client_auth_failed(named, &meta).await),
-            Err(e) => return Err(e),
+        match self.authenticate_client(credentials) {
+            Ok(client) => Ok(client),
+            Err(Error::InvalidClient) => Err(self.client_auth_failed(named, meta).await),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `private_key_jwt` (see `crypto::client_assertion`): the only credential of the
+    /// request; its `jti` is recorded until its `exp` (across instances through Redis).
+    async fn authenticate_by_assertion<'c>(
+        &'c self,
+        named: &'c Client,
+        params: &TokenParams,
+        meta: &RequestMeta,
+    ) -> Result<&'c Client, Error> {
+        use crate::crypto::client_assertion::{self, ASSERTION_TYPE, Expected};
+        if params.basic.is_some() || params.client_secret.is_some() {
+            return Err(Error::InvalidRequest(
+                "authenticate once: a client assertion, or a secret".into(),
+            ));
+        }
+        if params.client_assertion_type.as_deref() != Some(ASSERTION_TYPE) {
+            return Err(Error::InvalidRequest(format!(
+                "client_assertion_type must be {ASSERTION_TYPE}"
+            )));
+        }
+        let assertion = params
+            .client_assertion
+            .as_ref()
+            .filter(|a| !a.expose().is_empty())
+            .ok_or_else(|| Error::InvalidRequest("client_assertion is required".into()))?;
+        let token_endpoint = format!("{}/oauth/token", self.issuer_url);
+        let now = self.now().unix_timestamp();
+        let leeway = i64::try_from(self.clock_leeway.as_secs()).unwrap_or(30);
+        let expected = Expected {
+            client_id: &named.id,
+            audiences: [&token_endpoint, &self.issuer_url],
+            now,
+            leeway,
         };
+        let checked = client_assertion::check(assertion.expose(), &named.assertion_keys, &expected);
+        let assertion = match checked {
+            Ok(assertion) => assertion,
+            Err(why) => {
+                tracing::info!(target: "security", event = "client_assertion_refused", client_id = %named.id, reason = %why);
+                return Err(self.client_auth_failed(named, meta).await);
+            }
+        };
+        let ttl = std::time::Duration::from_secs(
+            u64::try_from(assertion.exp + leeway - now)
+                .unwrap_or(0)
+                .max(1),
+        );
+        match self
+            .shared
+            .first_use_of_proof(&assertion.replay_id(&named.id), ttl)
+            .await
+        {
+            Some(true) => Ok(named),
+            Some(false) => {
+                tracing::info!(target: "security", event = "client_assertion_refused", client_id = %named.id, reason = "replayed jti");
+                Err(self.client_auth_failed(named, meta).await)
+            }
+            None => Err(Error::Overloaded),
+        }
+    }
+
+    /// The token of an authenticated client.
+    async fn grant_client_token(
+        &self,
+        client: &Client,
+        params: TokenParams,
+        meta: RequestMeta,
+    ) -> Result<Issued, Error> {
         let scope = match client.check_scope(params.scope.as_deref())? {
             Some(requested) => Some(requested),
             None => {

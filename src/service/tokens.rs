@@ -37,6 +37,9 @@ pub struct TokenParams {
     pub basic: Option<(String, Secret)>,
     /// `client_secret_post`: the secret in the body.
     pub client_secret: Option<Secret>,
+    /// `private_key_jwt` (RFC 7523): the assertion and its type.
+    pub client_assertion_type: Option<String>,
+    pub client_assertion: Option<Secret>,
     /// RFC 8707 `resource`, or `audience`: the one audience a client-credentials
     /// token is for, among the client's.
     pub resource: Option<String>,

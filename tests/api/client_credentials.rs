@@ -256,3 +256,123 @@ scenario! {
         assert_eq!(failures, 3);
     }
 }
+
+/// An app with a service client `signer` that authenticates with `private_key_jwt`
+/// (RFC 7523) under `key`, whose `kid` is `k1`.
+async fn app_with_signer(
+    backend: crate::helpers::Backend,
+    key: &crate::helpers::DpopKey,
+) -> TestApp {
+    let mut jwk = key.jwk();
+    jwk["kid"] = json!("k1");
+    let keys = vec![jwk.as_object().unwrap().clone()];
+    spawn_app_with(backend, move |s| {
+        let mut signer = s
+            .clients
+            .iter()
+            .find(|c| c.id == SERVICE_CLIENT)
+            .unwrap()
+            .clone();
+        signer.id = "signer".into();
+        signer.secret_hash = None;
+        signer.audiences = vec![ORDERS.into()];
+        signer.client_credentials = true;
+        signer.assertion_keys = keys;
+        s.clients.push(signer);
+    })
+    .await
+}
+
+/// A grant of `signer` with `assertion`.
+async fn with_assertion(app: &TestApp, assertion: &str) -> reqwest::Response {
+    grant(
+        app,
+        &[
+            ("client_id", "signer"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+        ],
+        None,
+    )
+    .await
+}
+
+scenario! {
+    /// `private_key_jwt`: an assertion signed by the client's key, for the token
+    /// endpoint or the issuer, short-lived, used once; anything else is invalid_client
+    /// and audited, and a secret beside an assertion is invalid_request.
+    async fn a_service_client_authenticates_with_a_signed_assertion(backend) {
+        let key = crate::helpers::DpopKey::new();
+        let app = app_with_signer(backend, &key).await;
+        let now = crate::helpers::now(&app);
+        let token_endpoint = format!("{}/oauth/token", app.settings.issuer_url);
+        let header = json!({"alg": "ES256", "typ": "JWT", "kid": "k1"});
+        let claims = |changes: Value| {
+            let mut c = json!({
+                "iss": "signer", "sub": "signer", "aud": token_endpoint,
+                "exp": now + 60, "iat": now, "jti": uuid::Uuid::new_v4().to_string(),
+            });
+            for (k, v) in changes.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            c
+        };
+        let good = key.signed(&header, &claims(json!({})));
+        let body = granted(with_assertion(&app, &good).await).await;
+        let token = segment(body["access_token"].as_str().unwrap(), 1);
+        assert_eq!((token["sub"].clone(), token["aud"].clone()), (json!("signer"), json!(ORDERS)));
+        // The issuer as audience (RFC 7523bis), an array, and no kid with one key.
+        granted(with_assertion(&app, &key.signed(&header, &claims(json!({"aud": app.settings.issuer_url})))).await).await;
+        granted(with_assertion(&app, &key.signed(&header, &claims(json!({"aud": ["https://x.example", token_endpoint]})))).await).await;
+        granted(with_assertion(&app, &key.signed(&json!({"alg": "ES256"}), &claims(json!({})))).await).await;
+
+        let stranger = crate::helpers::DpopKey::new();
+        let refused = [
+            good.clone(),
+            stranger.signed(&header, &claims(json!({}))),
+            key.signed(&header, &claims(json!({"iss": SERVICE_CLIENT}))),
+            key.signed(&header, &claims(json!({"sub": "someone"}))),
+            key.signed(&header, &claims(json!({"aud": "https://elsewhere.example/oauth/token"}))),
+            key.signed(&header, &claims(json!({"exp": now - 120}))),
+            key.signed(&header, &claims(json!({"exp": now + 3600}))),
+            key.signed(&header, &claims(json!({"iat": now + 600}))),
+            key.signed(&header, &claims(json!({"jti": ""}))),
+            key.signed(&json!({"alg": "ES256", "kid": "k2"}), &claims(json!({}))),
+            key.signed(&json!({"alg": "HS256", "kid": "k1"}), &claims(json!({}))),
+            key.signed(&json!({"alg": "none", "kid": "k1"}), &claims(json!({}))),
+            "not.an.assertion".to_owned(),
+        ];
+        for (i, assertion) in refused.iter().enumerate() {
+            let resp = with_assertion(&app, assertion).await;
+            let body = assert_error(resp, StatusCode::UNAUTHORIZED, "invalid_client", None).await;
+            assert!(!body.to_string().contains("signer\""), "case {i}: {body}");
+        }
+        let resp = grant(&app, &[
+            ("client_id", "signer"),
+            ("client_secret", "x"),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("client_assertion", &key.signed(&header, &claims(json!({})))),
+        ], None).await;
+        assert_error(resp, StatusCode::BAD_REQUEST, "invalid_request", None).await;
+        let resp = grant(&app, &[
+            ("client_id", "signer"),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:saml2-bearer"),
+            ("client_assertion", &key.signed(&header, &claims(json!({})))),
+        ], None).await;
+        assert_error(resp, StatusCode::BAD_REQUEST, "invalid_request", None).await;
+        assert_eq!(app.metric("issuer_client_auth_failures_total").await, refused.len().to_string());
+        // A client without keys cannot use an assertion; one without a secret cannot
+        // use a secret.
+        let resp = grant(&app, &[
+            ("client_id", SERVICE_CLIENT),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("client_assertion", &key.signed(&header, &claims(json!({"iss": SERVICE_CLIENT, "sub": SERVICE_CLIENT})))),
+        ], None).await;
+        assert_error(resp, StatusCode::UNAUTHORIZED, "invalid_client", None).await;
+        let resp = grant(&app, &[("client_id", "signer"), ("client_secret", "")], None).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+}

@@ -60,7 +60,7 @@ scenario! {
         );
         assert_eq!(
             meta["token_endpoint_auth_methods_supported"],
-            serde_json::json!(["none", "client_secret_basic", "client_secret_post"])
+            serde_json::json!(["none", "client_secret_basic", "client_secret_post", "private_key_jwt"])
         );
     }
 }
