@@ -55,7 +55,8 @@ impl Assertion {
     pub fn replay_id(&self, client_id: &str) -> String {
         let digest = aws_lc_rs::digest::digest(
             &aws_lc_rs::digest::SHA256,
-            format!("assertion:{client_id}:{}", self.jti).as_bytes(),
+            // The id's length first: `a:b` with `c` and `a` with `b:c` differ.
+            format!("assertion:{}:{client_id}:{}", client_id.len(), self.jti).as_bytes(),
         );
         URL_SAFE_NO_PAD.encode(digest.as_ref())
     }
@@ -137,17 +138,17 @@ pub fn check(
         .get("exp")
         .and_then(Value::as_i64)
         .ok_or(InvalidAssertion("exp is missing or not an integer"))?;
-    if exp + leeway <= now {
+    if exp.saturating_add(leeway) <= now {
         return Err(InvalidAssertion("the assertion expired"));
     }
-    if exp > now + MAX_LIFETIME + leeway {
+    if exp > now.saturating_add(MAX_LIFETIME + leeway) {
         return Err(InvalidAssertion("exp is too far ahead"));
     }
     for name in ["nbf", "iat"] {
         match claims.get(name) {
             None => {}
             Some(v) => match v.as_i64() {
-                Some(t) if t <= now + leeway => {}
+                Some(t) if t <= now.saturating_add(leeway) => {}
                 Some(_) => return Err(InvalidAssertion("nbf or iat is ahead of now")),
                 None => return Err(InvalidAssertion("nbf or iat is not an integer")),
             },

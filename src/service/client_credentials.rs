@@ -56,14 +56,20 @@ impl Issuer {
         params: TokenParams,
         meta: RequestMeta,
     ) -> Result<Issued, Error> {
-        let client = if params.client_assertion.is_some() || params.client_assertion_type.is_some()
-        {
-            self.authenticate_by_assertion(named, &params, &meta)
-                .await?
-        } else {
-            self.authenticate_by_secret(named, &params, &meta).await?
-        };
-        self.grant_client_token(client, params, meta).await
+        let (client, assertion) =
+            if params.client_assertion.is_some() || params.client_assertion_type.is_some() {
+                let (client, assertion) = self
+                    .authenticate_by_assertion(named, &params, &meta)
+                    .await?;
+                (client, Some(assertion))
+            } else {
+                (
+                    self.authenticate_by_secret(named, &params, &meta).await?,
+                    None,
+                )
+            };
+        self.grant_client_token(client, assertion, params, meta)
+            .await
     }
 
     /// `client_secret_basic` or `client_secret_post`.
@@ -90,7 +96,7 @@ impl Issuer {
         };
         match self.authenticate_client(credentials) {
             Ok(client) => Ok(client),
-            Err(Error::InvalidClient) => Err(self.client_auth_failed(named, meta).await),
+            Err(Error::InvalidClient) => Err(self.client_auth_failed(named, meta, false).await),
             Err(e) => Err(e),
         }
     }
@@ -102,7 +108,7 @@ impl Issuer {
         named: &'c Client,
         params: &TokenParams,
         meta: &RequestMeta,
-    ) -> Result<&'c Client, Error> {
+    ) -> Result<(&'c Client, crate::crypto::client_assertion::Assertion), Error> {
         use crate::crypto::client_assertion::{self, ASSERTION_TYPE, Expected};
         if params.basic.is_some() || params.client_secret.is_some() {
             return Err(Error::InvalidRequest(
@@ -128,28 +134,57 @@ impl Issuer {
             now,
             leeway,
         };
+        // A signature check costs up to an RSA-4096 verification: a caller past the
+        // per-address failure limit gets 429 before any, and each check holds one
+        // unit of that budget, given back when the assertion is good.
+        let held = match (self.limits.login_per_ip, meta.ip.as_deref()) {
+            (Some(limit), Some(ip)) => Some(
+                self.shared
+                    .take(LimitKind::LoginIp, ip, limit)
+                    .await
+                    .map_err(|wait| self.rate_limited(wait))?,
+            ),
+            _ => None,
+        };
         let checked = client_assertion::check(assertion.expose(), &named.assertion_keys, &expected);
-        let assertion = match checked {
-            Ok(assertion) => assertion,
+        match checked {
+            Ok(assertion) => {
+                if let Some(held) = held {
+                    self.shared.give_back(held).await;
+                }
+                Ok((named, assertion))
+            }
             Err(why) => {
                 tracing::info!(target: "security", event = "client_assertion_refused", client_id = %named.id, reason = %why);
-                return Err(self.client_auth_failed(named, meta).await);
+                Err(self.client_auth_failed(named, meta, held.is_some()).await)
             }
-        };
+        }
+    }
+
+    /// Records a checked assertion's `jti` until its `exp` (across instances through
+    /// Redis): a replay is a failed authentication.
+    async fn record_assertion(
+        &self,
+        client: &Client,
+        assertion: &crate::crypto::client_assertion::Assertion,
+        meta: &RequestMeta,
+    ) -> Result<(), Error> {
+        let now = self.now().unix_timestamp();
+        let leeway = i64::try_from(self.clock_leeway.as_secs()).unwrap_or(30);
         let ttl = std::time::Duration::from_secs(
-            u64::try_from(assertion.exp + leeway - now)
+            u64::try_from(assertion.exp.saturating_add(leeway).saturating_sub(now))
                 .unwrap_or(0)
                 .max(1),
         );
         match self
             .shared
-            .first_use_of_proof(&assertion.replay_id(&named.id), ttl)
+            .first_use_of_proof(&assertion.replay_id(&client.id), ttl)
             .await
         {
-            Some(true) => Ok(named),
+            Some(true) => Ok(()),
             Some(false) => {
-                tracing::info!(target: "security", event = "client_assertion_refused", client_id = %named.id, reason = "replayed jti");
-                Err(self.client_auth_failed(named, meta).await)
+                tracing::info!(target: "security", event = "client_assertion_refused", client_id = %client.id, reason = "replayed jti");
+                Err(self.client_auth_failed(client, meta, false).await)
             }
             None => Err(Error::Overloaded),
         }
@@ -159,6 +194,7 @@ impl Issuer {
     async fn grant_client_token(
         &self,
         client: &Client,
+        assertion: Option<crate::crypto::client_assertion::Assertion>,
         params: TokenParams,
         meta: RequestMeta,
     ) -> Result<Issued, Error> {
@@ -180,6 +216,11 @@ impl Issuer {
                 .hit(LimitKind::ClientCredentials, &client.id, limit)
                 .await
                 .map_err(|wait| self.rate_limited(wait))?;
+        }
+        // Used up only now: an assertion refused for the request's other parts (a
+        // scope, a nonce to retry with) may be sent again.
+        if let Some(assertion) = &assertion {
+            self.record_assertion(client, assertion, &meta).await?;
         }
         if let Some(proof) = &proof {
             self.record_proof(proof).await?;
@@ -218,10 +259,12 @@ impl Issuer {
     /// time; an audit row unless this address failed more than the per-address login
     /// limit allows in its window (then the answer is 429), so that a stream of wrong
     /// secrets cannot fill the audit table or occupy the database writer.
-    async fn client_auth_failed(&self, named: &Client, meta: &RequestMeta) -> Error {
+    /// (`counted`: the failure already holds a unit of the address's budget.)
+    async fn client_auth_failed(&self, named: &Client, meta: &RequestMeta, counted: bool) -> Error {
         tracing::info!(target: "security", event = "client_auth_failed", client_id = %named.id, ip = ?meta.ip);
         self.metrics.client_auth_failures.inc();
-        if let (Some(limit), Some(ip)) = (self.limits.login_per_ip, meta.ip.as_deref())
+        if !counted
+            && let (Some(limit), Some(ip)) = (self.limits.login_per_ip, meta.ip.as_deref())
             && let Err(wait) = self.shared.hit(LimitKind::LoginIp, ip, limit).await
         {
             return self.rate_limited(wait);

@@ -376,3 +376,64 @@ scenario! {
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     }
 }
+
+scenario! {
+    /// An assertion is used up only by a grant that is given: refused for its scope,
+    /// it may be sent again; given, never again. Past the address's failure limit,
+    /// assertions are refused (429) before any signature is checked.
+    async fn assertions_are_used_up_by_grants_and_limited_per_address(backend) {
+        use token_issuer::config::RateLimit;
+        let key = crate::helpers::DpopKey::new();
+        let mut jwk = key.jwk();
+        jwk["kid"] = json!("k1");
+        let keys = vec![jwk.as_object().unwrap().clone()];
+        let app = spawn_app_with(backend, move |s| {
+            let mut signer = s.clients.iter().find(|c| c.id == SERVICE_CLIENT).unwrap().clone();
+            signer.id = "signer".into();
+            signer.secret_hash = None;
+            signer.audiences = vec![ORDERS.into()];
+            signer.client_credentials = true;
+            signer.assertion_keys = keys;
+            s.clients.push(signer);
+            s.limits.login_per_ip = Some(RateLimit { max: 3, window: std::time::Duration::from_secs(60) });
+        })
+        .await;
+        let now = crate::helpers::now(&app);
+        let claims = json!({
+            "iss": "signer", "sub": "signer", "aud": app.settings.issuer_url,
+            "exp": now + 60, "jti": uuid::Uuid::new_v4().to_string(),
+        });
+        let assertion = key.signed(&json!({"alg": "ES256", "kid": "k1"}), &claims);
+        let form = |scope: &'static str, assertion: &str| {
+            vec![
+                ("client_id".to_owned(), "signer".to_owned()),
+                ("client_assertion_type".to_owned(), "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_owned()),
+                ("client_assertion".to_owned(), assertion.to_owned()),
+                ("scope".to_owned(), scope.to_owned()),
+            ]
+        };
+        let send = |f: Vec<(String, String)>| {
+            let app = &app;
+            async move {
+                let mut body = vec![("grant_type".to_owned(), "client_credentials".to_owned())];
+                body.extend(f.into_iter().filter(|(_, v)| !v.is_empty()));
+                app.http.post(app.url("/oauth/token")).form(&body).send().await.unwrap()
+            }
+        };
+        let resp = send(form("orders:write", &assertion)).await;
+        assert_error(resp, StatusCode::BAD_REQUEST, "invalid_scope", None).await;
+        granted(send(form("", &assertion)).await).await;
+        let resp = send(form("", &assertion)).await;
+        assert_error(resp, StatusCode::UNAUTHORIZED, "invalid_client", None).await;
+        // Two more failures reach the limit of three; the next is refused unchecked.
+        let stranger = crate::helpers::DpopKey::new();
+        for _ in 0..2 {
+            let forged = stranger.signed(&json!({"alg": "ES256", "kid": "k1"}), &claims);
+            assert_eq!(send(form("", &forged)).await.status(), StatusCode::UNAUTHORIZED);
+        }
+        let forged = stranger.signed(&json!({"alg": "ES256", "kid": "k1"}), &claims);
+        let resp = send(form("", &forged)).await;
+        assert_error(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited", None).await;
+        assert_eq!(app.metric("issuer_client_auth_failures_total").await, "3");
+    }
+}
