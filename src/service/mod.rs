@@ -8,6 +8,7 @@ pub mod dpop;
 pub mod incident;
 pub mod introspect;
 pub mod keys;
+mod revoke;
 pub mod sessions;
 pub mod sweep;
 pub mod tokens;
