@@ -184,11 +184,13 @@ impl Application {
         } else {
             tracing::info!(dir = %settings.keys_dir.display(), %kid, "loaded signing keys");
         }
+        // The nonce key also keys the hosted forms' anti-CSRF fields (under its own
+        // label): one more secret the instances share, without one more file.
+        let nonce_key = read_or_create_secret_file(&settings.keys_dir.join(NONCE_KEY_FILE))?;
         let secrets = MacKeys {
             refresh: RefreshKeys::load_or_create(&settings.keys_dir)?,
-            dpop_nonces: Nonces::new(&read_or_create_secret_file(
-                &settings.keys_dir.join(NONCE_KEY_FILE),
-            )?),
+            dpop_nonces: Nonces::new(&nonce_key),
+            forms: crate::crypto::forms::FormTokens::new(&nonce_key),
         };
         let shared = open_shared(settings, Arc::clone(&store), Arc::clone(&metrics))?;
         let mut issuer_settings = settings.issuer();
@@ -302,11 +304,7 @@ fn http_options(settings: &Settings) -> HttpOptions {
     HttpOptions {
         body_timeout: settings.http_timeouts.body_timeout,
         trusted_proxies: settings.trusted_proxies.clone(),
-        cors_origins: settings
-            .clients
-            .iter()
-            .flat_map(|c| c.allowed_origins.iter().cloned())
-            .collect(),
+        cors_origins: cors_origins(settings),
         cors_credentials: settings
             .clients
             .iter()
@@ -332,4 +330,19 @@ fn dev_service_secret(keys_dir: &Path, clients: &mut [Client]) -> Result<(), Key
     client.secret_hash = Some(hash);
     tracing::info!(client_id = %client.id, path = %path.display(), "the development service client's secret is in this file");
     Ok(())
+}
+
+/// The origins CORS allows: the clients'; and, when there are any, the issuer's own,
+/// because a browser sends an `Origin` with a same-origin form post too (the hosted
+/// sign-in pages), which the CORS layer would otherwise refuse.
+fn cors_origins(settings: &Settings) -> std::collections::BTreeSet<String> {
+    let mut origins: std::collections::BTreeSet<String> = settings
+        .clients
+        .iter()
+        .flat_map(|c| c.allowed_origins.iter().cloned())
+        .collect();
+    if !origins.is_empty() {
+        origins.insert(settings.issuer_url.clone());
+    }
+    origins
 }

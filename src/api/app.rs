@@ -12,7 +12,7 @@ use poem::{Endpoint, EndpointExt, Response, Route};
 
 use crate::api::methods::{AllowedMethods, method_not_allowed};
 use crate::api::middleware::{
-    client_ip, dpop_nonce, limit_body, oauth_no_store, observe, render_error,
+    client_ip, dpop_nonce, limit_body, oauth_no_store, observe, page_headers, render_error,
 };
 use crate::api::{ClientIp, make_openapi_service};
 use crate::domain::address::Cidr;
@@ -67,6 +67,7 @@ pub fn app(issuer: Arc<Issuer>, options: HttpOptions) -> BoxEndpoint<'static, Re
             }
         })
         .around(oauth_no_store)
+        .around(page_headers)
         .around(move |ep, req| dpop_nonce(ep, req, Arc::clone(&nonces)))
         .around(move |ep, req| observe(ep, req, Arc::clone(&metrics)))
         .boxed()

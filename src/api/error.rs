@@ -112,6 +112,12 @@ pub enum ErrorReason {
     /// The session is bound to a DPoP key (RFC 9449) and the request did not prove
     /// it (no `DPoP` proof, or one of another key); nothing was consumed.
     DpopKeyMismatch,
+    /// An authorization code sent with another `redirect_uri` than it was issued for;
+    /// nothing was consumed.
+    RedirectUriMismatch,
+    /// An authorization code sent with a `code_verifier` that does not answer its
+    /// `code_challenge` (RFC 7636 §4.6); nothing was consumed.
+    PkceMismatch,
 }
 
 impl From<GrantRejection> for ErrorReason {
@@ -124,6 +130,8 @@ impl From<GrantRejection> for ErrorReason {
             GrantRejection::IdleTimeout => Self::IdleTimeout,
             GrantRejection::InvalidCredentials => Self::InvalidCredentials,
             GrantRejection::DpopKeyMismatch => Self::DpopKeyMismatch,
+            GrantRejection::RedirectUriMismatch => Self::RedirectUriMismatch,
+            GrantRejection::PkceMismatch => Self::PkceMismatch,
         }
     }
 }
@@ -323,6 +331,37 @@ impl From<Error> for Problem {
                     GrantRejection::Unknown => "unknown refresh token",
                     GrantRejection::DpopKeyMismatch => {
                         "the refresh token is bound to a DPoP key: send a DPoP proof of that key"
+                    }
+                    // Not a refresh token's reasons.
+                    GrantRejection::RedirectUriMismatch | GrantRejection::PkceMismatch => {
+                        "the grant does not match its request"
+                    }
+                };
+                Self::new(Kind::BadRequest, C::InvalidGrant, description).with_reason(r.into())
+            }
+            Error::CodeRefused(r) => {
+                let description = match r {
+                    GrantRejection::Unknown => {
+                        "unknown authorization code, or one of another client"
+                    }
+                    GrantRejection::Expired => "the authorization code expired (codes live 60 s)",
+                    GrantRejection::Reused => {
+                        "the authorization code was used before; the session it started is revoked"
+                    }
+                    GrantRejection::Revoked => {
+                        "the sign-in that approved the code has ended; authorize again"
+                    }
+                    GrantRejection::RedirectUriMismatch => {
+                        "redirect_uri differs from the one of the authorization request"
+                    }
+                    GrantRejection::PkceMismatch => {
+                        "code_verifier does not answer the code_challenge (S256)"
+                    }
+                    GrantRejection::DpopKeyMismatch => {
+                        "the code is bound to a DPoP key (dpop_jkt): send a DPoP proof of that key"
+                    }
+                    GrantRejection::IdleTimeout | GrantRejection::InvalidCredentials => {
+                        "the authorization code is refused"
                     }
                 };
                 Self::new(Kind::BadRequest, C::InvalidGrant, description).with_reason(r.into())

@@ -200,3 +200,30 @@ pub(crate) async fn observe<E: Endpoint>(
     };
     REQUEST_ID.scope(scoped_id, served.instrument(span)).await
 }
+
+/// The hosted pages (`text/html` under `/oauth/`) are never framed (besides their
+/// CSP's `frame-ancestors`, for older browsers), never sniffed, and send no `Referer`
+/// to another origin (the client's redirect URI gets none; a same-origin form post
+/// keeps its `Origin`, which `no-referrer` would turn into `null`).
+pub(crate) async fn page_headers<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
+    let oauth = req.uri().path().starts_with("/oauth/");
+    let mut resp = ep.call(req).await?.into_response();
+    let html = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if oauth && html {
+        let headers = resp.headers_mut();
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        );
+    }
+    Ok(resp)
+}

@@ -3,11 +3,14 @@
 
 pub mod admin;
 pub mod app;
+pub mod authorize;
+pub mod consents;
 pub mod error;
 pub mod health;
 pub mod introspect;
 pub mod methods;
 pub mod middleware;
+pub mod pages;
 pub mod payload;
 pub mod security;
 pub mod sessions;
@@ -46,9 +49,11 @@ pub enum ApiTags {
 /// Every API of the service.
 pub type Apis = (
     token::TokenApi,
+    authorize::AuthorizeApi,
     introspect::IntrospectApi,
     users::UsersApi,
     sessions::SessionsApi,
+    consents::ConsentsApi,
     admin::AdminApi,
     wellknown::DiscoveryApi,
     health::HealthApi,
@@ -67,9 +72,11 @@ pub fn make_openapi_service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             token::TokenApi,
+            authorize::AuthorizeApi,
             introspect::IntrospectApi,
             users::UsersApi,
             sessions::SessionsApi,
+            consents::ConsentsApi,
             admin::AdminApi,
             wellknown::DiscoveryApi,
             health::HealthApi,

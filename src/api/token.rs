@@ -26,7 +26,8 @@ pub const REFRESH_COOKIE: &str = "__Host-refresh";
 #[derive(Object, Deserialize)]
 #[oai(rename = "TokenRequest")]
 pub struct TokenRequestParams {
-    /// `password`, `refresh_token`, or (service clients) `client_credentials`.
+    /// `authorization_code`, `refresh_token`, `password` (first-party clients), or
+    /// (service clients) `client_credentials`.
     grant_type: Option<String>,
     /// A registered client, e.g. `dev` or `dev-spa`.
     client_id: Option<String>,
@@ -55,6 +56,15 @@ pub struct TokenRequestParams {
     resource: Option<String>,
     /// The same as `resource`, by the name some libraries use.
     audience: Option<String>,
+    /// `authorization_code`: the code from the authorization response (single use,
+    /// 60 s).
+    code: Option<String>,
+    /// `authorization_code`: the `redirect_uri` of the authorization request, the same
+    /// byte for byte.
+    redirect_uri: Option<String>,
+    /// `authorization_code`: the PKCE verifier (RFC 7636), 43 to 128 characters of
+    /// `A-Z a-z 0-9 - . _ ~`, whose S256 hash was the `code_challenge`.
+    code_verifier: Option<String>,
 }
 
 /// RFC 6749 uses form encoding; the same parameters are accepted as JSON.
@@ -82,6 +92,9 @@ impl TokenRequestBody {
             client_assertion: p.client_assertion.map(Secret::new),
             resource: p.resource,
             audience: p.audience,
+            code: p.code.map(Secret::new),
+            redirect_uri: p.redirect_uri,
+            code_verifier: p.code_verifier,
         }
     }
 }

@@ -58,14 +58,23 @@ pub enum JwksResponse {
 pub struct ServerMetadata {
     /// Equal, byte for byte, to the `iss` of our tokens.
     pub issuer: String,
+    /// The code flow's front channel (RFC 6749 §4.1), with the hosted sign-in page.
+    pub authorization_endpoint: String,
     pub token_endpoint: String,
     pub jwks_uri: String,
     pub revocation_endpoint: String,
     pub introspection_endpoint: String,
-    /// Empty: there is no authorization endpoint.
+    /// `code`.
     pub response_types_supported: Vec<String>,
-    /// `password`, `refresh_token` and `client_credentials`.
+    /// `query`: the authorization response is in the redirect URI's query.
+    pub response_modes_supported: Vec<String>,
+    /// `authorization_code`, `refresh_token`, `password` (first-party clients) and
+    /// `client_credentials`.
     pub grant_types_supported: Vec<String>,
+    /// PKCE (RFC 7636): `S256` only, required of every client.
+    pub code_challenge_methods_supported: Vec<String>,
+    /// RFC 9207: every authorization response carries `iss`.
+    pub authorization_response_iss_parameter_supported: bool,
     /// `none` for public (first-party) clients; `client_secret_basic`,
     /// `client_secret_post` and `private_key_jwt` for `service` clients (client
     /// credentials).
@@ -167,12 +176,21 @@ fn server_metadata(issuer: &Issuer) -> MetadataResponse {
     MetadataResponse::Ok(
         Json(ServerMetadata {
             issuer: base.to_owned(),
+            authorization_endpoint: format!("{base}/oauth/authorize"),
             token_endpoint: format!("{base}/oauth/token"),
             jwks_uri: format!("{base}/.well-known/jwks.json"),
             revocation_endpoint: format!("{base}/oauth/revoke"),
             introspection_endpoint: format!("{base}/oauth/introspect"),
-            response_types_supported: Vec::new(),
-            grant_types_supported: list(&["password", "refresh_token", "client_credentials"]),
+            response_types_supported: list(&["code"]),
+            response_modes_supported: list(&["query"]),
+            grant_types_supported: list(&[
+                "authorization_code",
+                "refresh_token",
+                "password",
+                "client_credentials",
+            ]),
+            code_challenge_methods_supported: list(&["S256"]),
+            authorization_response_iss_parameter_supported: true,
             token_endpoint_auth_methods_supported: list(&[
                 "none",
                 "client_secret_basic",

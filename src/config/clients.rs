@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::file::ClientFile;
 use super::tokens::TokenSettings;
 use super::units::duration;
-use super::urls::validate_origin;
+use super::urls::{validate_origin, validate_redirect_uri};
 use super::{ConfigError, invalid};
 use crate::domain::client::{
     Client, ClientKind, Delivery, DpopPolicy, ForeignKeyPolicy, NoncePolicy,
@@ -82,13 +82,32 @@ fn client_from_file(
             "must be 1 to 128 characters",
         ));
     }
-    // `*` names every client in a revocation epoch (`sessions revoke-all`).
-    if c.client_id == "*" {
+    // `*` names every client in a revocation epoch (`sessions revoke-all`); `sign-in`
+    // is the client of the browser's sign-in sessions.
+    if crate::service::browser::reserved_client_id(&c.client_id) {
         return Err(invalid(
             &format!("{setting}.client_id"),
-            "`*` is reserved (it means every client)",
+            format!(
+                "{:?} is reserved (`*` means every client, `sign-in` the browser's sign-in sessions)",
+                c.client_id
+            ),
         ));
     }
+    let redirect_uris = c
+        .redirect_uris
+        .iter()
+        .map(|u| validate_redirect_uri(&format!("{setting}.redirect_uris"), u, c.kind))
+        .collect::<Result<Vec<_>, _>>()?;
+    if c.kind == ClientKind::Service && !redirect_uris.is_empty() {
+        return Err(invalid(
+            &format!("{setting}.redirect_uris"),
+            "service clients get tokens of their own (client credentials), never a user's",
+        ));
+    }
+    // A client registered for the password grant alone is the operator's own: that
+    // grant is for first-party clients only (RFC 9700). One with redirect URIs must
+    // say so to skip the consent page.
+    let first_party = c.first_party.unwrap_or(redirect_uris.is_empty());
     let delivery = c.delivery.unwrap_or(match c.kind {
         ClientKind::Spa => Delivery::Cookie,
         ClientKind::Mobile | ClientKind::Service => Delivery::Body,
@@ -167,6 +186,8 @@ fn client_from_file(
         dpop_nonce: c.dpop_nonce,
         client_credentials: c.client_credentials,
         assertion_keys,
+        redirect_uris,
+        first_party,
     })
 }
 
@@ -302,6 +323,8 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             dpop_nonce: NoncePolicy::Off,
             client_credentials: false,
             assertion_keys: Vec::new(),
+            redirect_uris: Vec::new(),
+            first_party: true,
         },
         Client {
             id: "dev-spa".to_owned(),
@@ -319,6 +342,31 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             dpop_nonce: NoncePolicy::Off,
             client_credentials: false,
             assertion_keys: Vec::new(),
+            redirect_uris: vec!["http://localhost:5173/callback".to_owned()],
+            first_party: true,
+        },
+        // A native app: the system browser and a loopback redirect on any port.
+        Client {
+            id: "dev-native".to_owned(),
+            kind: ClientKind::Mobile,
+            delivery: Delivery::Body,
+            allowed_origins: Vec::new(),
+            audiences: vec![audience.to_owned()],
+            secret_hash: None,
+            scopes: Vec::new(),
+            access_lifetime: tokens.access_token_lifetime,
+            policy: tokens.policy(),
+            introspection_audiences: Vec::new(),
+            dpop: DpopPolicy::Allowed,
+            dpop_foreign_key: ForeignKeyPolicy::Refuse,
+            dpop_nonce: NoncePolicy::Off,
+            client_credentials: false,
+            assertion_keys: Vec::new(),
+            redirect_uris: vec![
+                "http://127.0.0.1/callback".to_owned(),
+                "http://[::1]/callback".to_owned(),
+            ],
+            first_party: true,
         },
         // Its secret is made on first start, in the key directory (`startup`).
         Client {
@@ -337,6 +385,8 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             dpop_nonce: NoncePolicy::Off,
             client_credentials: true,
             assertion_keys: Vec::new(),
+            redirect_uris: Vec::new(),
+            first_party: true,
         },
     ]
 }

@@ -41,6 +41,9 @@ pub(super) struct FileSettings {
     pub(super) request_body_timeout: Option<String>,
     pub(super) password_hash_concurrency: Option<usize>,
     pub(super) password_hash_queue: Option<usize>,
+    pub(super) product_name: Option<String>,
+    pub(super) logo_url: Option<String>,
+    pub(super) sign_in_session_lifetime: Option<String>,
     pub(super) clients: Option<Vec<ClientFile>>,
 }
 
@@ -74,6 +77,14 @@ pub(super) struct ClientFile {
     /// Service clients: the JWK Set of their `private_key_jwt` public keys,
     /// `{keys = [{kty = "EC", crv = "P-256", x = "...", y = "...", kid = "..."}]}`.
     pub(super) jwks: Option<serde_json::Value>,
+    /// Where the authorization endpoint may redirect (exact URIs; a native client's
+    /// loopback URIs on any port).
+    #[serde(default)]
+    pub(super) redirect_uris: Vec<String>,
+    /// The operator's own application: no consent, and the password grant. Default:
+    /// true for a client without `redirect_uris` (the password grant is its only way
+    /// in), false for one with them.
+    pub(super) first_party: Option<bool>,
     #[serde(default)]
     pub(super) scopes: Vec<String>,
     pub(super) access_token_lifetime: Option<String>,
@@ -87,6 +98,13 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     ("ISSUER_BIND", "bind", EnvKind::Text),
     ("ISSUER_URL", "issuer_url", EnvKind::Text),
     ("ISSUER_AUDIENCE", "audience", EnvKind::Text),
+    ("ISSUER_PRODUCT_NAME", "product_name", EnvKind::Text),
+    ("ISSUER_LOGO_URL", "logo_url", EnvKind::Text),
+    (
+        "ISSUER_SIGN_IN_SESSION_LIFETIME",
+        "sign_in_session_lifetime",
+        EnvKind::Text,
+    ),
     ("ISSUER_DATABASE_URL", "database_url", EnvKind::Text),
     ("ISSUER_DATABASE_TIMEOUT", "database_timeout", EnvKind::Text),
     ("ISSUER_REDIS_URL", "redis_url", EnvKind::Text),

@@ -42,6 +42,7 @@ use std::time::Duration;
 use crate::domain::client::Client;
 use crate::server::HttpTimeouts;
 use crate::service::IssuerSettings;
+use crate::service::browser::SignInSettings;
 use file::FileSettings;
 use tokens::TokenFile;
 use urls::validate_issuer_url;
@@ -124,6 +125,8 @@ pub struct Settings {
     pub tokens: TokenSettings,
     pub password_hashing: HashingSettings,
     pub clients: Vec<Client>,
+    /// The hosted sign-in pages and the browser's sign-in session.
+    pub sign_in: SignInSettings,
 }
 
 impl Settings {
@@ -168,6 +171,7 @@ impl Settings {
         let password_hashing =
             sections::hashing(f.password_hash_concurrency, f.password_hash_queue)?;
         let clients = clients::all(f.clients, from_file, &audience, &tokens)?;
+        let sign_in = sections::sign_in(f.product_name, f.logo_url, f.sign_in_session_lifetime)?;
         Ok(Self {
             bind,
             issuer_url,
@@ -195,6 +199,7 @@ impl Settings {
             tokens,
             password_hashing,
             clients,
+            sign_in,
         })
     }
 
@@ -211,6 +216,7 @@ impl Settings {
             allow_registration: self.allow_registration,
             key_rotation_interval: self.key_rotation_interval,
             audit_retention: self.audit_retention,
+            sign_in: self.sign_in.clone(),
         }
     }
 

@@ -163,3 +163,43 @@ pub(super) fn http_timeouts(
         )?,
     })
 }
+
+/// The hosted pages: the product name (1 to 64 printable characters, default
+/// `token-issuer`), an optional logo URL, and how long a browser stays signed in (5
+/// minutes to 90 days, default `1d`).
+pub(super) fn sign_in(
+    product_name: Option<String>,
+    logo_url: Option<String>,
+    lifetime: Option<String>,
+) -> Result<crate::service::browser::SignInSettings, ConfigError> {
+    let product_name = product_name.unwrap_or_else(|| "token-issuer".to_owned());
+    let printable = !product_name.trim().is_empty()
+        && product_name.chars().count() <= 64
+        && !product_name.chars().any(char::is_control);
+    if !printable {
+        return Err(invalid(
+            "product_name",
+            "must be 1 to 64 printable characters",
+        ));
+    }
+    let (logo_url, logo_origin) = match logo_url.filter(|u| !u.trim().is_empty()) {
+        Some(raw) => {
+            let (url, origin) = super::urls::validate_logo_url(&raw)?;
+            (Some(url), Some(origin))
+        }
+        None => (None, None),
+    };
+    let session_lifetime = duration("sign_in_session_lifetime", lifetime, "1d")?;
+    if !(Duration::from_secs(300)..=Duration::from_secs(90 * 86_400)).contains(&session_lifetime) {
+        return Err(invalid(
+            "sign_in_session_lifetime",
+            "must be between 5m and 90d",
+        ));
+    }
+    Ok(crate::service::browser::SignInSettings {
+        product_name,
+        logo_url,
+        logo_origin,
+        session_lifetime,
+    })
+}

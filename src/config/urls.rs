@@ -142,3 +142,71 @@ pub(super) fn validate_origin(setting: &str, raw: &str) -> Result<String, Config
     }
     Ok(url.origin().ascii_serialization())
 }
+
+/// Whether a URL's host is a loopback address or `localhost`.
+fn is_local(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// A client's redirect URI (RFC 6749 §3.1.2, RFC 8252 §7): absolute, no fragment, no
+/// user information; `https`, or `http` on a loopback host or `localhost`; a native
+/// client may also use a private-use scheme with a dot in it (`com.example.app:/cb`,
+/// §7.1). Script and data schemes never. Kept as written: requests must match it byte
+/// for byte.
+pub(super) fn validate_redirect_uri(
+    setting: &str,
+    raw: &str,
+    kind: crate::domain::client::ClientKind,
+) -> Result<String, ConfigError> {
+    let url = url::Url::parse(raw)
+        .map_err(|e| invalid(setting, format!("{raw:?} is not an absolute URI: {e}")))?;
+    if url.fragment().is_some() || raw.contains('#') {
+        return Err(invalid(
+            setting,
+            format!("{raw:?} must not have a fragment"),
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            setting,
+            format!("{raw:?} must not carry user information"),
+        ));
+    }
+    let ok = match url.scheme() {
+        "https" => url.host().is_some(),
+        "http" => is_local(&url),
+        "javascript" | "data" | "vbscript" | "file" | "blob" | "about" => false,
+        private => kind == crate::domain::client::ClientKind::Mobile && private.contains('.'),
+    };
+    if !ok {
+        return Err(invalid(
+            setting,
+            format!(
+                "{raw:?}: expected https (http only on a loopback host or localhost), or for a native client a private-use scheme such as com.example.app:/callback"
+            ),
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// The logo on the sign-in pages: https (http only on a local host), no user
+/// information. Returned with its origin, which the pages' CSP allows for images.
+pub(super) fn validate_logo_url(raw: &str) -> Result<(String, String), ConfigError> {
+    let url = url::Url::parse(raw)
+        .map_err(|e| invalid("logo_url", format!("{raw:?} is not a URL: {e}")))?;
+    let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && is_local(&url));
+    if !scheme_ok || url.host().is_none() || !url.username().is_empty() {
+        return Err(invalid(
+            "logo_url",
+            format!(
+                "{raw:?} must be an https URL (http only for localhost) without user information"
+            ),
+        ));
+    }
+    Ok((url.as_str().to_owned(), url.origin().ascii_serialization()))
+}

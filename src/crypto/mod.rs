@@ -9,8 +9,12 @@
 pub mod client_assertion;
 #[cfg(feature = "server")]
 pub mod client_secret;
+#[cfg(feature = "server")]
+pub mod codes;
 #[cfg(any(feature = "server", feature = "verifier"))]
 pub mod dpop;
+#[cfg(feature = "server")]
+pub mod forms;
 pub mod jwt;
 #[cfg(feature = "server")]
 pub mod keys;

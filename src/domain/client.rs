@@ -97,6 +97,11 @@ pub struct Client {
     /// `service` clients: the public keys of its `private_key_jwt` assertions (its
     /// JWK Set's `keys`); empty: secrets only.
     pub assertion_keys: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Where the authorization endpoint may send its answers (RFC 6749 §3.1.2): each
+    /// matched exactly; a native client's loopback URIs on any port (RFC 8252 §7.3).
+    pub redirect_uris: Vec<String>,
+    /// The operator's own application: no consent page, and the password grant.
+    pub first_party: bool,
 }
 
 /// The `DPoP` header(s) of a request (RFC 9449).
@@ -197,6 +202,8 @@ mod tests {
             dpop_nonce: NoncePolicy::Off,
             client_credentials: false,
             assertion_keys: Vec::new(),
+            redirect_uris: vec!["http://localhost:5173/callback".into()],
+            first_party: true,
             policy: RefreshPolicy {
                 idle_timeout: Duration::from_secs(86_400),
                 absolute_lifetime: Duration::from_secs(86_400),

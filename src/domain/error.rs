@@ -29,6 +29,9 @@ pub enum Error {
     /// The grant (password or refresh token) is refused.
     #[error("invalid grant: {}", .0.code())]
     InvalidGrant(GrantRejection),
+    /// An authorization code is refused (RFC 6749 §4.1.3, `invalid_grant`).
+    #[error("invalid authorization code: {}", .0.code())]
+    CodeRefused(GrantRejection),
     /// A cookie-mode request failed the CSRF defence; nothing was consumed.
     #[error("csrf check failed: {0}")]
     CsrfRejected(&'static str),

@@ -34,6 +34,12 @@ pub enum GrantRejection {
     /// The session is bound to a DPoP key and the request came without a proof of it
     /// (no proof, or a proof of another key). Nothing was consumed.
     DpopKeyMismatch,
+    /// An authorization code presented with another `redirect_uri` than it was issued
+    /// for. Nothing was consumed.
+    RedirectUriMismatch,
+    /// An authorization code presented with a `code_verifier` that does not answer its
+    /// challenge (RFC 7636 §4.6). Nothing was consumed.
+    PkceMismatch,
 }
 
 impl GrantRejection {
@@ -56,6 +62,8 @@ impl GrantRejection {
             Self::IdleTimeout => "idle_timeout",
             Self::InvalidCredentials => "invalid_credentials",
             Self::DpopKeyMismatch => "dpop_key_mismatch",
+            Self::RedirectUriMismatch => "redirect_uri_mismatch",
+            Self::PkceMismatch => "pkce_mismatch",
         }
     }
 }
@@ -81,10 +89,14 @@ pub enum RevokeReason {
     /// Its refresh token came with a DPoP proof of another key than the session's
     /// (a stolen token), and the client's `dpop_foreign_key` is `revoke`.
     DpopForeignKey,
+    /// An authorization code that started it was presented again (RFC 6749 §4.1.2).
+    CodeReused,
+    /// Its user took back their consent to its client.
+    ConsentRevoked,
 }
 
 impl RevokeReason {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::Reuse,
         Self::ClientMismatch,
         Self::Logout,
@@ -95,6 +107,8 @@ impl RevokeReason {
         Self::AdminRevoke,
         Self::UserDisabled,
         Self::DpopForeignKey,
+        Self::CodeReused,
+        Self::ConsentRevoked,
     ];
 
     pub fn code(self) -> &'static str {
@@ -109,6 +123,8 @@ impl RevokeReason {
             Self::AdminRevoke => "admin_revoke",
             Self::UserDisabled => "user_disabled",
             Self::DpopForeignKey => "dpop_foreign_key",
+            Self::CodeReused => "code_reused",
+            Self::ConsentRevoked => "consent_revoked",
         }
     }
 }

@@ -2,6 +2,8 @@
 
 pub mod address;
 pub mod audit;
+#[cfg(feature = "server")]
+pub mod authorization;
 pub mod claims;
 pub mod client;
 pub mod clock;

@@ -3,7 +3,11 @@
 pub mod access;
 pub mod admin;
 pub mod attempts;
+pub mod authorize;
+pub mod browser;
 mod client_credentials;
+mod code_grant;
+mod consents;
 pub mod dpop;
 pub mod incident;
 pub mod introspect;
@@ -64,14 +68,19 @@ pub struct IssuerSettings {
     pub allow_registration: bool,
     pub key_rotation_interval: Option<std::time::Duration>,
     pub audit_retention: std::time::Duration,
+    /// The hosted pages and the browser's sign-in session.
+    pub sign_in: browser::SignInSettings,
 }
 
 impl IssuerSettings {
     /// The widest rules of the defaults and of any client: a session ends for good
     /// only when it has ended under every client's rules.
     pub fn widest_policy(&self) -> RefreshPolicy {
+        let sign_in = self.sign_in.policy();
         RefreshPolicy::widest(
-            std::iter::once(&self.policy).chain(self.clients.iter().map(|c| &c.policy)),
+            [&self.policy, &sign_in]
+                .into_iter()
+                .chain(self.clients.iter().map(|c| &c.policy)),
         )
         .unwrap_or(self.policy)
     }
@@ -83,6 +92,8 @@ pub struct MacKeys {
     pub refresh: RefreshKeys,
     /// What mints and checks DPoP nonces (`dpop-nonce.key`).
     pub dpop_nonces: Nonces,
+    /// The anti-CSRF fields of the hosted forms (derived from the same key).
+    pub forms: crate::crypto::forms::FormTokens,
 }
 
 /// The issuer: configuration, keys, store and clock.
@@ -97,6 +108,8 @@ pub struct Issuer {
     pub(crate) refresh_keys: RefreshKeys,
     /// The DPoP nonces (RFC 9449 §8) of clients that require them.
     pub(crate) dpop_nonces: Nonces,
+    pub(crate) forms: crate::crypto::forms::FormTokens,
+    pub(crate) sign_in: browser::SignInSettings,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) clients: HashMap<String, Client>,
     /// The default session rules (clients may override them).
@@ -176,6 +189,8 @@ impl Issuer {
             keys,
             refresh_keys: secrets.refresh,
             dpop_nonces: secrets.dpop_nonces,
+            forms: secrets.forms,
+            sign_in: settings.sign_in,
             clock,
             clients: settings
                 .clients
@@ -254,6 +269,9 @@ impl Issuer {
 
     /// The session rules of the client a family belongs to.
     pub(crate) fn policy_of(&self, client_id: &str) -> RefreshPolicy {
+        if client_id == browser::SIGN_IN_CLIENT {
+            return self.sign_in.policy();
+        }
         self.clients
             .get(client_id)
             .map_or(self.policy, |c| c.policy)

@@ -1,6 +1,7 @@
 //! The sweep of what has ended: sessions that ended more than `SWEEP_MARGIN` ago
 //! (revoked, idle or past their absolute lifetime), audit events older than the
-//! retention, login sources not seen for `KNOWN_SOURCE_FOR`.
+//! retention, login sources not seen for `KNOWN_SOURCE_FOR`, authorization codes
+//! expired more than `CODE_MARGIN` ago.
 //!
 //! The server runs it hourly; `token-issuer sessions sweep` runs it once, from another
 //! process, against the same database (after a `revoke-all`, or where the operator
@@ -39,6 +40,10 @@ const ROWS_PER_STEP: u64 = 4096;
 /// `expired`); after, `unknown`. Its access tokens are long expired by then.
 pub const SWEEP_MARGIN: Duration = Duration::from_secs(86_400);
 
+/// How long an expired authorization code is kept: a used one brought back meanwhile
+/// still revokes the session it started (RFC 6749 §4.1.2).
+pub const CODE_MARGIN: Duration = Duration::from_secs(3600);
+
 /// What one sweep deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -60,6 +65,7 @@ pub async fn run(
     }
     let audit_events = in_steps(|n| store.sweep_audit(now - audit_retention, n)).await?;
     in_steps(|n| store.sweep_login_sources(now - KNOWN_SOURCE_FOR, n)).await?;
+    in_steps(|n| store.sweep_codes(now - CODE_MARGIN, n)).await?;
     if audit_events > 0 {
         tracing::info!(deleted = audit_events, "swept old audit events");
     }

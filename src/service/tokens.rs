@@ -43,6 +43,11 @@ pub struct TokenParams {
     /// token is for, among the client's.
     pub resource: Option<String>,
     pub audience: Option<String>,
+    /// `authorization_code`: the code, the redirect URI of its request, the PKCE
+    /// verifier.
+    pub code: Option<Secret>,
+    pub redirect_uri: Option<String>,
+    pub code_verifier: Option<String>,
 }
 
 /// Who is asking, for the session list and the logs.
@@ -156,7 +161,7 @@ impl Issuer {
             .ok_or_else(|| Error::InvalidRequest("grant_type is required".into()))?;
         if !matches!(
             grant_type.as_str(),
-            "password" | "refresh_token" | "client_credentials"
+            "password" | "refresh_token" | "client_credentials" | "authorization_code"
         ) {
             return Err(Error::UnsupportedGrantType);
         }
@@ -168,9 +173,19 @@ impl Issuer {
         // Before anything is looked up or consumed.
         client.check_browser_request(&meta.browser)?;
         client.check_scope(params.scope.as_deref())?;
+        // RFC 9700 §2.4: the password grant is for the operator's own applications.
+        if grant_type == "password" && !client.first_party {
+            return Err(Error::UnauthorizedClient(
+                "the password grant is for first-party clients; use the authorization code flow",
+            ));
+        }
         let proof = self.token_request_proof(client, &meta).await?;
         match grant_type.as_str() {
             "password" => self.password_grant(client, params, meta, proof).await,
+            "authorization_code" => {
+                self.authorization_code_grant(client, params, meta, proof)
+                    .await
+            }
             _ => self.refresh_grant(client, params, meta, proof).await,
         }
     }
@@ -256,7 +271,7 @@ impl Issuer {
 
     /// The user a username and password name, or `invalid_credentials`; the check is
     /// paid from the account's budget (see `attempts`).
-    async fn check_login(
+    pub(super) async fn check_login(
         &self,
         client: &Client,
         username: &str,

@@ -27,6 +27,7 @@ macro_rules! epoch_revoked {
     };
 }
 
+pub mod authorization;
 pub mod engine;
 pub mod postgres;
 pub mod redis;
@@ -44,6 +45,7 @@ pub use crate::domain::audit::AuditEvent;
 use crate::domain::error::Error;
 use crate::domain::family::{GrantRejection, RefreshPolicy, RevokeReason};
 use crate::domain::user::User;
+pub use authorization::{Authorizations, CodeHash, Consent, Redeem, RedeemOutcome, StoredCode};
 pub use ticket::Ticket;
 
 /// A store failure, classified so the service can answer 409 / 503 / 500.
@@ -349,11 +351,16 @@ pub trait Sessions: Send + Sync {
     /// An epoch only moves forward: an earlier `not_before` leaves the stored one (and
     /// its reason) as it is. Returns the epoch as stored.
     async fn set_epoch(&self, epoch: &Epoch, event: &AuditEvent) -> Result<Epoch, StoreError>;
+
+    /// Exchanges an authorization code: uses it up and starts `redeem.family` (with its
+    /// `login` audit row) if the sign-in session that approved it is live; a code used
+    /// before starts nothing and revokes the session it started.
+    async fn redeem_code(&self, redeem: &Redeem<'_>) -> Result<RedeemOutcome, StoreError>;
 }
 
 /// The persistence operations of the issuer. Each method is atomic.
 #[async_trait]
-pub trait Store: Sessions + Send + Sync + 'static {
+pub trait Store: Sessions + Authorizations + Send + Sync + 'static {
     /// Answers when the database can be queried.
     async fn ping(&self) -> Result<(), StoreError>;
 

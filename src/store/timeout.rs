@@ -21,9 +21,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, Epoch, NewFamily, PasswordChange, RefreshTokenState, RevokeOutcome, RotateOutcome,
-    RotateRequest, Session, SessionSelector, Sessions, Store, StoreError, SweepCursor, SweepStep,
-    Ticket, TokenRef, UserWithHash,
+    AuditEvent, Authorizations, CodeHash, Consent, Epoch, NewFamily, PasswordChange, Redeem,
+    RedeemOutcome, RefreshTokenState, RevokeOutcome, RotateOutcome, RotateRequest, Session,
+    SessionSelector, Sessions, Store, StoreError, StoredCode, SweepCursor, SweepStep, Ticket,
+    TokenRef, UserWithHash,
 };
 use crate::crypto::refresh::TokenHash;
 use crate::domain::family::{RefreshPolicy, RevokeReason};
@@ -311,5 +312,51 @@ impl Sessions for TimedStore {
 
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         self.bounded(self.inner.record_audit(event)).await
+    }
+
+    /// A caller that stops waiting may leave an exchange that commits later: its
+    /// client's retry of the code is then a reuse, which revokes the session nobody
+    /// holds.
+    async fn redeem_code(&self, redeem: &Redeem<'_>) -> Result<RedeemOutcome, StoreError> {
+        self.bounded(self.inner.redeem_code(redeem)).await
+    }
+}
+
+#[async_trait]
+impl Authorizations for TimedStore {
+    async fn insert_code(&self, code: &StoredCode) -> Result<(), StoreError> {
+        self.bounded(self.inner.insert_code(code)).await
+    }
+
+    async fn find_code(&self, hash: &CodeHash) -> Result<Option<StoredCode>, StoreError> {
+        self.bounded(self.inner.find_code(hash)).await
+    }
+
+    async fn sweep_codes(&self, before: OffsetDateTime, at_most: u64) -> Result<u64, StoreError> {
+        self.bounded(self.inner.sweep_codes(before, at_most)).await
+    }
+
+    async fn consents(
+        &self,
+        user_id: Uuid,
+        client_id: Option<&str>,
+    ) -> Result<Vec<Consent>, StoreError> {
+        self.bounded(self.inner.consents(user_id, client_id)).await
+    }
+
+    async fn grant_consent(
+        &self,
+        user_id: Uuid,
+        client_id: &str,
+        scope: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.bounded(self.inner.grant_consent(user_id, client_id, scope, now))
+            .await
+    }
+
+    async fn revoke_consents(&self, user_id: Uuid, client_id: &str) -> Result<u64, StoreError> {
+        self.bounded(self.inner.revoke_consents(user_id, client_id))
+            .await
     }
 }

@@ -17,6 +17,7 @@
 //! here, the rule in `domain::family`, and each backend's statements.
 
 pub mod accounts;
+pub mod codes;
 pub mod rotation;
 mod sessions;
 
@@ -27,8 +28,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    AuditEvent, Epoch, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector,
-    StoreError, TokenRef,
+    AuditEvent, CodeHash, Epoch, FamilyInfo, NewFamily, PasswordChange, RotateRequest,
+    SessionSelector, StoreError, TokenRef,
 };
 use crate::domain::family::RevokeReason;
 use crate::domain::generation::FamilyState;
@@ -180,4 +181,21 @@ pub trait Steps: Send {
 
     /// Raises the epoch of its scope to `epoch` (never lowers it); returns it as stored.
     async fn raise_epoch(&mut self, epoch: &Epoch) -> Result<Epoch, StoreError>;
+
+    /// Whether the sign-in session `sid` of `user_id` is live (not revoked, not covered
+    /// by an epoch, its user not disabled), holding it so (PostgreSQL: `FOR SHARE`)
+    /// until the transaction ends: a concurrent revocation waits for it.
+    async fn lock_live_session(&mut self, sid: Uuid, user_id: Uuid) -> Result<bool, StoreError>;
+
+    /// Marks an unused code used by `family_id`: the conditional update that decides a
+    /// race between two exchanges. False when it was used (or is gone).
+    async fn use_code(
+        &mut self,
+        hash: &CodeHash,
+        family_id: Uuid,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// The session a used code started.
+    async fn code_family(&mut self, hash: &CodeHash) -> Result<Option<Uuid>, StoreError>;
 }

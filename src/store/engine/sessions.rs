@@ -6,11 +6,11 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{Steps, TokenRef, accounts};
+use super::{Steps, TokenRef, accounts, codes};
 use crate::domain::family::RevokeReason;
 use crate::store::{
-    AuditEvent, Epoch, NewFamily, PasswordChange, RevokeOutcome, SessionSelector, Sessions,
-    StoreError,
+    AuditEvent, Epoch, NewFamily, PasswordChange, Redeem, RedeemOutcome, RevokeOutcome,
+    SessionSelector, Sessions, StoreError,
 };
 
 /// A backend's write transaction: how it begins (SQLite: `BEGIN IMMEDIATE` on the one
@@ -108,5 +108,12 @@ impl<T: Transactional> Sessions for T {
         tx.insert_audit(event).await?;
         T::commit(tx).await?;
         Ok(stored)
+    }
+
+    async fn redeem_code(&self, redeem: &Redeem<'_>) -> Result<RedeemOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let outcome = codes::redeem(&mut tx, redeem).await?;
+        T::commit(tx).await?;
+        Ok(outcome)
     }
 }

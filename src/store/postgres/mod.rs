@@ -14,6 +14,7 @@
 //! PostgreSQL's SQL), `rows.rs` (row types); this file connects, classifies errors and
 //! runs the rotation's transaction.
 
+mod authorization;
 mod rows;
 mod steps;
 mod store;

@@ -11,8 +11,8 @@ use super::rows::{FAMILY_COLUMNS, FamilyRecord, GenerationRecord, PresentedRecor
 use crate::domain::family::RevokeReason;
 use crate::store::engine::{Presented, Revoked, Steps, TokenOwner};
 use crate::store::{
-    AuditEvent, Epoch, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector,
-    StoreError, TokenRef,
+    AuditEvent, CodeHash, Epoch, FamilyInfo, NewFamily, PasswordChange, RotateRequest,
+    SessionSelector, StoreError, TokenRef,
 };
 
 /// The common case in one statement, so one round trip, atomic on its own: the
@@ -467,5 +467,55 @@ impl Steps for Transaction<'_, Postgres> {
         .await
         .map_err(classify)?;
         Ok(super::rows::epoch(row))
+    }
+
+    async fn lock_live_session(&mut self, sid: Uuid, user_id: Uuid) -> Result<bool, StoreError> {
+        // FOR SHARE: a revocation of the session (a logout, a password change, a
+        // disable: each updates this row) waits for this transaction, or committed
+        // before and is seen here.
+        let live: Option<(i32,)> = sqlx::query_as(concat!(
+            "SELECT 1 FROM refresh_families f JOIN users u ON u.id = f.user_id
+             WHERE f.id = $1 AND f.user_id = $2 AND f.revoked_at IS NULL
+               AND u.disabled_at IS NULL AND NOT ",
+            epoch_revoked!("f"),
+            " FOR SHARE OF f"
+        ))
+        .bind(sid)
+        .bind(user_id)
+        .fetch_optional(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(live.is_some())
+    }
+
+    async fn use_code(
+        &mut self,
+        hash: &CodeHash,
+        family_id: Uuid,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        // A concurrent exchange of the same code waits for this row, then finds it used.
+        let used = sqlx::query(
+            "UPDATE authorization_codes SET used_at = $2, family_id = $3
+             WHERE code_hash = $1 AND used_at IS NULL",
+        )
+        .bind(&hash[..])
+        .bind(now)
+        .bind(family_id)
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        Ok(used > 0)
+    }
+
+    async fn code_family(&mut self, hash: &CodeHash) -> Result<Option<Uuid>, StoreError> {
+        let row: Option<(Option<Uuid>,)> =
+            sqlx::query_as("SELECT family_id FROM authorization_codes WHERE code_hash = $1")
+                .bind(&hash[..])
+                .fetch_optional(&mut **self)
+                .await
+                .map_err(classify)?;
+        Ok(row.and_then(|(f,)| f))
     }
 }

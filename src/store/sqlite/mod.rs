@@ -24,6 +24,7 @@
 //! group commit of rotations), `rows.rs` (row types and conversions, error
 //! classification); this file opens the pools and runs the checkpoints.
 
+mod authorization;
 mod batch;
 mod rows;
 mod steps;

@@ -13,8 +13,8 @@ use super::rows::{
 use crate::domain::family::RevokeReason;
 use crate::store::engine::{Presented, Revoked, Steps, TokenOwner};
 use crate::store::{
-    AuditEvent, Epoch, FamilyInfo, NewFamily, PasswordChange, RotateRequest, SessionSelector,
-    StoreError, TokenRef,
+    AuditEvent, CodeHash, Epoch, FamilyInfo, NewFamily, PasswordChange, RotateRequest,
+    SessionSelector, StoreError, TokenRef,
 };
 
 #[async_trait]
@@ -436,5 +436,51 @@ impl Steps for Transaction<'_, Sqlite> {
         .await
         .map_err(classify)?;
         rows::epoch(row)
+    }
+
+    async fn lock_live_session(&mut self, sid: Uuid, user_id: Uuid) -> Result<bool, StoreError> {
+        // The write lock is held: no revocation can come between this and the commit.
+        let live: Option<(i64,)> = sqlx::query_as(concat!(
+            "SELECT 1 FROM refresh_families f JOIN users u ON u.id = f.user_id
+             WHERE f.id = ?1 AND f.user_id = ?2 AND f.revoked_at IS NULL
+               AND u.disabled_at IS NULL AND NOT ",
+            epoch_revoked!("f")
+        ))
+        .bind(sid.to_string())
+        .bind(user_id.to_string())
+        .fetch_optional(&mut **self)
+        .await
+        .map_err(classify)?;
+        Ok(live.is_some())
+    }
+
+    async fn use_code(
+        &mut self,
+        hash: &CodeHash,
+        family_id: Uuid,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let used = sqlx::query(
+            "UPDATE authorization_codes SET used_at = ?2, family_id = ?3
+             WHERE code_hash = ?1 AND used_at IS NULL",
+        )
+        .bind(&hash[..])
+        .bind(ms(now))
+        .bind(family_id.to_string())
+        .execute(&mut **self)
+        .await
+        .map_err(classify)?
+        .rows_affected();
+        Ok(used > 0)
+    }
+
+    async fn code_family(&mut self, hash: &CodeHash) -> Result<Option<Uuid>, StoreError> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT family_id FROM authorization_codes WHERE code_hash = ?1")
+                .bind(&hash[..])
+                .fetch_optional(&mut **self)
+                .await
+                .map_err(classify)?;
+        row.and_then(|(f,)| f).map(|f| uuid(&f)).transpose()
     }
 }
