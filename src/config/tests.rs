@@ -28,7 +28,18 @@ fn defaults_are_the_development_configuration() {
     assert_eq!(s.tokens.access_token_lifetime, Duration::from_secs(600));
     assert_eq!(s.tokens.refresh_grace_period, Duration::from_secs(10));
     let ids: Vec<_> = s.clients.iter().map(|c| c.id.as_str()).collect();
-    assert_eq!(ids, ["dev", "dev-spa", "dev-service"]);
+    assert_eq!(ids, ["dev", "dev-spa", "dev-native", "dev-service"]);
+    assert!(s.clients.iter().all(|c| c.first_party));
+    assert_eq!(
+        s.clients[1].redirect_uris,
+        ["http://localhost:5173/callback"]
+    );
+    assert_eq!(
+        s.clients[2].redirect_uris,
+        ["http://127.0.0.1/callback", "http://[::1]/callback"]
+    );
+    assert_eq!(s.sign_in.product_name, "token-issuer");
+    assert_eq!(s.sign_in.session_lifetime, Duration::from_secs(86_400));
     assert!(s.allow_registration);
     assert_eq!(
         s.limits.register_per_ip,
@@ -390,4 +401,100 @@ fn a_client_may_not_be_named_star_which_means_every_client() {
     .unwrap_err();
     assert!(err.setting.ends_with("client_id"), "{err}");
     assert!(err.message.contains("reserved"), "{err}");
+}
+
+#[test]
+fn redirect_uris_are_absolute_without_fragment_or_user_and_safe_schemes() {
+    let client = |kind: &str, uri: &str| {
+        format!(
+            "[[clients]]\nclient_id = \"c\"\nkind = \"{kind}\"\ndelivery = \"body\"\nredirect_uris = [{uri:?}]\n"
+        )
+    };
+    for ok in [
+        ("mobile", "https://app.example/cb"),
+        ("mobile", "http://127.0.0.1/cb"),
+        ("mobile", "http://localhost:3000/cb"),
+        ("mobile", "com.example.app:/oauth"),
+        ("spa", "https://app.example/cb?tenant=1"),
+    ] {
+        let s = load(Some(&client(ok.0, ok.1)), &[]).unwrap();
+        assert_eq!(s.clients[0].redirect_uris, [ok.1]);
+        assert!(
+            !s.clients[0].first_party,
+            "redirect URIs: consent by default"
+        );
+    }
+    for bad in [
+        ("mobile", "/cb"),
+        ("mobile", "https://app.example/cb#x"),
+        ("mobile", "https://user:pw@app.example/cb"),
+        ("mobile", "http://app.example/cb"),
+        ("mobile", "javascript:alert(1)"),
+        ("mobile", "data:text/html,x"),
+        ("mobile", "myapp:/cb"),
+        ("spa", "com.example.app:/oauth"),
+        ("service", "https://app.example/cb"),
+    ] {
+        let err = load(Some(&client(bad.0, bad.1)), &[]).unwrap_err();
+        assert_eq!(err.setting, "clients[0].redirect_uris", "{bad:?}");
+    }
+    // A client of the password grant alone is first-party unless it says otherwise.
+    let s = load(
+        Some("[[clients]]\nclient_id = \"m\"\nkind = \"mobile\"\n"),
+        &[],
+    )
+    .unwrap();
+    assert!(s.clients[0].first_party);
+    let s = load(
+        Some("[[clients]]\nclient_id = \"m\"\nkind = \"mobile\"\nfirst_party = false\n"),
+        &[],
+    )
+    .unwrap();
+    assert!(!s.clients[0].first_party);
+}
+
+#[test]
+fn sign_in_settings_are_checked() {
+    let s = load(
+        None,
+        &[
+            ("ISSUER_PRODUCT_NAME", "Acme <Accounts>"),
+            ("ISSUER_LOGO_URL", "https://cdn.acme.example/logo.svg"),
+            ("ISSUER_SIGN_IN_SESSION_LIFETIME", "12h"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.sign_in.product_name, "Acme <Accounts>");
+    assert_eq!(
+        s.sign_in.logo_origin.as_deref(),
+        Some("https://cdn.acme.example")
+    );
+    assert_eq!(s.sign_in.session_lifetime, Duration::from_secs(12 * 3600));
+    for (name, value, setting) in [
+        ("ISSUER_PRODUCT_NAME", " ", "product_name"),
+        (
+            "ISSUER_LOGO_URL",
+            "http://cdn.acme.example/logo.svg",
+            "logo_url",
+        ),
+        ("ISSUER_LOGO_URL", "javascript:alert(1)", "logo_url"),
+        (
+            "ISSUER_SIGN_IN_SESSION_LIFETIME",
+            "1m",
+            "sign_in_session_lifetime",
+        ),
+    ] {
+        let err = load(None, &[(name, value)]).unwrap_err();
+        assert_eq!(err.setting, setting, "{name}={value}");
+    }
+}
+
+#[test]
+fn a_client_may_not_take_the_name_of_sign_in_sessions() {
+    let err = load(
+        Some("[[clients]]\nclient_id = \"sign-in\"\nkind = \"mobile\"\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.setting, "clients[0].client_id");
 }

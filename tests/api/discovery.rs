@@ -53,10 +53,16 @@ scenario! {
             meta["revocation_endpoint"],
             format!("{issuer}/oauth/revoke")
         );
-        assert_eq!(meta["response_types_supported"], serde_json::json!([]));
+        assert_eq!(
+            meta["authorization_endpoint"],
+            format!("{issuer}/oauth/authorize")
+        );
+        assert_eq!(meta["response_types_supported"], serde_json::json!(["code"]));
+        assert_eq!(meta["code_challenge_methods_supported"], serde_json::json!(["S256"]));
+        assert_eq!(meta["authorization_response_iss_parameter_supported"], true);
         assert_eq!(
             meta["grant_types_supported"],
-            serde_json::json!(["password", "refresh_token", "client_credentials"])
+            serde_json::json!(["authorization_code", "refresh_token", "password", "client_credentials"])
         );
         assert_eq!(
             meta["token_endpoint_auth_methods_supported"],

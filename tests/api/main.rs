@@ -30,6 +30,7 @@ mod helpers;
 
 mod addresses;
 mod admin;
+mod authorization_code;
 mod bad_input;
 mod client_credentials;
 mod clients;

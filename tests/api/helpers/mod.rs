@@ -3,6 +3,7 @@
 //! Every helper is re-exported here: a test imports `crate::helpers::...`.
 
 mod assertions;
+mod browser;
 mod client;
 mod databases;
 mod dpop;
@@ -37,6 +38,9 @@ pub enum Backend {
 }
 
 pub use assertions::{assert_error, assert_invalid_grant, eventually, set_cookie_headers, tokens};
+pub use browser::{
+    Browser, Pkce, authorize_query, exchange, hidden_fields, location, location_params,
+};
 pub use client::{Api, client_from};
 pub use databases::{TestDatabase, family_generation, generations, stored_family};
 pub use dpop::{DpopKey, ath};
@@ -183,6 +187,17 @@ impl TestApp {
             .await
             .unwrap();
         store.close().await;
+    }
+
+    /// How many audit events of `kind` the app's database holds (read through a store
+    /// of its own, as `set_admin`).
+    pub async fn audit_events_of_kind(&self, kind: &str) -> usize {
+        let store = token_issuer::startup::open_store(&self.settings)
+            .await
+            .unwrap();
+        let events = store.audit_events(None, 10_000).await.unwrap();
+        store.close().await;
+        events.iter().filter(|e| e.kind.code() == kind).count()
     }
 
     pub fn keys_dir(&self) -> PathBuf {
