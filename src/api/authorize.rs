@@ -1,5 +1,5 @@
-//! `GET`/`POST /oauth/authorize` (the code flow's front channel, with its sign-in and
-//! consent pages) and `GET`/`POST /oauth/logout` (the sign-out page).
+//! `GET`/`POST /oauth/authorize`: the code flow's front channel, with its sign-in and
+//! consent pages (the sign-out page is `sign_out`).
 //!
 //! Cookies of the hosted pages, all `__Host-` (Secure, `Path=/`, no `Domain`) and
 //! HttpOnly:
@@ -111,6 +111,8 @@ pub struct AuthorizeFormBody {
     code_challenge: Option<String>,
     code_challenge_method: Option<String>,
     dpop_jkt: Option<String>,
+    /// `login` or `consent`, as the request asked.
+    prompt: Option<String>,
     /// The sign-in form: the e-mail address.
     username: Option<String>,
     /// The sign-in form: the password.
@@ -121,19 +123,11 @@ pub struct AuthorizeFormBody {
     csrf: Option<String>,
 }
 
-/// The sign-out form.
-#[derive(Object, Deserialize)]
-#[oai(rename = "SignOutForm")]
-pub struct SignOutFormBody {
-    /// The anti-CSRF field the page carried.
-    csrf: Option<String>,
-}
-
-fn session_cookie(value: &str, max_age: u64) -> String {
+pub(super) fn session_cookie(value: &str, max_age: u64) -> String {
     format!("{SESSION_COOKIE}={value}; Max-Age={max_age}; Path=/; Secure; HttpOnly; SameSite=Lax")
 }
 
-fn form_cookie(value: &str) -> String {
+pub(super) fn form_cookie(value: &str) -> String {
     format!("{FORM_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Lax")
 }
 
@@ -168,7 +162,7 @@ fn params_of_query(query: &str) -> AuthorizeParams {
 
 /// Whether a post comes from this origin: its `Origin` (when sent) is the issuer's,
 /// and its `Sec-Fetch-Site` (when sent) says `same-origin`.
-fn same_origin(req: &Request, issuer_url: &str) -> bool {
+pub(super) fn same_origin(req: &Request, issuer_url: &str) -> bool {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     header("origin").is_none_or(|o| o.eq_ignore_ascii_case(issuer_url))
         && header("sec-fetch-site").is_none_or(|s| s == "same-origin")
@@ -380,7 +374,7 @@ impl AuthorizeApi {
             scope: b.scope,
             code_challenge: b.code_challenge,
             code_challenge_method: b.code_challenge_method,
-            prompt: None,
+            prompt: b.prompt,
             dpop_jkt: b.dpop_jkt,
             repeated: Vec::new(),
         };
@@ -393,81 +387,6 @@ impl AuthorizeApi {
         let browser = browser(req, &issuer, session.0, form.0);
         let result = issuer.authorize_form(&params, input, &browser).await;
         respond(&issuer, result, &browser, true)
-    }
-
-    /// Sign-out page
-    ///
-    /// Asks to confirm signing this browser out (a form with an anti-CSRF field).
-    #[oai(path = "/oauth/logout", method = "get", operation_id = "signOutPage")]
-    async fn sign_out_page(
-        &self,
-        issuer: Data<&Arc<Issuer>>,
-        #[oai(name = "__Host-form")] form: Cookie<Option<String>>,
-    ) -> PageAnswer {
-        sign_out_form(
-            &issuer,
-            form.0.filter(|f| !f.is_empty() && f.len() <= 64),
-            None,
-        )
-    }
-
-    /// Sign out
-    ///
-    /// Ends the browser's sign-in session (`__Host-session`): the next authorization
-    /// shows the sign-in form. The applications' own sessions go on; they end with
-    /// their own logout (or `POST /v1/logout` with `scope=everywhere`).
-    #[oai(path = "/oauth/logout", method = "post", operation_id = "signOut")]
-    async fn sign_out(
-        &self,
-        issuer: Data<&Arc<Issuer>>,
-        req: &Request,
-        body: Form<SignOutFormBody>,
-        #[oai(name = "__Host-session")] session: Cookie<Option<String>>,
-        #[oai(name = "__Host-form")] form: Cookie<Option<String>>,
-    ) -> PageAnswer {
-        let settings = issuer.sign_in_settings();
-        let csp = pages::content_security_policy(settings, None);
-        if !same_origin(req, issuer.issuer_url()) {
-            return refused(&issuer, Refusal::CrossSite, true);
-        }
-        if !issuer.form_field_matches(form.0.as_deref(), body.0.csrf.as_deref()) {
-            return sign_out_form(&issuer, None, Some(FormProblem::Expired));
-        }
-        if let Err(e) = issuer.sign_out(session.0.map(Secret::new).as_ref()).await {
-            return refused(&issuer, Refusal::Failed(e), true);
-        }
-        PageAnswer::Page(
-            Html(pages::sign_out(settings, None, None)),
-            csp,
-            Some(session_cookie("", 0)),
-        )
-    }
-}
-
-/// The sign-out confirmation, with the browser's form cookie (a new one when it had
-/// none, or after a stale form).
-fn sign_out_form(
-    issuer: &Issuer,
-    cookie: Option<String>,
-    problem: Option<FormProblem>,
-) -> PageAnswer {
-    let settings = issuer.sign_in_settings();
-    let csp = pages::content_security_policy(settings, None);
-    let (cookie, set) = match cookie {
-        Some(c) => (c, None),
-        None => match crate::crypto::forms::FormTokens::new_cookie() {
-            Ok(c) => (c.clone(), Some(form_cookie(&c))),
-            Err(e) => return refused(issuer, Refusal::Failed(e), false),
-        },
-    };
-    let html = Html(pages::sign_out(
-        settings,
-        Some(&issuer.form_field(&cookie)),
-        problem,
-    ));
-    match problem {
-        Some(_) => PageAnswer::Forbidden(html, csp, set),
-        None => PageAnswer::Page(html, csp, set),
     }
 }
 

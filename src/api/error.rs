@@ -346,7 +346,7 @@ impl From<Error> for Problem {
                     }
                     GrantRejection::Expired => "the authorization code expired (codes live 60 s)",
                     GrantRejection::Reused => {
-                        "the authorization code was used before; the session it started is revoked"
+                        "the authorization code was used before; a session it started is revoked"
                     }
                     GrantRejection::Revoked => {
                         "the sign-in that approved the code has ended; authorize again"

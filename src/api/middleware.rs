@@ -201,19 +201,17 @@ pub(crate) async fn observe<E: Endpoint>(
     REQUEST_ID.scope(scoped_id, served.instrument(span)).await
 }
 
-/// The hosted pages (`text/html` under `/oauth/`) are never framed (besides their
-/// CSP's `frame-ancestors`, for older browsers), never sniffed, and send no `Referer`
-/// to another origin (the client's redirect URI gets none; a same-origin form post
-/// keeps its `Origin`, which `no-referrer` would turn into `null`).
+/// The hosted pages (`/oauth/authorize`, `/oauth/logout`) are never framed (besides
+/// their CSP's `frame-ancestors`, for older browsers), never sniffed, and send no
+/// `Referer` to another origin (the client's redirect URI gets none; a same-origin form
+/// post keeps its `Origin`, which `no-referrer` would turn into `null`). Every answer
+/// there has a CSP: a page brings its own; the rest (a redirect, the JSON error of a
+/// body that does not parse) get one that allows nothing.
 pub(crate) async fn page_headers<E: Endpoint>(ep: Arc<E>, req: Request) -> poem::Result<Response> {
-    let oauth = req.uri().path().starts_with("/oauth/");
+    let path = req.uri().path();
+    let pages = path == "/oauth/authorize" || path == "/oauth/logout";
     let mut resp = ep.call(req).await?.into_response();
-    let html = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/html"));
-    if oauth && html {
+    if pages {
         let headers = resp.headers_mut();
         headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         headers.insert(
@@ -224,6 +222,14 @@ pub(crate) async fn page_headers<E: Endpoint>(ep: Arc<E>, req: Request) -> poem:
             header::REFERRER_POLICY,
             HeaderValue::from_static("same-origin"),
         );
+        if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
+                ),
+            );
+        }
     }
     Ok(resp)
 }

@@ -14,6 +14,7 @@ pub mod pages;
 pub mod payload;
 pub mod security;
 pub mod sessions;
+pub mod sign_out;
 pub mod token;
 pub mod users;
 pub mod wellknown;
@@ -50,6 +51,7 @@ pub enum ApiTags {
 pub type Apis = (
     token::TokenApi,
     authorize::AuthorizeApi,
+    sign_out::SignOutApi,
     introspect::IntrospectApi,
     users::UsersApi,
     sessions::SessionsApi,
@@ -73,6 +75,7 @@ pub fn make_openapi_service() -> OpenApiService<Apis, ()> {
         (
             token::TokenApi,
             authorize::AuthorizeApi,
+            sign_out::SignOutApi,
             introspect::IntrospectApi,
             users::UsersApi,
             sessions::SessionsApi,

@@ -60,12 +60,15 @@ pub fn content_security_policy(settings: &SignInSettings, redirect_uri: Option<&
     )
 }
 
-/// The CSP source that allows a redirect to `uri`: its origin, or its scheme.
+/// The CSP source that allows a redirect to `uri`: its origin, or its scheme. CSP's
+/// grammar has no IPv6 literal (Chromium ignores `http://[::1]:8080` as invalid), so a
+/// redirect to an IPv6 host is allowed by its scheme (`http:`), for that page only.
 fn redirect_source(uri: &str) -> Option<String> {
     let url = url::Url::parse(uri).ok()?;
-    match url.scheme() {
-        "http" | "https" => Some(url.origin().ascii_serialization()),
-        scheme => Some(format!("{scheme}:")),
+    match (url.scheme(), url.host()) {
+        (_, Some(url::Host::Ipv6(_))) => Some(format!("{}:", url.scheme())),
+        ("http" | "https", _) => Some(url.origin().ascii_serialization()),
+        (scheme, _) => Some(format!("{scheme}:")),
     }
 }
 
@@ -111,6 +114,9 @@ fn hidden_request(request: &Authorization, csrf: &str) -> Markup {
         input type="hidden" name="code_challenge_method" value="S256";
         @if let Some(jkt) = &request.dpop_jkt {
             input type="hidden" name="dpop_jkt" value=(jkt);
+        }
+        @if let Some(prompt) = request.prompt.value() {
+            input type="hidden" name="prompt" value=(prompt);
         }
         input type="hidden" name="csrf" value=(csrf);
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::file::ClientFile;
 use super::tokens::TokenSettings;
 use super::units::duration;
-use super::urls::{validate_origin, validate_redirect_uri};
+use super::urls::{validate_jwks_uri, validate_origin, validate_redirect_uri};
 use super::{ConfigError, invalid};
 use crate::domain::client::{
     Client, ClientKind, Delivery, DpopPolicy, ForeignKeyPolicy, NoncePolicy,
@@ -145,11 +145,27 @@ fn client_from_file(
         Some(jwks) => crate::crypto::client_assertion::public_keys(jwks)
             .map_err(|why| invalid(&format!("{setting}.jwks"), why))?,
     };
+    let assertion_jwks_uri = match &c.jwks_uri {
+        None => None,
+        Some(_) if c.kind != ClientKind::Service => {
+            return Err(invalid(
+                &format!("{setting}.jwks_uri"),
+                "only service clients authenticate with private_key_jwt",
+            ));
+        }
+        Some(_) if c.jwks.is_some() => {
+            return Err(invalid(
+                &format!("{setting}.jwks_uri"),
+                "give the keys once: jwks or jwks_uri",
+            ));
+        }
+        Some(uri) => Some(validate_jwks_uri(&format!("{setting}.jwks_uri"), uri)?),
+    };
     let secret_hash = secret_hash(
         &setting,
         c.kind,
         c.client_secret_hash.as_deref(),
-        !assertion_keys.is_empty(),
+        !assertion_keys.is_empty() || assertion_jwks_uri.is_some(),
     )?;
     // Opt-in, and only with audiences of its own: a service client of an earlier
     // configuration (introspection only, audiences left to the default) must not start
@@ -186,6 +202,7 @@ fn client_from_file(
         dpop_nonce: c.dpop_nonce,
         client_credentials: c.client_credentials,
         assertion_keys,
+        assertion_jwks_uri,
         redirect_uris,
         first_party,
     })
@@ -264,7 +281,7 @@ fn secret_hash(
         (ClientKind::Service, None) => {
             return Err(invalid(
                 &format!("{setting}.client_secret_hash"),
-                "a service client needs a secret (run `token-issuer client-secret`) or a jwks",
+                "a service client needs a secret (run `token-issuer client-secret`), a jwks or a jwks_uri",
             ));
         }
         (_, Some(_)) => {
@@ -323,6 +340,7 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             dpop_nonce: NoncePolicy::Off,
             client_credentials: false,
             assertion_keys: Vec::new(),
+            assertion_jwks_uri: None,
             redirect_uris: Vec::new(),
             first_party: true,
         },
@@ -342,6 +360,7 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             dpop_nonce: NoncePolicy::Off,
             client_credentials: false,
             assertion_keys: Vec::new(),
+            assertion_jwks_uri: None,
             redirect_uris: vec!["http://localhost:5173/callback".to_owned()],
             first_party: true,
         },
@@ -362,6 +381,7 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             dpop_nonce: NoncePolicy::Off,
             client_credentials: false,
             assertion_keys: Vec::new(),
+            assertion_jwks_uri: None,
             redirect_uris: vec![
                 "http://127.0.0.1/callback".to_owned(),
                 "http://[::1]/callback".to_owned(),
@@ -385,6 +405,7 @@ fn dev_clients(audience: &str, tokens: &TokenSettings) -> Vec<Client> {
             dpop_nonce: NoncePolicy::Off,
             client_credentials: true,
             assertion_keys: Vec::new(),
+            assertion_jwks_uri: None,
             redirect_uris: Vec::new(),
             first_party: true,
         },

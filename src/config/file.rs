@@ -77,6 +77,9 @@ pub(super) struct ClientFile {
     /// Service clients: the JWK Set of their `private_key_jwt` public keys,
     /// `{keys = [{kty = "EC", crv = "P-256", x = "...", y = "...", kid = "..."}]}`.
     pub(super) jwks: Option<serde_json::Value>,
+    /// Service clients: where their JWK Set is fetched from instead of `jwks` (https;
+    /// http only on a loopback host or localhost).
+    pub(super) jwks_uri: Option<String>,
     /// Where the authorization endpoint may redirect (exact URIs; a native client's
     /// loopback URIs on any port).
     #[serde(default)]

@@ -434,6 +434,11 @@ fn redirect_uris_are_absolute_without_fragment_or_user_and_safe_schemes() {
         ("mobile", "myapp:/cb"),
         ("spa", "com.example.app:/oauth"),
         ("service", "https://app.example/cb"),
+        ("spa", "https://app.example/cb?state=fixed"),
+        (
+            "spa",
+            "https://app.example/cb?iss=https%3A%2F%2Fevil.example",
+        ),
     ] {
         let err = load(Some(&client(bad.0, bad.1)), &[]).unwrap_err();
         assert_eq!(err.setting, "clients[0].redirect_uris", "{bad:?}");
@@ -497,4 +502,38 @@ fn a_client_may_not_take_the_name_of_sign_in_sessions() {
     )
     .unwrap_err();
     assert_eq!(err.setting, "clients[0].client_id");
+}
+
+#[test]
+fn a_service_client_may_give_a_jwks_uri_instead() {
+    let client = |extra: &str| {
+        format!(
+            "[[clients]]\nclient_id = \"s\"\nkind = \"service\"\nclient_credentials = true\naudiences = [\"https://a.example\"]\n{extra}"
+        )
+    };
+    let s = load(
+        Some(&client("jwks_uri = \"https://keys.example/jwks.json\"\n")),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        s.clients[0].assertion_jwks_uri.as_deref(),
+        Some("https://keys.example/jwks.json")
+    );
+    assert!(s.clients[0].secret_hash.is_none(), "no secret needed");
+    for bad in [
+        "jwks_uri = \"http://keys.example/jwks.json\"\n",
+        "jwks_uri = \"https://u:p@keys.example/jwks.json\"\n",
+        "jwks_uri = \"keys.example\"\n",
+        "jwks_uri = \"https://keys.example/jwks.json\"\njwks = { keys = [{ kty = \"OKP\", crv = \"Ed25519\", x = \"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\" }] }\n",
+    ] {
+        let err = load(Some(&client(bad)), &[]).unwrap_err();
+        assert_eq!(err.setting, "clients[0].jwks_uri", "{bad}");
+    }
+    let err = load(
+        Some("[[clients]]\nclient_id = \"m\"\nkind = \"mobile\"\njwks_uri = \"https://keys.example/j\"\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(err.setting, "clients[0].jwks_uri");
 }

@@ -177,6 +177,27 @@ pub(super) fn validate_redirect_uri(
             format!("{raw:?} must not carry user information"),
         ));
     }
+    // The parameters of the authorization response: a second `iss` or `state` in the
+    // URI itself would muddle the mix-up and CSRF checks of the client (RFC 9207).
+    const RESPONSE: [&str; 6] = [
+        "code",
+        "state",
+        "iss",
+        "error",
+        "error_description",
+        "error_uri",
+    ];
+    if let Some((name, _)) = url
+        .query_pairs()
+        .find(|(k, _)| RESPONSE.contains(&k.as_ref()))
+    {
+        return Err(invalid(
+            setting,
+            format!(
+                "{raw:?}: its query must not carry {name:?}, a parameter of the authorization response"
+            ),
+        ));
+    }
     let ok = match url.scheme() {
         "https" => url.host().is_some(),
         "http" => is_local(&url),
@@ -209,4 +230,26 @@ pub(super) fn validate_logo_url(raw: &str) -> Result<(String, String), ConfigErr
         ));
     }
     Ok((url.as_str().to_owned(), url.origin().ascii_serialization()))
+}
+
+/// A client's `jwks_uri`: https (http only on a loopback host or localhost), no user
+/// information, no fragment.
+pub(super) fn validate_jwks_uri(setting: &str, raw: &str) -> Result<String, ConfigError> {
+    let url =
+        url::Url::parse(raw).map_err(|e| invalid(setting, format!("{raw:?} is not a URL: {e}")))?;
+    let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && is_local(&url));
+    if !scheme_ok
+        || url.host().is_none()
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(invalid(
+            setting,
+            format!(
+                "{raw:?} must be an https URL (http only for localhost) without user information or fragment"
+            ),
+        ));
+    }
+    Ok(url.to_string())
 }

@@ -163,6 +163,23 @@ pub fn check(
     })
 }
 
+/// The client an assertion says it is from (its `sub`), read without any check: RFC
+/// 7521 §4.2 lets a request that authenticates with an assertion leave `client_id`
+/// out (Authlib's `PrivateKeyJWT` does). `check` then verifies that claim like any
+/// other.
+pub fn claimed_client(assertion: &str) -> Option<String> {
+    if assertion.len() > MAX_ASSERTION_LEN {
+        return None;
+    }
+    let payload = assertion.split('.').nth(1)?;
+    let claims = json_object(payload)?;
+    claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+        .map(str::to_owned)
+}
+
 /// Whether `jwks` (a client's configured JWK Set) holds only public keys of the types
 /// assertions may use, each usable with some allowed `alg`; the keys, or why not.
 pub fn public_keys(jwks: &Value) -> Result<Vec<Map<String, Value>>, &'static str> {

@@ -53,7 +53,9 @@ pub const MIN_RSA_BITS: usize = 2048;
 /// The largest RSA modulus accepted.
 pub const MAX_RSA_BITS: usize = 4096;
 /// The proof algorithms accepted, as `dpop_signing_alg_values_supported` lists them.
-pub const ALGORITHMS: [&str; 4] = ["ES256", "EdDSA", "RS256", "PS256"];
+/// `Ed25519` is RFC 9864's fully-specified name of `EdDSA` with an Ed25519 key, which
+/// oauth4webapi 3 (openid-client 6) signs with.
+pub const ALGORITHMS: [&str; 5] = ["ES256", "EdDSA", "Ed25519", "RS256", "PS256"];
 
 /// Members of a JWK that only a private key has.
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
@@ -358,7 +360,7 @@ pub(crate) fn public_key(
                 format!(r#"{{"crv":"P-256","kty":"EC","x":"{x_text}","y":"{y_text}"}}"#);
             Ok((ProofKey::Es256(point), sha256_b64url(canonical.as_bytes())))
         }
-        ("EdDSA", "OKP") => {
+        ("EdDSA" | "Ed25519", "OKP") => {
             if member("crv")? != "Ed25519" {
                 return Err(wrong);
             }

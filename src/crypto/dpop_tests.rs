@@ -144,6 +144,24 @@ fn refused(proof: &str, expected: &Expected<'_>) -> &'static str {
 }
 
 #[test]
+fn ed25519_is_also_named_by_its_fully_specified_alg() {
+    let key = Key::ed();
+    let mut h = header(&key);
+    h["alg"] = json!("Ed25519");
+    let proof = check(&signed(&key, &h, &claims()), &expected()).unwrap();
+    let jwk: Jwk = serde_json::from_value(key.jwk()).unwrap();
+    assert_eq!(proof.jkt, jwk.thumbprint(ThumbprintHash::SHA256).unwrap());
+    // Still only an Ed25519 key.
+    let ec = Key::ec();
+    let mut h = header(&ec);
+    h["alg"] = json!("Ed25519");
+    assert_eq!(
+        refused(&signed(&ec, &h, &claims()), &expected()),
+        "the jwk does not fit alg"
+    );
+}
+
+#[test]
 fn a_good_proof_of_each_key_type_gives_its_thumbprint() {
     for key in [Key::ec(), Key::ed(), Key::rsa(false), Key::rsa(true)] {
         let proof = check(&signed(&key, &header(&key), &claims()), &expected()).unwrap();

@@ -90,6 +90,16 @@ pub enum Prompt {
 }
 
 impl Prompt {
+    /// The value that asks for it (none for the default).
+    pub fn value(self) -> Option<&'static str> {
+        match self {
+            Self::Default => None,
+            Self::None => Some("none"),
+            Self::Login => Some("login"),
+            Self::Consent => Some("consent"),
+        }
+    }
+
     /// `None` for a value this server does not know.
     pub fn parse(value: Option<&str>) -> Option<Self> {
         match value.map(str::trim).filter(|v| !v.is_empty()) {

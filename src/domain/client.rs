@@ -97,6 +97,8 @@ pub struct Client {
     /// `service` clients: the public keys of its `private_key_jwt` assertions (its
     /// JWK Set's `keys`); empty: secrets only.
     pub assertion_keys: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// `service` clients: where their JWK Set is fetched from instead (`jwks_uri`).
+    pub assertion_jwks_uri: Option<String>,
     /// Where the authorization endpoint may send its answers (RFC 6749 §3.1.2): each
     /// matched exactly; a native client's loopback URIs on any port (RFC 8252 §7.3).
     pub redirect_uris: Vec<String>,
@@ -202,6 +204,7 @@ mod tests {
             dpop_nonce: NoncePolicy::Off,
             client_credentials: false,
             assertion_keys: Vec::new(),
+            assertion_jwks_uri: None,
             redirect_uris: vec!["http://localhost:5173/callback".into()],
             first_party: true,
             policy: RefreshPolicy {

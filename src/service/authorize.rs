@@ -13,7 +13,10 @@
 //!   this origin.
 //! - A code lives 60 s, is stored hashed, and is bound to the client, the redirect
 //!   URI, the challenge, the sign-in session and, with `dpop_jkt` (RFC 9449 §10), a
-//!   DPoP key.
+//!   DPoP key. Codes of one sign-in session are limited like the refreshes of a
+//!   session (`rate_limit_refresh_per_family`); past it, `temporarily_unavailable`.
+//! - A consent is kept per user and client as the union of the scopes allowed: one
+//!   row each, and it covers any request for some of them.
 
 use std::time::Duration;
 
@@ -22,10 +25,11 @@ use super::browser::{NewSignIn, SignedIn};
 use super::tokens::RequestMeta;
 use crate::crypto::codes;
 use crate::domain::authorization::{Prompt, consent_covers, valid_challenge, valid_jkt};
-use crate::domain::client::Client;
+use crate::domain::client::{Client, ClientKind};
 use crate::domain::error::Error;
 use crate::domain::secret::Secret;
 use crate::store::StoredCode;
+use crate::store::shared::LimitKind;
 
 /// How long a code may wait for its exchange.
 pub const CODE_LIFETIME: Duration = Duration::from_secs(60);
@@ -205,6 +209,17 @@ impl Issuer {
         if state.is_some_and(|s| s.len() > MAX_STATE) {
             return Err(fail("invalid_request", "state is longer than 2048 bytes"));
         }
+        // RFC 6749 Appendix A.5: state is VSCHAR (printable ASCII and space). Anything
+        // else could not come back byte for byte through the pages' forms (browsers
+        // normalise line breaks and NULs).
+        if state.is_some_and(|s| !s.bytes().all(|b| (0x20..=0x7e).contains(&b))) {
+            return Err(Refusal::Redirect(self.error_location(
+                redirect_uri,
+                None,
+                "invalid_request",
+                "state must be printable ASCII (RFC 6749 Appendix A.5)",
+            )));
+        }
         match present(&p.response_type) {
             None => return Err(fail("invalid_request", "response_type is required")),
             Some("code") => {}
@@ -289,6 +304,40 @@ impl Issuer {
         browser: &BrowserRequest,
     ) -> Result<Outcome, Refusal> {
         let request = self.authorization_request(params)?;
+        let back = (request.redirect_uri.clone(), request.state.clone());
+        self.authorize_valid(request, browser)
+            .await
+            .map_err(|r| self.failure_sent_back(&back, r))
+    }
+
+    /// A failure once the redirect URI is known to be the client's goes back to it
+    /// (RFC 6749 §4.1.2.1): `temporarily_unavailable` when the database is, else
+    /// `server_error`; the cause is logged, never sent.
+    fn failure_sent_back(&self, (uri, state): &(String, Option<String>), r: Refusal) -> Refusal {
+        let Refusal::Failed(e) = r else {
+            return r;
+        };
+        let (error, description) = match &e {
+            Error::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "an authorization request could not reach the database");
+                (
+                    "temporarily_unavailable",
+                    "the service is busy or cannot reach its database; try again shortly",
+                )
+            }
+            other => {
+                tracing::error!(error = %other, "an authorization request failed");
+                ("server_error", "an unexpected error; it is logged")
+            }
+        };
+        Refusal::Redirect(self.error_location(uri, state.as_deref(), error, description))
+    }
+
+    async fn authorize_valid(
+        &self,
+        request: Authorization,
+        browser: &BrowserRequest,
+    ) -> Result<Outcome, Refusal> {
         let session = match request.prompt {
             Prompt::Login => None,
             _ => self.signed_in(browser.session.as_ref()).await?,
@@ -317,6 +366,18 @@ impl Issuer {
         if !browser.same_origin {
             return Err(Refusal::CrossSite);
         }
+        let back = (request.redirect_uri.clone(), request.state.clone());
+        self.authorize_form_valid(request, form, browser)
+            .await
+            .map_err(|r| self.failure_sent_back(&back, r))
+    }
+
+    async fn authorize_form_valid(
+        &self,
+        request: Authorization,
+        form: FormInput,
+        browser: &BrowserRequest,
+    ) -> Result<Outcome, Refusal> {
         let csrf_ok = self.form_field_matches(browser.form_cookie.as_deref(), form.csrf.as_deref());
         if form.decision.is_some() {
             return self.consent_form(request, form, csrf_ok, browser).await;
@@ -392,7 +453,21 @@ impl Issuer {
         }
         Ok(match form.decision.as_deref() {
             Some("allow") => {
-                let scope = request.scope.clone().unwrap_or_default();
+                // One consent per user and client: what was allowed before and now.
+                let before = self
+                    .store
+                    .consents(session.user_id, Some(&request.client_id))
+                    .await
+                    .map_err(Error::from)?;
+                let mut scopes: Vec<&str> = before
+                    .iter()
+                    .flat_map(|c| c.scope.split(' '))
+                    .chain(request.scope.as_deref().unwrap_or_default().split(' '))
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                scopes.sort_unstable();
+                scopes.dedup();
+                let scope = scopes.join(" ");
                 self.store
                     .grant_consent(session.user_id, &request.client_id, &scope, self.now())
                     .await
@@ -449,7 +524,11 @@ impl Issuer {
         if client.first_party {
             return Ok(false);
         }
-        if request.prompt == Prompt::Consent {
+        // RFC 8252 §8.6: a native app's identity cannot be assured (any app on the
+        // device may claim its client id and a loopback port): a third-party native
+        // client is asked every time, never answered silently from a remembered
+        // consent.
+        if request.prompt == Prompt::Consent || client.kind == ClientKind::Mobile {
             return Ok(true);
         }
         let given = self
@@ -461,12 +540,27 @@ impl Issuer {
             .any(|c| consent_covers(&c.scope, request.scope.as_deref())))
     }
 
-    /// Issues a code for the request and answers the redirect that carries it.
+    /// Issues a code for the request and answers the redirect that carries it. Each
+    /// code is a use of the sign-in session under `rate_limit_refresh_per_family`
+    /// (default 30 a minute): a stolen session cookie cannot fill the codes table.
     async fn redirect_with_code(
         &self,
         request: &Authorization,
         session: SignedIn,
     ) -> Result<Answer, Error> {
+        if let Some(limit) = self.limits.refresh_per_family
+            && let Err(wait) = self
+                .shared
+                .hit(LimitKind::RefreshFamily, &session.sid.to_string(), limit)
+                .await
+        {
+            self.metrics.rate_limited.inc();
+            let description = format!(
+                "too many authorization requests from this sign-in; retry in {} s",
+                wait.as_secs().max(1)
+            );
+            return Ok(self.refuse(request, "temporarily_unavailable", &description));
+        }
         let code = codes::mint()?;
         let now = self.now();
         self.store

@@ -109,7 +109,7 @@ impl Issuer {
         params: &TokenParams,
         meta: &RequestMeta,
     ) -> Result<(&'c Client, crate::crypto::client_assertion::Assertion), Error> {
-        use crate::crypto::client_assertion::{self, ASSERTION_TYPE, Expected};
+        use crate::crypto::client_assertion::{ASSERTION_TYPE, Expected};
         if params.basic.is_some() || params.client_secret.is_some() {
             return Err(Error::InvalidRequest(
                 "authenticate once: a client assertion, or a secret".into(),
@@ -127,7 +127,7 @@ impl Issuer {
             .ok_or_else(|| Error::InvalidRequest("client_assertion is required".into()))?;
         let token_endpoint = format!("{}/oauth/token", self.issuer_url);
         let now = self.now().unix_timestamp();
-        let leeway = i64::try_from(self.clock_leeway.as_secs()).unwrap_or(30);
+        let leeway = self.leeway_secs();
         let expected = Expected {
             client_id: &named.id,
             audiences: [&token_endpoint, &self.issuer_url],
@@ -146,7 +146,9 @@ impl Issuer {
             ),
             _ => None,
         };
-        let checked = client_assertion::check(assertion.expose(), &named.assertion_keys, &expected);
+        let checked = self
+            .check_assertion(named, assertion.expose(), &expected)
+            .await;
         match checked {
             Ok(assertion) => {
                 if let Some(held) = held {
@@ -161,6 +163,44 @@ impl Issuer {
         }
     }
 
+    /// Checks an assertion against the client's keys: the configured `jwks`, or the set
+    /// of its `jwks_uri` (fetched again once when the cached set does not verify it: the
+    /// client may have rotated; see `client_keys`).
+    async fn check_assertion(
+        &self,
+        client: &Client,
+        assertion: &str,
+        expected: &crate::crypto::client_assertion::Expected<'_>,
+    ) -> Result<
+        crate::crypto::client_assertion::Assertion,
+        crate::crypto::client_assertion::InvalidAssertion,
+    > {
+        use crate::crypto::client_assertion::{InvalidAssertion, check};
+        if client.assertion_jwks_uri.is_none() {
+            return check(assertion, &client.assertion_keys, expected);
+        }
+        let now = self.now();
+        let no_keys = InvalidAssertion("the client's JWK Set could not be fetched");
+        let keys = self.remote_keys.keys(client, now, false).await;
+        let first = match &keys {
+            Some(keys) => check(assertion, keys, expected),
+            None => Err(no_keys),
+        };
+        if first.is_ok() {
+            return first;
+        }
+        match self.remote_keys.keys(client, now, true).await {
+            Some(fresh)
+                if keys
+                    .as_ref()
+                    .is_none_or(|k| !std::sync::Arc::ptr_eq(k, &fresh)) =>
+            {
+                check(assertion, &fresh, expected)
+            }
+            _ => first,
+        }
+    }
+
     /// Records a checked assertion's `jti` until its `exp` (across instances through
     /// Redis): a replay is a failed authentication.
     async fn record_assertion(
@@ -170,7 +210,7 @@ impl Issuer {
         meta: &RequestMeta,
     ) -> Result<(), Error> {
         let now = self.now().unix_timestamp();
-        let leeway = i64::try_from(self.clock_leeway.as_secs()).unwrap_or(30);
+        let leeway = self.leeway_secs();
         let ttl = std::time::Duration::from_secs(
             u64::try_from(assertion.exp.saturating_add(leeway).saturating_sub(now))
                 .unwrap_or(0)

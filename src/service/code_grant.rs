@@ -19,6 +19,7 @@ use crate::domain::authorization::valid_verifier;
 use crate::domain::client::Client;
 use crate::domain::error::Error;
 use crate::domain::family::{GrantRejection, RevokeReason};
+use crate::store::shared::LimitKind;
 use crate::store::{NewFamily, Redeem, RedeemOutcome};
 
 impl Issuer {
@@ -72,18 +73,29 @@ impl Issuer {
             login_source: None,
             dpop_jkt: proof.as_ref().map(|p| p.jkt.clone()),
         };
+        // Checked for a used code too: only its holder (who has the verifier) can make
+        // its reuse revoke the session, not whoever saw a used code in a log.
+        if stored.redirect_uri != redirect_uri {
+            return refused(GrantRejection::RedirectUriMismatch);
+        }
+        if !codes::verifier_matches(&verifier, &stored.code_challenge) {
+            return refused(GrantRejection::PkceMismatch);
+        }
         if !stored.used {
-            if stored.redirect_uri != redirect_uri {
-                return refused(GrantRejection::RedirectUriMismatch);
-            }
-            if !codes::verifier_matches(&verifier, &stored.code_challenge) {
-                return refused(GrantRejection::PkceMismatch);
-            }
             if stored.expires_at <= now {
                 return refused(GrantRejection::Expired);
             }
             if stored.dpop_jkt.is_some() && stored.dpop_jkt != family.dpop_jkt {
                 return refused(GrantRejection::DpopKeyMismatch);
+            }
+            // Each exchange starts a session, as a login does: from one address, no
+            // more than its logins (a sign-in lets its browser get a code per request,
+            // and each code would otherwise be a session kept for weeks).
+            if let (Some(limit), Some(ip)) = (self.limits.login_per_ip, meta.ip.as_deref()) {
+                self.shared
+                    .hit(LimitKind::LoginIp, ip, limit)
+                    .await
+                    .map_err(|wait| self.rate_limited(wait))?;
             }
             if let Some(proof) = &proof {
                 self.record_proof(proof).await?;

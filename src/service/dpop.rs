@@ -154,7 +154,7 @@ impl Issuer {
         }
     }
 
-    fn leeway_secs(&self) -> i64 {
+    pub(super) fn leeway_secs(&self) -> i64 {
         i64::try_from(self.clock_leeway.as_secs()).unwrap_or(30)
     }
 

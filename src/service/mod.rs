@@ -6,6 +6,7 @@ pub mod attempts;
 pub mod authorize;
 pub mod browser;
 mod client_credentials;
+mod client_keys;
 mod code_grant;
 mod consents;
 pub mod dpop;
@@ -110,6 +111,8 @@ pub struct Issuer {
     pub(crate) dpop_nonces: Nonces,
     pub(crate) forms: crate::crypto::forms::FormTokens,
     pub(crate) sign_in: browser::SignInSettings,
+    /// The fetched JWK Sets of `private_key_jwt` clients with a `jwks_uri`.
+    pub(crate) remote_keys: client_keys::RemoteKeySets,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) clients: HashMap<String, Client>,
     /// The default session rules (clients may override them).
@@ -190,6 +193,7 @@ impl Issuer {
             refresh_keys: secrets.refresh,
             dpop_nonces: secrets.dpop_nonces,
             forms: secrets.forms,
+            remote_keys: client_keys::RemoteKeySets::new(settings.clients.iter()),
             sign_in: settings.sign_in,
             clock,
             clients: settings

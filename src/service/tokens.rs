@@ -95,9 +95,17 @@ pub(super) fn present_secret(value: Option<Secret>) -> Option<Secret> {
 
 impl Issuer {
     /// The client a request names, by HTTP Basic or `client_id` (the two must agree),
-    /// before any secret is checked.
+    /// or by the `sub` of its client assertion when it sends neither (RFC 7521 §4.2),
+    /// before any credential is checked.
     fn named_client(&self, params: &TokenParams) -> Result<&Client, Error> {
-        let body = present(params.client_id.clone());
+        let body = present(params.client_id.clone()).or_else(|| {
+            params.basic.is_none().then(|| {
+                params
+                    .client_assertion
+                    .as_ref()
+                    .and_then(|a| crate::crypto::client_assertion::claimed_client(a.expose()))
+            })?
+        });
         let id = match (&params.basic, body) {
             (Some((basic, _)), Some(body)) if *basic != body => {
                 return Err(Error::InvalidRequest(

@@ -79,7 +79,8 @@ pub trait Authorizations: Send + Sync {
         client_id: Option<&str>,
     ) -> Result<Vec<Consent>, StoreError>;
 
-    /// Records a consent (again: its time moves).
+    /// Records the user's consent to the client as `scope`, replacing the one before
+    /// (the caller passes the union of both): one row per user and client.
     async fn grant_consent(
         &self,
         user_id: Uuid,

@@ -618,6 +618,7 @@ async fn a_cookie_mode_spa_gets_its_refresh_cookie_from_the_exchange() {
 
 const THIRD: &str = "third";
 const THIRD_REDIRECT: &str = "https://third.example/cb";
+const THIRD_NATIVE: &str = "third-native";
 
 /// An app with a third-party client `third` (scopes `read`, `write`).
 async fn app_with_a_third_party(backend: Backend) -> TestApp {
@@ -625,9 +626,17 @@ async fn app_with_a_third_party(backend: Backend) -> TestApp {
         let dev = s.clients[0].clone();
         s.clients.push(token_issuer::domain::client::Client {
             id: THIRD.into(),
+            // A web app (its consent is remembered; a native app's is not).
+            kind: token_issuer::domain::client::ClientKind::Spa,
             redirect_uris: vec![THIRD_REDIRECT.into()],
             first_party: false,
             scopes: vec!["read".into(), "write".into()],
+            ..dev.clone()
+        });
+        s.clients.push(token_issuer::domain::client::Client {
+            id: THIRD_NATIVE.into(),
+            redirect_uris: vec!["http://127.0.0.1/cb".into()],
+            first_party: false,
             ..dev
         });
     })
@@ -756,4 +765,252 @@ async fn a_consent_form_needs_its_csrf_field_and_a_signed_in_browser() {
         .await
         .unwrap();
     assert_eq!(listed, serde_json::json!([]), "nothing was allowed");
+}
+
+#[tokio::test]
+async fn codes_of_one_sign_in_are_limited_like_its_refreshes() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.limits.refresh_per_family = Some(token_issuer::config::RateLimit {
+            max: 3,
+            window: Duration::from_secs(60),
+        });
+    })
+    .await;
+    let (email, mut browser) = user_and_browser(&app).await;
+    let pkce = Pkce::new();
+    code_for(&mut browser, &email, NATIVE, NATIVE_REDIRECT, &pkce).await;
+    let query = authorize_query(NATIVE, NATIVE_REDIRECT, "s", &pkce, &[]);
+    for _ in 0..2 {
+        assert!(location_params(&browser.get(&query).await).contains_key("code"));
+    }
+    let params = location_params(&browser.get(&query).await);
+    assert_eq!(params["error"], "temporarily_unavailable");
+    assert!(!params.contains_key("code"));
+    // Another sign-in has a budget of its own.
+    browser.cookies.remove("__Host-session");
+    assert!(browser.sign_in(&query, &email, PASSWORD).await.status() == StatusCode::SEE_OTHER);
+}
+
+/// RFC 8252 §8.6: any app on the device may claim a native client's id and a loopback
+/// port, so a third-party native client is asked every time.
+#[tokio::test]
+async fn a_third_party_native_client_is_asked_every_time() {
+    let app = app_with_a_third_party(Backend::Sqlite).await;
+    let (email, mut browser) = user_and_browser(&app).await;
+    let pkce = Pkce::new();
+    let query = authorize_query(THIRD_NATIVE, "http://127.0.0.1:50001/cb", "n", &pkce, &[]);
+    let html = browser
+        .sign_in(&query, &email, PASSWORD)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let allowed = browser
+        .submit(&html, "/oauth/authorize", &[("decision", "allow")])
+        .await;
+    assert!(location_params(&allowed).contains_key("code"));
+    let again = browser
+        .get(&authorize_query(
+            THIRD_NATIVE,
+            "http://127.0.0.1:61234/cb",
+            "n",
+            &pkce,
+            &[],
+        ))
+        .await;
+    assert_eq!(again.status(), StatusCode::OK, "asked again");
+    assert!(again.text().await.unwrap().contains("name=\"decision\""));
+    let none = browser
+        .get(&authorize_query(
+            THIRD_NATIVE,
+            "http://127.0.0.1:61234/cb",
+            "n",
+            &pkce,
+            &[("prompt", "none")],
+        ))
+        .await;
+    assert_eq!(location_params(&none)["error"], "consent_required");
+}
+
+/// `prompt=consent` is kept across the sign-in form: a remembered consent is asked
+/// again after the user signs in.
+#[tokio::test]
+async fn prompt_consent_is_kept_across_the_sign_in_form() {
+    let app = app_with_a_third_party(Backend::Sqlite).await;
+    let (email, mut browser) = user_and_browser(&app).await;
+    let pkce = Pkce::new();
+    let read = authorize_query(THIRD, THIRD_REDIRECT, "c", &pkce, &[("scope", "read")]);
+    let html = browser
+        .sign_in(&read, &email, PASSWORD)
+        .await
+        .text()
+        .await
+        .unwrap();
+    browser
+        .submit(&html, "/oauth/authorize", &[("decision", "allow")])
+        .await;
+    browser.cookies.remove("__Host-session");
+    let ask = authorize_query(
+        THIRD,
+        THIRD_REDIRECT,
+        "c",
+        &pkce,
+        &[("scope", "read"), ("prompt", "consent")],
+    );
+    let resp = browser.sign_in(&ask, &email, PASSWORD).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "the consent page, not a code"
+    );
+    assert!(resp.text().await.unwrap().contains("name=\"decision\""));
+}
+
+#[tokio::test]
+async fn a_state_that_could_not_come_back_byte_for_byte_is_refused() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut browser = Browser::new(&app, &app.settings.issuer_url);
+    let pkce = Pkce::new();
+    for state in ["a\nb", "a\rb", "a\u{0}b", "caf\u{e9}"] {
+        let resp = browser
+            .get(&authorize_query(NATIVE, NATIVE_REDIRECT, state, &pkce, &[]))
+            .await;
+        let params = location_params(&resp);
+        assert_eq!(params["error"], "invalid_request", "{state:?}");
+        assert!(!params.contains_key("state"));
+    }
+}
+
+/// Only the holder of a used code (its verifier and redirect URI) makes its reuse
+/// revoke the session: not whoever saw the code in a log.
+#[tokio::test]
+async fn a_used_code_revokes_only_when_its_verifier_comes_with_it() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (email, mut browser) = user_and_browser(&app).await;
+    let pkce = Pkce::new();
+    let code = code_for(&mut browser, &email, NATIVE, NATIVE_REDIRECT, &pkce).await;
+    let t = tokens(exchange(&app, NATIVE, &code, NATIVE_REDIRECT, &pkce.verifier).await).await;
+    assert_invalid_grant(
+        exchange(&app, NATIVE, &code, NATIVE_REDIRECT, &Pkce::new().verifier).await,
+        "pkce_mismatch",
+    )
+    .await;
+    assert_invalid_grant(
+        exchange(
+            &app,
+            NATIVE,
+            &code,
+            "http://127.0.0.1:1/callback",
+            &pkce.verifier,
+        )
+        .await,
+        "redirect_uri_mismatch",
+    )
+    .await;
+    let t = tokens(app.refresh_as(NATIVE, &t.refresh).await).await;
+    assert_invalid_grant(
+        exchange(&app, NATIVE, &code, NATIVE_REDIRECT, &pkce.verifier).await,
+        "reused",
+    )
+    .await;
+    assert_invalid_grant(app.refresh_as(NATIVE, &t.refresh).await, "revoked").await;
+}
+
+/// Each exchange starts a session, as a login does: counted against the address's
+/// login limit.
+#[tokio::test]
+async fn exchanges_count_against_the_login_limit_of_their_address() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.limits.login_per_ip = Some(token_issuer::config::RateLimit {
+            max: 3,
+            window: Duration::from_secs(60),
+        });
+    })
+    .await;
+    let (email, mut browser) = user_and_browser(&app).await;
+    let pkce = Pkce::new();
+    let code = code_for(&mut browser, &email, NATIVE, NATIVE_REDIRECT, &pkce).await;
+    tokens(exchange(&app, NATIVE, &code, NATIVE_REDIRECT, &pkce.verifier).await).await;
+    let query = authorize_query(NATIVE, NATIVE_REDIRECT, "s", &pkce, &[]);
+    let code = location_params(&browser.get(&query).await)["code"].clone();
+    tokens(exchange(&app, NATIVE, &code, NATIVE_REDIRECT, &pkce.verifier).await).await;
+    let code = location_params(&browser.get(&query).await)["code"].clone();
+    let resp = exchange(&app, NATIVE, &code, NATIVE_REDIRECT, &pkce.verifier).await;
+    assert_error(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited", None).await;
+    // (The limiter's windows run on the real clock: the recovery is not waited for.)
+}
+
+/// CSP has no IPv6 literal: a redirect to [::1] is allowed by its scheme, or Chromium
+/// would block the redirect that follows the form post.
+#[tokio::test]
+async fn an_ipv6_loopback_redirect_is_allowed_by_scheme_in_the_csp() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut browser = Browser::new(&app, &app.settings.issuer_url);
+    let resp = browser
+        .get(&authorize_query(
+            NATIVE,
+            "http://[::1]:8123/callback",
+            "s",
+            &Pkce::new(),
+            &[],
+        ))
+        .await;
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("form-action 'self' http:;"), "{csp}");
+    assert!(!csp.contains("[::1]"), "{csp}");
+}
+
+/// Every answer of the hosted pages has a CSP, the JSON error of a form that does not
+/// parse too (as the OpenAPI document says).
+#[tokio::test]
+async fn every_answer_of_the_pages_has_a_csp() {
+    let app = spawn_app(Backend::Sqlite).await;
+    for path in ["/oauth/authorize", "/oauth/logout"] {
+        let resp = app
+            .http
+            .post(app.url(path))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert!(
+            resp.headers()["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'none'"),
+            "{path}"
+        );
+        assert_eq!(resp.headers()["x-frame-options"], "DENY");
+    }
+}
+
+/// A failure once the redirect URI is the client's goes back to it
+/// (`temporarily_unavailable`, with `state` and `iss`), not to a page of ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_failure_after_the_checks_is_sent_back_to_the_client() {
+    use sqlx::Connection as _;
+    let app = spawn_app(Backend::Postgres).await;
+    let (email, mut browser) = user_and_browser(&app).await;
+    let pkce = Pkce::new();
+    code_for(&mut browser, &email, NATIVE, NATIVE_REDIRECT, &pkce).await;
+    let mut blocker = sqlx::PgConnection::connect(app.settings.database_url.expose())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE authorization_codes IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let resp = browser
+        .get(&authorize_query(NATIVE, NATIVE_REDIRECT, "st8", &pkce, &[]))
+        .await;
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    let params = location_params(&resp);
+    assert_eq!(params["error"], "temporarily_unavailable");
+    assert_eq!(params["state"], "st8");
+    assert_eq!(params["iss"], app.settings.issuer_url);
 }

@@ -437,3 +437,187 @@ scenario! {
         assert_eq!(app.metric("issuer_client_auth_failures_total").await, "3");
     }
 }
+
+/// A JWK Set served over HTTP on a loopback port, which a test may change; counts the
+/// fetches.
+struct JwksServer {
+    url: String,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksServer {
+    async fn start(body: String) -> Self {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://127.0.0.1:{}/jwks.json",
+            listener.local_addr().unwrap().port()
+        );
+        let body = std::sync::Arc::new(std::sync::Mutex::new(body));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (served, counted) = (body.clone(), fetches.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = vec![0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let text = served.lock().unwrap().clone();
+                let status = if text.starts_with('{') {
+                    "200 OK"
+                } else {
+                    "500 Internal Server Error"
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        Self { url, body, fetches }
+    }
+
+    fn serve(&self, body: String) {
+        *self.body.lock().unwrap() = body;
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn jwks_of(key: &crate::helpers::DpopKey, kid: &str) -> String {
+    let mut jwk = key.jwk();
+    jwk["kid"] = json!(kid);
+    json!({ "keys": [jwk] }).to_string()
+}
+
+/// `private_key_jwt` with the client's keys at a `jwks_uri`: fetched once and cached,
+/// fetched again when an assertion names a key not seen yet (at most every 30 s, so
+/// forged assertions cannot make us hammer the client's server), and after 5 minutes;
+/// a failed fetch keeps the keys fetched before.
+#[tokio::test]
+async fn a_service_client_may_publish_its_keys_at_a_jwks_uri() {
+    let (first, second, stranger) = (
+        crate::helpers::DpopKey::new(),
+        crate::helpers::DpopKey::new(),
+        crate::helpers::DpopKey::new(),
+    );
+    let jwks = JwksServer::start(jwks_of(&first, "k1")).await;
+    let uri = jwks.url.clone();
+    let app = spawn_app_with(crate::helpers::Backend::Sqlite, move |s| {
+        let mut signer = s
+            .clients
+            .iter()
+            .find(|c| c.id == SERVICE_CLIENT)
+            .unwrap()
+            .clone();
+        signer.id = "signer".into();
+        signer.secret_hash = None;
+        signer.audiences = vec![ORDERS.into()];
+        signer.client_credentials = true;
+        signer.assertion_jwks_uri = Some(uri);
+        s.clients.push(signer);
+    })
+    .await;
+    let signed_by = |key: &crate::helpers::DpopKey, kid: &str| {
+        let now = crate::helpers::now(&app);
+        key.signed(
+            &json!({"alg": "ES256", "typ": "JWT", "kid": kid}),
+            &json!({
+                "iss": "signer", "sub": "signer", "aud": app.settings.issuer_url,
+                "exp": now + 60, "iat": now, "jti": uuid::Uuid::new_v4().to_string(),
+            }),
+        )
+    };
+    assert_eq!(jwks.fetches(), 0, "fetched on first use, not at start");
+    granted(with_assertion(&app, &signed_by(&first, "k1")).await).await;
+    granted(with_assertion(&app, &signed_by(&first, "k1")).await).await;
+    assert_eq!(jwks.fetches(), 1, "cached");
+
+    // The client rotates: its new key is fetched, but not twice within 30 s.
+    jwks.serve(jwks_of(&second, "k2"));
+    let resp = with_assertion(&app, &signed_by(&second, "k2")).await;
+    assert_eq!(resp.status(), reqwest::StatusCode::UNAUTHORIZED);
+    assert_eq!(jwks.fetches(), 1, "fetched 0 s ago: not again");
+    app.advance(std::time::Duration::from_secs(31));
+    granted(with_assertion(&app, &signed_by(&second, "k2")).await).await;
+    assert_eq!(jwks.fetches(), 2);
+    for _ in 0..5 {
+        let resp = with_assertion(&app, &signed_by(&stranger, "k3")).await;
+        assert_eq!(resp.status(), reqwest::StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        jwks.fetches(),
+        2,
+        "forged assertions fetch nothing within 30 s"
+    );
+
+    // Stale after 5 minutes; a server that fails keeps the keys fetched before.
+    jwks.serve("down".into());
+    app.advance(std::time::Duration::from_secs(301));
+    granted(with_assertion(&app, &signed_by(&second, "k2")).await).await;
+    assert_eq!(jwks.fetches(), 3);
+}
+
+/// RFC 7521 §4.2: with an assertion, `client_id` may be left out; the assertion's
+/// `sub` names the client, and is checked as ever.
+#[tokio::test]
+async fn an_assertion_alone_names_its_client() {
+    let key = crate::helpers::DpopKey::new();
+    let app = app_with_signer(crate::helpers::Backend::Sqlite, &key).await;
+    let now = crate::helpers::now(&app);
+    let assertion = |sub: &str| {
+        key.signed(
+            &json!({"alg": "ES256", "kid": "k1"}),
+            &json!({
+                "iss": sub, "sub": sub, "aud": app.settings.issuer_url,
+                "exp": now + 60, "jti": uuid::Uuid::new_v4().to_string(),
+            }),
+        )
+    };
+    let app = &app;
+    let only = |a: String| async move {
+        grant(
+            app,
+            &[
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", a.as_str()),
+            ],
+            None,
+        )
+        .await
+    };
+    let body = granted(only(assertion("signer")).await).await;
+    assert_eq!(
+        segment(body["access_token"].as_str().unwrap(), 1)["sub"],
+        "signer"
+    );
+    // Another client named, with this key: its keys do not verify it.
+    assert_error(
+        only(assertion(SERVICE_CLIENT)).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        None,
+    )
+    .await;
+    assert_error(
+        only(assertion("nobody")).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_client",
+        None,
+    )
+    .await;
+    assert_error(
+        only("not.a.jwt".into()).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        None,
+    )
+    .await;
+}

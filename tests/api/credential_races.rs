@@ -169,3 +169,76 @@ async fn no_login_racing_a_disable_leaves_a_session_behind() {
         admin_post(format!("/v1/admin/users/{user_id}/enable")).await;
     }
 }
+
+/// Backends of this test's database waiting on a lock.
+async fn waiting_on_locks(url: &str) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    n
+}
+
+/// A code exchange that commits while a logout everywhere waits for it: the session
+/// it started is revoked too. The exchange is held in its transaction (after it has
+/// checked the sign-in session and inserted its family) by a lock on the audit table;
+/// the logout comes while it waits. Before the logout locked the user's row first,
+/// its UPDATE did not see the new family, which stayed live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_code_exchange_racing_a_logout_everywhere_leaves_no_live_session() {
+    use crate::helpers::{Browser, Pkce, authorize_query, exchange, location_params};
+    let app = Arc::new(spawn_app_with(Backend::Postgres, patient).await);
+    let email = crate::helpers::unique_email();
+    app.register(&email, PASSWORD).await;
+    let mut browser = Browser::new(&app, &app.settings.issuer_url);
+    let pkce = Pkce::new();
+    let redirect = "http://127.0.0.1:4711/callback";
+    let query = authorize_query("dev-native", redirect, "s", &pkce, &[]);
+    let code = location_params(&browser.sign_in(&query, &email, PASSWORD).await)["code"].clone();
+    let other = tokens(app.login(&email, PASSWORD).await).await;
+
+    let url = app.settings.database_url.expose().to_owned();
+    let mut blocker = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("LOCK TABLE audit_events IN EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let exchanging = {
+        let (app, code, verifier) = (Arc::clone(&app), code.clone(), pkce.verifier.clone());
+        tokio::spawn(async move { exchange(&app, "dev-native", &code, redirect, &verifier).await })
+    };
+    crate::helpers::eventually("the exchange waits", || async {
+        waiting_on_locks(&url).await >= 1
+    })
+    .await;
+    let logging_out = {
+        let (app, access) = (Arc::clone(&app), other.access.clone());
+        tokio::spawn(async move {
+            app.http
+                .post(app.url("/v1/logout?scope=everywhere"))
+                .bearer_auth(access)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    crate::helpers::eventually("the logout waits", || async {
+        waiting_on_locks(&url).await >= 2
+    })
+    .await;
+    sqlx::query("COMMIT").execute(&mut blocker).await.unwrap();
+
+    let started = tokens(exchanging.await.unwrap()).await;
+    assert_eq!(logging_out.await.unwrap(), StatusCode::NO_CONTENT);
+    crate::helpers::assert_invalid_grant(
+        app.refresh_as("dev-native", &started.refresh).await,
+        "revoked",
+    )
+    .await;
+}

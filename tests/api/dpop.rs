@@ -95,7 +95,7 @@ scenario! {
             .unwrap();
         assert_eq!(
             metadata["dpop_signing_alg_values_supported"],
-            json!(["ES256", "EdDSA", "RS256", "PS256"])
+            json!(["ES256", "EdDSA", "Ed25519", "RS256", "PS256"])
         );
     }
 }
@@ -334,7 +334,7 @@ async fn refused_at_resource(resp: reqwest::Response, code: &str, challenge: &st
     assert!(header.contains(&format!("error=\"{code}\"")), "{header}");
     assert!(header.contains("DPoP realm=\"token-issuer\""), "{header}");
     assert!(
-        header.contains("algs=\"ES256 EdDSA RS256 PS256\""),
+        header.contains("algs=\"ES256 EdDSA Ed25519 RS256 PS256\""),
         "{header}"
     );
     assert_error(resp, StatusCode::UNAUTHORIZED, code, None).await

@@ -366,7 +366,7 @@ scenario! {
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
             resp.headers()["www-authenticate"],
-            "Bearer realm=\"token-issuer\", DPoP realm=\"token-issuer\", algs=\"ES256 EdDSA RS256 PS256\""
+            "Bearer realm=\"token-issuer\", DPoP realm=\"token-issuer\", algs=\"ES256 EdDSA Ed25519 RS256 PS256\""
         );
         assert_error(
             resp,

@@ -6,8 +6,9 @@ use crate::domain::family::RevokeReason;
 use crate::store::{Redeem, RedeemOutcome, StoreError};
 
 /// Starts the code's session if the sign-in session that approved it is still live
-/// (held so until the commit: a logout everywhere, a password change or a disable
-/// either commits first and nothing starts, or waits and ends the new session too), and
+/// (held so until the commit, with its user: a logout everywhere, a password change or
+/// a disable either commits first and nothing starts, or waits and ends the new session
+/// too; PostgreSQL's steps lock the user's row on both sides for that), and
 /// uses the code up; a code used before starts nothing and revokes the session it
 /// started (RFC 6749 §4.1.2). A code whose sign-in session ended is used up and starts
 /// nothing.

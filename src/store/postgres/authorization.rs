@@ -127,6 +127,15 @@ impl Authorizations for PgStore {
         scope: &str,
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        sqlx::query("DELETE FROM consents WHERE user_id = $1 AND client_id = $2")
+            .bind(user_id)
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        // Two grants at once: the second insert waits for the first's row, then
+        // conflicts; the later consent wins.
         sqlx::query(
             "INSERT INTO consents (user_id, client_id, scope, granted_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (user_id, client_id, scope) DO UPDATE SET granted_at = excluded.granted_at",
@@ -135,10 +144,10 @@ impl Authorizations for PgStore {
         .bind(client_id)
         .bind(scope)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(classify)?;
-        Ok(())
+        tx.commit().await.map_err(classify)
     }
 
     async fn revoke_consents(&self, user_id: Uuid, client_id: &str) -> Result<u64, StoreError> {

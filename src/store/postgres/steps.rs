@@ -247,6 +247,19 @@ impl Steps for Transaction<'_, Postgres> {
             SessionSelector::AllBut(id) => ("id <> $4", Some(id)),
             SessionSelector::All => ("$4::uuid IS NULL", None),
         };
+        if !matches!(which, SessionSelector::One(_)) {
+            // The user's row first: a session being started now (a login, a code
+            // exchange: each holds the row FOR SHARE) either commits before and is
+            // revoked by the UPDATE below, whose snapshot is taken after this lock, or
+            // waits and sees the revocation. Without it, the UPDATE would not see a
+            // family inserted by a transaction that commits while it waits. Users before
+            // families, as everywhere.
+            sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE")
+                .bind(user_id)
+                .execute(&mut **self)
+                .await
+                .map_err(classify)?;
+        }
         let revoked: Vec<(Uuid, String)> = sqlx::query_as(&format!(
             concat!(
                 "UPDATE refresh_families SET revoked_at = $1, revoked_reason = $2
@@ -470,9 +483,20 @@ impl Steps for Transaction<'_, Postgres> {
     }
 
     async fn lock_live_session(&mut self, sid: Uuid, user_id: Uuid) -> Result<bool, StoreError> {
-        // FOR SHARE: a revocation of the session (a logout, a password change, a
-        // disable: each updates this row) waits for this transaction, or committed
-        // before and is seen here.
+        // The user's row, then the session's, FOR SHARE: a revocation of every session
+        // of the user (a logout everywhere, a password change, a disable: each locks
+        // the user's row first) waits for this transaction and then revokes the
+        // session it starts too, or committed before and is seen here; a revocation of
+        // this one session updates its row, with the same effect.
+        let user: Option<(i32,)> =
+            sqlx::query_as("SELECT 1 FROM users WHERE id = $1 AND disabled_at IS NULL FOR SHARE")
+                .bind(user_id)
+                .fetch_optional(&mut **self)
+                .await
+                .map_err(classify)?;
+        if user.is_none() {
+            return Ok(false);
+        }
         let live: Option<(i32,)> = sqlx::query_as(concat!(
             "SELECT 1 FROM refresh_families f JOIN users u ON u.id = f.user_id
              WHERE f.id = $1 AND f.user_id = $2 AND f.revoked_at IS NULL

@@ -134,9 +134,14 @@ impl Authorizations for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM consents WHERE user_id = ?1 AND client_id = ?2")
+            .bind(user_id.to_string())
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
         sqlx::query(
-            "INSERT INTO consents (user_id, client_id, scope, granted_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (user_id, client_id, scope) DO UPDATE SET granted_at = excluded.granted_at",
+            "INSERT INTO consents (user_id, client_id, scope, granted_at) VALUES (?1, ?2, ?3, ?4)",
         )
         .bind(user_id.to_string())
         .bind(client_id)
