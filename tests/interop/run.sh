@@ -5,13 +5,22 @@
 #           `cryptography`, proofs signed by PyJWT (dpop_clients.py, reported as
 #           `python-dpop`); the client credentials grant with requests-oauthlib's
 #           BackendApplicationClient, tokens checked by PyJWT (client_credentials.py,
-#           reported as `python-cc`)
+#           reported as `python-cc`); Authlib's OAuth2Session through the code flow
+#           with PKCE, the hosted sign-in page driven over HTTP and the redirect
+#           received by a real loopback listener, then refresh and /v1/me; and
+#           Authlib's client credentials with client_secret_basic, client_secret_post
+#           and private_key_jwt (code_flow.py, reported as `python-code`)
 #   node    npm `jose` (createRemoteJWKSet + jwtVerify) (jose.mjs); and openid-client 6
 #           (on oauth4webapi 3) as a DPoP client with the library's own DPoP handle,
 #           oauth4webapi's validateJwtAccessToken as its resource server (dpop.mjs,
 #           reported as `node-dpop`); openid-client 6's clientCredentialsGrant with
 #           ClientSecretBasic / ClientSecretPost and tokenIntrospection
-#           (client_credentials.mjs, reported as `node-cc`)
+#           (client_credentials.mjs, reported as `node-cc`); openid-client 6's code
+#           flow (buildAuthorizationUrl with PKCE S256, the sign-in and consent pages
+#           driven over HTTP, authorizationCodeGrant checking state and RFC 9207 iss,
+#           refreshTokenGrant, prompt=none with the SSO cookie, a reused code) and
+#           clientCredentialsGrant with PrivateKeyJwt (a replayed assertion, another
+#           aud, another key) (code_flow.mjs, reported as `node-code`)
 #   schemathesis  every operation of /openapi.json: no 5xx, status codes, content
 #           types, response headers and bodies as the document says
 #
@@ -29,11 +38,16 @@
 #
 # The server gets a free loopback port, a fresh temporary data and key directory and a
 # configuration file ($TMP/issuer.toml, below) that is the built-in development
-# configuration (clients `dev` and `dev-spa`, self-registration on) plus one client,
-# `dev-nonce`, that requires DPoP nonces (RFC 9449 §8): the built-in configuration has
-# none, and clients come from a file only; and one service client, `interop-service`,
-# with the client credentials grant, whose secret `token-issuer client-secret` makes
-# afresh each run (INTEROP_CC_CLIENT_ID, INTEROP_CC_CLIENT_SECRET). The per-IP and
+# configuration (clients `dev`, `dev-spa` and `dev-native`, self-registration on; not
+# `dev-service`) plus clients the built-in configuration has none of, and clients come
+# from a file only: `dev-nonce`, that requires DPoP nonces (RFC 9449 §8); a service
+# client, `interop-service`, with the client credentials grant, whose secret
+# `token-issuer client-secret` makes afresh each run (INTEROP_CC_CLIENT_ID,
+# INTEROP_CC_CLIENT_SECRET); a service client, `interop-jwt`, that authenticates with
+# private_key_jwt, whose EC P-256 key this script makes afresh each run
+# (INTEROP_JWT_CLIENT_ID, INTEROP_JWT_KEY_FILE, INTEROP_JWT_KID); and a native client
+# that is not first-party, `interop-third-party`, for the consent page
+# (INTEROP_THIRD_PARTY_CLIENT_ID). The per-IP and
 # per-account login rate limits are off (ISSUER_RATE_LIMIT_LOGIN_PER_IP=off,
 # ISSUER_RATE_LIMIT_LOGIN_PER_ACCOUNT=off): the schemathesis auth provider logs in
 # again after every 401 (schemathesis logs its own session out and disables its own
@@ -42,7 +56,8 @@
 # instead of the operations. Nothing else differs from the defaults.
 #
 # Each suite's script prints its own `<name>: N passed, N failed` (python, python-dpop,
-# python-cc, node, node-dpop, node-cc, schemathesis); the last line sums them.
+# python-cc, python-code, node, node-dpop, node-cc, node-code, schemathesis); the last
+# line sums them.
 # Exit status: 0 when every suite passed, 1 otherwise (the server log tail is printed).
 set -euo pipefail
 
@@ -99,8 +114,12 @@ failed_any=0
 # The built-in development clients as src/config/clients.rs (`dev_clients`) makes them,
 # written out: every setting a file leaves out defaults to what they have there
 # (audiences: the issuer URL; lifetimes: the global ones; dpop "allowed",
-# dpop_foreign_key "refuse", dpop_nonce "off"; no scopes). A file must list its own
-# clients, and `allow_registration` defaults to true with or without one. Plus
+# dpop_foreign_key "refuse", dpop_nonce "off"; no scopes). A client with redirect_uris
+# is third-party unless it says `first_party = true`, so `dev-spa` and `dev-native`
+# (first-party there) say it. `dev-service` is left out: its secret is made in the
+# key directory on a start without a file; `interop-service` (below) stands in for
+# it. A file must list its own clients, and `allow_registration` defaults to true with
+# or without one. Plus
 # `dev-nonce`, a mobile client whose proofs must carry our nonce (python-dpop and
 # node-dpop use it), without a refresh grace window: a refresh token used twice is
 # reuse at once, so "a use_dpop_nonce refusal uses nothing up" shows in the retry
@@ -119,6 +138,15 @@ client_id = "dev-spa"
 kind = "spa"
 delivery = "cookie"
 allowed_origins = ["http://localhost:5173"]
+redirect_uris = ["http://localhost:5173/callback"]
+first_party = true
+
+[[clients]]
+client_id = "dev-native"
+kind = "mobile"
+delivery = "body"
+redirect_uris = ["http://127.0.0.1/callback", "http://[::1]/callback"]
+first_party = true
 
 [[clients]]
 client_id = "dev-nonce"
@@ -150,6 +178,52 @@ client_credentials = true
 audiences = ["https://orders.example", "https://billing.example"]
 scopes = ["orders:read", "billing:read"]
 introspection_audiences = ["*"]
+TOML
+
+# Plus `interop-third-party`, a native client that is not first-party (the code flow
+# asks the user's consent for it; node-code uses it): a loopback redirect URI, which
+# matches on any port (RFC 8252 §7.3).
+THIRD_PARTY_CLIENT_ID=interop-third-party
+cat >>"$CONFIG" <<TOML
+
+[[clients]]
+client_id = "$THIRD_PARTY_CLIENT_ID"
+kind = "mobile"
+delivery = "body"
+redirect_uris = ["http://127.0.0.1/callback"]
+first_party = false
+TOML
+
+# Plus `interop-jwt`, a service client that authenticates with private_key_jwt (RFC
+# 7523; node-code and python-code use it) and has no secret: an EC P-256 key pair made
+# afresh each run, its private key (PKCS#8 PEM) for the clients (INTEROP_JWT_KEY_FILE,
+# INTEROP_JWT_KID), its public JWK inline in the client's `jwks`.
+JWT_CLIENT_ID=interop-jwt
+JWT_KEY_FILE=$TMP/interop-jwt.pem
+JWT_KID=interop-jwt-1
+JWKS_LINE=$("$PY" - "$JWT_KEY_FILE" "$JWT_KID" <<'EOF'
+import base64, sys
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+path, kid = sys.argv[1], sys.argv[2]
+key = ec.generate_private_key(ec.SECP256R1())
+with open(path, "wb") as f:
+    f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+numbers = key.public_key().public_numbers()
+b64 = lambda n: base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
+print(f'jwks = {{keys = [{{kty = "EC", crv = "P-256", kid = "{kid}", x = "{b64(numbers.x)}", y = "{b64(numbers.y)}"}}]}}')
+EOF
+)
+cat >>"$CONFIG" <<TOML
+
+[[clients]]
+client_id = "$JWT_CLIENT_ID"
+kind = "service"
+$JWKS_LINE
+client_credentials = true
+audiences = ["https://orders.example"]
+scopes = ["orders:read"]
 TOML
 
 log_printed=0
@@ -216,6 +290,8 @@ fi
 
 export INTEROP_BASE_URL=$BASE INTEROP_KEYS_DIR=$TMP/keys
 export INTEROP_CC_CLIENT_ID=$CC_CLIENT_ID INTEROP_CC_CLIENT_SECRET=$CC_CLIENT_SECRET
+export INTEROP_JWT_CLIENT_ID=$JWT_CLIENT_ID INTEROP_JWT_KEY_FILE=$JWT_KEY_FILE INTEROP_JWT_KID=$JWT_KID
+export INTEROP_THIRD_PARTY_CLIENT_ID=$THIRD_PARTY_CLIENT_ID
 
 # ------------------------------------------------------------------------------ suites
 
@@ -255,11 +331,13 @@ for suite in $SUITES; do
       run_suite python "$PY" "$HERE/python/clients.py"
       run_suite python-dpop "$PY" "$HERE/python/dpop_clients.py"
       run_suite python-cc "$PY" "$HERE/python/client_credentials.py"
+      run_suite python-code "$PY" "$HERE/python/code_flow.py"
       ;;
     node)
       run_suite node node "$HERE/node/jose.mjs"
       run_suite node-dpop node "$HERE/node/dpop.mjs"
       run_suite node-cc node "$HERE/node/client_credentials.mjs"
+      run_suite node-code node "$HERE/node/code_flow.mjs"
       ;;
     schemathesis)
       # The hooks register their own user and make it admin with the server's CLI (it

@@ -47,7 +47,7 @@ CLIENT_ID = "dev"  # the built-in development config's body-mode (mobile) client
 NONCE_CLIENT_ID = "dev-nonce"  # run.sh's third client: mobile, body, dpop_nonce = "required"
 KEYS_DIR = os.environ.get("INTEROP_KEYS_DIR")  # the server's key directory (dpop-nonce.key)
 TIMEOUT = 10
-ALGS = {"ES256", "EdDSA", "RS256", "PS256"}  # what the README says the server accepts
+ALGS = {"ES256", "EdDSA", "Ed25519", "RS256", "PS256"}  # what the README says the server accepts
 
 # --------------------------------------------------------------------------- harness
 
