@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The example SPA (examples/spa) in a real browser against a live token-issuer: Debian's
 # Chromium driven by Playwright (playwright-core, no downloaded browser), real HTTP, no
-# mocks. The checks are in examples/spa/e2e/browser.test.mjs: register and log in, the
-# refresh cookie hidden from JavaScript, a reload and the scheduled silent refresh, two
-# tabs refreshing at once, another origin refused without using the token, ending a
-# session from the list, logout.
+# mocks. The checks are in examples/spa/e2e/browser.test.mjs: register and log in with
+# the password form, the refresh cookie hidden from JavaScript, a reload and the
+# scheduled silent refresh, two tabs refreshing at once, another origin refused without
+# using the token, ending a session from the list, logout.
 # DPoP (RFC 9449), on every one of those token answers and /v1 calls: token_type DPoP, a
 # fresh proof checked here (typ, alg, public-only jwk, htm, htu, ath, new jti, signature),
 # cnf.jkt = the thumbprint of the key in IndexedDB (computed in the page); the same key
@@ -14,6 +14,29 @@
 # invalid_dpop_proof) without using up the session (the page refreshes past the grace
 # window); the key deleted at logout and on a device signed out, the old cookie refused
 # even with the old key put back (revoked), and the next login on a new key.
+# The authorization code flow with PKCE through the issuer's hosted pages (a browser and
+# an account of their own): "Sign in" reads the metadata and goes to its authorization
+# endpoint (S256 challenge, state, dpop_jkt, /callback); the sign-in page (headers: CSP
+# with frame-ancestors 'none', no-store, the __Host-form cookie); a wrong password shows
+# the form again (400, an alert the fields point to); signing in answers 303 to /callback
+# with code, state and iss and sets __Host-session (HttpOnly, Secure, SameSite=Lax); the
+# SPA exchanges the code with its verifier (S256 = the challenge) and a DPoP proof of the
+# key named by dpop_jkt, in cookie mode, and cleans the URL (nothing left in storage);
+# the session survives a reload; the session list shows the app's session and the
+# issuer's sign-in; the SPA's logout ends the app's session only (__Host-session stays),
+# so the next "Sign in" comes straight back (302, no form: single sign-on); the issuer's
+# sign-out page (confirm, then __Host-session cleared) leaves the app's session going,
+# and after both the next "Sign in" shows the form; the issuer's error (prompt=none:
+# login_required) shown by the SPA; callbacks with another state or another iss refused
+# without an exchange; the password form still signs in beside it; the sign-in page
+# framed by another origin does not render (a frame of the SPA, as control, does); the
+# consent page of a third-party client (scope listed, Deny: access_denied, Allow: a code
+# exchanged for tokens of scope read, then remembered: 302); an unregistered redirect_uri
+# gets the error page, never a redirect. axe-core on the sign-in (also with its error),
+# sign-out, consent and error pages: no serious or critical violation (every finding is
+# printed as `axe: ...`). No CSP violation on any issuer page, watched both through the
+# console and the securitypolicyviolation event. Controls show that the CSP watch and
+# axe do report what they look for.
 #
 # Usage: tests/browser/run.sh   (from anywhere; CI calls it after `cargo test`)
 # Needs: node 20.19+ with npm, and Chromium at /usr/bin/chromium (installed with apt-get
@@ -25,16 +48,24 @@
 #                      `cargo test` builds)
 #   CHROMIUM           the browser (default /usr/bin/chromium)
 #
-# The issuer gets a free loopback port, a fresh temporary data and key directory and the
-# built-in development configuration, whose `dev-spa` client allows exactly the origin
-# http://localhost:5173. So:
+# The issuer gets a free loopback port, a fresh temporary data and key directory, and a
+# configuration file written here ($TMP/issuer.toml) that registers the built-in
+# development clients as they are (`dev`; `dev-spa`, cookie mode, origin
+# http://localhost:5173, redirect URI http://localhost:5173/callback, first-party;
+# `dev-native`; not `dev-service`, whose secret only the built-in configuration makes,
+# and which the browser does not use) and one more: `third-party-spa` (a web app:
+# kind spa, body delivery; a third-party native app would be asked every time, RFC
+# 8252 §8.6), redirect URI http://localhost:5173/third-party-callback, scopes
+# ["read"], first_party = false), whose requests get the consent page. So:
 #   - the SPA is served on localhost:5173 (strict: the run fails if the port is taken);
 #   - the issuer is reached as http://localhost:$PORT (ISSUER_URL), never 127.0.0.1: that
 #     is another site, and the SameSite=Strict refresh cookie would not be sent to it.
-# Nothing else differs from the defaults; the login rate limits stay on (the test logs in
-# a handful of times, far below them).
+# Nothing else differs from the defaults; the login rate limits stay on (the test signs
+# in a dozen times with two accounts, below them).
 #
-# Screenshots go to target/browser-artifacts/. Prints one line per check and
+# Screenshots go to target/browser-artifacts/ (the code flow's: code-1-sign-in-page,
+# code-2-wrong-password, code-3-signed-in, code-4-sign-out-page, code-5-error-shown,
+# code-6-consent-page, code-7-error-page). Prints one line per check and
 # `browser: N passed, N failed`; exits 1 on any failure (and prints the server log tail).
 set -euo pipefail
 
@@ -131,12 +162,45 @@ if ! node -e 'const s = require("net").createServer().once("error", () => proces
   exit 1
 fi
 
+# The built-in development clients as they are (dev-service aside: only the built-in
+# configuration makes its secret), and a third-party client for the consent page.
+CONFIG=$TMP/issuer.toml
+cat >"$CONFIG" <<'TOML'
+[[clients]]
+client_id = "dev"
+kind = "mobile"
+delivery = "body"
+
+[[clients]]
+client_id = "dev-spa"
+kind = "spa"
+delivery = "cookie"
+allowed_origins = ["http://localhost:5173"]
+redirect_uris = ["http://localhost:5173/callback"]
+first_party = true
+
+[[clients]]
+client_id = "dev-native"
+kind = "mobile"
+delivery = "body"
+redirect_uris = ["http://127.0.0.1/callback", "http://[::1]/callback"]
+first_party = true
+
+[[clients]]
+client_id = "third-party-spa"
+kind = "spa"
+delivery = "body"
+redirect_uris = ["http://localhost:5173/third-party-callback"]
+first_party = false
+scopes = ["read"]
+TOML
+
 # A free port can be taken between the probe and the bind: try a few.
 for attempt in 1 2 3; do
   PORT=$(free_port)
   ISSUER=http://localhost:$PORT
   say "starting $BIN on $ISSUER (bound to 127.0.0.1:$PORT; data and keys in $TMP)"
-  env ISSUER_BIND="127.0.0.1:$PORT" ISSUER_URL="$ISSUER" \
+  env ISSUER_CONFIG="$CONFIG" ISSUER_BIND="127.0.0.1:$PORT" ISSUER_URL="$ISSUER" \
     ISSUER_DATA_DIR="$TMP/data" ISSUER_KEYS_DIR="$TMP/keys" ISSUER_LOG=info \
     "$BIN" serve >"$LOG" 2>&1 &
   SERVER_PID=$!

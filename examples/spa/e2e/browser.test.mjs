@@ -8,9 +8,16 @@
 //   CHROMIUM    the browser (default /usr/bin/chromium, Debian's package)
 //   ARTIFACTS   where the screenshots go (default target/browser-artifacts of the repository)
 //
+// The code flow's checks (the issuer's sign-in and consent pages) need the third-party
+// client `third-party-spa` (redirect URI http://localhost:5173/third-party-callback,
+// scope read, not first-party) that run.sh registers; axe-core (a devDependency) checks
+// the issuer's pages for accessibility.
+//
 // Prints one line per check and `browser: N passed, N failed`; exits 1 on any failure.
-import { mkdirSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -30,6 +37,16 @@ const KEY_DB = ['token-issuer-dpop', 'keys', 'current'];
 const STASH_DB = ['e2e-stash', 'keys', 'current'];
 const ES256 = { name: 'ECDSA', namedCurve: 'P-256' };
 const ES256_SIGN = { name: 'ECDSA', hash: 'SHA-256' };
+/** The sign-in session cookie of the issuer's hosted pages (single sign-on). */
+const SESSION_COOKIE = '__Host-session';
+/** Where the issuer sends dev-spa's browser back (its one registered redirect URI). */
+const CALLBACK = `${SPA_URL}/callback`;
+/** The third-party client of run.sh's configuration, and its redirect URI. */
+const THIRD_PARTY = 'third-party-spa';
+const THIRD_PARTY_CALLBACK = `${SPA_URL}/third-party-callback`;
+const AXE_SOURCE = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+/** PKCE verifiers and states: 43 base64url characters (32 random bytes). */
+const B64URL_43 = /^[A-Za-z0-9_-]{43}$/;
 
 let passed = 0;
 let failed = 0;
@@ -212,6 +229,7 @@ async function exchange(response) {
   return {
     status: response.status(),
     body,
+    postData: request.postData() ?? '',
     origin: sent.origin,
     csrfHeader: sent['x-requested-with'],
     sentCookie: cookieIn(sent.cookie),
@@ -399,6 +417,614 @@ function otherOriginServer() {
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => resolve(server));
   });
+}
+
+// ------------------------------------------------------------------- code flow helpers
+
+/** Registers an account from here (the SPA's form is checked elsewhere). */
+async function registerUser(email) {
+  const resp = await fetch(`${ISSUER}/v1/users`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', origin: new URL(SPA_URL).origin },
+    body: JSON.stringify({ email, password: PASSWORD }),
+  });
+  assertEq(resp.status, 201, `registering ${email} (body ${await resp.text()})`);
+}
+
+/** The issuer's cookie `name` in the jar of `context`. */
+async function issuerCookie(context, name) {
+  return (await context.cookies(ISSUER)).find((c) => c.name === name);
+}
+
+/** The query of a URL as a plain object. */
+const queryOf = (url) => Object.fromEntries(new URL(url).searchParams);
+
+/** The answer to a form post to /oauth/authorize on `page`, caused by `act`. */
+async function authorizePost(page, act) {
+  const [resp] = await Promise.all([
+    page.waitForResponse((r) => r.url() === `${ISSUER}/oauth/authorize` && r.request().method() === 'POST'),
+    act(),
+  ]);
+  return { status: resp.status(), headers: await resp.allHeaders() };
+}
+
+/** The answer to the GET /oauth/authorize that `act` makes `page` navigate to. */
+async function authorizeGet(page, act) {
+  const [resp] = await Promise.all([
+    page.waitForResponse((r) => r.url().startsWith(`${ISSUER}/oauth/authorize?`) && r.request().method() === 'GET'),
+    act(),
+  ]);
+  return { url: resp.url(), status: resp.status(), headers: await resp.allHeaders() };
+}
+
+/** A hosted page's answer: an HTML page, never framed, with the strict CSP. */
+function assertHostedPageHeaders(headers, what) {
+  assert((headers['content-type'] ?? '').startsWith('text/html'), `${what}: content-type ${headers['content-type']}`);
+  const csp = headers['content-security-policy'] ?? '';
+  for (const directive of ["default-src 'none'", "frame-ancestors 'none'", "base-uri 'none'"]) {
+    assert(csp.includes(directive), `${what}: the CSP lacks ${directive}: ${csp}`);
+  }
+  assertEq(headers['cache-control'], 'no-store', `${what}: cache-control`);
+}
+
+/**
+ * Watches the pages of `context` for Content-Security-Policy violations, both ways the
+ * browser tells: the `securitypolicyviolation` DOM event (reported here through a
+ * binding, installed before any page script) and the console error Chromium logs for
+ * each refusal (which also covers what no DOM event reports, such as frame-ancestors).
+ * Also lists the issuer's HTML pages loaded, so that "none" can be told from "none seen".
+ */
+async function cspWatch(context) {
+  const violations = [];
+  const consoleCsp = [];
+  const issuerPages = [];
+  const waiters = new Set();
+  const notify = () => {
+    for (const waiter of waiters) waiter();
+  };
+  await context.exposeBinding('__e2eCspViolation', ({ frame }, v) => {
+    violations.push({ ...v, frameUrl: frame.url() });
+    notify();
+  });
+  await context.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (e) => {
+      window.__e2eCspViolation({
+        directive: e.effectiveDirective,
+        blocked: e.blockedURI,
+        documentURI: e.documentURI,
+        sample: e.sample,
+      });
+    });
+  });
+  context.on('console', (msg) => {
+    if (!/Content[- ]Security[- ]Policy/i.test(msg.text())) return;
+    consoleCsp.push({ pageUrl: msg.page()?.url() ?? '', text: msg.text() });
+    notify();
+  });
+  context.on('response', (r) => {
+    const type = r.headers()['content-type'] ?? '';
+    if (r.request().resourceType() === 'document' && r.url().startsWith(`${ISSUER}/oauth/`) && type.startsWith('text/html')) {
+      issuerPages.push(`${r.status()} ${r.request().method()} ${new URL(r.url()).pathname}`);
+    }
+  });
+  return {
+    violations,
+    consoleCsp,
+    issuerPages,
+    /** Resolves once `pred()` holds (checked at every new report); rejects after `ms`. */
+    until(pred, what, ms = 10_000) {
+      if (pred()) return Promise.resolve();
+      return new Promise((resolve, reject) => {
+        const waiter = () => {
+          if (!pred()) return;
+          clearTimeout(timer);
+          waiters.delete(waiter);
+          resolve();
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(waiter);
+          reject(new Error(`timed out waiting for ${what}`));
+        }, ms);
+        waiters.add(waiter);
+      });
+    },
+  };
+}
+
+/** Every axe violation seen, by page: printed at the end of the run. */
+const axeReport = [];
+
+/**
+ * Runs axe-core on the page as it is: injected through the DevTools protocol
+ * (page.evaluate), which the issuer pages' CSP (no script at all) does not govern, as
+ * it would an added <script>. Records every violation; throws on a serious or
+ * critical one.
+ */
+async function runAxe(page, what) {
+  if ((await page.evaluate(() => typeof window.axe)) !== 'object') await page.evaluate(AXE_SOURCE);
+  const { violations, incomplete } = await page.evaluate(async () => {
+    const result = await window.axe.run(document);
+    const list = (results) =>
+      results.map((v) => ({ id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((n) => n.target.join(' ')) }));
+    return { violations: list(result.violations), incomplete: list(result.incomplete) };
+  });
+  axeReport.push({ page: what, violations, incomplete });
+  const grave = violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  assert(
+    grave.length === 0,
+    `${what}: axe found ${grave.map((v) => `${v.impact} ${v.id} (${v.help}) at ${v.targets.join(', ')}`).join('; ')}`,
+  );
+  return violations;
+}
+
+/** A PKCE pair made here: 32 random bytes as the verifier, its S256 challenge. */
+async function pkcePair() {
+  const verifier = b64url(randomBytes(32));
+  return { verifier, challenge: await sha256(verifier) };
+}
+
+/** An authorization request of the third-party client. */
+function thirdPartyUrl(state, challenge) {
+  const url = new URL(`${ISSUER}/oauth/authorize`);
+  url.search = new URLSearchParams({
+    response_type: 'code',
+    client_id: THIRD_PARTY,
+    redirect_uri: THIRD_PARTY_CALLBACK,
+    state,
+    scope: 'read',
+    code_challenge: challenge,
+    code_challenge_method: 'S256',
+  }).toString();
+  return url.href;
+}
+
+/**
+ * Adds an iframe of `src` to `host` and waits for its load event (which fires for a
+ * refused frame too); returns the Playwright frame.
+ */
+async function frameIn(host, src, id) {
+  await host.evaluate(
+    ([src, id]) =>
+      new Promise((resolve) => {
+        const frame = document.createElement('iframe');
+        frame.id = id;
+        frame.title = id;
+        frame.addEventListener('load', () => resolve(), { once: true });
+        // Bounded: page.evaluate itself would wait for ever.
+        setTimeout(() => resolve(), 10_000);
+        frame.src = src;
+        document.body.append(frame);
+      }),
+    [src, id],
+  );
+  const frame = await (await host.$(`#${id}`)).contentFrame();
+  assert(frame, `no frame for #${id}`);
+  return frame;
+}
+
+/**
+ * The authorization code flow with PKCE, through the issuer's hosted pages, in a
+ * browser of its own ("desktop") and with an account of its own (the other contexts'
+ * session lists stay as they expect).
+ */
+async function codeFlowChecks(browser, OTHER_ORIGIN) {
+  const desktop = await browser.newContext({ viewport: { width: 1000, height: 800 } });
+  desktop.setDefaultTimeout(10_000);
+  const csp = await cspWatch(desktop);
+  /** Every code exchange the pages of this browser send. */
+  const codeExchanges = [];
+  desktop.on('request', (r) => {
+    if (r.url() !== `${ISSUER}/oauth/token` || r.method() !== 'POST') return;
+    if (new URLSearchParams(r.postData() ?? '').get('grant_type') === 'authorization_code') codeExchanges.push(r.url());
+  });
+  const email = `code-${Date.now()}@example.com`;
+  await registerUser(email);
+  const page = await openSpa(desktop);
+  current = page;
+
+  /** Clicks "Sign in" and returns the authorization request that the page navigated to. */
+  const startSignIn = () => authorizeGet(page, () => page.click('#sign-in'));
+  /** The same, waiting for the sign-in form to be there. */
+  const toSignInForm = async () => {
+    const get = await startSignIn();
+    assertEq(get.status, 200, 'status of the authorization request');
+    await page.waitForSelector('form input#username');
+    return get;
+  };
+
+  await check('code flow: the SPA offers "Sign in" (the issuer\'s page) first and the password form as a second, labelled path', async () => {
+    assertEq(await state(page), 'signed-out', 'state');
+    const headings = await page.$$eval('#signed-out h2', (hs) => hs.map((h) => h.textContent.trim()));
+    assertEq(headings.length, 2, `headings ${JSON.stringify(headings)}`);
+    assertEq(headings[0], 'Sign in', 'the first way in');
+    assert(/password form \(first-party only\)/.test(headings[1]), `the second way in: ${headings[1]}`);
+    assert(await page.isVisible('#sign-in'), 'no visible "Sign in" button');
+    assert(await page.isVisible('#credentials #login'), 'no visible password form');
+  });
+
+  let first;
+  await check('code flow: "Sign in" reads the metadata and goes to its authorization endpoint (S256 challenge, state, dpop_jkt, /callback)', async () => {
+    const [meta, get] = await Promise.all([
+      page.waitForResponse(`${ISSUER}/.well-known/oauth-authorization-server`),
+      startSignIn(),
+    ]);
+    first = get;
+    assertEq(meta.status(), 200, 'the page\'s metadata request');
+    // The same document, read here: the page's copy is gone with the navigation.
+    const metadata = await (await fetch(meta.url())).json();
+    assertEq(metadata.issuer, ISSUER, 'metadata issuer');
+    assert(get.url.startsWith(`${metadata.authorization_endpoint}?`), `went to ${get.url}, not ${metadata.authorization_endpoint}`);
+    const q = queryOf(get.url);
+    assertEq(q.response_type, 'code', 'response_type');
+    assertEq(q.client_id, 'dev-spa', 'client_id');
+    assertEq(q.redirect_uri, CALLBACK, 'redirect_uri');
+    assertEq(q.code_challenge_method, 'S256', 'code_challenge_method');
+    assert(B64URL_43.test(q.code_challenge), `code_challenge ${q.code_challenge}`);
+    assert(B64URL_43.test(q.state), `state ${q.state}`);
+    assert(B64URL_43.test(q.dpop_jkt), `dpop_jkt ${q.dpop_jkt}`);
+    assertEq(get.status, 200, 'status of the authorization request');
+    assertHostedPageHeaders(get.headers, 'the sign-in page');
+    const form = get.headers['set-cookie'] ?? '';
+    assert(/__Host-form=[^;]+;.*HttpOnly/.test(form) && form.includes('Secure') && form.includes('SameSite=Lax'), `__Host-form Set-Cookie: ${form}`);
+    await page.waitForSelector('form input#username[type=email]');
+    assertEq((await page.textContent('h1')).trim(), 'Sign in', 'the page\'s heading');
+    assert((await page.textContent('main')).includes('to continue to dev-spa'), 'the page names the client');
+    assertEq(await page.inputValue('input[name=state]'), q.state, 'the state carried in the form');
+    await shot(page, 'code-1-sign-in-page');
+  });
+
+  await check('axe: the sign-in page has no serious or critical violation', () => runAxe(page, 'sign-in page'));
+
+  await check('code flow: a wrong password shows the form again (400) with an alert the fields point to', async () => {
+    await page.fill('#username', email);
+    await page.fill('#password', 'not the right password at all');
+    const post = await authorizePost(page, () => page.click('button[type=submit]'));
+    assertEq(post.status, 400, 'status');
+    assertHostedPageHeaders(post.headers, 'the page after a wrong password');
+    const alert = await page.waitForSelector('#form-error[role=alert]');
+    assertEq((await alert.textContent()).trim(), 'Wrong e-mail address or password.', 'the alert');
+    assertEq(await page.getAttribute('#username', 'aria-describedby'), 'form-error', 'aria-describedby of the e-mail field');
+    assertEq(await issuerCookie(desktop, SESSION_COOKIE), undefined, 'a __Host-session after a wrong password');
+    await shot(page, 'code-2-wrong-password');
+  });
+
+  await check('axe: the sign-in page with its error has no serious or critical violation', () =>
+    runAxe(page, 'sign-in page, wrong password'),
+  );
+
+  let signIn;
+  let firstX;
+  await check('code flow: signing in answers 303 to /callback with code, the same state and iss, and sets __Host-session', async () => {
+    await page.fill('#username', email);
+    await page.fill('#password', PASSWORD);
+    const [post, x] = await Promise.all([
+      authorizePost(page, () => page.click('button[type=submit]')),
+      tokenExchange(page, 'authorization_code', () => Promise.resolve()),
+    ]);
+    signIn = post;
+    firstX = x;
+    assertEq(post.status, 303, 'status');
+    const location = new URL(post.headers.location);
+    assertEq(location.origin + location.pathname, CALLBACK, 'redirected to');
+    const back = queryOf(location);
+    assert(typeof back.code === 'string' && back.code.length >= 20, `code ${back.code}`);
+    assertEq(back.state, queryOf(first.url).state, 'state carried back');
+    assertEq(back.iss, ISSUER, 'iss (RFC 9207)');
+    const set = post.headers['set-cookie'] ?? '';
+    for (const attr of [`${SESSION_COOKIE}=`, 'HttpOnly', 'Secure', 'SameSite=Lax', 'Path=/', 'Max-Age=']) {
+      assert(set.includes(attr), `the sign-in's Set-Cookie lacks ${attr}: ${set}`);
+    }
+    const jar = await issuerCookie(desktop, SESSION_COOKIE);
+    assert(jar, 'no __Host-session in the jar');
+    assertEq(`${jar.httpOnly} ${jar.secure} ${jar.sameSite} ${jar.path} ${jar.domain}`, 'true true Lax / localhost', 'the jar\'s __Host-session');
+  });
+
+  await check('code flow: the SPA exchanges that code with its PKCE verifier and a DPoP proof of the key named by dpop_jkt (cookie mode)', async () => {
+    assert(firstX, 'no code exchange seen');
+    const q = queryOf(first.url);
+    const sent = new URLSearchParams(firstX.postData);
+    assertEq(sent.get('client_id'), 'dev-spa', 'client_id');
+    assertEq(sent.get('code'), queryOf(signIn.headers.location).code, 'the code exchanged');
+    assertEq(sent.get('redirect_uri'), CALLBACK, 'redirect_uri');
+    const verifier = sent.get('code_verifier') ?? '';
+    assert(B64URL_43.test(verifier), `code_verifier ${verifier}`);
+    assertEq(await sha256(verifier), q.code_challenge, 'S256 of the verifier = the challenge sent');
+    await assertCookieModeTokens(firstX, 'code exchange', q.dpop_jkt);
+    await waitState(page, 'signed-in');
+    assertEq((await idbKey(page))?.jkt, q.dpop_jkt, 'the key in IndexedDB = dpop_jkt');
+    assertEq(await page.textContent('#user-email'), email, 'e-mail shown');
+    assertEq(await page.textContent('#dpop-jkt'), q.dpop_jkt, 'the thumbprint the SPA shows');
+  });
+
+  await check('code flow: back on the SPA the URL is clean (no code, no state) and nothing is left in storage or readable cookies', async () => {
+    assertEq(page.url(), `${SPA_URL}/`, 'the URL after the callback');
+    assertEq(await page.evaluate(() => history.state), null, 'history.state');
+    await assertHiddenFromJs(page, desktop);
+    assert(!(await page.evaluate(() => document.cookie)).includes(SESSION_COOKIE), 'document.cookie shows __Host-session');
+    await shot(page, 'code-3-signed-in');
+  });
+
+  await check('code flow: the session survives a reload (refresh with the cookie and the same key)', async () => {
+    const x = await tokenExchange(page, 'refresh_token', () => page.reload());
+    await assertCookieModeTokens(x, 'refresh on load', queryOf(first.url).dpop_jkt);
+    await waitState(page, 'signed-in');
+    assertEq(await page.textContent('#user-email'), email, 'e-mail shown');
+  });
+
+  await check('code flow: the session list shows this app\'s session and the issuer\'s sign-in session', async () => {
+    const clients = await page.$$eval('#sessions tbody tr td:first-child', (tds) => tds.map((td) => td.textContent).sort());
+    assertEq(JSON.stringify(clients), JSON.stringify(['dev-spa (this browser)', 'sign-in']), 'sessions');
+  });
+
+  await check('SPA logout ends the app\'s session only: the issuer\'s __Host-session stays, and the page says so', async () => {
+    const before = (await issuerCookie(desktop, SESSION_COOKIE))?.value;
+    assert(before, 'no __Host-session before the logout');
+    const [resp] = await Promise.all([
+      page.waitForResponse(`${ISSUER}/v1/logout`),
+      page.click('#logout'),
+    ]);
+    assertEq(resp.status(), 204, 'logout status');
+    await waitState(page, 'signed-out');
+    await page.waitForSelector('#notice:has-text("Logged out of this app.")');
+    assertEq(await jarCookie(desktop), undefined, '__Host-refresh left in the jar');
+    assertEq((await issuerCookie(desktop, SESSION_COOKIE))?.value, before, 'the __Host-session after the SPA logout');
+    assert(await page.isVisible('#issuer-sign-out'), 'no visible link to the issuer\'s sign-out page');
+    assertEq(await page.getAttribute('#issuer-sign-out', 'href'), `${ISSUER}/oauth/logout`, 'the link');
+  });
+
+  await check('SSO: "Sign in" right after the SPA logout comes straight back with a code (302, no form) on a new key', async () => {
+    const pagesBefore = csp.issuerPages.length;
+    const [get, x] = await Promise.all([
+      startSignIn(),
+      tokenExchange(page, 'authorization_code', () => Promise.resolve()),
+    ]);
+    assertEq(get.status, 302, 'status of the authorization request');
+    const back = queryOf(get.headers.location);
+    assertEq(new URL(get.headers.location).pathname, '/callback', 'redirected to');
+    assertEq(back.state, queryOf(get.url).state, 'state');
+    assertEq(back.iss, ISSUER, 'iss');
+    const jkt = queryOf(get.url).dpop_jkt;
+    assert(jkt !== queryOf(first.url).dpop_jkt, 'the key of the logged-out session was reused');
+    await assertCookieModeTokens(x, 'code exchange', jkt);
+    await waitState(page, 'signed-in');
+    assertEq(await page.textContent('#user-email'), email, 'e-mail shown');
+    assertEq(csp.issuerPages.length, pagesBefore, `issuer pages shown: ${csp.issuerPages.slice(pagesBefore)}`);
+  });
+
+  await check('the issuer\'s sign-out page asks to confirm (a form), then ends the sign-in and clears __Host-session', async () => {
+    const [resp] = await Promise.all([
+      page.waitForResponse(`${ISSUER}/oauth/logout`),
+      page.click('#issuer-sign-out'),
+    ]);
+    assertEq(resp.status(), 200, 'the sign-out page\'s status');
+    assertHostedPageHeaders(await resp.allHeaders(), 'the sign-out page');
+    assertEq((await page.textContent('h1')).trim(), 'Sign out?', 'heading');
+    assert(await issuerCookie(desktop, SESSION_COOKIE), 'no __Host-session before confirming');
+    await shot(page, 'code-4-sign-out-page');
+    await runAxe(page, 'sign-out page');
+    const [post] = await Promise.all([
+      page.waitForResponse((r) => r.url() === `${ISSUER}/oauth/logout` && r.request().method() === 'POST'),
+      page.click('form button[type=submit]'),
+    ]);
+    assertEq(post.status(), 200, 'status of the sign-out');
+    await page.waitForSelector('h1:has-text("Signed out")');
+    assertEq(await issuerCookie(desktop, SESSION_COOKIE), undefined, '__Host-session left in the jar');
+  });
+
+  await check('after signing out at the issuer the app\'s own session goes on (as the issuer documents): the SPA reloads signed in', async () => {
+    const x = await tokenExchange(page, 'refresh_token', () => page.goto(SPA_URL));
+    assertEq(x.status, 200, 'the refresh on load');
+    await waitState(page, 'signed-in');
+    await Promise.all([page.waitForResponse(`${ISSUER}/v1/logout`), page.click('#logout')]);
+    await waitState(page, 'signed-out');
+  });
+
+  let again;
+  await check('signed out of both: the next "Sign in" shows the issuer\'s form again', async () => {
+    again = await toSignInForm();
+    assertEq((await page.textContent('h1')).trim(), 'Sign in', 'heading');
+  });
+
+  await check('the issuer\'s error comes back with state and iss (prompt=none while signed out: login_required): the SPA shows it, no exchange', async () => {
+    const exchangesBefore = codeExchanges.length;
+    const url = new URL(again.url);
+    url.searchParams.set('prompt', 'none');
+    const get = await authorizeGet(page, () => page.goto(url.href));
+    assertEq(get.status, 302, 'status');
+    const back = queryOf(get.headers.location);
+    assertEq(`${back.error} ${back.state} ${back.iss}`, `login_required ${queryOf(again.url).state} ${ISSUER}`, 'error, state and iss');
+    await page.waitForSelector('#error:not([hidden])');
+    const text = await page.textContent('#error');
+    assert(text.includes('login_required'), `the error shown: ${text}`);
+    await page.waitForFunction(() => document.body.dataset.state !== 'loading');
+    assertEq(await state(page), 'signed-out', 'state');
+    assertEq(page.url(), `${SPA_URL}/`, 'the URL after the callback');
+    assertEq(codeExchanges.length, exchangesBefore, 'code exchanges sent');
+    await shot(page, 'code-5-error-shown');
+  });
+
+  await check('a callback whose state is not the one this tab sent is refused (state_mismatch), no exchange', async () => {
+    const exchangesBefore = codeExchanges.length;
+    await toSignInForm();
+    await page.goto(`${CALLBACK}?code=forged-code-000000000000&state=not-the-state&iss=${encodeURIComponent(ISSUER)}`);
+    await page.waitForSelector('#error:not([hidden])');
+    const text = await page.textContent('#error');
+    assert(text.includes('state_mismatch'), `the error shown: ${text}`);
+    await page.waitForFunction(() => document.body.dataset.state !== 'loading');
+    assertEq(await state(page), 'signed-out', 'state');
+    assertEq(codeExchanges.length, exchangesBefore, 'code exchanges sent');
+    assertEq(await page.evaluate(() => sessionStorage.length), 0, 'sessionStorage entries left');
+  });
+
+  await check('a callback naming another issuer (iss, RFC 9207 mix-up) is refused (issuer_mismatch), no exchange', async () => {
+    const exchangesBefore = codeExchanges.length;
+    const get = await toSignInForm();
+    const { state: sent } = queryOf(get.url);
+    await page.goto(`${CALLBACK}?code=forged-code-000000000000&state=${sent}&iss=${encodeURIComponent(OTHER_ORIGIN)}`);
+    await page.waitForSelector('#error:not([hidden])');
+    const text = await page.textContent('#error');
+    assert(text.includes('issuer_mismatch') && text.includes(OTHER_ORIGIN), `the error shown: ${text}`);
+    await page.waitForFunction(() => document.body.dataset.state !== 'loading');
+    assertEq(await state(page), 'signed-out', 'state');
+    assertEq(codeExchanges.length, exchangesBefore, 'code exchanges sent');
+  });
+
+  await check('the password form (the second path) still signs in beside the code flow', async () => {
+    const x = await login(page, email);
+    await assertCookieModeTokens(x, 'password login');
+    assertEq(await page.textContent('#user-email'), email, 'e-mail shown');
+    await Promise.all([page.waitForResponse(`${ISSUER}/v1/logout`), page.click('#logout')]);
+    await waitState(page, 'signed-out');
+  });
+
+  await check('the sign-in page framed by another origin does not render (frame-ancestors \'none\'); a frame of the SPA (control) does', async () => {
+    const host = await desktop.newPage();
+    current = host;
+    await host.goto(OTHER_ORIGIN);
+    const url = new URL(first.url);
+    url.searchParams.set('prompt', 'login');
+    const [resp, framed] = await Promise.all([
+      host.waitForResponse((r) => r.url() === url.href),
+      frameIn(host, url.href, 'framed-sign-in'),
+    ]);
+    assertEq(resp.status(), 200, 'the issuer served the page');
+    assert((resp.headers()['content-security-policy'] ?? '').includes("frame-ancestors 'none'"), 'served with frame-ancestors \'none\'');
+    const rendered = await framed.evaluate(() => document.querySelector('input[name=username]') !== null).catch(() => false);
+    assertEq(rendered, false, 'the framed document holds the sign-in form');
+    assert(!framed.url().startsWith(ISSUER), `the frame's document is the issuer's: ${framed.url()}`);
+    await csp.until(
+      () => csp.consoleCsp.some((m) => m.pageUrl.startsWith(OTHER_ORIGIN) && m.text.includes('frame-ancestors')),
+      'the browser\'s frame-ancestors refusal in the console',
+    );
+    const control = await frameIn(host, `${SPA_URL}/`, 'framed-spa');
+    assert(await control.evaluate(() => document.querySelector('#sign-in') !== null), 'the SPA frame (control) did not render');
+    await host.close();
+    current = page;
+  });
+
+  // The consent page: the third-party client (not first-party), whose redirect URI is
+  // answered here without loading anything.
+  await page.route(
+    (url) => url.href.startsWith(`${THIRD_PARTY_CALLBACK}?`),
+    (route) => route.fulfill({ contentType: 'text/html', body: '<!doctype html><html lang="en"><title>third-party app</title><h1>third-party app</h1></html>' }),
+  );
+  await check('consent: a third-party client: the sign-in page names it, then the consent page asks (scope read, Allow / Deny)', async () => {
+    const { challenge } = await pkcePair();
+    const get = await authorizeGet(page, () => page.goto(thirdPartyUrl('tp-1', challenge)));
+    assertEq(get.status, 200, 'status');
+    assert((await page.textContent('main')).includes(`to continue to ${THIRD_PARTY}`), 'the sign-in page names the client');
+    await page.fill('#username', email);
+    await page.fill('#password', PASSWORD);
+    const post = await authorizePost(page, () => page.click('button[type=submit]'));
+    assertEq(post.status, 200, 'status after signing in (the consent page)');
+    assertHostedPageHeaders(post.headers, 'the consent page');
+    assertEq((await page.textContent('h1')).trim(), 'Allow access?', 'heading');
+    assert((await page.textContent('main')).includes(`${THIRD_PARTY} asks to use your account`), 'the page names the client');
+    assertEq(JSON.stringify(await page.$$eval('main ul li', (lis) => lis.map((li) => li.textContent))), '["read"]', 'scopes listed');
+    assertEq(await page.textContent('button[value=allow]'), 'Allow', 'the Allow button');
+    assertEq(await page.textContent('button[value=deny]'), 'Deny', 'the Deny button');
+    await shot(page, 'code-6-consent-page');
+  });
+
+  await check('axe: the consent page has no serious or critical violation', () => runAxe(page, 'consent page'));
+
+  await check('consent: Deny goes back with error=access_denied, state and iss', async () => {
+    const post = await authorizePost(page, () => page.click('button[value=deny]'));
+    assertEq(post.status, 303, 'status');
+    const location = new URL(post.headers.location);
+    assertEq(location.origin + location.pathname, THIRD_PARTY_CALLBACK, 'redirected to');
+    const back = queryOf(location);
+    assertEq(`${back.error} ${back.state} ${back.iss} ${back.code}`, `access_denied tp-1 ${ISSUER} undefined`, 'error, state, iss, code');
+    await page.waitForURL(`${THIRD_PARTY_CALLBACK}?**`);
+  });
+
+  await check('consent: asked again (nothing allowed yet); Allow gives a code, exchanged for tokens of scope read', async () => {
+    const { verifier, challenge } = await pkcePair();
+    const get = await authorizeGet(page, () => page.goto(thirdPartyUrl('tp-2', challenge)));
+    assertEq(get.status, 200, 'status');
+    assertEq((await page.textContent('h1')).trim(), 'Allow access?', 'heading (signed in: no sign-in form)');
+    const post = await authorizePost(page, () => page.click('button[value=allow]'));
+    assertEq(post.status, 303, 'status');
+    const back = queryOf(post.headers.location);
+    assertEq(`${back.state} ${back.iss}`, `tp-2 ${ISSUER}`, 'state and iss');
+    const resp = await fetch(`${ISSUER}/oauth/token`, {
+      method: 'POST',
+      body: new URLSearchParams({
+        grant_type: 'authorization_code',
+        client_id: THIRD_PARTY,
+        code: back.code,
+        redirect_uri: THIRD_PARTY_CALLBACK,
+        code_verifier: verifier,
+      }),
+    });
+    const body = await resp.json();
+    assertEq(resp.status, 200, `exchange status (body ${JSON.stringify(body)})`);
+    assertEq(body.scope, 'read', 'scope');
+    assert(typeof body.refresh_token === 'string', 'a body-delivery client gets its refresh_token in the body');
+    assertEq(jwtClaims(body.access_token).client_id ?? jwtClaims(body.access_token).azp, THIRD_PARTY, 'the access token\'s client');
+  });
+
+  await check('consent: remembered, the next request comes straight back with a code (302, no page)', async () => {
+    const { challenge } = await pkcePair();
+    const get = await authorizeGet(page, () => page.goto(thirdPartyUrl('tp-3', challenge)));
+    assertEq(get.status, 302, 'status');
+    const back = queryOf(get.headers.location);
+    assert(back.code, `no code: ${get.headers.location}`);
+    assertEq(back.state, 'tp-3', 'state');
+  });
+
+  await check('a redirect_uri that is not registered gets the issuer\'s error page (400), never a redirect', async () => {
+    const url = new URL(first.url);
+    url.searchParams.set('redirect_uri', `${SPA_URL}/not-registered`);
+    const get = await authorizeGet(page, () => page.goto(url.href));
+    assertEq(get.status, 400, 'status');
+    assertEq(get.headers.location, undefined, 'Location');
+    assertHostedPageHeaders(get.headers, 'the error page');
+    assert(page.url().startsWith(`${ISSUER}/oauth/authorize?`), `the browser left the issuer: ${page.url()}`);
+    assertEq((await page.textContent('h1')).trim(), 'This request cannot go on', 'heading');
+    assert((await page.textContent('[role=alert]')).includes('redirect_uri'), 'the page says why');
+    await shot(page, 'code-7-error-page');
+  });
+
+  await check('axe: the error page has no serious or critical violation', () => runAxe(page, 'error page'));
+
+  await check('control: the CSP watch sees a violation (an image put into the error page: img-src \'none\')', async () => {
+    const src = `${OTHER_ORIGIN}/csp-control.png`;
+    await page.evaluate((src) => {
+      const img = document.createElement('img');
+      img.alt = '';
+      img.src = src;
+      document.body.append(img);
+    }, src);
+    await csp.until(() => csp.violations.some((v) => v.blocked === src && v.directive === 'img-src'), 'a securitypolicyviolation event');
+    await csp.until(() => csp.consoleCsp.some((m) => m.text.includes(src)), 'a console CSP error');
+  });
+
+  await check('control: axe, run the same way on the same page, reports an unlabelled field put into it (critical, label)', async () => {
+    await page.evaluate(() => {
+      const input = document.createElement('input');
+      input.id = 'axe-control';
+      document.querySelector('main').append(input);
+    });
+    const outcome = await runAxe(page, 'control').then(
+      (violations) => `passed: ${JSON.stringify(violations)}`,
+      (err) => String(err),
+    );
+    axeReport.pop();
+    assert(outcome.includes('critical label') && outcome.includes('#axe-control'), `axe did not report the unlabelled field: ${outcome}`);
+  });
+
+  await check('no CSP violation on any of the issuer\'s pages (console and securitypolicyviolation)', async () => {
+    assert(csp.issuerPages.length >= 10, `only ${csp.issuerPages.length} issuer pages seen: ${csp.issuerPages}`);
+    const expected = (text) => text.includes('csp-control.png');
+    const events = csp.violations.filter((v) => !expected(v.blocked));
+    const logged = csp.consoleCsp.filter((m) => !expected(m.text) && !m.pageUrl.startsWith(OTHER_ORIGIN));
+    assertEq(JSON.stringify(events), '[]', 'securitypolicyviolation events');
+    assertEq(JSON.stringify(logged), '[]', 'console CSP errors');
+  });
+
+  await desktop.close();
+  current = null;
 }
 
 const pageErrors = [];
@@ -874,7 +1500,7 @@ async function main() {
       const proof = await checkProof(sent.dpop, { method: 'POST', url: `${ISSUER}/v1/logout`, accessToken }, 'logout');
       assertEq(proof.jkt, laptopJkt, 'the logout proof\'s key');
       await waitState(tab, 'signed-out');
-      await tab.waitForSelector('#notice:has-text("Logged out.")');
+      await tab.waitForSelector('#notice:has-text("Logged out of this app.")');
       await shot(tab, '4-after-logout');
       assertEq(await jarCookie(laptop), undefined, 'cookie left in the jar');
       assertEq(await idbKey(tab), null, 'the DPoP key left in IndexedDB');
@@ -926,6 +1552,10 @@ async function main() {
       await shot(tab, '7-new-key-after-logout');
     });
 
+    // --------------------------------------------------- context D: "desktop", code flow
+    await codeFlowChecks(browser, OTHER_ORIGIN);
+    current = tab;
+
     await check('no uncaught errors in the SPA', async () => {
       assertEq(pageErrors.length, 0, `page errors ${JSON.stringify(pageErrors)}`);
     });
@@ -940,6 +1570,11 @@ try {
 } catch (err) {
   failed += 1;
   console.log(`FAIL the run stopped: ${err?.stack ?? err}`);
+}
+for (const { page, violations, incomplete } of axeReport) {
+  if (violations.length === 0) console.log(`axe: ${page}: no violations`);
+  for (const v of violations) console.log(`axe: ${page}: ${v.impact} ${v.id}: ${v.help} (${v.targets.join(', ')})`);
+  for (const v of incomplete) console.log(`axe: ${page}: needs review (${v.impact ?? 'no impact'}) ${v.id}: ${v.help} (${v.targets.join(', ')})`);
 }
 console.log(`screenshots: ${ARTIFACTS}`);
 console.log(`browser: ${passed} passed, ${failed} failed`);

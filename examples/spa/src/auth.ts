@@ -2,6 +2,14 @@
  * The token client: everything this app knows about signing in to token-issuer.
  * Copy this file; the rest of the app is only a UI around it.
  *
+ * - Signing in is the authorization code flow with PKCE (RFC 6749 §4.1, RFC 7636):
+ *   `beginSignIn` sends the browser to the issuer's own sign-in page, which sends it
+ *   back to `/callback` with a code; `completeSignIn` checks the answer (`state`, and
+ *   `iss` per RFC 9207) and exchanges the code. The password is typed on the issuer's
+ *   page, never into this app. The PKCE verifier and the state wait in sessionStorage
+ *   (this tab only) for the few seconds of the round trip, and are removed as soon as
+ *   the answer arrives. `login` (the password grant, first-party clients only) stays as
+ *   a second way in.
  * - The access token lives in a private field of one object, in memory only: never in
  *   localStorage, sessionStorage or a cookie that JavaScript can read, where any script
  *   on the page (an XSS, a compromised dependency) could take it and keep using it. A
@@ -21,10 +29,10 @@
  * - DPoP (RFC 9449, `dpop.ts`): every token request and every `/v1` call carries a
  *   fresh proof of this browser's non-extractable key, so the session (its refresh
  *   token) and each access token are bound to that key: a copied cookie or access token
- *   is refused anywhere the key is not. The key is made at login, shared by the tabs
- *   through IndexedDB, and deleted at sign-out.
+ *   is refused anywhere the key is not. The key is made at sign-in or login, shared by
+ *   the tabs through IndexedDB, and deleted at sign-out.
  */
-import { DpopKey, discardKey } from './dpop';
+import { DpopKey, b64url, discardKey } from './dpop';
 
 /** The issuer's token response (RFC 6749 §5.1); cookie-mode clients get no refresh_token. */
 interface TokenResponse {
@@ -83,6 +91,22 @@ export class IssuerError extends Error {
   }
 }
 
+/**
+ * A sign-in through the issuer's page that cannot finish: the issuer's `error` (for
+ * example `access_denied`, `login_required`), or an answer this tab refuses (a `state`
+ * it did not send, another issuer's `iss`, no sign-in started in this tab).
+ */
+export class SignInError extends Error {
+  /** The issuer's `error`, or one of ours: `state_mismatch`, `issuer_mismatch`, `no_sign_in_started`, `invalid_response`. */
+  readonly code: string;
+
+  constructor(code: string, description: string) {
+    super(description);
+    this.name = 'SignInError';
+    this.code = code;
+  }
+}
+
 /** What the UI is told: signed in (again), a silent refresh, or signed out (and why). */
 export type AuthEvent =
   | { type: 'signed-in' }
@@ -97,6 +121,24 @@ const RETRY_S = 15;
 const CHANNEL = 'token-issuer-auth';
 /** The token endpoint's path (also the proofs' `htu` there). */
 const TOKEN_PATH = '/oauth/token';
+/** Where the issuer sends the browser back: the client's registered redirect URI is this path on our origin. */
+export const CALLBACK_PATH = '/callback';
+/** The sessionStorage entry of a sign-in under way (state, PKCE verifier). */
+const PENDING_KEY = 'token-issuer-sign-in';
+
+/** What a sign-in under way keeps in sessionStorage until the issuer sends the browser back. */
+interface PendingSignIn {
+  state: string;
+  verifier: string;
+  redirectUri: string;
+  issuer: string;
+}
+
+/** The members of the issuer's metadata (RFC 8414) that this client uses. */
+interface ServerMetadata {
+  issuer: string;
+  authorization_endpoint: string;
+}
 
 export class TokenClient {
   readonly issuer: string;
@@ -110,6 +152,7 @@ export class TokenClient {
   #refreshAt = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #refreshing: Promise<void> | null = null;
+  #metadata: Promise<ServerMetadata> | null = null;
   #listeners: Array<(event: AuthEvent) => void> = [];
   #channel = new BroadcastChannel(CHANNEL);
 
@@ -161,7 +204,97 @@ export class TokenClient {
   }
 
   /**
-   * The password grant: the issuer answers with an access token and sets the cookie. The
+   * Starts a sign-in on the issuer's page (authorization code flow with PKCE): makes a
+   * verifier (32 random bytes, base64url) and a state, keeps them in sessionStorage,
+   * and navigates to the authorization endpoint named by the issuer's metadata. The
+   * code is bound to this browser's DPoP key (`dpop_jkt`, RFC 9449 §10; the key is made
+   * now if there is none), so only a request proving that key can exchange it. The
+   * browser comes back to `CALLBACK_PATH`: then `completeSignIn`.
+   */
+  async beginSignIn(): Promise<void> {
+    const { authorization_endpoint } = await this.#discover();
+    const key = await DpopKey.load(true);
+    if (!key) throw new Error('DPoP: no key could be made');
+    this.#key = key;
+    const verifier = randomToken();
+    const state = randomToken();
+    const challenge = b64url(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(verifier)));
+    const redirectUri = new URL(CALLBACK_PATH, location.origin).href;
+    const pending: PendingSignIn = { state, verifier, redirectUri, issuer: this.issuer };
+    sessionStorage.setItem(PENDING_KEY, JSON.stringify(pending));
+    const url = new URL(authorization_endpoint);
+    url.search = new URLSearchParams({
+      response_type: 'code',
+      client_id: this.clientId,
+      redirect_uri: redirectUri,
+      state,
+      code_challenge: challenge,
+      code_challenge_method: 'S256',
+      dpop_jkt: key.thumbprint,
+    }).toString();
+    location.assign(url);
+  }
+
+  /**
+   * The browser is back on `CALLBACK_PATH` (`callback`: that URL, query included).
+   * The sign-in started in this tab is used up first, whatever the answer says. Then,
+   * in order: `state` must be the one we sent (else this is not our sign-in: a forged
+   * link, or another tab's); `iss` must be our issuer (RFC 9207: the answer of another
+   * authorization server, in a mix-up attack, would name that one); an `error` is
+   * thrown for the UI to show; a `code` is exchanged at the token endpoint with the
+   * verifier and a DPoP proof of the key the code is bound to. The refresh token comes
+   * back in the cookie, as after a password login.
+   */
+  async completeSignIn(callback: URL): Promise<void> {
+    const raw = sessionStorage.getItem(PENDING_KEY);
+    sessionStorage.removeItem(PENDING_KEY);
+    let pending: PendingSignIn | null = null;
+    try {
+      pending = raw === null ? null : (JSON.parse(raw) as PendingSignIn);
+    } catch {
+      // Not ours (damaged, or written by something else): as if none.
+    }
+    const params = callback.searchParams;
+    if (!pending || pending.issuer !== this.issuer) {
+      throw new SignInError(
+        'no_sign_in_started',
+        'No sign-in was started in this tab (or it was finished already): the answer is ignored. Sign in again.',
+      );
+    }
+    if (params.get('state') !== pending.state) {
+      throw new SignInError('state_mismatch', 'The answer does not belong to the sign-in started here (its state differs): refused. Sign in again.');
+    }
+    const iss = params.get('iss');
+    if (iss !== this.issuer) {
+      throw new SignInError('issuer_mismatch', `The answer names the issuer ${iss ?? '(none)'}, not ${this.issuer}: refused. Sign in again.`);
+    }
+    const error = params.get('error');
+    if (error !== null) {
+      throw new SignInError(error, params.get('error_description') ?? 'The issuer did not sign you in.');
+    }
+    const code = params.get('code');
+    if (!code) throw new SignInError('invalid_response', 'The issuer sent back neither a code nor an error.');
+    // The key named by dpop_jkt. Gone (another tab signed out meanwhile): no proof, and
+    // the issuer refuses the code (dpop_key_mismatch); a new key could not match it.
+    this.#key = await DpopKey.load(false);
+    const tokens = await this.#tokenRequest({
+      grant_type: 'authorization_code',
+      code,
+      redirect_uri: pending.redirectUri,
+      code_verifier: pending.verifier,
+    });
+    this.#accept(tokens);
+    this.#emit({ type: 'signed-in' });
+  }
+
+  /** The URL of the issuer's sign-out page, which ends the sign-in there (single sign-on). */
+  get signOutPage(): string {
+    return `${this.issuer}/oauth/logout`;
+  }
+
+  /**
+   * The password grant (the second way in: first-party clients only; the issuer's page is
+   * the first). The issuer answers with an access token and sets the cookie. The
    * proof that comes with it binds the new session to this browser's key (made now if
    * there is none). Read from IndexedDB afresh, not from memory: the stored key is the
    * one every tab and the next reload will prove.
@@ -259,6 +392,30 @@ export class TokenClient {
 
   // ------------------------------------------------------------------------- internals
 
+  /**
+   * The issuer's metadata (RFC 8414), fetched once. Its `issuer` must be the configured
+   * one, byte for byte (§3.3): otherwise the endpoints it names are not our issuer's.
+   */
+  #discover(): Promise<ServerMetadata> {
+    this.#metadata ??= (async () => {
+      const resp = await this.#fetch('/.well-known/oauth-authorization-server', { credentials: 'omit' });
+      const metadata = (await resp.json()) as Partial<ServerMetadata>;
+      if (metadata.issuer !== this.issuer) {
+        throw new Error(`The issuer's metadata names ${String(metadata.issuer)}, not ${this.issuer}: refused.`);
+      }
+      const endpoint = new URL(metadata.authorization_endpoint ?? '');
+      if (endpoint.protocol !== 'https:' && endpoint.protocol !== 'http:') {
+        throw new Error(`The issuer's authorization endpoint is not an http(s) URL: ${endpoint.href}`);
+      }
+      return { issuer: metadata.issuer, authorization_endpoint: endpoint.href };
+    })();
+    // A failure (issuer down) is not kept: the next click tries again.
+    this.#metadata.catch(() => {
+      this.#metadata = null;
+    });
+    return this.#metadata;
+  }
+
   /** `POST /oauth/token`, form-encoded as RFC 6749 says, with the CSRF header. */
   async #tokenRequest(params: Record<string, string>): Promise<TokenResponse> {
     const resp = await this.#fetch(TOKEN_PATH, {
@@ -270,10 +427,11 @@ export class TokenClient {
   }
 
   /**
-   * fetch() against the issuer, always with credentials (the cookie); errors become
-   * IssuerError. A token request gets a fresh DPoP proof of our key (when there is one);
-   * a `/v1` call gets `accessToken` in the Authorization header of the token's type, with
-   * a fresh proof for this very request when that type is DPoP.
+   * fetch() against the issuer, with credentials (the cookie) unless `init` says
+   * otherwise (the metadata needs none); errors become IssuerError. A token request
+   * gets a fresh DPoP proof of our key (when there is one); a `/v1` call gets
+   * `accessToken` in the Authorization header of the token's type, with a fresh proof
+   * for this very request when that type is DPoP.
    *
    * Every request to the issuer goes through here: this is the one place a server nonce
    * (RFC 9449 §8-9) would be handled: remember the `DPoP-Nonce` response header (CORS
@@ -295,7 +453,7 @@ export class TokenClient {
     if (accessToken !== undefined) headers.set('Authorization', `${key ? 'DPoP' : 'Bearer'} ${accessToken}`);
     let resp: Response;
     try {
-      resp = await fetch(url, { ...init, headers, credentials: 'include' });
+      resp = await fetch(url, { credentials: 'include', ...init, headers });
     } catch {
       // The browser hides why (down, wrong URL, or CORS refused this origin).
       throw new IssuerError(
@@ -358,6 +516,11 @@ export class TokenClient {
   #emit(event: AuthEvent): void {
     for (const listener of this.#listeners) listener(event);
   }
+}
+
+/** 32 random bytes, base64url (43 characters): a PKCE verifier (RFC 7636 §4.1), a state. */
+function randomToken(): string {
+  return b64url(crypto.getRandomValues(new Uint8Array(32)));
 }
 
 /** Reads the issuer's JSON error body; anything else becomes a generic message. */

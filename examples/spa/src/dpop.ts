@@ -154,7 +154,8 @@ function utf8(text: string): Uint8Array<ArrayBuffer> {
   return new TextEncoder().encode(text);
 }
 
-function b64url(bytes: ArrayBuffer | Uint8Array<ArrayBuffer>): string {
+/** base64url without padding (RFC 7515 §2). */
+export function b64url(bytes: ArrayBuffer | Uint8Array<ArrayBuffer>): string {
   const view = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
   let binary = '';
   for (const byte of view) binary += String.fromCharCode(byte);

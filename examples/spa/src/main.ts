@@ -1,10 +1,11 @@
 /**
- * The UI: a sign-in form, the signed-in user, the access token's schedule and the
- * session list. Server data is only ever written with `textContent` (never innerHTML),
- * so an e-mail address or a user agent cannot inject markup.
+ * The UI: "Sign in" (the issuer's page, coming back on /callback), the password form,
+ * the signed-in user, the access token's schedule and the session list. Server data is
+ * only ever written with `textContent` (never innerHTML), so an e-mail address or a
+ * user agent cannot inject markup.
  */
 import './style.css';
-import { IssuerError, TokenClient, type Session } from './auth';
+import { CALLBACK_PATH, IssuerError, SignInError, TokenClient, type Session } from './auth';
 import { loadConfig } from './config';
 
 function el<T extends HTMLElement = HTMLElement>(id: string): T {
@@ -21,6 +22,7 @@ function show(state: State): void {
   el('loading').hidden = state !== 'loading';
   el('signed-out').hidden = state !== 'signed-out';
   el('signed-in').hidden = state !== 'signed-in';
+  el('issuer-session').hidden = state === 'loading';
 }
 
 /** The server's `error_description`, with its code and request id for a bug report. */
@@ -30,6 +32,7 @@ function describe(err: unknown): string {
     const id = err.requestId ? `; request id ${err.requestId}` : '';
     return `${err.message} (${code}${id})`;
   }
+  if (err instanceof SignInError) return `Sign-in failed: ${err.message} (${err.code})`;
   return err instanceof Error ? err.message : String(err);
 }
 
@@ -68,6 +71,7 @@ async function main(): Promise<void> {
   const config = await loadConfig();
   el('issuer').textContent = config.issuer;
   const auth = new TokenClient(config.issuer);
+  el<HTMLAnchorElement>('issuer-sign-out').href = auth.signOutPage;
 
   const renderTokenStatus = (): void => {
     const { expiresAt, refreshAt } = auth.expiry;
@@ -141,6 +145,7 @@ async function main(): Promise<void> {
   const password = el<HTMLInputElement>('password');
   const form = el<HTMLFormElement>('credentials');
 
+  el('sign-in').addEventListener('click', () => action(el('sign-in'), () => auth.beginSignIn()));
   form.addEventListener('submit', (e) => {
     e.preventDefault();
     action(el('login'), async () => {
@@ -168,12 +173,26 @@ async function main(): Promise<void> {
   el('logout').addEventListener('click', () =>
     action(el('logout'), async () => {
       await auth.logout();
-      showNotice('Logged out.');
+      showNotice('Logged out of this app.');
     }),
   );
 
-  // A reload forgot the access token; the HttpOnly cookie may still hold a session.
   show('loading');
+  // Back from the issuer's sign-in page: the code and the state leave the address bar
+  // (and this history entry) at once, then the code is exchanged. If that fails, the
+  // error stays on screen and the page goes on as any other load.
+  if (location.pathname === CALLBACK_PATH) {
+    const callback = new URL(location.href);
+    history.replaceState(null, '', import.meta.env.BASE_URL);
+    try {
+      await auth.completeSignIn(callback);
+      await loadSignedIn();
+      return;
+    } catch (err) {
+      showError(err);
+    }
+  }
+  // A reload forgot the access token; the HttpOnly cookie may still hold a session.
   if (await auth.restore()) await loadSignedIn();
   else show('signed-out');
 }
