@@ -227,6 +227,8 @@ fn start_server(dir: &Path, database_url: &str, secret_hash: &str) -> Server {
              rate_limit_refresh_per_family = \"off\"\nrate_limit_client_credentials = \"off\"\n\
              password_hash_queue = 4096\n\
              [[clients]]\nclient_id = \"dev\"\nkind = \"mobile\"\n\
+             [[clients]]\nclient_id = \"{NATIVE}\"\nkind = \"mobile\"\nfirst_party = true\n\
+             redirect_uris = [\"http://127.0.0.1/callback\"]\n\
              [[clients]]\nclient_id = \"bench-rs\"\nkind = \"service\"\nclient_secret_hash = \"{secret_hash}\"\n\
              introspection_audiences = [\"*\"]\nclient_credentials = true\naudiences = [\"https://orders.example\"]\n"
         ),
@@ -534,6 +536,84 @@ enum Request {
     MeDpop(String),
     /// A client-credentials grant of the service client (HTTP Basic).
     ClientCredentials,
+    /// An authorization code exchange (PKCE) of the native client; the codes were
+    /// issued before the window, as browsers would have been sent back with them.
+    CodeExchange,
+}
+
+/// The native client of the code exchange, its redirect URI and one PKCE pair.
+const NATIVE: &str = "bench-native";
+const NATIVE_REDIRECT: &str = "http://127.0.0.1:4711/callback";
+const VERIFIER: &str = "bench-verifier-0123456789-0123456789-0123456789";
+
+/// Signs `email` in on the hosted page (cookies by hand: reqwest keeps no `Secure`
+/// cookie over http), then asks the authorization endpoint for `count` codes with the
+/// sign-in session (each a 302 with a new code).
+async fn codes(base: &str, email: &str, count: usize) -> Vec<String> {
+    // The redirects are read, not followed.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let challenge = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, VERIFIER.as_bytes()),
+    );
+    let query = format!(
+        "{base}/oauth/authorize?response_type=code&client_id={NATIVE}&redirect_uri={}&code_challenge={challenge}&code_challenge_method=S256",
+        NATIVE_REDIRECT.replace(':', "%3A").replace('/', "%2F")
+    );
+    let cookie_of = |resp: &reqwest::Response, name: &str| {
+        resp.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_owned)
+    };
+    let page = http.get(&query).send().await.unwrap();
+    let form_cookie = cookie_of(&page, "__Host-form").unwrap();
+    let html = page.text().await.unwrap();
+    let mut fields: Vec<(String, String)> = html
+        .split("<input type=\"hidden\" name=\"")
+        .skip(1)
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once('"')?;
+            let value = rest.strip_prefix(" value=\"")?.split('"').next()?;
+            Some((name.to_owned(), value.replace("&amp;", "&")))
+        })
+        .collect();
+    fields.push(("username".into(), email.into()));
+    fields.push(("password".into(), PASSWORD.into()));
+    let signed_in = http
+        .post(format!("{base}/oauth/authorize"))
+        .header("cookie", format!("__Host-form={form_cookie}"))
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303, "the sign-in form");
+    let session = cookie_of(&signed_in, "__Host-session").unwrap();
+    let mut codes = Vec::with_capacity(count);
+    for _ in 0..count {
+        let resp = http
+            .get(&query)
+            .header("cookie", format!("__Host-session={session}"))
+            .send()
+            .await
+            .unwrap();
+        let location = resp.headers()["location"].to_str().unwrap();
+        let code = location
+            .split("code=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap();
+        codes.push(code.to_owned());
+    }
+    codes
 }
 
 /// A client's DPoP key (ES256), making proofs as a client library does: a fresh `jti`
@@ -718,6 +798,10 @@ async fn run_while<T, F: Future<Output = T>>(
                 }
                 _ => String::new(),
             };
+            let mut codes = match &request {
+                Request::CodeExchange => codes(&base, &email, prepared).await,
+                _ => Vec::new(),
+            };
             let mut proofs: Vec<String> = match &request {
                 Request::RefreshDpop(issuer) => {
                     let url = format!("{issuer}/oauth/token");
@@ -809,6 +893,22 @@ async fn run_while<T, F: Future<Output = T>>(
                         .send()
                         .await
                         .unwrap(),
+                    Request::CodeExchange => {
+                        // Out of codes: the plan prepared too few (counted as 400s).
+                        let code = codes.pop().unwrap_or_default();
+                        post_form(
+                            &http,
+                            &format!("{base}/oauth/token"),
+                            &[
+                                ("grant_type", "authorization_code"),
+                                ("client_id", NATIVE),
+                                ("code", &code),
+                                ("redirect_uri", NATIVE_REDIRECT),
+                                ("code_verifier", VERIFIER),
+                            ],
+                        )
+                        .await
+                    }
                     Request::ClientCredentials => http
                         .post(format!("{base}/oauth/token"))
                         .basic_auth("bench-rs", Some(&secret))
@@ -1059,6 +1159,15 @@ async fn main() {
             prepared: prepared_proofs,
             pace: None,
             limit: Some(("verification", verification)),
+        },
+        Plan {
+            name: "code exchange".into(),
+            requests: vec![Request::CodeExchange; w],
+            // Codes live 60 s: made before the window, enough for 1,000 exchanges a
+            // second per worker.
+            prepared: (seconds * 1000.0) as usize,
+            pace: None,
+            limit: Some(("min(signing, store)", signing.min(store))),
         },
         Plan {
             name: "client credentials".into(),
