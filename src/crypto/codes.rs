@@ -9,7 +9,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::crypto::b64url;
 use crate::domain::error::Error;
 use crate::domain::secret::Secret;
-use crate::store::CodeHash;
+
+/// The SHA-256 of an authorization code: what the store keeps of it.
+pub type CodeHash = [u8; 32];
 
 /// The length of a code we mint.
 pub const CODE_CHARS: usize = 43;

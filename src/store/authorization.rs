@@ -6,8 +6,7 @@ use uuid::Uuid;
 
 use super::{NewFamily, StoreError};
 
-/// The SHA-256 of an authorization code: what the store keeps of it.
-pub type CodeHash = [u8; 32];
+pub use crate::crypto::codes::CodeHash;
 
 /// A code as issued, and as the store finds it again.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1014,3 +1014,50 @@ async fn a_database_failure_after_the_checks_is_sent_back_to_the_client() {
     assert_eq!(params["state"], "st8");
     assert_eq!(params["iss"], app.settings.issuer_url);
 }
+
+/// A disabled user's sign-in session ends with their other sessions: the next
+/// authorization shows the form (and the form refuses them).
+#[tokio::test]
+async fn disabling_a_user_ends_their_browser_session() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (email, mut browser) = user_and_browser(&app).await;
+    let pkce = Pkce::new();
+    let code = code_for(&mut browser, &email, NATIVE, NATIVE_REDIRECT, &pkce).await;
+    let mine = tokens(exchange(&app, NATIVE, &code, NATIVE_REDIRECT, &pkce.verifier).await).await;
+    let user_id = crate::helpers::segment(&mine.access, 1)["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (admin_email, admin) = app.signed_in().await;
+    app.set_admin(&admin_email, true).await;
+    let resp = app
+        .http
+        .post(app.url(&format!("/v1/admin/users/{user_id}/disable")))
+        .bearer_auth(&admin.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let none = browser
+        .get(&authorize_query(
+            NATIVE,
+            NATIVE_REDIRECT,
+            "s",
+            &pkce,
+            &[("prompt", "none")],
+        ))
+        .await;
+    assert_eq!(location_params(&none)["error"], "login_required");
+    let again = browser
+        .sign_in(
+            &authorize_query(NATIVE, NATIVE_REDIRECT, "s", &pkce, &[]),
+            &email,
+            PASSWORD,
+        )
+        .await;
+    assert_eq!(
+        again.status(),
+        StatusCode::BAD_REQUEST,
+        "a disabled user cannot sign in"
+    );
+}
