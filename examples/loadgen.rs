@@ -225,6 +225,7 @@ fn start_server(dir: &Path, database_url: &str, secret_hash: &str) -> Server {
         format!(
             "rate_limit_login_per_ip = \"off\"\nrate_limit_login_per_account = \"off\"\n\
              rate_limit_refresh_per_family = \"off\"\nrate_limit_client_credentials = \"off\"\n\
+             rate_limit_code_exchange_per_ip = \"off\"\n\
              password_hash_queue = 4096\n\
              [[clients]]\nclient_id = \"dev\"\nkind = \"mobile\"\n\
              [[clients]]\nclient_id = \"{NATIVE}\"\nkind = \"mobile\"\nfirst_party = true\n\

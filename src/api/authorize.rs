@@ -89,7 +89,8 @@ pub enum PageAnswer {
         Html<String>,
         #[oai(header = "Content-Security-Policy")] String,
     ),
-    /// The database is unavailable; try again shortly.
+    /// The database or the password hashing is busy: a page (the sign-in form again,
+    /// when it was one) says to try again shortly.
     #[oai(status = 503)]
     Unavailable(
         Html<String>,
@@ -233,6 +234,7 @@ fn respond(
         Some(FormProblem::RateLimited(wait)) => {
             PageAnswer::TooManyRequests(Html(html), csp, wait.as_secs().max(1))
         }
+        Some(FormProblem::Busy) => PageAnswer::Unavailable(Html(html), csp, 2),
     }
 }
 

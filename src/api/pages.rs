@@ -131,6 +131,7 @@ fn problem_text(problem: FormProblem) -> String {
             wait.as_secs().max(1)
         ),
         FormProblem::Expired => "This page expired. Please try again.".into(),
+        FormProblem::Busy => "The service is busy. Please try again in a moment.".into(),
     }
 }
 

@@ -24,6 +24,7 @@ pub(super) struct FileSettings {
     pub(super) rate_limit_refresh_per_family: Option<String>,
     pub(super) rate_limit_register_per_ip: Option<String>,
     pub(super) rate_limit_client_credentials: Option<String>,
+    pub(super) rate_limit_code_exchange_per_ip: Option<String>,
     pub(super) trusted_proxies: Option<String>,
     pub(super) data_dir: Option<PathBuf>,
     pub(super) keys_dir: Option<PathBuf>,
@@ -136,6 +137,11 @@ const ENV_OVERRIDES: &[(&str, &str, EnvKind)] = &[
     (
         "ISSUER_RATE_LIMIT_CLIENT_CREDENTIALS",
         "rate_limit_client_credentials",
+        EnvKind::Text,
+    ),
+    (
+        "ISSUER_RATE_LIMIT_CODE_EXCHANGE_PER_IP",
+        "rate_limit_code_exchange_per_ip",
         EnvKind::Text,
     ),
     ("ISSUER_TRUSTED_PROXIES", "trusted_proxies", EnvKind::Text),

@@ -160,6 +160,7 @@ impl Settings {
             f.rate_limit_refresh_per_family,
             f.rate_limit_register_per_ip,
             f.rate_limit_client_credentials,
+            f.rate_limit_code_exchange_per_ip,
         )?;
         let tokens = TokenSettings::from_file(TokenFile {
             access_token_lifetime: f.access_token_lifetime,

@@ -67,6 +67,7 @@ pub(super) fn rate_limits(
     refresh_per_family: Option<String>,
     register_per_ip: Option<String>,
     client_credentials: Option<String>,
+    code_exchange_per_ip: Option<String>,
 ) -> Result<RateLimits, ConfigError> {
     Ok(RateLimits {
         login_per_ip: rate_limit("rate_limit_login_per_ip", login_per_ip, "30/1m")?,
@@ -81,6 +82,11 @@ pub(super) fn rate_limits(
             "rate_limit_client_credentials",
             client_credentials,
             "600/1m",
+        )?,
+        code_exchange_per_ip: rate_limit(
+            "rate_limit_code_exchange_per_ip",
+            code_exchange_per_ip,
+            "300/1m",
         )?,
     })
 }

@@ -101,6 +101,8 @@ pub enum FormProblem {
     RateLimited(Duration),
     /// The anti-CSRF field did not match (an old page, or a forged post).
     Expired,
+    /// Too many sign-ins wait for a password check: try again in a moment.
+    Busy,
 }
 
 /// What to show or where to send the browser.
@@ -414,6 +416,8 @@ impl Issuer {
                 let problem = match e {
                     Error::InvalidGrant(_) | Error::InvalidRequest(_) => FormProblem::Credentials,
                     Error::RateLimited(wait) => FormProblem::RateLimited(wait),
+                    // The form stays with the user, rather than a server_error.
+                    Error::Overloaded => FormProblem::Busy,
                     other => return Err(Refusal::Failed(other)),
                 };
                 return Ok(Answer::SignIn {

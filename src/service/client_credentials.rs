@@ -186,7 +186,15 @@ impl Issuer {
             Some(keys) => check(assertion, keys, expected),
             None => Err(no_keys),
         };
-        if first.is_ok() {
+        // Only a key the cached set lacks (the client rotated) is worth a fetch; an
+        // assertion refused for its claims is not.
+        let unknown_key = matches!(
+            first,
+            Err(InvalidAssertion(
+                "no key of the client has this kid" | "the signature does not verify"
+            ))
+        ) || keys.is_none();
+        if !unknown_key {
             return first;
         }
         match self.remote_keys.keys(client, now, true).await {

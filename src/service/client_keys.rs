@@ -10,8 +10,14 @@
 //!   `MAX_BODY` (64 KiB); the set must hold public keys only, as an inline `jwks`. A
 //!   failed fetch keeps the keys fetched before (logged as a warning); with none, the
 //!   client's assertions are refused (`invalid_client`) until a fetch succeeds.
-//! - Each client's set has its own lock, held during its fetch: the assertions of
-//!   that client wait for it (5 s at most), no other client does.
+//! - One fetch at a time per client, and nobody waits for it who has keys: the
+//!   assertions that come meanwhile are checked against the keys fetched before.
+//!   Only while a client has no keys at all (its first assertions) do they wait for
+//!   the fetch (5 s at most). So an assertion forged to name a client cannot hold up
+//!   that client's own requests behind a slow JWKS host.
+//! - Keys last fetched more than `MAX_STALE` (a day) ago are dropped when a fetch fails:
+//!   a key the client removed (compromised) is not accepted for ever because its host
+//!   cannot be reached.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +31,7 @@ use crate::domain::client::Client;
 const FRESH_FOR: Duration = Duration::from_secs(300);
 const REFETCH_AFTER: Duration = Duration::from_secs(30);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_STALE: Duration = Duration::from_secs(86_400);
 const MAX_BODY: usize = 64 * 1024;
 
 type Keys = Arc<Vec<Map<String, Value>>>;
@@ -36,17 +43,25 @@ struct Cached {
     tried_at: Option<OffsetDateTime>,
 }
 
+/// One client's set: what was fetched (a short lock, never held across a fetch) and
+/// the fetch in flight (held across it).
+#[derive(Default)]
+struct Slot {
+    cached: std::sync::Mutex<Cached>,
+    fetching: tokio::sync::Mutex<()>,
+}
+
 /// The fetched key sets, one slot per client with a `jwks_uri`.
 pub(crate) struct RemoteKeySets {
     http: Option<reqwest::Client>,
-    sets: HashMap<String, tokio::sync::Mutex<Cached>>,
+    sets: HashMap<String, Slot>,
 }
 
 impl RemoteKeySets {
     pub(crate) fn new<'a>(clients: impl Iterator<Item = &'a Client>) -> Self {
         let sets: HashMap<_, _> = clients
             .filter(|c| c.assertion_jwks_uri.is_some())
-            .map(|c| (c.id.clone(), tokio::sync::Mutex::new(Cached::default())))
+            .map(|c| (c.id.clone(), Slot::default()))
             .collect();
         let http = if sets.is_empty() {
             None
@@ -63,7 +78,7 @@ impl RemoteKeySets {
 
     /// The client's keys: the cached set while fresh, else fetched now. With `again`
     /// (the cached set did not verify an assertion), fetched now unless it was tried in
-    /// the last `REFETCH_AFTER`. `None` when no set could ever be fetched.
+    /// the last `REFETCH_AFTER`. `None` when no set could be fetched.
     pub(crate) async fn keys(
         &self,
         client: &Client,
@@ -74,24 +89,32 @@ impl RemoteKeySets {
         else {
             return None;
         };
-        let mut cached = slot.lock().await;
-        let fresh = cached.fetched_at.is_some_and(|at| now - at < FRESH_FOR);
-        let tried_lately = cached.tried_at.is_some_and(|at| now - at < REFETCH_AFTER);
-        let fetch = if again {
-            !tried_lately
-        } else {
-            !fresh && !tried_lately
+        let (keys, due) = slot.decide(now, again);
+        if !due {
+            return keys;
+        }
+        // One fetch at a time; a caller that holds keys does not wait for it.
+        let _fetching = match slot.fetching.try_lock() {
+            Ok(guard) => guard,
+            Err(_) if keys.is_some() => return keys,
+            Err(_) => {
+                drop(slot.fetching.lock().await);
+                return slot.current();
+            }
         };
-        if fetch {
-            cached.tried_at = Some(now);
-            match self.fetch(uri).await {
-                Ok(keys) => {
-                    cached.keys = Some(Arc::new(keys));
-                    cached.fetched_at = Some(now);
+        let fetched = self.fetch(uri).await;
+        let mut cached = slot.lock();
+        match fetched {
+            Ok(keys) => {
+                cached.keys = Some(Arc::new(keys));
+                cached.fetched_at = Some(now);
+            }
+            Err(why) => {
+                let too_old = cached.fetched_at.is_some_and(|at| now - at > MAX_STALE);
+                if too_old {
+                    cached.keys = None;
                 }
-                Err(why) => {
-                    tracing::warn!(client_id = %client.id, jwks_uri = %uri, reason = %why, "could not fetch a client's JWK Set; its assertions are checked against the keys fetched before, if any");
-                }
+                tracing::warn!(client_id = %client.id, jwks_uri = %uri, reason = %why, dropped_stale_keys = too_old, "could not fetch a client's JWK Set; its assertions are checked against the keys fetched before, if any");
             }
         }
         cached.keys.clone()
@@ -123,5 +146,35 @@ impl RemoteKeySets {
             serde_json::from_slice(&body).map_err(|_| "the answer is not JSON".to_owned())?;
         crate::crypto::client_assertion::public_keys(&set)
             .map_err(|why| format!("the JWK Set {why}"))
+    }
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cached> {
+        // A panic while holding it leaves plain data: keep using it.
+        self.cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn current(&self) -> Option<Keys> {
+        self.lock().keys.clone()
+    }
+
+    /// The keys held now, and whether a fetch is due (then marked tried, so that the
+    /// callers that come meanwhile do not start another).
+    fn decide(&self, now: OffsetDateTime, again: bool) -> (Option<Keys>, bool) {
+        let mut cached = self.lock();
+        let fresh = cached.fetched_at.is_some_and(|at| now - at < FRESH_FOR);
+        let tried_lately = cached.tried_at.is_some_and(|at| now - at < REFETCH_AFTER);
+        let due = if again {
+            !tried_lately
+        } else {
+            !fresh && !tried_lately
+        };
+        if due {
+            cached.tried_at = Some(now);
+        }
+        (cached.keys.clone(), due)
     }
 }

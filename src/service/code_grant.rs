@@ -88,12 +88,14 @@ impl Issuer {
             if stored.dpop_jkt.is_some() && stored.dpop_jkt != family.dpop_jkt {
                 return refused(GrantRejection::DpopKeyMismatch);
             }
-            // Each exchange starts a session, as a login does: from one address, no
-            // more than its logins (a sign-in lets its browser get a code per request,
-            // and each code would otherwise be a session kept for weeks).
-            if let (Some(limit), Some(ip)) = (self.limits.login_per_ip, meta.ip.as_deref()) {
+            // Each exchange starts a session kept for weeks: from one address, at most
+            // `rate_limit_code_exchange_per_ip` (its own budget: counted only for a
+            // good code with its verifier, so nobody else at the address, whatever they
+            // send, can use it up; and the password grant's failures do not block it).
+            if let (Some(limit), Some(ip)) = (self.limits.code_exchange_per_ip, meta.ip.as_deref())
+            {
                 self.shared
-                    .hit(LimitKind::LoginIp, ip, limit)
+                    .hit(LimitKind::CodeExchangeIp, ip, limit)
                     .await
                     .map_err(|wait| self.rate_limited(wait))?;
             }

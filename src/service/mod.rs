@@ -51,6 +51,8 @@ pub struct RateLimits {
     pub register_per_ip: Option<RateLimit>,
     /// Client-credentials grants per `service` client.
     pub client_credentials: Option<RateLimit>,
+    /// Authorization code exchanges per client IP (each starts a session).
+    pub code_exchange_per_ip: Option<RateLimit>,
 }
 
 /// What the issuer is configured with (`config` builds it from the settings).

@@ -916,11 +916,15 @@ async fn a_used_code_revokes_only_when_its_verifier_comes_with_it() {
     assert_invalid_grant(app.refresh_as(NATIVE, &t.refresh).await, "revoked").await;
 }
 
-/// Each exchange starts a session, as a login does: counted against the address's
-/// login limit.
+/// Each exchange starts a session: limited per address, on a budget of its own (the
+/// password grant's failures from the same address do not block it).
 #[tokio::test]
-async fn exchanges_count_against_the_login_limit_of_their_address() {
+async fn exchanges_are_limited_per_address_on_their_own_budget() {
     let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.limits.code_exchange_per_ip = Some(token_issuer::config::RateLimit {
+            max: 2,
+            window: Duration::from_secs(60),
+        });
         s.limits.login_per_ip = Some(token_issuer::config::RateLimit {
             max: 3,
             window: Duration::from_secs(60),
@@ -930,11 +934,25 @@ async fn exchanges_count_against_the_login_limit_of_their_address() {
     let (email, mut browser) = user_and_browser(&app).await;
     let pkce = Pkce::new();
     let code = code_for(&mut browser, &email, NATIVE, NATIVE_REDIRECT, &pkce).await;
+    // The address's login budget used up by wrong passwords: exchanges go on.
+    for _ in 0..3 {
+        app.login(&email, "a wrong passphrase!!").await;
+    }
+    assert_eq!(
+        app.login(&email, PASSWORD).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
     tokens(exchange(&app, NATIVE, &code, NATIVE_REDIRECT, &pkce.verifier).await).await;
     let query = authorize_query(NATIVE, NATIVE_REDIRECT, "s", &pkce, &[]);
     let code = location_params(&browser.get(&query).await)["code"].clone();
     tokens(exchange(&app, NATIVE, &code, NATIVE_REDIRECT, &pkce.verifier).await).await;
     let code = location_params(&browser.get(&query).await)["code"].clone();
+    // A code of another's, or a wrong verifier, costs nothing.
+    assert_invalid_grant(
+        exchange(&app, NATIVE, &code, NATIVE_REDIRECT, &Pkce::new().verifier).await,
+        "pkce_mismatch",
+    )
+    .await;
     let resp = exchange(&app, NATIVE, &code, NATIVE_REDIRECT, &pkce.verifier).await;
     assert_error(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited", None).await;
     // (The limiter's windows run on the real clock: the recovery is not waited for.)
@@ -1059,5 +1077,58 @@ async fn disabling_a_user_ends_their_browser_session() {
         again.status(),
         StatusCode::BAD_REQUEST,
         "a disabled user cannot sign in"
+    );
+}
+
+/// With the password hashing saturated, the sign-in form comes back with "busy"
+/// (503), and the user keeps it: never a redirect to the app with `server_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_password_hashing_shows_the_form_again() {
+    let app = std::sync::Arc::new(
+        spawn_app_with(Backend::Sqlite, |s| {
+            s.password_hashing.concurrency = 1;
+            s.password_hashing.queue = 1;
+            s.limits.login_per_ip = None;
+            s.limits.login_per_account = None;
+        })
+        .await,
+    );
+    let (email, _) = user_and_browser(&app).await;
+    let pkce = Pkce::new();
+    let query = authorize_query(NATIVE, NATIVE_REDIRECT, "s", &pkce, &[]);
+    let answers = futures::future::join_all((0..12).map(|_| {
+        let (app, email, query) = (app.clone(), email.clone(), query.clone());
+        async move {
+            let mut browser = Browser::new(&app, &app.settings.issuer_url);
+            let resp = browser.sign_in(&query, &email, PASSWORD).await;
+            let status = resp.status();
+            let location = resp
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_owned());
+            (status, location, resp.text().await.unwrap())
+        }
+    }))
+    .await;
+    let mut busy = 0;
+    for (status, location, body) in answers {
+        match status {
+            StatusCode::SEE_OTHER => {
+                let location = location.unwrap();
+                assert!(
+                    location.contains("code=") && !location.contains("error="),
+                    "{location}"
+                );
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(body.contains("The service is busy") && body.contains("name=\"password\""));
+                busy += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(
+        busy > 0,
+        "the queue of one was never full: the test did not test"
     );
 }

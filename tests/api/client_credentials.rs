@@ -230,6 +230,11 @@ scenario! {
             });
         })
         .await;
+        // The count is in Redis once its link is up; before, in this process: the
+        // failures below must all land in one place.
+        if backend == crate::helpers::Backend::Postgres {
+            crate::helpers::wait_for_redis(&app, "ok").await;
+        }
         let resp = grant(&app, &[], Some((SERVICE_CLIENT, SERVICE_SECRET))).await;
         assert_error(resp, StatusCode::BAD_REQUEST, "unauthorized_client", None).await;
         let secret = std::fs::read_to_string(app.settings.keys_dir.join("dev-service.secret")).unwrap();
@@ -460,20 +465,27 @@ impl JwksServer {
         tokio::spawn(async move {
             loop {
                 let (mut socket, _) = listener.accept().await.unwrap();
-                let mut request = vec![0u8; 4096];
-                let _ = socket.read(&mut request).await;
-                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let text = served.lock().unwrap().clone();
-                let status = if text.starts_with('{') {
-                    "200 OK"
-                } else {
-                    "500 Internal Server Error"
-                };
-                let answer = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-                    text.len()
-                );
-                let _ = socket.write_all(answer.as_bytes()).await;
+                let (served, counted) = (served.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let mut request = vec![0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let text = served.lock().unwrap().clone();
+                    // "slow": a host that does not answer within the fetch timeout.
+                    if text == "slow" {
+                        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                    }
+                    let status = if text.starts_with('{') {
+                        "200 OK"
+                    } else {
+                        "500 Internal Server Error"
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                        text.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
             }
         });
         Self { url, body, fetches }
@@ -620,4 +632,61 @@ async fn an_assertion_alone_names_its_client() {
         None,
     )
     .await;
+}
+
+/// A forged assertion that names a `jwks_uri` client with an unknown key makes the
+/// issuer fetch the client's set again; with the client's host slow, the client's own
+/// requests go on with the keys held meanwhile (they waited the whole fetch timeout
+/// behind it before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_jwks_host_does_not_hold_up_the_clients_requests() {
+    let (key, stranger) = (
+        crate::helpers::DpopKey::new(),
+        crate::helpers::DpopKey::new(),
+    );
+    let jwks = JwksServer::start(jwks_of(&key, "k1")).await;
+    let uri = jwks.url.clone();
+    let app = std::sync::Arc::new(
+        spawn_app_with(crate::helpers::Backend::Sqlite, move |s| {
+            let mut signer = s
+                .clients
+                .iter()
+                .find(|c| c.id == SERVICE_CLIENT)
+                .unwrap()
+                .clone();
+            signer.id = "signer".into();
+            signer.secret_hash = None;
+            signer.audiences = vec![ORDERS.into()];
+            signer.client_credentials = true;
+            signer.assertion_jwks_uri = Some(uri);
+            s.clients.push(signer);
+        })
+        .await,
+    );
+    let signed_by = |key: &crate::helpers::DpopKey, kid: &str| {
+        let now = crate::helpers::now(&app);
+        key.signed(
+            &json!({"alg": "ES256", "kid": kid}),
+            &json!({
+                "iss": "signer", "sub": "signer", "aud": app.settings.issuer_url,
+                "exp": now + 60, "jti": uuid::Uuid::new_v4().to_string(),
+            }),
+        )
+    };
+    granted(with_assertion(&app, &signed_by(&key, "k1")).await).await;
+    jwks.serve("slow".into());
+    app.advance(std::time::Duration::from_secs(31));
+    let forged = {
+        let (app, assertion) = (app.clone(), signed_by(&stranger, "k9"));
+        tokio::spawn(async move { with_assertion(&app, &assertion).await.status() })
+    };
+    crate::helpers::eventually("the refetch started", || async { jwks.fetches() == 2 }).await;
+    let started = std::time::Instant::now();
+    granted(with_assertion(&app, &signed_by(&key, "k1")).await).await;
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(3),
+        "waited {waited:?} behind the fetch"
+    );
+    assert_eq!(forged.await.unwrap(), StatusCode::UNAUTHORIZED);
 }

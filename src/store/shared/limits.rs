@@ -31,10 +31,12 @@ pub enum LimitKind {
     Registration,
     /// Client-credentials grants per `service` client.
     ClientCredentials,
+    /// Authorization code exchanges per client address.
+    CodeExchangeIp,
 }
 
 impl LimitKind {
-    const COUNT: usize = 6;
+    const COUNT: usize = 7;
 
     /// Its in-process table: one per kind, so that one kind's subjects (cheap to make,
     /// such as addresses) can never push another's (accounts) out.
@@ -46,6 +48,7 @@ impl LimitKind {
             Self::RefreshFamily => 3,
             Self::Registration => 4,
             Self::ClientCredentials => 5,
+            Self::CodeExchangeIp => 6,
         }
     }
 
@@ -57,6 +60,7 @@ impl LimitKind {
             Self::RefreshFamily => "refresh-family",
             Self::Registration => "registration",
             Self::ClientCredentials => "client-credentials",
+            Self::CodeExchangeIp => "code-exchange-ip",
         }
     }
 }
