@@ -262,6 +262,22 @@ scenario! {
     }
 }
 
+/// The service client `signer`: client credentials for `ORDERS`, no secret; the caller
+/// gives it its keys (`assertion_keys` or `assertion_jwks_uri`).
+fn signer_client(s: &token_issuer::config::Settings) -> token_issuer::domain::client::Client {
+    let mut signer = s
+        .clients
+        .iter()
+        .find(|c| c.id == SERVICE_CLIENT)
+        .unwrap()
+        .clone();
+    signer.id = "signer".into();
+    signer.secret_hash = None;
+    signer.audiences = vec![ORDERS.into()];
+    signer.client_credentials = true;
+    signer
+}
+
 /// An app with a service client `signer` that authenticates with `private_key_jwt`
 /// (RFC 7523) under `key`, whose `kid` is `k1`.
 async fn app_with_signer(
@@ -272,16 +288,7 @@ async fn app_with_signer(
     jwk["kid"] = json!("k1");
     let keys = vec![jwk.as_object().unwrap().clone()];
     spawn_app_with(backend, move |s| {
-        let mut signer = s
-            .clients
-            .iter()
-            .find(|c| c.id == SERVICE_CLIENT)
-            .unwrap()
-            .clone();
-        signer.id = "signer".into();
-        signer.secret_hash = None;
-        signer.audiences = vec![ORDERS.into()];
-        signer.client_credentials = true;
+        let mut signer = signer_client(s);
         signer.assertion_keys = keys;
         s.clients.push(signer);
     })
@@ -393,12 +400,8 @@ scenario! {
         jwk["kid"] = json!("k1");
         let keys = vec![jwk.as_object().unwrap().clone()];
         let app = spawn_app_with(backend, move |s| {
-            let mut signer = s.clients.iter().find(|c| c.id == SERVICE_CLIENT).unwrap().clone();
-            signer.id = "signer".into();
-            signer.secret_hash = None;
-            signer.audiences = vec![ORDERS.into()];
-            signer.client_credentials = true;
-            signer.assertion_keys = keys;
+            let mut signer = signer_client(s);
+        signer.assertion_keys = keys;
             s.clients.push(signer);
             s.limits.login_per_ip = Some(RateLimit { max: 3, window: std::time::Duration::from_secs(60) });
         })
@@ -520,16 +523,7 @@ async fn a_service_client_may_publish_its_keys_at_a_jwks_uri() {
     let jwks = JwksServer::start(jwks_of(&first, "k1")).await;
     let uri = jwks.url.clone();
     let app = spawn_app_with(crate::helpers::Backend::Sqlite, move |s| {
-        let mut signer = s
-            .clients
-            .iter()
-            .find(|c| c.id == SERVICE_CLIENT)
-            .unwrap()
-            .clone();
-        signer.id = "signer".into();
-        signer.secret_hash = None;
-        signer.audiences = vec![ORDERS.into()];
-        signer.client_credentials = true;
+        let mut signer = signer_client(s);
         signer.assertion_jwks_uri = Some(uri);
         s.clients.push(signer);
     })
@@ -648,16 +642,7 @@ async fn a_slow_jwks_host_does_not_hold_up_the_clients_requests() {
     let uri = jwks.url.clone();
     let app = std::sync::Arc::new(
         spawn_app_with(crate::helpers::Backend::Sqlite, move |s| {
-            let mut signer = s
-                .clients
-                .iter()
-                .find(|c| c.id == SERVICE_CLIENT)
-                .unwrap()
-                .clone();
-            signer.id = "signer".into();
-            signer.secret_hash = None;
-            signer.audiences = vec![ORDERS.into()];
-            signer.client_credentials = true;
+            let mut signer = signer_client(s);
             signer.assertion_jwks_uri = Some(uri);
             s.clients.push(signer);
         })
