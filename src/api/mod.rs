@@ -12,6 +12,7 @@ pub mod methods;
 pub mod middleware;
 pub mod pages;
 pub mod payload;
+pub mod problem;
 pub mod security;
 pub mod sessions;
 pub mod sign_out;
