@@ -589,9 +589,4 @@ impl Issuer {
         params.push(("iss", &self.issuer_url));
         Ok(Answer::Redirect(with_query(&request.redirect_uri, &params)))
     }
-
-    /// The client a request names, for the pages (its id is shown).
-    pub fn requesting_client(&self, request: &Authorization) -> Option<&Client> {
-        self.clients.get(&request.client_id)
-    }
 }

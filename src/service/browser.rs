@@ -9,7 +9,6 @@
 //! the browser signed in, and it mints no access token. Its life is fixed from the
 //! sign-in (`sign_in_session_lifetime`, default one day).
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -17,7 +16,6 @@ use uuid::Uuid;
 use super::Issuer;
 use super::attempts::Credentials;
 use super::tokens::RequestMeta;
-use crate::domain::address;
 use crate::domain::error::Error;
 use crate::domain::family::{RefreshPolicy, RevokeReason};
 use crate::domain::secret::Secret;
@@ -116,11 +114,7 @@ impl Issuer {
                 .await
                 .map_err(|wait| self.rate_limited(wait))?;
         }
-        let source = meta
-            .ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<IpAddr>().ok())
-            .map(address::source);
+        let source = meta.login_source();
         let credentials = Credentials {
             source: source.as_deref(),
             // A browser that signed in before shows it was the owner's.
@@ -137,10 +131,7 @@ impl Issuer {
             client_id: SIGN_IN_CLIENT.to_owned(),
             scope: None,
             created_at: self.now(),
-            user_agent: meta
-                .user_agent
-                .as_ref()
-                .map(|ua| ua.chars().take(512).collect()),
+            user_agent: meta.session_user_agent(),
             ip: meta.ip.clone(),
             checked_password_hash: Some(user.password_hash.clone()),
             login_source: source,

@@ -67,7 +67,7 @@ impl Issuer {
             client_id: client.id.clone(),
             scope: stored.scope.clone(),
             created_at: now,
-            user_agent: meta.user_agent.map(|ua| ua.chars().take(512).collect()),
+            user_agent: meta.session_user_agent(),
             ip: meta.ip.clone(),
             checked_password_hash: None,
             login_source: None,

@@ -13,6 +13,7 @@ pub mod dpop;
 pub mod incident;
 pub mod introspect;
 pub mod keys;
+mod request;
 mod revoke;
 pub mod sessions;
 pub mod sweep;

@@ -167,7 +167,7 @@ impl Issuer {
             client_id: client.id.clone(),
             scope: who.claims.scope.clone(),
             created_at: now,
-            user_agent: meta.user_agent.map(|ua| ua.chars().take(512).collect()),
+            user_agent: meta.session_user_agent(),
             ip: meta.ip,
             checked_password_hash: None,
             login_source: None,

@@ -1,6 +1,5 @@
 //! The token endpoint's grants and revocation (RFC 6749 §4.3, §6; RFC 7009).
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -8,11 +7,11 @@ use uuid::Uuid;
 
 use super::Issuer;
 use super::attempts::Credentials;
+pub use super::request::RequestMeta;
 use crate::crypto::dpop::Proof;
 use crate::crypto::{jwt, refresh};
-use crate::domain::address;
 use crate::domain::claims::{AccessClaims, Audience, Confirmation};
-use crate::domain::client::{BrowserContext, Client, ClientKind, Delivery};
+use crate::domain::client::{Client, ClientKind, Delivery};
 use crate::domain::error::Error;
 use crate::domain::family::{GrantRejection, RevokeReason};
 use crate::domain::secret::Secret;
@@ -48,18 +47,6 @@ pub struct TokenParams {
     pub code: Option<Secret>,
     pub redirect_uri: Option<String>,
     pub code_verifier: Option<String>,
-}
-
-/// Who is asking, for the session list and the logs.
-#[derive(Debug, Clone, Default)]
-pub struct RequestMeta {
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-    pub browser: BrowserContext,
-    /// The `__Host-refresh` cookie, when the request carried one.
-    pub refresh_cookie: Option<Secret>,
-    /// The request's `DPoP` header(s).
-    pub dpop: crate::domain::client::DpopHeader,
 }
 
 /// Tokens to hand to the client.
@@ -222,11 +209,7 @@ impl Issuer {
         if let Some(proof) = &proof {
             self.record_proof(proof).await?;
         }
-        let source = meta
-            .ip
-            .as_deref()
-            .and_then(|ip| ip.parse::<IpAddr>().ok())
-            .map(address::source);
+        let source = meta.login_source();
         let shown_token = match client.delivery {
             Delivery::Cookie => present_secret(meta.refresh_cookie.clone()),
             Delivery::Body => present_secret(params.refresh_token),
@@ -248,7 +231,7 @@ impl Issuer {
             client_id: client.id.clone(),
             scope,
             created_at: now,
-            user_agent: meta.user_agent.map(|ua| ua.chars().take(512).collect()),
+            user_agent: meta.session_user_agent(),
             ip: meta.ip,
             checked_password_hash: Some(user.password_hash.clone()),
             login_source: source,
@@ -351,10 +334,7 @@ impl Issuer {
             }
             return Err(e);
         }
-        let user_agent: Option<String> = meta
-            .user_agent
-            .as_deref()
-            .map(|ua| ua.chars().take(512).collect());
+        let user_agent = meta.session_user_agent();
         let now = self.now();
         let outcome = self
             .store
